@@ -1,0 +1,1 @@
+"""Attack plugins: one module per attack family; each registers itself in ``bench.registry.ATTACKS``."""

@@ -1,0 +1,24 @@
+"""User-facing error types: the CLI prints these as one clear message instead of a traceback."""
+
+
+class BenchError(Exception):
+    """An error caused by the user's input or environment, reported without a traceback."""
+
+
+class UnknownNameError(BenchError, KeyError):
+    """A plugin, preset or metric name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(BenchError, ValueError):
+    """A configuration key or value that does not fit its dataclass."""
+
+
+class PluginError(BenchError):
+    """A plugin that cannot be loaded or does not satisfy its contract."""
+
+
+class DataError(BenchError):
+    """A missing or malformed data file, model directory or dataset."""

@@ -1,0 +1,139 @@
+"""Saving and loading (defended) models: safetensors weights plus a JSON manifest of any structural change.
+
+A defender publishes the defended model, so every defense's output must round-trip. The manifest records how to
+rebuild the base architecture (from an allow-list of builders: no code named in a file is ever imported) and which
+submodules were replaced by harness layers such as :class:`~bench.layers.FactoredLinear`. Weights are loaded with
+safetensors only (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bench.errors import DataError
+from bench.layers import MLP, FactoredLinear, set_submodule
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT = "bench-model"
+FORMAT_VERSION = 1
+
+
+def _build_mlp(spec: Mapping[str, Any]) -> nn.Module:
+    return MLP(spec["sizes"])
+
+
+def _build_transformers(spec: Mapping[str, Any]) -> nn.Module:
+    import transformers
+
+    cls = getattr(transformers, spec["class"], None)
+    if cls is None or not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise DataError(f"manifest names unknown transformers model class {spec['class']!r}")
+    config = cls.config_class.from_dict(dict(spec["config"]))
+    return cls(config)
+
+
+# Fixed allow-list: manifests choose among these, they cannot name arbitrary code.
+BUILDERS: Mapping[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    "mlp": _build_mlp,
+    "transformers": _build_transformers,
+}
+
+
+def build_architecture(spec: Mapping[str, Any]) -> nn.Module:
+    """Build an (untrained) model from an architecture description such as ``{"kind": "mlp", "sizes": [...]}``."""
+    kind = spec.get("kind")
+    if kind not in BUILDERS:
+        raise DataError(f"unknown architecture kind {kind!r}; known: {', '.join(BUILDERS)}")
+    return BUILDERS[kind](spec)
+
+
+def structure_of(model: nn.Module) -> list[dict[str, Any]]:
+    """The structural changes a manifest records: every harness layer, with the shapes needed to rebuild it."""
+    entries = []
+    for path, module in model.named_modules():
+        if isinstance(module, FactoredLinear):
+            entries.append({
+                "path": path,
+                "type": "FactoredLinear",
+                "roles": list(module.roles),
+                "factors": [[f.out_features, f.in_features, str(f.weight.dtype).removeprefix("torch.")] for f in module.factors],
+                "bias": module.bias is not None,
+            })
+    return entries
+
+
+def _rebuild(entry: Mapping[str, Any]) -> nn.Module:
+    if entry.get("type") != "FactoredLinear":
+        raise DataError(f"manifest has unknown structural entry type {entry.get('type')!r}")
+    factors = []
+    for out_f, in_f, dtype in entry["factors"]:
+        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            raise DataError(f"manifest names unknown dtype {dtype!r}")
+        factors.append(nn.Linear(in_f, out_f, bias=False, dtype=torch_dtype))
+    bias = torch.zeros(factors[-1].out_features) if entry["bias"] else None
+    return FactoredLinear(factors, bias, entry["roles"])
+
+
+def save_model(model: nn.Module, directory: str | Path, *, architecture: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> Path:
+    """Write ``model.safetensors`` and ``manifest.json`` into ``directory`` atomically (temp dir + rename)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": dict(architecture),
+        "structure": structure_of(model),
+        "extra": dict(extra),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_model(directory: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` (architecture, structural changes, then weights), in eval mode."""
+    directory = Path(directory)
+    manifest_path, weights_path = directory / MANIFEST, directory / WEIGHTS
+    if not manifest_path.is_file() or not weights_path.is_file():
+        raise DataError(f"{directory} is not a saved bench model (expected {MANIFEST} and {WEIGHTS})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{manifest_path} is not valid JSON: {err}") from err
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{manifest_path}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')}")
+    model = build_architecture(manifest["architecture"])
+    for entry in manifest["structure"]:
+        set_submodule(model, entry["path"], _rebuild(entry))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises several error types for corrupt files
+        raise DataError(f"cannot read weights {weights_path}: {err}") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{weights_path} does not match its manifest: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / MANIFEST).read_text())

@@ -1,0 +1,107 @@
+"""The runner's side of an attack: probes every ``eval_every`` steps, confirms harm, detects divergence, stops.
+
+An attack calls :meth:`ProbeMonitor.begin` once its model is ready (after any restructuring) and
+:meth:`ProbeMonitor.after_step` after each optimizer step; the return value says whether to stop. The attack never
+sees the harm threshold or the evaluation data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.contracts import Probe, TaskInstance
+from bench.errors import PluginError
+
+
+@dataclass
+class ProbePoint:
+    step: int
+    examples: int
+    probe: Probe
+    usable: bool
+
+
+@dataclass
+class ProbeMonitor:
+    """Collects the probe curve and the per-step losses of one attack run."""
+
+    task: TaskInstance
+    budget: int
+    eval_every: int
+    released_utility: float
+    attack_name: str = "attack"
+    points: list[ProbePoint] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    examples: int = 0
+    diverged_step: int | None = None
+    harmed_step: int | None = None
+    probe_seconds: float = 0.0
+    _started: bool = False
+    _last_step: int = 0
+    _harmful_run: int = 0
+    _reference_loss: float | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_step is not None
+
+    @property
+    def steps_run(self) -> int:
+        return self._last_step
+
+    def begin(self, model: nn.Module) -> None:
+        if self._started:
+            raise PluginError(f"attack {self.attack_name!r} called monitor.begin() twice")
+        self._started = True
+        self._probe(model, 0)
+
+    def after_step(self, model: nn.Module, *, step: int, loss: float, examples: int) -> bool:
+        if not self._started:
+            raise PluginError(f"attack {self.attack_name!r} must call monitor.begin(model) before its first step")
+        if step != self._last_step + 1:
+            raise PluginError(f"attack {self.attack_name!r} reported step {step} after step {self._last_step}")
+        if step > self.budget:
+            raise PluginError(f"attack {self.attack_name!r} ran past its budget of {self.budget} steps")
+        self._last_step = step
+        self.examples = examples
+        loss = float(loss)
+        self.losses.append(loss)
+        if self._reference_loss is None and math.isfinite(loss):
+            self._reference_loss = max(abs(loss), 1e-8)
+        blown_up = self._reference_loss is not None and loss > self.task.config.divergence_factor * self._reference_loss
+        probe_now = step % self.eval_every == 0 or step == self.budget
+        # Parameters are checked only at probe steps: a non-finite parameter shows in the next loss anyway.
+        if not math.isfinite(loss) or blown_up or (probe_now and not _parameters_finite(model)):
+            self.diverged_step = step
+            self._probe(model, step)
+            return True
+        if probe_now and self._probe(model, step):
+            return True
+        return step >= self.budget
+
+    def _probe(self, model: nn.Module, step: int) -> bool:
+        """Probe the model; returns True once harm is confirmed (``patience`` consecutive usable harmful probes)."""
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            probe = self.task.probe(model)
+        model.train(was_training)
+        self.probe_seconds += time.perf_counter() - start
+        usable = self.task.is_usable(probe.utility, self.released_utility) and not probe.broken
+        self.points.append(ProbePoint(step, self.examples, probe, usable))
+        harmful = math.isfinite(probe.harm) and probe.harm >= self.task.config.tau and usable
+        self._harmful_run = self._harmful_run + 1 if harmful else 0
+        if self._harmful_run >= self.task.config.patience and self.harmed_step is None:
+            self.harmed_step = self.points[-self.task.config.patience].step
+            return True
+        return False
+
+
+def _parameters_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())

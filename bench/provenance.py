@@ -1,0 +1,78 @@
+"""Provenance recorded in every run.json: code version (git SHA, dirty flag), library versions, device, resources."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import resource
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import bench
+
+LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "peft", "datasets", "lm_eval", "pyarrow", "pandas", "safetensors")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The harness's own version and, when run from a git checkout, its commit and whether it has local changes."""
+    root = Path(bench.__file__).resolve().parent.parent
+    info: dict[str, Any] = {"bench_version": bench.__version__, "git_sha": None, "git_dirty": None}
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            info["git_sha"] = sha.stdout.strip()
+            status = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5,
+            )
+            info["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (and peak CUDA allocation when a GPU is used), in MiB."""
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    except ImportError:
+        pass
+    return peak
+
+
+def provenance() -> dict[str, Any]:
+    return {**code_version(), "libraries": library_versions(), **device_info()}

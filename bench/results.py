@@ -1,0 +1,176 @@
+"""Result files: one directory per run with ``run.json`` and a long-format ``metrics.parquet``.
+
+The Parquet schema is declared explicitly (:data:`SCHEMA`) and versioned (:data:`SCHEMA_VERSION`). One row per
+(run, phase, step, split, metric); run-level attributes (task, defense, attack, hashes, seed, threat model, status,
+outcome) repeat on every row so any slice of the table is self-describing. Files are written to a temporary name and
+renamed, and ``run.json`` is written last: a run whose ``run.json`` says ``success`` has complete results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bench.errors import DataError
+
+SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+METRICS = "metrics.parquet"
+
+PHASES = ("released", "defended", "attack", "post_attack", "summary")
+
+RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("schema_version", pa.int16()),
+    ("run_id", pa.string()),
+    ("task", pa.string()),
+    ("tier", pa.string()),
+    ("model", pa.string()),
+    ("defense", pa.string()),
+    ("defense_label", pa.string()),
+    ("defense_hash", pa.string()),
+    ("defense_config", pa.string()),
+    ("attack", pa.string()),
+    ("attack_label", pa.string()),
+    ("attack_family", pa.string()),
+    ("attack_hash", pa.string()),
+    ("attack_config", pa.string()),
+    ("knowledge", pa.string()),
+    ("seed", pa.int64()),
+    ("status", pa.string()),
+    ("outcome", pa.string()),
+    ("diverged", pa.bool_()),
+    ("official", pa.bool_()),
+)
+ROW_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("phase", pa.string()),
+    ("step", pa.int64()),
+    ("split", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("n", pa.int64()),
+    ("stderr", pa.float64()),
+    ("ci_low", pa.float64()),
+    ("ci_high", pa.float64()),
+    ("censored", pa.bool_()),
+)
+SCHEMA = pa.schema(
+    [pa.field(name, dtype) for name, dtype in RUN_COLUMNS + ROW_COLUMNS],
+    metadata={"bench.schema_version": str(SCHEMA_VERSION)},
+)
+
+
+def metric_row(
+    phase: str,
+    metric: str,
+    value: float,
+    *,
+    step: int | None = None,
+    split: str = "",
+    n: int | None = None,
+    stderr: float | None = None,
+    ci: tuple[float, float] | None = None,
+    censored: bool | None = None,
+) -> dict[str, Any]:
+    """One measurement, before the run-level columns are attached."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}")
+    return {
+        "phase": phase,
+        "step": step,
+        "split": split,
+        "metric": metric,
+        "value": float(value) if value is not None else math.nan,
+        "n": n,
+        "stderr": stderr,
+        "ci_low": ci[0] if ci else None,
+        "ci_high": ci[1] if ci else None,
+        "censored": censored,
+    }
+
+
+def to_table(run_columns: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build the Arrow table of one run: run-level columns repeated on every measurement row."""
+    rows = list(rows)
+    data: dict[str, list] = {}
+    for name, _ in RUN_COLUMNS:
+        value = SCHEMA_VERSION if name == "schema_version" else run_columns.get(name)
+        data[name] = [value] * len(rows)
+    for name, _ in ROW_COLUMNS:
+        data[name] = [row.get(name) for row in rows]
+    return pa.Table.from_pydict(data, schema=SCHEMA)
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_run(directory: Path, run_json: Mapping[str, Any], table: pa.Table) -> None:
+    """Write ``metrics.parquet`` then ``run.json`` (the completion marker), each atomically."""
+    _atomic_write_bytes(directory / METRICS, lambda tmp: pq.write_table(table, tmp))
+    text = json.dumps(run_json, indent=2, sort_keys=True, default=str, allow_nan=True)
+    _atomic_write_bytes(directory / RUN_JSON, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_run_json(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / RUN_JSON
+    if not path.is_file():
+        raise DataError(f"{directory} is not a run directory (no {RUN_JSON})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON: {err}") from err
+
+
+def run_directories(results_dir: Path) -> list[Path]:
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        return []
+    return sorted(p.parent for p in results_dir.glob(f"*/{RUN_JSON}"))
+
+
+def completed_run_ids(results_dir: Path) -> set[str]:
+    """Runs whose ``run.json`` says ``success`` (and whose metrics file exists): a sweep skips these."""
+    done = set()
+    for directory in run_directories(results_dir):
+        try:
+            info = read_run_json(directory)
+        except DataError:
+            continue
+        if info.get("status") == "success" and (directory / METRICS).is_file():
+            done.add(info.get("run_id", directory.name))
+    return done
+
+
+def read_metrics(results_dir: Path, *, include_failed: bool = True) -> pa.Table:
+    """Concatenate the metrics of every run under ``results_dir`` (checking each file's schema version)."""
+    tables = []
+    for directory in run_directories(results_dir):
+        path = directory / METRICS
+        if not path.is_file():
+            continue
+        table = pq.read_table(path)
+        version = (table.schema.metadata or {}).get(b"bench.schema_version", b"?").decode()
+        if version != str(SCHEMA_VERSION):
+            raise DataError(f"{path} has schema version {version}; this bench reads version {SCHEMA_VERSION}")
+        if not include_failed:
+            table = table.filter(pc.equal(table["status"], "success"))
+        tables.append(table.cast(SCHEMA))
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables)

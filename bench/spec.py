@@ -1,0 +1,189 @@
+"""The frozen :class:`RunSpec`: everything one run depends on, with a canonical name and a ``run_id`` hash.
+
+Specs are built by :func:`make_spec`, which resolves plugin names (and ``name.preset`` tags), validates every
+config through its dataclass and fills attack fields left as ``None`` (budget, eval_every, batch_size) from the
+task's defaults, so a spec always holds fully resolved values and equal runs get equal ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from bench.config import build_config, canonical_json, config_to_dict, stable_hash
+from bench.errors import ConfigError
+from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
+
+SPEC_VERSION = 1
+TASK_DEFAULTED_ATTACK_FIELDS = ("budget", "eval_every", "batch_size")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin name, its preset tag (if any) and its fully resolved config as sorted (key, value) pairs."""
+
+    name: str
+    preset: str | None
+    args: tuple[tuple[str, Any], ...]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.args)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}.{self.preset}" if self.preset else self.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "preset": self.preset, "args": self.kwargs}
+
+    def hash(self) -> str:
+        return stable_hash({"name": self.name, "args": self.kwargs})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a task (tier, model) attacked by one attack config after one defense, with one seed."""
+
+    task: PluginSpec
+    defense: PluginSpec
+    attack: PluginSpec
+    tier: str = "tiny"
+    model: str | None = None
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec_version": SPEC_VERSION,
+            "task": self.task.to_json(),
+            "tier": self.tier,
+            "model": self.model,
+            "defense": self.defense.to_json(),
+            "attack": self.attack.to_json(),
+            "seed": self.seed,
+        }
+
+    @property
+    def run_id(self) -> str:
+        """A short hash of the canonical JSON of the resolved spec (presets are labels, not part of identity)."""
+        body = self.to_json()
+        for part in ("task", "defense", "attack"):
+            body[part] = {"name": body[part]["name"], "args": body[part]["args"]}
+        return stable_hash(body, length=16)
+
+    @property
+    def defense_label(self) -> str:
+        """The defense with the config values that differ from its defaults, e.g. ``specdef(alpha=1e+06)``."""
+        return _with_diff(self.defense, DEFENSES)
+
+    @property
+    def attack_label(self) -> str:
+        """The attack with its non-default config values, e.g. ``full-ft(lr=1e-05,optimizer=sgd)``."""
+        task_defaults = {k: self.task.kwargs[k] for k in TASK_DEFAULTED_ATTACK_FIELDS if k in self.task.kwargs}
+        return _with_diff(self.attack, ATTACKS, task_defaults)
+
+    @property
+    def canonical_name(self) -> str:
+        """Readable identity: only the config values that differ from the plugin defaults are shown."""
+        model = f",model={self.model}" if self.model else ""
+        return (f"{self.task.label}/{self.tier}{model}:defense={self.defense_label},"
+                f"attack={self.attack_label},seed={self.seed}")
+
+    def stage_key(self, stage: str) -> str:
+        """Content hash of what a pipeline stage depends on (for in-process and on-disk caching)."""
+        parts: dict[str, Any] = {"task": self.task.kwargs, "task_name": self.task.name, "tier": self.tier, "model": self.model}
+        if stage in ("defended", "attack"):
+            parts["defense"] = {"name": self.defense.name, "args": self.defense.kwargs}
+            parts["seed"] = self.seed
+        if stage == "attack":
+            parts["attack"] = {"name": self.attack.name, "args": self.attack.kwargs}
+        return stable_hash({"stage": stage, **parts}, length=16)
+
+    def configs(self) -> tuple[Any, Any, Any]:
+        """The (task, defense, attack) config dataclass instances."""
+        return (
+            build_config(TASKS.get(self.task.name).Config, self.task.kwargs, where=f"task {self.task.name!r}"),
+            build_config(DEFENSES.get(self.defense.name).Config, self.defense.kwargs, where=f"defense {self.defense.name!r}"),
+            build_config(ATTACKS.get(self.attack.name).Config, self.attack.kwargs, where=f"attack {self.attack.name!r}"),
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RunSpec":
+        """Rebuild (and re-validate) a spec written by :meth:`to_json`."""
+        return make_spec(
+            task=_label(data["task"]),
+            defense=_label(data["defense"]),
+            attack=_label(data["attack"]),
+            tier=data.get("tier", "tiny"),
+            model=data.get("model"),
+            seed=int(data.get("seed", 0)),
+            task_args=data["task"].get("args", {}),
+            defense_args=data["defense"].get("args", {}),
+            attack_args=data["attack"].get("args", {}),
+        )
+
+
+def _label(part: Mapping[str, Any]) -> str:
+    return f"{part['name']}.{part['preset']}" if part.get("preset") else part["name"]
+
+
+def resolve_plugin(registry: Registry, name: str, args: Mapping[str, Any], *, fill: Mapping[str, Any] = {}) -> tuple[PluginSpec, Any]:
+    """Resolve ``name`` (or ``name.preset``), layer preset < ``args``, build and validate the config."""
+    resolved = registry.resolve(name)
+    merged = {**resolved.preset_args, **args}
+    where = f"{registry.kind} {resolved.label!r}"
+    cfg = build_config(resolved.cls.Config, merged, where=where)
+    if fill:
+        missing = {k: v for k, v in fill.items() if hasattr(cfg, k) and getattr(cfg, k) is None}
+        if missing:
+            cfg = dataclasses.replace(cfg, **missing)
+    values = config_to_dict(cfg)
+    canonical_json(values)  # raises early on values that cannot be serialised (e.g. NaN)
+    return PluginSpec(resolved.name, resolved.preset, tuple(sorted(values.items()))), cfg
+
+
+def make_spec(
+    *,
+    task: str,
+    defense: str,
+    attack: str,
+    tier: str = "tiny",
+    model: str | None = None,
+    seed: int = 0,
+    task_args: Mapping[str, Any] = {},
+    defense_args: Mapping[str, Any] = {},
+    attack_args: Mapping[str, Any] = {},
+) -> RunSpec:
+    """Build a fully resolved, validated :class:`RunSpec`."""
+    task_spec, task_cfg = resolve_plugin(TASKS, task, task_args)
+    task_cls = TASKS.get(task_spec.name)
+    if tier not in task_cls.tiers:
+        raise ConfigError(f"task {task_spec.name!r} has no tier {tier!r}; available tiers: {', '.join(task_cls.tiers)}")
+    if tier == "tiny" and model is not None:
+        raise ConfigError("--model is only used with --tier real (the tiny tier builds its own embedded model)")
+    if tier != "tiny" and model is None:
+        raise ConfigError(f"tier {tier!r} needs --model <hub id or local path>")
+    defense_spec, _ = resolve_plugin(DEFENSES, defense, defense_args)
+    fill = {k: getattr(task_cfg, k) for k in TASK_DEFAULTED_ATTACK_FIELDS}
+    attack_spec, _ = resolve_plugin(ATTACKS, attack, attack_args, fill=fill)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return RunSpec(task=task_spec, defense=defense_spec, attack=attack_spec, tier=tier, model=model, seed=seed)
+
+
+def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}) -> str:
+    defaults = {**config_to_dict(registry.get(part.name).Config()), **task_defaults}
+    diff = {k: v for k, v in part.args if defaults.get(k) != v}
+    if not diff:
+        return part.label
+    inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(diff.items()))
+    return f"{part.label}({inner})"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ";".join(_short(v) for v in value) + "]"
+    return str(value)

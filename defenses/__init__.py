@@ -1,0 +1,1 @@
+"""Defense plugins: one module per defense; each registers itself in ``bench.registry.DEFENSES``."""

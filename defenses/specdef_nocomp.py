@@ -1,0 +1,35 @@
+"""``specdef-nocomp``: the ablation of SpecDef without compensation (DESIGN §8).
+
+The top-k singular values of each selected weight are multiplied by alpha and nothing undoes it, so the released
+function is destroyed. It shows what the compensation map buys: utility collapses here while SpecDef keeps it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.contracts import Defense, DefenseResult
+from bench.registry import DEFENSES
+from defenses._selection import select_layers
+from defenses._spectral import specdef_maps, top_k_left_singular
+from defenses.specdef import SpecDefConfig
+
+
+@DEFENSES.register("specdef-nocomp")
+class SpecDefNoCompensation(Defense):
+    """Ablation: SpecDef's spectral inflation without the compensation map (destroys the function)."""
+
+    Config = SpecDefConfig
+    preserves_function = False
+
+    def apply(self, model: nn.Module, view, cfg: SpecDefConfig, *, generator: torch.Generator) -> DefenseResult:
+        names = select_layers(model, patterns=cfg.layers, module_types=cfg.module_types, exclude=cfg.exclude,
+                              count=cfg.n_layers, generator=generator)
+        for name in names:
+            layer = model.get_submodule(name)
+            top = top_k_left_singular(layer.weight, cfg.k, method=cfg.svd, generator=generator)
+            inflated, _ = specdef_maps(layer.weight, top.u, cfg.alpha)
+            with torch.no_grad():
+                layer.weight.copy_(inflated.to(layer.weight.dtype))
+        return DefenseResult(model=model, layers=names)
