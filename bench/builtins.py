@@ -6,7 +6,7 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
     ("defense", "specdef", "defenses.specdef:SpecDef",
      "SpecDef: inflate the top-k singular values by alpha and compensate with a trainable map (Rosati et al. 2026)."),
     ("defense", "specdef-nocomp", "defenses.specdef_nocomp:SpecDefNoCompensation",
-     "Ablation: SpecDef's spectral inflation without the compensation map (destroys the function)."),
+     "Ablation: SpecDef's spectral inflation without the compensation map (changes the function)."),
     ("attack", "full-ft", "attacks.full_ft:FullFineTune",
      "Full fine-tuning of every parameter with SGD, Adam or AdamW."),
     ("task", "vision-digits", "tasks.vision.task:VisionDigits",

@@ -1,7 +1,9 @@
 """``specdef-nocomp``: the ablation of SpecDef without compensation (DESIGN §8).
 
 The top-k singular values of each selected weight are multiplied by alpha and nothing undoes it, so the released
-function is destroyed. It shows what the compensation map buys: utility collapses here while SpecDef keeps it.
+function changes: outputs grow by orders of magnitude and lose calibration (on a ReLU network the argmax can survive,
+since ReLU is positively homogeneous and the inflated directions dominate). It separates what the spectral inflation
+does to an attacker from what the compensation map adds, and shows up in the function-preservation columns.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from defenses.specdef import SpecDefConfig
 
 @DEFENSES.register("specdef-nocomp")
 class SpecDefNoCompensation(Defense):
-    """Ablation: SpecDef's spectral inflation without the compensation map (destroys the function)."""
+    """Ablation: SpecDef's spectral inflation without the compensation map (changes the function)."""
 
     Config = SpecDefConfig
     preserves_function = False

@@ -1,0 +1,60 @@
+"""The ``bench`` command: parses arguments, calls the library, prints. One module per subcommand.
+
+Exit codes: 0 success, 1 some runs failed, 2 bad input (unknown names, bad config, missing files), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from bench import __version__
+from bench.errors import BenchError
+
+SUBCOMMANDS = ("run", "ls", "show", "leaderboard", "validate")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import a plugin file (or module) before running; repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.cli import leaderboard, ls, run, show, validate
+
+    parser = argparse.ArgumentParser(prog="bench", description="Benchmark harness for training-resistance defenses.")
+    parser.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for module in (run, ls, show, leaderboard, validate):
+        sp = module.add_parser(sub)
+        _common(sp)
+        sp.set_defaults(handler=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from bench.registry import load_plugin
+
+        for plugin in args.plugin:
+            load_plugin(plugin)
+        return int(args.handler(args) or 0)
+    except BenchError as err:
+        print(f"bench {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:  # pragma: no cover - the console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""``bench ls {defenses,attacks,tasks} [pattern]``: registered plugins with summary and origin (``-v``: configs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("ls", help="list registered plugins")
+    p.add_argument("kind", choices=("defenses", "attacks", "tasks"))
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on names (default *)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also load each plugin and show its config fields and presets")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.config import describe_config
+    from bench.errors import BenchError
+    from bench.registry import REGISTRIES
+
+    registry = REGISTRIES[args.kind]
+    names = registry.names(args.pattern)
+    if not names:
+        print(f"no {args.kind} match {args.pattern!r}")
+        return 0
+    width = max(len(n) for n in names)
+    for name in names:
+        line = f"{name.ljust(width)}  {registry.summary(name)}"
+        if not args.verbose:
+            print(f"{line}  [{registry.origin(name)}]")
+            continue
+        try:
+            cls = registry.get(name)
+        except BenchError as err:
+            print(f"{line}\n    (cannot be loaded: {err})")
+            continue
+        print(f"{line}\n    origin: {registry.origin(name)}")
+        doc = (cls.__doc__ or "").strip()
+        module_doc = (__import__(cls.__module__, fromlist=['_']).__doc__ or "").strip()
+        if module_doc and module_doc != doc:
+            print("    " + module_doc.replace("\n", "\n    "))
+        for field, type_name, default, help_text in describe_config(cls.Config):
+            print(f"    {field} ({type_name}, default {default!r}): {help_text}")
+        for preset, values in getattr(cls, "presets", {}).items():
+            print(f"    preset {name}.{preset}: {values}")
+        if hasattr(cls, "tiers"):
+            print(f"    tiers: {', '.join(cls.tiers)}")
+    return 0

@@ -1,0 +1,69 @@
+"""``bench run``: one defense (plus the ``none`` baseline) on one task, against one attack or the default suite."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EPILOG = """examples:
+  bench run --defense specdef --task vision-digits
+  bench run --defense specdef alpha=1e6 dtype=float64 --task vision-digits --seeds 0,1,2
+  bench run --defense specdef --task vision-digits --attack full-ft optimizer=adam lr=1e-3
+  bench run --config experiments/vision-digits/specdef.yaml defense.alpha=1e5
+  bench run --defense mydef --task vision-digits --plugin ./my_defense.py
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("run", help="run a defense against a task's attack suite", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="task name and config values")
+    p.add_argument("--defense", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="defense (name or name.preset) and config values")
+    p.add_argument("--attack", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
+                   help="one attack config instead of the task's default suite")
+    p.add_argument("--config", metavar="YAML", help="experiment file (overridden by command-line values)")
+    p.add_argument("--tier", help="tiny (default, embedded model, CPU) or real (needs --model)")
+    p.add_argument("--model", help="real tier: Hugging Face hub id or local path")
+    p.add_argument("--seeds", "--seed", dest="seeds", help="comma-separated seeds (default 0)")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
+                   help="do not also run the undefended 'none' baseline")
+    p.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                   help="skip the half-decade LR refinement around each family's best point")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
+    p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.experiment import build_request
+    from bench.runner import Session
+    from bench.suite import run_suite
+    from leaderboard.summary import summary_text
+
+    request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
+                            overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
+                            baseline=args.baseline, refine=args.refine)
+    session = Session(results_dir=args.results, official=not args.dev)
+    start = time.perf_counter()
+    try:
+        report = run_suite(request, session, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - start
+    resumed = sum(r.resumed for r in report.records)
+    print(summary_text(args.results, report.run_ids))
+    print(f"\n{len(report.records)} runs ({resumed} already done) in {wall:.1f} s; results in {args.results}/ "
+          f"(`bench leaderboard --results {args.results}` to compare)")
+    if report.failed:
+        errors = sorted({r.error or "unknown error" for r in report.failed})
+        print(f"\n{len(report.failed)} run(s) failed:", file=sys.stderr)
+        for error in errors[:5]:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,68 @@
+"""``bench show <run_id | run dir | results dir>``: one run's spec, outcome and key metrics, or a list of runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("show", help="show a run (by id or directory) or list the runs of a results directory")
+    p.add_argument("target", help="run id, run directory, or results directory")
+    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    p.add_argument("--json", action="store_true", help="print the run's run.json as is")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.errors import DataError
+    from bench.results import METRICS, RUN_JSON, read_run_json, run_directories
+
+    target = Path(args.target)
+    if not target.exists():
+        target = Path(args.results) / args.target
+    if not target.exists():
+        raise DataError(f"no run {args.target!r}: not a directory, and not a run id under {args.results}/")
+    if not (target / RUN_JSON).exists():
+        runs = run_directories(target)
+        if not runs:
+            raise DataError(f"{target} holds no runs")
+        for directory in runs:
+            info = read_run_json(directory)
+            summary = info.get("summary") or {}
+            steps = summary.get("steps_to_harm")
+            steps_text = "—" if steps is None else (f"> {steps}" if summary.get("censored") else str(steps))
+            print(f"{info['run_id']}  {info['status']:<8} {str(info.get('outcome') or '—'):<9} "
+                  f"steps-to-harm {steps_text:<7} {info.get('canonical_name', '')}")
+        return 0
+    info = read_run_json(target)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    print(f"run {info['run_id']}: {info.get('canonical_name')}")
+    print(f"status: {info['status']}" + (f" — {info['error']}" if info.get("error") else ""))
+    summary = info.get("summary") or {}
+    if summary:
+        steps = summary["steps_to_harm"]
+        print(f"outcome: {summary['outcome']}; steps-to-harm: {'> ' if summary['censored'] else ''}{steps}"
+              f" (raw crossing: {'> ' if summary['raw_censored'] else ''}{summary['steps_to_harm_raw']}); "
+              f"harm AUC {summary['harm_auc']:.3f}; ran {summary['steps_run']} steps"
+              + (f"; diverged at step {summary['diverged_step']}" if summary.get("diverged") else ""))
+    threat = info.get("threat_model") or {}
+    print("threat model: " + ", ".join(f"{k}={v}" for k, v in threat.items()))
+    if (target / METRICS).exists():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(target / METRICS).to_pandas()
+        shown = table[table["phase"].isin(["released", "defended", "post_attack"])]
+        for _, row in shown.iterrows():
+            ci = f" [{row['ci_low']:.4g}, {row['ci_high']:.4g}]" if row["ci_low"] == row["ci_low"] and row["ci_low"] is not None else ""
+            split = f"[{row['split']}]" if row["split"] else ""
+            print(f"  {row['phase']:<12} {row['metric']}{split}: {row['value']:.6g}{ci}")
+    prov = info.get("provenance") or {}
+    print(f"code: bench {prov.get('bench_version')} git {str(prov.get('git_sha'))[:10]}"
+          f"{' (dirty)' if prov.get('git_dirty') else ''}; device {prov.get('device')}; wall {info.get('wall_seconds', 0):.1f} s")
+    if info.get("traceback"):
+        print("\n" + info["traceback"])
+    return 0

@@ -1,0 +1,137 @@
+"""Layering an experiment: plugin defaults < YAML file < command-line values, into a :class:`SuiteRequest`.
+
+An experiment file holds only what differs from the defaults::
+
+    # bench run --config experiments/vision-digits/specdef-a1e6.yaml   (override: defense.alpha=1e5)
+    task: vision-digits
+    defense: {name: specdef, args: {alpha: 1.0e6, dtype: float64}}
+    seeds: [0, 1, 2]
+
+Command-line values are ``--task/--defense/--attack NAME [key=value ...]`` and dotted ``part.key=value`` overrides.
+Unknown keys anywhere are errors that name the key (typos never pass silently).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from bench.errors import ConfigError, DataError
+from bench.suite import SuiteRequest
+
+TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine")
+PARTS = ("task", "defense", "attack")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(TOP_LEVEL_KEYS)})")
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {key!r} in {path}.{hint} Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    return data
+
+
+def _part(value: Any, where: str) -> tuple[str | None, dict[str, Any]]:
+    """A plugin reference in YAML: ``name`` or ``{name: ..., args: {...}}``."""
+    if value is None:
+        return None, {}
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, dict):
+        unknown = set(value) - {"name", "args"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; use {{name: ..., args: {{...}}}}")
+        args = value.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"{where}.args must be a mapping")
+        return value.get("name"), dict(args)
+    raise ConfigError(f"{where} must be a plugin name or {{name: ..., args: {{...}}}}")
+
+
+def parse_assignments(tokens: Sequence[str], where: str) -> dict[str, str]:
+    """``["lr=1e-3", "optimizer=adam"]`` → ``{"lr": "1e-3", "optimizer": "adam"}`` (values coerced later by type)."""
+    values = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: expected key=value, got {token!r}")
+        values[key.strip()] = value
+    return values
+
+
+def parse_seeds(value: Any) -> tuple[int, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        seeds = tuple(int(str(s).strip()) for s in items if str(s).strip())
+    except ValueError as err:
+        raise ConfigError(f"seeds must be integers, got {value!r}") from err
+    if not seeds or any(s < 0 for s in seeds):
+        raise ConfigError(f"seeds must be non-negative integers, got {value!r}")
+    return seeds
+
+
+def build_request(
+    *,
+    config: str | Path | None = None,
+    task: Sequence[str] = (),
+    defense: Sequence[str] = (),
+    attack: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    tier: str | None = None,
+    model: str | None = None,
+    seeds: str | Sequence[int] | None = None,
+    baseline: bool | None = None,
+    refine: bool | None = None,
+) -> SuiteRequest:
+    """Merge defaults < ``config`` YAML < command-line values into a request (see module docstring).
+
+    ``task``/``defense``/``attack`` are ``[name, key=value, ...]`` token lists as typed after ``--task`` etc.
+    ``attack.KEY`` overrides without an attack name apply to every family of the task's default suite.
+    """
+    data = load_yaml(config) if config else {}
+    names: dict[str, str | None] = {}
+    args: dict[str, dict[str, Any]] = {}
+    for part in PARTS:
+        names[part], args[part] = _part(data.get(part), part)
+    for part, tokens in (("task", task), ("defense", defense), ("attack", attack)):
+        if tokens:
+            name, *assignments = tokens
+            if names[part] is not None and name != names[part]:
+                args[part] = {}  # a different plugin than the file's: the file's args belong to the other one
+            names[part] = name
+            args[part].update(parse_assignments(assignments, f"--{part} {name}"))
+    for key, value in parse_assignments(overrides, "override").items():
+        part, dot, field = key.partition(".")
+        if not dot or part not in PARTS or not field:
+            raise ConfigError(f"override {key}={value!r} must look like task.KEY=, defense.KEY= or attack.KEY=")
+        args[part][field] = value
+    if names["task"] is None:
+        raise ConfigError("no task given: use --task NAME (see `bench ls tasks`)")
+    if names["defense"] is None:
+        raise ConfigError("no defense given: use --defense NAME (see `bench ls defenses`)")
+    return SuiteRequest(
+        task=names["task"],
+        defense=names["defense"],
+        attack=names["attack"],
+        tier=tier or data.get("tier") or "tiny",
+        model=model if model is not None else data.get("model"),
+        seeds=parse_seeds(seeds if seeds is not None else data.get("seeds", [0])),
+        task_args=args["task"],
+        defense_args=args["defense"],
+        attack_args=args["attack"],
+        baseline=baseline if baseline is not None else bool(data.get("baseline", True)),
+        refine=refine if refine is not None else bool(data.get("refine", True)),
+    )

@@ -1,0 +1,113 @@
+"""Conformance checks every registered plugin must pass, exported so third-party plugin authors can run them.
+
+Use them in a test file of your own package::
+
+    import pytest
+    from bench import testing
+
+    def test_my_defense_conforms(tmp_path):
+        testing.check_defense("my-defense", tmp_path)
+
+The harness's own suite runs them over every registered name (tests/test_conformance.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.config import build_config, config_to_dict
+from bench.contracts import DefenderView, DefenseResult
+from bench.layers import MLP
+from bench.modelio import load_model, save_model
+from bench.registry import ATTACKS, DEFENSES, TASKS
+
+TINY_MLP_SIZES = (16, 32, 32, 6)
+
+
+def tiny_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return MLP(TINY_MLP_SIZES).eval()
+
+
+def tiny_view(seed: int = 0) -> DefenderView:
+    """A defender view over random data for the tiny MLP (enough for defenses that use data)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, TINY_MLP_SIZES[0], generator=g)
+    y = torch.randint(0, TINY_MLP_SIZES[-1], (64,), generator=g)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    loss = lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1])  # noqa: E731
+    return DefenderView(harmful=batches[:2], benign=batches[2:], harmful_loss=loss, benign_loss=loss)
+
+
+def check_config_roundtrip(registry, name: str) -> None:
+    """The default config serialises to JSON-compatible values and rebuilds to an equal config."""
+    cls = registry.get(name)
+    cfg = cls.Config()
+    rebuilt = build_config(cls.Config, config_to_dict(cfg), where=f"{registry.kind} {name!r}")
+    assert rebuilt == cfg, f"{registry.kind} {name!r}: config does not round-trip"
+    for preset, args in getattr(cls, "presets", {}).items():
+        resolved = registry.resolve(f"{name}.{preset}")
+        build_config(cls.Config, resolved.preset_args, where=f"preset {name}.{preset}")
+    assert dataclasses.is_dataclass(cfg)
+
+
+def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
+    cls = DEFENSES.get(name)
+    return cls().apply(copy.deepcopy(model), tiny_view(seed), cls.Config(), generator=torch.Generator().manual_seed(seed))
+
+
+def check_defense(name: str, tmp_path: Path) -> None:
+    """Function preservation (where claimed), determinism under a seed, and save/reload of the defended model."""
+    cls = DEFENSES.get(name)
+    check_config_roundtrip(DEFENSES, name)
+    model = tiny_mlp()
+    x = torch.randn(32, TINY_MLP_SIZES[0], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    first = apply_defense(name, model, seed=0)
+    second = apply_defense(name, model, seed=0)
+    assert isinstance(first, DefenseResult) and isinstance(first.model, nn.Module)
+    with torch.no_grad():
+        out_a, out_b = first.model(x), second.model(x)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=0, msg=f"defense {name!r} is not deterministic under a seed")
+    if cls.preserves_function:
+        scale = reference.abs().max().clamp_min(1e-6)
+        worst = float((out_a - reference).abs().max() / scale)
+        assert worst <= cls.preservation_tol, (
+            f"defense {name!r} claims function preservation but changed outputs by {worst:.3g} (relative) "
+            f"> its preservation_tol {cls.preservation_tol}"
+        )
+    directory = save_model(first.model, tmp_path / f"{name}-defended", architecture={"kind": "mlp", "sizes": list(TINY_MLP_SIZES)})
+    reloaded = load_model(directory)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), out_a, rtol=0, atol=0, msg=f"defense {name!r} does not save/reload exactly")
+
+
+def check_task(name: str, cache) -> None:
+    """The tiny tier builds, probes and evaluates, and its default attack suite is made of valid specs."""
+    from bench.spec import make_spec
+
+    task_cls = TASKS.get(name)
+    check_config_roundtrip(TASKS, name)
+    cfg = task_cls.Config()
+    instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache)
+    probe = instance.probe(instance.model)
+    assert 0 <= probe.harm < cfg.tau, f"task {name!r}: the released model is already harmful (harm {probe.harm})"
+    evaluation = instance.evaluate(instance.model)
+    assert instance.utility_metric in evaluation.utility
+    for sweep in task_cls().default_attacks(cfg, "tiny"):
+        args = dict(sweep.args)
+        if sweep.lrs:
+            args["lr"] = sweep.lrs[0]
+        make_spec(task=name, defense="none", attack=sweep.attack, attack_args=args)
+
+
+def check_attack(name: str) -> None:
+    check_config_roundtrip(ATTACKS, name)
+    cls = ATTACKS.get(name)
+    assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"

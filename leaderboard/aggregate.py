@@ -1,0 +1,150 @@
+"""From long-format metrics to one row per run, per (defense, seed) and per defense (DESIGN §4, §6).
+
+* :func:`load_runs` — one row per run with its summary metrics and the defended-phase measurements.
+* :func:`per_seed` — the attacker's worst case over all attack runs of a (task, defense config, seed), the worst
+  case over white-box (adaptive) attacks, outcome counts, and the resistance ratio against ``none`` on the same seed.
+* :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.metrics import censored_median, worst_case
+from bench.results import read_metrics
+
+TASK_KEYS = ["task", "tier", "model"]
+DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash"]
+SEED_KEYS = DEFENSE_KEYS + ["seed"]
+RUN_LEVEL = ["run_id", "task", "tier", "model", "defense", "defense_label", "defense_hash", "attack", "attack_label",
+             "attack_family", "attack_hash", "knowledge", "seed", "status", "outcome", "diverged", "official"]
+DEFENDED_METRICS = ["max_abs_diff", "mean_kl", "mean_mse", "agreement", "params_added", "defense_seconds", "hessian_top_eig"]
+
+
+def load_metrics(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    df = read_metrics(Path(results_dir)).to_pandas()
+    if run_ids is not None:
+        df = df[df["run_id"].isin(set(run_ids))]
+    return df
+
+
+def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataFrame:
+    """One row per run: run-level columns, summary metrics, utility retention and defended-phase measurements."""
+    if metrics.empty:
+        return pd.DataFrame(columns=RUN_LEVEL)
+    if official_only:
+        metrics = metrics[metrics["official"].fillna(True)]
+    runs = metrics.drop_duplicates("run_id")[RUN_LEVEL].set_index("run_id")
+    summary = metrics[metrics["phase"] == "summary"]
+    runs = runs.join(summary.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first"))
+    cens = summary[summary["metric"] == "steps_to_harm"].set_index("run_id")["censored"]
+    runs["censored"] = cens.reindex(runs.index).astype("boolean")
+    defended = metrics[metrics["phase"] == "defended"]
+    picked = defended[defended["metric"].isin(DEFENDED_METRICS)]
+    runs = runs.join(picked.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first").add_prefix("defended_"))
+    released = metrics[(metrics["phase"] == "released") & (metrics["metric"] == "hessian_top_eig")]
+    runs["released_hessian_top_eig"] = released.set_index("run_id")["value"].reindex(runs.index)
+    for phase in ("defended", "post_attack"):
+        retained = metrics[(metrics["phase"] == phase) & (metrics["metric"] == "retained_utility")]
+        for split, group in retained.groupby("split"):
+            g = group.set_index("run_id")
+            runs[f"{phase}_retained:{split}"] = g["value"].reindex(runs.index)
+            runs[f"{phase}_retained_low:{split}"] = g["ci_low"].reindex(runs.index)
+            runs[f"{phase}_retained_high:{split}"] = g["ci_high"].reindex(runs.index)
+    return runs.reset_index()
+
+
+def utility_names(runs: pd.DataFrame) -> list[str]:
+    return sorted(c.split(":", 1)[1] for c in runs.columns if c.startswith("defended_retained:"))
+
+
+def _worst(group: pd.DataFrame) -> dict:
+    ok = group[group["status"] == "success"].dropna(subset=["steps_to_harm"])
+    if ok.empty:
+        return {"worst_steps": math.nan, "worst_censored": pd.NA, "worst_attack": None, "worst_run_id": None}
+    auc = ok["harm_auc"].fillna(0.0).tolist() if "harm_auc" in ok else None
+    best = worst_case(ok["steps_to_harm"].astype(int).tolist(), ok["censored"].fillna(True).astype(bool).tolist(), auc)
+    row = ok.iloc[best.index]
+    return {"worst_steps": best.steps_to_harm, "worst_censored": best.censored, "worst_attack": row["attack_label"],
+            "worst_run_id": row["run_id"]}
+
+
+def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, tier, model, defense config, seed); see the module docstring."""
+    rows = []
+    for keys, group in runs.groupby(SEED_KEYS, dropna=False, sort=True):
+        record = dict(zip(SEED_KEYS, keys))
+        record.update(_worst(group))
+        adaptive = _worst(group[group["knowledge"] == "white-box"])
+        record.update({"adaptive_" + k.removeprefix("worst_"): v for k, v in adaptive.items()})
+        record["adaptive_run"] = bool((group["knowledge"] == "white-box").any())
+        outcomes = group.loc[group["status"] == "success", "outcome"].value_counts()
+        for outcome in ("harmed", "broken", "resisted"):
+            record[f"n_{outcome}"] = int(outcomes.get(outcome, 0))
+        record["n_runs"] = len(group)
+        record["n_failed"] = int((group["status"] != "success").sum())
+        record["harm_auc_max"] = float(group["harm_auc"].max()) if "harm_auc" in group and group["harm_auc"].notna().any() else math.nan
+        for column in group.columns:
+            if column.startswith(("defended_", "released_")):
+                values = group[column].dropna()
+                record[column] = float(values.iloc[0]) if len(values) else math.nan
+        rows.append(record)
+    seeds = pd.DataFrame(rows)
+    if seeds.empty:
+        return seeds
+    seeds["ratio"] = math.nan
+    seeds["ratio_lower_bound"] = False
+    baseline = seeds[seeds["defense_label"] == "none"].set_index(TASK_KEYS + ["seed"])
+    for i, row in seeds.iterrows():
+        key = tuple(row[k] for k in TASK_KEYS + ["seed"])
+        if key in baseline.index and not pd.isna(row["worst_steps"]):
+            base = baseline.loc[[key]].iloc[0]
+            if not pd.isna(base["worst_steps"]):
+                seeds.at[i, "ratio"] = row["worst_steps"] / max(float(base["worst_steps"]), 1.0)
+                seeds.at[i, "ratio_lower_bound"] = bool(row["worst_censored"])
+    return seeds
+
+
+def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate per-seed rows over seeds (censoring-aware median and range for step counts; means otherwise)."""
+    rows = []
+    for keys, group in seeds.groupby(DEFENSE_KEYS, dropna=False, sort=True):
+        record = dict(zip(DEFENSE_KEYS, keys))
+        record["seeds"] = int(group["seed"].nunique())
+        for prefix in ("worst", "adaptive"):
+            valid = group.dropna(subset=[f"{prefix}_steps"])
+            summary = censored_median(valid[f"{prefix}_steps"].tolist(),
+                                      valid[f"{prefix}_censored"].fillna(True).astype(bool).tolist())
+            record.update({f"{prefix}_median": summary.median, f"{prefix}_median_censored": summary.median_censored,
+                           f"{prefix}_low": summary.low, f"{prefix}_high": summary.high,
+                           f"{prefix}_n_censored": summary.n_censored})
+            attacks = valid[f"{prefix}_attack"].dropna()
+            record[f"{prefix}_attack"] = attacks.mode().iloc[0] if len(attacks) else None
+        record["adaptive_run"] = bool(group["adaptive_run"].any())
+        ratios = group.dropna(subset=["ratio"])
+        if len(ratios):
+            summary = censored_median(ratios["ratio"].tolist(), ratios["ratio_lower_bound"].astype(bool).tolist())
+            record.update({"ratio": summary.median, "ratio_lower_bound": summary.median_censored})
+        else:
+            record.update({"ratio": math.nan, "ratio_lower_bound": False})
+        for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_runs", "n_failed"]:
+            record[column] = group[column].sum() if column.startswith("n_") else group[column].mean()
+        for column in group.columns:
+            if column.startswith(("defended_", "released_")):
+                record[column] = float(np.nanmean(group[column])) if group[column].notna().any() else math.nan
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, official_only: bool = False):
+    """Load and aggregate: returns (runs, per_seed, per_defense) data frames."""
+    runs = load_runs(load_metrics(results_dir, run_ids), official_only=official_only)
+    if runs.empty:
+        return runs, pd.DataFrame(), pd.DataFrame()
+    seeds = per_seed(runs)
+    return runs, seeds, per_defense(seeds)

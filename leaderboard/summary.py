@@ -1,0 +1,59 @@
+"""The short human summary ``bench run`` prints: per defense, the worst case, what it cost, and per-family detail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from leaderboard.aggregate import build, utility_names
+from leaderboard.render import family_table, fmt_float, fmt_fraction, fmt_ratio, fmt_steps
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def summary_text(results_dir: str | Path, run_ids: Iterable[str]) -> str:
+    runs, seeds, board = build(results_dir, list(run_ids))
+    if board.empty:
+        return "no runs."
+    lines = []
+    for (task, tier), group in board.groupby(["task", "tier"], sort=True):
+        task_runs = runs[(runs["task"] == task) & (runs["tier"] == tier)]
+        n_failed = int((task_runs["status"] != "success").sum())
+        lines.append(f"{task} ({tier}) — {len(task_runs)} attack runs, {n_failed} failed, "
+                     f"seeds {sorted(task_runs['seed'].unique().tolist())}")
+        utilities = utility_names(group)
+        headers = ["defense", "worst-case steps-to-harm", "by attack", "vs none", "outcomes H/B/R"]
+        headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig."]
+        rows = []
+        for _, r in group.sort_values("defense_label").iterrows():
+            row = [str(r["defense_label"]),
+                   fmt_steps(r["worst_median"], bool(r["worst_median_censored"]), r["worst_low"], r["worst_high"]),
+                   str(r["worst_attack"] or "—"), fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"])),
+                   f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
+            for u in utilities:
+                low, high = r.get(f"defended_retained_low:{u}"), r.get(f"defended_retained_high:{u}")
+                ci = f" [{fmt_fraction(low)}, {fmt_fraction(high)}]" if pd.notna(low) else ""
+                row.append(fmt_fraction(r.get(f"defended_retained:{u}")) + ci)
+            row += [fmt_float(r.get("defended_max_abs_diff")), fmt_float(r.get("defended_hessian_top_eig"))]
+            rows.append(row)
+        lines += _table(headers, rows)
+        families = family_table(task_runs)
+        if not families.empty:
+            lines.append("")
+            lines.append("per attack family (worst case over learning rates and seeds):")
+            fam_rows = [[f["defense"], f["family"], fmt_steps(f["steps"], bool(f["censored"])), str(f["attack"]),
+                         f"{f['harmed']}/{f['broken']}/{f['resisted']}"] for _, f in families.iterrows()]
+            lines += ["  " + x for x in _table(["defense", "family", "steps-to-harm", "best config", "H/B/R"], fam_rows)]
+        failed = task_runs[task_runs["status"] != "success"]
+        for _, f in failed.head(5).iterrows():
+            lines.append(f"FAILED {f['run_id']}: {f['defense_label']} / {f['attack_label']} (see `bench show {f['run_id']}`)")
+        lines.append("")
+    lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
+                 "budget B. H/B/R = harmed / broken / resisted attack runs.")
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""Shared fixtures: offline environment, one on-disk cache per test session, registry isolation."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import pytest  # noqa: E402
+
+from bench.cache import Cache  # noqa: E402
+from bench.registry import REGISTRIES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Cache:
+    """One cache for the whole test session, so each tiny released model is built once."""
+    root = tmp_path_factory.mktemp("bench-cache")
+    os.environ["BENCH_CACHE_DIR"] = str(root)
+    return Cache(root)
+
+
+@pytest.fixture(autouse=True)
+def _session_cache_env(cache):
+    """Every test (including CLI tests) uses the session cache, never the user's."""
+    yield
+
+
+@pytest.fixture
+def isolated_registries():
+    """Restore the three registries after a test that registers plugins."""
+    states = {name: reg.snapshot() for name, reg in REGISTRIES.items()}
+    yield
+    for name, reg in REGISTRIES.items():
+        reg.restore(states[name])

@@ -1,0 +1,163 @@
+"""The ``bench`` command end to end: run → results → leaderboard, plugins, and clear errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.results import SCHEMA, read_metrics
+
+QUICK = ["task.budget=30", "task.curvature_iters=0", "task.bootstrap=50"]
+
+
+def run_cli(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_run_single_attack_then_leaderboard(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
+                   "lr=1e-2", "--results", results, "--quiet", *QUICK)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "worst-case steps-to-harm" in out and "specdef" in out and "none" in out
+    table = read_metrics(results)
+    assert table.schema.equals(SCHEMA)
+    assert set(table.to_pandas()["defense"]) == {"none", "specdef"}  # the baseline runs by default
+
+    code = run_cli("leaderboard", "--results", results)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| Defense | Worst-case steps-to-harm |" in out and "| specdef |" in out
+    html = (results / "leaderboard.html").read_text()
+    assert "<table class='board'>" in html and "specdef" in html
+    board = pd.read_parquet(results / "leaderboard.parquet")
+    assert set(board["defense_label"]) == {"none", "specdef"}
+    row = board.set_index("defense_label").loc["none"]
+    assert row["ratio"] == 1.0 and row["n_runs"] == 1
+
+    run_id = json.loads(next(results.glob("*/run.json")).read_text())["run_id"]
+    assert run_cli("show", run_id, "--results", results) == 0
+    assert "outcome:" in capsys.readouterr().out
+    assert run_cli("show", results) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_default_suite_end_to_end(tmp_path, capsys):
+    code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--results", tmp_path, "--quiet",
+                   "--no-refine", "task.budget=20", "task.curvature_iters=0", "task.bootstrap=0")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "per attack family" in out and "full-ft/sgd" in out and "full-ft/adamw" in out
+    runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
+    assert len(runs) == 2 * (14 + 10 + 10)  # none + specdef over the per-decade grid of 3 families
+    assert set(runs["knowledge"]) == {"blind"}
+
+
+def test_html_escapes_user_strings(tmp_path, capsys, isolated_registries):
+    plugin = tmp_path / "evil.py"
+    plugin.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from bench.contracts import Defense, DefenseResult
+        from bench.registry import DEFENSES
+
+        @dataclass(frozen=True, kw_only=True)
+        class Cfg:
+            note: str = "x"
+
+        @DEFENSES.register("evil-defense")
+        class Evil(Defense):
+            Config = Cfg
+            def apply(self, model, view, cfg, *, generator):
+                return DefenseResult(model=model)
+    '''))
+    results = tmp_path / "results"
+    assert run_cli("run", "--plugin", plugin, "--defense", "evil-defense", "note=<script>alert(1)</script>",
+                   "--task", "vision-digits", "--attack", "full-ft", "--results", results, "--quiet",
+                   "--no-baseline", *QUICK) == 0
+    capsys.readouterr()
+    assert run_cli("leaderboard", "--results", results) == 0
+    html = (results / "leaderboard.html").read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_plugin_file_defense_runs_and_crashing_plugin_fails_clearly(tmp_path, capsys, isolated_registries):
+    plugin = tmp_path / "my_defenses.py"
+    plugin.write_text(textwrap.dedent('''
+        """Two defenses written by a user."""
+        from dataclasses import dataclass
+        from bench.contracts import Defense, DefenseResult
+        from bench.registry import DEFENSES
+
+        @dataclass(frozen=True, kw_only=True)
+        class Cfg:
+            pass
+
+        @DEFENSES.register("noop-user")
+        class Noop(Defense):
+            """Does nothing."""
+            Config = Cfg
+            def apply(self, model, view, cfg, *, generator):
+                return DefenseResult(model=model)
+
+        @DEFENSES.register("crash-user")
+        class Crash(Defense):
+            """Always crashes."""
+            Config = Cfg
+            def apply(self, model, view, cfg, *, generator):
+                raise RuntimeError("user defense crashed on purpose")
+    '''))
+    results = tmp_path / "results"
+    assert run_cli("ls", "defenses", "--plugin", plugin) == 0
+    assert "noop-user" in capsys.readouterr().out
+    assert run_cli("run", "--plugin", plugin, "--defense", "noop-user", "--task", "vision-digits", "--attack", "full-ft",
+                   "--results", results, "--quiet", *QUICK) == 0
+    capsys.readouterr()
+    code = run_cli("run", "--plugin", plugin, "--defense", "crash-user", "--task", "vision-digits", "--attack", "full-ft",
+                   "--results", results, "--quiet", *QUICK)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "RuntimeError: user defense crashed on purpose" in captured.err
+    assert "FAILED" in captured.out  # the summary names the failed run
+    statuses = read_metrics(results).to_pandas().drop_duplicates("run_id")["status"].value_counts()
+    assert statuses["failed"] == 1 and statuses["success"] == 2  # earlier runs are kept
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run", "--defense", "specdf", "--task", "vision-digits"], "Did you mean 'specdef'"),
+    (["run", "--defense", "specdef", "--task", "vison-digits"], "Did you mean 'vision-digits'"),
+    (["run", "--defense", "specdef", "alpah=3", "--task", "vision-digits"], "unknown config key 'alpah'"),
+    (["run", "--defense", "specdef", "alpha=big", "--task", "vision-digits"], "bad value for 'alpha'"),
+    (["run", "--defense", "specdef", "--task", "vision-digits", "--config", "/no/such.yaml"], "config file not found"),
+    (["run", "--defense", "specdef", "--task", "vision-digits", "--plugin", "/no/such.py"], "plugin file not found"),
+    (["run", "--defense", "specdef", "--task", "vision-digits", "--tier", "real"], "needs --model"),
+    (["show", "nonexistent-run"], "no run 'nonexistent-run'"),
+    (["leaderboard", "--results", "/no/such/results"], "does not exist"),
+])
+def test_bad_input_gives_a_clear_error_and_exit_2(argv, fragment, capsys):
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_validate(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("task: vision-digits\ndefense: {name: specdef, args: {alpha: 1.0e5}}\nseeds: [0, 1]\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: vision-digits\ndefense: {name: specdef, args: {alfa: 3}}\n")
+    assert run_cli("validate", good) == 0
+    assert run_cli("validate", good, bad) == 2
+    assert "unknown config key 'alfa'" in capsys.readouterr().out
+
+
+def test_ls_lists_every_kind(capsys):
+    for kind, expected in [("defenses", "specdef"), ("attacks", "full-ft"), ("tasks", "vision-digits")]:
+        assert run_cli("ls", kind) == 0
+        assert expected in capsys.readouterr().out
+    assert run_cli("ls", "defenses", "spec*", "-v") == 0
+    out = capsys.readouterr().out
+    assert "alpha (float, default 10000.0)" in out and "preset specdef.a1e4-k25" in out

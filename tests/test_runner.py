@@ -1,0 +1,175 @@
+"""The runner end to end on the tiny vision task: stages, results files, early stop, divergence, failures, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench.cache import Cache
+from bench.contracts import Attack, AttackConfig, Defense
+from bench.registry import ATTACKS, DEFENSES
+from bench.results import SCHEMA, read_metrics
+from bench.runner import Session, run
+from bench.spec import make_spec
+from bench.suite import SuiteRequest, run_suite
+
+FAST = {"curvature_iters": 0, "bootstrap": 100}
+
+
+def spec(defense="none", attack_args=None, task_args=None, seed=0, attack="full-ft", defense_args=None):
+    return make_spec(task="vision-digits", defense=defense, attack=attack, seed=seed,
+                     task_args={**FAST, **(task_args or {})}, defense_args=defense_args or {},
+                     attack_args={"budget": 100, **(attack_args or {})})
+
+
+def test_run_writes_complete_results(tmp_path, cache):
+    s = spec(attack_args={"optimizer": "adam", "lr": 1e-2})
+    result = run(s, Session(tmp_path, cache))
+    assert result.status == "success" and result.error is None
+    info = json.loads((tmp_path / s.run_id / "run.json").read_text())
+    assert info["status"] == "success" and info["run_id"] == s.run_id
+    assert info["threat_model"]["knowledge"] == "blind" and info["threat_model"]["examples_seen"] > 0
+    assert {"git_sha", "libraries", "device"} <= set(info["provenance"])
+    assert info["wall_seconds"] > 0 and info["peak_rss_mb"] > 0
+    table = pq.read_table(tmp_path / s.run_id / "metrics.parquet")
+    assert table.schema.equals(SCHEMA, check_metadata=True)
+    df = table.to_pandas()
+    assert set(df["phase"]) == {"released", "defended", "attack", "post_attack", "summary"}
+    released = df[(df["phase"] == "released") & (df["metric"] == "allowed_accuracy")]["value"].iloc[0]
+    assert released > 0.95
+    steps = df[(df["phase"] == "summary") & (df["metric"] == "steps_to_harm")].iloc[0]
+    assert steps["value"] == result.summary["steps_to_harm"] and steps["censored"] == result.summary["censored"]
+
+
+def test_undefended_adam_is_harmed_and_stops_early(tmp_path, cache):
+    result = run(spec(attack_args={"optimizer": "adam", "lr": 1e-2}), Session(tmp_path, cache))
+    summary = result.summary
+    assert summary["outcome"] == "harmed" and not summary["censored"]
+    assert summary["steps_run"] == summary["steps_to_harm"] < 100  # early stop: cost follows steps-to-harm
+
+
+def test_divergence_stops_at_once_and_is_broken(tmp_path, cache):
+    result = run(spec(defense="specdef", attack_args={"optimizer": "sgd", "lr": 1.0}), Session(tmp_path, cache))
+    summary = result.summary
+    assert summary["diverged"] and summary["outcome"] == "broken" and summary["censored"]
+    assert summary["steps_run"] <= 5 and summary["steps_to_harm"] == 100
+
+
+def test_tiny_learning_rate_is_resisted_and_censored(tmp_path, cache):
+    result = run(spec(attack_args={"optimizer": "adam", "lr": 1e-9}), Session(tmp_path, cache))
+    assert result.summary["outcome"] == "resisted" and result.summary["steps_to_harm"] == 100
+    assert result.summary["censored"]
+
+
+def _values(directory):
+    df = pq.read_table(directory / "metrics.parquet").to_pandas()
+    df = df[~df["metric"].str.contains("seconds")]
+    return df[["phase", "step", "split", "metric", "value"]].reset_index(drop=True)
+
+
+def test_same_spec_and_seed_give_identical_metrics(tmp_path, cache):
+    s = spec(defense="specdef", attack_args={"optimizer": "adam", "lr": 1e-6}, task_args={"curvature_iters": 5})
+    run(s, Session(tmp_path / "a", cache))
+    run(s, Session(tmp_path / "b", cache))
+    a, b = _values(tmp_path / "a" / s.run_id), _values(tmp_path / "b" / s.run_id)
+    assert a.equals(b)
+    other_seed = spec(defense="specdef", attack_args={"optimizer": "adam", "lr": 1e-6}, task_args={"curvature_iters": 5}, seed=1)
+    run(other_seed, Session(tmp_path / "c", cache))
+    assert not _values(tmp_path / "c" / other_seed.run_id).equals(a)
+
+
+def test_curvature_grows_with_alpha(tmp_path, cache):
+    s = spec(defense="specdef", defense_args={"alpha": 100.0}, task_args={"curvature_iters": 30},
+             attack_args={"budget": 5})
+    run(s, Session(tmp_path, cache))
+    df = pq.read_table(tmp_path / s.run_id / "metrics.parquet").to_pandas()
+    eig = df[df["metric"] == "hessian_top_eig"].set_index("phase")["value"]
+    assert eig["defended"] > 100 * eig["released"]  # ≈ alpha² growth; at least alpha
+
+
+@dataclass(frozen=True, kw_only=True)
+class _NoArgs:
+    pass
+
+
+@pytest.fixture
+def crashing_plugins(isolated_registries):
+    @DEFENSES.register("crashing-defense")
+    class CrashingDefense(Defense):
+        Config = _NoArgs
+
+        def apply(self, model, view, cfg, *, generator):
+            raise RuntimeError("defense exploded")
+
+    @dataclass(frozen=True, kw_only=True)
+    class AttackArgs(AttackConfig):
+        lr: float = 1e-3
+
+    @ATTACKS.register("crashing-attack")
+    class CrashingAttack(Attack):
+        Config = AttackArgs
+
+        def run(self, model, task, cfg, *, generator, monitor):
+            monitor.begin(model)
+            raise ValueError("attack exploded")
+
+    @ATTACKS.register("lazy-attack")
+    class LazyAttack(Attack):
+        Config = AttackArgs
+
+        def run(self, model, task, cfg, *, generator, monitor):
+            return None
+
+
+def test_crashing_plugins_give_failed_runs_with_their_error(tmp_path, cache, crashing_plugins):
+    session = Session(tmp_path, cache)
+    for s, message in [
+        (spec(defense="crashing-defense"), "RuntimeError: defense exploded"),
+        (spec(attack="crashing-attack"), "ValueError: attack exploded"),
+        (spec(attack="lazy-attack"), "without calling monitor.begin"),
+    ]:
+        result = run(s, session)
+        assert result.status == "failed" and message in result.error
+        info = json.loads((tmp_path / s.run_id / "run.json").read_text())
+        assert info["status"] == "failed" and message in info["error"] and "Traceback" in info["traceback"]
+        assert (tmp_path / s.run_id / "metrics.parquet").exists()  # partial measurements are kept
+    statuses = set(read_metrics(tmp_path).to_pandas()["status"])
+    assert statuses == {"failed"}
+
+
+def _small_request(**kw):
+    return SuiteRequest(task="vision-digits", defense="specdef", task_args={**FAST, "budget": 40}, **kw)
+
+
+def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
+    import tasks.vision.task as vision
+
+    monkeypatch.setattr(vision, "decades", lambda hi, lo: tuple(float(f"1e{e}") for e in range(-1, -4, -1)))
+    session = Session(tmp_path, cache)
+    report = run_suite(_small_request(), session, progress=False)
+    per_family = {}
+    for record in report.records:
+        per_family.setdefault((record.spec.defense.name, record.family), []).append(record.spec.attack.kwargs["lr"])
+    # 3 families x (3 grid points + 2 refinement points) for none and specdef
+    assert all(len(lrs) == 5 for lrs in per_family.values()) and len(per_family) == 6
+    assert not report.failed and not any(r.resumed for r in report.records)
+    again = run_suite(_small_request(), Session(tmp_path, cache), progress=False)
+    assert all(r.resumed for r in again.records) and again.run_ids == report.run_ids
+
+
+def test_interrupted_suite_keeps_completed_runs_and_resumes(tmp_path, cache):
+    request = _small_request(attack="full-ft", attack_args={"lr": 1e-3}, seeds=(0, 1, 2))
+    seen = []
+
+    def interrupt_after_two(record):
+        seen.append(record)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(request, Session(tmp_path, Cache(cache.root)), on_run=interrupt_after_two, progress=False)
+    report = run_suite(request, Session(tmp_path, cache), progress=False)
+    assert [r.resumed for r in report.records] == [True, True, False, False, False, False]
