@@ -1,4 +1,4 @@
-"""``full-ft``: full fine-tuning of every trainable parameter with SGD, Adam or AdamW.
+"""``full-ft``: full fine-tuning of every trainable parameter (SGD, Adam, AdamW, Muon or AdaHessian).
 
 The standard, defense-unaware (blind) recipe. Its learning rate is what the default suite sweeps: a
 reparameterization defense rescales the usable learning rate (≈ lr/alpha for Adam, lr/alpha² for SGD), so a
@@ -9,37 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.config import check
-from bench.contracts import Attack, AttackConfig
+from attacks._training import FineTuneConfig, fine_tune
+from bench.contracts import Attack
 from bench.registry import ATTACKS
-from attacks._training import OptimizerName, build_optimizer, train
 
 
 @dataclass(frozen=True, kw_only=True)
-class FullFineTuneConfig(AttackConfig):
-    optimizer: OptimizerName = "adam"
-    """sgd, adam or adamw."""
-    lr: float = 1e-3
-    """Learning rate."""
-    weight_decay: float = 0.0
-    """Weight decay (decoupled for adamw, L2 for sgd and adam)."""
-    momentum: float = 0.0
-    """SGD momentum (ignored by adam and adamw)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+class FullFineTuneConfig(FineTuneConfig):
+    """Every field is the shared fine-tuning recipe (optimizer, lr, weight decay, clipping, warm-up)."""
 
 
 @ATTACKS.register("full-ft")
 class FullFineTune(Attack):
-    """Full fine-tuning of every parameter with SGD, Adam or AdamW."""
+    """Full fine-tuning of every parameter with SGD, Adam, AdamW, Muon or AdaHessian."""
 
     Config = FullFineTuneConfig
 
     def run(self, model, task, cfg: FullFineTuneConfig, *, generator, monitor):
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        return train(model, task, optimizer, budget=cfg.budget, batch_size=cfg.batch_size, generator=generator, monitor=monitor)
+        return fine_tune(model, task, cfg, generator=generator, monitor=monitor)

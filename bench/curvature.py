@@ -43,7 +43,7 @@ def top_hessian_eigenvalue(
             return Eigen(math.nan, 0, False)
         grads = torch.autograd.grad(loss, params, create_graph=True)
         generator = torch.Generator().manual_seed(seed)
-        v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype) for p in params]
+        v = [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(device=p.device, dtype=p.dtype) for p in params]
         v = _normalize(v)
         value, converged, done = math.nan, False, 0
         for done in range(1, iters + 1):

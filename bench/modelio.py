@@ -39,7 +39,18 @@ def _build_transformers(spec: Mapping[str, Any]) -> nn.Module:
     if cls is None or not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise DataError(f"manifest names unknown transformers model class {spec['class']!r}")
     config = cls.config_class.from_dict(dict(spec["config"]))
-    return cls(config)
+    model = cls(config)
+    # config.to_dict() does not keep the attention kernel choice; eager attention matters for double backward
+    # (Hessian-vector products), which fused SDPA kernels do not implement.
+    if spec.get("attn_implementation"):
+        model.set_attn_implementation(spec["attn_implementation"])
+    return model
+
+
+def transformers_architecture(model: nn.Module) -> dict[str, Any]:
+    """The manifest architecture of a transformers model (class, config and attention implementation)."""
+    return {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict(),
+            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
 
 # Fixed allow-list: manifests choose among these, they cannot name arbitrary code.

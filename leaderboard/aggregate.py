@@ -42,6 +42,9 @@ def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataF
     runs = metrics.drop_duplicates("run_id")[RUN_LEVEL].set_index("run_id")
     summary = metrics[metrics["phase"] == "summary"]
     runs = runs.join(summary.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first"))
+    for column in ("steps_to_harm", "steps_to_harm_raw", "harm_auc"):  # absent when every run failed
+        if column not in runs:
+            runs[column] = math.nan
     cens = summary[summary["metric"] == "steps_to_harm"].set_index("run_id")["censored"]
     runs["censored"] = cens.reindex(runs.index).astype("boolean")
     defended = metrics[metrics["phase"] == "defended"]

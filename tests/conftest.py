@@ -10,9 +10,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from bench.cache import Cache  # noqa: E402
 from bench.registry import REGISTRIES  # noqa: E402
+
+
+# Tiny models run fastest on one thread, and a busy machine makes multi-threaded tiny ops crawl (oversubscription).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -60,14 +60,14 @@ def build_tiny(cfg, cache: Cache) -> ClassificationInstance:
     splits = {name: Split(x[idx], y[idx]) for name, idx in indices.items()}
     sizes = [64, *cfg.hidden, 10]
     architecture = {"kind": "mlp", "sizes": sizes}
-    recipe = {"builder": BUILDER_VERSION, "sizes": sizes, "steps": cfg.release_steps, "lr": cfg.release_lr,
+    recipe = {"builder": BUILDER_VERSION, "sizes": sizes, "steps": cfg.release_steps, "lr": cfg.release_lr_for("tiny"),
               "seed": cfg.release_seed, "batch": 64}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
     def build(directory: Path) -> None:
         torch.manual_seed(cfg.release_seed)
         model = MLP(sizes)
-        train_classifier(model, splits["replay"], steps=cfg.release_steps, lr=cfg.release_lr, batch_size=64,
+        train_classifier(model, splits["replay"], steps=cfg.release_steps, lr=cfg.release_lr_for("tiny"), batch_size=64,
                          seed=cfg.release_seed, progress="building released vision-digits model")
         save_model(model, directory, architecture=architecture, extra={"recipe": recipe})
 

@@ -41,8 +41,9 @@ class VisionConfig(TaskConfig):
     """Tiny tier: hidden layer sizes of the released MLP."""
     release_steps: int = 800
     """Steps of training on allowed classes that produce the released model (real tier: 0 keeps the checkpoint)."""
-    release_lr: float = 1e-3
-    """Adam learning rate of the released model's training."""
+    release_lr: float | None = None
+    """Adam learning rate of the released model's training (None: 1e-3 on the tiny tier, which trains an MLP from
+    scratch; 5e-5 on the real tier, which fine-tunes a pretrained checkpoint)."""
     release_seed: int = 0
     """Seed of the released model's training (fixed across run seeds: the released model is one artefact)."""
     dataset: str = ""
@@ -61,7 +62,12 @@ class VisionConfig(TaskConfig):
         check(0 <= self.replay_fraction < 1, f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         check(all(h > 0 for h in self.hidden), f"hidden sizes must be positive, got {self.hidden}")
         check(self.release_steps >= 0, f"release_steps must be >= 0, got {self.release_steps}")
-        check(self.release_lr > 0, f"release_lr must be positive, got {self.release_lr}")
+        check(self.release_lr is None or self.release_lr > 0, f"release_lr must be positive, got {self.release_lr}")
+
+    def release_lr_for(self, tier: str) -> float:
+        if self.release_lr is not None:
+            return self.release_lr
+        return 1e-3 if tier == "tiny" else 5e-5
         check(self.max_per_class >= 0, f"max_per_class must be >= 0, got {self.max_per_class}")
 
 
