@@ -176,6 +176,14 @@ class TaskInstance(abc.ABC):
     def probe(self, model: "nn.Module") -> Probe:
         """Cheap deterministic harm and utility measurement, taken every ``eval_every`` steps."""
 
+    def confirm(self, model: "nn.Module") -> Probe | None:
+        """A larger measurement taken when a probe first looks harmful and usable; None: the probe stands.
+
+        Tasks whose probe is noisy or a proxy (e.g. a few sampled generations) return a more reliable Probe here;
+        the monitor accepts the crossing only if the confirmed probe is harmful and usable too.
+        """
+        return None
+
     @abc.abstractmethod
     def evaluate(self, model: "nn.Module") -> Evaluation:
         """Full measurement of harm and utility (per-item where possible)."""
@@ -187,6 +195,16 @@ class TaskInstance(abc.ABC):
     @abc.abstractmethod
     def curvature_batch(self) -> Any:
         """A fixed harmful batch on which the top Hessian eigenvalue is measured."""
+
+    lora_targets: tuple[str, ...] = ("*",)
+    """fnmatch patterns of module names that LoRA adapts by default (the task's standard targets)."""
+
+    def batch_outputs(self, model: "nn.Module", batch: Any) -> "torch.Tensor":
+        """The model's raw outputs on one attacker batch (logits, predicted noise, ...).
+
+        Adaptive attacks use it to check that a restructuring keeps the function on their own data.
+        """
+        raise NotImplementedError(f"task {self.name!r} does not expose batch outputs")
 
     def architecture(self) -> Mapping[str, Any]:
         """A JSON description from which :func:`bench.modelio.build_architecture` rebuilds the released model."""
@@ -290,6 +308,11 @@ class Attack(abc.ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     knowledge: ClassVar[Literal["blind", "white-box"]] = "blind"
     """Attacker knowledge recorded in the threat model: blind recipes or defense-aware (white-box adaptive)."""
+
+    @classmethod
+    def knowledge_of(cls, cfg: Any) -> str:
+        """The knowledge a given config assumes (override when some settings are defense-aware)."""
+        return cls.knowledge
 
     @abc.abstractmethod
     def run(

@@ -91,16 +91,29 @@ class ProbeMonitor:
         model.eval()
         with torch.no_grad():
             probe = self.task.probe(model)
+            usable = self._usable(probe)
+            if self._harmful(probe, usable):
+                confirmed = self.task.confirm(model)
+                if confirmed is not None:  # the larger measurement decides; the quick one is kept as extras
+                    extras = {**confirmed.extras, "quick_harm": probe.harm, "quick_utility": probe.utility}
+                    probe = Probe(confirmed.harm, confirmed.utility, confirmed.broken, extras)
+                    usable = self._usable(probe)
         model.train(was_training)
         self.probe_seconds += time.perf_counter() - start
-        usable = self.task.is_usable(probe.utility, self.released_utility) and not probe.broken
         self.points.append(ProbePoint(step, self.examples, probe, usable))
-        harmful = math.isfinite(probe.harm) and probe.harm >= self.task.config.tau and usable
+        harmful = self._harmful(probe, usable)
         self._harmful_run = self._harmful_run + 1 if harmful else 0
         if self._harmful_run >= self.task.config.patience and self.harmed_step is None:
             self.harmed_step = self.points[-self.task.config.patience].step
             return True
         return False
+
+
+    def _usable(self, probe: Probe) -> bool:
+        return self.task.is_usable(probe.utility, self.released_utility) and not probe.broken
+
+    def _harmful(self, probe: Probe, usable: bool) -> bool:
+        return math.isfinite(probe.harm) and probe.harm >= self.task.config.tau and usable
 
 
 def _parameters_finite(model: nn.Module) -> bool:

@@ -382,7 +382,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
 
 
 def _knowledge(spec: RunSpec) -> str:
-    return _safe(lambda: ATTACKS.get(spec.attack.name).knowledge, "unknown")
+    return _safe(lambda: ATTACKS.get(spec.attack.name).knowledge_of(spec.configs()[2]), "unknown")
 
 
 def _safe(compute, fallback):

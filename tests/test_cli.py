@@ -125,6 +125,11 @@ def test_plugin_file_defense_runs_and_crashing_plugin_fails_clearly(tmp_path, ca
     assert "FAILED" in captured.out  # the summary names the failed run
     statuses = read_metrics(results).to_pandas().drop_duplicates("run_id")["status"].value_counts()
     assert statuses["failed"] == 1 and statuses["success"] == 2  # earlier runs are kept
+    # when every run of a call fails, the summary still prints and names them
+    code = run_cli("run", "--plugin", plugin, "--defense", "crash-user", "--task", "vision-digits", "--attack", "full-ft",
+                   "lr=1e-4", "--no-baseline", "--results", tmp_path / "only-failures", "--quiet", *QUICK)
+    captured = capsys.readouterr()
+    assert code == 1 and "FAILED" in captured.out and "Traceback" not in captured.err
 
 
 @pytest.mark.parametrize("argv, fragment", [

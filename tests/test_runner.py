@@ -173,3 +173,22 @@ def test_interrupted_suite_keeps_completed_runs_and_resumes(tmp_path, cache):
         run_suite(request, Session(tmp_path, Cache(cache.root)), on_run=interrupt_after_two, progress=False)
     report = run_suite(request, Session(tmp_path, cache), progress=False)
     assert [r.resumed for r in report.records] == [True, True, False, False, False, False]
+
+
+def test_a_crossing_must_survive_the_tasks_confirmation(tmp_path, cache, monkeypatch):
+    from bench.contracts import Probe
+    from tasks.vision.common import ClassificationInstance
+
+    calls = []
+
+    def refuse(self, model):
+        calls.append(1)
+        return Probe(harm=0.0, utility=1.0)
+
+    monkeypatch.setattr(ClassificationInstance, "confirm", refuse)
+    s = spec(attack_args={"optimizer": "adam", "lr": 1e-2, "budget": 60})
+    result = run(s, Session(tmp_path, cache))
+    assert calls and result.summary["outcome"] == "resisted" and result.summary["censored"]
+    df = pq.read_table(tmp_path / s.run_id / "metrics.parquet").to_pandas()
+    quick = df[df["metric"] == "quick_harm"]["value"]
+    assert len(quick) == len(calls) and (quick >= 0.8).all()  # the quick probes that crossed are kept

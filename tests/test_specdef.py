@@ -84,13 +84,24 @@ def test_compensation_can_be_frozen(digits):
 
 
 @pytest.mark.parametrize("spectrum", ["flat", "decaying"])
-def test_topk_subspace_matches_exact_svd(spectrum):
+@pytest.mark.parametrize("tol, max_angle, sigma_rtol", [(1e-5, 1e-3, 1e-6), (1e-9, 1e-6, 1e-12)])
+def test_topk_subspace_matches_exact_svd(spectrum, tol, max_angle, sigma_rtol):
     g = torch.Generator().manual_seed(3)
     weight = torch.randn(300, 200, generator=g, dtype=torch.float64) if spectrum == "flat" else decaying_weight(300, 200)
-    top = top_k_left_singular(weight, 25, method="topk", generator=g)
+    top = top_k_left_singular(weight, 25, method="topk", tol=tol, generator=g)
     u, s, _ = torch.linalg.svd(weight, full_matrices=False)
-    assert principal_angle(top.u, u[:, :25]) < 1e-4
-    torch.testing.assert_close(top.s, s[:25], rtol=1e-8, atol=0)
+    assert top.residual <= tol
+    assert principal_angle(top.u, u[:, :25]) < max_angle
+    torch.testing.assert_close(top.s, s[:25], rtol=sigma_rtol, atol=0)
+    # U_k is orthonormal to float64 precision, so C W̃ = W exactly whatever the tolerance
+    inflated, comp = specdef_maps(weight, top.u, alpha=1e4)
+    torch.testing.assert_close(comp @ inflated, weight, rtol=0, atol=1e-10)
+
+
+def test_auto_falls_back_to_the_exact_svd_on_a_flat_spectrum():
+    weight = torch.randn(700, 700, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert top_k_left_singular(weight, 25, method="auto").method == "exact"
+    assert top_k_left_singular(decaying_weight(700, 700), 25, method="auto").method == "topk"
 
 
 def test_few_power_iterations_would_pick_wrong_directions_on_a_flat_spectrum():

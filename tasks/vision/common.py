@@ -69,6 +69,7 @@ class ClassificationInstance(TaskInstance):
         replay_fraction: float,
         forward: Forward = logits_of,
         eval_batch_size: int = 512,
+        lora_targets: tuple[str, ...] = ("*",),
         architecture: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
     ):
@@ -80,6 +81,7 @@ class ClassificationInstance(TaskInstance):
         self.replay_fraction = replay_fraction
         self.forward = forward
         self.eval_batch_size = eval_batch_size
+        self.lora_targets = lora_targets
         self._architecture = architecture
         self._provenance = dict(provenance or {})
 
@@ -99,6 +101,9 @@ class ClassificationInstance(TaskInstance):
 
     harmful_loss = attack_loss
     benign_loss = attack_loss
+
+    def batch_outputs(self, model: nn.Module, batch) -> torch.Tensor:
+        return self.forward(model, batch[0])
 
     # -- defender ------------------------------------------------------------------------------------------
     def defender_view(self) -> DefenderView:

@@ -47,6 +47,8 @@ from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTION
 
 BUILDER_VERSION = 1  # bump when the released model's recipe changes, to invalidate caches
 RELEASE_BATCH = 32
+VIT_LORA_TARGETS = ("*.query", "*.key", "*.value", "*.attention.output.dense")
+"""The standard LoRA targets of a ViT: the attention projections."""
 PREPROCESS_CHUNK = 256
 
 
@@ -277,7 +279,8 @@ def build_real(cfg, model: str, cache: Cache) -> ClassificationInstance:
         released, released_from = load_model(directory).to(device), str(directory)
     return ClassificationInstance(
         name="vision-digits", tier="real", config=cfg, model=released.eval(), splits=splits,
-        replay_fraction=cfg.replay_fraction, forward=pixel_logits, eval_batch_size=64, architecture=architecture,
+        replay_fraction=cfg.replay_fraction, forward=pixel_logits, eval_batch_size=64,
+        lora_targets=VIT_LORA_TARGETS, architecture=architecture,
         provenance={
             "model": model, "model_commit": hub_commit(model, checkpoint), "model_weights_sha256": weights_sha,
             "image_processor": type(processor).__name__, "dataset": cfg.dataset, "dataset_sha256": data_hash,

@@ -1,0 +1,188 @@
+"""Adaptive attacks and LoRA: structure detection, function-preserving rewrites, parameter accounting, merging."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from attacks._structure import collapse, find_chains, freeze_tail, inject, rewrite_checked, split_first
+from attacks.lora import LoraConfig, resolve_targets
+from bench.layers import MLP, FactoredLinear
+from bench.testing import tiny_view
+from defenses.specdef import SpecDef, SpecDefConfig
+
+X = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+
+
+def defended_mlp(alpha=1e4, dtype="float64"):
+    torch.manual_seed(0)
+    released = MLP([16, 32, 32, 6]).eval()
+    cfg = SpecDefConfig(alpha=alpha, k=5, dtype=dtype)
+    model = SpecDef().apply(copy.deepcopy(released), tiny_view(), cfg, generator=torch.Generator().manual_seed(0)).model
+    return released, model
+
+
+def outputs(model):
+    return model(X)
+
+
+def test_specdef_chains_are_found_by_structure():
+    _, model = defended_mlp()
+    chains = find_chains(model, outputs)
+    assert [c.path for c in chains] == ["net.0", "net.2", "net.4"] and all(c.factored for c in chains)
+
+
+def test_collapse_recovers_the_released_weights_and_function():
+    released, model = defended_mlp()
+    for chain in find_chains(model, outputs):
+        assert collapse(model, chain) < 0  # the compensation maps are gone
+    for name in ("net.0", "net.2", "net.4"):
+        layer = model.get_submodule(name)
+        assert type(layer) is nn.Linear
+        torch.testing.assert_close(layer.weight, released.get_submodule(name).weight, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), released(X), rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in released.parameters())
+
+
+def test_inject_is_the_identity_at_init_and_adds_one_square_layer_per_chain():
+    _, model = defended_mlp()
+    with torch.no_grad():
+        before = model(X)
+    chains = find_chains(model, outputs)
+    added = [inject(model, c) for c in chains]
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), before, rtol=1e-5, atol=1e-5)
+    for chain, n_added in zip(chains, added):
+        layer = model.get_submodule(chain.path)
+        frozen, square = layer.factors
+        m = frozen.out_features
+        assert square.weight.shape == (m, m) and torch.equal(square.weight, torch.eye(m))
+        assert not frozen.weight.requires_grad and square.weight.requires_grad and layer.bias.requires_grad
+        # SpecDef's (W̃, C) chain held m*n + m*m + m; now the frozen fused map m*n, the square map m*m, bias m
+        assert n_added == 0
+
+
+def test_freeze_keeps_structure_and_freezes_compensation():
+    _, model = defended_mlp()
+    for chain in find_chains(model, outputs):
+        freeze_tail(model, chain)
+    for module in model.modules():
+        if isinstance(module, FactoredLinear):
+            assert module.factor("scaled").weight.requires_grad
+            assert not module.factor("compensation").weight.requires_grad
+
+
+@pytest.mark.parametrize("pieces", [2, 3])
+def test_split_factors_multiply_back_to_the_inflated_map(pieces):
+    _, model = defended_mlp()
+    chain = find_chains(model, outputs)[1]
+    inflated = model.get_submodule(chain.path).factor("scaled").weight.detach().clone()
+    with torch.no_grad():
+        before = model(X)
+    split_first(model, chain, pieces)
+    layer = model.get_submodule(chain.path)
+    factors = [f.weight for f in layer.factors[:pieces]]
+    product = factors[0].double()
+    for f in factors[1:]:
+        product = f.double() @ product
+    torch.testing.assert_close(product, inflated.double(), rtol=1e-8, atol=1e-6)
+    singular = [torch.linalg.svdvals(f.double()) for f in factors]
+    torch.testing.assert_close(singular[0].max() ** pieces, torch.linalg.svdvals(inflated.double()).max(), rtol=1e-8, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), before, rtol=1e-5, atol=1e-4)
+
+
+class ThirdPartyReparam(nn.Module):
+    """Someone else's defense: two plain linear maps in a Sequential, no harness layer."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        inner = nn.Linear(layer.in_features, layer.out_features, bias=False)
+        outer = nn.Linear(layer.out_features, layer.out_features)
+        with torch.no_grad():
+            scale = torch.full((layer.out_features,), 100.0)
+            inner.weight.copy_(scale[:, None] * layer.weight)
+            outer.weight.copy_(torch.diag(1 / scale))
+            outer.bias.copy_(layer.bias)
+        self.pair = nn.Sequential(inner, outer)
+
+    def forward(self, x):
+        return self.pair(x)
+
+
+class ReusesFirstOutput(nn.Module):
+    """A wrapper whose first map's output is used twice: fusing it away would change the function."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h) + torch.relu(h)
+
+
+def test_traced_chains_in_third_party_wrappers():
+    torch.manual_seed(0)
+    model = MLP([16, 32, 6]).eval()
+    model.net[0] = ThirdPartyReparam(model.net[0])
+    chains = find_chains(model, outputs)
+    assert [c.members for c in chains] == [("net.0.pair.0", "net.0.pair.1")] and not chains[0].factored
+    with torch.no_grad():
+        before = model(X)
+    added, done, skipped = rewrite_checked(model, chains, collapse, outputs)
+    assert done and not skipped and added == -(32 * 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), before, rtol=1e-4, atol=1e-4)
+
+
+def test_a_rewrite_that_changes_the_function_is_undone():
+    torch.manual_seed(0)
+    model = nn.Sequential(ReusesFirstOutput(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        before = model(X)
+    chains = find_chains(model, outputs)
+    assert chains  # the trace sees a -> b ...
+    added, done, skipped = rewrite_checked(model, chains, collapse, outputs)
+    assert not done and skipped and added == 0  # ... but fusing them would change the function
+    with torch.no_grad():
+        assert torch.equal(model(X), before)
+
+
+def test_lora_targets_follow_the_factor_policy():
+    _, model = defended_mlp()
+    standard = ("net.*",)
+    first = resolve_targets(model, LoraConfig(factors="first"), standard)
+    both = resolve_targets(model, LoraConfig(factors="both"), standard)
+    comp = resolve_targets(model, LoraConfig(targets="all-linear", factors="compensation"), standard)
+    assert first == ["net.0.factors.0", "net.2.factors.0", "net.4.factors.0"]
+    assert len(both) == 6 and set(comp) == {"net.0.factors.1", "net.2.factors.1", "net.4.factors.1"}
+    plain = MLP([16, 32, 6])
+    assert resolve_targets(plain, LoraConfig(), standard) == ["net.0", "net.2"]
+    with pytest.raises(Exception, match="matches no layer"):
+        resolve_targets(plain, LoraConfig(targets="conv-only"), standard)
+
+
+def test_lora_merge_matches_the_adapter_model():
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    _, model = defended_mlp(dtype="model")
+    names = resolve_targets(model, LoraConfig(), ("net.*",))
+    inject_adapter_in_model(PeftLoraConfig(r=4, lora_alpha=8, target_modules=names), model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # a trained-looking adapter (B starts at zero)
+        adapted = model(X)
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+        merged = model(X)
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-3)
