@@ -113,15 +113,14 @@ def build_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "muon":
-        matrices = [p for p in params if p.ndim == 2]
-        others = [p for p in params if p.ndim != 2]
+        # Muon orthogonalises 2-D updates in low precision; float64 matrices (e.g. float64 SpecDef storage) and
+        # every non-matrix parameter go to AdamW.
+        low_precision = (torch.float32, torch.bfloat16, torch.float16)
+        matrices = [p for p in params if p.ndim == 2 and p.dtype in low_precision]
+        others = [p for p in params if not (p.ndim == 2 and p.dtype in low_precision)]
         parts: list[torch.optim.Optimizer] = []
         if matrices:
-            # Muon orthogonalises updates in float32; keep float64 parameters (e.g. float64 SpecDef storage) on AdamW.
-            muon_ok = [p for p in matrices if p.dtype in (torch.float32, torch.bfloat16, torch.float16)]
-            others += [p for p in matrices if p not in muon_ok]
-            if muon_ok:
-                parts.append(torch.optim.Muon(muon_ok, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"))
+            parts.append(torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"))
         if others:
             parts.append(torch.optim.AdamW(others, lr=lr, weight_decay=weight_decay))
         return OptimizerPair(parts)

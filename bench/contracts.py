@@ -78,7 +78,10 @@ class DefenseResult:
 class AttackSweep:
     """One family of the default attack suite: an attack, its fixed args, and the learning rates to sweep.
 
-    When ``refine`` is set, the suite adds half-decade points around the best learning rate of the grid.
+    ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
+    runs (``probe_steps``) at every learning rate, scores them by the decrease of the attack loss without blow-up,
+    and runs the full budget only at the ``keep`` best. Either way, ``refine`` then adds half-decade points around
+    the best full run.
     """
 
     attack: str
@@ -87,6 +90,11 @@ class AttackSweep:
     refine: bool = True
     family: str = ""
     """Short label for summaries (e.g. "adam"); defaults to the attack name."""
+    search: Literal["grid", "lr-search"] = "grid"
+    probe_steps: int = 20
+    """lr-search: optimizer steps of each probe run."""
+    keep: int = 2
+    """lr-search: learning rates that get a full run."""
 
 
 @dataclass(frozen=True)

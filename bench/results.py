@@ -43,6 +43,7 @@ RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("attack_hash", pa.string()),
     ("attack_config", pa.string()),
     ("knowledge", pa.string()),
+    ("purpose", pa.string()),
     ("seed", pa.int64()),
     ("status", pa.string()),
     ("outcome", pa.string()),

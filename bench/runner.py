@@ -262,6 +262,8 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
         "diverged_step": metrics.diverged_step,
         "steps_run": monitor.steps_run,
         "examples_seen": monitor.examples,
+        "loss_start": monitor.losses[0] if monitor.losses else float("nan"),
+        "loss_end": float(np.mean(monitor.losses[-5:])) if monitor.losses else float("nan"),
         "attack_seconds": seconds,
         "probe_seconds": monitor.probe_seconds,
         "params_trained": params_trained,
@@ -288,12 +290,6 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
 # -------------------------------------------------------------------------------------------------------------
 # One run
 # -------------------------------------------------------------------------------------------------------------
-def attack_family(spec: RunSpec) -> str:
-    """A short label of the attack recipe without its learning rate (e.g. ``full-ft/adam``), for per-family views."""
-    args = spec.attack.kwargs
-    return f"{spec.attack.label}/{args['optimizer']}" if "optimizer" in args else spec.attack.label
-
-
 def run(spec: RunSpec, session: Session | None = None) -> RunResult:
     """Execute one run and write ``results/<run_id>/``; plugin failures give a ``failed`` result, never a raise."""
     session = session or Session()
@@ -339,10 +335,11 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         "defense_config": json.dumps(spec.defense.kwargs, sort_keys=True),
         "attack": spec.attack.label,
         "attack_label": _safe(lambda: spec.attack_label, spec.attack.label),
-        "attack_family": attack_family(spec),
+        "attack_family": _safe(lambda: spec.attack_family, spec.attack.label),
         "attack_hash": spec.attack.hash(),
         "attack_config": json.dumps(spec.attack.kwargs, sort_keys=True),
         "knowledge": _knowledge(spec),
+        "purpose": spec.purpose,
         "seed": spec.seed,
         "status": status,
         "outcome": summary.get("outcome"),
@@ -353,6 +350,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         "run_id": spec.run_id,
         "canonical_name": _safe(lambda: spec.canonical_name, spec.run_id),
         "spec": spec.to_json(),
+        "purpose": spec.purpose,
         "status": status,
         "error": error,
         "traceback": tb,

@@ -17,6 +17,7 @@ from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 
 SPEC_VERSION = 1
 TASK_DEFAULTED_ATTACK_FIELDS = ("budget", "eval_every", "batch_size")
+PURPOSES = ("attack", "lr-probe")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class RunSpec:
     tier: str = "tiny"
     model: str | None = None
     seed: int = 0
+    purpose: str = "attack"
+    """``attack`` for runs that count in the worst case; ``lr-probe`` for an LR search's short scouting runs."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,7 @@ class RunSpec:
             "defense": self.defense.to_json(),
             "attack": self.attack.to_json(),
             "seed": self.seed,
+            "purpose": self.purpose,
         }
 
     @property
@@ -84,11 +88,18 @@ class RunSpec:
         return _with_diff(self.attack, ATTACKS, task_defaults)
 
     @property
+    def attack_family(self) -> str:
+        """The attack label without its learning rate and budget: runs of one LR sweep share it."""
+        task_defaults = {k: self.task.kwargs[k] for k in TASK_DEFAULTED_ATTACK_FIELDS if k in self.task.kwargs}
+        return _with_diff(self.attack, ATTACKS, task_defaults, ignore=("lr", "budget"))
+
+    @property
     def canonical_name(self) -> str:
         """Readable identity: only the config values that differ from the plugin defaults are shown."""
         model = f",model={self.model}" if self.model else ""
+        probe = ",lr-probe" if self.purpose != "attack" else ""
         return (f"{self.task.label}/{self.tier}{model}:defense={self.defense_label},"
-                f"attack={self.attack_label},seed={self.seed}")
+                f"attack={self.attack_label},seed={self.seed}{probe}")
 
     def stage_key(self, stage: str) -> str:
         """Content hash of what a pipeline stage depends on (for in-process and on-disk caching)."""
@@ -118,6 +129,7 @@ class RunSpec:
             tier=data.get("tier", "tiny"),
             model=data.get("model"),
             seed=int(data.get("seed", 0)),
+            purpose=data.get("purpose", "attack"),
             task_args=data["task"].get("args", {}),
             defense_args=data["defense"].get("args", {}),
             attack_args=data["attack"].get("args", {}),
@@ -151,6 +163,7 @@ def make_spec(
     tier: str = "tiny",
     model: str | None = None,
     seed: int = 0,
+    purpose: str = "attack",
     task_args: Mapping[str, Any] = {},
     defense_args: Mapping[str, Any] = {},
     attack_args: Mapping[str, Any] = {},
@@ -169,12 +182,15 @@ def make_spec(
     attack_spec, _ = resolve_plugin(ATTACKS, attack, attack_args, fill=fill)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    return RunSpec(task=task_spec, defense=defense_spec, attack=attack_spec, tier=tier, model=model, seed=seed)
+    if purpose not in PURPOSES:
+        raise ConfigError(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
+    return RunSpec(task=task_spec, defense=defense_spec, attack=attack_spec, tier=tier, model=model, seed=seed,
+                   purpose=purpose)
 
 
-def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}) -> str:
+def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}, ignore: tuple = ()) -> str:
     defaults = {**config_to_dict(registry.get(part.name).Config()), **task_defaults}
-    diff = {k: v for k, v in part.args if defaults.get(k) != v}
+    diff = {k: v for k, v in part.args if defaults.get(k) != v and k not in ignore}
     if not diff:
         return part.label
     inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(diff.items()))

@@ -9,6 +9,8 @@ are recorded and the suite goes on.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -84,7 +86,7 @@ def attack_sweeps(request: SuiteRequest) -> list[AttackSweep]:
     _, task_cfg = resolve_plugin(TASKS, request.task, request.task_args)
     sweeps = TASKS.get(request.task.partition(".")[0])().default_attacks(task_cfg, request.tier)
     # Attack args given on the command line without --attack apply to every family of the default suite.
-    return [AttackSweep(s.attack, {**s.args, **request.attack_args}, s.lrs, s.refine, s.family) for s in sweeps]
+    return [dataclasses.replace(s, args={**s.args, **request.attack_args}) for s in sweeps]
 
 
 def validate_request(request: SuiteRequest) -> list[RunSpec]:
@@ -96,7 +98,7 @@ def validate_request(request: SuiteRequest) -> list[RunSpec]:
             if sweep.lrs:
                 args["lr"] = sweep.lrs[0]
             for seed in request.seeds:
-                specs.append(_spec(request, defense, defense_args, sweep.attack, args, seed))
+                specs.append(_spec(request, defense, defense_args, sweep.attack, args, seed=seed))
     return specs
 
 
@@ -108,9 +110,11 @@ def _defenses(request: SuiteRequest) -> list[tuple[str, Mapping[str, Any]]]:
     return pairs
 
 
-def _spec(request: SuiteRequest, defense: str, defense_args, attack: str, attack_args, seed: int) -> RunSpec:
+def _spec(request: SuiteRequest, defense: str, defense_args, attack: str, attack_args, *, seed: int,
+          purpose: str = "attack") -> RunSpec:
     return make_spec(task=request.task, defense=defense, attack=attack, tier=request.tier, model=request.model,
-                     seed=seed, task_args=request.task_args, defense_args=defense_args, attack_args=attack_args)
+                     seed=seed, purpose=purpose, task_args=request.task_args, defense_args=defense_args,
+                     attack_args=attack_args)
 
 
 def run_suite(
@@ -128,7 +132,9 @@ def run_suite(
     sweeps = attack_sweeps(request)
     defenses = _defenses(request)
     done = completed_run_ids(session.results_dir) if resume else set()
-    estimate = len(defenses) * len(request.seeds) * sum(max(len(s.lrs), 1) + (2 if s.refine and s.lrs else 0) for s in sweeps)
+    per_sweep = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
+                 + (2 if s.refine and s.lrs else 0) for s in sweeps]
+    estimate = len(defenses) * len(request.seeds) * sum(per_sweep)
     report = SuiteReport()
     bar = tqdm(total=estimate, desc=f"{request.task} runs", unit="run", disable=not progress)
 
@@ -149,24 +155,52 @@ def run_suite(
         for defense, defense_args in defenses:
             for seed in request.seeds:
                 for sweep in sweeps:
+                    make = functools.partial(_spec, request, defense, defense_args, sweep.attack, seed=seed)
                     family = sweep.family or sweep.attack
-                    if not sweep.lrs:
-                        execute(_spec(request, defense, defense_args, sweep.attack, sweep.args, seed), family)
-                        continue
-                    grid = [execute(_spec(request, defense, defense_args, sweep.attack, {**sweep.args, "lr": lr}, seed), family)
-                            for lr in sweep.lrs]
-                    if not (sweep.refine and request.refine):
-                        continue
-                    best_lr = _best_lr(grid)
-                    if best_lr is None:
-                        continue
-                    tried = {r.spec.attack.kwargs["lr"] for r in grid}
-                    for lr in refinement(best_lr):
-                        if lr not in tried:
-                            execute(_spec(request, defense, defense_args, sweep.attack, {**sweep.args, "lr": lr}, seed), family)
+                    _run_sweep(sweep, make, functools.partial(execute, family=family), refine=request.refine)
     finally:
         bar.close()
     return report
+
+
+def _run_sweep(sweep: AttackSweep, make: Callable[..., RunSpec], execute: Callable[[RunSpec], RunRecord], *,
+               refine: bool) -> None:
+    """One family: a single run, or an LR grid / LR search followed by half-decade refinement around the best."""
+    if not sweep.lrs:
+        execute(make(dict(sweep.args)))
+        return
+    if sweep.search == "lr-search":
+        probes = [execute(make({**sweep.args, "lr": lr, "budget": sweep.probe_steps}, purpose="lr-probe"))
+                  for lr in sweep.lrs]
+        full = [execute(make({**sweep.args, "lr": lr})) for lr in best_probe_lrs(probes, sweep.keep)]
+    else:
+        full = [execute(make({**sweep.args, "lr": lr})) for lr in sweep.lrs]
+    best_lr = _best_lr(full) if sweep.refine and refine else None
+    if best_lr is None:
+        return
+    tried = {r.spec.attack.kwargs["lr"] for r in full}
+    for lr in refinement(best_lr):
+        if lr not in tried:
+            execute(make({**sweep.args, "lr": lr}))
+
+
+def probe_score(summary: dict[str, Any]) -> float:
+    """How promising a short probe run is: harmed beats everything, divergence loses, else relative loss decrease."""
+    if summary.get("outcome") == "harmed":
+        return math.inf
+    if summary.get("diverged"):
+        return -math.inf
+    start, end = summary.get("loss_start", math.nan), summary.get("loss_end", math.nan)
+    if not (math.isfinite(start) and math.isfinite(end)) or start == 0:
+        return -math.inf
+    return (start - end) / abs(start)
+
+
+def best_probe_lrs(probes: list[RunRecord], keep: int) -> list[float]:
+    """The ``keep`` learning rates whose probe runs scored best (failed probes are skipped)."""
+    ok = [r for r in probes if r.status == "success"]
+    ranked = sorted(ok, key=lambda r: (-probe_score(r.summary), -r.summary.get("harm_auc", 0.0)))
+    return [float(r.spec.attack.kwargs["lr"]) for r in ranked[:keep] if probe_score(r.summary) > -math.inf]
 
 
 def _best_lr(records: list[RunRecord]) -> float | None:

@@ -22,7 +22,7 @@ TASK_KEYS = ["task", "tier", "model"]
 DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash"]
 SEED_KEYS = DEFENSE_KEYS + ["seed"]
 RUN_LEVEL = ["run_id", "task", "tier", "model", "defense", "defense_label", "defense_hash", "attack", "attack_label",
-             "attack_family", "attack_hash", "knowledge", "seed", "status", "outcome", "diverged", "official"]
+             "attack_family", "attack_hash", "knowledge", "purpose", "seed", "status", "outcome", "diverged", "official"]
 DEFENDED_METRICS = ["max_abs_diff", "mean_kl", "mean_mse", "agreement", "params_added", "defense_seconds", "hessian_top_eig"]
 
 
@@ -78,10 +78,15 @@ def _worst(group: pd.DataFrame) -> dict:
 
 
 def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, tier, model, defense config, seed); see the module docstring."""
+    """One row per (task, tier, model, defense config, seed); see the module docstring.
+
+    LR-search probe runs (``purpose == "lr-probe"``) are counted but never enter the worst case or the outcomes.
+    """
     rows = []
-    for keys, group in runs.groupby(SEED_KEYS, dropna=False, sort=True):
+    for keys, everything in runs.groupby(SEED_KEYS, dropna=False, sort=True):
         record = dict(zip(SEED_KEYS, keys))
+        group = everything[everything["purpose"].fillna("attack") == "attack"]
+        record["n_probe_runs"] = len(everything) - len(group)
         record.update(_worst(group))
         adaptive = _worst(group[group["knowledge"] == "white-box"])
         record.update({"adaptive_" + k.removeprefix("worst_"): v for k, v in adaptive.items()})
@@ -90,11 +95,11 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
         for outcome in ("harmed", "broken", "resisted"):
             record[f"n_{outcome}"] = int(outcomes.get(outcome, 0))
         record["n_runs"] = len(group)
-        record["n_failed"] = int((group["status"] != "success").sum())
+        record["n_failed"] = int((everything["status"] != "success").sum())
         record["harm_auc_max"] = float(group["harm_auc"].max()) if "harm_auc" in group and group["harm_auc"].notna().any() else math.nan
-        for column in group.columns:
+        for column in everything.columns:
             if column.startswith(("defended_", "released_")):
-                values = group[column].dropna()
+                values = everything[column].dropna()
                 record[column] = float(values.iloc[0]) if len(values) else math.nan
         rows.append(record)
     seeds = pd.DataFrame(rows)
@@ -135,7 +140,7 @@ def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
             record.update({"ratio": summary.median, "ratio_lower_bound": summary.median_censored})
         else:
             record.update({"ratio": math.nan, "ratio_lower_bound": False})
-        for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_runs", "n_failed"]:
+        for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_runs", "n_failed", "n_probe_runs"]:
             record[column] = group[column].sum() if column.startswith("n_") else group[column].mean()
         for column in group.columns:
             if column.startswith(("defended_", "released_")):

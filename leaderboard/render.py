@@ -128,7 +128,7 @@ def markdown(board: pd.DataFrame) -> str:
 def family_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Worst case per (defense, attack family) over learning rates and seeds — shows which recipes fail."""
     rows = []
-    ok = runs[runs["status"] == "success"].dropna(subset=["steps_to_harm"])
+    ok = runs[(runs["status"] == "success") & (runs["purpose"].fillna("attack") == "attack")].dropna(subset=["steps_to_harm"])
     for (defense, family), group in ok.groupby(["defense_label", "attack_family"], sort=True):
         best = worst_case(group["steps_to_harm"].astype(int).tolist(), group["censored"].fillna(True).astype(bool).tolist(),
                           group["harm_auc"].fillna(0.0).tolist())

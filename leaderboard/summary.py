@@ -25,7 +25,9 @@ def summary_text(results_dir: str | Path, run_ids: Iterable[str]) -> str:
     for (task, tier), group in board.groupby(["task", "tier"], sort=True):
         task_runs = runs[(runs["task"] == task) & (runs["tier"] == tier)]
         n_failed = int((task_runs["status"] != "success").sum())
-        lines.append(f"{task} ({tier}) — {len(task_runs)} attack runs, {n_failed} failed, "
+        n_probes = int((task_runs["purpose"] == "lr-probe").sum())
+        probes = f" (+{n_probes} LR-search probe runs)" if n_probes else ""
+        lines.append(f"{task} ({tier}) — {len(task_runs) - n_probes} attack runs{probes}, {n_failed} failed, "
                      f"seeds {sorted(task_runs['seed'].unique().tolist())}")
         utilities = utility_names(group)
         headers = ["defense", "worst-case steps-to-harm", "by attack", "vs none", "outcomes H/B/R"]

@@ -52,10 +52,14 @@ def test_default_suite_end_to_end(tmp_path, capsys):
                    "--no-refine", "task.budget=20", "task.curvature_iters=0", "task.bootstrap=0")
     out = capsys.readouterr().out
     assert code == 0
-    assert "per attack family" in out and "full-ft/sgd" in out and "full-ft/adamw" in out
+    assert "per attack family" in out and "full-ft(optimizer=sgd)" in out and "adaptive-collapse" in out
     runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
-    assert len(runs) == 2 * (14 + 10 + 10)  # none + specdef over the per-decade grid of 3 families
-    assert set(runs["knowledge"]) == {"blind"}
+    from tasks.vision.task import VisionConfig, VisionDigits
+
+    sweeps = VisionDigits().default_attacks(VisionConfig(), "tiny")
+    assert len(runs) == 2 * sum(len(s.lrs) for s in sweeps)  # none + specdef, every per-decade point of every family
+    assert set(runs["knowledge"]) == {"blind", "white-box"}
+    assert runs["attack_family"].nunique() == len(sweeps)
 
 
 def test_html_escapes_user_strings(tmp_path, capsys, isolated_registries):

@@ -14,7 +14,7 @@ from bench.registry import ATTACKS, DEFENSES
 from bench.results import SCHEMA, read_metrics
 from bench.runner import Session, run
 from bench.spec import make_spec
-from bench.suite import SuiteRequest, run_suite
+from bench.suite import SuiteRequest, best_probe_lrs, refinement, run_suite
 
 FAST = {"curvature_iters": 0, "bootstrap": 100}
 
@@ -145,17 +145,31 @@ def _small_request(**kw):
 
 
 def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
-    import tasks.vision.task as vision
+    from bench.contracts import AttackSweep
+    from tasks.vision.task import VisionDigits
 
-    monkeypatch.setattr(vision, "decades", lambda hi, lo: tuple(float(f"1e{e}") for e in range(-1, -4, -1)))
+    lrs = (1e-1, 1e-2, 1e-3)
+    sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
+              AttackSweep("full-ft", {"optimizer": "sgd"}, lrs, family="sgd", search="lr-search", probe_steps=10, keep=1)]
+    monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
     session = Session(tmp_path, cache)
     report = run_suite(_small_request(), session, progress=False)
-    per_family = {}
-    for record in report.records:
-        per_family.setdefault((record.spec.defense.name, record.family), []).append(record.spec.attack.kwargs["lr"])
-    # 3 families x (3 grid points + 2 refinement points) for none and specdef
-    assert all(len(lrs) == 5 for lrs in per_family.values()) and len(per_family) == 6
     assert not report.failed and not any(r.resumed for r in report.records)
+    for defense in ("none", "specdef"):
+        mine = [r for r in report.records if r.spec.defense.name == defense]
+        adam = [r.spec.attack.kwargs["lr"] for r in mine if r.family == "adam"]
+        assert adam[:3] == list(lrs) and len(adam) == 5  # the grid, then two half-decade refinement points
+        best = min((r for r in mine if r.family == "adam" and r.spec.attack.kwargs["lr"] in lrs),
+                   key=lambda r: (r.summary["steps_to_harm"], -r.summary["harm_auc"]))
+        assert set(adam[3:]) == set(refinement(best.spec.attack.kwargs["lr"]))
+        sgd = [r for r in mine if r.family == "sgd"]
+        probes = [r for r in sgd if r.spec.purpose == "lr-probe"]
+        assert [r.spec.attack.kwargs["budget"] for r in probes] == [10, 10, 10]
+        full = [r.spec.attack.kwargs["lr"] for r in sgd if r.spec.purpose == "attack"]
+        chosen = best_probe_lrs(probes, 1)
+        assert full[:1] == chosen and len(full) in (0, 3)  # the best probe's LR in full, then its refinement
+        if defense == "none":
+            assert chosen  # plain SGD converges at some grid LR; on specdef every one of these LRs diverges
     again = run_suite(_small_request(), Session(tmp_path, cache), progress=False)
     assert all(r.resumed for r in again.records) and again.run_ids == report.run_ids
 

@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"  {row['phase']:<12} {row['metric']}{split}: {row['value']:.6g}{ci}")
     prov = info.get("provenance") or {}
     print(f"code: bench {prov.get('bench_version')} git {str(prov.get('git_sha'))[:10]}"
-          f"{' (dirty)' if prov.get('git_dirty') else ''}; device {prov.get('device')}; wall {info.get('wall_seconds', 0):.1f} s")
+          f"{' (dirty)' if prov.get('git_dirty') else ''}; device {prov.get('device')}; wall {info.get('wall_seconds', 0):.2f} s")
     if info.get("traceback"):
         print("\n" + info["traceback"])
     return 0

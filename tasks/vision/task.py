@@ -89,9 +89,25 @@ class VisionDigits(Task):
 
     def default_attacks(self, cfg: VisionConfig, tier: str) -> list[AttackSweep]:
         # One point per decade, far below the usual 1e-5..1e-3: SpecDef-like defenses rescale the usable LR to
-        # about lr/alpha (Adam) or lr/alpha² (SGD), and a narrow grid would report them as unbreakable.
+        # about lr/alpha (Adam) or lr/alpha² (SGD), and a narrow grid would report them as unbreakable. The tiny
+        # tier is cheap enough to run every point in full; the real tier scouts with short LR-search probes.
+        search = "grid" if tier == "tiny" else "lr-search"
+        adaptive = decades(-1, -10)
+
+        def sweep(attack, args, lrs, family):
+            return AttackSweep(attack, args, lrs, family=family, search=search)
+
         return [
-            AttackSweep("full-ft", {"optimizer": "sgd"}, decades(0, -13), family="sgd"),
-            AttackSweep("full-ft", {"optimizer": "adam"}, decades(-1, -10), family="adam"),
-            AttackSweep("full-ft", {"optimizer": "adamw", "weight_decay": 0.01}, decades(-1, -10), family="adamw"),
+            sweep("full-ft", {"optimizer": "sgd"}, decades(0, -13), "sgd"),
+            sweep("full-ft", {"optimizer": "adam"}, decades(-1, -10), "adam"),
+            sweep("full-ft", {"optimizer": "adamw", "weight_decay": 0.01}, decades(-1, -10), "adamw"),
+            sweep("full-ft", {"optimizer": "muon"}, decades(-1, -10), "muon"),
+            sweep("full-ft", {"optimizer": "adahessian"}, decades(0, -10), "adahessian"),
+            sweep("lora", {"optimizer": "adam"}, decades(-1, -10), "lora"),
+            # white-box (defense-aware) families
+            sweep("lora", {"optimizer": "adam", "targets": "all-linear", "factors": "first"}, adaptive, "lora-no-comp"),
+            sweep("adaptive-collapse", {"optimizer": "adam"}, adaptive, "collapse"),
+            sweep("adaptive-inject", {"optimizer": "adam"}, adaptive, "inject"),
+            sweep("adaptive-freeze", {"optimizer": "adam"}, adaptive, "freeze"),
+            sweep("adaptive-split", {"optimizer": "adam"}, adaptive, "split"),
         ]
