@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import json
 import time
 import traceback
@@ -20,26 +19,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from bench import results
-from bench.cache import Cache
-from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
-from bench.curvature import Eigen, top_hessian_eigenvalue
 from bench.errors import PluginError
-from bench.layers import count_parameters
-from bench.metrics import AttackMetrics, Curve, attack_metrics, function_preservation, retained_utility
+from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor
 from bench.provenance import peak_memory_mb, provenance
-from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.registry import ATTACKS
 from bench.spec import RunSpec
+from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
 
 Status = Literal["success", "failed", "skipped"]
-
-
-def derive_seed(seed: int, label: str) -> int:
-    """Independent, reproducible seeds per purpose (defense, attack data, attack init) from one run seed."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{label}".encode()).digest()[:4], "little")
 
 
 @dataclass
@@ -54,156 +44,6 @@ class RunResult:
     @property
     def run_id(self) -> str:
         return self.spec.run_id
-
-
-@dataclass
-class ReleasedStage:
-    task: TaskInstance
-    evaluation: Evaluation
-    probe: Probe
-    outputs: np.ndarray
-    curvature: Eigen
-    rows: list[dict[str, Any]]
-
-
-@dataclass
-class DefendedStage:
-    model: nn.Module
-    report: DefenseResult
-    seconds: float
-    params_added: int
-    evaluation: Evaluation
-    rows: list[dict[str, Any]]
-
-
-class Session:
-    """State shared by the runs of one call: where results go, the cache, and memoised stages."""
-
-    def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True):
-        self.results_dir = Path(results_dir)
-        self.cache = cache or Cache()
-        self.official = official
-        self._released: dict[str, ReleasedStage | BaseException] = {}
-        self._defended: dict[str, DefendedStage | BaseException] = {}
-
-    def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"), lambda: _build_released(spec, self.cache))
-
-    def defended(self, spec: RunSpec) -> DefendedStage:
-        return self._memo(self._defended, spec.stage_key("defended"), lambda: _build_defended(spec, self.released(spec)))
-
-    @staticmethod
-    def _memo(store: dict, key: str, build):
-        if key not in store:
-            try:
-                store[key] = build()
-            except Exception as err:  # remembered, so every run sharing the stage fails fast with the same error
-                store[key] = err
-        value = store[key]
-        if isinstance(value, BaseException):
-            raise value
-        return value
-
-
-# -------------------------------------------------------------------------------------------------------------
-# Stages
-# -------------------------------------------------------------------------------------------------------------
-def _evaluation_rows(phase: str, evaluation: Evaluation) -> list[dict[str, Any]]:
-    rows = [_score_row(phase, "harm", evaluation.harm)]
-    rows += [_score_row(phase, name, score) for name, score in evaluation.utility.items()]
-    rows += [_score_row(phase, name, score) for name, score in evaluation.extras.items()]
-    return rows
-
-
-def _score_row(phase: str, metric: str, score) -> dict[str, Any]:
-    stderr = None
-    if score.items is not None and len(score.items) > 1:
-        stderr = float(np.std(score.items, ddof=1) / np.sqrt(len(score.items)))
-    return results.metric_row(phase, metric, score.value, split="eval", n=score.n or None, stderr=stderr)
-
-
-def _measure_curvature(task: TaskInstance, model: nn.Module, seed: int) -> Eigen:
-    iters = task.config.curvature_iters
-    if iters <= 0:
-        return Eigen(float("nan"), 0, False)
-    batch = task.curvature_batch()
-    return top_hessian_eigenvalue(model, lambda m: task.harmful_loss(m, batch), iters=iters, seed=seed)
-
-
-def _curvature_rows(phase: str, eigen: Eigen) -> list[dict[str, Any]]:
-    if eigen.iterations == 0:
-        return []
-    return [
-        results.metric_row(phase, "hessian_top_eig", eigen.value, split="harmful", n=eigen.iterations),
-        results.metric_row(phase, "hessian_converged", float(eigen.converged), split="harmful"),
-    ]
-
-
-def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
-    with torch.no_grad():
-        return task.reference_outputs(model).detach().double().cpu().numpy()
-
-
-def _build_released(spec: RunSpec, cache: Cache) -> ReleasedStage:
-    task_cfg, _, _ = spec.configs()
-    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache)
-    task.model.eval()
-    with torch.no_grad():
-        evaluation = task.evaluate(task.model)
-        probe = task.probe(task.model)
-    curvature = _measure_curvature(task, task.model, seed=0)
-    rows = _evaluation_rows("released", evaluation) + _curvature_rows("released", curvature)
-    rows.append(results.metric_row("released", "params", count_parameters(task.model)))
-    return ReleasedStage(task, evaluation, probe, _outputs(task, task.model), curvature, rows)
-
-
-def _build_defended(spec: RunSpec, released: ReleasedStage) -> DefendedStage:
-    task = released.task
-    _, defense_cfg, _ = spec.configs()
-    model = copy.deepcopy(task.model)
-    seed = derive_seed(spec.seed, "defense")
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    report = DEFENSES.get(spec.defense.name)().apply(
-        model, task.defender_view(), defense_cfg, generator=torch.Generator().manual_seed(seed)
-    )
-    seconds = time.perf_counter() - start
-    if not isinstance(report, DefenseResult) or not isinstance(report.model, nn.Module):
-        raise PluginError(f"defense {spec.defense.name!r} must return a DefenseResult holding the defended model")
-    defended = report.model.eval()
-    params_added = count_parameters(defended) - count_parameters(task.model)
-    with torch.no_grad():
-        evaluation = task.evaluate(defended)
-    preservation = function_preservation(released.outputs, _outputs(task, defended), task.output_kind)
-    curvature = _measure_curvature(task, defended, seed=0)
-    divergence_name = "mean_kl" if task.output_kind == "logits" else "mean_mse"
-    rows = _evaluation_rows("defended", evaluation) + _curvature_rows("defended", curvature)
-    rows += _retained_rows("defended", released.evaluation, evaluation, task.config.bootstrap)
-    rows += [
-        results.metric_row("defended", "max_abs_diff", preservation.max_abs_diff, split="benign"),
-        results.metric_row("defended", divergence_name, preservation.mean_divergence, split="benign"),
-        results.metric_row("defended", "agreement", preservation.agreement, split="benign"),
-        results.metric_row("defended", "params_added", params_added),
-        results.metric_row("defended", "defense_seconds", seconds),
-        results.metric_row("defended", "layers_touched", len(report.layers)),
-    ]
-    return DefendedStage(defended, report, seconds, params_added, evaluation, rows)
-
-
-def _retained_rows(phase: str, released: Evaluation, other: Evaluation, resamples: int) -> list[dict[str, Any]]:
-    rows = []
-    for name, score in released.utility.items():
-        mine = other.utility.get(name)
-        if mine is None:
-            continue
-        if score.items is not None and mine.items is not None and len(score.items) == len(mine.items) and len(score.items):
-            interval = retained_utility(score.items, mine.items, higher_is_better=score.higher_is_better, resamples=resamples)
-            rows.append(results.metric_row(phase, "retained_utility", interval.value, split=name, n=len(score.items),
-                                           ci=(interval.low, interval.high)))
-        elif score.value:
-            ratio = mine.value / score.value if score.higher_is_better else (mine.value - score.value) / score.value
-            rows.append(results.metric_row(phase, "retained_utility", ratio, split=name))
-    return rows
 
 
 def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> tuple[list[dict], dict[str, Any], AttackMetrics]:
@@ -247,8 +87,8 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
         rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
     with torch.no_grad():
         post = task.evaluate(model)
-    rows += _evaluation_rows("post_attack", post)
-    rows += _retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
+    rows += evaluation_rows("post_attack", post)
+    rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
     params_trained = report.params_trained if report is not None else 0
     summary = {
         "steps_to_harm": metrics.steps_to_harm,

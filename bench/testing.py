@@ -50,7 +50,7 @@ def check_config_roundtrip(registry, name: str) -> None:
     cfg = cls.Config()
     rebuilt = build_config(cls.Config, config_to_dict(cfg), where=f"{registry.kind} {name!r}")
     assert rebuilt == cfg, f"{registry.kind} {name!r}: config does not round-trip"
-    for preset, args in getattr(cls, "presets", {}).items():
+    for preset in getattr(cls, "presets", {}):
         resolved = registry.resolve(f"{name}.{preset}")
         build_config(cls.Config, resolved.preset_args, where=f"preset {name}.{preset}")
     assert dataclasses.is_dataclass(cfg)
