@@ -22,7 +22,8 @@ import yaml
 from bench.errors import ConfigError, DataError
 from bench.suite import SuiteRequest
 
-TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine")
+TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine", "search")
+SEARCHES = ("grid", "lr-search")
 PARTS = ("task", "defense", "attack")
 
 
@@ -95,6 +96,7 @@ def build_request(
     seeds: str | Sequence[int] | None = None,
     baseline: bool | None = None,
     refine: bool | None = None,
+    search: str | None = None,
 ) -> SuiteRequest:
     """Merge defaults < ``config`` YAML < command-line values into a request (see module docstring).
 
@@ -122,6 +124,9 @@ def build_request(
         raise ConfigError("no task given: use --task NAME (see `bench ls tasks`)")
     if names["defense"] is None:
         raise ConfigError("no defense given: use --defense NAME (see `bench ls defenses`)")
+    search = search if search is not None else data.get("search")
+    if search is not None and search not in SEARCHES:
+        raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     return SuiteRequest(
         task=names["task"],
         defense=names["defense"],
@@ -134,4 +139,5 @@ def build_request(
         attack_args=args["attack"],
         baseline=baseline if baseline is not None else bool(data.get("baseline", True)),
         refine=refine if refine is not None else bool(data.get("refine", True)),
+        search=search,
     )

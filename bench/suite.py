@@ -77,6 +77,8 @@ class SuiteRequest:
     attack_args: Mapping[str, Any] = field(default_factory=dict)
     baseline: bool = True
     refine: bool = True
+    search: str | None = None
+    """Override every family's LR strategy ("grid" or "lr-search"); None keeps the task's choice."""
 
 
 def attack_sweeps(request: SuiteRequest) -> list[AttackSweep]:
@@ -86,7 +88,8 @@ def attack_sweeps(request: SuiteRequest) -> list[AttackSweep]:
     _, task_cfg = resolve_plugin(TASKS, request.task, request.task_args)
     sweeps = TASKS.get(request.task.partition(".")[0])().default_attacks(task_cfg, request.tier)
     # Attack args given on the command line without --attack apply to every family of the default suite.
-    return [dataclasses.replace(s, args={**s.args, **request.attack_args}) for s in sweeps]
+    search = {"search": request.search} if request.search else {}
+    return [dataclasses.replace(s, args={**s.args, **request.attack_args}, **search) for s in sweeps]
 
 
 def validate_request(request: SuiteRequest) -> list[RunSpec]:

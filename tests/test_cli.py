@@ -170,3 +170,16 @@ def test_ls_lists_every_kind(capsys):
     assert run_cli("ls", "defenses", "spec*", "-v") == 0
     out = capsys.readouterr().out
     assert "alpha (float, default 10000.0)" in out and "preset specdef.a1e4-k25" in out
+
+
+def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
+    code = run_cli("run", "--defense", "none", "--task", "vision-digits", "--results", tmp_path, "--quiet",
+                   "--search", "lr-search", "--no-refine", "task.budget=30", "task.curvature_iters=0", "task.bootstrap=0")
+    out = capsys.readouterr().out
+    assert code == 0 and "LR-search probe runs" in out
+    runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
+    probes, full = runs[runs["purpose"] == "lr-probe"], runs[runs["purpose"] == "attack"]
+    assert len(probes) > len(full) > 0
+    assert run_cli("leaderboard", "--results", tmp_path) == 0
+    board = pd.read_parquet(tmp_path / "leaderboard.parquet").iloc[0]
+    assert board["n_runs"] == len(full) and board["n_probe_runs"] == len(probes)

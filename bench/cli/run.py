@@ -10,6 +10,7 @@ EPILOG = """examples:
   bench run --defense specdef --task vision-digits
   bench run --defense specdef alpha=1e6 dtype=float64 --task vision-digits --seeds 0,1,2
   bench run --defense specdef --task vision-digits --attack full-ft optimizer=adam lr=1e-3
+  bench run --defense specdef --task vision-digits --search lr-search     # ~4x fewer attacker steps
   bench run --config experiments/vision-digits/specdef.yaml defense.alpha=1e5
   bench run --defense mydef --task vision-digits --plugin ./my_defense.py
 """
@@ -31,6 +32,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="do not also run the undefended 'none' baseline")
     p.add_argument("--no-refine", dest="refine", action="store_false", default=None,
                    help="skip the half-decade LR refinement around each family's best point")
+    p.add_argument("--search", choices=("grid", "lr-search"),
+                   help="LR strategy for every family: exhaustive per-decade grid, or short probe runs then full runs "
+                        "at the best learning rates (default: the task's choice)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -46,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
 
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
-                            baseline=args.baseline, refine=args.refine)
+                            baseline=args.baseline, refine=args.refine, search=args.search)
     session = Session(results_dir=args.results, official=not args.dev)
     start = time.perf_counter()
     try:
