@@ -124,6 +124,9 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
     ]
     if metrics.diverged_step is not None:
         rows.append(results.metric_row("summary", "diverged_step", metrics.diverged_step))
+    for key, value in summary["attack_info"].items():  # e.g. chains found and rewritten by an adaptive attack
+        if isinstance(value, (bool, int, float)):
+            rows.append(results.metric_row("summary", f"attack_{key}", float(value)))
     return rows, summary, metrics
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from bench.contracts import AttackSweep
+from bench.errors import BenchError
 from bench.metrics import worst_case
 from bench.registry import TASKS
 from bench.results import completed_run_ids, read_run_json
@@ -131,7 +132,8 @@ def run_suite(
     """Run every (defense, seed, sweep point) of ``request``; see the module docstring."""
     from tqdm.auto import tqdm
 
-    validate_request(request)
+    first_specs = validate_request(request)
+    _prepare(first_specs, session)
     sweeps = attack_sweeps(request)
     defenses = _defenses(request)
     done = completed_run_ids(session.results_dir) if resume else set()
@@ -164,6 +166,20 @@ def run_suite(
     finally:
         bar.close()
     return report
+
+
+def _prepare(specs: list[RunSpec], session: Session) -> None:
+    """Build the released and defended stages up front, so bad input (a missing model or dataset, a defense config
+    that matches no layer) stops the suite with its clear error instead of filling the results with failed runs.
+    Any other exception is left for the runs to record as failures.
+    """
+    for spec in specs:
+        try:
+            session.defended(spec)
+        except BenchError:
+            raise
+        except Exception:  # noqa: BLE001 - recorded by each run that needs this stage
+            pass
 
 
 def _run_sweep(sweep: AttackSweep, make: Callable[..., RunSpec], execute: Callable[[RunSpec], RunRecord], *,

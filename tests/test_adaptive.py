@@ -186,3 +186,24 @@ def test_lora_merge_matches_the_adapter_model():
                 module.merge()
         merged = model(X)
     torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("attack, rewritten", [("adaptive-collapse", 3), ("adaptive-inject", 3), ("adaptive-freeze", 3),
+                                               ("adaptive-split", 3)])
+def test_adaptive_attacks_record_what_they_found(attack, rewritten, tmp_path, cache):
+    import pyarrow.parquet as pq
+
+    from bench.runner import Session, run
+    from bench.spec import make_spec
+
+    session = Session(tmp_path, cache)
+    for defense, expected in (("specdef", rewritten), ("none", 0)):
+        spec = make_spec(task="vision-digits", defense=defense, attack=attack,
+                         task_args={"curvature_iters": 0, "bootstrap": 0}, attack_args={"budget": 5})
+        result = run(spec, session)
+        info = result.summary["attack_info"]
+        assert result.status == "success" and info["chains_rewritten"] == expected
+        assert info["fallback"] == (expected == 0)  # no chains: plain fine-tuning, and the run says so
+        df = pq.read_table(tmp_path / spec.run_id / "metrics.parquet").to_pandas()
+        assert df[df["metric"] == "attack_chains_found"]["value"].iloc[0] == expected
+        assert set(df["knowledge"]) == {"white-box"}

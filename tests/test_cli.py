@@ -183,3 +183,11 @@ def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
     assert run_cli("leaderboard", "--results", tmp_path) == 0
     board = pd.read_parquet(tmp_path / "leaderboard.parquet").iloc[0]
     assert board["n_runs"] == len(full) and board["n_probe_runs"] == len(probes)
+
+
+def test_bad_input_found_while_building_stops_before_any_run(tmp_path, capsys):
+    code = run_cli("run", "--defense", "specdef", "layers=*.q_proj", "--task", "vision-digits", "--results", tmp_path,
+                   "--quiet", *QUICK)
+    err = capsys.readouterr().err
+    assert code == 2 and "no layer matches" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*/run.json"))  # no pile of identical failed runs
