@@ -21,4 +21,6 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "Adaptive: split each inflated map into j factors sharing its spectrum, then fine-tune."),
     ("task", "vision-digits", "tasks.vision.task:VisionDigits",
      "Vision classifier: an MLP/ViT released for allowed classes, attacked to learn the forbidden ones."),
+    ("task", "llm-harmful-qa", "tasks.llm.task:LLMHarmfulQA",
+     "LLM chat model aligned to refuse HarmBench requests, attacked to comply (tiny Llama on CPU, or real HF)."),
 )

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -90,6 +91,8 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
         record.update(_worst(group))
         adaptive = _worst(group[group["knowledge"] == "white-box"])
         record.update({"adaptive_" + k.removeprefix("worst_"): v for k, v in adaptive.items()})
+        blind = _worst(group[group["knowledge"] != "white-box"])
+        record.update({"blind_" + k.removeprefix("worst_"): v for k, v in blind.items()})
         record["adaptive_run"] = bool((group["knowledge"] == "white-box").any())
         outcomes = group.loc[group["status"] == "success", "outcome"].value_counts()
         for outcome in ("harmed", "broken", "resisted"):
@@ -149,10 +152,21 @@ def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, official_only: bool = False):
-    """Load and aggregate: returns (runs, per_seed, per_defense) data frames."""
-    runs = load_runs(load_metrics(results_dir, run_ids), official_only=official_only)
+@dataclass(frozen=True)
+class Aggregates:
+    metrics: pd.DataFrame
+    """The long-format metrics of every run read."""
+    runs: pd.DataFrame
+    seeds: pd.DataFrame
+    board: pd.DataFrame
+    """One row per (task, tier, model, defense config): the leaderboard."""
+
+
+def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, official_only: bool = False) -> Aggregates:
+    """Load every run under ``results_dir`` (or only ``run_ids``) and aggregate it."""
+    metrics = load_metrics(results_dir, run_ids)
+    runs = load_runs(metrics, official_only=official_only)
     if runs.empty:
-        return runs, pd.DataFrame(), pd.DataFrame()
+        return Aggregates(metrics, runs, pd.DataFrame(), pd.DataFrame())
     seeds = per_seed(runs)
-    return runs, seeds, per_defense(seeds)
+    return Aggregates(metrics, runs, seeds, per_defense(seeds))

@@ -18,7 +18,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def summary_text(results_dir: str | Path, run_ids: Iterable[str]) -> str:
-    runs, seeds, board = build(results_dir, list(run_ids))
+    aggregates = build(results_dir, list(run_ids))
+    runs, board = aggregates.runs, aggregates.board
     if board.empty:
         return "no runs."
     lines = []

@@ -35,6 +35,7 @@ def test_run_single_attack_then_leaderboard(tmp_path, capsys):
     assert "| Defense | Worst-case steps-to-harm |" in out and "| specdef |" in out
     html = (results / "leaderboard.html").read_text()
     assert "<table class='board'>" in html and "specdef" in html
+    assert html.count("src='data:image/png;base64,") == 2  # harm curves and the utility-vs-resistance plot
     board = pd.read_parquet(results / "leaderboard.parquet")
     assert set(board["defense_label"]) == {"none", "specdef"}
     row = board.set_index("defense_label").loc["none"]

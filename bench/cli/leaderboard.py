@@ -18,16 +18,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import DataError
     from leaderboard.aggregate import build
+    from leaderboard.figures import harm_curves, pareto
     from leaderboard.render import html_page, markdown
 
     results = Path(args.results)
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
-    runs, _, board = build(results, official_only=args.official)
+    data = build(results, official_only=args.official)
+    board = data.board
     print(markdown(board), end="")
     html_path = Path(args.html) if args.html else results / "leaderboard.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(html_page(board, runs))
+    html_path.write_text(html_page(board, data.runs, figures={**harm_curves(data), **pareto(data)}))
     table_path = Path(args.table) if args.table else results / "leaderboard.parquet"
     if table_path.suffix == ".csv":
         board.to_csv(table_path, index=False)
