@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 some runs failed, 2 bad input (unknown names, bad confi
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -52,9 +51,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint() -> None:  # pragma: no cover - the console script
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.exit(main())

@@ -38,6 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads (default: torch's choice); 1 is fastest for tiny models on a busy machine")
     p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
     return p
 
@@ -51,6 +53,14 @@ def main(args: argparse.Namespace) -> int:
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
                             baseline=args.baseline, refine=args.refine, search=args.search)
+    if args.threads is not None:
+        if args.threads < 1:
+            from bench.errors import ConfigError
+
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     session = Session(results_dir=args.results, official=not args.dev)
     start = time.perf_counter()
     try:
