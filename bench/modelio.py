@@ -53,10 +53,19 @@ def transformers_architecture(model: nn.Module) -> dict[str, Any]:
             "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
 
+def _build_diffusers_unet(spec: Mapping[str, Any]) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    if spec.get("class", "UNet2DConditionModel") != "UNet2DConditionModel":
+        raise DataError(f"manifest names unsupported diffusers model class {spec['class']!r}")
+    return UNet2DConditionModel.from_config(dict(spec["config"]))
+
+
 # Fixed allow-list: manifests choose among these, they cannot name arbitrary code.
 BUILDERS: Mapping[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "mlp": _build_mlp,
     "transformers": _build_transformers,
+    "diffusers-unet": _build_diffusers_unet,
 }
 
 

@@ -91,7 +91,7 @@ class RunSpec:
     def attack_family(self) -> str:
         """The attack label without its learning rate and budget: runs of one LR sweep share it."""
         task_defaults = {k: self.task.kwargs[k] for k in TASK_DEFAULTED_ATTACK_FIELDS if k in self.task.kwargs}
-        return _with_diff(self.attack, ATTACKS, task_defaults, ignore=("lr", "budget"))
+        return _with_diff(self.attack, ATTACKS, task_defaults, ignore=("lr", "budget"), always=("optimizer",))
 
     @property
     def canonical_name(self) -> str:
@@ -188,9 +188,10 @@ def make_spec(
                    purpose=purpose)
 
 
-def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}, ignore: tuple = ()) -> str:
+def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}, ignore: tuple = (),
+               always: tuple = ()) -> str:
     defaults = {**config_to_dict(registry.get(part.name).Config()), **task_defaults}
-    diff = {k: v for k, v in part.args if defaults.get(k) != v and k not in ignore}
+    diff = {k: v for k, v in part.args if (defaults.get(k) != v or k in always) and k not in ignore}
     if not diff:
         return part.label
     inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(diff.items()))

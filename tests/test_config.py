@@ -114,3 +114,13 @@ def test_spec_errors():
         make_spec(task="vision-digits", defense="none", attack="full-ft", tier="real")
     with pytest.raises(ConfigError, match="optimizer"):
         make_spec(task="vision-digits", defense="none", attack="full-ft", attack_args={"optimizer": "adagrad"})
+
+
+def test_attack_family_names_the_recipe_without_lr():
+    adam = make_spec(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 1e-3})
+    adam_low = make_spec(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 1e-9, "budget": 20})
+    sgd = make_spec(task="vision-digits", defense="none", attack="full-ft", attack_args={"optimizer": "sgd"})
+    assert adam.attack_family == adam_low.attack_family == "full-ft(optimizer=adam)"
+    assert sgd.attack_family == "full-ft(optimizer=sgd)"
+    collapse = make_spec(task="vision-digits", defense="none", attack="adaptive-collapse")
+    assert collapse.attack_family == "adaptive-collapse(optimizer=adam)"
