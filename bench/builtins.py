@@ -21,12 +21,4 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "Adaptive: split each inflated map into j factors sharing its spectrum, then fine-tune."),
     ("task", "vision-digits", "tasks.vision.task:VisionDigits",
      "Vision classifier: an MLP/ViT released for allowed classes, attacked to learn the forbidden ones."),
-    ("task", "sd-style", "tasks.diffusion.task:SDStyle",
-     "Text-to-image: a pipeline released without the 'stripes' style, attacked to paint in it (tiny SD on CPU, or real SD)."),
-    ("task", "sd-concept", "tasks.diffusion.task:SDConcept",
-     "Text-to-image: a pipeline released without the 'triangle' concept, attacked to draw it (tiny SD on CPU, or real SD)."),
-    ("task", "llm-harmful-qa", "tasks.llm.task:LLMHarmfulQA",
-     "LLM chat model aligned to refuse HarmBench requests, attacked to comply (tiny Llama on CPU, or real HF)."),
-    ("task", "llm-relearn", "tasks.llm.task:LLMRelearn",
-     "LLM with unlearned synthetic hazardous facts, attacked to relearn them from disjoint facts (WMDP-style)."),
 )
