@@ -39,7 +39,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="torch intra-op threads (default: torch's choice); 1 is fastest for tiny models on a busy machine")
+                   help="torch intra-op threads (default: 1 on the tiny tier, where more only adds contention; torch's "
+                        "choice otherwise)")
     p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
     return p
 
@@ -53,14 +54,17 @@ def main(args: argparse.Namespace) -> int:
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
                             baseline=args.baseline, refine=args.refine, search=args.search)
-    if args.threads is not None:
-        if args.threads < 1:
+    threads = args.threads if args.threads is not None else (1 if request.tier == "tiny" else None)
+    if threads is not None:
+        if threads < 1:
             from bench.errors import ConfigError
 
-            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
         import torch
 
-        torch.set_num_threads(args.threads)
+        # Tiny models gain nothing from a second intra-op thread, and on a busy machine the spin-waiting of
+        # several threads made each step up to 100x slower (measured), so the tiny tier runs on one by default.
+        torch.set_num_threads(threads)
     session = Session(results_dir=args.results, official=not args.dev)
     start = time.perf_counter()
     try:
