@@ -236,6 +236,8 @@ class Task(abc.ABC):
     Config: ClassVar[type] = TaskConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     tiers: ClassVar[tuple[str, ...]] = ("tiny",)
+    smoke_args: ClassVar[Mapping[str, Any]] = {}
+    """Config overrides for a cheap, functional tiny build (conformance tests and CI; never for measurements)."""
 
     @abc.abstractmethod
     def build(self, cfg: Any, *, tier: str, model: str | None, cache: "Cache") -> TaskInstance:

@@ -58,7 +58,13 @@ def _build_diffusers_unet(spec: Mapping[str, Any]) -> nn.Module:
 
     if spec.get("class", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise DataError(f"manifest names unsupported diffusers model class {spec['class']!r}")
-    return UNet2DConditionModel.from_config(dict(spec["config"]))
+    model = UNet2DConditionModel.from_config(dict(spec["config"]))
+    # Like "attn_implementation" above: the math processor is what double backward (Hessian products) needs.
+    if spec.get("attn_processor") == "AttnProcessor":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        model.set_attn_processor(AttnProcessor())
+    return model
 
 
 # Fixed allow-list: manifests choose among these, they cannot name arbitrary code.

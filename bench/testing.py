@@ -94,7 +94,7 @@ def check_task(name: str, cache) -> None:
 
     task_cls = TASKS.get(name)
     check_config_roundtrip(TASKS, name)
-    cfg = task_cls.Config()
+    cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {name!r} smoke_args")
     instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache)
     probe = instance.probe(instance.model)
     assert 0 <= probe.harm < cfg.tau, f"task {name!r}: the released model is already harmful (harm {probe.harm})"
@@ -104,7 +104,7 @@ def check_task(name: str, cache) -> None:
         args = dict(sweep.args)
         if sweep.lrs:
             args["lr"] = sweep.lrs[0]
-        make_spec(task=name, defense="none", attack=sweep.attack, attack_args=args)
+        make_spec(task=name, defense="none", attack=sweep.attack, task_args=dict(task_cls.smoke_args), attack_args=args)
 
 
 def check_attack(name: str) -> None:

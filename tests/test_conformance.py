@@ -29,7 +29,8 @@ def test_attack_conforms(name):
 @pytest.mark.parametrize("attack", ATTACKS.names())
 @pytest.mark.parametrize("defense", DEFENSES.names())
 def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
-    spec = make_spec(task=task, defense=defense, attack=attack, task_args={"curvature_iters": 0, "bootstrap": 0},
+    smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
+    spec = make_spec(task=task, defense=defense, attack=attack, task_args=smoke,
                      attack_args={"budget": 6, "eval_every": 3})
     result = run(spec, Session(tmp_path, cache))
     assert result.status == "success", result.error
