@@ -21,4 +21,8 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "Adaptive: split each inflated map into j factors sharing its spectrum, then fine-tune."),
     ("task", "vision-digits", "tasks.vision.task:VisionDigits",
      "Vision classifier: an MLP/ViT released for allowed classes, attacked to learn the forbidden ones."),
+    ("task", "sd-style", "tasks.diffusion.task:SDStyle",
+     "Text-to-image: a pipeline released without the 'stripes' style, attacked to paint in it (tiny SD on CPU, or real SD)."),
+    ("task", "sd-concept", "tasks.diffusion.task:SDConcept",
+     "Text-to-image: a pipeline released without the 'triangle' concept, attacked to draw it (tiny SD on CPU, or real SD)."),
 )

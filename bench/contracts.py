@@ -41,6 +41,20 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """Images a task shows for one model: ``images`` (N, 3, H, W) in [-1, 1], one column label per image."""
+
+    images: "torch.Tensor"
+    labels: Sequence[str]
+
+    def __post_init__(self) -> None:
+        check(self.images.ndim == 4 and self.images.shape[1] == 3,
+              f"Preview.images must be (N, 3, H, W), got shape {tuple(self.images.shape)}")
+        check(len(self.labels) == self.images.shape[0],
+              f"Preview needs one label per image: {len(self.labels)} labels, {self.images.shape[0]} images")
+
+
+@dataclass(frozen=True)
 class Probe:
     """The cheap per-checkpoint measurement taken every ``eval_every`` attack steps.
 
@@ -213,6 +227,13 @@ class TaskInstance(abc.ABC):
         Adaptive attacks use it to check that a restructuring keeps the function on their own data.
         """
         raise NotImplementedError(f"task {self.name!r} does not expose batch outputs")
+
+    def preview(self, model: "nn.Module") -> "Preview | None":
+        """Sample outputs a person can look at (e.g. generated images), shown before and after each attack run.
+
+        None (the default) when the task has nothing visual to show; the runner then writes no samples image.
+        """
+        return None
 
     def architecture(self) -> Mapping[str, Any]:
         """A JSON description from which :func:`bench.modelio.build_architecture` rebuilds the released model."""

@@ -168,8 +168,9 @@ def retained_utility(
 ) -> Interval:
     """Retained utility with a paired bootstrap CI over evaluation items (95%, percentile).
 
-    For higher-is-better metrics this is mean(defended) / mean(released); for lower-is-better metrics (perplexity,
-    loss) a ratio is misleading, so it is the relative change (mean(defended) - mean(released)) / mean(released).
+    mean(defended) / mean(released) for higher-is-better metrics and mean(released) / mean(defended) for
+    lower-is-better ones (perplexity, loss), so that every retained value reads the same way: 1 = unchanged,
+    below 1 = worse (a doubled perplexity retains 0.5).
     """
     released = np.asarray(released, dtype=np.float64)
     defended = np.asarray(defended, dtype=np.float64)
@@ -179,7 +180,7 @@ def retained_utility(
     def statistic(r: np.ndarray, d: np.ndarray) -> np.ndarray:
         r_mean, d_mean = r.mean(axis=-1), d.mean(axis=-1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return d_mean / r_mean if higher_is_better else (d_mean - r_mean) / r_mean
+            return d_mean / r_mean if higher_is_better else r_mean / d_mean
 
     value = float(statistic(released, defended))
     if resamples <= 0:

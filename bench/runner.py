@@ -22,6 +22,7 @@ import torch
 
 from bench import results
 from bench.errors import PluginError
+from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor
 from bench.provenance import peak_memory_mb, provenance
@@ -46,7 +47,12 @@ class RunResult:
         return self.spec.run_id
 
 
-def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> tuple[list[dict], dict[str, Any], AttackMetrics]:
+SAMPLES_PNG = "samples.png"
+"""Per attack run, when the task previews samples: the defended model's samples before and after the attack."""
+
+
+def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
+            ) -> tuple[list[dict], dict[str, Any], AttackMetrics, Any]:
     task = released.task
     _, _, attack_cfg = spec.configs()
     attack = ATTACKS.get(spec.attack.name)()
@@ -85,10 +91,13 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
             rows.append(results.metric_row("attack", name, value, step=point.step, split="probe"))
     for step, loss in enumerate(monitor.losses, start=1):
         rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
-    with torch.no_grad():
-        post = task.evaluate(model)
-    rows += evaluation_rows("post_attack", post)
-    rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
+    samples = None
+    if spec.purpose == "attack":  # an LR-search probe run is scored by its loss curve alone: skip the full evaluation
+        with torch.no_grad():
+            post = task.evaluate(model)
+        samples = _samples(spec, task, defended.model, model, metrics.outcome, post)
+        rows += evaluation_rows("post_attack", post)
+        rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
     params_trained = report.params_trained if report is not None else 0
     summary = {
         "steps_to_harm": metrics.steps_to_harm,
@@ -127,7 +136,20 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage) -> 
     for key, value in summary["attack_info"].items():  # e.g. chains found and rewritten by an adaptive attack
         if isinstance(value, (bool, int, float)):
             rows.append(results.metric_row("summary", f"attack_{key}", float(value)))
-    return rows, summary, metrics
+    return rows, summary, metrics, samples
+
+
+def _samples(spec: RunSpec, task, before: torch.nn.Module, after: torch.nn.Module, outcome: str, post):
+    """A labelled image grid (PIL) of the task's preview before and after the attack, or None."""
+    with torch.no_grad():
+        shown = task.preview(after)
+        if shown is None:
+            return None
+        was = task.preview(before)
+    utility = ", ".join(f"{name} {score.value:.2f}" for name, score in post.utility.items())
+    return image_grid([(f"{spec.defense_label}: before the attack", was.images),
+                       (f"after {spec.attack_label}: {outcome}; harm {post.harm.value:.2f}, {utility}", shown.images)],
+                      shown.labels)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -157,8 +179,11 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
             "params_added": defended.params_added,
             "seconds": defended.seconds,
         }
-        attack_rows, summary, metrics = _attack(spec, released, defended)
+        attack_rows, summary, metrics, samples = _attack(spec, released, defended)
         rows += attack_rows
+        if samples is not None:
+            save_png(samples, session.results_dir / spec.run_id / SAMPLES_PNG)
+            summary["samples"] = SAMPLES_PNG
     except KeyboardInterrupt:
         raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
     except Exception as err:  # a crashing plugin or bad data fails this run, not the sweep

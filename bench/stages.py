@@ -179,7 +179,7 @@ def retained_rows(phase: str, released: Evaluation, other: Evaluation, resamples
             interval = retained_utility(score.items, mine.items, higher_is_better=score.higher_is_better, resamples=resamples)
             rows.append(results.metric_row(phase, "retained_utility", interval.value, split=name, n=len(score.items),
                                            ci=(interval.low, interval.high)))
-        elif score.value:
-            ratio = mine.value / score.value if score.higher_is_better else (mine.value - score.value) / score.value
+        elif score.value and mine.value:
+            ratio = mine.value / score.value if score.higher_is_better else score.value / mine.value
             rows.append(results.metric_row(phase, "retained_utility", ratio, split=name))
     return rows

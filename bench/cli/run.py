@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.experiment import build_request
     from bench.runner import Session
     from bench.suite import run_suite
+    from leaderboard.samples import samples_sheets
     from leaderboard.summary import summary_text
 
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
@@ -76,6 +77,8 @@ def main(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     resumed = sum(r.resumed for r in report.records)
     print(summary_text(args.results, report.run_ids))
+    for sheet in samples_sheets(args.results, report.run_ids):
+        print(f"samples before/after the worst-case attack of each defense: {sheet}")
     print(f"\n{len(report.records)} runs ({resumed} already done) in {wall:.1f} s; results in {args.results}/ "
           f"(`bench leaderboard --results {args.results}` to compare)")
     if report.failed:

@@ -1,0 +1,50 @@
+"""A CLIP tokenizer trained in-process on the tiny tier's captions (no hub download).
+
+The BPE is trained with the ``tokenizers`` library using CLIP's own normalisation, pre-tokenisation (byte-level, words
+ending in ``</w>``) and special tokens, then handed to ``transformers.CLIPTokenizer`` as a vocab and merge list, so
+the result saves and reloads like any CLIP tokenizer (``vocab.json`` + ``merges.txt``). Every word of the corpus ends
+up as one token because the vocabulary is allowed to grow until no merge is left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+SPECIALS = ("<|startoftext|>", "<|endoftext|>")
+MAX_LENGTH = 8
+"""Token limit of the tiny tier's captions (the longest, with its start and end tokens, has 7: little padding for cross-attention to average over)."""
+
+
+def train_clip_tokenizer(corpus: Iterable[str], *, max_length: int = MAX_LENGTH):
+    """A ``CLIPTokenizer`` whose BPE is trained on ``corpus`` (deterministic for a given corpus)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token=SPECIALS[1], end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, special_tokens=list(SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
+                                  show_progress=False)
+    bpe.train_from_iterator(sorted(set(corpus)), trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return CLIPTokenizer(vocab=dict(state["vocab"]), merges=merges, model_max_length=max_length)
+
+
+def write_vocab_files(tokenizer, directory: str | Path) -> Path:
+    """Write ``vocab.json`` and ``merges.txt`` (the classic CLIP tokenizer files) of ``tokenizer`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    (directory / "vocab.json").write_text(json.dumps(state["vocab"], ensure_ascii=False))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["merges"]]
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return directory
