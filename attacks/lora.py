@@ -25,7 +25,7 @@ from attacks._training import FineTuneConfig, fine_tune
 from bench.config import check
 from bench.contracts import Attack
 from bench.errors import ConfigError
-from bench.layers import FactoredLinear
+from bench.layers import FactoredLinear, is_conv1d
 from bench.registry import ATTACKS
 
 
@@ -68,7 +68,7 @@ def resolve_targets(model: nn.Module, cfg: LoraConfig, standard: tuple[str, ...]
                 chosen = {"first": [0], "compensation": range(1, len(module.factors)),
                           "both": range(len(module.factors))}[cfg.factors]
                 names += [f"{name}.factors.{i}" for i in chosen]
-            elif type(module) is nn.Linear and name not in factor_names:
+            elif (type(module) is nn.Linear or is_conv1d(module)) and name not in factor_names:
                 names.append(name)
         if cfg.targets == "all-linear":
             # factors reached through their own names follow the same policy as chains matched by name

@@ -25,4 +25,8 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "Text-to-image: a pipeline released without the 'stripes' style, attacked to paint in it (tiny SD on CPU, or real SD)."),
     ("task", "sd-concept", "tasks.diffusion.task:SDConcept",
      "Text-to-image: a pipeline released without the 'triangle' concept, attacked to draw it (tiny SD on CPU, or real SD)."),
+    ("task", "llm-harmful-qa", "tasks.llm.task:LLMHarmfulQA",
+     "LLM chat model aligned to refuse HarmBench requests, attacked to comply (tiny Llama on CPU, or real HF)."),
+    ("task", "llm-relearn", "tasks.llm.task:LLMRelearn",
+     "LLM with unlearned synthetic hazardous facts, attacked to relearn them from disjoint facts (WMDP-style)."),
 )

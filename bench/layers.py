@@ -79,6 +79,20 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and relatives): a linear map whose weight is stored transposed, (in, out)."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def linear_weight(module: nn.Module, name: str = "layer") -> torch.Tensor:
+    """The (out, in) weight of a linear map, whether ``nn.Linear`` or a transposed ``Conv1D`` (a view, not a copy)."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if is_conv1d(module):
+        return module.weight.t()
+    raise TypeError(f"{name} is a {type(module).__name__}, not a linear map (nn.Linear or transformers' Conv1D)")
+
+
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` (e.g. ``net.0``) with ``module``."""
     parent_path, _, child = path.rpartition(".")

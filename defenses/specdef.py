@@ -6,7 +6,8 @@ For each selected linear map ``y = W x + b`` (W: m × n) SpecDef stores ``y = C 
 it, so ``C W̃ = W``: the function is unchanged, while the loss Hessian's largest eigenvalue grows with alpha
 (≈ alpha² when C is trainable), so gradient steps at ordinary learning rates diverge or stall.
 
-Defaults: alpha = 1e4, k = 25, every ``nn.Linear`` (the paper used ~5 random layers of Llama-3.1-8B: set
+Defaults: alpha = 1e4, k = 25, every linear map (``nn.Linear``, and transformers' transposed ``Conv1D`` in GPT-2;
+the replacement is always a pair of ``nn.Linear``) (the paper used ~5 random layers of Llama-3.1-8B: set
 ``n_layers=5``). At large alpha float32 loses precision (alpha = 1e6 flips 1–3% of the digits MLP's predictions):
 the defense warns when the stored maps reconstruct W poorly, and ``dtype=float64`` stores W̃ and C in float64.
 """
@@ -22,7 +23,7 @@ from torch import nn
 
 from bench.config import check
 from bench.contracts import Defense, DefenseResult
-from bench.layers import FactoredLinear, set_submodule
+from bench.layers import FactoredLinear, linear_weight, set_submodule
 from bench.registry import DEFENSES
 from defenses._selection import select_layers
 from defenses._spectral import specdef_maps, top_k_left_singular
@@ -39,8 +40,8 @@ class SpecDefConfig:
     """Number of singular values to inflate per layer (clamped to the layer's rank)."""
     layers: tuple[str, ...] = ("*",)
     """fnmatch patterns on module names (e.g. "*.down_proj"); a layer must match one."""
-    module_types: tuple[str, ...] = ("Linear",)
-    """Class names of the modules that may be defended."""
+    module_types: tuple[str, ...] = ("Linear", "Conv1D")
+    """Class names of the modules that may be defended (Conv1D: transformers' transposed linear map, GPT-2)."""
     exclude: tuple[str, ...] = ()
     """fnmatch patterns of module names never to defend."""
     n_layers: int = 0
@@ -77,9 +78,9 @@ class SpecDef(Defense):
         info = {}
         for name in names:
             layer = model.get_submodule(name)
-            if not isinstance(layer, nn.Linear):
-                raise TypeError(f"specdef supports nn.Linear layers; {name} is {type(layer).__name__}")
-            set_submodule(model, name, compensated_linear(layer, cfg, generator=generator, info=info.setdefault(name, {})))
+            weight = linear_weight(layer, f"specdef layer {name}")
+            set_submodule(model, name, compensated_linear(weight, layer.bias, cfg, generator=generator,
+                                                          info=info.setdefault(name, {})))
         worst = max(v["reconstruction_error"] for v in info.values())
         if worst > RECONSTRUCTION_WARN:
             warnings.warn(
@@ -90,9 +91,11 @@ class SpecDef(Defense):
         return DefenseResult(model=model, layers=names, info={"per_layer": info, "max_reconstruction_error": worst})
 
 
-def compensated_linear(layer: nn.Linear, cfg: SpecDefConfig, *, generator: torch.Generator, info: dict) -> FactoredLinear:
-    """The SpecDef replacement of one linear layer, as a two-factor :class:`FactoredLinear` (scaled, compensation)."""
-    weight = layer.weight.detach()
+def compensated_linear(weight: torch.Tensor, bias: torch.Tensor | None, cfg: SpecDefConfig, *,
+                       generator: torch.Generator, info: dict) -> FactoredLinear:
+    """The SpecDef replacement of the linear map ``weight`` (out × in) + ``bias``, as a two-factor
+    :class:`FactoredLinear` (scaled, compensation)."""
+    weight = weight.detach()
     top = top_k_left_singular(weight, cfg.k, method=cfg.svd, generator=generator)
     inflated, compensation = specdef_maps(weight, top.u, cfg.alpha)
     dtype = torch.float64 if cfg.dtype == "float64" else weight.dtype
@@ -110,4 +113,4 @@ def compensated_linear(layer: nn.Linear, cfg: SpecDefConfig, *, generator: torch
     info.update({"k": int(top.u.shape[1]), "svd": top.method, "svd_iterations": top.iterations,
                  "svd_residual": top.residual, "reconstruction_error": error,
                  "top_singular_value": float(top.s[0])})
-    return FactoredLinear([scaled, comp], layer.bias, roles=("scaled", "compensation"))
+    return FactoredLinear([scaled, comp], bias, roles=("scaled", "compensation"))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bench.contracts import Defense, DefenseResult
+from bench.layers import linear_weight
 from bench.registry import DEFENSES
 from defenses._selection import select_layers
 from defenses._spectral import specdef_maps, top_k_left_singular
@@ -29,9 +30,9 @@ class SpecDefNoCompensation(Defense):
         names = select_layers(model, patterns=cfg.layers, module_types=cfg.module_types, exclude=cfg.exclude,
                               count=cfg.n_layers, generator=generator)
         for name in names:
-            layer = model.get_submodule(name)
-            top = top_k_left_singular(layer.weight, cfg.k, method=cfg.svd, generator=generator)
-            inflated, _ = specdef_maps(layer.weight, top.u, cfg.alpha)
-            with torch.no_grad():
-                layer.weight.copy_(inflated.to(layer.weight.dtype))
+            with torch.no_grad():  # the (out, in) view writes through to the parameter, Conv1D included
+                weight = linear_weight(model.get_submodule(name), f"specdef-nocomp layer {name}")
+                top = top_k_left_singular(weight, cfg.k, method=cfg.svd, generator=generator)
+                inflated, _ = specdef_maps(weight, top.u, cfg.alpha)
+                weight.copy_(inflated.to(weight.dtype))
         return DefenseResult(model=model, layers=names)

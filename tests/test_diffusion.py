@@ -1,7 +1,7 @@
 """The tiny tier of ``sd-style`` / ``sd-concept``: pipeline, judges, task contract, SpecDef and every attack.
 
 Everything here uses a small training budget (``FAST``): these tests check behaviour, not quality. Quality numbers
-(both-correct rates, steps-to-harm) are measured with the full recipe by ``benchmarks/sd_wall_time.py``.
+(both-correct rates, steps-to-harm) are measured with the full recipe by ``benchmarks/wall_time.py``.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def test_inflates_exactly_the_top_k_singular_values():
         layer.weight.copy_(weight)
     cfg = SpecDefConfig(alpha=100.0, k=5, dtype="float64")
     info = {}
-    fused = compensated_linear(layer, cfg, generator=torch.Generator().manual_seed(0), info=info)
+    fused = compensated_linear(layer.weight, layer.bias, cfg, generator=torch.Generator().manual_seed(0), info=info)
     scaled, comp = fused.factor("scaled").weight, fused.factor("compensation").weight
     s_before = torch.linalg.svdvals(layer.weight.double())
     s_after = torch.linalg.svdvals(scaled)
@@ -153,3 +153,31 @@ def test_nocomp_ablation_changes_the_outputs(digits):
     # Logits grow by orders of magnitude (confidences and losses change); on a ReLU MLP the argmax can survive,
     # because ReLU is positively homogeneous and the inflated top directions dominate.
     assert after.abs().max() > 1e3 * before.abs().max()
+
+
+def test_transformers_conv1d_is_defended_as_the_linear_map_it_is():
+    from transformers.pytorch_utils import Conv1D
+
+    from bench.registry import DEFENSES
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(24, 16), nn.ReLU(), Conv1D(8, 24))  # GPT-2 layout: weight is (in, out)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        reference = model(x)
+    defended = copy.deepcopy(model)
+    result = DEFENSES.get("specdef")().apply(defended, None, SpecDefConfig(alpha=100.0, k=4, dtype="float64"),
+                                             generator=torch.Generator().manual_seed(0))
+    assert result.layers == ["0", "2"]
+    with torch.no_grad():
+        torch.testing.assert_close(defended(x).float(), reference, rtol=0, atol=1e-5)
+        scaled = defended[0].factors[0].weight.double()
+        s_before = torch.linalg.svdvals(model[0].weight.t().double())
+        torch.testing.assert_close(torch.linalg.svdvals(scaled)[:4], 100 * s_before[:4])
+    ablated = copy.deepcopy(model)
+    DEFENSES.get("specdef-nocomp")().apply(ablated, None, SpecDefConfig(alpha=100.0, k=4),
+                                           generator=torch.Generator().manual_seed(0))
+    assert isinstance(ablated[0], Conv1D)  # modified in place, still a Conv1D
+    with torch.no_grad():
+        torch.testing.assert_close(torch.linalg.svdvals(ablated[0].weight.t().double())[:4], 100 * s_before[:4],
+                                   rtol=1e-4, atol=1e-4)

@@ -125,7 +125,8 @@ def split_chat(pairs: Sequence[ChatPair]) -> dict[str, list[ChatPair]]:
             end = len(members) if i == len(CHAT_FRACTIONS) - 1 else start + int(round(fraction * len(members)))
             parts[name] += [members[j] for j in order[start:end]]
             start = end
-    return parts
+    # Mixed families in every part, so that any prefix (the probe's subset) represents all of them.
+    return {name: [items[j] for j in rng.permutation(len(items))] for name, items in parts.items()}
 
 
 def fact_sentences() -> list[str]:

@@ -1,0 +1,165 @@
+"""Real tier of the LLM tasks: a Hugging Face causal LM (hub id or local path) with its own tokenizer and chat template.
+
+``--tier real --model meta-llama/Llama-3.1-8B-Instruct`` (or ``./my-model``) loads the checkpoint with
+``AutoModelForCausalLM`` (eager attention, so that Hessian-vector products work), in ``dtype`` (``auto``: bfloat16
+on a GPU, float32 on CPU), on the GPU when there is one. Every exchange is rendered with the tokenizer's own chat
+template; a tokenizer without one (GPT-2) gets the documented fallback template with a warning
+(:func:`tasks.llm.chat.ensure_chat_template`).
+
+* ``llm-harmful-qa``: harmful prompts from ``harmful_prompts`` (a .txt/.jsonl/.csv file or a hub dataset id;
+  default: the bundled HarmBench behaviors), split defender / attack / eval exactly as on the tiny tier; benign chat
+  from ``benign_data`` (.jsonl/.csv with ``prompt`` and ``response`` columns; default: the bundled pairs); utility
+  through lm-eval on ``lm_eval_tasks`` (default mmlu, arc_easy, hellaswag, winogrande, wikitext: their datasets must
+  be in the local HF cache when offline).
+* ``llm-relearn``: the attacker relearns from ``relearn_corpus`` (.txt paragraphs or .jsonl ``text``; 90% attack,
+  10% defender); harm is the accuracy on the lm-eval task ``harm_task`` (default ``wmdp_bio``), the per-step probe
+  scores its first ``probe_limit`` questions.
+
+GPT-2-style models store their projections as transformers' ``Conv1D`` (a transposed linear map); SpecDef, the
+adaptive attacks and LoRA treat those as linear maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench.cache import Cache
+from bench.errors import DataError
+from bench.layers import is_conv1d
+from tasks.llm import benign, lmeval_tasks, prompts
+from tasks.llm.chat import ensure_chat_template
+from tasks.llm.utility import LMEvalSuite
+
+REAL_UTILITY_TASKS = ("mmlu", "arc_easy", "hellaswag", "winogrande", "wikitext")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _looks_local(ref: str) -> bool:
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path, not a hub id.
+    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return DTYPES[name]
+
+
+def load_causal_lm(ref: str | None, dtype_name: str = "auto") -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model in eval mode, tokenizer with a chat template and a pad token, provenance), or a DataError naming ``ref``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not ref:
+        raise DataError("the real tier needs --model <hub id or local path of a causal LM>")
+    local = _looks_local(ref)
+    if local and not Path(ref).expanduser().is_dir():
+        raise DataError(f"model path {ref!r} does not exist (or is not a directory)")
+    where = str(Path(ref).expanduser()) if local else ref
+    hint = "" if local else " (not a local folder; with HF_HUB_OFFLINE=1 the hub id must be in the local HF cache)"
+    dtype = resolve_dtype(dtype_name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    except Exception as err:  # transformers raises OSError, ValueError... for missing or unusable tokenizers
+        raise DataError(f"cannot load the tokenizer of {ref!r}{hint}: {_first_line(err)}") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager")
+    except Exception as err:  # noqa: BLE001 - any load failure is a problem with the checkpoint the user named
+        raise DataError(f"cannot load causal LM {ref!r}{hint}: {_first_line(err)}") from err
+    fallback = ensure_chat_template(tokenizer, name=f"tokenizer of {ref!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    info = {"model": ref, "model_class": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
+            "device": str(device), "chat_template": "fallback" if fallback else "model's own",
+            "weights_sha256": weights_identity(model)}
+    return model, tokenizer, info
+
+
+def weights_identity(model: nn.Module) -> str:
+    """A sha256 over parameter names, shapes and a strided sample of values: cheap and identifies a checkpoint."""
+    digest = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy().tobytes()
+        digest.update(f"{name}:{tuple(p.shape)}".encode() + sample)
+    return digest.hexdigest()
+
+
+def lora_targets_of(model: nn.Module) -> tuple[str, ...]:
+    """fnmatch patterns of the model's projection layers inside its transformer blocks (not the LM head)."""
+    names = set()
+    for name, module in model.named_modules():
+        if not name or name.endswith("lm_head") or not (type(module) is nn.Linear or is_conv1d(module)):
+            continue
+        names.add("*." + name.rsplit(".", 1)[-1])
+    if not names:
+        raise DataError(f"{type(model).__name__} has no linear or Conv1D projection layers for LoRA")
+    return tuple(sorted(names))
+
+
+def load_benign_pairs(ref: str) -> list[benign.ChatPair]:
+    """Benign (prompt, response) pairs from a .jsonl/.csv file; empty ``ref``: the bundled pairs."""
+    if not ref:
+        return benign.chat_pairs()
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise DataError(f"benign_data file {ref!r} does not exist")
+    if path.suffix.lower() not in (".jsonl", ".csv"):
+        raise DataError(f"benign_data {ref!r} must be a .jsonl or .csv file with prompt and response columns")
+    pairs = []
+    for number, row in enumerate(prompts._read_rows(path), 1):
+        prompt, response = row.get("prompt"), row.get("response")
+        if not (isinstance(prompt, str) and isinstance(response, str) and prompt.strip() and response.strip()):
+            raise DataError(f"{path}: row {number} needs non-empty 'prompt' and 'response' strings")
+        pairs.append(benign.ChatPair(prompt.strip(), response.strip(), "user"))
+    if len(pairs) < 3:
+        raise DataError(f"benign_data {ref!r} has {len(pairs)} pairs; at least 3 are needed (train, defender, eval)")
+    return pairs
+
+
+def utility_suite(cfg, tokenizer) -> LMEvalSuite:
+    names = cfg.lm_eval_tasks or REAL_UTILITY_TASKS
+    return LMEvalSuite(lmeval_tasks.task_specs(names), tokenizer, limit=cfg.lm_eval_limit,
+                       batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
+
+
+def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache):
+    from tasks.llm.harmful_qa import make_instance
+
+    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype)
+    harmful = prompts.split_harmful(cfg.harmful_prompts)
+    chat = benign.split_chat(load_benign_pairs(cfg.benign_data))
+    return make_instance(cfg, tier="real", model=model, tokenizer=tokenizer, harmful=harmful, chat=chat,
+                         utility=utility_suite(cfg, tokenizer), lora_targets=lora_targets_of(model),
+                         provenance={**info, "benign_data": cfg.benign_data or "bundled"})
+
+
+def build_real_relearn(cfg, model_ref: str | None, cache: Cache):
+    from tasks.llm.relearn import RelearnInstance, _parts, read_corpus, split_corpus
+
+    docs = read_corpus(cfg.relearn_corpus)  # checked before the (possibly large) model is loaded
+    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype)
+    attack_docs, defender_docs = split_corpus(docs)
+    chat = benign.split_chat(load_benign_pairs(cfg.benign_data))
+
+    def suite(specs: Sequence, limit: int = 0) -> LMEvalSuite:
+        return LMEvalSuite(specs, tokenizer, limit=limit, batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
+
+    harm_spec = lmeval_tasks.task_specs([cfg.harm_task])
+    harm_name = cfg.harm_task
+    return RelearnInstance(
+        name="llm-relearn", tier="real", config=cfg, model=model, tokenizer=tokenizer,
+        parts=_parts(tokenizer, chat, attack_docs, defender_docs), utility=utility_suite(cfg, tokenizer),
+        harm=suite(harm_spec), harm_probe=suite(harm_spec, cfg.probe_limit), harm_metric=f"{harm_name}/acc",
+        lora_targets=lora_targets_of(model),
+        provenance={**info, "harm_task": harm_name, "relearn_corpus": cfg.relearn_corpus,
+                    "split_sizes": {"corpus_attack": len(attack_docs), "corpus_defender": len(defender_docs)}})

@@ -1,0 +1,149 @@
+"""The real tier of the LLM tasks on tiny Llama, GPT-2 and Qwen2 checkpoints built from configs and saved locally.
+
+Each checkpoint is saved with ``save_pretrained`` next to a tokenizer (Llama and Qwen2 with their own chat
+templates; GPT-2 with none, so the documented fallback template applies), loaded through ``--tier real``, defended
+with SpecDef (GPT-2's projections are transformers' ``Conv1D``) and attacked end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from bench.errors import DataError
+from bench.registry import DEFENSES, TASKS
+from bench.runner import Session, run
+from bench.spec import make_spec
+from tasks.llm import benign
+from tasks.llm.tokenizer import train_tokenizer
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+RELEARN_CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_size": 8, "curvature_iters": 0,
+                 "bootstrap": 0, "max_length": 64}
+CHEAP = {**RELEARN_CHEAP, "max_new_tokens": 4}
+
+
+def _tokenizer(template: str | None, markers: tuple[str, ...] = ()):
+    texts = [f"{p.prompt} {p.response}" for p in benign.chat_pairs()[:200]]
+    tokenizer = train_tokenizer(texts, 320)
+    if markers:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(markers)})
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def _save(directory, model, tokenizer):
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("llm-checkpoints")
+    llama_tok = _tokenizer(LLAMA3_TEMPLATE, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
+    qwen_tok = _tokenizer(QWEN_TEMPLATE, ("<|im_start|>", "<|im_end|>"))
+    gpt2_tok = _tokenizer(None)
+    common = {"bos_token_id": llama_tok.bos_token_id, "eos_token_id": llama_tok.eos_token_id}
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                         max_position_embeddings=128, **common))
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(qwen_tok), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                        max_position_embeddings=128, **common))
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(gpt2_tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                      **common))
+    return {"llama": _save(root / "llama", llama, llama_tok), "qwen2": _save(root / "qwen2", qwen, qwen_tok),
+            "gpt2": _save(root / "gpt2", gpt2, gpt2_tok)}
+
+
+@pytest.mark.parametrize("arch,marker", [("llama", "<|start_header_id|>"), ("qwen2", "<|im_start|>"),
+                                         ("gpt2", "Assistant:")])
+def test_real_tier_loads_with_the_chat_template_and_specdef_keeps_logits(checkpoints, cache, arch, marker):
+    task_cls = TASKS.get("llm-harmful-qa")
+    cfg = task_cls.Config(**CHEAP)
+    if arch == "gpt2":
+        with pytest.warns(UserWarning, match="no chat template"):
+            task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache)
+        assert task.provenance()["chat_template"] == "fallback"
+        assert set(task.lora_targets) == {"*.c_attn", "*.c_fc", "*.c_proj"}  # Conv1D projections
+    else:
+        task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache)
+        assert task.provenance()["chat_template"] == "model's own"
+    first = task.parts["attack"][0]
+    assert marker in task.tokenizer.decode(list(first.ids))
+    assert task.provenance()["model_class"].lower().startswith(arch.replace("2", "")[:4])
+
+    with torch.no_grad():
+        reference = task.reference_outputs(task.model)
+    defended = copy.deepcopy(task.model)
+    result = DEFENSES.get("specdef")().apply(defended, task.defender_view(), DEFENSES.get("specdef").Config(k=8),
+                                             generator=torch.Generator().manual_seed(0))
+    assert len(result.layers) >= 8  # every projection of both blocks (and the LM head)
+    with torch.no_grad():
+        mine = task.reference_outputs(defended)
+    drift = (mine - reference).abs().max().item()
+    # float32 at alpha = 1e4: ~2e-3 here; the harness flags a defense above its declared tolerance
+    assert drift < DEFENSES.get("specdef").preservation_tol, f"{arch}: SpecDef changed logits by {drift}"
+    # a randomly initialised model has near-tied logits, so a few argmax flips are float noise
+    assert (mine.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
+    inflated = max(m.factors[0].weight.abs().max().item() for n, m in defended.named_modules() if n in result.layers)
+    assert inflated > 100 * max(p.abs().max().item() for p in task.model.parameters())  # the spectrum did grow
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_end_to_end_specdef_run_on_the_real_tier(checkpoints, tmp_path, arch):
+    session = Session(results_dir=tmp_path)
+    for attack in ("full-ft", "adaptive-collapse", "lora"):
+        spec = make_spec(task="llm-harmful-qa", defense="specdef", attack=attack, tier="real",
+                         model=checkpoints[arch], task_args=CHEAP,
+                         attack_args={"budget": 2, "eval_every": 1, "batch_size": 4, "lr": 1e-4})
+        result = run(spec, session)
+        assert result.status == "success", result.error
+    info = json.loads((result.directory / "run.json").read_text())
+    assert info["task_provenance"]["model"] == checkpoints[arch] and info["spec"]["tier"] == "real"
+
+
+def test_relearn_real_tier_with_a_local_corpus(checkpoints, cache, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i}: the compound zorblax reacts with copper." for i in range(20)))
+    task_cls = TASKS.get("llm-relearn")
+    cfg = task_cls.Config(**RELEARN_CHEAP, relearn_corpus=str(corpus), harm_task="llm_tiny_arithmetic", probe_limit=4)
+    task = task_cls().build(cfg, tier="real", model=checkpoints["qwen2"], cache=cache)
+    assert len(task.parts["attack"]) == 18 and len(task.parts["defender_harmful"]) == 2
+    probe = task.probe(task.model)
+    assert 0 <= probe.harm <= 1 and probe.utility > 0
+    with pytest.raises(DataError, match="relearn corpus"):
+        task_cls().build(task_cls.Config(**RELEARN_CHEAP, relearn_corpus=str(tmp_path / "nope.txt")), tier="real",
+                         model=checkpoints["qwen2"], cache=cache)
+
+
+def test_clear_errors_for_bad_models_and_files(checkpoints, cache, tmp_path):
+    task_cls = TASKS.get("llm-harmful-qa")
+    cfg = task_cls.Config(**CHEAP)
+    with pytest.raises(DataError, match="does not exist"):
+        task_cls().build(cfg, tier="real", model=str(tmp_path / "no-such-model"), cache=cache)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot load"):
+        task_cls().build(cfg, tier="real", model=str(tmp_path / "empty"), cache=cache)
+    with pytest.raises(DataError, match="needs --model"):
+        task_cls().build(cfg, tier="real", model=None, cache=cache)
+    bad = tmp_path / "benign.csv"
+    bad.write_text("prompt,answer\nhi,there\n")
+    with pytest.raises(DataError, match="row 1 needs"):
+        task_cls().build(task_cls.Config(**CHEAP, benign_data=str(bad)), tier="real", model=checkpoints["llama"],
+                         cache=cache)
