@@ -48,6 +48,10 @@ def test_tokenizer_is_trained_in_process_and_reloads_from_vocab_files(tmp_path):
     assert tokens == ["<|startoftext|>", "a</w>", "triangle</w>", ",</w>", "stripes</w>", "style</w>", "<|endoftext|>"]
     reloaded = CLIPTokenizer.from_pretrained(write_vocab_files(tokenizer, tmp_path / "tok"))
     assert reloaded("a circle, flat style").input_ids == tokenizer("a circle, flat style").input_ids
+    # the trainer's own tie order varies between runs; the released model needs the same ids every time
+    for _ in range(4):
+        again = train_clip_tokenizer(corpus)
+        assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
 
 
 def test_pipeline_builds_generates_offline_and_round_trips(tasks, cache, tmp_path):

@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from tasks.diffusion import shapes
 
-BUILDER_VERSION = 1  # bump when the recipe's code changes, to invalidate caches
+BUILDER_VERSION = 2  # bump when the recipe's code changes, to invalidate caches
 TEXT_DIM = 64
 LATENT_SHIFT, LATENT_SCALE = -0.7, 2.8
 """Mean and 1/std of the procedural images' pixels: latents are standardised, as SD scales its VAE latents."""

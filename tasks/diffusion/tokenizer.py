@@ -35,8 +35,23 @@ def train_clip_tokenizer(corpus: Iterable[str], *, max_length: int = MAX_LENGTH)
                                   show_progress=False)
     bpe.train_from_iterator(sorted(set(corpus)), trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return CLIPTokenizer(vocab=dict(state["vocab"]), merges=merges, model_max_length=max_length)
+    learned = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    # The trainer learns the same merges on every run, but orders equally frequent ones (and numbers their tokens)
+    # in whatever order its hash maps yield (measured: 1 run in 4 differed), and token ids decide which embedding
+    # row each word trains. A fixed order keeps the released model reproducible: merges by the length of what they
+    # build (a merge's parts are always shorter, so they come first), then alphabetically.
+    merges = sorted(learned, key=lambda m: (len(m[0] + m[1]), m[0] + m[1], m))
+    return CLIPTokenizer(vocab=canonical_vocab(state["vocab"], merges), merges=merges, model_max_length=max_length)
+
+
+def canonical_vocab(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Token ids in a fixed order: special tokens, then single symbols sorted, then merge results in merge order."""
+    merged = list(dict.fromkeys("".join(m) for m in merges))
+    singles = sorted(t for t in vocab if t not in SPECIALS and t not in set(merged))
+    order = list(dict.fromkeys([*SPECIALS, *singles, *merged]))
+    if set(order) != set(vocab):
+        raise ValueError("BPE vocabulary and merges disagree")  # cannot happen for a trained BPE
+    return {token: i for i, token in enumerate(order)}
 
 
 def write_vocab_files(tokenizer, directory: str | Path) -> Path:
