@@ -32,6 +32,7 @@ import torch
 
 from bench.cache import Cache
 from bench.errors import ConfigError, DataError
+from bench.sources import first_line, load_pooled_dataset, local_or_hub
 from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
 from tasks.diffusion.release import use_math_attention
 from tasks.diffusion.tiny import unet_architecture
@@ -42,29 +43,16 @@ ENCODE_BATCH = 16
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _looks_local(ref: str) -> bool:
-    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
-
-
 def load_pipeline(ref: str, dtype: torch.dtype, device: torch.device):
     """The Stable Diffusion pipeline at ``ref`` in ``dtype`` on ``device``, or a DataError naming ``ref``."""
     from diffusers import StableDiffusionPipeline
 
-    local = _looks_local(ref)
-    if local and not Path(ref).expanduser().is_dir():
-        raise DataError(f"model path {ref!r} does not exist (or is not a directory)")
-    where = str(Path(ref).expanduser()) if local else ref
+    where, hint = local_or_hub(ref, "model")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(where, dtype=dtype, safety_checker=None,
                                                        requires_safety_checker=False)
     except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError... for unusable checkpoints
-        hint = "" if local else " (not a local folder; with HF_HUB_OFFLINE=1 the hub id must be in the local HF cache)"
-        raise DataError(f"cannot load Stable Diffusion pipeline {ref!r}{hint}: {_first_line(err)}") from err
+        raise DataError(f"cannot load Stable Diffusion pipeline {ref!r}{hint}: {first_line(err)}") from err
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.vae, pipe.text_encoder):
         part.to(device).eval().requires_grad_(False)
@@ -79,28 +67,10 @@ def load_rows(cfg, cache: Cache):
 
     if not cfg.dataset:
         raise DataError("the real tier needs dataset=<local image folder with metadata.jsonl, or a hub dataset id>")
-    ref = cfg.dataset
-    try:
-        if _looks_local(ref):
-            folder = Path(ref).expanduser()
-            if not folder.is_dir():
-                raise DataError(f"dataset folder {ref!r} does not exist (or is not a directory)")
-            if not any(p.is_file() for p in folder.rglob("*")):
-                raise DataError(f"dataset folder {ref!r} is empty (expected images and a metadata.jsonl)")
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache.entry("hf-datasets")))
-        else:
-            loaded = datasets.load_dataset(ref)
-        parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
-        ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    except DataError:
-        raise
-    except Exception as err:  # datasets raises FileNotFoundError, ValueError, DatasetGenerationError...
-        raise DataError(f"cannot load dataset {ref!r}: {_first_line(err)}") from err
-    for column in ("image", cfg.text_column, cfg.content_column, cfg.style_column):
-        if column not in ds.column_names:
-            raise DataError(f"dataset {ref!r} has no column {column!r} (columns: {', '.join(ds.column_names)}); "
-                            "captions and content/style labels come from metadata.jsonl "
-                            "(set text_column= / content_column= / style_column=)")
+    ds = load_pooled_dataset(cfg.dataset, cache, layout="images and a metadata.jsonl",
+                             columns=("image", cfg.text_column, cfg.content_column, cfg.style_column),
+                             column_hint="captions and content/style labels come from metadata.jsonl "
+                                         "(set text_column= / content_column= / style_column=)")
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
@@ -117,7 +87,7 @@ def decode_images(ds, rows: np.ndarray, size: int, ref: str) -> tuple[torch.Tens
             image = Image.open(io.BytesIO(data))
             image.load()
         except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... on bad files
-            raise DataError(f"cannot read image {where} of dataset {ref!r}: {_first_line(err)}") from err
+            raise DataError(f"cannot read image {where} of dataset {ref!r}: {first_line(err)}") from err
         digest.update(data)
         image = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
         out.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1))
@@ -163,7 +133,7 @@ def build_judges(cfg, contents: list[str], styles: list[str], pixels: torch.Tens
             model = CLIPModel.from_pretrained(cfg.clip_model).to(device)
             processor = CLIPProcessor.from_pretrained(cfg.clip_model)
         except Exception as err:  # noqa: BLE001 - any load failure is a data problem the user must fix
-            raise DataError(f"cannot load CLIP judge {cfg.clip_model!r}: {_first_line(err)}") from err
+            raise DataError(f"cannot load CLIP judge {cfg.clip_model!r}: {first_line(err)}") from err
         return (ClipJudge(model, processor, contents, "a photo of a {}"),
                 ClipJudge(model, processor, styles, "an image in {} style"))
     from safetensors.torch import load_file, save_file

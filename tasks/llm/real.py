@@ -30,6 +30,7 @@ from torch import nn
 
 from bench.cache import Cache
 from bench.errors import DataError
+from bench.sources import first_line, local_or_hub
 from bench.layers import is_conv1d
 from tasks.llm import benign, lmeval_tasks, prompts
 from tasks.llm.chat import ensure_chat_template
@@ -37,16 +38,6 @@ from tasks.llm.utility import LMEvalSuite
 
 REAL_UTILITY_TASKS = ("mmlu", "arc_easy", "hellaswag", "winogrande", "wikitext")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _looks_local(ref: str) -> bool:
-    # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path, not a hub id.
-    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -61,20 +52,16 @@ def load_causal_lm(ref: str | None, dtype_name: str = "auto") -> tuple[nn.Module
 
     if not ref:
         raise DataError("the real tier needs --model <hub id or local path of a causal LM>")
-    local = _looks_local(ref)
-    if local and not Path(ref).expanduser().is_dir():
-        raise DataError(f"model path {ref!r} does not exist (or is not a directory)")
-    where = str(Path(ref).expanduser()) if local else ref
-    hint = "" if local else " (not a local folder; with HF_HUB_OFFLINE=1 the hub id must be in the local HF cache)"
+    where, hint = local_or_hub(ref, "model")
     dtype = resolve_dtype(dtype_name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except Exception as err:  # transformers raises OSError, ValueError... for missing or unusable tokenizers
-        raise DataError(f"cannot load the tokenizer of {ref!r}{hint}: {_first_line(err)}") from err
+        raise DataError(f"cannot load the tokenizer of {ref!r}{hint}: {first_line(err)}") from err
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager")
     except Exception as err:  # noqa: BLE001 - any load failure is a problem with the checkpoint the user named
-        raise DataError(f"cannot load causal LM {ref!r}{hint}: {_first_line(err)}") from err
+        raise DataError(f"cannot load causal LM {ref!r}{hint}: {first_line(err)}") from err
     fallback = ensure_chat_template(tokenizer, name=f"tokenizer of {ref!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()

@@ -41,6 +41,7 @@ from torch import nn
 
 from bench.cache import Cache
 from bench.errors import DataError
+from bench.sources import first_line, local_or_hub, load_pooled_dataset, looks_local
 from bench.modelio import load_model, save_model, transformers_architecture
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTIONS
@@ -57,36 +58,22 @@ def pixel_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=x.to(next(model.parameters()).device)).logits
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _looks_local(ref: str) -> bool:
-    # A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path, not a hub id.
-    return Path(ref).expanduser().exists() or ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
-
-
 def load_classifier(ref: str) -> tuple[nn.Module, object]:
     """The classifier (float32, eval mode) and its image processor, or a DataError naming ``ref``."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    local = _looks_local(ref)
-    if local and not Path(ref).expanduser().is_dir():
-        raise DataError(f"model path {ref!r} does not exist (or is not a directory)")
-    where = str(Path(ref).expanduser()) if local else ref
+    where, hint = local_or_hub(ref, "model")
     try:
         model = AutoModelForImageClassification.from_pretrained(where, dtype=torch.float32, attn_implementation="eager")
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for unusable checkpoints
-        hint = "" if local else " (not a local folder; with HF_HUB_OFFLINE=1 the hub id must be in the local HF cache)"
-        raise DataError(f"cannot load image classifier {ref!r}{hint}: {_first_line(err)}") from err
+        raise DataError(f"cannot load image classifier {ref!r}{hint}: {first_line(err)}") from err
     try:
         processor = AutoImageProcessor.from_pretrained(where)
     except Exception as err:  # noqa: BLE001 - any failure means "no usable processor config"
         from transformers import ViTImageProcessor
 
         size = int(getattr(model.config, "image_size", 224))
-        warnings.warn(f"{ref!r} has no usable image processor ({_first_line(err)}); falling back to "
+        warnings.warn(f"{ref!r} has no usable image processor ({first_line(err)}); falling back to "
                       f"ViTImageProcessor(size={size}x{size}, mean=std=0.5): check it matches the model's training")
         processor = ViTImageProcessor(size={"height": size, "width": size})
     return model.eval(), processor
@@ -99,27 +86,8 @@ def load_images(cfg, cache: Cache):
     if not cfg.dataset:
         raise DataError("the real tier needs dataset=<hub dataset id or local image folder>")
     ref = cfg.dataset
-    try:
-        if _looks_local(ref):
-            folder = Path(ref).expanduser()
-            if not folder.is_dir():
-                raise DataError(f"dataset folder {ref!r} does not exist (or is not a directory)")
-            if not any(p.is_file() for p in folder.rglob("*")):
-                raise DataError(f"dataset folder {ref!r} is empty (expected class-named subfolders of images)")
-            # Arrow files for local folders go to the bench cache, so tests and users' HF caches stay clean.
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(cache.entry("hf-datasets")))
-        else:
-            loaded = datasets.load_dataset(ref)
-        parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
-        ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    except DataError:
-        raise
-    except Exception as err:  # datasets raises FileNotFoundError, ValueError, ConnectionError...
-        raise DataError(f"cannot load dataset {ref!r}: {_first_line(err)}") from err
-    for column in (cfg.image_column, cfg.label_column):
-        if column not in ds.column_names:
-            raise DataError(f"dataset {ref!r} has no column {column!r} (columns: {', '.join(ds.column_names)}); "
-                            "set image_column= / label_column=")
+    ds = load_pooled_dataset(ref, cache, layout="class-named subfolders of images",
+                             columns=(cfg.image_column, cfg.label_column), column_hint="set image_column= / label_column=")
     if not isinstance(ds.features[cfg.image_column], datasets.Image):
         raise DataError(f"column {cfg.image_column!r} of {ref!r} is not an image column ({ds.features[cfg.image_column]})")
     return ds.cast_column(cfg.image_column, datasets.Image(decode=False))
@@ -212,7 +180,7 @@ def preprocess(ds, rows: np.ndarray, cfg, processor, channels: int) -> tuple[tor
                 image.load()
                 images.append(image.convert(mode))
             except Exception as err:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... on bad files
-                raise DataError(f"cannot read image {where} of dataset {cfg.dataset!r}: {_first_line(err)}") from err
+                raise DataError(f"cannot read image {where} of dataset {cfg.dataset!r}: {first_line(err)}") from err
             digest.update(f"{label}:{len(data)}:".encode() + data)
         chunks.append(processor(images=images, return_tensors="pt")["pixel_values"].float())
     return torch.cat(chunks), digest.hexdigest()
@@ -227,7 +195,7 @@ def weights_identity(model: nn.Module) -> str:
 
 
 def hub_commit(ref: str, model: nn.Module) -> str | None:
-    if getattr(model.config, "_commit_hash", None) or _looks_local(ref):
+    if getattr(model.config, "_commit_hash", None) or looks_local(ref):
         return getattr(model.config, "_commit_hash", None)
     try:  # the HF cache stores a hub model under snapshots/<commit>
         from huggingface_hub import snapshot_download
@@ -256,7 +224,7 @@ def build_real(cfg, model: str, cache: Cache) -> ClassificationInstance:
             pixel_logits(checkpoint.to(device), splits["eval_benign"].x[:1])
     except Exception as err:  # a processor that does not fit the model fails here, not deep inside the runner
         raise DataError(f"model {model!r} cannot classify the preprocessed images "
-                        f"{tuple(splits['eval_benign'].x.shape[1:])}: {_first_line(err)}") from err
+                        f"{tuple(splits['eval_benign'].x.shape[1:])}: {first_line(err)}") from err
     architecture = transformers_architecture(checkpoint)
     weights_sha = weights_identity(checkpoint)
     replay = splits["replay"]
