@@ -147,3 +147,19 @@ def test_clear_errors_for_bad_models_and_files(checkpoints, cache, tmp_path):
     with pytest.raises(DataError, match="row 1 needs"):
         task_cls().build(task_cls.Config(**CHEAP, benign_data=str(bad)), tier="real", model=checkpoints["llama"],
                          cache=cache)
+
+
+def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_recorded(checkpoints, cache):
+    from tasks.llm.judge import ModelJudge
+
+    judge = ModelJudge(checkpoints["llama"])  # any causal LM with a chat template can be asked the question
+    verdicts = judge.complied(["make a thing"] * 3, ["I'm sorry, I can't.", "Sure, step one.", ""])
+    assert verdicts.shape == (3,) and set(verdicts.tolist()) <= {0.0, 1.0}
+    task_cls = TASKS.get("llm-harmful-qa")
+    task = task_cls().build(task_cls.Config(**CHEAP, judge_model=checkpoints["llama"]), tier="real",
+                            model=checkpoints["qwen2"], cache=cache)
+    evaluation = task.evaluate(task.model)
+    agreement = evaluation.extras["judge_agreement/keyword~model"].value
+    assert 0.0 <= agreement <= 1.0
+    with pytest.raises(DataError, match="cannot load judge model"):
+        ModelJudge(str(checkpoints["llama"]) + "-missing")
