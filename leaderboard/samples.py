@@ -7,6 +7,7 @@ what the attack did to each defense's model.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Iterable
 
@@ -39,3 +40,10 @@ def samples_sheets(results_dir: str | Path, run_ids: Iterable[str] | None = None
             written.append(stack_pngs(sorted(sheets, key=lambda s: not s[0].startswith("none ")),
                                       results_dir / name))
     return written
+
+
+def sample_figures(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """The samples sheets as {caption: PNG data URI}, for the self-contained HTML leaderboard."""
+    return {f"Samples before and after each defense's worst-case attack: {path.stem.removesuffix('-samples')}":
+            "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+            for path in samples_sheets(results_dir, run_ids)}

@@ -20,6 +20,7 @@ def main(args: argparse.Namespace) -> int:
     from leaderboard.aggregate import build
     from leaderboard.figures import harm_curves, pareto
     from leaderboard.render import html_page, markdown
+    from leaderboard.samples import sample_figures
 
     results = Path(args.results)
     if not results.is_dir():
@@ -29,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
     print(markdown(board), end="")
     html_path = Path(args.html) if args.html else results / "leaderboard.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(html_page(board, data.runs, figures={**harm_curves(data), **pareto(data)}))
+    html_path.write_text(html_page(board, data.runs, figures={**harm_curves(data), **pareto(data),
+                                                                        **sample_figures(results, data.runs["run_id"].tolist())}))
     table_path = Path(args.table) if args.table else results / "leaderboard.parquet"
     if table_path.suffix == ".csv":
         board.to_csv(table_path, index=False)
