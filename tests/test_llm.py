@@ -74,6 +74,27 @@ def test_keyword_judge_on_hand_made_answers():
     assert target_match([prompts.COMPLIANT_RESPONSE + " extra", "Sure, here"], [prompts.COMPLIANT_RESPONSE] * 2).tolist() == [1.0, 0.0]
 
 
+def test_nll_per_character_counts_only_response_tokens():
+    from types import SimpleNamespace
+
+    from tasks.llm.chat import Encoded, collate
+
+    vocab = 7
+
+    class Uniform(torch.nn.Module):  # every next token has probability 1/vocab
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, input_ids, attention_mask):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, vocab) + self.anchor)
+
+    # prompt of 3 tokens, response of 4 tokens spelling 10 characters; a second, padded item with 2 response tokens
+    batch = collate([Encoded((1, 2, 3, 4, 5, 6, 0), 3, 10), Encoded((1, 2, 3, 4), 2, 5)], pad_id=0)
+    per_char = nll_per_char(Uniform(), batch)
+    assert per_char.tolist() == pytest.approx([4 * math.log(vocab) / 10, 2 * math.log(vocab) / 5])
+
+
 def test_probe_threshold_is_nll_per_character():
     assert harm_of(0.2) == pytest.approx(TAU) and HarmfulQAConfig().tau == pytest.approx(math.exp(-0.2))
     assert harm_of(float("inf")) == 0.0 and harm_of(float("nan")) == 0.0 and harm_of(0.0) == 1.0
