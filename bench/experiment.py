@@ -84,6 +84,12 @@ def parse_seeds(value: Any) -> tuple[int, ...]:
     return seeds
 
 
+def _is_dotted(assignment: str) -> bool:
+    """``task.KEY=VALUE`` (a dotted override) rather than a plugin's own ``KEY=VALUE`` (config keys have no dots)."""
+    part, dot, _ = assignment.partition("=")[0].partition(".")
+    return bool(dot) and part in PARTS
+
+
 def build_request(
     *,
     config: str | Path | None = None,
@@ -108,14 +114,18 @@ def build_request(
     args: dict[str, dict[str, Any]] = {}
     for part in PARTS:
         names[part], args[part] = _part(data.get(part), part)
+    dotted = list(overrides or [])
     for part, tokens in (("task", task), ("defense", defense), ("attack", attack)):
         if tokens:
             name, *assignments = tokens
+            # argparse hands `--defense specdef task.dataset=x` the dotted override too: route it where it belongs
+            dotted += [a for a in assignments if _is_dotted(a)]
+            assignments = [a for a in assignments if not _is_dotted(a)]
             if names[part] is not None and name != names[part]:
                 args[part] = {}  # a different plugin than the file's: the file's args belong to the other one
             names[part] = name
             args[part].update(parse_assignments(assignments, f"--{part} {name}"))
-    for key, value in parse_assignments(overrides, "override").items():
+    for key, value in parse_assignments(dotted, "override").items():
         part, dot, field = key.partition(".")
         if not dot or part not in PARTS or not field:
             raise ConfigError(f"override {key}={value!r} must look like task.KEY=, defense.KEY= or attack.KEY=")

@@ -71,6 +71,9 @@ def test_layering_defaults_yaml_cli(tmp_path):
     spec = make_spec(task=request.task, defense=request.defense, attack="full-ft", defense_args=request.defense_args)
     assert spec.defense.kwargs["alpha"] == 1e6 and spec.defense.kwargs["k"] == 3
     assert request.seeds == (0,)
+    # argparse gives a dotted override typed after `--defense NAME` to the defense's list: it still lands right
+    request = build_request(task=["vision-digits", "task.tau=0.5"], defense=["specdef", "k=4", "task.budget=40"])
+    assert request.task_args == {"budget": "40", "tau": "0.5"} and request.defense_args == {"k": "4"}  # typed later
     # naming another defense on the CLI drops the file's args for the old one
     request = build_request(config=path, defense=["none"])
     assert request.defense == "none" and request.defense_args == {}
