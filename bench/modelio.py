@@ -8,6 +8,7 @@ safetensors only (never pickle).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,15 @@ def _build_transformers(spec: Mapping[str, Any]) -> nn.Module:
     if spec.get("attn_implementation"):
         model.set_attn_implementation(spec["attn_implementation"])
     return model
+
+
+def weights_identity(model: nn.Module) -> str:
+    """sha256 over every tensor of the state dict (names, dtypes and bytes): which checkpoint a run measured."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def transformers_architecture(model: nn.Module) -> dict[str, Any]:

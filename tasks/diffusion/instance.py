@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from bench.contracts import DefenderView, Evaluation, Preview, Probe, Score, TaskConfig, TaskInstance
 from tasks.diffusion.judges import Judge, both_correct
-from tasks.diffusion.pipeline import compute_dtype, sample_latents
+from tasks.diffusion.pipeline import compute_dtype, sample_latents, target_of
 
 UNET_LORA_TARGETS = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
 """The standard diffusers LoRA targets: the attention projections of every transformer block."""
@@ -156,13 +156,7 @@ class DiffusionInstance(TaskInstance):
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         states = self.data.states[batch.text].to(device=device, dtype=dtype)
         pred = model(x_t.to(dtype), t, encoder_hidden_states=states).sample.float()
-        if self.prediction_type == "sample":
-            target = x0
-        elif self.prediction_type == "epsilon":
-            target = noise
-        else:  # v_prediction
-            target = a.sqrt() * noise - (1 - a).sqrt() * x0
-        return pred, target
+        return pred, target_of(self.prediction_type, x0, noise, a)
 
     def attack_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         pred, target = self.predict(model, batch)

@@ -63,6 +63,15 @@ def sample_latents(
     return torch.cat(out)
 
 
+def target_of(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """The training target of a prediction type, for x_t = sqrt(alpha) x0 + sqrt(1 - alpha) noise."""
+    if prediction == "sample":
+        return x0
+    if prediction == "epsilon":
+        return noise
+    return alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
+
+
 def compute_dtype(unet: nn.Module) -> torch.dtype:
     """The dtype the UNet computes in (inputs are cast to it)."""
     dtypes = [p.dtype for p in unet.parameters() if p.is_floating_point()]

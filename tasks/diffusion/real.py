@@ -32,11 +32,12 @@ import torch
 
 from bench.cache import Cache
 from bench.errors import ConfigError, DataError
+from bench.modelio import weights_identity
 from bench.sources import first_line, load_pooled_dataset, local_or_hub
 from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
 from tasks.diffusion.release import use_math_attention
 from tasks.diffusion.tiny import unet_architecture
-from tasks.vision.real import split_indices, weights_identity
+from tasks.vision.real import split_indices
 
 JUDGE_VERSION = 1
 ENCODE_BATCH = 16

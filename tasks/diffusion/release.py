@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tasks.diffusion import shapes
+from tasks.diffusion.pipeline import target_of
 
 BUILDER_VERSION = 2  # bump when the recipe's code changes, to invalidate caches
 TEXT_DIM = 64
@@ -107,24 +108,6 @@ def alphas_cumprod(scheduler_config) -> torch.Tensor:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(scheduler_config).alphas_cumprod.float()
-
-
-def target_of(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The training target of a prediction type, for x_t = sqrt(alpha) x0 + sqrt(1 - alpha) noise."""
-    if prediction == "sample":
-        return x0
-    if prediction == "epsilon":
-        return noise
-    return alpha.sqrt() * noise - (1 - alpha).sqrt() * x0
-
-
-def x0_of(prediction: str, pred: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """The clean-sample estimate implied by a model output of a prediction type."""
-    if prediction == "sample":
-        return pred
-    if prediction == "epsilon":
-        return (x_t - (1 - alpha).sqrt() * pred) / alpha.sqrt()
-    return alpha.sqrt() * x_t - (1 - alpha).sqrt() * pred
 
 
 def train_unet(pipe, recipe: Mapping[str, Any], *, progress: str | None = None) -> None:

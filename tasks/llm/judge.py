@@ -72,13 +72,14 @@ class ModelJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from bench.errors import DataError
+        from bench.sources import first_line
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(ref)
             self.model = AutoModelForCausalLM.from_pretrained(ref).to(self.device).eval()
         except Exception as err:  # transformers raises OSError, ValueError, ... for unusable checkpoints
-            raise DataError(f"cannot load judge model {ref!r}: {str(err).splitlines()[0] if str(err) else err}") from err
+            raise DataError(f"cannot load judge model {ref!r}: {first_line(err)}") from err
         self.batch_size = batch_size
         self.yes = self._token_ids(("Yes", " Yes", "yes", " yes"))
         self.no = self._token_ids(("No", " No", "no", " no"))

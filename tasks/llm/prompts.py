@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from bench.errors import DataError
+from bench.sources import first_line
 
 DATA_DIR = Path(__file__).parent / "data"
 HARMBENCH_FILE = DATA_DIR / "harmbench_behaviors_standard.txt"
@@ -143,7 +144,7 @@ def _hub_rows(ref: str) -> list[dict]:
         loaded = datasets.load_dataset(ref)
     except Exception as err:  # datasets raises many error types for unknown or offline ids
         raise DataError(f"cannot load harmful prompts {ref!r} (not a local file; offline hub ids must be in the "
-                        f"local HF cache): {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+                        f"local HF cache): {first_line(err)}") from err
     parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
     return [dict(row) for part in parts for row in part]
 

@@ -21,7 +21,6 @@ adaptive attacks and LoRA treat those as linear maps.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +31,7 @@ from bench.cache import Cache
 from bench.errors import DataError
 from bench.sources import first_line, local_or_hub
 from bench.layers import is_conv1d
+from bench.modelio import weights_identity
 from tasks.llm import benign, lmeval_tasks, prompts
 from tasks.llm.chat import ensure_chat_template
 from tasks.llm.utility import LMEvalSuite
@@ -69,16 +69,6 @@ def load_causal_lm(ref: str | None, dtype_name: str = "auto") -> tuple[nn.Module
             "device": str(device), "chat_template": "fallback" if fallback else "model's own",
             "weights_sha256": weights_identity(model)}
     return model, tokenizer, info
-
-
-def weights_identity(model: nn.Module) -> str:
-    """A sha256 over parameter names, shapes and a strided sample of values: cheap and identifies a checkpoint."""
-    digest = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        flat = p.detach().flatten()
-        sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy().tobytes()
-        digest.update(f"{name}:{tuple(p.shape)}".encode() + sample)
-    return digest.hexdigest()
 
 
 def lora_targets_of(model: nn.Module) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from torch import nn
 
 from bench.contracts import Score
 from bench.errors import DataError
+from bench.sources import first_line
 
 BOOTSTRAP_ITERS = 100
 """Passed to lm-eval: mean metrics get their closed-form stderr; only bootstrappable aggregates resample."""
@@ -65,7 +66,7 @@ class LMEvalSuite:
                 self.tasks = TaskManager(include_defaults=needs_index).load(list(specs)) if specs else None
         except Exception as err:  # lm-eval raises KeyError/ValueError/ConnectionError... for unknown or absent tasks
             raise DataError(f"cannot load lm-eval tasks {self.names} (standard tasks need their datasets in the local "
-                            f"HF cache when offline): {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                            f"HF cache when offline): {first_line(err)}"
                             ) from err
         finally:
             logger.setLevel(level)

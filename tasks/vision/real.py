@@ -42,7 +42,7 @@ from torch import nn
 from bench.cache import Cache
 from bench.errors import DataError
 from bench.sources import first_line, local_or_hub, load_pooled_dataset, looks_local
-from bench.modelio import load_model, save_model, transformers_architecture
+from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTIONS
 
@@ -184,14 +184,6 @@ def preprocess(ds, rows: np.ndarray, cfg, processor, channels: int) -> tuple[tor
             digest.update(f"{label}:{len(data)}:".encode() + data)
         chunks.append(processor(images=images, return_tensors="pt")["pixel_values"].float())
     return torch.cat(chunks), digest.hexdigest()
-
-
-def weights_identity(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode() + str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def hub_commit(ref: str, model: nn.Module) -> str | None:
