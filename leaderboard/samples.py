@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Iterable
+
+import pandas as pd
 
 from bench.images import stack_pngs
 from bench.runner import SAMPLES_PNG
-from leaderboard.aggregate import build
 from leaderboard.render import fmt_steps
 
 
-def samples_sheets(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> list[Path]:
-    """Write ``<results>/<task>-<tier>-samples.png`` for every task with previewed runs; return their paths."""
+def samples_sheets(results_dir: str | Path, seeds: pd.DataFrame) -> list[Path]:
+    """Write ``<results>/<task>-<tier>-samples.png`` for every task with previewed runs; return their paths.
+
+    ``seeds`` is the per-seed table of :func:`leaderboard.aggregate.build` over runs under ``results_dir``.
+    """
     results_dir = Path(results_dir)
-    seeds = build(results_dir, run_ids).seeds
     written = []
     if seeds.empty:
         return written
@@ -42,8 +44,8 @@ def samples_sheets(results_dir: str | Path, run_ids: Iterable[str] | None = None
     return written
 
 
-def sample_figures(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> dict[str, str]:
+def sample_figures(results_dir: str | Path, seeds: pd.DataFrame) -> dict[str, str]:
     """The samples sheets as {caption: PNG data URI}, for the self-contained HTML leaderboard."""
     return {f"Samples before and after each defense's worst-case attack: {path.stem.removesuffix('-samples')}":
             "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-            for path in samples_sheets(results_dir, run_ids)}
+            for path in samples_sheets(results_dir, seeds)}

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
-from leaderboard.aggregate import build, utility_names
+from leaderboard.aggregate import Aggregates, utility_names
 from leaderboard.render import family_table, fmt_float, fmt_fraction, fmt_ratio, fmt_steps
 
 
@@ -17,8 +15,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def summary_text(results_dir: str | Path, run_ids: Iterable[str]) -> str:
-    aggregates = build(results_dir, list(run_ids))
+def summary_text(aggregates: Aggregates) -> str:
+    """The summary of ``aggregates`` (:func:`leaderboard.aggregate.build` over the runs of one ``bench run``)."""
     runs, board = aggregates.runs, aggregates.board
     if board.empty:
         return "no runs."

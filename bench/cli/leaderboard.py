@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     html_path = Path(args.html) if args.html else results / "leaderboard.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(html_page(board, data.runs, figures={**harm_curves(data), **pareto(data),
-                                                                        **sample_figures(results, data.runs["run_id"].tolist())}))
+                                                                        **sample_figures(results, data.seeds)}))
     table_path = Path(args.table) if args.table else results / "leaderboard.parquet"
     if table_path.suffix == ".csv":
         board.to_csv(table_path, index=False)

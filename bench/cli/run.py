@@ -49,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.experiment import build_request
     from bench.runner import Session
     from bench.suite import run_suite
+    from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets
     from leaderboard.summary import summary_text
 
@@ -76,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
         return 130
     wall = time.perf_counter() - start
     resumed = sum(r.resumed for r in report.records)
-    print(summary_text(args.results, report.run_ids))
-    for sheet in samples_sheets(args.results, report.run_ids):
+    aggregates = build(args.results, report.run_ids)
+    print(summary_text(aggregates))
+    for sheet in samples_sheets(args.results, aggregates.seeds):
         print(f"samples before/after the worst-case attack of each defense: {sheet}")
     print(f"\n{len(report.records)} runs ({resumed} already done) in {wall:.1f} s; results in {args.results}/ "
           f"(`bench leaderboard --results {args.results}` to compare)")
