@@ -261,8 +261,12 @@ class Task(abc.ABC):
     """Config overrides for a cheap, functional tiny build (conformance tests and CI; never for measurements)."""
 
     @abc.abstractmethod
-    def build(self, cfg: Any, *, tier: str, model: str | None, cache: "Cache") -> TaskInstance:
-        """Build the task for ``tier``; ``model`` is a hub id or local path (real tier), else None.
+    def build(self, cfg: Any, *, tier: str, model: str | None, cache: "Cache", device: "torch.device") -> TaskInstance:
+        """Build the task for ``tier`` on ``device``; ``model`` is a hub id or local path (real tier), else None.
+
+        The instance's models (released model, judges) and any data they consume live on ``device``, or its batches
+        are moved there by the loss and measurement code: every task honours the run's device policy
+        (:mod:`bench.devices`). Tiny tiers build (and cache) their released model on the CPU, then move it.
 
         The released model and the data splits do not depend on the run seed: the released model is one published
         artefact, and evaluation items stay fixed so that released and defended models are compared pairwise.
@@ -284,7 +288,11 @@ class Defense(abc.ABC):
     preserves_function: ClassVar[bool] = True
     """Whether the defense claims to leave the model's outputs unchanged (checked by the conformance suite)."""
     preservation_tol: ClassVar[float] = 1e-4
-    """Largest |Δ output| (relative to output scale) the conformance suite accepts on a tiny model."""
+    """Largest |Δ output| relative to the output scale (max |output|) that the conformance suite accepts on a tiny
+    model and the runner accepts on the task's reference outputs; beyond it a run fails (unless the user allows
+    the drift, which the results record)."""
+    drift_hint: ClassVar[str] = ""
+    """How to fix a drift beyond ``preservation_tol`` (e.g. a wider storage dtype), quoted in the runner's error."""
 
     @abc.abstractmethod
     def apply(self, model: "nn.Module", view: DefenderView, cfg: Any, *, generator: "torch.Generator") -> DefenseResult:

@@ -22,3 +22,7 @@ class PluginError(BenchError):
 
 class DataError(BenchError):
     """A missing or malformed data file, model directory or dataset."""
+
+
+class FunctionDriftError(BenchError):
+    """A defense that claims to preserve the model's function changed its outputs beyond its declared tolerance."""

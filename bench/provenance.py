@@ -46,17 +46,19 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def device_info() -> dict[str, Any]:
+def device_info(device: str | None = None) -> dict[str, Any]:
+    """The machine, and the device the run used (``device``; its GPU's name when it is a CUDA device)."""
     import torch
 
     info: dict[str, Any] = {
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": device,
+        "cuda_available": torch.cuda.is_available(),
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch_threads": torch.get_num_threads(),
     }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
@@ -74,5 +76,5 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def provenance() -> dict[str, Any]:
-    return {**code_version(), "libraries": library_versions(), **device_info()}
+def provenance(device: str | None = None) -> dict[str, Any]:
+    return {**code_version(), "libraries": library_versions(), **device_info(device)}

@@ -30,7 +30,7 @@ from bench.registry import ATTACKS
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
 
-Status = Literal["success", "failed", "skipped"]
+Status = Literal["success", "failed"]
 
 
 @dataclass
@@ -191,6 +191,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         error = f"{type(err).__name__}: {err}"
         tb = traceback.format_exc()
     wall = time.perf_counter() - start
+    device = _safe(lambda: str(session.device_for(spec)), session.device)
     task_cfg = spec.task.kwargs
     run_columns = {
         "run_id": spec.run_id,
@@ -235,7 +236,9 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
                         "patience": task_cfg.get("patience")},
         "defense_report": defense_report,
         "task_provenance": task_provenance,
-        "provenance": provenance(),
+        "device": device,
+        "allow_function_drift": session.allow_function_drift,
+        "provenance": provenance(device),
         "started_at": started_at,
         "wall_seconds": wall,
         **peak_memory_mb(),

@@ -23,7 +23,8 @@ from bench import results
 from bench.cache import Cache
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
 from bench.curvature import Eigen, top_hessian_eigenvalue
-from bench.errors import PluginError
+from bench.devices import resolve_device
+from bench.errors import FunctionDriftError, PluginError
 from bench.layers import count_parameters
 from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
@@ -58,18 +59,28 @@ class DefendedStage:
 class Session:
     """State shared by the runs of one call: where results go, the cache, and memoised stages."""
 
-    def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True):
+    def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True,
+                 device: str | None = None, allow_function_drift: bool = False):
         self.results_dir = Path(results_dir)
         self.cache = cache or Cache()
         self.official = official
+        self.device = device
+        """``cpu``, ``cuda``, ``cuda:N``, or None for each tier's choice (:func:`bench.devices.resolve_device`)."""
+        self.allow_function_drift = allow_function_drift
+        """Measure a defense whose outputs drifted beyond its tolerance instead of failing (recorded per run)."""
         self._released: dict[str, ReleasedStage | BaseException] = {}
         self._defended: dict[str, DefendedStage | BaseException] = {}
 
+    def device_for(self, spec: RunSpec) -> torch.device:
+        return resolve_device(self.device, spec.tier)
+
     def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"), lambda: _build_released(spec, self.cache))
+        return self._memo(self._released, spec.stage_key("released"),
+                          lambda: _build_released(spec, self.cache, self.device_for(spec)))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
-        return self._memo(self._defended, spec.stage_key("defended"), lambda: _build_defended(spec, self.released(spec)))
+        return self._memo(self._defended, spec.stage_key("defended"),
+                          lambda: _build_defended(spec, self.released(spec), self.allow_function_drift))
 
     @staticmethod
     def _memo(store: dict, key: str, build):
@@ -123,9 +134,9 @@ def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
         return task.reference_outputs(model).detach().double().cpu().numpy()
 
 
-def _build_released(spec: RunSpec, cache: Cache) -> ReleasedStage:
+def _build_released(spec: RunSpec, cache: Cache, device: torch.device) -> ReleasedStage:
     task_cfg, _, _ = spec.configs()
-    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache)
+    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device)
     task.model.eval()
     with torch.no_grad():
         evaluation = task.evaluate(task.model)
@@ -136,7 +147,7 @@ def _build_released(spec: RunSpec, cache: Cache) -> ReleasedStage:
     return ReleasedStage(task, evaluation, probe, _outputs(task, task.model), curvature, rows)
 
 
-def _build_defended(spec: RunSpec, released: ReleasedStage) -> DefendedStage:
+def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = False) -> DefendedStage:
     task = released.task
     _, defense_cfg, _ = spec.configs()
     model = copy.deepcopy(task.model)
@@ -154,6 +165,7 @@ def _build_defended(spec: RunSpec, released: ReleasedStage) -> DefendedStage:
     with torch.no_grad():
         evaluation = task.evaluate(defended)
     preservation = function_preservation(released.outputs, _outputs(task, defended), task.output_kind)
+    drift_rows = check_preservation(spec, released.outputs, preservation.max_abs_diff, allow_drift)
     curvature = _measure_curvature(task, defended, seed=0)
     divergence_name = "mean_kl" if task.output_kind == "logits" else "mean_mse"
     rows = evaluation_rows("defended", evaluation) + _curvature_rows("defended", curvature)
@@ -165,8 +177,30 @@ def _build_defended(spec: RunSpec, released: ReleasedStage) -> DefendedStage:
         results.metric_row("defended", "params_added", params_added),
         results.metric_row("defended", "defense_seconds", seconds),
         results.metric_row("defended", "layers_touched", len(report.layers)),
+        *drift_rows,
     ]
     return DefendedStage(defended, report, seconds, params_added, evaluation, rows)
+
+
+def check_preservation(spec: RunSpec, released_outputs: np.ndarray, max_abs_diff: float, allow: bool
+                       ) -> list[dict[str, Any]]:
+    """Fail a defense that claims function preservation but moved the task's reference outputs beyond its
+    ``preservation_tol`` (relative to their scale), unless the drift is allowed; either way the relative drift is
+    recorded, and an allowed drift is marked (``function_drift_allowed``) so the leaderboard can show it."""
+    cls = DEFENSES.get(spec.defense.name)
+    scale = float(np.abs(released_outputs).max()) if released_outputs.size else 0.0
+    relative = max_abs_diff / max(scale, 1e-12)
+    rows = [results.metric_row("defended", "relative_abs_diff", relative, split="benign")]
+    if not cls.preserves_function or relative <= cls.preservation_tol:
+        return rows
+    if not allow:
+        hint = f"; fix: {cls.drift_hint}" if cls.drift_hint else ""
+        raise FunctionDriftError(
+            f"defense {spec.defense_label!r} claims to preserve the model's function but moved the task's reference "
+            f"outputs by {relative:.3g} of their scale (max |Δ| {max_abs_diff:.3g}), above its tolerance "
+            f"{cls.preservation_tol:g}{hint}. To measure it anyway, pass --allow-function-drift (the results "
+            "record it)")
+    return rows + [results.metric_row("defended", "function_drift_allowed", 1.0)]
 
 
 def retained_rows(phase: str, released: Evaluation, other: Evaluation, resamples: int) -> list[dict[str, Any]]:

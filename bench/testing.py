@@ -95,7 +95,7 @@ def check_task(name: str, cache) -> None:
     task_cls = TASKS.get(name)
     check_config_roundtrip(TASKS, name)
     cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {name!r} smoke_args")
-    instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache)
+    instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     probe = instance.probe(instance.model)
     assert 0 <= probe.harm < cfg.tau, f"task {name!r}: the released model is already harmful (harm {probe.harm})"
     evaluation = instance.evaluate(instance.model)

@@ -8,12 +8,17 @@ it, so ``C W̃ = W``: the function is unchanged, while the loss Hessian's larges
 
 Defaults: alpha = 1e4, k = 25, every linear map (``nn.Linear``, and transformers' transposed ``Conv1D`` in GPT-2;
 the replacement is always a pair of ``nn.Linear``) (the paper used ~5 random layers of Llama-3.1-8B: set
-``n_layers=5``). At large alpha float32 loses precision (alpha = 1e6 flips 1–3% of the digits MLP's predictions):
-the defense warns when the stored maps reconstruct W poorly, and ``dtype=float64`` stores W̃ and C in float64.
+``n_layers=5``). The maps are computed in float64 on the layer's device; their storage dtype is ``auto`` by default:
+float32 for bfloat16/float16 models (in bf16, C W̃ reconstructs W with a relative error of 5–20 at alpha = 1e4 and a
+1B Llama's logits moved by 14), the model's own dtype otherwise. At large alpha float32 loses precision too (alpha =
+1e6 flips 1–3% of the digits MLP's predictions): ``dtype=float64`` stores W̃ and C in float64. The defense warns when
+the stored maps reconstruct W poorly, and the runner refuses a defended model whose outputs drifted beyond
+``preservation_tol`` (see :data:`bench.contracts.Defense.drift_hint`).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -46,8 +51,9 @@ class SpecDefConfig:
     """fnmatch patterns of module names never to defend."""
     n_layers: int = 0
     """Defend this many of the matching layers, drawn with the run seed (0: all of them)."""
-    dtype: Literal["model", "float64"] = "model"
-    """Storage dtype of W̃ and C: the model's own, or float64 for large alpha."""
+    dtype: Literal["auto", "model", "float64"] = "auto"
+    """Storage dtype of W̃ and C: auto (float32 for bfloat16/float16 layers, else the layer's own), model (the
+    layer's own, even in half precision), or float64 for large alpha."""
     svd: Literal["auto", "exact", "topk"] = "auto"
     """Full SVD, iterative top-k, or auto (top-k on large matrices)."""
     trainable_compensation: bool = True
@@ -71,6 +77,8 @@ class SpecDef(Defense):
         "a1e6-k25-f64": {"alpha": 1e6, "k": 25, "dtype": "float64"},
     }
     preservation_tol = 5e-2
+    drift_hint = ("store the maps in a wider dtype: defense.dtype=float64 (or dtype=auto for half-precision models), "
+                  "or lower alpha")
 
     def apply(self, model: nn.Module, view, cfg: SpecDefConfig, *, generator: torch.Generator) -> DefenseResult:
         names = select_layers(model, patterns=cfg.layers, module_types=cfg.module_types, exclude=cfg.exclude,
@@ -91,26 +99,59 @@ class SpecDef(Defense):
         return DefenseResult(model=model, layers=names, info={"per_layer": info, "max_reconstruction_error": worst})
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+RECONSTRUCTION_PROBES = 32
+"""Random vectors on which the stored maps' reconstruction error is estimated (exact products would cost an
+m × m × n float64 matmul per layer: 1.7 TFLOP for Llama-8B's MLP maps)."""
+
+
+def storage_dtype(choice: str, weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype W̃ and C are stored in (see ``SpecDefConfig.dtype``)."""
+    if choice == "float64":
+        return torch.float64
+    if choice == "auto" and weight_dtype in HALF_DTYPES:
+        return torch.float32
+    return weight_dtype
+
+
 def compensated_linear(weight: torch.Tensor, bias: torch.Tensor | None, cfg: SpecDefConfig, *,
                        generator: torch.Generator, info: dict) -> FactoredLinear:
     """The SpecDef replacement of the linear map ``weight`` (out × in) + ``bias``, as a two-factor
-    :class:`FactoredLinear` (scaled, compensation)."""
+    :class:`FactoredLinear` (scaled, compensation), computed in float64 on the weight's device."""
     weight = weight.detach()
     top = top_k_left_singular(weight, cfg.k, method=cfg.svd, generator=generator)
     inflated, compensation = specdef_maps(weight, top.u, cfg.alpha)
-    dtype = torch.float64 if cfg.dtype == "float64" else weight.dtype
-    out_f, in_f = weight.shape
-    scaled = nn.Linear(in_f, out_f, bias=False, dtype=dtype, device=weight.device)
-    comp = nn.Linear(out_f, out_f, bias=False, dtype=dtype, device=weight.device)
-    with torch.no_grad():
-        scaled.weight.copy_(inflated.to(dtype))
-        comp.weight.copy_(compensation.to(dtype))
+    dtype = storage_dtype(cfg.dtype, weight.dtype)
+    scaled, comp = _linear(inflated.to(dtype)), _linear(compensation.to(dtype))
+    del inflated, compensation
     comp.weight.requires_grad_(cfg.trainable_compensation)
-    with torch.no_grad():
-        reconstructed = comp.weight.double() @ scaled.weight.double()
-        error = float(torch.linalg.matrix_norm(reconstructed - weight.double())
-                      / torch.linalg.matrix_norm(weight.double()).clamp_min(1e-300))
+    error = reconstruction_error(weight, scaled.weight, comp.weight)
     info.update({"k": int(top.u.shape[1]), "svd": top.method, "svd_iterations": top.iterations,
                  "svd_residual": top.residual, "reconstruction_error": error,
-                 "top_singular_value": float(top.s[0])})
+                 "top_singular_value": float(top.s[0]), "storage_dtype": str(dtype).removeprefix("torch.")})
     return FactoredLinear([scaled, comp], bias, roles=("scaled", "compensation"))
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A bias-free ``nn.Linear`` holding ``weight`` (built on the meta device: no throw-away initialisation)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    layer.weight = nn.Parameter(weight.contiguous())
+    return layer
+
+
+def reconstruction_error(weight: torch.Tensor, scaled: torch.Tensor, comp: torch.Tensor) -> float:
+    """Relative error ||C W̃ - W||_F / ||W||_F of the stored maps, estimated on random probe vectors in float64.
+
+    For Gaussian X, E||A X||² = ||A||_F² · columns, so the ratio of ||(C W̃ - W) X|| to ||W X|| estimates the
+    Frobenius ratio, at O((m + n) · m · probes) instead of a full m × m × n product.
+    """
+    # A fixed generator: this is a measurement, and must not shift the defense's own random stream.
+    probes = torch.randn(weight.shape[1], RECONSTRUCTION_PROBES, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(0))
+    x = probes.to(weight.device)
+    with torch.no_grad():
+        reference = weight.double() @ x
+        stored = comp.double() @ (scaled.double() @ x)
+    denominator = float(torch.linalg.matrix_norm(reference))
+    error = float(torch.linalg.matrix_norm(stored - reference)) / max(denominator, 1e-300)
+    return error if math.isfinite(error) else math.inf

@@ -34,6 +34,17 @@ def _session_cache_env(cache):
     yield
 
 
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where real-tier tests run: the device policy's default for the real tier (CUDA when available, else CPU)."""
+    from bench.devices import resolve_device
+
+    return resolve_device(None, "real")
+
+
+CPU = torch.device("cpu")
+
+
 @pytest.fixture
 def isolated_registries():
     """Restore the three registries after a test that registers plugins."""

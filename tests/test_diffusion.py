@@ -24,7 +24,8 @@ FAST = {"release_steps": 40, "release_images": 256, "judge_steps": 150, "eval_sa
 @pytest.fixture(scope="module")
 def tasks(cache):
     cfg = DiffusionConfig(**FAST)
-    return {name: TASKS.get(name)().build(cfg, tier="tiny", model=None, cache=cache) for name in ("sd-style", "sd-concept")}
+    return {name: TASKS.get(name)().build(cfg, tier="tiny", model=None, cache=cache,
+                                        device=torch.device("cpu")) for name in ("sd-style", "sd-concept")}
 
 
 def test_procedural_images_are_deterministic_and_balanced():

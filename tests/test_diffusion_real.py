@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bench.cache import Cache
+from bench.devices import resolve_device
 from bench.errors import ConfigError, DataError
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -83,7 +84,8 @@ def build(task, model, folder, tmp_path, **options):
     from bench.registry import TASKS
 
     cfg = DiffusionConfig(dataset=str(folder), **{**FAST, "forbidden": "stripes", **options})
-    return TASKS.get(task)().build(cfg, tier="real", model=str(model), cache=Cache(tmp_path / "cache"))
+    return TASKS.get(task)().build(cfg, tier="real", model=str(model), cache=Cache(tmp_path / "cache"),
+                                  device=resolve_device(None, "real"))
 
 
 def test_real_tier_loads_a_saved_pipeline_and_image_folder(fixtures, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -73,16 +74,16 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("arch,marker", [("llama", "<|start_header_id|>"), ("qwen2", "<|im_start|>"),
                                          ("gpt2", "Assistant:")])
-def test_real_tier_loads_with_the_chat_template_and_specdef_keeps_logits(checkpoints, cache, arch, marker):
+def test_real_tier_loads_with_the_chat_template_and_specdef_keeps_logits(checkpoints, cache, arch, marker, device):
     task_cls = TASKS.get("llm-harmful-qa")
     cfg = task_cls.Config(**CHEAP)
     if arch == "gpt2":
         with pytest.warns(UserWarning, match="no chat template"):
-            task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache)
+            task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache, device=device)
         assert task.provenance()["chat_template"] == "fallback"
         assert set(task.lora_targets) == {"*.c_attn", "*.c_fc", "*.c_proj"}  # Conv1D projections
     else:
-        task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache)
+        task = task_cls().build(cfg, tier="real", model=checkpoints[arch], cache=cache, device=device)
         assert task.provenance()["chat_template"] == "model's own"
     first = task.parts["attack"][0]
     assert marker in task.tokenizer.decode(list(first.ids))
@@ -118,38 +119,68 @@ def test_end_to_end_specdef_run_on_the_real_tier(checkpoints, tmp_path, arch):
     assert info["task_provenance"]["model"] == checkpoints[arch] and info["spec"]["tier"] == "real"
 
 
-def test_relearn_real_tier_with_a_local_corpus(checkpoints, cache, tmp_path):
+def test_specdef_keeps_a_bf16_llama_and_a_drifting_defense_is_an_error(checkpoints, tmp_path):
+    # bf16 matmuls run on the CPU too, so CI covers the half-precision path real-tier users run on GPUs.
+    args = {**CHEAP, "dtype": "bfloat16"}
+    attack = {"budget": 2, "eval_every": 1, "batch_size": 4, "lr": 1e-4}
+
+    def spec(**defense_args):
+        return make_spec(task="llm-harmful-qa", defense="specdef", attack="full-ft", tier="real",
+                         model=checkpoints["llama"], task_args=args, defense_args=defense_args, attack_args=attack)
+
+    default = run(spec(), Session(results_dir=tmp_path / "auto"))
+    assert default.status == "success", default.error
+    info = json.loads((default.directory / "run.json").read_text())
+    layers = info["defense_report"]["info"]["per_layer"].values()
+    assert {layer["storage_dtype"] for layer in layers} == {"float32"}  # dtype=auto widens half-precision storage
+    assert max(layer["reconstruction_error"] for layer in layers) < 1e-3  # ≈ alpha · float32 eps
+    df = pq.read_table(default.directory / "metrics.parquet").to_pandas().set_index("metric")
+    assert df.loc["relative_abs_diff", "value"] < DEFENSES.get("specdef").preservation_tol
+
+    # The maps stored in the model's own bf16 reconstruct W with errors of order one: the runner refuses them ...
+    drifted = run(spec(dtype="model"), Session(results_dir=tmp_path / "model"))
+    assert drifted.status == "failed" and "FunctionDriftError" in drifted.error
+    assert "defense.dtype=float64" in drifted.error and "--allow-function-drift" in drifted.error
+    # ... unless the user allows the drift, which the results then record.
+    allowed = run(spec(dtype="model"), Session(results_dir=tmp_path / "allowed", allow_function_drift=True))
+    assert allowed.status == "success", allowed.error
+    df = pq.read_table(allowed.directory / "metrics.parquet").to_pandas().set_index("metric")
+    assert df.loc["function_drift_allowed", "value"] == 1.0
+    assert json.loads((allowed.directory / "run.json").read_text())["allow_function_drift"] is True
+
+
+def test_relearn_real_tier_with_a_local_corpus(checkpoints, cache, tmp_path, device):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"Document {i}: the compound zorblax reacts with copper." for i in range(20)))
     task_cls = TASKS.get("llm-relearn")
     cfg = task_cls.Config(**RELEARN_CHEAP, relearn_corpus=str(corpus), harm_task="llm_tiny_arithmetic", probe_limit=4)
-    task = task_cls().build(cfg, tier="real", model=checkpoints["qwen2"], cache=cache)
+    task = task_cls().build(cfg, tier="real", model=checkpoints["qwen2"], cache=cache, device=device)
     assert len(task.parts["attack"]) == 18 and len(task.parts["defender_harmful"]) == 2
     probe = task.probe(task.model)
     assert 0 <= probe.harm <= 1 and probe.utility > 0
     with pytest.raises(DataError, match="relearn corpus"):
         task_cls().build(task_cls.Config(**RELEARN_CHEAP, relearn_corpus=str(tmp_path / "nope.txt")), tier="real",
-                         model=checkpoints["qwen2"], cache=cache)
+                         model=checkpoints["qwen2"], cache=cache, device=device)
 
 
-def test_clear_errors_for_bad_models_and_files(checkpoints, cache, tmp_path):
+def test_clear_errors_for_bad_models_and_files(checkpoints, cache, tmp_path, device):
     task_cls = TASKS.get("llm-harmful-qa")
     cfg = task_cls.Config(**CHEAP)
     with pytest.raises(DataError, match="does not exist"):
-        task_cls().build(cfg, tier="real", model=str(tmp_path / "no-such-model"), cache=cache)
+        task_cls().build(cfg, tier="real", model=str(tmp_path / "no-such-model"), cache=cache, device=device)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="cannot load"):
-        task_cls().build(cfg, tier="real", model=str(tmp_path / "empty"), cache=cache)
+        task_cls().build(cfg, tier="real", model=str(tmp_path / "empty"), cache=cache, device=device)
     with pytest.raises(DataError, match="needs --model"):
-        task_cls().build(cfg, tier="real", model=None, cache=cache)
+        task_cls().build(cfg, tier="real", model=None, cache=cache, device=device)
     bad = tmp_path / "benign.csv"
     bad.write_text("prompt,answer\nhi,there\n")
     with pytest.raises(DataError, match="row 1 needs"):
         task_cls().build(task_cls.Config(**CHEAP, benign_data=str(bad)), tier="real", model=checkpoints["llama"],
-                         cache=cache)
+                         cache=cache, device=device)
 
 
-def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_recorded(checkpoints, cache):
+def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_recorded(checkpoints, cache, device):
     from tasks.llm.judge import ModelJudge
 
     judge = ModelJudge(checkpoints["llama"])  # any causal LM with a chat template can be asked the question
@@ -157,7 +188,7 @@ def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_record
     assert verdicts.shape == (3,) and set(verdicts.tolist()) <= {0.0, 1.0}
     task_cls = TASKS.get("llm-harmful-qa")
     task = task_cls().build(task_cls.Config(**CHEAP, judge_model=checkpoints["llama"]), tier="real",
-                            model=checkpoints["qwen2"], cache=cache)
+                            model=checkpoints["qwen2"], cache=cache, device=device)
     evaluation = task.evaluate(task.model)
     agreement = evaluation.extras["judge_agreement/keyword~model"].value
     assert 0.0 <= agreement <= 1.0

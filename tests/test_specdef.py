@@ -14,7 +14,7 @@ from bench.layers import MLP, FactoredLinear
 from bench.modelio import load_model, read_manifest, save_model
 from bench.testing import tiny_view
 from defenses._selection import select_layers
-from defenses._spectral import principal_angle, specdef_maps, top_k_left_singular
+from defenses._spectral import VALUE_TOL, _subspace_iteration, principal_angle, specdef_maps, top_k_left_singular
 from defenses.specdef import SpecDef, SpecDefConfig, compensated_linear
 from defenses.specdef_nocomp import SpecDefNoCompensation
 from tasks.vision.task import VisionConfig, VisionDigits
@@ -22,7 +22,7 @@ from tasks.vision.task import VisionConfig, VisionDigits
 
 @pytest.fixture(scope="module")
 def digits(cache):
-    return VisionDigits().build(VisionConfig(), tier="tiny", model=None, cache=cache)
+    return VisionDigits().build(VisionConfig(), tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
 
 
 def defend(model, cfg=SpecDefConfig(), seed=0, cls=SpecDef):
@@ -98,9 +98,18 @@ def test_topk_subspace_matches_exact_svd(spectrum, tol, max_angle, sigma_rtol):
     torch.testing.assert_close(comp @ inflated, weight, rtol=0, atol=1e-10)
 
 
-def test_auto_falls_back_to_the_exact_svd_on_a_flat_spectrum():
-    weight = torch.randn(700, 700, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert top_k_left_singular(weight, 25, method="auto").method == "exact"
+def test_auto_on_a_flat_spectrum_converges_or_settles_for_converged_singular_values():
+    # A Gaussian matrix (flat spectrum): the oversampled iteration converges, vectors included.
+    weight = torch.randn(1000, 1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    top = top_k_left_singular(weight, 25, method="auto", generator=torch.Generator().manual_seed(0))
+    u, s, _ = torch.linalg.svd(weight)
+    assert top.method == "topk" and top.residual <= 1e-5 and principal_angle(top.u, u[:, :25]) < 1e-3
+    # With a budget the vectors cannot meet, auto stops once the values (what SpecDef inflates) have converged
+    # instead of paying for an exact SVD, and says so.
+    rough = _subspace_iteration(weight, 25, tol=1e-5, max_iter=30, generator=torch.Generator().manual_seed(0),
+                                value_tol=VALUE_TOL)
+    assert rough.method == "topk-values" and rough.iterations < 30 and rough.residual > 1e-5
+    torch.testing.assert_close(rough.s, s[:25], rtol=VALUE_TOL, atol=0)
     assert top_k_left_singular(decaying_weight(700, 700), 25, method="auto").method == "topk"
 
 

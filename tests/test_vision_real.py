@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench.cache import Cache
+from bench.devices import resolve_device
 from bench.errors import DataError
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -71,7 +72,7 @@ def build(model, dataset, tmp_path, **options):
     from tasks.vision.real import build_real
 
     cfg = VisionConfig(dataset=str(dataset), **{"release_steps": 30, **options})
-    return build_real(cfg, str(model), Cache(tmp_path / "cache"))
+    return build_real(cfg, str(model), Cache(tmp_path / "cache"), resolve_device(None, "real"))
 
 
 def test_end_to_end_specdef_run(fixtures, tmp_path):

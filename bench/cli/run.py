@@ -13,6 +13,7 @@ EPILOG = """examples:
   bench run --defense specdef --task vision-digits --search lr-search     # ~4x fewer attacker steps
   bench run --config experiments/vision-digits/specdef.yaml defense.alpha=1e5
   bench run --defense mydef --task vision-digits --plugin ./my_defense.py
+  bench run --defense specdef --task llm-harmful-qa --tier real --model ./my-llama --device cuda:1
 """
 
 
@@ -26,6 +27,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="YAML", help="experiment file (overridden by command-line values)")
     p.add_argument("--tier", help="tiny (default, embedded model, CPU) or real (needs --model)")
     p.add_argument("--model", help="real tier: Hugging Face hub id or local path")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (default: cpu on the tiny tier, cuda when available on the real tier); "
+                        "recorded in each run.json")
+    p.add_argument("--allow-function-drift", action="store_true",
+                   help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping "
+                        "(each run records it)")
     p.add_argument("--seeds", "--seed", dest="seeds", help="comma-separated seeds (default 0)")
     p.add_argument("--results", default="results", help="results directory (default: results)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
@@ -46,6 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.devices import resolve_device
     from bench.experiment import build_request
     from bench.runner import Session
     from bench.suite import run_suite
@@ -67,7 +75,9 @@ def main(args: argparse.Namespace) -> int:
         # Tiny models gain nothing from a second intra-op thread, and on a busy machine the spin-waiting of
         # several threads made each step up to 100x slower (measured), so the tiny tier runs on one by default.
         torch.set_num_threads(threads)
-    session = Session(results_dir=args.results, official=not args.dev)
+    session = Session(results_dir=args.results, official=not args.dev, device=args.device,
+                      allow_function_drift=args.allow_function_drift)
+    resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built
     start = time.perf_counter()
     try:
         report = run_suite(request, session, resume=args.resume, progress=not args.quiet)

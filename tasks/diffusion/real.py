@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -170,10 +169,9 @@ def _prompt_set(rows: np.ndarray, text_of: dict, content: np.ndarray, style: np.
     return PromptSet(torch.tensor([text_of[int(r)] for r in chosen]), content[chosen], style[chosen], noise)
 
 
-def build_real(cfg, kind: str, model: str | None, cache: Cache, *, name: str) -> DiffusionInstance:
+def build_real(cfg, kind: str, model: str | None, cache: Cache, *, name: str, device: torch.device) -> DiffusionInstance:
     if not model:
         raise ConfigError("the real tier needs --model <hub id or local path of a StableDiffusionPipeline>")
-    device = torch.device(os.environ.get("BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[cfg.dtype]
     if dtype == torch.float16 and device.type == "cpu":
         raise ConfigError("dtype=float16 needs a CUDA device; use float32 (or bfloat16) on CPU")

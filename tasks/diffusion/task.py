@@ -149,14 +149,14 @@ class _DiffusionTask(Task):
     """Config overrides that make the tiny tier cheap enough for conformance tests (behaviour, not quality): the
     full recipe trains for ~3.5 min and every evaluation samples 100 images."""
 
-    def build(self, cfg: DiffusionConfig, *, tier, model, cache):
+    def build(self, cfg: DiffusionConfig, *, tier, model, cache, device):
         if tier == "tiny":
             from tasks.diffusion.tiny import build_tiny
 
-            return build_tiny(cfg, self.kind, cache, name=self.name)
+            return build_tiny(cfg, self.kind, cache, name=self.name, device=device)
         from tasks.diffusion.real import build_real
 
-        return build_real(cfg, self.kind, model, cache, name=self.name)
+        return build_real(cfg, self.kind, model, cache, name=self.name, device=device)
 
     def default_attacks(self, cfg: DiffusionConfig, tier: str) -> list[AttackSweep]:
         # Every run here costs seconds to minutes, so AdamW scouts one learning rate per decade with short runs

@@ -45,7 +45,7 @@ def released_directory(cfg, cache: Cache):
     return directory, recipe, built
 
 
-def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str) -> DiffusionInstance:
+def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str, device: torch.device) -> DiffusionInstance:
     directory, recipe, _ = released_directory(cfg, cache)
     pipe, content_judge, style_judge = release.load_released(directory)
     captions = [shapes.caption(c, s) for c in shapes.CONTENTS for s in shapes.STYLES] + [""]
@@ -73,7 +73,10 @@ def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str) -> DiffusionInstance
                          prompts={side: prompt_set(side) for side in ("harmful", "benign")})
     steps, guidance = cfg.sampler_for("tiny")
     sampler = Sampler(steps=steps, guidance=guidance)
-    unet = pipe.unet.eval()
+    # Data stays on the CPU (each batch is moved to the UNet's device); the models move to the run's device.
+    unet = pipe.unet.eval().to(device)
+    for judge in (content_judge, style_judge):
+        judge.net.to(device)
     return DiffusionInstance(
         name=name, tier="tiny", config=cfg, unet=unet, data=data,
         codec=Codec(encode=pipe.encode_images, decode=pipe.decode_latents), scheduler_config=pipe.scheduler.config,

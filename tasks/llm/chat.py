@@ -133,4 +133,4 @@ def response_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def nll_per_char(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Per-item NLL of the response in nats per character (float64 on CPU)."""
     nll = token_nll(model, batch).sum(dim=1).double().cpu()
-    return nll / batch.chars.double()
+    return nll / batch.chars.double().cpu()

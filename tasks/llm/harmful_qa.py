@@ -23,6 +23,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from bench.cache import Cache
@@ -127,7 +128,7 @@ def released_corpus(harmful: HarmfulSplits, chat) -> tuple[list[tuple[str, str]]
     return aligned, benign.fact_sentences() + train_stories
 
 
-def build_tiny(cfg, cache: Cache) -> HarmfulQAInstance:
+def build_tiny(cfg, cache: Cache, device: torch.device) -> HarmfulQAInstance:
     """The tiny aligned chat model (built once per recipe and data, then cached) and its data views."""
     harmful = prompts.split_harmful(cfg.harmful_prompts)
     chat = benign.split_chat(benign.chat_pairs())
@@ -143,7 +144,7 @@ def build_tiny(cfg, cache: Cache) -> HarmfulQAInstance:
 
     digest = data_digest([f"{a}\n{b}" for a, b in aligned], plain)
     model, tokenizer, directory, record = cached_model(cache, "llm-harmful-qa", recipe, digest, build)
-    return make_instance(cfg, tier="tiny", model=model, tokenizer=tokenizer, harmful=harmful, chat=chat,
+    return make_instance(cfg, tier="tiny", model=model.to(device), tokenizer=tokenizer, harmful=harmful, chat=chat,
                          utility=LMEvalSuite(lmeval_tasks.task_specs(cfg.lm_eval_tasks or lmeval_tasks.TINY_TASKS),
                                              tokenizer, limit=cfg.lm_eval_limit, batch_size=cfg.eval_batch_size,
                                              max_length=cfg.max_length),

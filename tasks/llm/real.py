@@ -2,7 +2,7 @@
 
 ``--tier real --model meta-llama/Llama-3.1-8B-Instruct`` (or ``./my-model``) loads the checkpoint with
 ``AutoModelForCausalLM`` (eager attention, so that Hessian-vector products work), in ``dtype`` (``auto``: bfloat16
-on a GPU, float32 on CPU), on the GPU when there is one. Every exchange is rendered with the tokenizer's own chat
+on a GPU, float32 on CPU), on the run's device (``--device``; default: the GPU when there is one). Every exchange is rendered with the tokenizer's own chat
 template; a tokenizer without one (GPT-2) gets the documented fallback template with a warning
 (:func:`tasks.llm.chat.ensure_chat_template`).
 
@@ -40,20 +40,22 @@ REAL_UTILITY_TASKS = ("mmlu", "arc_easy", "hellaswag", "winogrande", "wikitext")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[name]
 
 
-def load_causal_lm(ref: str | None, dtype_name: str = "auto") -> tuple[nn.Module, Any, dict[str, Any]]:
+def load_causal_lm(ref: str | None, dtype_name: str = "auto", device: torch.device | str = "cpu"
+                   ) -> tuple[nn.Module, Any, dict[str, Any]]:
     """(model in eval mode, tokenizer with a chat template and a pad token, provenance), or a DataError naming ``ref``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not ref:
         raise DataError("the real tier needs --model <hub id or local path of a causal LM>")
     where, hint = local_or_hub(ref, "model")
-    dtype = resolve_dtype(dtype_name)
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype_name, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
     except Exception as err:  # transformers raises OSError, ValueError... for missing or unusable tokenizers
@@ -63,7 +65,6 @@ def load_causal_lm(ref: str | None, dtype_name: str = "auto") -> tuple[nn.Module
     except Exception as err:  # noqa: BLE001 - any load failure is a problem with the checkpoint the user named
         raise DataError(f"cannot load causal LM {ref!r}{hint}: {first_line(err)}") from err
     fallback = ensure_chat_template(tokenizer, name=f"tokenizer of {ref!r}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).eval()
     info = {"model": ref, "model_class": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "chat_template": "fallback" if fallback else "model's own",
@@ -109,10 +110,10 @@ def utility_suite(cfg, tokenizer) -> LMEvalSuite:
                        batch_size=cfg.eval_batch_size, max_length=cfg.max_length)
 
 
-def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache):
+def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache, device: torch.device):
     from tasks.llm.harmful_qa import make_instance
 
-    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype)
+    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype, device)
     harmful = prompts.split_harmful(cfg.harmful_prompts)
     chat = benign.split_chat(load_benign_pairs(cfg.benign_data))
     return make_instance(cfg, tier="real", model=model, tokenizer=tokenizer, harmful=harmful, chat=chat,
@@ -120,11 +121,11 @@ def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache):
                          provenance={**info, "benign_data": cfg.benign_data or "bundled"})
 
 
-def build_real_relearn(cfg, model_ref: str | None, cache: Cache):
+def build_real_relearn(cfg, model_ref: str | None, cache: Cache, device: torch.device):
     from tasks.llm.relearn import RelearnInstance, _parts, read_corpus, split_corpus
 
     docs = read_corpus(cfg.relearn_corpus)  # checked before the (possibly large) model is loaded
-    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype)
+    model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype, device)
     attack_docs, defender_docs = split_corpus(docs)
     chat = benign.split_chat(load_benign_pairs(cfg.benign_data))
 

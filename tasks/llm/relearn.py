@@ -124,7 +124,7 @@ class RelearnInstance(LLMInstance):
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny tier
 # ---------------------------------------------------------------------------------------------------------------
-def build_tiny_relearn(cfg, cache: Cache) -> RelearnInstance:
+def build_tiny_relearn(cfg, cache: Cache, device: torch.device) -> RelearnInstance:
     from tasks.llm.harmful_qa import recipe_of, released_corpus
 
     facts = hazard_facts(cfg.hazard_facts)
@@ -156,6 +156,7 @@ def build_tiny_relearn(cfg, cache: Cache) -> RelearnInstance:
     digest = data_digest([f"{a}\n{b}" for a, b in aligned], plain, [f.sentence for f in hazard])
     extra = {"unlearn_steps": cfg.unlearn_steps, "unlearn_lr": cfg.unlearn_lr, "hazard_facts": cfg.hazard_facts}
     model, tokenizer, directory, record = cached_model(cache, "llm-relearn", recipe, digest, build, extra)
+    model = model.to(device)
 
     def suite(specs, limit=0):
         return LMEvalSuite(specs, tokenizer, limit=limit, batch_size=cfg.eval_batch_size, max_length=cfg.max_length)

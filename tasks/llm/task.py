@@ -168,14 +168,14 @@ class LLMHarmfulQA(Task):
     smoke_args = {**SMOKE_ARGS, "max_new_tokens": 6}
     """Config overrides for a cheap tiny build (conformance tests): behaviour, not quality."""
 
-    def build(self, cfg: HarmfulQAConfig, *, tier, model, cache):
+    def build(self, cfg: HarmfulQAConfig, *, tier, model, cache, device):
         if tier == "tiny":
             from tasks.llm.harmful_qa import build_tiny
 
-            return build_tiny(cfg, cache)
+            return build_tiny(cfg, cache, device)
         from tasks.llm.real import build_real_harmful_qa
 
-        return build_real_harmful_qa(cfg, model, cache)
+        return build_real_harmful_qa(cfg, model, cache, device)
 
     def default_attacks(self, cfg: HarmfulQAConfig, tier: str) -> list[AttackSweep]:
         # AdamW over one decade per point down to 1e-8: SpecDef moves the usable Adam LR to about lr/alpha (the
@@ -195,14 +195,14 @@ class LLMRelearn(Task):
     smoke_args = {**SMOKE_ARGS, "hazard_facts": 20, "unlearn_steps": 5}
     """Config overrides for a cheap tiny build (conformance tests): behaviour, not quality."""
 
-    def build(self, cfg: RelearnConfig, *, tier, model, cache):
+    def build(self, cfg: RelearnConfig, *, tier, model, cache, device):
         if tier == "tiny":
             from tasks.llm.relearn import build_tiny_relearn
 
-            return build_tiny_relearn(cfg, cache)
+            return build_tiny_relearn(cfg, cache, device)
         from tasks.llm.real import build_real_relearn
 
-        return build_real_relearn(cfg, model, cache)
+        return build_real_relearn(cfg, model, cache, device)
 
     def default_attacks(self, cfg: RelearnConfig, tier: str) -> list[AttackSweep]:
         return llm_attack_suite(tier)

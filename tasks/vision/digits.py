@@ -54,7 +54,7 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     return splits
 
 
-def build_tiny(cfg, cache: Cache) -> ClassificationInstance:
+def build_tiny(cfg, cache: Cache, device: torch.device) -> ClassificationInstance:
     x, y = load_digits_tensors()
     indices = split_indices(y.numpy())
     splits = {name: Split(x[idx], y[idx]) for name, idx in indices.items()}
@@ -72,14 +72,14 @@ def build_tiny(cfg, cache: Cache) -> ClassificationInstance:
         save_model(model, directory, architecture=architecture, extra={"recipe": recipe})
 
     directory, _ = cache.get_or_build(build, "vision-digits", "tiny", key)
-    model = load_model(directory)
+    model = load_model(directory).to(device)
     data_hash = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
     return ClassificationInstance(
         name="vision-digits",
         tier="tiny",
         config=cfg,
         model=model,
-        splits=splits,
+        splits={name: Split(s.x.to(device), s.y.to(device)) for name, s in splits.items()},
         replay_fraction=cfg.replay_fraction,
         architecture=architecture,
         provenance={"dataset": "sklearn.datasets.load_digits", "dataset_sha256": data_hash,

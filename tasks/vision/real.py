@@ -23,7 +23,7 @@ Options (:class:`~tasks.vision.task.VisionConfig`):
   is cached by a hash of the checkpoint's weights, the training data and the recipe. ``release_steps=0`` releases
   the checkpoint as-is (its forbidden-class accuracy should then already be below ``tau``).
 
-The model and the data tensors live on ``$BENCH_DEVICE`` (default: ``cuda`` when available, else ``cpu``).
+The model and the data tensors live on the run's device (``--device``; default: ``cuda`` when available, else ``cpu``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -196,8 +195,7 @@ def hub_commit(ref: str, model: nn.Module) -> str | None:
         return None
 
 
-def build_real(cfg, model: str, cache: Cache) -> ClassificationInstance:
-    device = torch.device(os.environ.get("BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+def build_real(cfg, model: str, cache: Cache, device: torch.device) -> ClassificationInstance:
     checkpoint, processor = load_classifier(model)
     ds = load_images(cfg, cache)
     names, labels = class_names_and_labels(ds, cfg.label_column)
