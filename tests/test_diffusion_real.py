@@ -13,65 +13,24 @@ import torch
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import ConfigError, DataError
+from bench.fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 from bench.runner import Session, run
 from bench.spec import make_spec
 from bench.images import to_uint8
 from tasks.diffusion import shapes
 from tasks.diffusion.task import DiffusionConfig
 
-CONTENTS, STYLES = ("circle", "square"), ("flat", "stripes")
+CONTENTS, STYLES = SD_CONTENTS, SD_STYLES
 FAST = {"judge_steps": 40, "eval_samples": 4, "probe_samples": 2, "confirm_samples": 4, "sampler_steps": 2,
         "curvature_iters": 0, "bootstrap": 0}
 
 
-@pytest.fixture(autouse=True)
-def _cpu(monkeypatch):
-    monkeypatch.setenv("BENCH_DEVICE", "cpu")
-
-
 def save_tiny_sd(directory: Path) -> Path:
-    """A StableDiffusionPipeline small enough for CPU tests, with a CLIP tokenizer written as vocab/merges files."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from tasks.diffusion.tokenizer import train_clip_tokenizer, write_vocab_files
-
-    torch.manual_seed(0)
-    corpus = [f"a {c} in {s} style" for c in CONTENTS for s in STYLES]
-    vocab = write_vocab_files(train_clip_tokenizer(corpus), directory / "vocab")
-    tokenizer = CLIPTokenizer.from_pretrained(str(vocab), model_max_length=12)  # reads vocab.json + merges.txt
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                                num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=12,
-                                                bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
-                                cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=16)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDPMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(directory / "sd")
-    return directory / "sd"
+    return save_sd_pipeline(directory)
 
 
 def make_folder(directory: Path, per_pair: int = 8) -> Path:
-    """Procedural images of every (content, style) pair with a metadata.jsonl of captions and labels."""
-    from PIL import Image
-
-    directory.mkdir(parents=True)
-    content = np.repeat([shapes.CONTENTS.index(c) for c in CONTENTS], len(STYLES) * per_pair)
-    style = np.tile(np.repeat([shapes.STYLES.index(s) for s in STYLES], per_pair), len(CONTENTS))
-    images = to_uint8(shapes.render(content, style, seed=5).pixels)
-    with open(directory / "metadata.jsonl", "w") as f:
-        for i, (c, s) in enumerate(zip(content, style)):
-            name = f"{i:03d}.png"
-            Image.fromarray(images[i]).save(directory / name)
-            c_name, s_name = shapes.CONTENTS[c], shapes.STYLES[s]
-            f.write(json.dumps({"file_name": name, "text": f"a {c_name} in {s_name} style", "content": c_name,
-                                "style": s_name}) + "\n")
-    return directory
+    return make_captioned_folder(directory, per_pair)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +39,12 @@ def fixtures(tmp_path_factory):
     return save_tiny_sd(root), make_folder(root / "images")
 
 
-def build(task, model, folder, tmp_path, **options):
+def build(task, model, folder, tmp_path, device=None, **options):
     from bench.registry import TASKS
 
     cfg = DiffusionConfig(dataset=str(folder), **{**FAST, "forbidden": "stripes", **options})
     return TASKS.get(task)().build(cfg, tier="real", model=str(model), cache=Cache(tmp_path / "cache"),
-                                  device=resolve_device(None, "real"))
+                                  device=device or resolve_device(None, "real"))
 
 
 def test_real_tier_loads_a_saved_pipeline_and_image_folder(fixtures, tmp_path):
@@ -152,7 +111,7 @@ def test_clear_errors(fixtures, tmp_path):
     with pytest.raises(DataError, match="no column 'caption'"):
         build("sd-style", model, folder, tmp_path, text_column="caption")
     with pytest.raises(ConfigError, match="float16 needs a CUDA device"):
-        build("sd-style", model, folder, tmp_path, dtype="float16")
+        build("sd-style", model, folder, tmp_path, device=torch.device("cpu"), dtype="float16")
     corrupt = make_folder(tmp_path / "corrupt", per_pair=4)
     (corrupt / "000.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match="cannot read image .*000.png"):

@@ -15,33 +15,14 @@ import pytest
 import torch
 
 from bench.errors import DataError
+from bench.fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
-from tasks.llm import benign
-from tasks.llm.tokenizer import train_tokenizer
 
-QWEN_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{{ message['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
 RELEARN_CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_size": 8, "curvature_iters": 0,
                  "bootstrap": 0, "max_length": 64}
 CHEAP = {**RELEARN_CHEAP, "max_new_tokens": 4}
-
-
-def _tokenizer(template: str | None, markers: tuple[str, ...] = ()):
-    texts = [f"{p.prompt} {p.response}" for p in benign.chat_pairs()[:200]]
-    tokenizer = train_tokenizer(texts, 320)
-    if markers:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(markers)})
-    tokenizer.chat_template = template
-    return tokenizer
 
 
 def _save(directory, model, tokenizer):
@@ -56,9 +37,9 @@ def checkpoints(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("llm-checkpoints")
-    llama_tok = _tokenizer(LLAMA3_TEMPLATE, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
-    qwen_tok = _tokenizer(QWEN_TEMPLATE, ("<|im_start|>", "<|im_end|>"))
-    gpt2_tok = _tokenizer(None)
+    llama_tok = chat_tokenizer(LLAMA3_TEMPLATE, LLAMA3_MARKERS)
+    qwen_tok = chat_tokenizer(QWEN_TEMPLATE, QWEN_MARKERS)
+    gpt2_tok = chat_tokenizer(None, ())
     common = {"bos_token_id": llama_tok.bos_token_id, "eos_token_id": llama_tok.eos_token_id}
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tok), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,

@@ -14,14 +14,13 @@ import torch
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import DataError
+from bench.fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.vision.common import SPLITS
 from tasks.vision.task import VisionConfig
 
-CLASSES = ("blue", "green", "red", "yellow")  # imagefolder sorts class folders: this is the dataset's order
-COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40), "yellow": (230, 220, 40)}
-MODEL_LABELS = ("red", "green", "blue", "yellow")  # a different order, so the name mapping is exercised
+CLASSES, MODEL_LABELS = VISION_CLASSES, VISION_MODEL_LABELS
 PER_CLASS = 20
 FAST = {"release_steps": 30, "budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 50}
 
@@ -30,36 +29,14 @@ FAST = {"release_steps": 30, "budget": 10, "eval_every": 5, "curvature_iters": 0
 def _offline(monkeypatch):
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(name, "1")
-    monkeypatch.setenv("BENCH_DEVICE", "cpu")
 
 
 def save_tiny_vit(directory: Path, labels=MODEL_LABELS, processor: bool = True) -> Path:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                       label2id={name: i for i, name in enumerate(labels)})
-    ViTForImageClassification(config).save_pretrained(directory)
-    if processor:
-        ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(directory)
-    return directory
+    return save_vit(directory, labels, processor)
 
 
 def make_folder(directory: Path, per_class: int = PER_CLASS) -> Path:
-    """Coloured shapes on noisy backgrounds: every image distinct, classes separable by colour."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(0)
-    for name in CLASSES:
-        (directory / name).mkdir(parents=True)
-        for i in range(per_class):
-            background = rng.integers(0, 60, size=(20, 20 + i % 3, 3), dtype=np.uint8)
-            image = Image.fromarray(background)
-            x, y = rng.integers(1, 8, size=2)
-            ImageDraw.Draw(image).ellipse([x, y, x + 10, y + 10], fill=COLOURS[name])
-            image.save(directory / name / f"{i}.png")
-    return directory
+    return make_class_folder(directory, per_class)
 
 
 @pytest.fixture(scope="module")
