@@ -14,7 +14,7 @@ also feed the denoising-loss proxy.
 
 Judges: with ``clip_model=`` CLIP zero-shot ("a photo of a {content}", "an image in {style} style"); otherwise two
 CNNs trained on every image of the folder with its labels (cached by the data's hash). ``dtype=float16``/``bfloat16``
-runs the pipeline in half precision (float16 needs a GPU). The device is ``$BENCH_DEVICE`` (default: ``cuda`` when
+runs the pipeline in half precision (float16 needs a GPU). The device is the run's (``--device``; default: ``cuda`` when
 available, else ``cpu``). The UNet uses diffusers' plain attention processor, not fused SDPA: the curvature
 diagnostic and AdaHessian need double backward, which the fused kernels lack (it costs memory at 512 px).
 """
