@@ -58,15 +58,19 @@ class DefendedStage:
 class Session:
     """State shared by the runs of one call: where results go, the cache, and memoised stages."""
 
-    def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True):
+    def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True,
+                 progress: bool = True):
         self.results_dir = Path(results_dir)
         self.cache = cache or Cache()
         self.official = official
+        self.progress = progress
+        """Show progress bars (the suite's, and a task's while it builds a released model); False for --quiet."""
         self._released: dict[str, ReleasedStage | BaseException] = {}
         self._defended: dict[str, DefendedStage | BaseException] = {}
 
     def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"), lambda: _build_released(spec, self.cache))
+        return self._memo(self._released, spec.stage_key("released"),
+                          lambda: _build_released(spec, self.cache, progress=self.progress))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
         return self._memo(self._defended, spec.stage_key("defended"), lambda: _build_defended(spec, self.released(spec)))
@@ -123,9 +127,10 @@ def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
         return task.reference_outputs(model).detach().double().cpu().numpy()
 
 
-def _build_released(spec: RunSpec, cache: Cache) -> ReleasedStage:
+def _build_released(spec: RunSpec, cache: Cache, *, progress: bool) -> ReleasedStage:
     task_cfg, _, _ = spec.configs()
-    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache)
+    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache,
+                                             progress=progress)
     task.model.eval()
     with torch.no_grad():
         evaluation = task.evaluate(task.model)
@@ -179,7 +184,8 @@ def retained_rows(phase: str, released: Evaluation, other: Evaluation, resamples
             interval = retained_utility(score.items, mine.items, higher_is_better=score.higher_is_better, resamples=resamples)
             rows.append(results.metric_row(phase, "retained_utility", interval.value, split=name, n=len(score.items),
                                            ci=(interval.low, interval.high)))
-        elif score.value and mine.value:
-            ratio = mine.value / score.value if score.higher_is_better else score.value / mine.value
-            rows.append(results.metric_row(phase, "retained_utility", ratio, split=name))
+        else:  # one value each: the same ratio without a CI (NaN when undefined; see retained_utility)
+            ratio = retained_utility(np.array([score.value]), np.array([mine.value]),
+                                     higher_is_better=score.higher_is_better, resamples=0)
+            rows.append(results.metric_row(phase, "retained_utility", ratio.value, split=name))
     return rows

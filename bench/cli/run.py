@@ -67,10 +67,10 @@ def main(args: argparse.Namespace) -> int:
         # Tiny models gain nothing from a second intra-op thread, and on a busy machine the spin-waiting of
         # several threads made each step up to 100x slower (measured), so the tiny tier runs on one by default.
         torch.set_num_threads(threads)
-    session = Session(results_dir=args.results, official=not args.dev)
+    session = Session(results_dir=args.results, official=not args.dev, progress=not args.quiet)
     start = time.perf_counter()
     try:
-        report = run_suite(request, session, resume=args.resume, progress=not args.quiet)
+        report = run_suite(request, session, resume=args.resume)
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)

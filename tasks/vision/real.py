@@ -196,7 +196,7 @@ def hub_commit(ref: str, model: nn.Module) -> str | None:
         return None
 
 
-def build_real(cfg, model: str, cache: Cache) -> ClassificationInstance:
+def build_real(cfg, model: str, cache: Cache, *, progress: bool = True) -> ClassificationInstance:
     device = torch.device(os.environ.get("BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
     checkpoint, processor = load_classifier(model)
     ds = load_images(cfg, cache)
@@ -232,7 +232,8 @@ def build_real(cfg, model: str, cache: Cache) -> ClassificationInstance:
         def build(directory: Path) -> None:
             torch.manual_seed(cfg.release_seed)
             train_classifier(checkpoint, replay, steps=cfg.release_steps, lr=cfg.release_lr_for("real"), batch_size=RELEASE_BATCH,
-                             seed=cfg.release_seed, forward=pixel_logits, progress=f"fine-tuning {model} on allowed classes")
+                             seed=cfg.release_seed, forward=pixel_logits,
+                             progress=f"fine-tuning {model} on allowed classes" if progress else None)
             save_model(checkpoint.cpu(), directory, architecture=architecture, extra={"recipe": recipe})
 
         directory, _ = cache.get_or_build(build, "vision-digits", "real", key)
