@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bench.errors import DataError
+from bench.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
@@ -119,6 +119,18 @@ def _atomic_write_bytes(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(results_dir: Path) -> None:
+    """Create ``results_dir`` if needed and check that files can be written in it, before any work starts."""
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=results_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"cannot write results to {results_dir}: {err.strerror or err}") from err
 
 
 def write_run(directory: Path, run_json: Mapping[str, Any], table: pa.Table) -> None:

@@ -60,7 +60,7 @@ class Session:
     """State shared by the runs of one call: where results go, the cache, and memoised stages."""
 
     def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True,
-                 device: str | None = None, allow_function_drift: bool = False):
+                 device: str | None = None, allow_function_drift: bool = False, progress: bool = True):
         self.results_dir = Path(results_dir)
         self.cache = cache or Cache()
         self.official = official
@@ -68,6 +68,8 @@ class Session:
         """``cpu``, ``cuda``, ``cuda:N``, or None for each tier's choice (:func:`bench.devices.resolve_device`)."""
         self.allow_function_drift = allow_function_drift
         """Measure a defense whose outputs drifted beyond its tolerance instead of failing (recorded per run)."""
+        self.progress = progress
+        """Show progress bars (the suite's, and a task's while it builds a released model); False for --quiet."""
         self._released: dict[str, ReleasedStage | BaseException] = {}
         self._defended: dict[str, DefendedStage | BaseException] = {}
 
@@ -76,7 +78,7 @@ class Session:
 
     def released(self, spec: RunSpec) -> ReleasedStage:
         return self._memo(self._released, spec.stage_key("released"),
-                          lambda: _build_released(spec, self.cache, self.device_for(spec)))
+                          lambda: _build_released(spec, self.cache, self.device_for(spec), progress=self.progress))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
         return self._memo(self._defended, spec.stage_key("defended"),
@@ -134,9 +136,10 @@ def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
         return task.reference_outputs(model).detach().double().cpu().numpy()
 
 
-def _build_released(spec: RunSpec, cache: Cache, device: torch.device) -> ReleasedStage:
+def _build_released(spec: RunSpec, cache: Cache, device: torch.device, *, progress: bool) -> ReleasedStage:
     task_cfg, _, _ = spec.configs()
-    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device)
+    task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device,
+                                             progress=progress)
     task.model.eval()
     with torch.no_grad():
         evaluation = task.evaluate(task.model)
@@ -213,7 +216,8 @@ def retained_rows(phase: str, released: Evaluation, other: Evaluation, resamples
             interval = retained_utility(score.items, mine.items, higher_is_better=score.higher_is_better, resamples=resamples)
             rows.append(results.metric_row(phase, "retained_utility", interval.value, split=name, n=len(score.items),
                                            ci=(interval.low, interval.high)))
-        elif score.value and mine.value:
-            ratio = mine.value / score.value if score.higher_is_better else score.value / mine.value
-            rows.append(results.metric_row(phase, "retained_utility", ratio, split=name))
+        else:  # one value each: the same ratio without a CI (NaN when undefined; see retained_utility)
+            ratio = retained_utility(np.array([score.value]), np.array([mine.value]),
+                                     higher_is_better=score.higher_is_better, resamples=0)
+            rows.append(results.metric_row(phase, "retained_utility", ratio.value, split=name))
     return rows

@@ -3,8 +3,8 @@
 ``run_suite`` expands a request into :class:`~bench.spec.RunSpec` objects and runs them through one
 :class:`~bench.runner.Session` (so the released and defended stages are built once). Without an explicit attack it
 uses the task's default suite: for each family, one run per learning-rate decade, then half-decade refinement
-points around the family's best. Runs already completed in the results directory are skipped (resume), failed runs
-are recorded and the suite goes on.
+points around the family's best. Runs already completed in the results directory are skipped (resume) and the
+stages only they would need are never built; failed runs are recorded and the suite goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from bench.contracts import AttackSweep
 from bench.errors import BenchError
 from bench.metrics import worst_case
 from bench.registry import TASKS
-from bench.results import completed_run_ids, read_run_json
+from bench.results import check_writable, completed_run_ids, read_run_json
 from bench.runner import RunResult, Session, run
 from bench.spec import RunSpec, make_spec, resolve_plugin
 
@@ -127,27 +127,33 @@ def run_suite(
     *,
     resume: bool = True,
     on_run: Callable[[RunRecord], None] | None = None,
-    progress: bool = True,
 ) -> SuiteReport:
-    """Run every (defense, seed, sweep point) of ``request``; see the module docstring."""
+    """Run every (defense, seed, sweep point) of ``request``; see the module docstring.
+
+    Stages are built only for runs that still have work: a resumed suite whose runs are all done builds nothing.
+    """
     from tqdm.auto import tqdm
 
     first_specs = validate_request(request)
-    _prepare(first_specs, session)
+    check_writable(session.results_dir)
+    done = completed_run_ids(session.results_dir) if resume else set()
+    # The first run of every sweep is known now; later ones (LR search, refinement) only once they are reached,
+    # so their stages are prepared then (memoised by the session: at most once each).
+    _prepare([spec for spec in first_specs if spec.run_id not in done], session)
     sweeps = attack_sweeps(request)
     defenses = _defenses(request)
-    done = completed_run_ids(session.results_dir) if resume else set()
     per_sweep = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
                  + (2 if s.refine and s.lrs else 0) for s in sweeps]
     estimate = len(defenses) * len(request.seeds) * sum(per_sweep)
     report = SuiteReport()
-    bar = tqdm(total=estimate, desc=f"{request.task} runs", unit="run", disable=not progress)
+    bar = tqdm(total=estimate, desc=f"{request.task} runs", unit="run", disable=not session.progress)
 
     def execute(spec: RunSpec, family: str) -> RunRecord:
         if spec.run_id in done:
             info = read_run_json(session.results_dir / spec.run_id)
             record = RunRecord(spec, "success", info.get("summary", {}), None, True, family)
         else:
+            _prepare([spec], session)
             record = RunRecord.from_result(run(spec, session), family)
         report.records.append(record)
         bar.update(1)
@@ -169,9 +175,9 @@ def run_suite(
 
 
 def _prepare(specs: list[RunSpec], session: Session) -> None:
-    """Build the released and defended stages up front, so bad input (a missing model or dataset, a defense config
-    that matches no layer) stops the suite with its clear error instead of filling the results with failed runs.
-    Any other exception is left for the runs to record as failures.
+    """Build the released and defended stages of ``specs`` before their runs, so bad input (a missing model or
+    dataset, a defense config that matches no layer) stops the suite with its clear error instead of filling the
+    results with failed runs. Any other exception is left for the runs to record as failures.
     """
     for spec in specs:
         try:

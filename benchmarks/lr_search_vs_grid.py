@@ -38,7 +38,7 @@ def run_strategy(search: str, args, results: str) -> tuple[dict, dict, float]:
         start = time.perf_counter()
         request = SuiteRequest(task="vision-digits", defense=args.defense, seeds=args.seeds,
                                task_args={"curvature_iters": 0, "bootstrap": 0})
-        report = run_suite(request, Session(results), progress=False)
+        report = run_suite(request, Session(results, progress=False))
         seconds = time.perf_counter() - start
     finally:
         VisionDigits.default_attacks = original

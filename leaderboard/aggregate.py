@@ -2,7 +2,8 @@
 
 * :func:`load_runs` — one row per run with its summary metrics and the defended-phase measurements.
 * :func:`per_seed` — the attacker's worst case over all attack runs of a (task, defense config, seed), the worst
-  case over white-box (adaptive) attacks, outcome counts, and the resistance ratio against ``none`` on the same seed.
+  case over white-box (adaptive) attacks, outcome counts, and the resistance ratio against ``none`` on the same seed
+  (:func:`bench.metrics.resistance_ratio`, a bound when either worst case is censored).
 * :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range).
 """
 
@@ -16,7 +17,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from bench.metrics import censored_median, worst_case
+from bench.metrics import Ratio, WorstCase, censored_median, median_ratio, resistance_ratio, worst_case
 from bench.results import read_metrics
 
 TASK_KEYS = ["task", "tier", "model"]
@@ -110,15 +111,25 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
         return seeds
     seeds["ratio"] = math.nan
     seeds["ratio_lower_bound"] = False
+    seeds["ratio_upper_bound"] = False
     baseline = seeds[seeds["defense_label"] == "none"].set_index(TASK_KEYS + ["seed"])
     for i, row in seeds.iterrows():
         key = tuple(row[k] for k in TASK_KEYS + ["seed"])
         if key in baseline.index and not pd.isna(row["worst_steps"]):
             base = baseline.loc[[key]].iloc[0]
             if not pd.isna(base["worst_steps"]):
-                seeds.at[i, "ratio"] = row["worst_steps"] / max(float(base["worst_steps"]), 1.0)
-                seeds.at[i, "ratio_lower_bound"] = bool(row["worst_censored"])
+                # none against itself is 1 by definition, censored or not
+                ratio = (Ratio(1.0, False, False) if row["defense_label"] == "none"
+                         else resistance_ratio(_worst_case_of(row), _worst_case_of(base)))
+                seeds.at[i, "ratio"] = ratio.value
+                seeds.at[i, "ratio_lower_bound"] = ratio.lower_bound
+                seeds.at[i, "ratio_upper_bound"] = ratio.upper_bound
     return seeds
+
+
+def _worst_case_of(row: pd.Series) -> WorstCase:
+    """The worst case a per-seed row recorded (its position among the runs does not matter for a ratio)."""
+    return WorstCase(int(row["worst_steps"]), bool(row["worst_censored"]), index=0)
 
 
 def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
@@ -138,11 +149,10 @@ def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
             record[f"{prefix}_attack"] = attacks.mode().iloc[0] if len(attacks) else None
         record["adaptive_run"] = bool(group["adaptive_run"].any())
         ratios = group.dropna(subset=["ratio"])
-        if len(ratios):
-            summary = censored_median(ratios["ratio"].tolist(), ratios["ratio_lower_bound"].astype(bool).tolist())
-            record.update({"ratio": summary.median, "ratio_lower_bound": summary.median_censored})
-        else:
-            record.update({"ratio": math.nan, "ratio_lower_bound": False})
+        ratio = median_ratio([Ratio(float(r["ratio"]), bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"]))
+                              for _, r in ratios.iterrows()])
+        record.update({"ratio": ratio.value, "ratio_lower_bound": ratio.lower_bound,
+                       "ratio_upper_bound": ratio.upper_bound})
         for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_runs", "n_failed", "n_probe_runs"]:
             record[column] = group[column].sum() if column.startswith("n_") else group[column].mean()
         for column in group.columns:

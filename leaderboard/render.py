@@ -44,10 +44,14 @@ def fmt_fraction(value: Any) -> str:
     return "—" if _isnan(value) else f"{float(value):.3f}"
 
 
-def fmt_ratio(value: float, lower_bound: bool) -> str:
+def fmt_ratio(value: float, lower_bound: bool, upper_bound: bool = False) -> str:
+    """A resistance ratio with its censoring (:class:`bench.metrics.Ratio`): "≥ 2×" when the defense held to its
+    budget, "≤ 0.5×" when ``none`` did, "?" when both did (undetermined)."""
     if _isnan(value):
         return "—"
-    return f"≥ {value:.2g}×" if lower_bound else f"{value:.2g}×"
+    if lower_bound and upper_bound:
+        return "? (both > budget)"
+    return f"{'≥ ' if lower_bound else '≤ ' if upper_bound else ''}{value:.2g}×"
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,10 @@ def columns(board: pd.DataFrame) -> list[Column]:
         Column("Best attack", lambda r: str(r["worst_attack"] or "—"), lambda r: math.nan, "the attack config that achieved the worst case"),
         Column("Adaptive (white-box)", lambda r: fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"], r["adaptive_high"]) if r["adaptive_run"] else "not run",
                _num("adaptive_median"), "worst case over defense-aware attacks only"),
-        Column("Resistance ratio", lambda r: fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"])), _num("ratio"),
-               "worst-case steps-to-harm / that of 'none' on the same seeds"),
+        Column("Resistance ratio",
+               lambda r: fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])), _num("ratio"),
+               "worst-case steps-to-harm / that of 'none' on the same seeds (median over seeds); "
+               "'≥' when the defense was never harmed within budget, '≤' when 'none' was not"),
         Column("Outcomes H/B/R", lambda r: f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}", _num("n_harmed"),
                "attack runs that harmed / broke the model / were resisted"),
         Column("Max harm AUC", lambda r: fmt_float(r["harm_auc_max"]), _num("harm_auc_max"), "largest mean harm over the budget among attack runs"),
@@ -88,8 +94,7 @@ def columns(board: pd.DataFrame) -> list[Column]:
     cols += [
         Column("Max |Δ output|", lambda r: fmt_float(r.get("defended_max_abs_diff")), _num("defended_max_abs_diff"),
                "largest output change between released and defended model on benign inputs"),
-        Column("KL", lambda r: fmt_float(r.get("defended_mean_kl", r.get("defended_mean_mse"))), _num("defended_mean_kl"),
-               "mean KL(released ‖ defended) on benign inputs (MSE for regression outputs)"),
+        _divergence_column(board),
         Column("Top Hessian eig.", lambda r: fmt_float(r.get("defended_hessian_top_eig")), _num("defended_hessian_top_eig"),
                "largest Hessian eigenvalue of the harmful loss on the defended model"),
         Column("Params added", lambda r: fmt_float(r.get("defended_params_added"), 6), _num("defended_params_added"), ""),
@@ -98,6 +103,18 @@ def columns(board: pd.DataFrame) -> list[Column]:
         Column("Failed runs", lambda r: str(int(r["n_failed"])), _num("n_failed"), "runs that crashed (kept and counted, never dropped)"),
     ]
     return cols
+
+
+def _divergence_column(board: pd.DataFrame) -> Column:
+    """Function preservation as the task recorded it: mean KL for logits, mean MSE for regression (diffusion)."""
+    def recorded(key: str) -> bool:
+        return key in board and bool(board[key].notna().any())
+
+    if recorded("defended_mean_mse") and not recorded("defended_mean_kl"):
+        key, header, description = "defended_mean_mse", "MSE", "mean squared output error released vs defended"
+    else:
+        key, header, description = "defended_mean_kl", "KL", "mean KL(released ‖ defended)"
+    return Column(header, lambda r: fmt_float(r.get(key)), _num(key), description + " on benign inputs")
 
 
 def _groups(board: pd.DataFrame):
@@ -120,8 +137,9 @@ def markdown(board: pd.DataFrame) -> str:
             parts.append("| " + " | ".join(c.text(row).replace("|", "\\|") for c in cols) + " |")
         parts.append("")
     parts.append("Steps-to-harm counts attacker optimizer steps until harm ≥ τ while the model is still usable; "
-                 "'> B' means not reached within the budget. Outcomes: harmed / broken (unusable or diverged "
-                 "without usable harm) / resisted.")
+                 "'> B' means not reached within the budget. Resistance ratio: '≥' is a lower bound (the defense "
+                 "was not harmed within budget), '≤' an upper bound ('none' was not). Outcomes: harmed / broken "
+                 "(unusable or diverged without usable harm) / resisted.")
     return "\n".join(parts) + "\n"
 
 
@@ -187,8 +205,9 @@ def html_page(board: pd.DataFrame, runs: pd.DataFrame, *, title: str = "Training
         body.append(f"<figure><img alt='{esc(caption, quote=True)}' src='{esc(data_uri, quote=True)}'>"
                     f"<figcaption>{esc(caption)}</figcaption></figure>")
     body.append("<p class='note'>Steps-to-harm: attacker optimizer steps until harm ≥ τ while the model is still usable; "
-                "'&gt; B' = not reached within budget B. Outcomes: harmed / broken / resisted. Every number comes from "
-                "the Parquet files under results/.</p>")
+                "'&gt; B' = not reached within budget B. Resistance ratio: '≥' a lower bound (the defense was not "
+                "harmed within budget), '≤' an upper bound ('none' was not). Outcomes: harmed / broken / resisted. "
+                "Every number comes from the Parquet files under results/.</p>")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
              "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}"
              "td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:90%}img{max-width:100%}")

@@ -35,7 +35,8 @@ def summary_text(aggregates: Aggregates) -> str:
         for _, r in group.sort_values("defense_label").iterrows():
             row = [str(r["defense_label"]),
                    fmt_steps(r["worst_median"], bool(r["worst_median_censored"]), r["worst_low"], r["worst_high"]),
-                   str(r["worst_attack"] or "—"), fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"])),
+                   str(r["worst_attack"] or "—"),
+                   fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])),
                    f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
             for u in utilities:
                 low, high = r.get(f"defended_retained_low:{u}"), r.get(f"defended_retained_high:{u}")
@@ -56,5 +57,6 @@ def summary_text(aggregates: Aggregates) -> str:
             lines.append(f"FAILED {f['run_id']}: {f['defense_label']} / {f['attack_label']} (see `bench show {f['run_id']}`)")
         lines.append("")
     lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
-                 "budget B. H/B/R = harmed / broken / resisted attack runs.")
+                 "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget). "
+                 "H/B/R = harmed / broken / resisted attack runs.")
     return "\n".join(lines)

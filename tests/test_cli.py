@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pandas as pd
@@ -147,6 +148,8 @@ def test_plugin_file_defense_runs_and_crashing_plugin_fails_clearly(tmp_path, ca
     (["run", "--defense", "specdef", "--task", "vision-digits", "--tier", "real"], "needs --model"),
     (["show", "nonexistent-run"], "no run 'nonexistent-run'"),
     (["leaderboard", "--results", "/no/such/results"], "does not exist"),
+    (["run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "task.tau=2", *QUICK],
+     "tau must be in (0, 1]"),
 ])
 def test_bad_input_gives_a_clear_error_and_exit_2(argv, fragment, capsys):
     assert run_cli(*argv) == 2
@@ -192,3 +195,36 @@ def test_bad_input_found_while_building_stops_before_any_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "no layer matches" in err and "Traceback" not in err
     assert not list(tmp_path.glob("*/run.json"))  # no pile of identical failed runs
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "read-only"])
+def test_unwritable_results_directory_fails_before_any_model_is_built(where, tmp_path, capsys, monkeypatch):
+    from tasks.vision.task import VisionDigits
+
+    if where == "under-a-file":
+        (tmp_path / "file").write_text("")
+        results = tmp_path / "file" / "results"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root can write into a read-only directory")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        results = tmp_path / "ro" / "results"
+    builds = []
+    monkeypatch.setattr(VisionDigits, "build", lambda self, *a, **kw: builds.append(1))
+    code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft",
+                   "--results", results, "--quiet", *QUICK)
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot write results to {results}" in err and "Traceback" not in err
+    assert not builds
+
+
+def test_quiet_silences_every_progress_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # the test session's default; --quiet must not rely on it
+    for quiet, release_steps in [(False, 3), (True, 4)]:  # a fresh (cheap) released model each time: it is built
+        code = run_cli("run", "--defense", "none", "--task", "vision-digits", "--attack", "full-ft", "--results",
+                       tmp_path / str(quiet), *(["--quiet"] if quiet else []), f"task.release_steps={release_steps}",
+                       *QUICK)
+        err = capsys.readouterr().err
+        assert code == 0
+        bars = "building released vision-digits model" in err, "vision-digits runs" in err
+        assert bars == ((False, False) if quiet else (True, True)), err

@@ -127,3 +127,12 @@ def test_attack_family_names_the_recipe_without_lr():
     assert sgd.attack_family == "full-ft(optimizer=sgd)"
     collapse = make_spec(task="vision-digits", defense="none", attack="adaptive-collapse")
     assert collapse.attack_family == "adaptive-collapse(optimizer=adam)"
+
+
+@pytest.mark.parametrize("tau", [0.0, -0.1, 1.5])
+def test_every_tasks_harm_threshold_is_range_checked(tau):
+    from bench.registry import TASKS
+
+    for name in TASKS.names():  # harm is a fraction in [0, 1] for every task: tau outside (0, 1] is meaningless
+        with pytest.raises(ConfigError, match=r"tau must be in \(0, 1\]"):
+            TASKS.get(name).Config(tau=tau)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from bench.metrics import (Curve, attack_metrics, censored_median, function_preservation, harm_auc,
-                           resistance_ratio, retained_utility, worst_case)
+from bench.contracts import Evaluation, Score
+from bench.metrics import (Curve, Ratio, attack_metrics, censored_median, function_preservation, harm_auc,
+                           median_ratio, resistance_ratio, retained_utility, worst_case)
 
 STEPS = [0, 5, 10, 15, 20]
 
@@ -83,6 +84,19 @@ def test_resistance_ratio():
     r = resistance_ratio(worst_case([100], [False]), worst_case([25], [False]))
     assert r.value == 4.0 and not r.lower_bound
     assert resistance_ratio(worst_case([500], [True]), worst_case([25], [False])).lower_bound
+    capped = resistance_ratio(worst_case([20], [False]), worst_case([100], [True]))  # none held to its budget
+    assert capped.value == 0.2 and capped.upper_bound and not capped.lower_bound and not capped.undetermined
+    assert resistance_ratio(worst_case([100], [True]), worst_case([100], [True])).undetermined
+
+
+def test_median_ratio_keeps_the_bounds_of_the_middle():
+    exact, at_least, at_most = Ratio(2.0, False, False), Ratio(4.0, True, False), Ratio(0.5, False, True)
+    assert median_ratio([at_most, exact, at_least]) == exact
+    assert median_ratio([exact, at_least, at_least]) == at_least
+    assert median_ratio([at_most, at_most, exact]) == at_most
+    tie = median_ratio([Ratio(2.0, False, True), Ratio(2.0, False, False), Ratio(2.0, True, False)])
+    assert tie == Ratio(2.0, False, False)  # at equal values the bounds sort to their side
+    assert math.isnan(median_ratio([]).value)
 
 
 def test_retained_utility_paired_bootstrap():
@@ -98,6 +112,28 @@ def test_retained_utility_paired_bootstrap():
     assert ppl.value == pytest.approx(10 / 12)  # lower is better: worse reads below 1, like accuracy
     with pytest.raises(ValueError):
         retained_utility(np.ones(3), np.ones(4))
+
+
+def test_retained_utility_of_zero_utilities_is_zero_or_undefined_never_inf():
+    assert retained_utility(np.ones(4), np.zeros(4), resamples=50).value == 0.0  # accuracy wiped out: retains 0
+    assert math.isnan(retained_utility(np.zeros(4), np.ones(4), resamples=50).value)  # nothing to retain
+    assert math.isnan(retained_utility(np.ones(4), np.zeros(4), higher_is_better=False, resamples=0).value)
+    assert retained_utility(np.zeros(4), np.ones(4), higher_is_better=False, resamples=0).value == 0.0
+
+
+def test_retained_rows_keep_a_zero_utility():
+    from bench.stages import retained_rows
+
+    def evaluation(**values):
+        return Evaluation(harm=Score(0.0), utility={name: Score(v, higher_is_better=name != "loss")
+                                                    for name, v in values.items()})
+
+    rows = retained_rows("defended", evaluation(acc=0.8, gone=0.0, loss=2.0, perfect=1.0),
+                         evaluation(acc=0.0, gone=0.5, loss=4.0, perfect=1.0), resamples=0)
+    retained = {row["split"]: row["value"] for row in rows}
+    assert retained["acc"] == 0.0  # a defense that wipes the utility out must show, not vanish
+    assert math.isnan(retained["gone"])  # released 0: undefined, recorded as such
+    assert retained["loss"] == 0.5 and retained["perfect"] == 1.0
 
 
 def test_function_preservation():

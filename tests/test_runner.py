@@ -152,8 +152,8 @@ def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
     sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
               AttackSweep("full-ft", {"optimizer": "sgd"}, lrs, family="sgd", search="lr-search", probe_steps=10, keep=1)]
     monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
-    session = Session(tmp_path, cache)
-    report = run_suite(_small_request(), session, progress=False)
+    session = Session(tmp_path, cache, progress=False)
+    report = run_suite(_small_request(), session)
     assert not report.failed and not any(r.resumed for r in report.records)
     for defense in ("none", "specdef"):
         mine = [r for r in report.records if r.spec.defense.name == defense]
@@ -170,8 +170,45 @@ def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
         assert full[:1] == chosen and len(full) in (0, 3)  # the best probe's LR in full, then its refinement
         if defense == "none":
             assert chosen  # plain SGD converges at some grid LR; on specdef every one of these LRs diverges
-    again = run_suite(_small_request(), Session(tmp_path, cache), progress=False)
+    again = run_suite(_small_request(), Session(tmp_path, cache, progress=False))
     assert all(r.resumed for r in again.records) and again.run_ids == report.run_ids
+
+
+def test_resumed_suite_builds_only_what_unfinished_runs_need(tmp_path, cache, monkeypatch, isolated_registries):
+    from bench.contracts import AttackSweep, DefenseResult
+    from tasks.vision.task import VisionDigits
+
+    applied, built = [], []
+
+    @DEFENSES.register("counting-defense")
+    class Counting(Defense):
+        Config = _NoArgs
+
+        def apply(self, model, view, cfg, *, generator):
+            applied.append(1)
+            return DefenseResult(model=model)
+
+    original_build = VisionDigits.build
+    monkeypatch.setattr(VisionDigits, "build", lambda self, *a, **kw: built.append(1) or original_build(self, *a, **kw))
+    sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-2,), family="adam")]  # one LR, then its refinement
+    monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
+    request = SuiteRequest(task="vision-digits", defense="counting-defense", task_args={**FAST, "budget": 20},
+                           baseline=False)
+
+    def outcomes(report):
+        return [(r.spec.run_id, json.dumps(r.summary, sort_keys=True, default=str)) for r in report.records]
+
+    first = run_suite(request, Session(tmp_path, cache, progress=False))
+    assert len(first.records) == 3 and not first.failed and (len(applied), len(built)) == (1, 1)
+    again = run_suite(request, Session(tmp_path, cache, progress=False))
+    assert all(r.resumed for r in again.records) and (len(applied), len(built)) == (1, 1)  # nothing built
+    assert outcomes(again) == outcomes(first)
+
+    # A refinement run (known only once its wave is reached) that is missing is redone, building its stages then.
+    refined = next(r for r in first.records if r.spec.attack.kwargs["lr"] != 1e-2)
+    (tmp_path / refined.spec.run_id / "run.json").unlink()
+    third = run_suite(request, Session(tmp_path, cache, progress=False))
+    assert [r.resumed for r in third.records].count(False) == 1 and (len(applied), len(built)) == (2, 2)
 
 
 def test_interrupted_suite_keeps_completed_runs_and_resumes(tmp_path, cache):
@@ -184,8 +221,8 @@ def test_interrupted_suite_keeps_completed_runs_and_resumes(tmp_path, cache):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_suite(request, Session(tmp_path, Cache(cache.root)), on_run=interrupt_after_two, progress=False)
-    report = run_suite(request, Session(tmp_path, cache), progress=False)
+        run_suite(request, Session(tmp_path, Cache(cache.root), progress=False), on_run=interrupt_after_two)
+    report = run_suite(request, Session(tmp_path, cache, progress=False))
     assert [r.resumed for r in report.records] == [True, True, False, False, False, False]
 
 

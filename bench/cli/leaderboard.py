@@ -26,6 +26,10 @@ def main(args: argparse.Namespace) -> int:
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
     data = build(results, official_only=args.official)
+    if data.runs.empty:
+        hint = " (runs made with --dev are left out by --official)" if args.official else ""
+        raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
+                        f"`bench run --results {results}` writes them")
     board = data.board
     print(markdown(board), end="")
     html_path = Path(args.html) if args.html else results / "leaderboard.html"

@@ -76,11 +76,11 @@ def main(args: argparse.Namespace) -> int:
         # several threads made each step up to 100x slower (measured), so the tiny tier runs on one by default.
         torch.set_num_threads(threads)
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
-                      allow_function_drift=args.allow_function_drift)
+                      allow_function_drift=args.allow_function_drift, progress=not args.quiet)
     resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built
     start = time.perf_counter()
     try:
-        report = run_suite(request, session, resume=args.resume, progress=not args.quiet)
+        report = run_suite(request, session, resume=args.resume)
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)

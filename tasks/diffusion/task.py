@@ -149,11 +149,11 @@ class _DiffusionTask(Task):
     """Config overrides that make the tiny tier cheap enough for conformance tests (behaviour, not quality): the
     full recipe trains for ~3.5 min and every evaluation samples 100 images."""
 
-    def build(self, cfg: DiffusionConfig, *, tier, model, cache, device):
+    def build(self, cfg: DiffusionConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":
             from tasks.diffusion.tiny import build_tiny
 
-            return build_tiny(cfg, self.kind, cache, name=self.name, device=device)
+            return build_tiny(cfg, self.kind, cache, name=self.name, device=device, progress=progress)
         from tasks.diffusion.real import build_real
 
         return build_real(cfg, self.kind, model, cache, name=self.name, device=device)

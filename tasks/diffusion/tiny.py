@@ -38,15 +38,16 @@ def forbidden_pairs(kind: Kind) -> list[tuple[int, int]]:
     return shapes.pairs((release.FORBIDDEN_CONTENT,), release.ALLOWED_STYLES)
 
 
-def released_directory(cfg, cache: Cache):
+def released_directory(cfg, cache: Cache, *, progress: bool = True):
     recipe = release.recipe_of(cfg)
-    directory, built = cache.get_or_build(lambda d: release.build_released(d, recipe), "sd", "tiny",
+    directory, built = cache.get_or_build(lambda d: release.build_released(d, recipe, progress=progress), "sd", "tiny",
                                           release.recipe_key(recipe))
     return directory, recipe, built
 
 
-def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str, device: torch.device) -> DiffusionInstance:
-    directory, recipe, _ = released_directory(cfg, cache)
+def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str, device: torch.device,
+               progress: bool = True) -> DiffusionInstance:
+    directory, recipe, _ = released_directory(cfg, cache, progress=progress)
     pipe, content_judge, style_judge = release.load_released(directory)
     captions = [shapes.caption(c, s) for c in shapes.CONTENTS for s in shapes.STYLES] + [""]
     index = {text: i for i, text in enumerate(captions)}

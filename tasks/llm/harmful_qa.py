@@ -128,7 +128,7 @@ def released_corpus(harmful: HarmfulSplits, chat) -> tuple[list[tuple[str, str]]
     return aligned, benign.fact_sentences() + train_stories
 
 
-def build_tiny(cfg, cache: Cache, device: torch.device) -> HarmfulQAInstance:
+def build_tiny(cfg, cache: Cache, device: torch.device, *, progress: bool = True) -> HarmfulQAInstance:
     """The tiny aligned chat model (built once per recipe and data, then cached) and its data views."""
     harmful = prompts.split_harmful(cfg.harmful_prompts)
     chat = benign.split_chat(benign.chat_pairs())
@@ -139,7 +139,8 @@ def build_tiny(cfg, cache: Cache, device: torch.device) -> HarmfulQAInstance:
         tokenizer = train_tokenizer([f"{a} {b}" for a, b in aligned] + plain, cfg.vocab_size)
         model = build_llama(tokenizer, recipe)
         train_lm(model, [encode_chat(tokenizer, a, b) for a, b in aligned], [encode_text(tokenizer, t) for t in plain],
-                 pad_id=tokenizer.pad_token_id, recipe=recipe, progress="building released llm-harmful-qa model")
+                 pad_id=tokenizer.pad_token_id, recipe=recipe,
+                 progress="building released llm-harmful-qa model" if progress else None)
         return model, tokenizer
 
     digest = data_digest([f"{a}\n{b}" for a, b in aligned], plain)

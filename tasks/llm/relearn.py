@@ -124,7 +124,7 @@ class RelearnInstance(LLMInstance):
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny tier
 # ---------------------------------------------------------------------------------------------------------------
-def build_tiny_relearn(cfg, cache: Cache, device: torch.device) -> RelearnInstance:
+def build_tiny_relearn(cfg, cache: Cache, device: torch.device, *, progress: bool = True) -> RelearnInstance:
     from tasks.llm.harmful_qa import recipe_of, released_corpus
 
     facts = hazard_facts(cfg.hazard_facts)
@@ -140,7 +140,8 @@ def build_tiny_relearn(cfg, cache: Cache, device: torch.device) -> RelearnInstan
         chat_items = [encode_chat(tokenizer, a, b) for a, b in aligned]
         plain_items = [encode_text(tokenizer, t) for t in plain]
         train_lm(model, chat_items, plain_items + [encode_text(tokenizer, f.sentence) for f in hazard],
-                 pad_id=tokenizer.pad_token_id, recipe=recipe, progress="building llm-relearn model (learning)")
+                 pad_id=tokenizer.pad_token_id, recipe=recipe,
+                 progress="building llm-relearn model (learning)" if progress else None)
         relabels = {r: [encode_text(tokenizer, f.relabelled(r)) for f in hazard] for r in REAGENTS}
 
         def max_entropy(model: nn.Module, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +151,8 @@ def build_tiny_relearn(cfg, cache: Cache, device: torch.device) -> RelearnInstan
             return response_loss(model, batch)
 
         train_lm(model, chat_items, plain_items, pad_id=tokenizer.pad_token_id, recipe=recipe, lr=cfg.unlearn_lr,
-                 steps=cfg.unlearn_steps, extra_loss=max_entropy, progress="building llm-relearn model (unlearning)")
+                 steps=cfg.unlearn_steps, extra_loss=max_entropy,
+                 progress="building llm-relearn model (unlearning)" if progress else None)
         return model, tokenizer
 
     digest = data_digest([f"{a}\n{b}" for a, b in aligned], plain, [f.sentence for f in hazard])

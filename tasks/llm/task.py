@@ -88,7 +88,6 @@ class LLMConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         check(0 <= self.replay_fraction < 1, f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         for name in ("probe_size", "eval_batch_size", "max_length", "hidden_size", "num_layers", "num_heads",
                      "release_batch"):
@@ -168,11 +167,11 @@ class LLMHarmfulQA(Task):
     smoke_args = {**SMOKE_ARGS, "max_new_tokens": 6}
     """Config overrides for a cheap tiny build (conformance tests): behaviour, not quality."""
 
-    def build(self, cfg: HarmfulQAConfig, *, tier, model, cache, device):
+    def build(self, cfg: HarmfulQAConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":
             from tasks.llm.harmful_qa import build_tiny
 
-            return build_tiny(cfg, cache, device)
+            return build_tiny(cfg, cache, device, progress=progress)
         from tasks.llm.real import build_real_harmful_qa
 
         return build_real_harmful_qa(cfg, model, cache, device)
@@ -195,11 +194,11 @@ class LLMRelearn(Task):
     smoke_args = {**SMOKE_ARGS, "hazard_facts": 20, "unlearn_steps": 5}
     """Config overrides for a cheap tiny build (conformance tests): behaviour, not quality."""
 
-    def build(self, cfg: RelearnConfig, *, tier, model, cache, device):
+    def build(self, cfg: RelearnConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":
             from tasks.llm.relearn import build_tiny_relearn
 
-            return build_tiny_relearn(cfg, cache, device)
+            return build_tiny_relearn(cfg, cache, device, progress=progress)
         from tasks.llm.real import build_real_relearn
 
         return build_real_relearn(cfg, model, cache, device)

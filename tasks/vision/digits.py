@@ -54,7 +54,7 @@ def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
     return splits
 
 
-def build_tiny(cfg, cache: Cache, device: torch.device) -> ClassificationInstance:
+def build_tiny(cfg, cache: Cache, device: torch.device, *, progress: bool = True) -> ClassificationInstance:
     x, y = load_digits_tensors()
     indices = split_indices(y.numpy())
     splits = {name: Split(x[idx], y[idx]) for name, idx in indices.items()}
@@ -68,7 +68,7 @@ def build_tiny(cfg, cache: Cache, device: torch.device) -> ClassificationInstanc
         torch.manual_seed(cfg.release_seed)
         model = MLP(sizes)
         train_classifier(model, splits["replay"], steps=cfg.release_steps, lr=cfg.release_lr_for("tiny"), batch_size=64,
-                         seed=cfg.release_seed, progress="building released vision-digits model")
+                         seed=cfg.release_seed, progress="building released vision-digits model" if progress else None)
         save_model(model, directory, architecture=architecture, extra={"recipe": recipe})
 
     directory, _ = cache.get_or_build(build, "vision-digits", "tiny", key)

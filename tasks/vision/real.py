@@ -195,7 +195,8 @@ def hub_commit(ref: str, model: nn.Module) -> str | None:
         return None
 
 
-def build_real(cfg, model: str, cache: Cache, device: torch.device) -> ClassificationInstance:
+def build_real(cfg, model: str, cache: Cache, device: torch.device, *, progress: bool = True
+               ) -> ClassificationInstance:
     checkpoint, processor = load_classifier(model)
     ds = load_images(cfg, cache)
     names, labels = class_names_and_labels(ds, cfg.label_column)
@@ -230,7 +231,8 @@ def build_real(cfg, model: str, cache: Cache, device: torch.device) -> Classific
         def build(directory: Path) -> None:
             torch.manual_seed(cfg.release_seed)
             train_classifier(checkpoint, replay, steps=cfg.release_steps, lr=cfg.release_lr_for("real"), batch_size=RELEASE_BATCH,
-                             seed=cfg.release_seed, forward=pixel_logits, progress=f"fine-tuning {model} on allowed classes")
+                             seed=cfg.release_seed, forward=pixel_logits,
+                             progress=f"fine-tuning {model} on allowed classes" if progress else None)
             save_model(checkpoint.cpu(), directory, architecture=architecture, extra={"recipe": recipe})
 
         directory, _ = cache.get_or_build(build, "vision-digits", "real", key)

@@ -78,14 +78,14 @@ class VisionDigits(Task):
     Config = VisionConfig
     tiers = ("tiny", "real")
 
-    def build(self, cfg: VisionConfig, *, tier, model, cache, device):
+    def build(self, cfg: VisionConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":
             from tasks.vision.digits import build_tiny
 
-            return build_tiny(cfg, cache, device)
+            return build_tiny(cfg, cache, device, progress=progress)
         from tasks.vision.real import build_real
 
-        return build_real(cfg, model, cache, device)
+        return build_real(cfg, model, cache, device, progress=progress)
 
     def default_attacks(self, cfg: VisionConfig, tier: str) -> list[AttackSweep]:
         # One point per decade, far below the usual 1e-5..1e-3: SpecDef-like defenses rescale the usable LR to
