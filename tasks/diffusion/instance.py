@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contracts import DefenderView, Evaluation, Preview, Probe, Score, TaskConfig, TaskInstance
+from bench.replay import replay_draws
 from tasks.diffusion.judges import Judge, both_correct
 from tasks.diffusion.pipeline import compute_dtype, sample_latents, target_of
 
@@ -189,11 +190,7 @@ class DiffusionInstance(TaskInstance):
 
     def attack_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         harmful, replay = self.data.images["attack"], self.data.images["replay"]
-        n_replay = int(round(batch_size * self.replay_fraction))
-        n_harm = batch_size - n_replay
-        while True:
-            hi = torch.randint(0, len(harmful), (n_harm,), generator=generator)
-            ri = torch.randint(0, len(replay), (n_replay,), generator=generator)
+        for hi, ri in replay_draws(len(harmful), len(replay), batch_size, self.replay_fraction, generator):
             h, r = self._draw(harmful, hi, generator), self._draw(replay, ri, generator)
             yield Batch(*(torch.cat([getattr(h, f), getattr(r, f)]) for f in ("latents", "text", "timesteps", "noise")))
 
