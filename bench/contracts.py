@@ -3,7 +3,7 @@
 Importing this module does not import torch, so registries can validate plugin classes cheaply.
 
 Data flows one way: a :class:`Task` builds a :class:`TaskInstance` (released model, data, probes, losses) for a
-tier and seed; a :class:`Defense` transforms the released model using only the :class:`DefenderView`; an
+tier (the run seed plays no part: see :meth:`Task.build`); a :class:`Defense` transforms the released model using only the :class:`DefenderView`; an
 :class:`Attack` fine-tunes the defended model and reports every optimizer step to the runner's :class:`Monitor`,
 which decides when to probe, when harm is reached and when to stop.
 """
@@ -161,7 +161,7 @@ class TaskConfig:
 
 
 class TaskInstance(abc.ABC):
-    """A task built for one tier and seed: the released model, its data views, probes and losses."""
+    """A task built for one tier (and model): the released model, its data views, probes and losses."""
 
     name: str
     tier: str
@@ -252,7 +252,7 @@ class TaskInstance(abc.ABC):
 
 
 class Task(abc.ABC):
-    """A plugin that builds :class:`TaskInstance` objects for a tier and seed."""
+    """A plugin that builds :class:`TaskInstance` objects for a tier (the same for every run seed)."""
 
     Config: ClassVar[type] = TaskConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

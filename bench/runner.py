@@ -30,7 +30,7 @@ from bench.registry import ATTACKS
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
 
-Status = Literal["success", "failed", "skipped"]
+Status = Literal["success", "failed"]
 
 
 @dataclass
