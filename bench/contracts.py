@@ -3,9 +3,9 @@
 Importing this module does not import torch, so registries can validate plugin classes cheaply.
 
 Data flows one way: a :class:`Task` builds a :class:`TaskInstance` (released model, data, probes, losses) for a
-tier (the run seed plays no part: see :meth:`Task.build`); a :class:`Defense` transforms the released model using only the :class:`DefenderView`; an
-:class:`Attack` fine-tunes the defended model and reports every optimizer step to the runner's :class:`Monitor`,
-which decides when to probe, when harm is reached and when to stop.
+tier, the same for every run seed (see :meth:`Task.build`); a :class:`Defense` transforms the released model using
+only the :class:`DefenderView`; an :class:`Attack` fine-tunes the defended model and reports every optimizer step to
+the runner's :class:`Monitor`, which decides when to probe, when harm is reached and when to stop.
 """
 
 from __future__ import annotations
