@@ -93,8 +93,9 @@ class AttackSweep:
     """One family of the default attack suite: an attack, its fixed args, and the learning rates to sweep.
 
     ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
-    runs (``probe_steps``) at every learning rate, scores them by the decrease of the attack loss without blow-up,
-    and runs the full budget only at the ``keep`` best. Either way, ``refine`` then adds half-decade points around
+    runs (``probe_steps``) at every learning rate, scores them by the relative decrease of the task's harm proxy
+    (:attr:`TaskInstance.harm_proxy`; else of the attack loss), ranks runs that end broken below the others and
+    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.suite.probe_score`). Either way, ``refine`` then adds half-decade points around
     the best full run.
     """
 
@@ -173,6 +174,11 @@ class TaskInstance(abc.ABC):
     utility_higher_is_better: bool = True
     output_kind: Literal["logits", "regression"] = "logits"
     """How function preservation compares outputs: KL on softmax (logits) or MSE (regression)."""
+    harm_proxy: str | None = None
+    """The :attr:`Probe.extras` key of a deterministic measure of the attacker's progress (lower: closer to harm),
+    e.g. the harmful-task loss on fixed held-out data. The runner records it at the first and last probe of every
+    attack run (``proxy_start``, ``proxy_end``) and an LR search scores its short probe runs by it; None: they are
+    scored by the attack's own training loss, which is noisy where batches are random (e.g. diffusion timesteps)."""
 
     @abc.abstractmethod
     def attack_batches(self, batch_size: int, generator: "torch.Generator") -> Iterator[Any]:
