@@ -95,8 +95,8 @@ class AttackSweep:
     ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
     runs (``probe_steps``) at every learning rate, scores them by the relative decrease of the task's harm proxy
     (:attr:`TaskInstance.harm_proxy`; else of the attack loss), ranks runs that end broken below the others and
-    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.suite.probe_score`). Either way, ``refine`` then adds half-decade points around
-    the best full run.
+    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.suite.probe_score`).
+    Either way, ``refine`` then adds half-decade points around the best full run.
     """
 
     attack: str

@@ -4,12 +4,13 @@ Use them in a test file of your own package::
 
     import pytest
     from bench import testing
+    from bench.cache import Cache
 
     def test_my_defense_conforms(tmp_path):
         testing.check_defense("my-defense", tmp_path)
 
     def test_my_attack_conforms(tmp_path):
-        testing.check_attack("my-attack", Cache(tmp_path))  # bench.cache.Cache: builds the tiny task model once
+        testing.check_attack("my-attack", Cache(tmp_path))  # runs it on a tiny task model built into the cache
 
 The harness's own suite runs them over every registered name (tests/test_conformance.py).
 """
