@@ -2,8 +2,9 @@
 
 Every plugin pairs its class with a frozen dataclass ``Config``. Values arrive as Python objects (YAML) or strings
 (CLI ``key=value``); :func:`build_config` coerces them to the declared field types and rejects unknown keys and
-ill-typed values with a :class:`~bench.errors.ConfigError` that names the key. Field documentation is written once,
-as an attribute docstring under the field, and read back by :func:`field_docs` for help output.
+ill-typed values with a :class:`~bench.errors.ConfigError` that names every bad key, one line each. Field
+documentation is written once, as an attribute docstring under the field, and read back by :func:`field_docs` for help
+output.
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ def build_config(cls: type, args: Mapping[str, Any], *, where: str) -> Any:
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
-    unknown = [k for k in args if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown config key {key!r} for {where}.{hint} Valid keys: {', '.join(fields)}")
-    values = {k: coerce(v, hints[k], key=k, where=where) for k, v in args.items()}
+    problems, values = [], {}
+    for key, value in args.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            problems.append(f"unknown config key {key!r} for {where}.{hint} Valid keys: {', '.join(fields)}")
+            continue
+        try:
+            values[key] = coerce(value, hints[key], key=key, where=where)
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:  # every bad key at once, one per line, rather than one per attempt
+        raise ConfigError("\n".join(problems))
     try:
         return cls(**values)
     except ConfigError:

@@ -3,9 +3,9 @@
 Importing this module does not import torch, so registries can validate plugin classes cheaply.
 
 Data flows one way: a :class:`Task` builds a :class:`TaskInstance` (released model, data, probes, losses) for a
-tier and seed; a :class:`Defense` transforms the released model using only the :class:`DefenderView`; an
-:class:`Attack` fine-tunes the defended model and reports every optimizer step to the runner's :class:`Monitor`,
-which decides when to probe, when harm is reached and when to stop.
+tier, the same for every run seed (see :meth:`Task.build`); a :class:`Defense` transforms the released model using
+only the :class:`DefenderView`; an :class:`Attack` fine-tunes the defended model and reports every optimizer step to
+the runner's :class:`Monitor`, which decides when to probe, when harm is reached and when to stop.
 """
 
 from __future__ import annotations
@@ -94,9 +94,10 @@ class AttackSweep:
     """One family of the default attack suite: an attack, its fixed args, and the learning rates to sweep.
 
     ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
-    runs (``probe_steps``) at every learning rate, scores them by the decrease of the attack loss without blow-up,
-    and runs the full budget only at the ``keep`` best. Either way, ``refine`` then adds half-decade points around
-    the best full run.
+    runs (``probe_steps``) at every learning rate, scores them by the relative decrease of the task's harm proxy
+    (:attr:`TaskInstance.harm_proxy`; else of the attack loss), ranks runs that end broken below the others and
+    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.suite.probe_score`).
+    Either way, ``refine`` then adds half-decade points around the best full run.
     """
 
     attack: str
@@ -164,7 +165,7 @@ class TaskConfig:
 
 
 class TaskInstance(abc.ABC):
-    """A task built for one tier and seed: the released model, its data views, probes and losses."""
+    """A task built for one tier (and model): the released model, its data views, probes and losses."""
 
     name: str
     tier: str
@@ -176,6 +177,11 @@ class TaskInstance(abc.ABC):
     utility_higher_is_better: bool = True
     output_kind: Literal["logits", "regression"] = "logits"
     """How function preservation compares outputs: KL on softmax (logits) or MSE (regression)."""
+    harm_proxy: str | None = None
+    """The :attr:`Probe.extras` key of a deterministic measure of the attacker's progress (lower: closer to harm),
+    e.g. the harmful-task loss on fixed held-out data. The runner records it at the first and last probe of every
+    attack run (``proxy_start``, ``proxy_end``) and an LR search scores its short probe runs by it; None: they are
+    scored by the attack's own training loss, which is noisy where batches are random (e.g. diffusion timesteps)."""
 
     @abc.abstractmethod
     def attack_batches(self, batch_size: int, generator: "torch.Generator") -> Iterator[Any]:
@@ -255,7 +261,7 @@ class TaskInstance(abc.ABC):
 
 
 class Task(abc.ABC):
-    """A plugin that builds :class:`TaskInstance` objects for a tier and seed."""
+    """A plugin that builds :class:`TaskInstance` objects for a tier (the same for every run seed)."""
 
     Config: ClassVar[type] = TaskConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

@@ -2,7 +2,7 @@
 
 An experiment file holds only what differs from the defaults::
 
-    # bench run --config experiments/vision-digits/specdef-a1e6.yaml   (override: defense.alpha=1e5)
+    # bench run --config experiments/vision-digits/specdef-float64.yaml   (override: defense.alpha=1e5)
     task: vision-digits
     defense: {name: specdef, args: {alpha: 1.0e6, dtype: float64}}
     seeds: [0, 1, 2]
@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from bench.errors import ConfigError, DataError
-from bench.suite import SuiteRequest
+from bench.errors import BenchError, ConfigError, DataError
+from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.spec import RunSpec, resolve_plugin
+from bench.suite import SuiteRequest, validate_request
 
 TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine", "search")
 SEARCHES = ("grid", "lr-search")
@@ -37,11 +39,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(TOP_LEVEL_KEYS)})")
+    problems = []
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {key!r} in {path}.{hint} Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+            problems.append(f"unknown key {key!r} in {path}.{hint} Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    if problems:
+        raise ConfigError("\n".join(problems))
     return data
 
 
@@ -151,3 +156,26 @@ def build_request(
         refine=refine if refine is not None else bool(data.get("refine", True)),
         search=search,
     )
+
+
+def validate_experiment(config: str | Path) -> list[RunSpec]:
+    """Bind every config of an experiment file without running anything; return the first run spec of each sweep.
+
+    The task's, the defense's and a named attack's configs are checked independently, so one ConfigError reports
+    every error found, one per line (the default attack suite is checked once the task is valid: the task decides it).
+    """
+    request = build_request(config=config)
+    parts = [(TASKS, request.task, request.task_args), (DEFENSES, request.defense, request.defense_args)]
+    if request.attack is not None:
+        parts.append((ATTACKS, request.attack, request.attack_args))
+    errors: list[BenchError] = []
+    for registry, name, args in parts:
+        try:
+            resolve_plugin(registry, name, args)
+        except BenchError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigError("\n".join(str(e) for e in errors))
+    return validate_request(request)

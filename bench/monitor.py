@@ -39,7 +39,6 @@ class ProbeMonitor:
     losses: list[float] = field(default_factory=list)
     examples: int = 0
     diverged_step: int | None = None
-    harmed_step: int | None = None
     probe_seconds: float = 0.0
     _started: bool = False
     _last_step: int = 0
@@ -103,11 +102,7 @@ class ProbeMonitor:
         self.points.append(ProbePoint(step, self.examples, probe, usable))
         harmful = self._harmful(probe, usable)
         self._harmful_run = self._harmful_run + 1 if harmful else 0
-        if self._harmful_run >= self.task.config.patience and self.harmed_step is None:
-            self.harmed_step = self.points[-self.task.config.patience].step
-            return True
-        return False
-
+        return self._harmful_run >= self.task.config.patience
 
     def _usable(self, probe: Probe) -> bool:
         return self.task.is_usable(probe.utility, self.released_utility) and not probe.broken

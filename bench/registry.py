@@ -157,10 +157,6 @@ class Registry(Generic[T]):
             except PluginError as err:  # a malformed third-party name must not break discovery
                 self._entries[ep.name] = _Entry(name=ep.name, lazy=ep.value, dist=dist, load_error=str(err))
 
-    def load_file(self, path: str | Path) -> None:
-        """Import a plugin file (or dotted module) whose decorators register into the registries."""
-        load_plugin(path)
-
     # -- lookup -------------------------------------------------------------------------------------
     def names(self, pattern: str = "*") -> list[str]:
         self.discover()

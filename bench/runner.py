@@ -119,6 +119,9 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         "attack_params_added": report.params_added if report is not None else 0,
         "attack_info": dict(report.info) if report is not None else {},
     }
+    if task.harm_proxy is not None:  # the attacker's progress on fixed data, for scoring LR-search probe runs
+        summary["proxy_start"] = _extra(monitor.points[0], task.harm_proxy)
+        summary["proxy_end"] = _extra(monitor.points[-1], task.harm_proxy)
     rows += [
         results.metric_row("summary", "steps_to_harm", metrics.steps_to_harm, censored=metrics.censored),
         results.metric_row("summary", "steps_to_harm_raw", metrics.steps_to_harm_raw, censored=metrics.raw_censored),
@@ -137,6 +140,10 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         if isinstance(value, (bool, int, float)):
             rows.append(results.metric_row("summary", f"attack_{key}", float(value)))
     return rows, summary, metrics, samples
+
+
+def _extra(point, key: str) -> float:
+    return float(point.probe.extras.get(key, float("nan")))
 
 
 def _samples(spec: RunSpec, task, before: torch.nn.Module, after: torch.nn.Module, outcome: str, post):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from bench.config import build_config, canonical_json, config_to_dict, stable_hash
 from bench.errors import ConfigError
@@ -101,14 +101,13 @@ class RunSpec:
         return (f"{self.task.label}/{self.tier}{model}:defense={self.defense_label},"
                 f"attack={self.attack_label},seed={self.seed}{probe}")
 
-    def stage_key(self, stage: str) -> str:
-        """Content hash of what a pipeline stage depends on (for in-process and on-disk caching)."""
+    def stage_key(self, stage: Literal["released", "defended"]) -> str:
+        """Content hash of what a stage depends on: the key under which a :class:`~bench.stages.Session` memoises it
+        in memory (only the task's released model is also cached on disk, by the task itself)."""
         parts: dict[str, Any] = {"task": self.task.kwargs, "task_name": self.task.name, "tier": self.tier, "model": self.model}
-        if stage in ("defended", "attack"):
+        if stage == "defended":
             parts["defense"] = {"name": self.defense.name, "args": self.defense.kwargs}
             parts["seed"] = self.seed
-        if stage == "attack":
-            parts["attack"] = {"name": self.attack.name, "args": self.attack.kwargs}
         return stable_hash({"stage": stage, **parts}, length=16)
 
     def configs(self) -> tuple[Any, Any, Any]:

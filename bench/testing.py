@@ -4,9 +4,13 @@ Use them in a test file of your own package::
 
     import pytest
     from bench import testing
+    from bench.cache import Cache
 
     def test_my_defense_conforms(tmp_path):
         testing.check_defense("my-defense", tmp_path)
+
+    def test_my_attack_conforms(tmp_path):
+        testing.check_attack("my-attack", Cache(tmp_path))  # runs it on a tiny task model built into the cache
 
 The harness's own suite runs them over every registered name (tests/test_conformance.py).
 """
@@ -15,13 +19,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from bench.config import build_config, config_to_dict
-from bench.contracts import DefenderView, DefenseResult
+from bench.contracts import AttackReport, DefenderView, DefenseResult
 from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -107,7 +113,59 @@ def check_task(name: str, cache) -> None:
         make_spec(task=name, defense="none", attack=sweep.attack, task_args=dict(task_cls.smoke_args), attack_args=args)
 
 
-def check_attack(name: str) -> None:
+@dataclass
+class RecordingMonitor:
+    """A stand-in for the runner's monitor: records every call and asks the attack to stop at ``stop_at``."""
+
+    budget: int
+    stop_at: int
+    calls: list[tuple] = dataclasses.field(default_factory=list)
+    """("begin", model) and ("step", model, step, loss, examples), in call order."""
+
+    def begin(self, model: nn.Module) -> None:
+        self.calls.append(("begin", model))
+
+    def after_step(self, model: nn.Module, *, step: int, loss: float, examples: int) -> bool:
+        self.calls.append(("step", model, step, loss, examples))
+        return step >= self.stop_at
+
+
+ATTACK_CHECK_TASK = "vision-digits"
+"""The task every attack is run on by :func:`check_attack` (a tiny MLP on CPU: a run costs milliseconds)."""
+ATTACK_CHECK_DEFENSE = {"alpha": 10.0, "k": 4}
+"""The SpecDef config of the defended model :func:`check_attack` also attacks: chains for the adaptive attacks to
+find, at an alpha mild enough that a default recipe keeps finite losses."""
+
+
+def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None:
+    """Run the attack with its default recipe on the released tiny vision model and on a SpecDef-defended copy,
+    against a :class:`RecordingMonitor`, and check the contract of :class:`~bench.contracts.Attack`: ``begin`` once,
+    before any step, on the model it was given (trained in place); then ``after_step`` with steps 1, 2, ... and
+    finite float losses; no step after the monitor says stop; an :class:`~bench.contracts.AttackReport` returned."""
     check_config_roundtrip(ATTACKS, name)
     cls = ATTACKS.get(name)
     assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"
+    task_cls = TASKS.get(ATTACK_CHECK_TASK)
+    task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {ATTACK_CHECK_TASK!r}")
+    task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache)
+    specdef = DEFENSES.get("specdef")
+    defended = specdef().apply(copy.deepcopy(task.model), task.defender_view(),
+                               build_config(specdef.Config, ATTACK_CHECK_DEFENSE, where="defense 'specdef'"),
+                               generator=torch.Generator().manual_seed(0)).model
+    cfg = build_config(cls.Config, {"budget": budget, "eval_every": stop_at, "batch_size": 8}, where=f"attack {name!r}")
+    for label, released in (("released", task.model), ("SpecDef-defended", defended)):
+        model = copy.deepcopy(released).train()
+        monitor = RecordingMonitor(budget=budget, stop_at=stop_at)
+        report = cls().run(model, task, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
+        where = f"attack {name!r} on the {label} {ATTACK_CHECK_TASK} model"
+        assert isinstance(report, AttackReport), f"{where}: run() returned {type(report).__name__}, not an AttackReport"
+        kinds = [call[0] for call in monitor.calls]
+        assert kinds[:1] == ["begin"] and kinds.count("begin") == 1, f"{where}: monitor.begin must come once, first"
+        assert all(call[1] is model for call in monitor.calls), (
+            f"{where}: the monitor must see the model the attack was given (fine-tuned in place)")
+        steps = [call[2] for call in monitor.calls[1:]]
+        assert steps == list(range(1, stop_at + 1)), (
+            f"{where}: expected steps 1..{stop_at} and a stop when the monitor says so, got {steps}")
+        for _, _, step, loss, examples in monitor.calls[1:]:
+            assert isinstance(loss, float) and math.isfinite(loss), f"{where}: step {step} reported loss {loss!r}"
+            assert isinstance(examples, int) and examples > 0, f"{where}: step {step} reported {examples!r} examples"

@@ -165,6 +165,15 @@ def test_validate(tmp_path, capsys):
     assert run_cli("validate", good) == 0
     assert run_cli("validate", good, bad) == 2
     assert "unknown config key 'alfa'" in capsys.readouterr().out
+    worse = tmp_path / "worse.yaml"  # every error of a file, each on its own line
+    worse.write_text("task: {name: vision-digits, args: {tau: high}}\n"
+                     "defense: {name: specdef, args: {alfa: 3, k: many}}\nattack: {name: full-ft, args: {lr: -1}}\n")
+    assert run_cli("validate", worse) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith(f"error {worse}: ") for line in lines)
+    for fragment in ("'tau'", "unknown config key 'alfa'", "'k'", "lr must be positive"):
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    assert len(lines) == 4
 
 
 def test_ls_lists_every_kind(capsys):

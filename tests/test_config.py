@@ -117,6 +117,8 @@ def test_spec_errors():
         make_spec(task="vision-digits", defense="none", attack="full-ft", tier="real")
     with pytest.raises(ConfigError, match="optimizer"):
         make_spec(task="vision-digits", defense="none", attack="full-ft", attack_args={"optimizer": "adagrad"})
+    with pytest.raises(ConfigError, match="max_per_class must be >= 0, got -1"):
+        make_spec(task="vision-digits", defense="none", attack="full-ft", task_args={"max_per_class": -1})
 
 
 def test_attack_family_names_the_recipe_without_lr():

@@ -21,8 +21,8 @@ def test_task_conforms(name, cache):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_attack_conforms(name):
-    testing.check_attack(name)
+def test_attack_conforms(name, cache):
+    testing.check_attack(name, cache)
 
 
 @pytest.mark.parametrize("task", TASKS.names())
@@ -36,3 +36,32 @@ def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_
     assert result.status == "success", result.error
     assert result.summary["outcome"] in ("harmed", "broken", "resisted")
     assert 0 < result.summary["steps_run"] <= 6
+
+
+def _broken_attack(mistake: str):
+    from attacks._training import FineTuneConfig
+    from bench.contracts import Attack, AttackReport
+
+    class Broken(Attack):
+        Config = FineTuneConfig
+
+        def run(self, model, task, cfg, *, generator, monitor):
+            if mistake != "no-begin":
+                monitor.begin(model)
+            for step in range(1, cfg.budget + 1):
+                stop = monitor.after_step(model, step=step, loss=float("nan") if mistake == "nan" else 1.0,
+                                          examples=step)
+                if stop and mistake != "ignores-stop":
+                    break
+            return AttackReport()
+
+    return Broken
+
+
+@pytest.mark.parametrize("mistake, fragment", [("no-begin", "monitor.begin must come once, first"),
+                                               ("ignores-stop", "a stop when the monitor says so"),
+                                               ("nan", "reported loss nan")])
+def test_check_attack_catches_a_broken_attack(mistake, fragment, cache, isolated_registries):
+    ATTACKS.register("broken")(_broken_attack(mistake))
+    with pytest.raises(AssertionError, match=fragment):
+        testing.check_attack("broken", cache)

@@ -7,6 +7,7 @@ Everything here uses a small training budget (``FAST``): these tests check behav
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -91,6 +92,9 @@ def test_task_contract(tasks):
         assert first == second, "the probe must be deterministic"
         assert 0 <= first.harm <= 1 and 0 <= first.utility <= 1 and not first.broken
         assert {"proxy_harmful", "proxy_benign", "proxy_benign_ratio"} <= set(first.extras)
+        # the harm proxy that scores LR-search probes: fixed images, timesteps and noise, so a copy scores the same
+        assert task.harm_proxy == "proxy_harmful" and 0 < first.extras[task.harm_proxy] < float("inf")
+        assert task.probe(copy.deepcopy(task.model)).extras[task.harm_proxy] == first.extras[task.harm_proxy]
         evaluation = task.evaluate(task.model)
         assert evaluation.harm.n == FAST["eval_samples"] and set(evaluation.harm.items) <= {0.0, 1.0}
         assert evaluation.utility["allowed_both_correct"].n == FAST["eval_samples"]
@@ -154,6 +158,9 @@ def test_bench_run_writes_before_and_after_samples_for_each_defense(tmp_path, ca
     assert code == 0
     per_run = sorted(results.glob("*/samples.png"))
     assert len(per_run) == 2  # none and specdef
+    for run_dir in (p.parent for p in per_run):  # the harm proxy at the first and last probe, for LR search
+        summary = json.loads((run_dir / "run.json").read_text())["summary"]
+        assert 0 < summary["proxy_start"] < float("inf") and 0 < summary["proxy_end"] < float("inf")
     width, height = Image.open(per_run[0]).size
     assert width > 10 * 32 and height > 2 * 32  # ten prompts (5 allowed, 5 forbidden) x (before, after)
     sheet = results / "sd-concept-tiny-samples.png"

@@ -16,7 +16,7 @@ from bench.testing import tiny_view
 from defenses._selection import select_layers
 from defenses._spectral import VALUE_TOL, _subspace_iteration, principal_angle, specdef_maps, top_k_left_singular
 from defenses.specdef import SpecDef, SpecDefConfig, compensated_linear
-from defenses.specdef_nocomp import SpecDefNoCompensation
+from defenses.specdef_nocomp import SpecDefNoCompConfig, SpecDefNoCompensation
 from tasks.vision.task import VisionConfig, VisionDigits
 
 
@@ -156,12 +156,24 @@ def test_defended_model_saves_and_reloads(digits, tmp_path):
 
 def test_nocomp_ablation_changes_the_outputs(digits):
     x = digits.splits["eval_benign"].x
-    ablated = defend(digits.model, SpecDefConfig(alpha=1e4), cls=SpecDefNoCompensation)
+    ablated = defend(digits.model, SpecDefNoCompConfig(alpha=1e4), cls=SpecDefNoCompensation)
     with torch.no_grad():
         before, after = digits.model(x), ablated(x)
     # Logits grow by orders of magnitude (confidences and losses change); on a ReLU MLP the argmax can survive,
     # because ReLU is positively homogeneous and the inflated top directions dominate.
     assert after.abs().max() > 1e3 * before.abs().max()
+
+
+def test_nocomp_config_has_only_the_fields_it_uses():
+    from bench.spec import make_spec
+
+    # dtype and trainable_compensation do nothing without a compensation map: accepting them would give one model
+    # several run ids (and several leaderboard rows)
+    for key, value in (("dtype", "float64"), ("trainable_compensation", "false")):
+        with pytest.raises(ConfigError, match=f"unknown config key {key!r}"):
+            make_spec(task="vision-digits", defense="specdef-nocomp", attack="full-ft", defense_args={key: value})
+    spec = make_spec(task="vision-digits", defense="specdef-nocomp", attack="full-ft", defense_args={"alpha": 100})
+    assert set(spec.defense.kwargs) == {"alpha", "k", "layers", "module_types", "exclude", "n_layers", "svd"}
 
 
 def test_transformers_conv1d_is_defended_as_the_linear_map_it_is():
@@ -184,7 +196,7 @@ def test_transformers_conv1d_is_defended_as_the_linear_map_it_is():
         s_before = torch.linalg.svdvals(model[0].weight.t().double())
         torch.testing.assert_close(torch.linalg.svdvals(scaled)[:4], 100 * s_before[:4])
     ablated = copy.deepcopy(model)
-    DEFENSES.get("specdef-nocomp")().apply(ablated, None, SpecDefConfig(alpha=100.0, k=4),
+    DEFENSES.get("specdef-nocomp")().apply(ablated, None, SpecDefNoCompConfig(alpha=100.0, k=4),
                                            generator=torch.Generator().manual_seed(0))
     assert isinstance(ablated[0], Conv1D)  # modified in place, still a Conv1D
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""``bench validate``: check an experiment (file and/or command line) without running it, reporting every error."""
+"""``bench validate``: check experiment files without running them, reporting every error found, one per line."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
-    from bench.experiment import build_request
-    from bench.suite import validate_request
+    from bench.experiment import validate_experiment
 
     failures = 0
     for path in args.configs:
         try:
-            specs = validate_request(build_request(config=path))
+            specs = validate_experiment(path)
             print(f"ok    {path}: {len(specs)} run spec(s), e.g. {specs[0].canonical_name}")
         except BenchError as err:
             failures += 1
-            print(f"error {path}: {err}")
+            for line in str(err).splitlines():
+                print(f"error {path}: {line}")
     return 2 if failures else 0

@@ -25,6 +25,7 @@ from torch import nn
 
 from bench.contracts import DefenderView, Evaluation, Score, TaskConfig, TaskInstance
 from bench.modelio import transformers_architecture
+from bench.replay import replay_draws
 from tasks.llm.chat import Batch, Encoded, collate, logits_of, nll_per_char, response_loss
 from tasks.llm.generation import context_length
 from tasks.llm.utility import LMEvalSuite
@@ -76,12 +77,8 @@ class LLMInstance(TaskInstance):
     # -- attacker ------------------------------------------------------------------------------------------------
     def attack_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         harmful, replay = self.parts["attack"], self.parts["replay"]
-        n_replay = int(round(batch_size * self.config.replay_fraction))
-        n_harm = max(batch_size - n_replay, 1)
-        while True:
-            hi = torch.randint(0, len(harmful), (n_harm,), generator=generator).tolist()
-            ri = torch.randint(0, len(replay), (n_replay,), generator=generator).tolist()
-            yield self.batch([harmful[i] for i in hi] + [replay[i] for i in ri])
+        for hi, ri in replay_draws(len(harmful), len(replay), batch_size, self.config.replay_fraction, generator):
+            yield self.batch([harmful[i] for i in hi.tolist()] + [replay[i] for i in ri.tolist()])
 
     def attack_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return response_loss(model, self._device_batch(model, batch))

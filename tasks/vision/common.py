@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contracts import DefenderView, Evaluation, Probe, Score, TaskConfig, TaskInstance
+from bench.replay import replay_draws
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -88,11 +89,7 @@ class ClassificationInstance(TaskInstance):
     # -- attacker ------------------------------------------------------------------------------------------
     def attack_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         harmful, replay = self.splits["attack"], self.splits["replay"]
-        n_replay = int(round(batch_size * self.replay_fraction))
-        n_harm = batch_size - n_replay
-        while True:
-            hi = torch.randint(0, len(harmful), (n_harm,), generator=generator)
-            ri = torch.randint(0, len(replay), (n_replay,), generator=generator)
+        for hi, ri in replay_draws(len(harmful), len(replay), batch_size, self.replay_fraction, generator):
             yield torch.cat([harmful.x[hi], replay.x[ri]]), torch.cat([harmful.y[hi], replay.y[ri]])
 
     def attack_loss(self, model: nn.Module, batch) -> torch.Tensor:

@@ -63,12 +63,12 @@ class VisionConfig(TaskConfig):
         check(all(h > 0 for h in self.hidden), f"hidden sizes must be positive, got {self.hidden}")
         check(self.release_steps >= 0, f"release_steps must be >= 0, got {self.release_steps}")
         check(self.release_lr is None or self.release_lr > 0, f"release_lr must be positive, got {self.release_lr}")
+        check(self.max_per_class >= 0, f"max_per_class must be >= 0, got {self.max_per_class}")
 
     def release_lr_for(self, tier: str) -> float:
         if self.release_lr is not None:
             return self.release_lr
         return 1e-3 if tier == "tiny" else 5e-5
-        check(self.max_per_class >= 0, f"max_per_class must be >= 0, got {self.max_per_class}")
 
 
 @TASKS.register("vision-digits")
