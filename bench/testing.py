@@ -147,7 +147,7 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
     assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"
     task_cls = TASKS.get(ATTACK_CHECK_TASK)
     task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {ATTACK_CHECK_TASK!r}")
-    task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache)
+    task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     specdef = DEFENSES.get("specdef")
     defended = specdef().apply(copy.deepcopy(task.model), task.defender_view(),
                                build_config(specdef.Config, ATTACK_CHECK_DEFENSE, where="defense 'specdef'"),

@@ -54,6 +54,6 @@ def test_vision_batches_use_the_mixer(cache):
 
     cls = TASKS.get("vision-digits")
     cfg = build_config(cls.Config, {**cls.smoke_args, "replay_fraction": 0.95}, where="test")
-    task = cls().build(cfg, tier="tiny", model=None, cache=cache)
+    task = cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     _, labels = next(task.attack_batches(8, torch.Generator().manual_seed(0)))
     assert len(labels) == 8 and int((labels >= 5).sum()) == 1  # forbidden digits 5-9: one harmful example
