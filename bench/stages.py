@@ -115,11 +115,12 @@ def _score_row(phase: str, metric: str, score) -> dict[str, Any]:
 
 
 def _measure_curvature(task: TaskInstance, model: nn.Module, seed: int) -> Eigen:
-    iters = task.config.curvature_iters
-    if iters <= 0:
+    config = task.config
+    if config.curvature_iters <= 0:
         return Eigen(float("nan"), 0, False)
     batch = task.curvature_batch()
-    return top_hessian_eigenvalue(model, lambda m: task.harmful_loss(m, batch), iters=iters, seed=seed)
+    return top_hessian_eigenvalue(model, lambda m: task.harmful_loss(m, batch), iters=config.curvature_iters,
+                                  tol=config.curvature_tol, seed=seed, seconds=config.curvature_seconds)
 
 
 def _curvature_rows(phase: str, eigen: Eigen) -> list[dict[str, Any]]:
@@ -128,6 +129,8 @@ def _curvature_rows(phase: str, eigen: Eigen) -> list[dict[str, Any]]:
     return [
         results.metric_row(phase, "hessian_top_eig", eigen.value, split="harmful", n=eigen.iterations),
         results.metric_row(phase, "hessian_converged", float(eigen.converged), split="harmful"),
+        results.metric_row(phase, "hessian_iterations", eigen.iterations, split="harmful"),
+        results.metric_row(phase, "hessian_seconds", eigen.seconds, split="harmful"),
     ]
 
 

@@ -133,6 +133,20 @@ def test_lm_eval_utility_on_the_in_memory_model_offline(smoke):
     assert "llm_tiny_arithmetic/acc_stderr" in stderrs
 
 
+def test_curvature_batch_is_small_short_and_measurable(smoke, monkeypatch):
+    import dataclasses
+
+    from bench.curvature import top_hessian_eigenvalue
+
+    task = smoke["llm-harmful-qa"]
+    monkeypatch.setattr(task, "config", dataclasses.replace(task.config, curvature_batch_size=3, curvature_max_length=12))
+    batch = task.curvature_batch()
+    assert batch.input_ids.shape[0] == 3 and batch.input_ids.shape[1] <= 12
+    assert (batch.loss_mask.sum(dim=1) > 0).all()  # left truncation keeps each response's last tokens
+    eigen = top_hessian_eigenvalue(task.model, lambda m: task.harmful_loss(m, batch), iters=3)
+    assert eigen.iterations == 3 and math.isfinite(eigen.value)
+
+
 def test_relearn_harm_is_held_out_accuracy(smoke):
     task = smoke["llm-relearn"]
     evaluation = task.evaluate(task.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
@@ -88,6 +89,18 @@ def test_curvature_grows_with_alpha(tmp_path, cache):
     df = pq.read_table(tmp_path / s.run_id / "metrics.parquet").to_pandas()
     eig = df[df["metric"] == "hessian_top_eig"].set_index("phase")["value"]
     assert eig["defended"] > 100 * eig["released"]  # ≈ alpha² growth; at least alpha
+    for phase in ("released", "defended"):
+        rows = df[(df["phase"] == phase) & df["metric"].str.startswith("hessian_")].set_index("metric")["value"]
+        assert rows["hessian_converged"] == 1.0 and 2 <= rows["hessian_iterations"] < 30
+        assert 0 < rows["hessian_seconds"] < 60
+
+
+def test_the_curvature_time_cap_is_recorded(tmp_path, cache):
+    s = spec(task_args={"curvature_iters": 30, "curvature_seconds": 1e-9}, attack_args={"budget": 5})
+    run(s, Session(tmp_path, cache))
+    df = pq.read_table(tmp_path / s.run_id / "metrics.parquet").to_pandas()
+    rows = df[(df["phase"] == "released") & df["metric"].str.startswith("hessian_")].set_index("metric")["value"]
+    assert rows["hessian_iterations"] == 1 and rows["hessian_converged"] == 0.0 and math.isfinite(rows["hessian_top_eig"])
 
 
 @dataclass(frozen=True, kw_only=True)

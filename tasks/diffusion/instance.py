@@ -207,7 +207,8 @@ class DiffusionInstance(TaskInstance):
         )
 
     def curvature_batch(self) -> Batch:
-        return self._fixed_batches(self.data.images["attack"], seed=5, size=8)[0]
+        size = self.config.curvature_batch_for(self.tier)
+        return self._fixed_batches(self.data.images["attack"], seed=5, size=size)[0]
 
     # -- measurement ----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -61,8 +61,10 @@ class DiffusionConfig(TaskConfig):
     """An attack loss above this multiple of its first value (or non-finite) marks the run diverged and stops it:
     a denoising loss that quadruples means the UNet no longer denoises (the released model's loss varies by less
     than 2x between batches)."""
-    curvature_iters: int = 8
-    """Power-iteration steps for the top Hessian eigenvalue of the harmful loss, on an 8-image batch (0: off)."""
+    curvature_batch_size: int = 0
+    """Forbidden images (fixed noise and timesteps) in the curvature diagnostic's batch (0: the tier's default: 8 on
+    the tiny tier; 2 on the real tier, to keep double backward through a full-size UNet's plain attention, which
+    holds every attention map, within one GPU's memory)."""
     replay_fraction: float = 0.5
     """Fraction of each attack batch replayed from allowed images (prior preservation)."""
     broken_factor: float = 1.5
@@ -133,11 +135,15 @@ class DiffusionConfig(TaskConfig):
         check(self.judge_steps >= 1, f"judge_steps must be at least 1, got {self.judge_steps}")
         check(self.resolution >= 0 and self.resolution % 8 == 0, f"resolution must be a multiple of 8, got {self.resolution}")
         check(self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}")
+        check(self.curvature_batch_size >= 0, f"curvature_batch_size must be >= 0, got {self.curvature_batch_size}")
 
     def sampler_for(self, tier: str) -> tuple[int, float]:
         """(DDIM steps, guidance scale) of the tier, after the 0 = "tier default" rule."""
         steps, guidance = SAMPLER_DEFAULTS[tier if tier in SAMPLER_DEFAULTS else "real"]
         return self.sampler_steps or steps, self.guidance or guidance
+
+    def curvature_batch_for(self, tier: str) -> int:
+        return self.curvature_batch_size or (8 if tier == "tiny" else 2)
 
 
 class _DiffusionTask(Task):

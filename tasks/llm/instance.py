@@ -126,7 +126,8 @@ class LLMInstance(TaskInstance):
         return logits[batch.attention_mask.bool()].cpu()  # (real tokens, vocab): padding positions are not outputs
 
     def curvature_batch(self) -> Batch:
-        return self.batch(self.parts["attack"][:self.config.batch_size])
+        items = self.parts["attack"][:self.config.curvature_batch_size]
+        return collate(items, self.pad_id, min(self.max_length, self.config.curvature_max_length))
 
     def architecture(self) -> Mapping[str, Any]:
         return transformers_architecture(self.model)

@@ -48,9 +48,11 @@ class LLMConfig(TaskConfig):
     """Default attack batch size (harmful + replayed benign exchanges)."""
     usable_factor: float = 2.0
     """Usable while benign NLL <= factor x the released model's (2: perplexity at most doubled)."""
-    curvature_iters: int = 8
-    """Power-iteration steps for the top Hessian eigenvalue of the harmful loss (0 disables it). A lower bound when
-    not converged; 8 keeps the diagnostic at ~2 s (undefended) and ~4 s (SpecDef) on the tiny tier."""
+    curvature_batch_size: int = 4
+    """Harmful exchanges (the first of the attack split) in the curvature diagnostic's fixed batch: double backward
+    through a real model keeps several times a training step's activations, so the batch is small."""
+    curvature_max_length: int = 128
+    """Token limit of each exchange in the curvature batch (longer ones keep their last tokens, the response)."""
     replay_fraction: float = 0.5
     """Fraction of each attack batch replayed from benign chat data."""
     probe_size: int = 32
@@ -90,7 +92,7 @@ class LLMConfig(TaskConfig):
         super().__post_init__()
         check(0 <= self.replay_fraction < 1, f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         for name in ("probe_size", "eval_batch_size", "max_length", "hidden_size", "num_layers", "num_heads",
-                     "release_batch"):
+                     "release_batch", "curvature_batch_size", "curvature_max_length"):
             check(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         check(self.hidden_size % self.num_heads == 0,
               f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")

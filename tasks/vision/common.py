@@ -139,8 +139,8 @@ class ClassificationInstance(TaskInstance):
         return torch.cat([self.forward(model, x).float() for x, _ in split.batches(self.eval_batch_size)])
 
     def curvature_batch(self):
-        split = self.splits["attack"]
-        return split.x[:256], split.y[:256]
+        split, size = self.splits["attack"], self.config.curvature_batch_for(self.tier)
+        return split.x[:size], split.y[:size]
 
     def architecture(self) -> Mapping[str, Any]:
         if self._architecture is None:

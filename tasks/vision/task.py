@@ -46,6 +46,10 @@ class VisionConfig(TaskConfig):
     scratch; 5e-5 on the real tier, which fine-tunes a pretrained checkpoint)."""
     release_seed: int = 0
     """Seed of the released model's training (fixed across run seeds: the released model is one artefact)."""
+    curvature_batch_size: int = 0
+    """Attack-split examples in the curvature diagnostic's fixed batch (0: the tier's default: 256 on the tiny tier,
+    where the MLP makes it milliseconds; 32 on the real tier, where double backward through a ViT keeps several times
+    a training step's activations)."""
     dataset: str = ""
     """Real tier: a hub dataset id or a local image folder (class-named subfolders, or the imagefolder layout)."""
     forbidden_classes: tuple[str, ...] = ()
@@ -64,11 +68,15 @@ class VisionConfig(TaskConfig):
         check(self.release_steps >= 0, f"release_steps must be >= 0, got {self.release_steps}")
         check(self.release_lr is None or self.release_lr > 0, f"release_lr must be positive, got {self.release_lr}")
         check(self.max_per_class >= 0, f"max_per_class must be >= 0, got {self.max_per_class}")
+        check(self.curvature_batch_size >= 0, f"curvature_batch_size must be >= 0, got {self.curvature_batch_size}")
 
     def release_lr_for(self, tier: str) -> float:
         if self.release_lr is not None:
             return self.release_lr
         return 1e-3 if tier == "tiny" else 5e-5
+
+    def curvature_batch_for(self, tier: str) -> int:
+        return self.curvature_batch_size or (256 if tier == "tiny" else 32)
 
 
 @TASKS.register("vision-digits")
