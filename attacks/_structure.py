@@ -13,6 +13,7 @@ undone if it changed them, so an unusual wrapper (e.g. one that also reuses the 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,7 +89,13 @@ def _output_dtype(model: nn.Module, chain: Chain) -> torch.dtype:
     """The dtype the model computes in around the chain (factors may be stored wider, e.g. float64)."""
     if chain.factored:
         module = model.get_submodule(chain.path)
-        return module.bias.dtype if module.bias is not None else torch.get_default_dtype()
+        if module.bias is not None:
+            return module.bias.dtype
+        # No bias to read it from (Llama): the dtype of the model's other weights (a bf16 model's factors are
+        # stored in float32, and a float32 map in its place would meet bf16 inputs).
+        factors = {id(p) for m in model.modules() if isinstance(m, FactoredLinear) for p in m.factors.parameters()}
+        counts = Counter(p.dtype for p in model.parameters() if id(p) not in factors and p.is_floating_point())
+        return counts.most_common(1)[0][0] if counts else torch.get_default_dtype()
     return _maps(model, chain)[-1].weight.dtype
 
 

@@ -105,8 +105,8 @@ def test_specdef_keeps_a_bf16_llama_and_a_drifting_defense_is_an_error(checkpoin
     args = {**CHEAP, "dtype": "bfloat16"}
     attack = {"budget": 2, "eval_every": 1, "batch_size": 4, "lr": 1e-4}
 
-    def spec(**defense_args):
-        return make_spec(task="llm-harmful-qa", defense="specdef", attack="full-ft", tier="real",
+    def spec(attack_name="full-ft", **defense_args):
+        return make_spec(task="llm-harmful-qa", defense="specdef", attack=attack_name, tier="real",
                          model=checkpoints["llama"], task_args=args, defense_args=defense_args, attack_args=attack)
 
     default = run(spec(), Session(results_dir=tmp_path / "auto"))
@@ -117,6 +117,10 @@ def test_specdef_keeps_a_bf16_llama_and_a_drifting_defense_is_an_error(checkpoin
     assert max(layer["reconstruction_error"] for layer in layers) < 1e-3  # ≈ alpha · float32 eps
     df = pq.read_table(default.directory / "metrics.parquet").to_pandas().set_index("metric")
     assert df.loc["relative_abs_diff", "value"] < DEFENSES.get("specdef").preservation_tol
+    # float32 factors inside a bf16 model: rewriting attacks and LoRA must meet the bf16 activations (found on a GPU)
+    for name in ("adaptive-collapse", "adaptive-inject", "lora"):
+        result = run(spec(name), Session(results_dir=tmp_path / "auto"))
+        assert result.status == "success", f"{name}: {result.error}"
 
     # The maps stored in the model's own bf16 reconstruct W with errors of order one: the runner refuses them ...
     drifted = run(spec(dtype="model"), Session(results_dir=tmp_path / "model"))

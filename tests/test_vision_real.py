@@ -114,7 +114,7 @@ def test_released_model_is_cached_and_round_trips(fixtures, tmp_path):
     as_is = build(model, folder, tmp_path, release_steps=0)
     from transformers import ViTForImageClassification
 
-    original = ViTForImageClassification.from_pretrained(model).eval()
+    original = ViTForImageClassification.from_pretrained(model).eval().to(x.device)
     with torch.no_grad():
         torch.testing.assert_close(as_is.forward(as_is.model, x), original(pixel_values=x).logits)
     assert as_is.provenance()["released_model"] == "checkpoint"
