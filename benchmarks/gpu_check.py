@@ -8,7 +8,7 @@ curvature), the defended stage (the defense, function preservation, retained uti
 and diffusion tiers run in bfloat16 (the vision tier loads float32 checkpoints). Prints one line per stage and run,
 then PASS/FAIL per task; exits 1 if anything failed.
 
-    python benchmarks/gpu_check.py                              # on CUDA, full size (~3 min on one H200)
+    python benchmarks/gpu_check.py                              # on CUDA, full size (66 s on one H200)
     python benchmarks/gpu_check.py --device cpu --size test     # smoke mode: tiny fixtures, CPU, ~1 minute
 """
 

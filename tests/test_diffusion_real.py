@@ -3,10 +3,8 @@ configs and saved to disk, and a captioned, labelled image folder (the ``dataset
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,7 +14,6 @@ from bench.errors import ConfigError, DataError
 from bench.fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 from bench.runner import Session, run
 from bench.spec import make_spec
-from bench.images import to_uint8
 from tasks.diffusion import shapes
 from tasks.diffusion.task import DiffusionConfig
 
