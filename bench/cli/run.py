@@ -11,7 +11,7 @@ EPILOG = """examples:
   bench run --defense specdef alpha=1e6 dtype=float64 --task vision-digits --seeds 0,1,2
   bench run --defense specdef --task vision-digits --attack full-ft optimizer=adam lr=1e-3
   bench run --defense specdef --task vision-digits --search lr-search     # ~4x fewer attacker steps
-  bench run --config experiments/vision-digits/specdef.yaml defense.alpha=1e5
+  bench run --config experiments/vision-digits/specdef-float64.yaml defense.alpha=1e5
   bench run --defense mydef --task vision-digits --plugin ./my_defense.py
   bench run --defense specdef --task llm-harmful-qa --tier real --model ./my-llama --device cuda:1
 """
