@@ -197,7 +197,25 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         status = "failed"
         error = f"{type(err).__name__}: {err}"
         tb = traceback.format_exc()
-    wall = time.perf_counter() - start
+    return _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error, tb=tb,
+                   started_at=started_at, wall=time.perf_counter() - start, defense_report=defense_report,
+                   task_provenance=task_provenance)
+
+
+def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: str, wall: float,
+                   details: dict[str, Any]) -> RunResult:
+    """Write a ``failed`` run for a spec whose worker died outside :func:`run` (crash, ``os._exit``, out of memory,
+    timeout): ``details`` (exit code, the log's last lines) go into ``run.json``."""
+    return _record(spec, session, status="failed", rows=[], summary={}, metrics=None, error=error,
+                   tb=details.get("log_tail"), started_at=started_at, wall=wall, defense_report={},
+                   task_provenance={}, extra={"worker": details})
+
+
+def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[str, Any]], summary: dict[str, Any],
+            metrics: AttackMetrics | None, error: str | None, tb: str | None, started_at: str, wall: float,
+            defense_report: dict[str, Any], task_provenance: dict[str, Any],
+            extra: dict[str, Any] | None = None) -> RunResult:
+    """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker)."""
     device = _safe(lambda: str(session.device_for(spec)), session.device)
     task_cfg = spec.task.kwargs
     run_columns = {
@@ -250,6 +268,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         "wall_seconds": wall,
         **peak_memory_mb(),
         "official": session.official,
+        **(extra or {}),
     }
     directory = session.results_dir / spec.run_id
     rows.append(results.metric_row("summary", "wall_seconds", wall))

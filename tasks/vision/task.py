@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from bench.config import check
 from bench.contracts import AttackSweep, Task, TaskConfig
 from bench.registry import TASKS
-from bench.suite import decades
+from bench.planner import decades
 
 
 @dataclass(frozen=True, kw_only=True)

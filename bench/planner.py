@@ -1,0 +1,192 @@
+"""The pure planner: a suite request becomes waves of :class:`~bench.spec.RunSpec` objects.
+
+Each attack family of each (defense, seed) is a small program written as a generator (:func:`sweep_waves`): it
+yields a wave of specs and receives their finished records — an LR grid is one wave; an LR search is probes, then
+full runs at the best probes; half-decade refinement around the best full run is one more wave. The
+:class:`Planner` advances every family in lockstep, so a wave holds the runs of all families that can run now and an
+executor may run them in parallel. Nothing here runs a model or reads files: the same finished records always give
+the same next wave.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Mapping, Sequence
+
+from bench.contracts import AttackSweep
+from bench.metrics import worst_case
+from bench.registry import TASKS
+from bench.spec import RunSpec, make_spec, resolve_plugin
+
+Waves = Generator[list[RunSpec], list["RunRecord"], None]
+
+
+@dataclass
+class RunRecord:
+    """One finished run: its spec, status and summary (from this call or read back from disk when resumed)."""
+
+    spec: RunSpec
+    status: str
+    summary: dict[str, Any]
+    error: str | None = None
+    resumed: bool = False
+    family: str = ""
+
+
+def decades(high_exponent: int, low_exponent: int) -> tuple[float, ...]:
+    """Learning rates 10^high, 10^(high-1), ..., 10^low."""
+    return tuple(float(f"1e{e}") for e in range(high_exponent, low_exponent - 1, -1))
+
+
+def refinement(lr: float) -> tuple[float, float]:
+    """The two half-decade neighbours of ``lr`` (rounded to 3 significant digits for stable run ids)."""
+    return tuple(float(f"{lr * 10 ** s:.3g}") for s in (0.5, -0.5))  # type: ignore[return-value]
+
+
+def attack_sweeps(request) -> list[AttackSweep]:
+    """The sweeps a request runs: the single given attack (no LR sweep), or the task's default suite."""
+    if request.attack is not None:
+        return [AttackSweep(request.attack, dict(request.attack_args), lrs=(), refine=False, family=request.attack)]
+    _, task_cfg = resolve_plugin(TASKS, request.task, request.task_args)
+    sweeps = TASKS.get(request.task.partition(".")[0])().default_attacks(task_cfg, request.tier)
+    # Attack args given on the command line without --attack apply to every family of the default suite.
+    search = {"search": request.search} if request.search else {}
+    return [dataclasses.replace(s, args={**s.args, **request.attack_args}, **search) for s in sweeps]
+
+
+def defenses_of(request) -> list[tuple[str, Mapping[str, Any]]]:
+    """The defense configs a request runs: ``none`` first as the baseline (unless turned off), then the defense."""
+    pairs: list[tuple[str, Mapping[str, Any]]] = []
+    if request.baseline and request.defense != "none":
+        pairs.append(("none", {}))
+    pairs.append((request.defense, request.defense_args))
+    return pairs
+
+
+def spec_of(request, defense: str, defense_args, attack: str, attack_args, *, seed: int,
+            purpose: str = "attack") -> RunSpec:
+    return make_spec(task=request.task, defense=defense, attack=attack, tier=request.tier, model=request.model,
+                     seed=seed, purpose=purpose, task_args=request.task_args, defense_args=defense_args,
+                     attack_args=attack_args)
+
+
+def sweep_waves(sweep: AttackSweep, make: Callable[..., RunSpec], *, refine: bool) -> Waves:
+    """One family: a single run, or an LR grid / LR search followed by half-decade refinement around the best."""
+    if not sweep.lrs:
+        yield [make(dict(sweep.args))]
+        return
+    if sweep.search == "lr-search":
+        probes = yield [make({**sweep.args, "lr": lr, "budget": sweep.probe_steps}, purpose="lr-probe")
+                        for lr in sweep.lrs]
+        full = yield [make({**sweep.args, "lr": lr}) for lr in best_probe_lrs(probes, sweep.keep)]
+    else:
+        full = yield [make({**sweep.args, "lr": lr}) for lr in sweep.lrs]
+    best_lr = best_lr_of(full) if sweep.refine and refine else None
+    if best_lr is None:
+        return
+    tried = {r.spec.attack.kwargs["lr"] for r in full}
+    extra = [make({**sweep.args, "lr": lr}) for lr in refinement(best_lr) if lr not in tried]
+    if extra:
+        yield extra
+
+
+class Planner:
+    """Every family of a request, advanced wave by wave (see the module docstring)."""
+
+    def __init__(self, request):
+        self.request = request
+        self.sweeps = attack_sweeps(request)
+        self._programs: list[tuple[str, Waves]] = []
+        self._pending: list[list[RunSpec]] = []
+        for defense, defense_args in defenses_of(request):
+            for seed in request.seeds:
+                for sweep in self.sweeps:
+                    make = functools.partial(spec_of, request, defense, defense_args, sweep.attack, seed=seed)
+                    self._programs.append((sweep.family or sweep.attack,
+                                           sweep_waves(sweep, make, refine=request.refine)))
+        self._pending = [self._advance(program, None) for _, program in self._programs]
+
+    @staticmethod
+    def _advance(program: Waves, records: list[RunRecord] | None) -> list[RunSpec]:
+        """The program's next non-empty wave ([] once it is finished)."""
+        try:
+            wave = next(program) if records is None else program.send(records)
+            while not wave:  # e.g. an LR search whose probes all failed has no full runs to do
+                wave = program.send([])
+            return wave
+        except StopIteration:
+            return []
+
+    def wave(self) -> list[tuple[str, RunSpec]]:
+        """The runs that can run now, as (family, spec), each run id once (identical runs collapse)."""
+        seen, out = set(), []
+        for (family, _), specs in zip(self._programs, self._pending):
+            for spec in specs:
+                if spec.run_id not in seen:
+                    seen.add(spec.run_id)
+                    out.append((family, spec))
+        return out
+
+    def finish(self, records: Mapping[str, RunRecord]) -> None:
+        """Feed the finished records of the current wave (by run id); every family moves to its next wave."""
+        for i, (_, program) in enumerate(self._programs):
+            if self._pending[i]:
+                self._pending[i] = self._advance(program, [records[s.run_id] for s in self._pending[i]])
+
+    @property
+    def done(self) -> bool:
+        return not any(self._pending)
+
+    def estimate(self) -> int:
+        """Runs the request will take (LR search: probes + kept runs; refinement counted as two points)."""
+        per_sweep = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
+                     + (2 if s.refine and s.lrs and self.request.refine else 0) for s in self.sweeps]
+        return len(defenses_of(self.request)) * len(self.request.seeds) * sum(per_sweep)
+
+
+def probe_score(summary: dict[str, Any]) -> tuple[int, float]:
+    """How promising a short LR-search probe run is, as ``(rank, progress)``; tuples compare higher-is-better.
+
+    ``rank``: 2 harmed, 1 ended usable, 0 ended ``broken`` (below every run that did not: a learning rate that breaks
+    the model in a few steps is not the attacker's best), -1 diverged or unscorable (never given a full run).
+    ``progress``: the relative decrease of the task's harm proxy from the first probe to the last (``proxy_start``,
+    ``proxy_end``) when the run recorded one, else of the attack's training loss (``loss_start``, ``loss_end``).
+    """
+    if summary.get("outcome") == "harmed":
+        return 2, math.inf
+    if summary.get("diverged"):
+        return -1, -math.inf
+    keys = ("proxy_start", "proxy_end") if "proxy_start" in summary else ("loss_start", "loss_end")
+    start, end = (summary.get(k, math.nan) for k in keys)
+    start, end = (math.nan if v is None else float(v) for v in (start, end))
+    if not (math.isfinite(start) and math.isfinite(end)) or start == 0:
+        return -1, -math.inf
+    return (0 if summary.get("outcome") == "broken" else 1), (start - end) / abs(start)
+
+
+def best_probe_lrs(probes: Sequence[RunRecord], keep: int) -> list[float]:
+    """The ``keep`` learning rates whose probe runs scored best (failed, diverged and unscorable probes skipped)."""
+    ok = [r for r in probes if r.status == "success" and probe_score(r.summary)[0] >= 0]
+    ranked = sorted(ok, key=lambda r: (probe_score(r.summary), _finite_or_zero(r.summary.get("harm_auc", 0.0))),
+                    reverse=True)
+    return [float(r.spec.attack.kwargs["lr"]) for r in ranked[:keep]]
+
+
+def _finite_or_zero(value: Any) -> float:
+    return float(value) if value is not None and math.isfinite(float(value)) else 0.0
+
+
+def best_lr_of(records: Sequence[RunRecord]) -> float | None:
+    """The learning rate of the attacker's best successful run (fewest steps to harm, then highest harm AUC)."""
+    ok = [r for r in records if r.status == "success" and "steps_to_harm" in r.summary]
+    if not ok:
+        return None
+    best = worst_case(
+        [r.summary["steps_to_harm"] for r in ok],
+        [r.summary["censored"] for r in ok],
+        [_finite_or_zero(r.summary.get("harm_auc", 0.0)) for r in ok],
+    )
+    return float(ok[best.index].spec.attack.kwargs["lr"])
