@@ -57,11 +57,30 @@ def execute_job(job: Mapping[str, Any]) -> str:
     return run(spec, session).status
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """A worker whose sweep died (even by SIGKILL, which it cannot forward) exits too, instead of finishing a run
+    that the resumed sweep will run again."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m bench.worker JOB.json", file=sys.stderr)
         return 2
+    _exit_with_parent()
     execute_job(json.loads(Path(args[0]).read_text()))
     return 0  # a failed run is still a completed job: its run.json says why
 

@@ -48,8 +48,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch intra-op threads (default: 1 on the tiny tier, where more only adds contention; torch's "
                         "choice otherwise)")
+    add_executor_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
     return p
+
+
+def add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    """Where runs execute (shared by ``bench run`` and ``bench sweep``)."""
+    p.add_argument("--executor", default="local", help="local (default), ray or slurm")
+    p.add_argument("--jobs", default="auto", metavar="N",
+                   help="runs at a time: auto (one per core on the tiny tier, one per GPU on the real tier) or N")
+    p.add_argument("--isolation", choices=("none", "subprocess"),
+                   help="none: runs share this process; subprocess (the default with more than one job): each run "
+                        "in its own worker process, so a crash, os._exit or out-of-memory kill fails only that run")
+    p.add_argument("--run-timeout", type=float, metavar="SECONDS", help="kill and fail a run after this long")
+
+
+def executor_for(args: argparse.Namespace, session, request_tier: str, threads: int | None):
+    """The executor the command line asks for, with the worker options every run shares."""
+    from bench.executors import make_executor
+    from bench.worker import WorkerOptions
+
+    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(session.cache.root),
+                            device=session.device, threads=threads, plugins=tuple(args.plugin),
+                            official=session.official, allow_function_drift=session.allow_function_drift)
+    return make_executor(args.executor, session, options, tier=request_tier, jobs=args.jobs,
+                         isolation=args.isolation, run_timeout=args.run_timeout)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,9 +102,10 @@ def main(args: argparse.Namespace) -> int:
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)
     resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built
+    executor = executor_for(args, session, request.tier, threads)
     start = time.perf_counter()
     try:
-        report = run_suite(request, session, resume=args.resume)
+        report = run_suite(request, session, executor=executor, resume=args.resume)
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)

@@ -1,0 +1,172 @@
+"""The planner's waves and the executors: parallel runs identical to sequential ones, isolation of crashing,
+exiting and out-of-memory runs, run timeouts, and a sweep killed with SIGKILL that resumes to every run exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bench.contracts import AttackSweep
+from bench.executors.local import LocalExecutor
+from bench.planner import Planner, RunRecord, sweep_waves
+from bench.registry import load_plugin
+from bench.results import completed_run_ids, read_run_json
+from bench.runner import Session
+from bench.spec import make_spec
+from bench.suite import SuiteRequest, run_suite
+from bench.worker import WorkerOptions
+
+FAST = {"budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 0}
+
+
+def _spec(lr, purpose="attack", budget=None):
+    args = {"optimizer": "adam", "lr": lr, **({"budget": budget} if budget else {})}
+    return make_spec(task="vision-digits", defense="none", attack="full-ft", task_args=FAST, attack_args=args,
+                     purpose=purpose)
+
+
+def _record(spec, steps, censored=False, **summary):
+    return RunRecord(spec, "success", {"steps_to_harm": steps, "censored": censored, "harm_auc": 0.5, **summary})
+
+
+def test_grid_waves_then_refinement_around_the_best_learning_rate():
+    sweep = AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3))
+    program = sweep_waves(sweep, lambda args, purpose="attack": _spec(args["lr"], purpose), refine=True)
+    grid = next(program)
+    assert [s.attack.kwargs["lr"] for s in grid] == [1e-1, 1e-2, 1e-3]
+    refine = program.send([_record(grid[0], 50), _record(grid[1], 10), _record(grid[2], 100, censored=True)])
+    assert [s.attack.kwargs["lr"] for s in refine] == [0.0316, 0.00316]  # half-decades around the best, 1e-2
+    with pytest.raises(StopIteration):
+        program.send([_record(s, 20) for s in refine])
+
+
+def test_lr_search_waves_probe_then_run_the_best_probes_in_full():
+    sweep = AttackSweep("full-ft", {"optimizer": "adam"}, (1e-2, 1e-3, 1e-4), search="lr-search", keep=1,
+                        probe_steps=10, refine=False)
+    make = lambda args, purpose="attack": _spec(args["lr"], purpose, args.get("budget"))  # noqa: E731
+    program = sweep_waves(sweep, make, refine=True)
+    probes = next(program)
+    assert {s.purpose for s in probes} == {"lr-probe"} and all(s.attack.kwargs["budget"] == 10 for s in probes)
+    summaries = [{"loss_start": 1.0, "loss_end": end, "outcome": "resisted"} for end in (0.9, 0.2, 0.95)]
+    full = program.send([RunRecord(s, "success", m) for s, m in zip(probes, summaries)])
+    assert [(s.attack.kwargs["lr"], s.purpose) for s in full] == [(1e-3, "attack")]
+    with pytest.raises(StopIteration):
+        program.send([_record(full[0], 10)])
+
+
+def test_planner_advances_every_family_in_lockstep_and_collapses_identical_runs():
+    request = SuiteRequest(task="vision-digits", defense="specdef", seeds=(0, 1), task_args=FAST)
+    planner = Planner(request)
+    first = planner.wave()
+    ids = [s.run_id for _, s in first]
+    assert len(ids) == len(set(ids)) and {s.seed for _, s in first} == {0, 1}
+    assert {s.defense.name for _, s in first} == {"none", "specdef"}
+    assert len({family for family, _ in first}) == len(planner.sweeps)
+    planner.finish({s.run_id: RunRecord(s, "failed", {}, "x") for _, s in first})
+    assert planner.done  # nothing succeeded: no refinement to do
+
+
+def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, cache):
+    request = SuiteRequest(task="vision-digits", defense="specdef", attack="full-ft", seeds=(0, 1), task_args=FAST,
+                           attack_args={"optimizer": "adam", "lr": 1e-3})
+    sequential = run_suite(request, Session(tmp_path / "one", cache, progress=False))
+    session = Session(tmp_path / "two", cache, progress=False)
+    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1)
+    parallel = run_suite(request, session, executor=LocalExecutor(session, options, jobs=2))
+    assert sorted(sequential.run_ids) == sorted(parallel.run_ids) and not parallel.failed
+
+    def values(folder, run_id):
+        df = pq.read_table(folder / run_id / "metrics.parquet").to_pandas()
+        df = df[~df["metric"].str.endswith("seconds")]
+        return df[["phase", "step", "split", "metric", "value"]].reset_index(drop=True)
+
+    for run_id in sequential.run_ids:
+        assert values(tmp_path / "one", run_id).equals(values(tmp_path / "two", run_id)), run_id
+
+
+PLUGIN = textwrap.dedent('''
+    import os
+    from bench.contracts import Attack, AttackConfig
+    from bench.registry import ATTACKS
+
+    @ATTACKS.register("exit-attack")
+    class ExitAttack(Attack):
+        """Calls os._exit(3) mid-run (a plugin that kills its process)."""
+        Config = AttackConfig
+        def run(self, model, task, cfg, *, generator, monitor):
+            monitor.begin(model)
+            os._exit(3)
+
+    @ATTACKS.register("oom-attack")
+    class OomAttack(Attack):
+        """Raises MemoryError (what a run that exhausts memory sees)."""
+        Config = AttackConfig
+        def run(self, model, task, cfg, *, generator, monitor):
+            raise MemoryError("cannot allocate 80 GiB")
+
+    @ATTACKS.register("hang-attack")
+    class HangAttack(Attack):
+        """Never returns."""
+        Config = AttackConfig
+        def run(self, model, task, cfg, *, generator, monitor):
+            import time
+            time.sleep(3600)
+''')
+
+
+def test_a_crashing_exiting_or_hanging_run_fails_alone(tmp_path, cache, isolated_registries):
+    plugin = tmp_path / "bad_attacks.py"
+    plugin.write_text(PLUGIN)
+    load_plugin(str(plugin))
+    session = Session(tmp_path / "res", cache, progress=False)
+    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1,
+                            plugins=(str(plugin),))
+    specs = {name: make_spec(task="vision-digits", defense="none", attack=name, task_args=FAST,
+                             attack_args={} if name != "full-ft" else {"lr": 1e-3})
+             for name in ("full-ft", "exit-attack", "oom-attack", "hang-attack")}
+    hang = specs.pop("hang-attack")
+    records = {r.spec.attack.name: r for r in LocalExecutor(session, options, jobs=2).submit(list(specs.values()))}
+    records.update({r.spec.attack.name: r for r in LocalExecutor(session, options, jobs=1, run_timeout=5).submit([hang])})
+    assert records["full-ft"].status == "success"
+    assert records["exit-attack"].status == "failed" and "exited with code 3" in records["exit-attack"].error
+    exited = read_run_json(session.results_dir / specs["exit-attack"].run_id)
+    assert exited["status"] == "failed" and exited["worker"]["exit_code"] == 3
+    assert records["oom-attack"].status == "failed" and "MemoryError" in records["oom-attack"].error
+    assert records["hang-attack"].status == "failed" and "run-timeout 5" in records["hang-attack"].error
+    assert completed_run_ids(session.results_dir) == {specs["full-ft"].run_id}
+
+
+def test_sigkilled_sweep_resumes_to_every_run_exactly_once(tmp_path, cache):
+    results = tmp_path / "res"
+    command = [sys.executable, "-m", "bench", "run", "--defense", "specdef", "--task", "vision-digits",
+               "task.budget=10", "task.curvature_iters=0", "task.bootstrap=0", "--attack", "full-ft",
+               "optimizer=adam", "lr=1e-3", "--seeds", "0,1,2,3", "--results", str(results), "--jobs", "2", "--quiet"]
+    env = dict(os.environ, BENCH_CACHE_DIR=str(cache.root))
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(completed_run_ids(results)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {run_id: read_run_json(results / run_id)["started_at"] for run_id in completed_run_ids(results)}
+    assert 2 <= len(before) < 8, "the sweep should be killed mid-way"
+    time.sleep(2.5)  # orphaned workers notice their parent is gone and exit (bench.worker)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = completed_run_ids(results)
+    assert len(done) == 8
+    for run_id in done:
+        info = read_run_json(results / run_id)
+        pq.read_table(results / run_id / "metrics.parquet")  # every Parquet file is readable
+        if run_id in before:
+            assert info["started_at"] == before[run_id], "a completed run was executed again"
+    assert len(list(results.glob("*/run.json"))) == 8
