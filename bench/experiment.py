@@ -29,7 +29,8 @@ SEARCHES = ("grid", "lr-search")
 PARTS = ("task", "defense", "attack")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, keys: Sequence[str]) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (``keys`` name the valid keys in the error for a non-mapping)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"config file not found: {path}")
@@ -38,13 +39,31 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(TOP_LEVEL_KEYS)})")
+        raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(keys)})")
+    return data
+
+
+def unknown_keys(data: dict[str, Any], keys: Sequence[str], where: str) -> list[str]:
+    """One line per key of ``data`` not in ``keys``, with a did-you-mean suggestion."""
     problems = []
     for key in data:
-        if key not in TOP_LEVEL_KEYS:
-            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown key {key!r} in {path}.{hint} Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+            problems.append(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(keys)}")
+    return problems
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """An experiment file's top-level mapping; unknown keys (and a sweep file given by mistake) are errors."""
+    from bench.sweep import is_sweep  # imported here: bench.sweep builds on this module
+
+
+    data = read_yaml(path, TOP_LEVEL_KEYS)
+    if is_sweep(data):
+        raise ConfigError(f"{path} is a sweep file (it has tasks:/defenses:), not an experiment: run it with "
+                          f"`bench sweep {path}`")
+    problems = unknown_keys(data, TOP_LEVEL_KEYS, str(path))
     if problems:
         raise ConfigError("\n".join(problems))
     return data

@@ -1,27 +1,44 @@
-"""``bench validate``: check experiment files without running them, reporting every error found, one per line."""
+"""``bench validate``: check experiment and sweep files without running them, reporting every error found, one per line.
+
+A file whose top level has a plural key (``tasks``, ``tiers``, ``defenses``, ``attacks``) is a sweep file
+(:mod:`bench.sweep`); any other is an experiment file (:mod:`bench.experiment`).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("validate", help="validate experiment files without running them")
-    p.add_argument("configs", nargs="+", metavar="YAML", help="experiment files")
+    p = sub.add_parser("validate", help="validate experiment and sweep files without running them")
+    p.add_argument("configs", nargs="+", metavar="YAML", help="experiment or sweep files")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
-    from bench.experiment import validate_experiment
 
     failures = 0
     for path in args.configs:
         try:
-            specs = validate_experiment(path)
-            print(f"ok    {path}: {len(specs)} run spec(s), e.g. {specs[0].canonical_name}")
+            print(f"ok    {path}: {_validate(path)}")
         except BenchError as err:
             failures += 1
             for line in str(err).splitlines():
                 print(f"error {path}: {line}")
     return 2 if failures else 0
+
+
+def _validate(path: str | Path) -> str:
+    """Bind every config of the file (raising a BenchError with every error found); describe what it would run."""
+    from bench.experiment import TOP_LEVEL_KEYS, read_yaml, validate_experiment
+    from bench.sweep import is_sweep, plan_file
+
+    if is_sweep(read_yaml(path, TOP_LEVEL_KEYS)):
+        sweep_plan = plan_file(path)
+        runs = {spec.run_id: spec for planned in sweep_plan.suites for spec in planned.runs}
+        return (f"sweep of {len(sweep_plan.suites)} suite(s), {len(runs)} run(s) known before any result, "
+                f"e.g. {next(iter(runs.values())).canonical_name}")
+    specs = validate_experiment(path)
+    return f"{len(specs)} run spec(s), e.g. {specs[0].canonical_name}"

@@ -1,0 +1,140 @@
+"""``bench sweep``: run every (task, tier, defense, attack, seed) of a sweep file, or list them with ``--dry-run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EPILOG = """examples:
+  bench sweep experiments/sweeps/readme-vision-digits.yaml --dry-run     # every run, and which are done
+  bench sweep experiments/sweeps/readme-vision-digits.yaml --results results/readme
+  bench validate experiments/sweeps/*.yaml                               # every error of every grid at once
+
+A sweep file has plural keys (tasks, tiers, defenses, attacks, seeds); see bench/sweep.py for the schema.
+Completed runs in the results folder are skipped, so the same command resumes an interrupted sweep.
+"""
+MAX_FAILED_SHOWN = 20
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sweep", help="run a grid of tasks × tiers × defenses × attacks × seeds from a sweep file",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", metavar="YAML", help="sweep file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs the sweep would do and which are already done; build and run nothing")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="cpu, cuda or cuda:N (default: cpu on the tiny tier, cuda when available on the real tier)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads (default: 1 when every tier is tiny; torch's choice otherwise)")
+    p.add_argument("--allow-function-drift", action="store_true",
+                   help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping")
+    p.add_argument("--dev", action="store_true", help="mark results as unofficial")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.sweep import plan_file
+
+    sweep_plan = plan_file(args.file)
+    if args.dry_run:
+        return _dry_run(sweep_plan, args.results)
+    return _run(sweep_plan, args)
+
+
+def _dry_run(sweep_plan, results: str) -> int:
+    from bench.sweep_run import run_states
+
+    listed: set[str] = set()
+    counts = {"done": 0, "failed": 0, "todo": 0}
+    later = 0
+    for index, planned in enumerate(sweep_plan.suites, 1):
+        print(f"suite {index}/{len(sweep_plan.suites)}: {planned.where}, seeds {list(planned.request.seeds)}")
+        states = run_states(results, [spec.run_id for spec in planned.runs])
+        for spec in planned.runs:
+            if spec.run_id in listed:
+                continue  # also in an earlier suite: it runs (or resumes) once
+            listed.add(spec.run_id)
+            counts[states[spec.run_id]] += 1
+            print(f"  {states[spec.run_id]:<6} {spec.run_id}  {spec.canonical_name}")
+        if planned.later:
+            print(f"  + up to {planned.later} more run(s) chosen from results (LR-search full runs, refinement)")
+        later += planned.later
+    for where, same in sweep_plan.collapsed:
+        print(f"collapsed: {where} has the same runs as {same}")
+    print(f"\n{len(sweep_plan.suites)} suites; {len(listed)} runs known before any result: "
+          f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again); "
+          f"results in {results}/")
+    if later:
+        print(f"only the first wave is known: up to {later} more run(s) are chosen from its results (full runs at "
+              "the LR-search probes' best rates, half-decade refinement around each family's best)")
+    return 0
+
+
+def _run(sweep_plan, args: argparse.Namespace) -> int:
+    from bench.devices import resolve_device
+    from bench.runner import Session
+    from bench.sweep_run import run_sweep
+    from leaderboard.aggregate import build
+    from leaderboard.samples import samples_sheets
+    from leaderboard.summary import summary_text
+
+    tiers = {planned.request.tier for planned in sweep_plan.suites}
+    _set_threads(args.threads, tiers)
+    for tier in sorted(tiers):
+        resolve_device(args.device, tier)  # a bad or unavailable --device stops here, before any model is built
+
+    def make_session() -> Session:
+        return Session(results_dir=args.results, official=not args.dev, device=args.device,
+                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)
+
+    def announce(index: int, planned) -> None:
+        if not args.quiet:
+            print(f"suite {index + 1}/{len(sweep_plan.suites)}: {planned.where}", file=sys.stderr)
+
+    start = time.perf_counter()
+    try:
+        report = run_sweep(sweep_plan, make_session, on_suite=announce)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - start
+    records = report.records
+    aggregates = build(args.results, report.run_ids)
+    print(summary_text(aggregates))
+    for sheet in samples_sheets(args.results, aggregates.seeds):
+        print(f"samples before/after the worst-case attack of each defense: {sheet}")
+    resumed = sum(r.resumed for r in records)
+    print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
+          f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
+    for planned, err in report.stopped:
+        print(f"suite stopped before its runs: {planned.where}: {err}", file=sys.stderr)
+    if report.failed:
+        print(f"\n{len(report.failed)} run(s) failed (`bench show RUN_ID --results {args.results}` for details):",
+              file=sys.stderr)
+        for record in report.failed[:MAX_FAILED_SHOWN]:
+            error = (record.error or "unknown error").splitlines()[0]
+            print(f"  {record.spec.run_id}  {record.spec.canonical_name}: {error}", file=sys.stderr)
+        if len(report.failed) > MAX_FAILED_SHOWN:
+            print(f"  ... and {len(report.failed) - MAX_FAILED_SHOWN} more", file=sys.stderr)
+    if report.stopped:
+        return 2
+    return 1 if report.failed else 0
+
+
+def _set_threads(threads: int | None, tiers: set[str]) -> None:
+    """Tiny models gain nothing from a second intra-op thread (see ``bench run``), so an all-tiny sweep uses one."""
+    if threads is None:
+        threads = 1 if tiers == {"tiny"} else None
+    if threads is None:
+        return
+    if threads < 1:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)

@@ -1,0 +1,357 @@
+"""Sweep files: a grid of tasks × tiers × defenses × attacks × seeds, expanded into :class:`SuiteRequest` objects.
+
+A YAML file is a *sweep file* when its top level has any of the plural keys ``tasks``, ``tiers``, ``defenses`` or
+``attacks``; otherwise it is an experiment file (:mod:`bench.experiment`, singular ``task``/``defense``/``attack``)::
+
+    # bench sweep my-grid.yaml   (bench sweep my-grid.yaml --dry-run lists the runs)
+    tasks: [vision-digits, {name: sd-style, args: {budget: 200}}]
+    tiers: [tiny]
+    defenses: [specdef, specdef.a1e4-k25, {name: specdef, args: {alpha: 1.0e6, dtype: float64}}]
+    attacks: default            # the task's default suite, or a list: [default, full-ft, {name: lora, args: {...}}]
+    seeds: [0, 1, 2]
+
+Keys (unknown ones are errors; see :class:`Sweep` for each): ``tasks`` and ``defenses`` (required), ``tiers``
+(default ``[tiny]``), ``attacks`` (default ``default``), ``seeds`` (default ``[0]``), ``model``, ``baseline``,
+``refine``, ``search``. A plugin entry is ``name`` (or ``name.preset``) or ``{name: ..., args: {...}}``; a task entry
+may also carry its own ``model:`` for the tiers other than ``tiny``. In ``attacks`` the name ``default`` stands for
+each task's default suite, and its ``args`` apply to every family of that suite.
+
+Expansion (:func:`plan`): one request per (task, tier, attack entry, defense). With ``baseline: true`` (the default)
+the undefended ``none`` is its own request once per (task, tier, attack entry), not once per defense. Requests whose
+first-wave runs have the same run ids (run ids hash the resolved content) collapse into one, so ``none`` listed as a
+defense, or a preset equal to another entry's config, runs once. Later runs are chosen from results (LR-search full
+runs, half-decade refinement), so :func:`first_wave` knows only the first wave and a bound on the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bench.config import check_choice
+from bench.errors import BenchError, ConfigError
+from bench.experiment import SEARCHES, parse_seeds, read_yaml, unknown_keys
+from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.spec import RunSpec, make_spec, resolve_plugin
+from bench.suite import SuiteRequest, attack_sweeps
+
+SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search")
+MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
+DEFAULT_SUITE = "default"
+"""The attack entry that stands for each task's default attack suite."""
+
+
+def is_sweep(data: Mapping[str, Any]) -> bool:
+    """Whether a YAML file's top-level mapping is a sweep file (it has a plural key) rather than an experiment."""
+    return any(key in data for key in MARKER_KEYS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """One plugin of a sweep: a registry name (or ``name.preset``) and config values layered over its defaults."""
+
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    """Tasks only: the model (hub id or path) of this task's non-tiny tiers; overrides the sweep's ``model``."""
+    where: str = field(default="", compare=False)
+    """Where the entry is in its file (e.g. ``defenses[2]``), for messages."""
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name(key=value,...)`` for messages."""
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.args.items()))
+        return f"{self.name}({inner})" if inner else self.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """A grid of runs, as read from a sweep file (see the module docstring)."""
+
+    tasks: tuple[Entry, ...]
+    """Tasks to run, each with its own config values."""
+    defenses: tuple[Entry, ...]
+    """Defenses to compare; each is attacked by every attack entry on every task, tier and seed."""
+    attacks: tuple[Entry, ...] = (Entry(name=DEFAULT_SUITE),)
+    """Attack configs, or ``default`` for each task's default suite (LR sweeps of every family)."""
+    tiers: tuple[str, ...] = ("tiny",)
+    """Tiers of every task: ``tiny`` (embedded model, CPU) and/or ``real`` (needs a model)."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of every (task, tier, defense, attack)."""
+    model: str | None = None
+    """The model (hub id or local path) of every task's non-tiny tiers, unless the task entry names its own."""
+    baseline: bool = True
+    """Also run the undefended ``none`` once per (task, tier, attack entry), for the resistance ratio."""
+    refine: bool = True
+    """Add half-decade refinement runs around each LR family's best point."""
+    search: str | None = None
+    """Override every family's LR strategy (``grid`` or ``lr-search``); None keeps each task's choice."""
+
+    def __post_init__(self) -> None:
+        problems = [f"{key} must list at least one entry" for key in ("tasks", "defenses", "attacks", "tiers", "seeds")
+                    if not getattr(self, key)]
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            problems.append(f"seeds must be non-negative integers, got {list(self.seeds)}")
+        if self.search is not None:
+            try:
+                check_choice(self.search, SEARCHES, "search")
+            except ConfigError as err:
+                problems.append(str(err))
+        has_model = self.model is not None or any(t.model is not None for t in self.tasks)
+        if has_model and self.tiers and all(tier == "tiny" for tier in self.tiers):
+            problems.append("model is only used by tiers other than tiny (the tiny tier builds its own model); "
+                            "add `tiers: [real]` or remove the model")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep file, reporting every structural error at once (one per line) as a ConfigError."""
+    sweep, problems = _parse(path)
+    if problems or sweep is None:
+        raise ConfigError("\n".join(problems))
+    return sweep
+
+
+def plan_file(path: str | Path) -> Plan:
+    """Read, resolve and validate a sweep file; one ConfigError lists every error found, structural or not.
+
+    Entries with structural errors are left out, so the rest of the grid is still checked (see :func:`plan`).
+    """
+    sweep, problems = _parse(path)
+    result = None
+    if sweep is not None:
+        try:
+            result = plan(sweep)
+        except ConfigError as err:
+            problems += str(err).splitlines()
+    if problems or result is None:
+        raise ConfigError("\n".join(problems))
+    return result
+
+
+def _parse(path: str | Path) -> tuple[Sweep | None, list[str]]:
+    """The sweep built from the valid parts of a file (None when too little is valid), and every problem found."""
+    data = read_yaml(path, SWEEP_KEYS)
+    if data and not is_sweep(data):
+        return None, [f"{path} is an experiment file (it has no tasks:/defenses:): run it with "
+                      f"`bench run --config {path}`"]
+    problems = unknown_keys(data, SWEEP_KEYS, "sweep file")
+    problems += [f"missing key {key!r}: a sweep needs {key}: [...]" for key in ("tasks", "defenses") if key not in data]
+    parsers = {
+        "tasks": lambda v: _entries(v, "tasks", ("name", "args", "model"), problems),
+        "defenses": lambda v: _entries(v, "defenses", ("name", "args"), problems),
+        "attacks": lambda v: _entries(v, "attacks", ("name", "args"), problems),
+        "tiers": lambda v: _strings(v, "tiers"),
+        "seeds": parse_seeds,
+        "model": lambda v: _optional_string(v, "model"),
+        "baseline": lambda v: _bool(v, "baseline"),
+        "refine": lambda v: _bool(v, "refine"),
+        "search": _search,
+    }
+    fields: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        if key in data:
+            try:
+                fields[key] = parse(data[key])
+            except ConfigError as err:
+                problems += str(err).splitlines()
+    if not (fields.get("tasks") and fields.get("defenses")) or ("attacks" in fields and not fields["attacks"]):
+        return None, problems  # nothing left to check the grid with
+    try:
+        return Sweep(**fields), problems
+    except ConfigError as err:
+        return None, problems + str(err).splitlines()
+
+
+def _entries(value: Any, key: str, allowed: tuple[str, ...], problems: list[str]) -> tuple[Entry, ...]:
+    """The valid entries of a plugin list; a problem is appended for each invalid one (left out)."""
+    items = value if isinstance(value, list) else [value]
+    entries = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]" if isinstance(value, list) else key
+        if isinstance(item, str) and item.strip():
+            entries.append(Entry(name=item.strip(), where=where))
+            continue
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be a name or {{name: ..., args: {{...}}}}, got {item!r}")
+            continue
+        found = len(problems)
+        bad = [k for k in item if k not in allowed]
+        if bad:
+            problems.append(f"{where}: unknown keys {bad}; valid keys: {', '.join(allowed)}")
+        name, args, model = item.get("name"), item.get("args") or {}, item.get("model")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{where} needs a name: {{name: ..., args: {{...}}}}")
+        if not isinstance(args, dict):
+            problems.append(f"{where}.args must be a mapping of config keys, got {args!r}")
+        if model is not None and not isinstance(model, str):
+            problems.append(f"{where}.model must be a hub id or a path, got {model!r}")
+        if len(problems) == found:
+            entries.append(Entry(name=name.strip(), args=dict(args), model=model, where=where))
+    if not items:
+        problems.append(f"{key} must list at least one entry")
+    return tuple(entries)
+
+
+def _search(value: Any) -> str | None:
+    if value is not None and value not in SEARCHES:
+        raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {value!r}")
+    return value
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) and v for v in items):
+        raise ConfigError(f"{key} must be a name or a list of names, got {value!r}")
+    return tuple(items)
+
+
+def _optional_string(value: Any, key: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request of a sweep, where it came from, and its first wave of runs."""
+
+    request: SuiteRequest
+    where: str
+    """``task (tier) × defense × attack``, for messages."""
+    runs: tuple[RunSpec, ...]
+    """The runs known before any result (see :func:`first_wave`)."""
+    later: int
+    """At most this many more runs, chosen from results (LR-search full runs, refinement)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The requests of a sweep, in run order, after duplicates collapsed."""
+
+    suites: tuple[Planned, ...]
+    collapsed: tuple[tuple[str, str], ...] = ()
+    """``(where, same as where)`` of each request dropped because an earlier one has the same first-wave runs."""
+
+    @property
+    def requests(self) -> list[SuiteRequest]:
+        return [s.request for s in self.suites]
+
+
+def expand(sweep: Sweep) -> list[tuple[str, tuple[Entry, Entry, Entry], SuiteRequest]]:
+    """The cartesian product as ``(where, (task, defense, attack) entries, request)``, in run order; nothing resolved.
+
+    Each request runs one defense (``baseline=False``): the ``none`` baseline, when wanted, is a request of its own.
+    """
+    baseline = Entry(name="none", where="baseline")
+    defenses = ((baseline,) if sweep.baseline else ()) + sweep.defenses
+    out = []
+    for task in sweep.tasks:
+        for tier in sweep.tiers:
+            model = None if tier == "tiny" else (task.model or sweep.model)
+            for attack in sweep.attacks:
+                for defense in defenses:
+                    suite = attack.name == DEFAULT_SUITE
+                    request = SuiteRequest(
+                        task=task.name, defense=defense.name, tier=tier, model=model, seeds=sweep.seeds,
+                        attack=None if suite else attack.name, task_args=dict(task.args),
+                        defense_args=dict(defense.args), attack_args=dict(attack.args), baseline=False,
+                        refine=sweep.refine, search=sweep.search)
+                    label = "none (baseline)" if defense is baseline else defense.label
+                    where = f"{task.label} ({tier}) × {label} × {attack.label}"
+                    out.append((where, (task, defense, attack), request))
+    return out
+
+
+def plan(sweep: Sweep) -> Plan:
+    """Resolve and validate every request of ``sweep`` and collapse duplicates.
+
+    Raises one ConfigError listing every error, one per line: each plugin entry is checked on its own (unknown
+    names with did-you-mean, bad config values), then every combination whose entries are valid (tiers, models,
+    the default suite's attack args); a message repeated by several combinations is reported once, with a count.
+    """
+    problems: dict[str, list[str]] = {}  # message -> where it arose ("" for an entry checked on its own)
+    bad: set[int] = set()
+    attacks = [a for a in sweep.attacks if a.name != DEFAULT_SUITE]
+    for registry, entries in ((TASKS, sweep.tasks), (DEFENSES, sweep.defenses), (ATTACKS, attacks)):
+        for entry in entries:
+            try:
+                resolve_plugin(registry, entry.name, entry.args)
+            except BenchError as err:
+                bad.add(id(entry))
+                for line in str(err).splitlines():
+                    problems.setdefault(f"{entry.where}: {line}" if entry.where else line, []).append("")
+    suites: list[Planned] = []
+    seen: dict[frozenset[str], str] = {}
+    collapsed = []
+    for where, entries, request in expand(sweep):
+        if any(id(e) in bad for e in entries):
+            continue
+        try:
+            if request.tier != "tiny" and request.model is None:
+                raise ConfigError(f"tier {request.tier!r} needs a model: set `model:` (or the task entry's `model:`)")
+            runs, later = first_wave(request)
+        except BenchError as err:
+            for line in str(err).splitlines():
+                problems.setdefault(line, []).append(where)
+            continue
+        key = frozenset(spec.run_id for spec in runs)
+        if key in seen:
+            collapsed.append((where, seen[key]))
+            continue
+        seen[key] = where
+        suites.append(Planned(request, where, tuple(runs), later))
+    if problems:
+        raise ConfigError("\n".join(_located(message, wheres) for message, wheres in problems.items()))
+    return Plan(tuple(suites), tuple(collapsed))
+
+
+def _located(message: str, wheres: list[str]) -> str:
+    if not wheres[0]:
+        return message
+    more = f" (and {len(wheres) - 1} more combination(s))" if len(wheres) > 1 else ""
+    return f"{wheres[0]}: {message}{more}"
+
+
+def first_wave(request: SuiteRequest) -> tuple[list[RunSpec], int]:
+    """The runs of ``request`` known before any result, in :func:`bench.suite.run_suite`'s order, and a bound on
+    the rest: every grid point, every LR-search probe and every single attack are known; each LR-search family adds
+    up to ``keep`` full runs and each refined family up to 2 half-decade points, chosen from the results.
+    """
+    defenses = [("none", {})] if request.baseline and request.defense != "none" else []
+    defenses.append((request.defense, request.defense_args))
+    sweeps = attack_sweeps(request)
+    runs, later = [], 0
+    for defense, defense_args in defenses:
+        for seed in request.seeds:
+            for sweep in sweeps:
+                make = functools.partial(_spec, request, defense, defense_args, sweep.attack, seed)
+                if not sweep.lrs:
+                    runs.append(make(dict(sweep.args)))
+                    continue
+                if sweep.search == "lr-search":
+                    runs += [make({**sweep.args, "lr": lr, "budget": sweep.probe_steps}, "lr-probe")
+                             for lr in sweep.lrs]
+                    later += min(sweep.keep, len(sweep.lrs))
+                else:
+                    runs += [make({**sweep.args, "lr": lr}) for lr in sweep.lrs]
+                if sweep.refine and request.refine:
+                    later += 2
+    return runs, later
+
+
+
+def _spec(request: SuiteRequest, defense: str, defense_args: Mapping[str, Any], attack: str, seed: int,
+          attack_args: Mapping[str, Any], purpose: str = "attack") -> RunSpec:
+    return make_spec(task=request.task, defense=defense, attack=attack, tier=request.tier, model=request.model,
+                     seed=seed, purpose=purpose, task_args=request.task_args, defense_args=defense_args,
+                     attack_args=attack_args)
