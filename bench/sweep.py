@@ -25,7 +25,6 @@ runs, half-decade refinement), so :func:`first_wave` knows only the first wave a
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,8 +33,9 @@ from bench.config import check_choice
 from bench.errors import BenchError, ConfigError
 from bench.experiment import SEARCHES, parse_seeds, read_yaml, unknown_keys
 from bench.registry import ATTACKS, DEFENSES, TASKS
-from bench.spec import RunSpec, make_spec, resolve_plugin
-from bench.suite import SuiteRequest, attack_sweeps
+from bench.spec import RunSpec, resolve_plugin
+from bench.planner import Planner
+from bench.suite import SuiteRequest
 
 SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search")
 MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
@@ -323,35 +323,8 @@ def _located(message: str, wheres: list[str]) -> str:
 
 
 def first_wave(request: SuiteRequest) -> tuple[list[RunSpec], int]:
-    """The runs of ``request`` known before any result, in :func:`bench.suite.run_suite`'s order, and a bound on
-    the rest: every grid point, every LR-search probe and every single attack are known; each LR-search family adds
-    up to ``keep`` full runs and each refined family up to 2 half-decade points, chosen from the results.
-    """
-    defenses = [("none", {})] if request.baseline and request.defense != "none" else []
-    defenses.append((request.defense, request.defense_args))
-    sweeps = attack_sweeps(request)
-    runs, later = [], 0
-    for defense, defense_args in defenses:
-        for seed in request.seeds:
-            for sweep in sweeps:
-                make = functools.partial(_spec, request, defense, defense_args, sweep.attack, seed)
-                if not sweep.lrs:
-                    runs.append(make(dict(sweep.args)))
-                    continue
-                if sweep.search == "lr-search":
-                    runs += [make({**sweep.args, "lr": lr, "budget": sweep.probe_steps}, "lr-probe")
-                             for lr in sweep.lrs]
-                    later += min(sweep.keep, len(sweep.lrs))
-                else:
-                    runs += [make({**sweep.args, "lr": lr}) for lr in sweep.lrs]
-                if sweep.refine and request.refine:
-                    later += 2
-    return runs, later
-
-
-
-def _spec(request: SuiteRequest, defense: str, defense_args: Mapping[str, Any], attack: str, seed: int,
-          attack_args: Mapping[str, Any], purpose: str = "attack") -> RunSpec:
-    return make_spec(task=request.task, defense=defense, attack=attack, tier=request.tier, model=request.model,
-                     seed=seed, purpose=purpose, task_args=request.task_args, defense_args=defense_args,
-                     attack_args=attack_args)
+    """The runs of ``request`` known before any result (the planner's first wave) and a bound on the rest: each
+    LR-search family adds up to ``keep`` full runs and each refined family up to 2 half-decade points."""
+    planner = Planner(request)
+    runs = [spec for _, spec in planner.wave()]
+    return runs, max(planner.estimate() - len(runs), 0)

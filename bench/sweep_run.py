@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from bench.errors import BenchError, DataError
+from bench.executors import Executor
 from bench.results import RUN_JSON, completed_run_ids, read_run_json
 from bench.runner import Session
 from bench.suite import RunRecord, SuiteReport, run_suite
@@ -43,13 +44,14 @@ def run_sweep(
     make_session: Callable[[], Session],
     *,
     on_suite: Callable[[int, Planned], None] | None = None,
+    make_executor: Callable[[Session, str], Executor] | None = None,
 ) -> SweepReport:
     """Run every request of ``plan`` in order through ``run_suite(request, session, resume=True)``.
 
     Runs already completed in the results directory (by an earlier sweep, or an earlier request of this one) are
     not run again. Consecutive requests of one task (same task args, tier and model) share a session, so its
     released and defended stages are built once; a new task gets a fresh session and the previous one's models are
-    released. A request that stops on bad input found while building (e.g. a defense config that matches no layer
+    released. ``make_executor(session, tier)`` gives each request its executor (default: in this process). A request that stops on bad input found while building (e.g. a defense config that matches no layer
     of this task) is recorded in ``stopped`` and the sweep goes on with the next.
     """
     report = SweepReport()
@@ -62,7 +64,8 @@ def run_sweep(
         if on_suite is not None:
             on_suite(index, planned)
         try:
-            report.suites.append(run_suite(request, session, resume=True))
+            executor = make_executor(session, request.tier) if make_executor is not None else None
+            report.suites.append(run_suite(request, session, executor=executor, resume=True))
         except BenchError as err:
             report.stopped.append((planned, err))
     return report

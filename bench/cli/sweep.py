@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from bench.cli.run import add_executor_arguments, executor_for
+
 EPILOG = """examples:
   bench sweep experiments/sweeps/readme-vision-digits.yaml --dry-run     # every run, and which are done
   bench sweep experiments/sweeps/readme-vision-digits.yaml --results results/readme
@@ -32,6 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    add_executor_arguments(p)
     return p
 
 
@@ -82,7 +85,7 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     from leaderboard.summary import summary_text
 
     tiers = {planned.request.tier for planned in sweep_plan.suites}
-    _set_threads(args.threads, tiers)
+    threads = _set_threads(args.threads, tiers)
     for tier in sorted(tiers):
         resolve_device(args.device, tier)  # a bad or unavailable --device stops here, before any model is built
 
@@ -96,7 +99,8 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        report = run_sweep(sweep_plan, make_session, on_suite=announce)
+        report = run_sweep(sweep_plan, make_session, on_suite=announce,
+                           make_executor=lambda session, tier: executor_for(args, session, tier, threads))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)
@@ -125,12 +129,12 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _set_threads(threads: int | None, tiers: set[str]) -> None:
+def _set_threads(threads: int | None, tiers: set[str]) -> int | None:
     """Tiny models gain nothing from a second intra-op thread (see ``bench run``), so an all-tiny sweep uses one."""
     if threads is None:
         threads = 1 if tiers == {"tiny"} else None
     if threads is None:
-        return
+        return None
     if threads < 1:
         from bench.errors import ConfigError
 
@@ -138,3 +142,4 @@ def _set_threads(threads: int | None, tiers: set[str]) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    return threads
