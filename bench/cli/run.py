@@ -14,6 +14,9 @@ EPILOG = """examples:
   bench run --config experiments/vision-digits/specdef-float64.yaml defense.alpha=1e5
   bench run --defense mydef --task vision-digits --plugin ./my_defense.py
   bench run --defense specdef --task llm-harmful-qa --tier real --model ./my-llama --device cuda:1
+  bench run --defense specdef --task vision-digits --seeds 0,1,2,3 --executor ray --address auto
+  bench run --defense specdef --task sd-style --tier real --model ./sd --executor slurm --partition gpu \\
+      --gpus-per-run 1 --time-limit 120
 """
 
 
@@ -55,25 +58,50 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def add_executor_arguments(p: argparse.ArgumentParser) -> None:
     """Where runs execute (shared by ``bench run`` and ``bench sweep``)."""
-    p.add_argument("--executor", default="local", help="local (default), ray or slurm")
+    p.add_argument("--executor", default="local", help="local (default), ray or slurm (see README: Running at scale)")
     p.add_argument("--jobs", default="auto", metavar="N",
-                   help="runs at a time: auto (one per core on the tiny tier, one per GPU on the real tier) or N")
+                   help="runs at a time: auto (local: one per core on the tiny tier, one per GPU on the real tier; "
+                        "ray/slurm: as many as the cluster schedules) or N")
     p.add_argument("--isolation", choices=("none", "subprocess"),
                    help="none: runs share this process; subprocess (the default with more than one job): each run "
                         "in its own worker process, so a crash, os._exit or out-of-memory kill fails only that run")
     p.add_argument("--run-timeout", type=float, metavar="SECONDS", help="kill and fail a run after this long")
+    engine = p.add_argument_group("ray and slurm executors")
+    engine.add_argument("--address", metavar="ADDRESS",
+                        help="ray: the cluster to join (auto: the one `ray start --head` runs here; "
+                             "ray://HOST:10001); default: a local Ray instance")
+    engine.add_argument("--partition", metavar="NAME", help="slurm: the partition to queue runs in")
+    engine.add_argument("--gpus-per-run", type=float, metavar="N",
+                        help="GPUs each run reserves (default: 1 on the real tier — with ray, when the cluster has "
+                             "GPUs — else 0)")
+    engine.add_argument("--cpus-per-run", type=float, metavar="N", help="CPU cores each run reserves (default: 1)")
+    engine.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="slurm: each run's time limit (default: --run-timeout, else 120)")
+    engine.add_argument("--mem", type=float, metavar="GB", help="memory each run reserves")
+    engine.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="slurm: an extra #SBATCH option, e.g. account=lab (repeatable)")
 
 
 def executor_for(args: argparse.Namespace, session, request_tier: str, threads: int | None):
     """The executor the command line asks for, with the worker options every run shares."""
-    from bench.executors import make_executor
+    from bench.errors import ConfigError
+    from bench.executors import EngineOptions, make_executor
     from bench.worker import WorkerOptions
 
     options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(session.cache.root),
                             device=session.device, threads=threads, plugins=tuple(args.plugin),
                             official=session.official, allow_function_drift=session.allow_function_drift)
+    params = []
+    for item in args.slurm_param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--slurm-param must be KEY=VALUE, got {item!r}")
+        params.append((key.strip(), value))
+    engine = EngineOptions(address=args.address, partition=args.partition, gpus_per_run=args.gpus_per_run,
+                           cpus_per_run=args.cpus_per_run, time_limit=args.time_limit, mem_gb=args.mem,
+                           slurm_params=tuple(params))
     return make_executor(args.executor, session, options, tier=request_tier, jobs=args.jobs,
-                         isolation=args.isolation, run_timeout=args.run_timeout)
+                         isolation=args.isolation, run_timeout=args.run_timeout, engine=engine)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -8,13 +8,19 @@ itself — so a sweep can move between them and resume. Built in:
 * ``inprocess`` (:class:`InProcessExecutor`): runs one after another in this process, sharing the session's stages;
 * ``local`` (:class:`LocalExecutor`): ``--jobs N`` worker processes on this machine, one run each, with isolation
   (a crash, ``os._exit``, out-of-memory kill or ``--run-timeout`` becomes a failed run with its exit code and log);
-* ``ray`` and ``slurm``: the same worker function as Ray tasks or submitit job arrays (optional extras).
+* ``ray`` (:class:`~bench.executors.ray.RayExecutor`) and ``slurm`` (:class:`~bench.executors.slurm.SlurmExecutor`):
+  the same worker function as Ray tasks or submitit job arrays (optional extras ``[ray]`` and ``[slurm]``), placed
+  by :class:`EngineOptions`.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
+from bench.config import check
+from bench.errors import ConfigError
 from bench.planner import RunRecord
 from bench.spec import RunSpec
 
@@ -40,6 +46,51 @@ class InProcessExecutor:
 
 EXECUTORS = ("local", "ray", "slurm")
 
+INSTALL_HINT = "pip install 'training-resistance-bench[{extra}]'"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where and with what the ``ray`` and ``slurm`` executors place each run (``bench run --address`` etc.)."""
+
+    address: str | None = None
+    """ray: the cluster to join (``auto``: the one ``ray start`` runs on this machine; ``ray://host:10001``: a
+    remote one); None starts a local Ray instance for the sweep."""
+    partition: str | None = None
+    """slurm: the partition to queue the runs in (None: the cluster's default)."""
+    gpus_per_run: float | None = None
+    """GPUs each run reserves (None: 1 on the real tier with a CUDA device — with Ray, only when the cluster has
+    GPUs — else 0)."""
+    cpus_per_run: float | None = None
+    """CPU cores each run reserves (None: 1)."""
+    time_limit: float | None = None
+    """slurm: each run's time limit in minutes (None: ``--run-timeout`` rounded up to minutes, else 120)."""
+    mem_gb: float | None = None
+    """Memory each run reserves, in GB (None: the engine's default)."""
+    slurm_params: tuple[tuple[str, str], ...] = ()
+    """slurm: extra ``#SBATCH`` options as (key, value) pairs, e.g. (("account", "lab"), ("qos", "high"))."""
+
+    def __post_init__(self):
+        check(self.address is None or bool(self.address.strip()), "--address must not be empty")
+        check(self.gpus_per_run is None or self.gpus_per_run >= 0,
+              f"--gpus-per-run must be at least 0, got {self.gpus_per_run}")
+        for flag, value in (("--cpus-per-run", self.cpus_per_run), ("--time-limit", self.time_limit),
+                            ("--mem", self.mem_gb)):
+            check(value is None or value > 0, f"{flag} must be positive, got {value}")
+
+    def used(self) -> dict[str, str]:
+        """The options set, by the command-line flag that sets them."""
+        flags = {"address": "--address", "partition": "--partition", "gpus_per_run": "--gpus-per-run",
+                 "cpus_per_run": "--cpus-per-run", "time_limit": "--time-limit", "mem_gb": "--mem",
+                 "slurm_params": "--slurm-param"}
+        return {name: flag for name, flag in flags.items() if getattr(self, name) not in (None, ())}
+
+
+APPLIES_TO = {"address": ("ray",), "partition": ("slurm",), "gpus_per_run": ("ray", "slurm"),
+              "cpus_per_run": ("ray", "slurm"), "time_limit": ("slurm",), "mem_gb": ("ray", "slurm"),
+              "slurm_params": ("slurm",)}
+"""Which executors each engine option means something to (any other use is an error, not silently ignored)."""
+
 
 def auto_jobs(tier: str) -> int:
     """``--jobs auto``: one run per core on the tiny tier, one per GPU on the real tier (one when there is none)."""
@@ -53,15 +104,18 @@ def auto_jobs(tier: str) -> int:
 
 
 def make_executor(name: str, session, options, *, tier: str, jobs: int | str = "auto", isolation: str | None = None,
-                  run_timeout: float | None = None) -> Executor:
+                  run_timeout: float | None = None, engine: EngineOptions | None = None) -> Executor:
     """The executor ``bench run``/``bench sweep`` use: ``local`` (in this process, or ``jobs`` worker processes),
-    ``ray`` or ``slurm``. ``options`` is the :class:`bench.worker.WorkerOptions` every worker gets."""
-    from bench.errors import ConfigError
-
+    ``ray`` or ``slurm`` (``jobs``: the most runs in flight; auto leaves it to the engine's scheduler).
+    ``options`` is the :class:`bench.worker.WorkerOptions` every worker gets."""
+    engine = engine or EngineOptions()
     if name not in EXECUTORS:
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
-    n = auto_jobs(tier) if jobs == "auto" else int(jobs)
-    if n < 1:
+    for field_name, flag in engine.used().items():
+        if name not in APPLIES_TO[field_name]:
+            raise ConfigError(f"{flag} applies to --executor {' or '.join(APPLIES_TO[field_name])}, not {name}")
+    n = None if jobs == "auto" and name != "local" else auto_jobs(tier) if jobs == "auto" else _jobs(jobs)
+    if n is not None and n < 1:
         raise ConfigError(f"--jobs must be at least 1 (or auto), got {jobs}")
     if run_timeout is not None and run_timeout <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {run_timeout}")
@@ -77,4 +131,46 @@ def make_executor(name: str, session, options, *, tier: str, jobs: int | str = "
 
         gpus = auto_jobs(tier) if tier != "tiny" and options.device in (None, "cuda") else 0
         return LocalExecutor(session, options, jobs=n, run_timeout=run_timeout, gpus=gpus)
-    raise ConfigError(f"--executor {name} is not available yet")
+    if isolation == "none":
+        raise ConfigError(f"--executor {name} always isolates runs (each in its own worker); drop --isolation none")
+    wants_gpu = tier != "tiny" and (options.device is None or options.device.startswith("cuda"))
+    return _engine_executor(name, session, options, engine, max_in_flight=n, run_timeout=run_timeout,
+                            wants_gpu=wants_gpu)
+
+
+def _jobs(jobs: int | str) -> int:
+    try:
+        return int(jobs)
+    except ValueError:
+        raise ConfigError(f"--jobs must be a number or auto, got {jobs!r}") from None
+
+
+def _engine_executor(name: str, session, options, engine: EngineOptions, *, max_in_flight: int | None,
+                     run_timeout: float | None, wants_gpu: bool) -> Executor:
+    """A :class:`~bench.executors.ray.RayExecutor` or :class:`~bench.executors.slurm.SlurmExecutor`; a missing
+    optional dependency is a one-line error naming the extra that installs it."""
+    import importlib.util
+
+    module = {"ray": "ray", "slurm": "submitit"}[name]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"--executor {name} needs {module}, which is not installed: "
+                          f"{INSTALL_HINT.format(extra=name)}")
+    cpus = engine.cpus_per_run or 1
+    if name == "ray":
+        from bench.executors.ray import RayExecutor
+
+        return RayExecutor(session, options, address=engine.address, cpus_per_run=cpus,
+                           gpus_per_run=engine.gpus_per_run, mem_gb=engine.mem_gb, max_in_flight=max_in_flight,
+                           run_timeout=run_timeout, wants_gpu=wants_gpu)
+    import shutil
+
+    from bench.executors.slurm import DEFAULT_TIME_LIMIT_MIN, SlurmExecutor
+
+    if shutil.which("sbatch") is None:  # (submitit would quietly fall back to running every job on this machine)
+        raise ConfigError("--executor slurm needs Slurm's sbatch on PATH: run bench on a machine that submits to the "
+                          "cluster (a login node)")
+    time_limit = engine.time_limit or (run_timeout / 60 if run_timeout else DEFAULT_TIME_LIMIT_MIN)
+    gpus = engine.gpus_per_run if engine.gpus_per_run is not None else int(wants_gpu)
+    return SlurmExecutor(session, options, partition=engine.partition, gpus_per_run=int(math.ceil(gpus)),
+                         cpus_per_run=int(math.ceil(cpus)), time_limit=time_limit, mem_gb=engine.mem_gb,
+                         slurm_params=dict(engine.slurm_params), max_in_flight=max_in_flight)

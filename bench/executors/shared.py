@@ -1,0 +1,74 @@
+"""What the Ray and Slurm executors share: worker options that mean the same on every machine, reading back the run
+a remote worker wrote, and recording the run of a worker that died before writing it.
+
+A remote run writes its own directory under the results folder, exactly as a local worker does; the driver only
+reads ``run.json`` back. That is why the results folder of a multi-machine sweep must be on storage every node
+mounts at the same path (and the stage cache should be, or each node builds its own stages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.planner import RunRecord
+from bench.results import RUN_JSON, read_run_json
+from bench.spec import RunSpec
+from bench.worker import WorkerOptions
+
+LOG_LINES = 40
+"""Lines of a dead run's log kept in its failed run.json (as the local executor keeps)."""
+
+SHARED_STORAGE_GRACE_S = 30.0
+"""How long a run that reported success may take to show its run.json to the driver (network file systems cache
+directory listings for a while)."""
+
+
+def portable(options: WorkerOptions) -> WorkerOptions:
+    """``options`` with absolute paths (results, cache, plugin files), so a worker whose working directory differs —
+    a Ray worker, a Slurm job on another node — finds the same files. Plugin modules (dotted names) stay as given."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    plugins = tuple(absolute(p) if p.endswith(".py") or Path(p).exists() else p for p in options.plugins)
+    return dataclasses.replace(options, results_dir=absolute(options.results_dir), plugins=plugins,
+                               cache_root=absolute(options.cache_root) if options.cache_root else None)
+
+
+def clear_previous(spec: RunSpec, options: WorkerOptions) -> Path:
+    """Remove a failed earlier attempt's run.json (this attempt writes its own); returns where it will be."""
+    run_json = Path(options.results_dir) / spec.run_id / RUN_JSON
+    run_json.unlink(missing_ok=True)
+    return run_json
+
+
+def read_back(spec: RunSpec, run_json: Path, *, wait: float = 0.0) -> RunRecord | None:
+    """The record of a run that wrote its own run.json, or None when there is none (after waiting up to ``wait``
+    seconds for a shared file system to show it)."""
+    deadline = time.monotonic() + wait
+    while not run_json.is_file():
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+    info = read_run_json(run_json.parent)
+    return RunRecord(spec, info.get("status", "failed"), info.get("summary") or {}, info.get("error"))
+
+
+def log_tail(path: Path | None) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-LOG_LINES:])
+
+
+def record_death(spec: RunSpec, session, error: str, *, started_at: str, wall: float, log: Path | None,
+                 details: dict[str, Any]) -> RunRecord:
+    """Write the ``failed`` run of a worker that died (or was stopped) before writing it; ``details`` go into its
+    run.json under ``worker`` with the log's path and last lines."""
+    from bench.runner import record_failure
+
+    result = record_failure(spec, session, error, started_at=started_at, wall=wall,
+                            details={**details, "log": str(log) if log else None, "log_tail": log_tail(log)})
+    return RunRecord(spec, result.status, {}, error)
