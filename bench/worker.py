@@ -36,8 +36,13 @@ def job_of(spec, options: WorkerOptions) -> dict[str, Any]:
     return {"spec": spec.to_json(), "options": {**asdict(options), "plugins": list(options.plugins)}}
 
 
+def batch_job_of(specs, options: WorkerOptions) -> dict[str, Any]:
+    """Several runs for one worker, one after another, sharing its in-memory stages (the local executor's unit)."""
+    return {"specs": [spec.to_json() for spec in specs], "options": {**asdict(options), "plugins": list(options.plugins)}}
+
+
 def execute_job(job: Mapping[str, Any]) -> str:
-    """Run one job in this process; returns the run's status."""
+    """Run one job (``spec``) or a batch (``specs``, in order) in this process; returns the last run's status."""
     import torch
 
     from bench.cache import Cache
@@ -50,11 +55,13 @@ def execute_job(job: Mapping[str, Any]) -> str:
         load_plugin(plugin)
     if options.threads:
         torch.set_num_threads(options.threads)
-    spec = RunSpec.from_json(job["spec"])
     session = Session(results_dir=options.results_dir, cache=Cache(options.cache_root) if options.cache_root else None,
                       official=options.official, device=options.device,
                       allow_function_drift=options.allow_function_drift, progress=False)
-    return run(spec, session).status
+    status = "success"
+    for spec_json in job["specs"] if "specs" in job else [job["spec"]]:
+        status = run(RunSpec.from_json(spec_json), session).status
+    return status
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:

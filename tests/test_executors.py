@@ -170,3 +170,20 @@ def test_sigkilled_sweep_resumes_to_every_run_exactly_once(tmp_path, cache):
         if run_id in before:
             assert info["started_at"] == before[run_id], "a completed run was executed again"
     assert len(list(results.glob("*/run.json"))) == 8
+
+
+def test_a_worker_that_dies_mid_batch_hands_the_rest_of_its_batch_to_a_fresh_worker(tmp_path, cache,
+                                                                                     isolated_registries):
+    plugin = tmp_path / "bad_attacks.py"
+    plugin.write_text(PLUGIN)
+    load_plugin(str(plugin))
+    session = Session(tmp_path / "res", cache, progress=False)
+    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1,
+                            plugins=(str(plugin),))
+    exiting = make_spec(task="vision-digits", defense="none", attack="exit-attack", task_args=FAST)
+    fine = [_spec(lr) for lr in (1e-2, 1e-3, 1e-4)]
+    executor = LocalExecutor(session, options, jobs=1)
+    assert [len(b) for b in executor.batches([exiting, *fine])] == [2, 2]  # the exiting run shares a batch
+    records = {r.spec.run_id: r for r in executor.submit([exiting, *fine])}
+    assert records[exiting.run_id].status == "failed"
+    assert all(records[s.run_id].status == "success" for s in fine)

@@ -1,15 +1,19 @@
-"""``--executor local --jobs N``: each run in its own worker process (``python -m bench.worker``), N at a time.
+"""``--executor local --jobs N``: runs in worker processes (``python -m bench.worker``), N workers at a time.
 
 Isolation is the point: whatever a run does — raise, call ``os._exit``, exhaust memory and get killed, hang past
-``--run-timeout`` — only that run fails. Its record holds the exit code (or the timeout) and the last lines of its
-log (``<results>/.logs/<run_id>.log``); the other runs go on. Workers start in their own process group, so an
-interrupted sweep takes its workers down with it, and the runs already written stay.
+``--run-timeout`` — only that run fails. Its record holds the exit code (or the timeout) and the last lines of the
+worker's log (``<results>/.logs/``); the other runs go on. A worker takes a batch of runs that share a defended
+stage and runs them one after another with one session, so stages and imports are paid once per batch, not per run
+(on the tiny tier a run can take less time than starting Python). When a worker dies, the run it was on is recorded
+as failed and the rest of its batch goes to a fresh worker. Workers start in their own process group and exit when
+their sweep dies, so an interrupted sweep leaves no orphans; the runs already written stay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,21 +21,20 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from bench.executors.shared import clear_previous, read_back, record_death
 from bench.planner import RunRecord
-from bench.results import RUN_JSON, read_run_json
 from bench.spec import RunSpec
-from bench.worker import WorkerOptions, job_of
+from bench.worker import WorkerOptions, batch_job_of
 
-LOG_LINES = 40
-"""Lines of a dead worker's log kept in its failed run.json."""
+POLL_S = 0.2
 
 
 class LocalExecutor:
-    """Runs each spec in a fresh worker process, ``jobs`` at a time (see the module docstring)."""
+    """Runs specs in worker processes, ``jobs`` at a time, in batches that share a stage (see the module docstring)."""
 
     def __init__(self, session, options: WorkerOptions, *, jobs: int, run_timeout: float | None = None,
                  gpus: int = 0):
@@ -40,41 +43,61 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._slots = list(range(jobs))
 
+    def batches(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+        """Runs grouped by defended stage, cut so that every worker gets about two batches (load balance)."""
+        groups: dict[str, list[RunSpec]] = {}
+        for spec in specs:
+            groups.setdefault(spec.stage_key("defended"), []).append(spec)
+        size = max(1, math.ceil(len(specs) / (2 * self.jobs)))
+        return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         pool = ThreadPoolExecutor(max_workers=self.jobs)
+        pending: set[Future] = set()
         try:
-            futures = [pool.submit(self._one, spec) for spec in specs]
-            for future in as_completed(futures):
-                yield future.result()
+            pending = {pool.submit(self._batch, batch) for batch in self.batches(specs)}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    records, rest = future.result()
+                    yield from records
+                    if rest:  # the worker died mid-batch: the runs after the failed one get a fresh worker
+                        pending.add(pool.submit(self._batch, rest))
         finally:  # interrupted (or the caller stopped early): no worker outlives the sweep
             self._kill_all()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    # -- one run ---------------------------------------------------------------------------------------------
-    def _one(self, spec: RunSpec) -> RunRecord:
-        results = Path(self.options.results_dir)
-        run_json = results / spec.run_id / RUN_JSON
-        run_json.unlink(missing_ok=True)  # a failed earlier attempt's record; this attempt writes its own
-        logs = results / ".logs"
+    # -- one batch -------------------------------------------------------------------------------------------
+    def _batch(self, batch: list[RunSpec]) -> tuple[list[RunRecord], list[RunSpec]]:
+        run_jsons = [clear_previous(spec, self.options) for spec in batch]
+        logs = Path(self.options.results_dir) / ".logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{spec.run_id}.log"
+        log_path = logs / f"{batch[0].run_id}+{len(batch) - 1}.log"
         with self._lock:
             slot = self._slots.pop(0)
         try:
-            return self._launch(spec, run_json, log_path, slot)
+            code, timed_out, started_at, progress_at = self._launch(batch, run_jsons, log_path, slot)
         finally:
             with self._lock:
                 self._slots.append(slot)
+        records = []
+        for i, (spec, run_json) in enumerate(zip(batch, run_jsons)):
+            record = read_back(spec, run_json)
+            if record is None:  # the run the worker was on when it died; the rest go to a fresh worker
+                records.append(self._death(spec, code, timed_out, log_path, started_at, progress_at))
+                return records, batch[i + 1:]
+            records.append(record)
+        return records, []
 
-    def _launch(self, spec: RunSpec, run_json: Path, log_path: Path, slot: int) -> RunRecord:
+    def _launch(self, batch, run_jsons, log_path: Path, slot: int):
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
         if self.gpus and self.options.device in (None, "cuda"):
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)  # one GPU per worker slot
-        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        start = time.perf_counter()
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job_file:
-            json.dump(job_of(spec, self.options), job_file)
-        timed_out = False
+            json.dump(batch_job_of(batch, self.options), job_file)
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        progress_at = time.monotonic()  # when the current run started: the last completion, or the launch
+        done, timed_out = 0, False
         try:
             with open(log_path, "w") as log:
                 proc = subprocess.Popen([sys.executable, "-m", "bench.worker", job_file.name], stdout=log,
@@ -83,28 +106,27 @@ class LocalExecutor:
                 with self._lock:
                     self._procs.add(proc)
                 try:
-                    code = proc.wait(timeout=self.run_timeout)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    _kill(proc)
-                    code = proc.wait()
+                    while proc.poll() is None:
+                        time.sleep(POLL_S)
+                        while done < len(run_jsons) and run_jsons[done].is_file():
+                            done, progress_at = done + 1, time.monotonic()
+                            started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                        if self.run_timeout and time.monotonic() - progress_at > self.run_timeout:
+                            timed_out = True
+                            _kill(proc)
+                            proc.wait()
                 finally:
                     with self._lock:
                         self._procs.discard(proc)
         finally:
             os.unlink(job_file.name)
-        if run_json.is_file() and not timed_out:
-            info = read_run_json(run_json.parent)
-            return RunRecord(spec, info.get("status", "failed"), info.get("summary") or {}, info.get("error"))
-        return self._record_death(spec, code, timed_out, log_path, started_at, time.perf_counter() - start)
+        return proc.returncode, timed_out, started_at, progress_at
 
-    def _record_death(self, spec: RunSpec, code: int, timed_out: bool, log_path: Path, started_at: str,
-                      wall: float) -> RunRecord:
-        from bench.runner import record_failure
-
+    def _death(self, spec: RunSpec, code: int, timed_out: bool, log_path: Path, started_at: str,
+               progress_at: float) -> RunRecord:
         if timed_out:
             error = f"RunTimeout: the run exceeded --run-timeout {self.run_timeout:g} s and was killed"
-        elif code < 0:
+        elif code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
@@ -113,12 +135,8 @@ class LocalExecutor:
                 " (out of memory?)" if name == "SIGKILL" else "")
         else:
             error = f"WorkerExited: the worker process exited with code {code} before recording the run"
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-LOG_LINES:]) \
-            if log_path.is_file() else ""
-        result = record_failure(spec, self.session, error, started_at=started_at, wall=wall,
-                                details={"exit_code": code, "timed_out": timed_out, "log": str(log_path),
-                                         "log_tail": tail})
-        return RunRecord(spec, result.status, {}, error)
+        return record_death(spec, self.session, error, started_at=started_at, wall=time.monotonic() - progress_at,
+                            log=log_path, details={"exit_code": code, "timed_out": timed_out})
 
     def _kill_all(self) -> None:
         with self._lock:
