@@ -1,6 +1,7 @@
 """Saving and loading (defended) models: safetensors weights plus a JSON manifest of any structural change.
 
-A defender publishes the defended model, so every defense's output must round-trip. The manifest records how to
+A defender publishes the defended model, so every defense's output must round-trip (weights keep their dtypes); the
+harness's stage cache (:mod:`bench.stage_cache`) stores defended models this way too. The manifest records how to
 rebuild the base architecture (from an allow-list of builders: no code named in a file is ever imported) and which
 submodules were replaced by harness layers such as :class:`~bench.layers.FactoredLinear`. Weights are loaded with
 safetensors only (never pickle).
@@ -125,7 +126,8 @@ def save_model(model: nn.Module, directory: str | Path, *, architecture: Mapping
     """Write ``model.safetensors`` and ``manifest.json`` into ``directory`` atomically (temp dir + rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    # CPU copies: a model on an accelerator is saved without a second copy of its weights there.
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,10 +167,26 @@ def load_model(directory: str | Path) -> nn.Module:
         state = load_file(str(weights_path))
     except Exception as err:  # safetensors raises several error types for corrupt files
         raise DataError(f"cannot read weights {weights_path}: {err}") from err
+    _match_dtypes(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise DataError(f"{weights_path} does not match its manifest: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def _match_dtypes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Give each parameter and buffer the dtype its saved tensor has: the builders make float32 models, and a
+    bfloat16 model must reload as bfloat16 (``load_state_dict`` alone would copy it into float32)."""
+    for name, tensor in state.items():
+        try:
+            current = model.get_parameter(name)
+        except AttributeError:
+            try:
+                current = model.get_buffer(name)
+            except AttributeError:
+                continue  # reported as unexpected by load_state_dict
+        if current.dtype != tensor.dtype:
+            current.data = current.data.to(tensor.dtype)  # in place, so tied weights stay one tensor
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

@@ -102,8 +102,9 @@ class RunSpec:
                 f"attack={self.attack_label},seed={self.seed}{probe}")
 
     def stage_key(self, stage: Literal["released", "defended"]) -> str:
-        """Content hash of what a stage depends on: the key under which a :class:`~bench.stages.Session` memoises it
-        in memory (only the task's released model is also cached on disk, by the task itself)."""
+        """Content hash of the spec's part of what a stage depends on: the key under which a
+        :class:`~bench.stages.Session` memoises it in memory, and part of its on-disk key (:mod:`bench.stage_cache`
+        adds the code versions, the task's provenance and the device)."""
         parts: dict[str, Any] = {"task": self.task.kwargs, "task_name": self.task.name, "tier": self.tier, "model": self.model}
         if stage == "defended":
             parts["defense"] = {"name": self.defense.name, "args": self.defense.kwargs}

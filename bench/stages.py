@@ -1,15 +1,22 @@
-"""The measured stages a run builds on: the released model and the defended model, memoised per session.
+"""The measured stages a run builds on: the released model and the defended model, memoised per session and on disk.
 
 :class:`Session` holds what the runs of one call share: where results go, the on-disk cache, and the released and
 defended stages (built once per task config, and once per defense config and seed). Each stage measures its model
 (harm, utility, curvature; for the defended one also function preservation and retained utility) and keeps the
 metric rows every run that uses it writes.
+
+A stage is looked up in memory first, then in the on-disk stage cache (:mod:`bench.stage_cache`), and only then
+built and written there, so runs in other processes or on other machines sharing the cache directory reuse it: a
+cached defended stage is read back (the model with :mod:`bench.modelio`), never re-applied. The task itself is always
+built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself). A freshly built stage is written,
+then read back, so every run uses exactly what other processes read.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import results
+from bench import results, stage_codec
 from bench.cache import Cache
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
 from bench.curvature import Eigen, top_hessian_eigenvalue
 from bench.devices import resolve_device
-from bench.errors import FunctionDriftError, PluginError
+from bench.errors import DataError, FunctionDriftError, PluginError
 from bench.layers import count_parameters
 from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
 from bench.spec import RunSpec
+from bench.stage_cache import StageStore, stage_key
+
+log = logging.getLogger(__name__)
 
 
 def derive_seed(seed: int, label: str) -> int:
@@ -60,7 +70,8 @@ class Session:
     """State shared by the runs of one call: where results go, the cache, and memoised stages."""
 
     def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True,
-                 device: str | None = None, allow_function_drift: bool = False, progress: bool = True):
+                 device: str | None = None, allow_function_drift: bool = False, progress: bool = True,
+                 stage_cache: bool = True):
         self.results_dir = Path(results_dir)
         self.cache = cache or Cache()
         self.official = official
@@ -70,6 +81,9 @@ class Session:
         """Measure a defense whose outputs drifted beyond its tolerance instead of failing (recorded per run)."""
         self.progress = progress
         """Show progress bars (the suite's, and a task's while it builds a released model); False for --quiet."""
+        self.stage_cache = stage_cache
+        """Read and write the stages in the on-disk cache (:mod:`bench.stage_cache`); False: in memory only."""
+        self._store = StageStore(self.cache) if stage_cache else None
         self._released: dict[str, ReleasedStage | BaseException] = {}
         self._defended: dict[str, DefendedStage | BaseException] = {}
 
@@ -77,12 +91,60 @@ class Session:
         return resolve_device(self.device, spec.tier)
 
     def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"),
-                          lambda: _build_released(spec, self.cache, self.device_for(spec), progress=self.progress))
+        return self._memo(self._released, spec.stage_key("released"), lambda: self._released_stage(spec))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
-        return self._memo(self._defended, spec.stage_key("defended"),
-                          lambda: _build_defended(spec, self.released(spec), self.allow_function_drift))
+        return self._memo(self._defended, spec.stage_key("defended"), lambda: self._defended_stage(spec))
+
+    def _released_stage(self, spec: RunSpec) -> ReleasedStage:
+        device = self.device_for(spec)
+        task = _build_task(spec, self.cache, device, progress=self.progress)
+        key = self._disk_key(spec, "released", task, device)
+        if key is None:
+            return _measure_released(task)
+
+        def read(path: Path) -> ReleasedStage:
+            return ReleasedStage(task, **stage_codec.read_released(path))
+
+        cached = _read_stage(self._store, key, read)
+        if cached is not None:
+            return cached
+        stage = _measure_released(task)
+        written = _write_stage(self._store, key, _entry_meta(spec, "released", device),
+                               lambda tmp: stage_codec.write_released(tmp, stage))
+        return (_read_stage(self._store, key, read) if written else None) or stage
+
+    def _defended_stage(self, spec: RunSpec) -> DefendedStage:
+        released = self.released(spec)  # builds the task (cheap on tiny); never the defense when it is on disk
+        device = self.device_for(spec)
+        key = self._disk_key(spec, "defended", released.task, device)
+        if key is None:
+            return _build_defended(spec, released, self.allow_function_drift)
+
+        def read(path: Path) -> DefendedStage:
+            return DefendedStage(**stage_codec.read_defended(path, device))
+
+        cached = _read_stage(self._store, key, read)
+        if cached is not None:
+            return cached
+        stage = _build_defended(spec, released, self.allow_function_drift)
+        task = released.task
+        written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
+                               lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture()))
+        if written is None:
+            return stage
+        return _adopt_written(self._store, key, stage, task, read, device)
+
+    def _disk_key(self, spec: RunSpec, stage: str, task: TaskInstance, device: torch.device) -> str | None:
+        if self._store is None:
+            return None
+        plugins = [TASKS.get(spec.task.name)]
+        extra = {}
+        if stage == "defended":
+            plugins.append(DEFENSES.get(spec.defense.name))
+            extra["allow_function_drift"] = self.allow_function_drift  # an allowed drift is stored, a refused one not
+        return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device.type,
+                         cache_root=self.cache.root, extra=extra)
 
     @staticmethod
     def _memo(store: dict, key: str, build):
@@ -139,11 +201,15 @@ def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
         return task.reference_outputs(model).detach().double().cpu().numpy()
 
 
-def _build_released(spec: RunSpec, cache: Cache, device: torch.device, *, progress: bool) -> ReleasedStage:
+def _build_task(spec: RunSpec, cache: Cache, device: torch.device, *, progress: bool) -> TaskInstance:
     task_cfg, _, _ = spec.configs()
     task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device,
                                              progress=progress)
     task.model.eval()
+    return task
+
+
+def _measure_released(task: TaskInstance) -> ReleasedStage:
     with torch.no_grad():
         evaluation = task.evaluate(task.model)
         probe = task.probe(task.model)
@@ -186,6 +252,60 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
         *drift_rows,
     ]
     return DefendedStage(defended, report, seconds, params_added, evaluation, rows)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Stages on disk
+# -------------------------------------------------------------------------------------------------------------
+def _entry_meta(spec: RunSpec, stage: str, device: torch.device) -> dict[str, Any]:
+    """What ``bench cache ls`` shows of an entry."""
+    meta: dict[str, Any] = {"kind": stage, "task": spec.task.label, "tier": spec.tier, "model": spec.model,
+                            "device": device.type, "spec_key": spec.stage_key(stage)}
+    if stage == "defended":
+        meta.update(defense=spec.defense_label, seed=spec.seed)
+    return meta
+
+
+def _read_stage(store: StageStore, key: str, decode):
+    """The stage decoded from its intact entry, or None (absent; an entry that cannot be decoded is discarded)."""
+    path = store.read(key)
+    if path is None:
+        return None
+    try:
+        return decode(path)
+    except (DataError, KeyError, TypeError, ValueError) as err:  # intact files that do not decode: rebuild
+        store.discard(path, f"cannot be read: {type(err).__name__}: {err}")
+        return None  # (anything else, e.g. out of memory while loading, is no fault of the entry: it propagates)
+
+
+def _write_stage(store: StageStore, key: str, meta: dict[str, Any], fill) -> Path | None:
+    """Write an entry; a failure (disk full, a model that cannot be saved) costs only the reuse, never the run."""
+    try:
+        return store.write(key, meta, fill)
+    except Exception as err:  # noqa: BLE001
+        log.warning("stage cache: could not store the %s stage of %s (%s: %s); it stays in memory only",
+                    meta["kind"], meta["task"], type(err).__name__, err)
+        return None
+
+
+def _adopt_written(store: StageStore, key: str, stage: DefendedStage, task: TaskInstance, read,
+                   device: torch.device) -> DefendedStage:
+    """The defended stage as read back from its entry, if its model computes what the fresh one does (bit for bit
+    on CPU); else the entry is discarded (a model that does not round-trip must not be reused) and the fresh stage
+    kept. The fresh model waits on the CPU meanwhile, so the device never holds both."""
+    fresh = _outputs(task, stage.model)
+    stage.model.to("cpu")
+    loaded = _read_stage(store, key, read)
+    if loaded is not None:
+        mine = _outputs(task, loaded.model)
+        same = np.array_equal(mine, fresh, equal_nan=True) if device.type == "cpu" else \
+            mine.shape == fresh.shape and np.allclose(mine, fresh, rtol=1e-5, atol=1e-6, equal_nan=True)
+        if same:
+            return loaded
+        store.discard(store.path(key), "its model does not reproduce the defended model's outputs when reloaded "
+                                       "(the defense's model does not round-trip through bench.modelio)")
+    stage.model.to(device)
+    return stage
 
 
 def check_preservation(spec: RunSpec, released_outputs: np.ndarray, max_abs_diff: float, allow: bool

@@ -1,0 +1,228 @@
+"""Stages on disk: a miss builds and writes, a hit reads without applying the defense, a corrupt entry is rebuilt,
+results are identical whether the stages were built in this process or read from the cache; ``bench cache``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bench.cache import Cache
+from bench.cli import main
+from bench.registry import DEFENSES
+from bench.runner import Session, run
+from bench.spec import make_spec
+from bench.stage_cache import ENTRY, StageStore, plugin_version
+from defenses.specdef import SpecDef
+
+TASK_ARGS = {"curvature_iters": 5, "bootstrap": 100, "budget": 20}
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, cache):
+    """A cache with no stages, holding a copy of the session cache's tiny vision-digits model (so nothing retrains)."""
+    Session(tmp_path / "warm", cache, stage_cache=False, progress=False).released(_spec("none"))
+    root = tmp_path / "cache"
+    shutil.copytree(cache.root / "vision-digits", root / "vision-digits")
+    return Cache(root)
+
+
+@pytest.fixture
+def counted(isolated_registries):
+    """SpecDef under another name, counting how often it is applied."""
+    applied = []
+
+    @DEFENSES.register("counted-specdef")
+    class CountedSpecDef(SpecDef):
+        def apply(self, model, view, cfg, *, generator):
+            applied.append(1)
+            return super().apply(model, view, cfg, generator=generator)
+
+    return applied
+
+
+def _spec(defense="counted-specdef", seed=0):
+    return make_spec(task="vision-digits", defense=defense, attack="full-ft", seed=seed, task_args=TASK_ARGS,
+                     defense_args={"alpha": 100.0, "n_layers": 2} if defense != "none" else {},
+                     attack_args={"optimizer": "adam", "lr": 1e-3})
+
+
+def _values(directory):
+    """The run's measurements, wall times aside (a stage read from disk keeps the times it was built in)."""
+    df = pq.read_table(directory / "metrics.parquet").to_pandas()
+    df = df[~df["metric"].str.contains("seconds")]
+    return df[["phase", "step", "split", "metric", "value", "n", "stderr", "ci_low", "ci_high"]].reset_index(drop=True)
+
+
+def _timeless(rows):
+    return [row for row in rows if "seconds" not in row["metric"]]
+
+
+def _assert_same(a, b):
+    assert a.equals(b), a.compare(b)
+
+
+def test_a_miss_builds_and_writes_a_hit_reads_without_applying_and_results_are_identical(
+        tmp_path, fresh_cache, counted, monkeypatch):
+    import bench.stages
+
+    measured = []
+    original = bench.stages._measure_released
+    monkeypatch.setattr(bench.stages, "_measure_released", lambda task: measured.append(1) or original(task))
+    spec = _spec()
+    in_memory = run(spec, Session(tmp_path / "memory", fresh_cache, progress=False, stage_cache=False))
+    assert in_memory.status == "success" and len(counted) == 1
+    assert not (fresh_cache.root / "stages").exists()  # in memory only: nothing written
+
+    first = run(spec, Session(tmp_path / "first", fresh_cache, progress=False))
+    assert first.status == "success" and (len(counted), len(measured)) == (2, 2)  # a miss: built, then written
+    entries = StageStore(fresh_cache).entries()
+    assert sorted(e.kind for e in entries) == ["defended", "released"]
+    defended = next(e for e in entries if e.kind == "defended")
+    assert defended.defense == spec.defense_label and defended.task == "vision-digits" and defended.size > 0
+    assert (defended.path / "model" / "model.safetensors").is_file()
+
+    second = run(spec, Session(tmp_path / "second", fresh_cache, progress=False))
+    assert second.status == "success" and (len(counted), len(measured)) == (2, 2)  # a hit: nothing applied or measured
+    for other in ("first", "second"):
+        _assert_same(_values(tmp_path / other / spec.run_id), _values(tmp_path / "memory" / spec.run_id))
+    info = [json.loads((tmp_path / d / spec.run_id / "run.json").read_text()) for d in ("memory", "second")]
+    assert info[0]["defense_report"]["layers"] == info[1]["defense_report"]["layers"]
+    assert info[0]["summary"] | {"attack_seconds": 0, "probe_seconds": 0} == \
+        info[1]["summary"] | {"attack_seconds": 0, "probe_seconds": 0}
+
+    # the stage read back computes exactly what the freshly defended model does
+    fresh = Session(tmp_path / "x", fresh_cache, progress=False, stage_cache=False)
+    cached = Session(tmp_path / "y", fresh_cache, progress=False)
+    x = fresh.released(spec).task.splits["eval_benign"].x
+    model_a, model_b = fresh.defended(spec).model, cached.defended(spec).model
+    assert type(model_a) is type(model_b) and torch.equal(model_a(x), model_b(x))
+    assert [n for n, _ in model_a.named_modules()] == [n for n, _ in model_b.named_modules()]
+
+
+def _corrupt_weights(entry):
+    path = entry / "model" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])  # truncated
+
+
+def _corrupt_measurements(entry):
+    path = entry / "stage.json"
+    path.write_text(path.read_text().replace('"params_added": ', '"params_added": 1'))  # still valid JSON
+
+
+def _missing_array(entry):
+    (entry / "arrays" / "0.npy").unlink()
+
+
+def _corrupt_manifest(entry):
+    path = entry / ENTRY
+    path.write_text(path.read_text()[:50])
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_weights, _corrupt_measurements, _missing_array, _corrupt_manifest])
+def test_a_corrupt_entry_is_detected_deleted_and_rebuilt(tmp_path, fresh_cache, counted, corrupt, caplog):
+    spec = _spec()
+    first = Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    store = StageStore(fresh_cache)
+    entry = next(e.path for e in store.entries() if e.kind == "defended")
+    corrupt(entry)
+    assert store.problem(entry) is not None
+    with caplog.at_level(logging.WARNING, logger="bench.stage_cache"):
+        again = Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    assert len(counted) == 2  # rebuilt: the corrupt entry was not used
+    assert "discarding entry" in caplog.text and entry.name in caplog.text
+    assert store.problem(entry) is None  # and written again, intact
+    assert again.params_added == first.params_added and _timeless(again.rows) == _timeless(first.rows)
+
+
+def test_a_corrupt_released_entry_is_rebuilt(tmp_path, fresh_cache, caplog):
+    spec = _spec("none")
+    first = Session(tmp_path, fresh_cache, progress=False).released(spec)
+    store = StageStore(fresh_cache)
+    entry = next(e.path for e in store.entries() if e.kind == "released")
+    (entry / "outputs.npy").write_bytes(b"\x93NUMPY")
+    with caplog.at_level(logging.WARNING, logger="bench.stage_cache"):
+        again = Session(tmp_path, fresh_cache, progress=False).released(spec)
+    assert "outputs.npy does not match its sha256" in caplog.text and store.problem(entry) is None
+    assert np.array_equal(again.outputs, first.outputs) and _timeless(again.rows) == _timeless(first.rows)
+
+
+def test_concurrent_writers_of_one_entry_use_the_first_finished(tmp_path):
+    store = StageStore(Cache(tmp_path))
+
+    def fill(text):
+        return lambda directory: (directory / "stage.json").write_text(text)
+
+    def slow_fill(directory):  # while this writer fills its temporary entry, another one finishes the same entry
+        (directory / "stage.json").write_text("loser")
+        store.write("k", {"kind": "released"}, fill("winner"))
+
+    path = store.write("k", {"kind": "released"}, slow_fill)
+    assert (path / "stage.json").read_text() == "winner" and store.problem(path) is None
+    assert [p.name for p in store.root.iterdir()] == ["k"]  # the loser's temporary entry is gone
+
+
+def test_get_or_build_keeps_an_entry_a_concurrent_builder_finished(tmp_path):
+    cache = Cache(tmp_path)
+
+    def slow(directory):
+        (directory / "value").write_text("loser")
+        cache.get_or_build(lambda d: (d / "value").write_text("winner"), "task", "tiny", "key")
+
+    path, _ = cache.get_or_build(slow, "task", "tiny", "key")
+    assert (path / "value").read_text() == "winner"
+
+
+def test_plugin_code_is_part_of_the_key(tmp_path, monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = "class Defense:\n    '''{}'''\n"
+    (tmp_path / "plugin_v.py").write_text(source.format("one"))
+    one = plugin_version(importlib.import_module("plugin_v").Defense)
+    (tmp_path / "plugin_v.py").write_text(source.format("two"))
+    plugin_version.cache_clear()
+    two = plugin_version(importlib.reload(importlib.import_module("plugin_v")).Defense)
+    assert one and two and one != two
+
+
+def test_a_model_reloads_in_the_dtype_it_was_saved_in(tmp_path):
+    from bench.layers import MLP
+    from bench.modelio import load_model, save_model
+
+    model = MLP([4, 8, 3]).to(torch.bfloat16)
+    reloaded = load_model(save_model(model, tmp_path / "m", architecture={"kind": "mlp", "sizes": [4, 8, 3]}))
+    x = torch.randn(5, 4, dtype=torch.bfloat16)
+    assert {p.dtype for p in reloaded.parameters()} == {torch.bfloat16} and torch.equal(reloaded(x), model(x))
+
+
+def test_bench_cache_ls_and_clear(tmp_path, fresh_cache, counted, monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(fresh_cache.root))
+    assert main(["cache", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny model" in out and "vision-digits" in out and "defended" not in out
+    spec = _spec()
+    Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    assert main(["cache", "ls"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert spec.defense_label in lines["defended"] and "seed 0" in lines["defended"]
+    assert "vision-digits" in lines["released"]
+    assert "3 entries" in out  # released, defended, the tiny model
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["cache", "clear"]) == 2  # never deletes without --yes when it cannot ask
+    assert "--yes" in capsys.readouterr().err and len(StageStore(fresh_cache).entries()) == 2
+    assert main(["cache", "clear", "--stages", "--yes"]) == 0
+    assert "deleted 2 entries" in capsys.readouterr().out
+    assert not StageStore(fresh_cache).entries() and fresh_cache.entries()  # the tiny model stays
+    Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    assert len(counted) == 2  # cleared stages are rebuilt when needed
+    assert main(["cache", "clear", "--all", "--yes", "--cache-dir", str(fresh_cache.root)]) == 0
+    assert not any(fresh_cache.root.iterdir())
+    assert main(["cache", "ls"]) == 0 and "is empty" in capsys.readouterr().out
