@@ -22,7 +22,7 @@ def run_cli(*argv):
 def test_run_single_attack_then_leaderboard(tmp_path, capsys):
     results = tmp_path / "results"
     code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
-                   "lr=1e-2", "--results", results, "--quiet", *QUICK)
+                   "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
     out = capsys.readouterr().out
     assert code == 0
     assert "worst-case steps-to-harm" in out and "specdef" in out and "none" in out
@@ -187,7 +187,8 @@ def test_ls_lists_every_kind(capsys):
 
 def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
     code = run_cli("run", "--defense", "none", "--task", "vision-digits", "--results", tmp_path, "--quiet",
-                   "--search", "lr-search", "--no-refine", "task.budget=30", "task.curvature_iters=0", "task.bootstrap=0")
+                   "--search", "lr-search", "--no-refine", "--jobs", "1", "task.budget=30", "task.curvature_iters=0",
+                   "task.bootstrap=0")
     out = capsys.readouterr().out
     assert code == 0 and "LR-search probe runs" in out
     runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")

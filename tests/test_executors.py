@@ -183,7 +183,8 @@ def test_a_worker_that_dies_mid_batch_hands_the_rest_of_its_batch_to_a_fresh_wor
     exiting = make_spec(task="vision-digits", defense="none", attack="exit-attack", task_args=FAST)
     fine = [_spec(lr) for lr in (1e-2, 1e-3, 1e-4)]
     executor = LocalExecutor(session, options, jobs=1)
-    assert [len(b) for b in executor.batches([exiting, *fine])] == [2, 2]  # the exiting run shares a batch
+    batches = executor.batches([exiting, *fine])
+    assert [len(b) for b in batches] == [2, 2] and exiting in batches[0] + batches[1]
     records = {r.spec.run_id: r for r in executor.submit([exiting, *fine])}
     assert records[exiting.run_id].status == "failed"
     assert all(records[s.run_id].status == "success" for s in fine)

@@ -2,8 +2,8 @@
 
 Isolation is the point: whatever a run does — raise, call ``os._exit``, exhaust memory and get killed, hang past
 ``--run-timeout`` — only that run fails. Its record holds the exit code (or the timeout) and the last lines of the
-worker's log (``<results>/.logs/``); the other runs go on. A worker takes a batch of runs that share a defended
-stage and runs them one after another with one session, so stages and imports are paid once per batch, not per run
+worker's log (``<results>/.logs/``); the other runs go on. A worker takes a batch of runs (mostly sharing a defended
+stage) and runs them one after another with one session, so imports and stages are paid once per batch, not per run
 (on the tiny tier a run can take less time than starting Python). When a worker dies, the run it was on is recorded
 as failed and the rest of its batch goes to a fresh worker. Workers start in their own process group and exit when
 their sweep dies, so an interrupted sweep leaves no orphans; the runs already written stay.
@@ -44,12 +44,11 @@ class LocalExecutor:
         self._slots = list(range(jobs))
 
     def batches(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-        """Runs grouped by defended stage, cut so that every worker gets about two batches (load balance)."""
-        groups: dict[str, list[RunSpec]] = {}
-        for spec in specs:
-            groups.setdefault(spec.stage_key("defended"), []).append(spec)
-        size = max(1, math.ceil(len(specs) / (2 * self.jobs)))
-        return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+        """About two batches per worker (load balance), each a contiguous slice of the runs ordered by defended
+        stage, so that a batch's runs mostly share their stages."""
+        ordered = sorted(specs, key=lambda spec: spec.stage_key("defended"))  # stable: a stage's runs keep their order
+        size = max(1, math.ceil(len(ordered) / (2 * self.jobs)))
+        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         pool = ThreadPoolExecutor(max_workers=self.jobs)
