@@ -315,6 +315,9 @@ class Defense(abc.ABC):
     """Largest |Δ output| relative to the output scale (max |output|) that the conformance suite accepts on a tiny
     model and the runner accepts on the task's reference outputs; beyond it a run fails (unless the user allows
     the drift, which the results record)."""
+    changes_weights: ClassVar[bool] = True
+    """False for a defense that returns the released model as it is (``none``): the stage cache then stores no copy
+    of its weights."""
     drift_hint: ClassVar[str] = ""
     """How to fix a drift beyond ``preservation_tol`` (e.g. a wider storage dtype), quoted in the runner's error."""
 

@@ -177,9 +177,11 @@ def read_released(directory: Path) -> dict[str, Any]:
             "outputs": outputs, "curvature": decode_eigen(data["curvature"]), "rows": decode_rows(data["rows"])}
 
 
-def write_defended(directory: Path, stage: Any, architecture: Mapping[str, Any]) -> None:
-    """A :class:`~bench.stages.DefendedStage`: the model (safetensors + manifest), its report and measurements."""
-    save_model(stage.model, directory / MODEL, architecture=architecture)
+def write_defended(directory: Path, stage: Any, architecture: Mapping[str, Any], *, with_model: bool = True) -> None:
+    """A :class:`~bench.stages.DefendedStage`: the model (safetensors + manifest; not for a defense that leaves the
+    weights as released, e.g. ``none``: no copy of an 8B checkpoint), its report and measurements."""
+    if with_model:
+        save_model(stage.model, directory / MODEL, architecture=architecture)
     save = ArrayWriter(directory)
     write_json(directory / STAGE_JSON, {
         "layers": list(stage.report.layers),
@@ -191,10 +193,16 @@ def write_defended(directory: Path, stage: Any, architecture: Mapping[str, Any])
     })
 
 
-def read_defended(directory: Path, device: Any) -> dict[str, Any]:
-    """The fields of a :class:`~bench.stages.DefendedStage`, its model loaded onto ``device`` in eval mode."""
+def read_defended(directory: Path, device: Any, released: Any = None) -> dict[str, Any]:
+    """The fields of a :class:`~bench.stages.DefendedStage`, its model loaded onto ``device`` in eval mode (or, for
+    an entry stored without a model, ``released()``: a fresh copy of the released model)."""
     data = read_json(directory / STAGE_JSON)
-    model = load_model(directory / MODEL).to(device).eval()
+    if (directory / MODEL).is_dir():
+        model = load_model(directory / MODEL).to(device).eval()
+    elif released is not None:
+        model = released().eval()
+    else:
+        raise DataError(f"{directory} holds no model")
     return {"model": model, "report": DefenseResult(model=model, layers=tuple(data["layers"]), info=data["info"]),
             "seconds": decode_scalar(data["seconds"]), "params_added": data["params_added"],
             "evaluation": decode_evaluation(data["evaluation"], directory), "rows": decode_rows(data["rows"])}

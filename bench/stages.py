@@ -121,8 +121,11 @@ class Session:
         if key is None:
             return _build_defended(spec, released, self.allow_function_drift)
 
+        as_released = not DEFENSES.get(spec.defense.name).changes_weights
+
         def read(path: Path) -> DefendedStage:
-            return DefendedStage(**stage_codec.read_defended(path, device))
+            copy_released = (lambda: copy.deepcopy(released.task.model)) if as_released else None
+            return DefendedStage(**stage_codec.read_defended(path, device, copy_released))
 
         cached = _read_stage(self._store, key, read)
         if cached is not None:
@@ -130,7 +133,8 @@ class Session:
         stage = _build_defended(spec, released, self.allow_function_drift)
         task = released.task
         written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
-                               lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture()))
+                               lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture(),
+                                                                      with_model=not as_released))
         if written is None:
             return stage
         return _adopt_written(self._store, key, stage, task, read, device)

@@ -19,6 +19,7 @@ class NoDefense(Defense):
 
     Config = NoDefenseConfig
     preservation_tol = 0.0
+    changes_weights = False
 
     def apply(self, model, view, cfg, *, generator):
         return DefenseResult(model=model)

@@ -226,3 +226,17 @@ def test_bench_cache_ls_and_clear(tmp_path, fresh_cache, counted, monkeypatch, c
     assert main(["cache", "clear", "--all", "--yes", "--cache-dir", str(fresh_cache.root)]) == 0
     assert not any(fresh_cache.root.iterdir())
     assert main(["cache", "ls"]) == 0 and "is empty" in capsys.readouterr().out
+
+
+def test_the_baseline_stores_no_copy_of_the_released_weights(tmp_path, fresh_cache):
+    spec = _spec("none")
+    first = Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    (entry,) = [e for e in StageStore(fresh_cache).entries() if e.kind == "defended"]
+    assert not (entry.path / "model").exists()  # an 8B baseline would otherwise be copied once per seed
+    again = Session(tmp_path, fresh_cache, progress=False)
+    second = again.defended(spec)
+    x = again.released(spec).task.splits["eval_benign"].x
+    with torch.no_grad():
+        assert torch.equal(first.model(x), second.model(x))
+        assert torch.equal(second.model(x), again.released(spec).task.model(x))
+    assert second.model is not again.released(spec).task.model  # attacks fine-tune a copy, never the released model
