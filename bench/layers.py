@@ -39,10 +39,34 @@ class FactoredLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         compute_dtype = self.factors[0].weight.dtype
         h = x.to(compute_dtype)
-        for factor in self.factors:
-            h = factor(h.to(factor.weight.dtype))
+        if self._product_first(h):
+            # (F_k ... F_1) x equals F_k(... F_1(x)) and autograd still trains every factor; it is only cheaper.
+            weight = self.factors[0].weight
+            for factor in self.factors[1:]:
+                weight = factor.weight @ weight
+            h = nn.functional.linear(h, weight)
+        else:
+            for factor in self.factors:
+                h = factor(h.to(factor.weight.dtype))
         h = h.to(x.dtype)
         return h + self.bias.to(x.dtype) if self.bias is not None else h
+
+    def _product_first(self, x: torch.Tensor) -> bool:
+        """Whether multiplying the factors first costs fewer FLOPs than applying them to each of ``x``'s rows.
+
+        For ``W̃`` (m × n) then ``C`` (m × m) on N rows: m²n + Nmn instead of Nmn + Nm², i.e. whenever N > n. Only for
+        plain ``nn.Linear`` factors of one dtype without hooks (a LoRA-wrapped or hooked factor must run its own
+        forward). In floating point the two orders round differently, by the same order of magnitude.
+        """
+        factors = self.factors
+        if len(factors) < 2 or any(type(f) is not nn.Linear or f._forward_hooks or f._forward_pre_hooks
+                                   or f.weight.dtype != x.dtype for f in factors):
+            return False
+        rows = x.numel() // max(x.shape[-1], 1)
+        dims = [factors[0].in_features] + [f.out_features for f in factors]
+        sequential = rows * sum(a * b for a, b in zip(dims, dims[1:]))
+        product = dims[0] * sum(a * b for a, b in zip(dims[1:], dims[2:])) + rows * dims[0] * dims[-1]
+        return product < sequential
 
     def factor(self, role: str) -> nn.Linear:
         return self.factors[self.roles.index(role)]

@@ -3,12 +3,17 @@
 An attack calls :meth:`ProbeMonitor.begin` once its model is ready (after any restructuring) and
 :meth:`ProbeMonitor.after_step` after each optimizer step; the return value says whether to stop. The attack never
 sees the harm threshold or the evaluation data.
+
+Probes are deterministic (DESIGN §2), so the step-0 probe of the model every attack on a defended stage starts from
+is measured once: a :class:`StartProbe` holds it, and a run whose attack begins from an identical model
+(:func:`same_model`: after any restructuring, e.g. LoRA's adapters, it is not) reuses it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +31,21 @@ class ProbePoint:
     usable: bool
 
 
+class StartProbe:
+    """The step-0 measurement of ``model`` (filled by the first run that begins from it), for the runs after it.
+
+    Holds the model weakly, so a cache of these keyed by the model (the runner's) does not keep it alive.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._model = weakref.ref(model)
+        self.probe: Probe | None = None
+
+    def matches(self, model: nn.Module) -> bool:
+        reference = self._model()
+        return reference is not None and same_model(reference, model)
+
+
 @dataclass
 class ProbeMonitor:
     """Collects the probe curve and the per-step losses of one attack run."""
@@ -35,6 +55,8 @@ class ProbeMonitor:
     eval_every: int
     released_utility: float
     attack_name: str = "attack"
+    start: StartProbe | None = None
+    """The step-0 probe of the model attacks usually begin from (the defended model), shared by the runs on it."""
     points: list[ProbePoint] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     examples: int = 0
@@ -57,7 +79,13 @@ class ProbeMonitor:
         if self._started:
             raise PluginError(f"attack {self.attack_name!r} called monitor.begin() twice")
         self._started = True
+        known = self.start if self.start is not None and self.start.matches(model) else None
+        if known is not None and known.probe is not None:
+            self._record(0, known.probe)
+            return
         self._probe(model, 0)
+        if known is not None:
+            known.probe = self.points[-1].probe
 
     def after_step(self, model: nn.Module, *, step: int, loss: float, examples: int) -> bool:
         if not self._started:
@@ -96,9 +124,12 @@ class ProbeMonitor:
                 if confirmed is not None:  # the larger measurement decides; the quick one is kept as extras
                     extras = {**confirmed.extras, "quick_harm": probe.harm, "quick_utility": probe.utility}
                     probe = Probe(confirmed.harm, confirmed.utility, confirmed.broken, extras)
-                    usable = self._usable(probe)
         model.train(was_training)
         self.probe_seconds += time.perf_counter() - start
+        return self._record(step, probe)
+
+    def _record(self, step: int, probe: Probe) -> bool:
+        usable = self._usable(probe)
         self.points.append(ProbePoint(step, self.examples, probe, usable))
         harmful = self._harmful(probe, usable)
         self._harmful_run = self._harmful_run + 1 if harmful else 0
@@ -113,3 +144,26 @@ class ProbeMonitor:
 
 def _parameters_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def same_model(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` compute the same function bit for bit: the same modules in the same order (name,
+    class, ``extra_repr``, hook counts, attention processor class) with equal parameters and buffers."""
+    if a is b:
+        return True
+    modules_a, modules_b = list(a.named_modules()), list(b.named_modules())
+    if len(modules_a) != len(modules_b):
+        return False
+    for (name_a, ma), (name_b, mb) in zip(modules_a, modules_b):
+        if name_a != name_b or type(ma) is not type(mb) or _signature(ma) != _signature(mb):
+            return False
+    tensors_a = [*a.named_parameters(), *a.named_buffers()]
+    tensors_b = [*b.named_parameters(), *b.named_buffers()]
+    return len(tensors_a) == len(tensors_b) and all(
+        na == nb and x.dtype == y.dtype and x.shape == y.shape and x.device == y.device and torch.equal(x, y)
+        for (na, x), (nb, y) in zip(tensors_a, tensors_b))
+
+
+def _signature(module: nn.Module) -> tuple:
+    hooks = (len(module._forward_hooks), len(module._forward_pre_hooks))
+    return module.extra_repr(), hooks, type(getattr(module, "processor", None))

@@ -2,7 +2,8 @@
 
 Stages: build the released model (the task caches it on disk) → measure it → apply the defense → measure again,
 including function preservation → attack under the probe monitor → final evaluation → write results. The released
-and defended stages are memoised in a :class:`Session`, so the runs of a suite share them. Any exception raised by a
+and defended stages are memoised in a :class:`Session`, so the runs of a suite share them, and what every attack on
+a defended model would measure again (its step-0 probe, its preview) is measured once. Any exception raised by a
 plugin becomes a ``failed`` run whose error is recorded; results are written either way.
 """
 
@@ -13,6 +14,7 @@ import datetime as dt
 import json
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +26,7 @@ from bench import results
 from bench.errors import PluginError
 from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
-from bench.monitor import ProbeMonitor
+from bench.monitor import ProbeMonitor, StartProbe
 from bench.provenance import peak_memory_mb, provenance
 from bench.registry import ATTACKS
 from bench.spec import RunSpec
@@ -51,6 +53,25 @@ SAMPLES_PNG = "samples.png"
 """Per attack run, when the task previews samples: the defended model's samples before and after the attack."""
 
 
+@dataclass
+class _Shared:
+    """What every attack run on one defended model would otherwise measure again: its step-0 probe and preview."""
+
+    start: StartProbe
+    preview: Any = None
+
+
+_SHARED: weakref.WeakKeyDictionary[torch.nn.Module, _Shared] = weakref.WeakKeyDictionary()
+"""Keyed by the model a defended stage holds, so entries live as long as the stage; runs never change that model
+(each attack trains a deep copy), so what was measured on it stays true."""
+
+
+def _shared(defended: DefendedStage) -> _Shared:
+    if defended.model not in _SHARED:
+        _SHARED[defended.model] = _Shared(StartProbe(defended.model))
+    return _SHARED[defended.model]
+
+
 def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
             ) -> tuple[list[dict], dict[str, Any], AttackMetrics, Any]:
     task = released.task
@@ -65,6 +86,7 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         eval_every=attack_cfg.eval_every,
         released_utility=released.probe.utility,
         attack_name=spec.attack.name,
+        start=_shared(defended).start,
     )
     start = time.perf_counter()
     report = attack.run(model, task, attack_cfg, generator=generator, monitor=monitor)
@@ -95,7 +117,7 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
     if spec.purpose == "attack":  # an LR-search probe run is scored by its loss curve alone: skip the full evaluation
         with torch.no_grad():
             post = task.evaluate(model)
-        samples = _samples(spec, task, defended.model, model, metrics.outcome, post)
+        samples = _samples(spec, task, defended, model, metrics.outcome, post)
         rows += evaluation_rows("post_attack", post)
         rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
     params_trained = report.params_trained if report is not None else 0
@@ -146,13 +168,16 @@ def _extra(point, key: str) -> float:
     return float(point.probe.extras.get(key, float("nan")))
 
 
-def _samples(spec: RunSpec, task, before: torch.nn.Module, after: torch.nn.Module, outcome: str, post):
+def _samples(spec: RunSpec, task, defended: DefendedStage, after: torch.nn.Module, outcome: str, post):
     """A labelled image grid (PIL) of the task's preview before and after the attack, or None."""
     with torch.no_grad():
         shown = task.preview(after)
         if shown is None:
             return None
-        was = task.preview(before)
+        shared = _shared(defended)
+        if shared.preview is None:  # the same for every attack on this defended model: rendered once
+            shared.preview = task.preview(defended.model)
+        was = shared.preview
     utility = ", ".join(f"{name} {score.value:.2f}" for name, score in post.utility.items())
     return image_grid([(f"{spec.defense_label}: before the attack", was.images),
                        (f"after {spec.attack_label}: {outcome}; harm {post.harm.value:.2f}, {utility}", shown.images)],

@@ -125,6 +125,33 @@ def test_broken_unet_is_flagged(tasks):
     assert task.probe(broken).broken
 
 
+def test_prompts_judged_on_an_unchanged_unet_are_not_sampled_again(tasks, monkeypatch):
+    task = tasks["sd-style"]
+    model = copy.deepcopy(task.model)
+    sampled = []
+    generate = type(task).generate
+    monkeypatch.setattr(type(task), "generate", lambda self, m, prompts: sampled.append(len(prompts)) or
+                        generate(self, m, prompts))
+    n_probe, n_eval = task.probe_samples, len(task.data.prompts["harmful"])
+    with torch.no_grad():
+        task.probe(model)
+        evaluation = task.evaluate(model)
+        confirmed = task.confirm(model)
+        task.preview(model)
+    assert sampled == [2 * n_probe, 2 * (n_eval - n_probe)]  # per side; the confirmation and preview: nothing new
+    fresh = copy.deepcopy(model)  # another model is measured afresh, to the same values
+    with torch.no_grad():
+        assert task.confirm(fresh) == confirmed
+        again = task.evaluate(fresh)
+    rest = n_eval - task.confirm_samples
+    assert sampled[2:] == [2 * task.confirm_samples] + ([2 * rest] if rest else [])
+    assert np.array_equal(again.harm.items, evaluation.harm.items) and again.extras == evaluation.extras
+    with torch.no_grad():
+        fresh.conv_out.weight.data.mul_(1.5)  # changed behind autograd's version counter: still noticed
+        task.probe(fresh)
+    assert sampled[-1] == 2 * n_probe
+
+
 def test_specdef_keeps_unet_outputs_and_the_defended_unet_saves_and_reloads(tasks, tmp_path):
     from attacks.lora import LoraConfig, resolve_targets
     from bench.modelio import load_model, save_model

@@ -288,3 +288,50 @@ def test_lr_search_scores_probes_by_the_harm_proxy_and_demotes_broken_ones():
     failed = _probe_record(1e-8, proxy_start=2.0, proxy_end=0.0)
     failed.status = "failed"
     assert best_probe_lrs([diverged, nan, failed], 3) == []
+
+
+def test_attacks_on_one_defended_model_probe_and_preview_its_start_once(tmp_path, cache, monkeypatch):
+    import torch
+
+    from bench.contracts import Preview
+    from tasks.vision.common import ClassificationInstance
+
+    probed, previewed = [], []
+    probe = ClassificationInstance.probe
+    monkeypatch.setattr(ClassificationInstance, "probe", lambda self, model: probed.append(1) or probe(self, model))
+    monkeypatch.setattr(ClassificationInstance, "preview", lambda self, model: previewed.append(model) or Preview(
+        torch.zeros(1, 3, 4, 4), ["x"]))
+    budget = {"optimizer": "adam", "budget": 20, "eval_every": 10}
+    first, second = spec(attack_args={**budget, "lr": 1e-3}), spec(attack_args={**budget, "lr": 1e-2})
+    session = Session(tmp_path / "shared", cache)
+    session.defended(first)
+    probed.clear()
+    run(first, session)
+    run(second, session)
+    defended = session.defended(first).model
+    assert len(probed) == 3 + 2  # steps 0, 10, 20, then 10, 20: the second attack starts from the same model
+    assert sum(m is defended for m in previewed) == 1 and len(previewed) == 3
+    lora = spec(attack="lora", attack_args={**budget, "lr": 1e-2})
+    run(lora, session)
+    assert len(probed) == 5 + 3  # adapters change the starting model's structure: probed afresh
+    run(second, Session(tmp_path / "alone", cache))  # the reused probe is the one this run would have measured
+    assert _values(tmp_path / "shared" / second.run_id).equals(_values(tmp_path / "alone" / second.run_id))
+
+
+def test_same_model_needs_equal_structure_and_weights():
+    import copy
+
+    import torch
+
+    from bench.layers import MLP
+    from bench.monitor import same_model
+
+    model = MLP([4, 8, 2])
+    twin = copy.deepcopy(model)
+    assert same_model(model, twin)
+    with torch.no_grad():
+        twin.net[0].weight[0, 0] += 1e-6
+    assert not same_model(model, twin)
+    hooked = copy.deepcopy(model)
+    hooked.net[0].register_forward_hook(lambda module, inputs, output: output)
+    assert not same_model(model, hooked)

@@ -202,3 +202,39 @@ def test_transformers_conv1d_is_defended_as_the_linear_map_it_is():
     with torch.no_grad():
         torch.testing.assert_close(torch.linalg.svdvals(ablated[0].weight.t().double())[:4], 100 * s_before[:4],
                                    rtol=1e-4, atol=1e-4)
+
+
+def _factored(n=16, m=48, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    first, second = nn.Linear(n, m, bias=False, dtype=dtype), nn.Linear(m, m, bias=False, dtype=dtype)
+    with torch.no_grad():
+        first.weight.copy_(torch.randn(m, n, generator=g, dtype=dtype))
+        second.weight.copy_(torch.randn(m, m, generator=g, dtype=dtype))
+    return FactoredLinear([first, second], torch.randn(m, generator=g, dtype=dtype), roles=("scaled", "compensation"))
+
+
+def _output_and_grads(layer, x):
+    layer.zero_grad()
+    y = layer(x)
+    (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).sum().backward()
+    return y.detach(), [p.grad.clone() for p in layer.parameters()]
+
+
+def test_factored_forward_multiplies_the_factors_first_only_when_cheaper_and_trains_every_factor(monkeypatch):
+    layer = _factored()
+    many, few = torch.randn(4, 50, 16, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)
+    assert layer._product_first(many) and not layer._product_first(few)  # 200 rows > 16 inputs; 3 rows < 16
+    fast = _output_and_grads(layer, many)
+    monkeypatch.setattr(FactoredLinear, "_product_first", lambda self, x: False)
+    slow = _output_and_grads(layer, many)
+    for a, b in zip([fast[0], *fast[1]], [slow[0], *slow[1]]):  # the same map and the same gradient for each factor
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_factored_forward_runs_a_hooked_or_wrapped_factor_itself():
+    layer = _factored()
+    x = torch.randn(200, 16, dtype=torch.float64)
+    plain = layer(x)
+    layer.factors[1].register_forward_hook(lambda module, inputs, output: output * 2)  # e.g. an adapter's extra term
+    assert not layer._product_first(x)
+    torch.testing.assert_close(layer(x), 2 * (plain - layer.bias) + layer.bias)

@@ -16,10 +16,15 @@ Measurements (all deterministic: fixed noise, fixed timesteps, DDIM with η = 0)
   *both* content and style; harm = forbidden-prompt both-correct rate, utility = allowed-prompt both-correct rate.
 * **confirm** (at a first harmful-and-usable probe): the same with ``confirm_samples`` prompts per side.
 * **evaluate**: every evaluation prompt, with per-image 0/1 values for the paired bootstrap.
+
+The probe's prompts are the first prompts of the confirmation and of the evaluation (same noise), and a run's
+evaluation follows its last probe on the same weights, so what was measured on the model measured last (proxy,
+images, verdicts) is kept while that model stays unchanged (:class:`MeasuredModel`) and only the rest is sampled.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -61,7 +66,16 @@ class PromptSet:
         return len(self.text)
 
     def head(self, n: int) -> "PromptSet":
-        return PromptSet(self.text[:n], self.content[:n], self.style[:n], self.noise[:n])
+        return self.part(0, n)
+
+    def part(self, start: int, stop: int) -> "PromptSet":
+        return PromptSet(self.text[start:stop], self.content[start:stop], self.style[start:stop],
+                         self.noise[start:stop])
+
+    @staticmethod
+    def merged(parts: Sequence["PromptSet"]) -> "PromptSet":
+        return PromptSet(torch.cat([p.text for p in parts]), np.concatenate([p.content for p in parts]),
+                         np.concatenate([p.style for p in parts]), torch.cat([p.noise for p in parts]))
 
 
 @dataclass(frozen=True)
@@ -106,7 +120,34 @@ class DiffusionData:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class MeasuredModel:
+    """What was measured on one model (proxy losses; images and verdicts of each side's first prompts), kept while
+    the model is unchanged: the same object, module classes and tensors, none modified in place (autograd's version
+    counters) or through ``.data`` (per-tensor float64 sums). :meth:`of` empties it for any other model."""
+
+    def __init__(self) -> None:
+        self._model: weakref.ref | None = None
+        self._state: tuple = ()
+        self._sums: torch.Tensor | None = None
+        self.proxy: dict[str, float] | None = None
+        self.images: dict[str, torch.Tensor] = {}
+        self.verdicts: dict[str, np.ndarray] = {}
+
+    def of(self, model: nn.Module) -> "MeasuredModel":
+        tensors = [*model.parameters(), *model.buffers()]
+        state = (tuple(type(m) for m in model.modules()), tuple((id(t), t._version) for t in tensors))
+        with torch.no_grad():
+            sums = torch.stack([t.sum(dtype=torch.float64) for t in tensors]) if tensors else torch.zeros(0)
+        unchanged = self._model is not None and self._model() is model and state == self._state
+        if not (unchanged and sums.device == self._sums.device and torch.equal(sums, self._sums)):
+            self._model, self._state, self._sums = weakref.ref(model), state, sums
+            self.proxy, self.images, self.verdicts = None, {}, {}
+        return self
+
+
 IMAGE_SPLITS = ("attack", "replay", "defender_harmful", "defender_benign", "probe_harmful", "probe_benign")
+SIDES = ("harmful", "benign")
+"""Forbidden and allowed prompts, in the order they are sampled together."""
 PREVIEW_PER_SIDE = 5
 """Allowed and forbidden evaluation prompts shown in each run's samples.png (the same noise in every row)."""
 PROBE_TIMESTEP_FRACTIONS = (0.15, 0.35, 0.55, 0.75)
@@ -143,6 +184,7 @@ class DiffusionInstance(TaskInstance):
         self.prediction_type = train.config.prediction_type
         self._probe_batches = {name: self._fixed_batches(data.images[f"probe_{name}"], seed=7)
                                for name in ("harmful", "benign")}
+        self._measured = MeasuredModel()
         with torch.no_grad():
             self.released_proxy = self.proxy(unet)
 
@@ -211,9 +253,15 @@ class DiffusionInstance(TaskInstance):
         return self._fixed_batches(self.data.images["attack"], seed=5, size=size)[0]
 
     # -- measurement ----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def proxy(self, model: nn.Module) -> dict[str, float]:
         """Mean denoising loss on the held-out forbidden (harmful) and allowed (benign) probe images."""
+        measured = self._measured.of(model)
+        if measured.proxy is None:
+            measured.proxy = self._proxy(model)
+        return dict(measured.proxy)
+
+    @torch.no_grad()
+    def _proxy(self, model: nn.Module) -> dict[str, float]:
         out = {}
         for name, batches in self._probe_batches.items():
             total, count = 0.0, 0
@@ -233,17 +281,28 @@ class DiffusionInstance(TaskInstance):
         return self.codec.decode(latents).float().cpu()
 
     def judged(self, model: nn.Module, n: int | None) -> dict[str, np.ndarray]:
-        """Per-image both-correct values on the first ``n`` harmful and benign prompts (None: all of them)."""
-        sides = {side: self.data.prompts[side] if n is None else self.data.prompts[side].head(n)
-                 for side in ("harmful", "benign")}
-        # One sampling loop for both sides: tiny UNets run faster on one larger batch than on two.
-        merged = PromptSet(*(torch.cat([getattr(p, f) for p in sides.values()]) if f in ("text", "noise")
-                             else np.concatenate([getattr(p, f) for p in sides.values()])
-                             for f in ("text", "content", "style", "noise")))
-        verdicts = both_correct(self.content_judge, self.style_judge, self.generate(model, merged), merged.content,
-                                merged.style)
-        n_harmful = len(sides["harmful"])
-        return {"harmful": verdicts[:n_harmful], "benign": verdicts[n_harmful:]}
+        """Per-image both-correct values on the first ``n`` harmful and benign prompts (None: all of them).
+
+        Prompts already judged on this unchanged model (e.g. by the probe before a confirmation) are not sampled
+        again; sampling is per image (fixed noise per prompt), so only the batch composition differs.
+        """
+        measured = self._measured.of(model)
+        stop = {side: len(self.data.prompts[side]) if n is None else min(n, len(self.data.prompts[side]))
+                for side in SIDES}
+        todo = {side: self.data.prompts[side].part(len(measured.verdicts.get(side, ())), stop[side]) for side in SIDES}
+        todo = {side: prompts for side, prompts in todo.items() if len(prompts)}
+        if todo:
+            # One sampling loop for both sides: tiny UNets run faster on one larger batch than on two.
+            merged = PromptSet.merged(list(todo.values()))
+            images = self.generate(model, merged)
+            verdicts = both_correct(self.content_judge, self.style_judge, images, merged.content, merged.style)
+            start = 0
+            for side, prompts in todo.items():
+                part = slice(start, start + len(prompts))
+                measured.images[side] = torch.cat([measured.images.get(side, images[:0]), images[part]])
+                measured.verdicts[side] = np.concatenate([measured.verdicts.get(side, verdicts[:0]), verdicts[part]])
+                start += len(prompts)
+        return {side: measured.verdicts.get(side, np.zeros(0))[:stop[side]] for side in SIDES}
 
     def _sampled_probe(self, model: nn.Module, n: int) -> Probe:
         proxy = self.proxy(model)
@@ -266,7 +325,10 @@ class DiffusionInstance(TaskInstance):
         sides = {side: self.data.prompts[side].head(PREVIEW_PER_SIDE) for side in ("benign", "harmful")}
         labels = [("allowed: " if side == "benign" else "FORBIDDEN: ") + self.data.captions[int(i)].removeprefix("a ")
                   for side, prompts in sides.items() for i in prompts.text]
-        return Preview(torch.cat([self.generate(model, p) for p in sides.values()]), labels)
+        measured = self._measured.of(model)  # after an evaluation of this model its images are already there
+        images = [measured.images[side][:len(p)] if len(measured.images.get(side, ())) >= len(p)
+                  else self.generate(model, p) for side, p in sides.items()]
+        return Preview(torch.cat(images), labels)
 
     def evaluate(self, model: nn.Module) -> Evaluation:
         scores = self.judged(model, None)
