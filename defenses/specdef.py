@@ -38,7 +38,9 @@ RECONSTRUCTION_WARN = 1e-3
 
 
 @dataclass(frozen=True, kw_only=True)
-class SpecDefConfig:
+class SpectralInflationConfig:
+    """What SpecDef and its ablation without compensation share: which layers, and how their spectrum is inflated."""
+
     alpha: float = 1e4
     """Factor applied to the top-k singular values of each selected weight."""
     k: int = 25
@@ -46,24 +48,28 @@ class SpecDefConfig:
     layers: tuple[str, ...] = ("*",)
     """fnmatch patterns on module names (e.g. "*.down_proj"); a layer must match one."""
     module_types: tuple[str, ...] = ("Linear", "Conv1D")
-    """Class names of the modules that may be defended (Conv1D: transformers' transposed linear map, GPT-2)."""
+    """Class names of the modules that may be changed (Conv1D: transformers' transposed linear map, GPT-2)."""
     exclude: tuple[str, ...] = ()
-    """fnmatch patterns of module names never to defend."""
+    """fnmatch patterns of module names never to change."""
     n_layers: int = 0
-    """Defend this many of the matching layers, drawn with the run seed (0: all of them)."""
-    dtype: Literal["auto", "model", "float64"] = "auto"
-    """Storage dtype of W̃ and C: auto (float32 for bfloat16/float16 layers, else the layer's own), model (the
-    layer's own, even in half precision), or float64 for large alpha."""
+    """Change this many of the matching layers, drawn with the run seed (0: all of them)."""
     svd: Literal["auto", "exact", "topk"] = "auto"
     """Full SVD, iterative top-k, or auto (top-k on large matrices)."""
-    trainable_compensation: bool = True
-    """Whether C is a trainable parameter (the paper's setting; freezing it is weaker)."""
 
     def __post_init__(self) -> None:
         check(self.alpha > 0, f"alpha must be positive, got {self.alpha}")
         check(self.k >= 1, f"k must be at least 1, got {self.k}")
         check(self.n_layers >= 0, f"n_layers must be >= 0, got {self.n_layers}")
         check(len(self.layers) > 0, "layers needs at least one pattern")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecDefConfig(SpectralInflationConfig):
+    dtype: Literal["auto", "model", "float64"] = "auto"
+    """Storage dtype of W̃ and C: auto (float32 for bfloat16/float16 layers, else the layer's own), model (the
+    layer's own, even in half precision), or float64 for large alpha."""
+    trainable_compensation: bool = True
+    """Whether C is a trainable parameter (the paper's setting; freezing it is weaker)."""
 
 
 @DEFENSES.register("specdef")
