@@ -3,7 +3,6 @@ configs and saved to disk, and a captioned, labelled image folder (the ``dataset
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,18 +21,10 @@ FAST = {"judge_steps": 40, "eval_samples": 4, "probe_samples": 2, "confirm_sampl
         "curvature_iters": 0, "bootstrap": 0}
 
 
-def save_tiny_sd(directory: Path) -> Path:
-    return save_sd_pipeline(directory)
-
-
-def make_folder(directory: Path, per_pair: int = 8) -> Path:
-    return make_captioned_folder(directory, per_pair)
-
-
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd-real")
-    return save_tiny_sd(root), make_folder(root / "images")
+    return save_sd_pipeline(root), make_captioned_folder(root / "images")
 
 
 def build(task, model, folder, tmp_path, device=None, **options):
@@ -109,7 +100,7 @@ def test_clear_errors(fixtures, tmp_path):
         build("sd-style", model, folder, tmp_path, text_column="caption")
     with pytest.raises(ConfigError, match="float16 needs a CUDA device"):
         build("sd-style", model, folder, tmp_path, device=torch.device("cpu"), dtype="float16")
-    corrupt = make_folder(tmp_path / "corrupt", per_pair=4)
+    corrupt = make_captioned_folder(tmp_path / "corrupt", per_pair=4)
     (corrupt / "000.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match="cannot read image .*000.png"):
         build("sd-style", model, corrupt, tmp_path)

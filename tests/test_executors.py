@@ -3,14 +3,12 @@ exiting and out-of-memory runs, run timeouts, and a sweep killed with SIGKILL th
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -123,13 +121,20 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def test_a_crashing_exiting_or_hanging_run_fails_alone(tmp_path, cache, isolated_registries):
+@pytest.fixture
+def bad_plugins(tmp_path, cache, isolated_registries):
+    """A session whose workers import PLUGIN's misbehaving attacks (as ``--plugin bad_attacks.py`` would)."""
     plugin = tmp_path / "bad_attacks.py"
     plugin.write_text(PLUGIN)
     load_plugin(str(plugin))
     session = Session(tmp_path / "res", cache, progress=False)
     options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1,
                             plugins=(str(plugin),))
+    return session, options
+
+
+def test_a_crashing_exiting_or_hanging_run_fails_alone(bad_plugins):
+    session, options = bad_plugins
     specs = {name: make_spec(task="vision-digits", defense="none", attack=name, task_args=FAST,
                              attack_args={} if name != "full-ft" else {"lr": 1e-3})
              for name in ("full-ft", "exit-attack", "oom-attack", "hang-attack")}
@@ -172,14 +177,8 @@ def test_sigkilled_sweep_resumes_to_every_run_exactly_once(tmp_path, cache):
     assert len(list(results.glob("*/run.json"))) == 8
 
 
-def test_a_worker_that_dies_mid_batch_hands_the_rest_of_its_batch_to_a_fresh_worker(tmp_path, cache,
-                                                                                     isolated_registries):
-    plugin = tmp_path / "bad_attacks.py"
-    plugin.write_text(PLUGIN)
-    load_plugin(str(plugin))
-    session = Session(tmp_path / "res", cache, progress=False)
-    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1,
-                            plugins=(str(plugin),))
+def test_a_worker_that_dies_mid_batch_hands_the_rest_of_its_batch_to_a_fresh_worker(bad_plugins):
+    session, options = bad_plugins
     exiting = make_spec(task="vision-digits", defense="none", attack="exit-attack", task_args=FAST)
     fine = [_spec(lr) for lr in (1e-2, 1e-3, 1e-4)]
     executor = LocalExecutor(session, options, jobs=1)

@@ -31,18 +31,10 @@ def _offline(monkeypatch):
         monkeypatch.setenv(name, "1")
 
 
-def save_tiny_vit(directory: Path, labels=MODEL_LABELS, processor: bool = True) -> Path:
-    return save_vit(directory, labels, processor)
-
-
-def make_folder(directory: Path, per_class: int = PER_CLASS) -> Path:
-    return make_class_folder(directory, per_class)
-
-
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision-real")
-    return save_tiny_vit(root / "vit"), make_folder(root / "shapes")
+    return save_vit(root / "vit"), make_class_folder(root / "shapes")
 
 
 def build(model, dataset, tmp_path, **options):
@@ -122,7 +114,7 @@ def test_released_model_is_cached_and_round_trips(fixtures, tmp_path):
 
 def test_integer_fallback_and_missing_processor(fixtures, tmp_path):
     _, folder = fixtures
-    model = save_tiny_vit(tmp_path / "vit6", labels=tuple(f"LABEL_{i}" for i in range(6)), processor=False)
+    model = save_vit(tmp_path / "vit6", labels=tuple(f"LABEL_{i}" for i in range(6)), processor=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         task = build(model, folder, tmp_path, release_steps=0)
@@ -130,7 +122,7 @@ def test_integer_fallback_and_missing_processor(fixtures, tmp_path):
     assert "ViTImageProcessor" in messages and "output unit i" in messages
     assert task.provenance()["label_mapping"] == "indices"
     assert task.provenance()["model_targets"] == {name: i for i, name in enumerate(CLASSES)}
-    small = save_tiny_vit(tmp_path / "vit2", labels=("a", "b"))
+    small = save_vit(tmp_path / "vit2", labels=("a", "b"))
     with pytest.raises(DataError, match="2 output labels but the dataset has 4 classes"):
         build(small, folder, tmp_path)
 
@@ -170,7 +162,7 @@ def test_clear_errors(fixtures, tmp_path):
         build(model, folder, tmp_path, image_column="img")
     with pytest.raises(DataError, match="at least one class must stay allowed"):
         build(model, folder, tmp_path, forbidden_classes=CLASSES)
-    corrupt = make_folder(tmp_path / "corrupt", per_class=6)
+    corrupt = make_class_folder(tmp_path / "corrupt", per_class=6)
     (corrupt / "red" / "broken.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         build(model, corrupt, tmp_path)

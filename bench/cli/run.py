@@ -82,6 +82,26 @@ def add_executor_arguments(p: argparse.ArgumentParser) -> None:
                         help="slurm: an extra #SBATCH option, e.g. account=lab (repeatable)")
 
 
+def set_threads(threads: int | None, tiers: set[str]) -> int | None:
+    """Set torch's intra-op threads for this process (its workers get the same); returns the number set, if any.
+
+    Default: 1 when every tier is tiny — tiny models gain nothing from a second thread, and on a busy machine the
+    spin-waiting of several threads made each step up to 100x slower (measured); torch's choice otherwise.
+    """
+    if threads is None:
+        threads = 1 if tiers == {"tiny"} else None
+    if threads is None:
+        return None
+    if threads < 1:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
 def executor_for(args: argparse.Namespace, session, request_tier: str, threads: int | None):
     """The executor the command line asks for, with the worker options every run shares."""
     from bench.errors import ConfigError
@@ -116,17 +136,7 @@ def main(args: argparse.Namespace) -> int:
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
                             baseline=args.baseline, refine=args.refine, search=args.search)
-    threads = args.threads if args.threads is not None else (1 if request.tier == "tiny" else None)
-    if threads is not None:
-        if threads < 1:
-            from bench.errors import ConfigError
-
-            raise ConfigError(f"--threads must be at least 1, got {threads}")
-        import torch
-
-        # Tiny models gain nothing from a second intra-op thread, and on a busy machine the spin-waiting of
-        # several threads made each step up to 100x slower (measured), so the tiny tier runs on one by default.
-        torch.set_num_threads(threads)
+    threads = set_threads(args.threads, {request.tier})
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)
     resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built

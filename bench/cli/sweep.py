@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from bench.cli.run import add_executor_arguments, executor_for
+from bench.cli.run import add_executor_arguments, executor_for, set_threads
 
 EPILOG = """examples:
   bench sweep experiments/sweeps/readme-vision-digits.yaml --dry-run     # every run, and which are done
@@ -85,7 +85,7 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     from leaderboard.summary import summary_text
 
     tiers = {planned.request.tier for planned in sweep_plan.suites}
-    threads = _set_threads(args.threads, tiers)
+    threads = set_threads(args.threads, tiers)
     for tier in sorted(tiers):
         resolve_device(args.device, tier)  # a bad or unavailable --device stops here, before any model is built
 
@@ -127,19 +127,3 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     if report.stopped:
         return 2
     return 1 if report.failed else 0
-
-
-def _set_threads(threads: int | None, tiers: set[str]) -> int | None:
-    """Tiny models gain nothing from a second intra-op thread (see ``bench run``), so an all-tiny sweep uses one."""
-    if threads is None:
-        threads = 1 if tiers == {"tiny"} else None
-    if threads is None:
-        return None
-    if threads < 1:
-        from bench.errors import ConfigError
-
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-    return threads
