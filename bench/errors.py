@@ -26,3 +26,7 @@ class DataError(BenchError):
 
 class FunctionDriftError(BenchError):
     """A defense that claims to preserve the model's function changed its outputs beyond its declared tolerance."""
+
+
+class TrainingDivergedError(BenchError):
+    """A trained defense's loss became non-finite: its configuration (usually the learning rate) does not train."""

@@ -25,7 +25,8 @@ SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
 METRICS = "metrics.parquet"
 
-PHASES = ("released", "defended", "attack", "post_attack", "summary")
+PHASES = ("released", "defense", "defended", "attack", "post_attack", "summary")
+"""``defense``: a trained defense's loss terms per training step (metric = the term, step = the training step)."""
 
 RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("schema_version", pa.int16()),

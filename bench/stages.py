@@ -15,6 +15,7 @@ then read back, so every run uses exactly what other processes read.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import time
@@ -236,6 +237,7 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
     seconds = time.perf_counter() - start
     if not isinstance(report, DefenseResult) or not isinstance(report.model, nn.Module):
         raise PluginError(f"defense {spec.defense.name!r} must return a DefenseResult holding the defended model")
+    report, curve_rows = _split_curve(report)
     defended = report.model.eval()
     params_added = count_parameters(defended) - count_parameters(task.model)
     with torch.no_grad():
@@ -254,8 +256,17 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
         results.metric_row("defended", "defense_seconds", seconds),
         results.metric_row("defended", "layers_touched", len(report.layers)),
         *drift_rows,
+        *curve_rows,
     ]
     return DefendedStage(defended, report, seconds, params_added, evaluation, rows)
+
+
+def _split_curve(report: DefenseResult) -> tuple[DefenseResult, list[dict[str, Any]]]:
+    """A trained defense's loss curve as metric rows of phase ``defense`` (the report keeps no copy, so the stage
+    cache and run.json stay small)."""
+    rows = [results.metric_row("defense", name, float(value), step=int(point["step"]))
+            for point in report.curve for name, value in point.items() if name != "step"]
+    return dataclasses.replace(report, curve=()), rows
 
 
 # -------------------------------------------------------------------------------------------------------------

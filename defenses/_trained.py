@@ -1,0 +1,140 @@
+"""What every trained defense shares: its common config fields, its view checks, and its training log.
+
+A trained defense optimises the released model on the defender's split (:class:`~bench.contracts.DefenderView`).
+The log records what the leaderboard reports about it: the loss terms of every outer step (the report's
+:attr:`~bench.contracts.DefenseResult.curve`, which the runner writes as Parquet rows of phase ``defense``),
+forward-backward passes, wall time, and the simulated attacker it trained against; it shows a progress bar and
+stops with a clear error when a loss becomes non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from bench.config import check
+from bench.contracts import AttackerScale, DefenderView
+from bench.errors import PluginError, TrainingDivergedError
+
+@dataclass(frozen=True, kw_only=True)
+class TrainedConfig:
+    """Fields every trained defense has (each defense changes the defaults and documents its scaling rule)."""
+
+    steps: int | None = None
+    """Outer optimizer steps; None: the defense's rule from the task's attacker scale."""
+    lr: float = 1e-4
+    """Learning rate of the defender's (outer) optimizer."""
+    batch_size: int | None = None
+    """Defender batch size; None: the task's attacker batch size."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the outer optimizer."""
+    grad_clip: float = 1.0
+    """Clip the outer gradient to this global norm (0: no clipping)."""
+
+    def __post_init__(self) -> None:
+        check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")
+        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        check(self.batch_size is None or self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+
+
+def require(view: DefenderView, defense: str, *fields: str) -> None:
+    """Raise a clear error when the task's view lacks what the defense needs (a third-party task may omit it)."""
+    missing = [name for name in fields if getattr(view, name) in (None, ())]
+    if missing:
+        raise PluginError(f"defense {defense!r} needs the task's defender view to provide {', '.join(missing)} "
+                          "(see bench.contracts.DefenderView); this task does not")
+
+
+def attacker_of(view: DefenderView) -> AttackerScale:
+    """The task's attacker scale (required by defenses that simulate an attacker)."""
+    if view.attacker is None:
+        raise PluginError("this defense scales its simulated attacker by the task's DefenderView.attacker, which "
+                          "this task does not provide; set the defense's steps and learning rates explicitly")
+    return view.attacker
+
+
+def batch_size_of(cfg: TrainedConfig, view: DefenderView) -> int:
+    return cfg.batch_size or (view.attacker.batch_size if view.attacker else 8)
+
+
+def outer_optimizer(model: nn.Module, cfg: TrainedConfig) -> torch.optim.Optimizer:
+    """AdamW on the model's trainable parameters (every paper's outer optimizer)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def clip(model: nn.Module, cfg: TrainedConfig) -> None:
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
+
+
+class TrainingLog:
+    """The record of one defense's training (see the module docstring); use as a context manager around the loop."""
+
+    def __init__(self, defense: str, steps: int):
+        self.defense, self.steps = defense, steps
+        self.curve: list[dict[str, float]] = []
+        self.fb_passes = 0
+        self._start = time.perf_counter()
+        self._bar = None
+
+    def __enter__(self) -> "TrainingLog":
+        from tqdm.auto import tqdm
+
+        self._start = time.perf_counter()
+        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def passes(self, n: int = 1) -> None:
+        """Count ``n`` forward-backward passes over one batch."""
+        self.fb_passes += n
+
+    def record(self, step: int, **terms: float | torch.Tensor) -> None:
+        """Record one outer step's loss terms; a non-finite term stops training with a clear error."""
+        values = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in terms.items()}
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDivergedError(
+                f"defense {self.defense!r} diverged at training step {step}: {', '.join(bad)} = "
+                f"{', '.join(str(values[b]) for b in bad)}; lower its lr (or its loss weights)")
+        self.curve.append({"step": float(step), **values})
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]}, refresh=False)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+    def info(self, **extra: Any) -> dict[str, Any]:
+        """The report's info: training time, passes, steps, the final terms and ``extra`` (e.g. the simulated
+        attacker: optimizer, learning rates, steps). The curve goes to :attr:`DefenseResult.curve`."""
+        final = {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
+        return {"training_seconds": self.seconds, "fb_passes": self.fb_passes, "steps": len(self.curve),
+                "final_losses": final, **extra}
+
+
+def endless(view: DefenderView, part: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+    """The view's fresh stream of ``part`` (see :attr:`DefenderView.stream`), or its fixed batches, cycled."""
+    if view.stream is not None:
+        yield from view.stream(part, batch_size, generator)
+        return
+    fixed: Mapping[str, Any] = {"harmful": view.harmful, "benign": view.benign, "aligned": view.aligned,
+                                "pairs": list(zip(view.harmful, view.aligned))}
+    batches = list(fixed[part])
+    if not batches:
+        raise PluginError(f"the task's defender view has no {part!r} batches")
+    while True:
+        for i in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[i]
