@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.contracts import DefenderView, Evaluation, Probe, Score, TaskConfig, TaskInstance
+from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Probe, Score, TaskConfig, TaskInstance
+from bench.features import capture, rows_of
 from bench.replay import replay_draws
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -71,6 +72,8 @@ class ClassificationInstance(TaskInstance):
         forward: Forward = logits_of,
         eval_batch_size: int = 512,
         lora_targets: tuple[str, ...] = ("*",),
+        feature_modules: tuple[str, ...] = (),
+        attacker: AttackerScale | None = None,
         architecture: Mapping[str, Any] | None = None,
         provenance: Mapping[str, Any] | None = None,
     ):
@@ -83,6 +86,9 @@ class ClassificationInstance(TaskInstance):
         self.forward = forward
         self.eval_batch_size = eval_batch_size
         self.lora_targets = lora_targets
+        self.feature_modules = tuple(feature_modules)
+        self.attacker = attacker
+        self._aligned_labels: torch.Tensor | None = None
         self._architecture = architecture
         self._provenance = dict(provenance or {})
 
@@ -92,24 +98,75 @@ class ClassificationInstance(TaskInstance):
         for hi, ri in replay_draws(len(harmful), len(replay), batch_size, self.replay_fraction, generator):
             yield torch.cat([harmful.x[hi], replay.x[ri]]), torch.cat([harmful.y[hi], replay.y[ri]])
 
-    def attack_loss(self, model: nn.Module, batch) -> torch.Tensor:
+    def attack_loss(self, model: nn.Module, batch, reduction: str = "mean") -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(self.forward(model, x).float(), y)
+        return F.cross_entropy(self.forward(model, x).float(), y, reduction=reduction)
 
-    harmful_loss = attack_loss
-    benign_loss = attack_loss
+    def harmful_loss(self, model: nn.Module, batch, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy toward the forbidden labels (the harmful batches hold forbidden examples only)."""
+        return self.attack_loss(model, batch, reduction)
+
+    def benign_loss(self, model: nn.Module, batch, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy toward the allowed labels (the benign batches hold allowed examples only): the loss the
+        released model was trained with."""
+        return self.attack_loss(model, batch, reduction)
 
     def batch_outputs(self, model: nn.Module, batch) -> torch.Tensor:
         return self.forward(model, batch[0])
 
     # -- defender ------------------------------------------------------------------------------------------
+    def _aligned_split(self) -> Split:
+        """The defender's forbidden images labelled with the released model's own (allowed) prediction."""
+        if self._aligned_labels is None:
+            harmful = self.splits["defender_harmful"]
+            with torch.no_grad():
+                logits = torch.cat([self.forward(self.model, x).float() for x, _ in harmful.batches(self.eval_batch_size)])
+            self._aligned_labels = logits.argmax(-1).to(harmful.y.device)
+        return Split(self.splits["defender_harmful"].x, self._aligned_labels)
+
+    def _defender_split(self, part: str) -> Split:
+        return {"harmful": self.splits["defender_harmful"], "benign": self.splits["defender_benign"],
+                "aligned": self._aligned_split()}[part]
+
+    def _stream(self, part: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+        """Endless shuffled batches of one defender part (``pairs``: harmful and aligned over the same images)."""
+        splits = [self._defender_split("harmful"), self._aligned_split()] if part == "pairs" else [self._defender_split(part)]
+        n = len(splits[0])
+        while True:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n - min(batch_size, n) + 1, min(batch_size, n)):
+                idx = order[start:start + min(batch_size, n)].to(splits[0].y.device)
+                batches = [(s.x[idx], s.y[idx]) for s in splits]
+                yield tuple(batches) if part == "pairs" else batches[0]
+
+    def _predictions(self, model: nn.Module, batch) -> Predictions:
+        x, y = batch
+        logits = self.forward(model, x).float()
+        return Predictions(outputs=logits, targets=y.to(logits.device), kind="logits", examples=len(y),
+                           example=torch.arange(len(y), device=logits.device))
+
+    def _features(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        with capture(model, self.feature_modules) as captured:
+            self.forward(model, batch[0])
+        # A transformer's (B, T, D) states are read at the class token, the position its classifier head reads.
+        return {name: rows_of(captured[name][:, 0] if captured[name].ndim == 3 else captured[name])
+                for name in self.feature_modules}
+
     def defender_view(self) -> DefenderView:
         size = self.config.batch_size
+        harmful = self.splits["defender_harmful"]
         return DefenderView(
-            harmful=self.splits["defender_harmful"].batches(size),
+            harmful=harmful.batches(size),
             benign=self.splits["defender_benign"].batches(size),
             harmful_loss=self.harmful_loss,
             benign_loss=self.benign_loss,
+            aligned=self._aligned_split().batches(size),
+            aligned_loss=self.attack_loss,
+            stream=self._stream,
+            feature_modules=self.feature_modules,
+            features=self._features if self.feature_modules else None,
+            predictions=self._predictions,
+            attacker=self.attacker,
         )
 
     # -- measurement ---------------------------------------------------------------------------------------

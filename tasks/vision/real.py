@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from bench.cache import Cache
+from bench.contracts import AttackerScale
 from bench.errors import DataError
 from bench.sources import first_line, local_or_hub, load_pooled_dataset, looks_local
 from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
@@ -50,6 +51,10 @@ RELEASE_BATCH = 32
 VIT_LORA_TARGETS = ("*.query", "*.key", "*.value", "*.attention.output.dense")
 """The standard LoRA targets of a ViT: the attention projections."""
 PREPROCESS_CHUNK = 256
+REAL_STEPS_TO_HARM = 64
+REAL_ATTACK_LRS = (1e-5, 1e-4)
+"""The simulated attacker of trained defenses on the real tier: the literature's scale (TAR's 64 inner steps, the
+usual fine-tuning learning rates), not measured here; override the defense's steps and learning rates to change it."""
 
 
 def pixel_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -241,6 +246,8 @@ def build_real(cfg, model: str, cache: Cache, device: torch.device, *, progress:
         name="vision-digits", tier="real", config=cfg, model=released.eval(), splits=splits,
         replay_fraction=cfg.replay_fraction, forward=pixel_logits, eval_batch_size=64,
         lora_targets=VIT_LORA_TARGETS, architecture=architecture,
+        feature_modules=tuple(f"vit.encoder.layer.{i}" for i in range(len(released.vit.encoder.layer))),
+        attacker=AttackerScale(steps=REAL_STEPS_TO_HARM, lrs=REAL_ATTACK_LRS, batch_size=cfg.batch_size),
         provenance={
             "model": model, "model_commit": hub_commit(model, checkpoint), "model_weights_sha256": weights_sha,
             "image_processor": type(processor).__name__, "dataset": cfg.dataset, "dataset_sha256": data_hash,
