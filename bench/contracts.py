@@ -393,6 +393,9 @@ class Defense(abc.ABC):
     of its weights."""
     drift_hint: ClassVar[str] = ""
     """How to fix a drift beyond ``preservation_tol`` (e.g. a wider storage dtype), quoted in the runner's error."""
+    smoke_args: ClassVar[Mapping[str, Any]] = {}
+    """Config overrides for a cheap, functional run (conformance tests and CI; never for measurements), e.g. a few
+    training steps for a trained defense."""
 
     @abc.abstractmethod
     def apply(self, model: "nn.Module", view: DefenderView, cfg: Any, *, generator: "torch.Generator") -> DefenseResult:
