@@ -1,5 +1,6 @@
 """Task-agnostic objectives of trained defenses, computed from a view's :class:`~bench.contracts.Predictions` and
-features: entropy, inverse cross-entropy, KL to uniform, denial-of-service, per-example means, MMD to noise."""
+features: entropy, inverse cross-entropy, KL to uniform, denial-of-service, per-example means, MMD to noise, bounded
+gradient ascent."""
 
 from __future__ import annotations
 
@@ -72,3 +73,9 @@ def mmd_to_gaussian(rows: torch.Tensor, generator: torch.Generator, bandwidths=(
         return sum(torch.exp(-d2 / (2 * (bw * scale) ** 2)) for bw in bandwidths)
 
     return kernel(x, x).mean() + kernel(noise, noise).mean() - 2 * kernel(x, noise).mean()
+
+
+def bounded_ascent(loss: torch.Tensor) -> torch.Tensor:
+    """−log(1 + loss): minimising it raises a (non-negative) harmful loss with a gradient −∇loss / (1 + loss) that
+    fades as the loss grows, so ascent does not run away (RepNoise's and ga-retain's unlearning term)."""
+    return -torch.log1p(loss)

@@ -38,10 +38,35 @@ class TrainedConfig:
 
     def __post_init__(self) -> None:
         check(self.steps is None or self.steps > 0, f"steps must be positive, got {self.steps}")
-        check(self.lr > 0, f"lr must be positive, got {self.lr}")
+        # A defense may redeclare lr as ``float | None`` (None: its rule from the task's attacker scale).
+        check(self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}")
         check(self.batch_size is None or self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackerScaledConfig(TrainedConfig):
+    """A trained defense without a simulated attacker whose length and learning rate follow the task's attacker
+    scale unless set: ``steps_factor`` × the undefended steps-to-harm, at the smallest learning rate where undefended
+    Adam harms fastest (the papers train at about the learning rates of the attacks they report against)."""
+
+    steps_factor: int = 10
+    """Rule for ``steps=None``: train this many times the task's undefended steps-to-harm (vision-digits tiny: 10)."""
+    lr: float | None = None
+    """AdamW learning rate; None: the rule, the smallest of the task's undefended-attacker learning rates."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.steps_factor > 0, f"steps_factor must be positive, got {self.steps_factor}")
+
+
+def steps_for(cfg: AttackerScaledConfig, view: DefenderView) -> int:
+    return cfg.steps if cfg.steps is not None else cfg.steps_factor * attacker_of(view).steps
+
+
+def lr_for(cfg: AttackerScaledConfig, view: DefenderView) -> float:
+    return cfg.lr if cfg.lr is not None else min(attacker_of(view).lrs)
 
 
 def require(view: DefenderView, defense: str, *fields: str) -> None:
@@ -60,14 +85,28 @@ def attacker_of(view: DefenderView) -> AttackerScale:
     return view.attacker
 
 
+def attacker_report(view: DefenderView) -> dict[str, Any] | None:
+    """The task's attacker scale as JSON for a defense's report (None when the task gives none)."""
+    scale = view.attacker
+    if scale is None:
+        return None
+    return {"steps": scale.steps, "lrs": list(scale.lrs), "batch_size": scale.batch_size}
+
+
 def batch_size_of(cfg: TrainedConfig, view: DefenderView) -> int:
     return cfg.batch_size or (view.attacker.batch_size if view.attacker else 8)
 
 
-def outer_optimizer(model: nn.Module, cfg: TrainedConfig) -> torch.optim.Optimizer:
-    """AdamW on the model's trainable parameters (every paper's outer optimizer)."""
+def outer_optimizer(model: nn.Module, cfg: TrainedConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW on the model's trainable parameters (every paper's outer optimizer), at ``lr`` (default ``cfg.lr``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
+
+
+def trained_modules(model: nn.Module) -> list[str]:
+    """Names of the modules that own trainable parameters (what full-parameter training changes)."""
+    return [name for name, module in model.named_modules()
+            if any(p.requires_grad for p in module.parameters(recurse=False))]
 
 
 def clip(model: nn.Module, cfg: TrainedConfig) -> None:

@@ -1,0 +1,75 @@
+"""``ga-retain``: gradient ascent on the harmful loss with a retain loss, the classic unlearning baseline (a control:
+no paper of its own; BASELINES.md).
+
+Threat model: the defender publishes weights; the attacker fine-tunes every weight on harmful data. The defender
+makes the released model bad at the harmful task by raising its harmful loss on the defender's harmful split, while
+keeping its benign (retain) loss on the defender's benign split. Each step, on fresh batches of both, AdamW minimises
+
+    L = benign_loss(benign) − alpha · log(1 + harmful_loss(harmful))
+
+The log bounds the ascent (:func:`~defenses._objectives.bounded_ascent`): its gradient fades as the harmful loss
+grows, so the model is not driven to arbitrary weights. It hides harmful behaviour rather than removing the ability
+to learn it, and relearning is known to recover it: the control any trained defense should beat.
+
+Defaults: alpha = 1; full-parameter training at constant learning rate; steps and learning rate follow the task's
+attacker scale (:class:`~defenses._trained.AttackerScaledConfig`: 10 × the undefended steps-to-harm, at the smallest
+learning rate where undefended Adam harms fastest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from bench.config import check
+from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.registry import DEFENSES
+from defenses._objectives import bounded_ascent
+from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, clip, endless,
+                               lr_for, outer_optimizer, steps_for, trained_modules)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GARetainConfig(AttackerScaledConfig):
+    alpha: float = 1.0
+    """Weight of the bounded ascent term −log(1 + harmful loss) against the retain loss."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+
+
+@DEFENSES.register("ga-retain")
+class GARetain(Defense):
+    """Control: bounded gradient ascent on the harmful loss while keeping the benign (retain) loss."""
+
+    Config = GARetainConfig
+    preserves_function = False
+    smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+
+    def apply(self, model: nn.Module, view: DefenderView, cfg: GARetainConfig, *,
+              generator: torch.Generator) -> DefenseResult:
+        steps, lr = steps_for(cfg, view), lr_for(cfg, view)
+        batch_size = batch_size_of(cfg, view)
+        optimizer = outer_optimizer(model, cfg, lr=lr)
+        harmful_batches = endless(view, "harmful", batch_size, generator)
+        benign_batches = endless(view, "benign", batch_size, generator)
+        model.train()
+        with TrainingLog("ga-retain", steps) as log:
+            for step in range(1, steps + 1):
+                benign_loss = view.benign_loss(model, next(benign_batches))
+                harmful_loss = view.harmful_loss(model, next(harmful_batches))
+                loss = benign_loss + cfg.alpha * bounded_ascent(harmful_loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip(model, cfg)
+                optimizer.step()
+                log.passes(2)
+                log.record(step, loss=loss, benign_loss=benign_loss, harmful_loss=harmful_loss)
+        model.eval()
+        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, simulated_attacker=None,
+                        scaled_by=attacker_report(view))
+        return DefenseResult(model=model, layers=trained_modules(model), info=info, curve=log.curve)

@@ -1,0 +1,106 @@
+"""``repnoise``: representation noising (Rosati et al. 2024, "Representation Noising: A Defence Mechanism Against
+Harmful Finetuning", arXiv 2405.14577).
+
+Threat model: the defender publishes weights; the attacker fine-tunes every weight on harmful data. RepNoise trains
+the released model, on the defender's split only, so that the representations of harmful inputs carry no
+information an attacker could reuse: it pushes their hidden states toward Gaussian noise, raises the harmful loss,
+and keeps the safe behaviour on the same inputs. Each step, on a pair of batches over the same harmful inputs (the
+view's ``"pairs"`` stream: harmful targets, and the safe targets of the aligned split), it minimises
+
+    L = aligned_loss(aligned) + beta · mean_l MMD(features_l(harmful), N(0, I)) − alpha · log(1 + harmful_loss(harmful))
+
+over the task's feature modules l (:func:`~defenses._objectives.mmd_to_gaussian`), with AdamW.
+
+Simplification: the paper's ascent term averages the harmful NLL of a logit lens applied at every layer (each hidden
+state through the final norm and the output embedding). That lens is specific to a transformer LM, so this
+implementation uses the final layer's harmful loss only, which any task provides; the representation term still
+acts on every feature module. The paper's mask (tokens where the harmful and refusal texts differ) is the task's:
+its losses and features count the response positions of each batch.
+
+Defaults (paper: alpha = 1, beta = 1e-3, AdamW lr 1e-4 with a cosine schedule, one epoch over ~1k pairs, about 1–4×
+the cost of one attack): alpha and beta as the paper. Scaled to the tier by rules next to the config: the learning
+rate is the smallest of the task's undefended-attacker learning rates (the paper trained at 1e-4, the scale of the
+learning rates its attacks used, 3e-5 to 1e-4), the steps ``steps_factor`` × the undefended steps-to-harm, with a
+cosine decay as in the paper. Full-parameter training (the paper trained every weight too).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from bench.config import check
+from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.registry import DEFENSES
+from defenses._objectives import bounded_ascent, mmd_to_gaussian
+from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, clip, endless,
+                               lr_for, outer_optimizer, require, steps_for, trained_modules)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepNoiseConfig(AttackerScaledConfig):
+    alpha: float = 1.0
+    """Weight of the bounded ascent term −log(1 + harmful loss) (paper: 1)."""
+    beta: float = 1e-3
+    """Weight of the noising term, the mean over feature modules of MMD(harmful features, N(0, I)) (paper: 1e-3)."""
+    cosine: bool = True
+    """Decay the learning rate to 0 along a cosine over the steps (the paper's schedule)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
+        check(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+
+
+@DEFENSES.register("repnoise")
+class RepNoise(Defense):
+    """RepNoise: noise the harmful inputs' representations, raise their harmful loss, keep the safe behaviour."""
+
+    Config = RepNoiseConfig
+    preserves_function = False
+    smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+
+    def apply(self, model: nn.Module, view: DefenderView, cfg: RepNoiseConfig, *,
+              generator: torch.Generator) -> DefenseResult:
+        require(view, "repnoise", "aligned_loss", "feature_modules", "features")
+        steps, lr = steps_for(cfg, view), lr_for(cfg, view)
+        batch_size = batch_size_of(cfg, view)
+        optimizer = outer_optimizer(model, cfg, lr=lr)
+        schedule = cosine_schedule(optimizer, steps) if cfg.cosine else None
+        pairs = endless(view, "pairs", batch_size, generator)
+        model.train()
+        with TrainingLog("repnoise", steps) as log:
+            for step in range(1, steps + 1):
+                harmful, aligned = next(pairs)
+                aligned_loss = view.aligned_loss(model, aligned)
+                harmful_loss = view.harmful_loss(model, harmful)
+                noise = noise_term(view.features(model, harmful), generator)
+                loss = aligned_loss + cfg.beta * noise + cfg.alpha * bounded_ascent(harmful_loss)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip(model, cfg)
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                log.passes(3)  # the aligned batch, the harmful batch, and the harmful batch again for its features
+                log.record(step, loss=loss, aligned_loss=aligned_loss, harmful_loss=harmful_loss, mmd=noise)
+        model.eval()
+        # RepNoise simulates no attacker; the report names the attacker scale its rules read instead.
+        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, beta=cfg.beta, cosine=cfg.cosine,
+                        feature_modules=list(view.feature_modules), simulated_attacker=None,
+                        scaled_by=attacker_report(view))
+        return DefenseResult(model=model, layers=trained_modules(model), info=info, curve=log.curve)
+
+
+def noise_term(features: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+    """Mean over feature modules of MMD(rows, N(0, I)) (the paper averages over layers)."""
+    return torch.stack([mmd_to_gaussian(rows, generator) for rows in features.values()]).mean()
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / steps)))

@@ -1,0 +1,119 @@
+"""RepNoise and the ga-retain control on vision-digits tiny: configs, determinism, training, fallbacks, curve rows."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from bench.config import build_config, config_to_dict
+from bench.errors import ConfigError, PluginError
+from bench.registry import DEFENSES
+from tasks.vision.task import VisionConfig, VisionDigits
+
+NAMES = ("repnoise", "ga-retain")
+
+
+@pytest.fixture(scope="module")
+def digits(cache):
+    return VisionDigits().build(VisionConfig(), tier="tiny", model=None, cache=cache, device=torch.device("cpu"),
+                                progress=False)
+
+
+def defend(task, name, seed=0, view=None, **args):
+    cls = DEFENSES.get(name)
+    return cls().apply(copy.deepcopy(task.model), view or task.defender_view(), cls.Config(**args),
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def terms(result, name):
+    return torch.tensor([point[name] for point in result.curve])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_and_rejects_bad_values(name):
+    cls = DEFENSES.get(name).Config
+    cfg = cls(alpha=0.5, steps=7, lr=3e-4)
+    assert build_config(cls, config_to_dict(cfg), where=name) == cfg
+    assert cls().lr is None and cls().steps is None  # the rules from the task's attacker scale
+    for bad in ({"alpha": -1.0}, {"steps_factor": 0}, {"lr": 0.0}):
+        with pytest.raises(ConfigError):
+            cls(**bad)
+    with pytest.raises(ConfigError):
+        build_config(cls, {"alpah": 1.0}, where=name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_under_a_seed(digits, name):
+    first, second, other = (defend(digits, name, seed=s, steps=5) for s in (0, 0, 1))
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert first.curve == second.curve
+    assert first.curve != other.curve  # the seed drives the batches (and RepNoise's noise draws)
+
+
+def test_repnoise_trains_by_its_rules_and_keeps_utility(digits):
+    released = digits.probe(digits.model).utility
+    result = defend(digits, "repnoise")
+    loss, harmful = terms(result, "loss"), terms(result, "harmful_loss")
+    info = result.info
+    # Default rules on this tier: 10 x the undefended steps-to-harm (10), at the smallest attacker lr (1e-3).
+    assert info["steps"] == 100 and info["lr"] == 1e-3 and info["fb_passes"] == 300
+    assert info["scaled_by"]["steps"] == 10 and info["feature_modules"] == ["net.1", "net.3"]
+    assert set(result.curve[0]) == {"step", "loss", "aligned_loss", "harmful_loss", "mmd"}
+    assert loss[-10:].mean() < loss[:10].mean() - 0.5  # measured: about -2.6 -> -4.1
+    assert harmful[-10:].mean() > 2 * harmful[:10].mean()
+    assert terms(result, "aligned_loss")[-10:].mean() < 0.3  # harmful inputs keep the released (allowed) labels
+    probe = digits.probe(result.model)
+    assert probe.harm == 0 and probe.utility >= released - 0.05
+    assert not result.model.training
+
+
+def test_ga_retain_raises_the_harmful_loss_and_keeps_utility(digits):
+    released = digits.probe(digits.model).utility
+    result = defend(digits, "ga-retain")
+    loss, harmful = terms(result, "loss"), terms(result, "harmful_loss")
+    assert result.info["steps"] == 100 and result.info["fb_passes"] == 200
+    assert loss[-10:].mean() < loss[:10].mean() - 1
+    assert harmful[-10:].mean() > 5 * harmful[:10].mean()
+    assert terms(result, "benign_loss")[-10:].mean() < 0.1
+    assert digits.probe(result.model).utility >= released - 0.05
+
+
+def test_noise_term_pulls_harmful_features_toward_gaussian(digits):
+    # With the noising term alone (no ascent, no aligned loss weight to fight), the MMD must fall.
+    result = defend(digits, "repnoise", steps=40, alpha=0.0, beta=100.0)
+    mmd = terms(result, "mmd")
+    assert mmd[-5:].mean() < 0.5 * mmd[:5].mean()
+
+
+def test_clear_errors_when_the_view_lacks_what_is_needed(digits):
+    view = digits.defender_view()
+    with pytest.raises(PluginError, match="feature_modules, features"):
+        defend(digits, "repnoise", view=dataclasses.replace(view, features=None, feature_modules=()))
+    without_attacker = dataclasses.replace(view, attacker=None)
+    with pytest.raises(PluginError, match="attacker"):
+        defend(digits, "ga-retain", view=without_attacker)
+    # Explicit steps and lr need no attacker scale.
+    assert defend(digits, "ga-retain", view=without_attacker, steps=2, lr=1e-3).info["scaled_by"] is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_curve_rows_reach_metrics_parquet(name, tmp_path, cache):
+    import pyarrow.parquet as pq
+
+    from bench.runner import Session, run
+    from bench.spec import make_spec
+
+    smoke = dict(DEFENSES.get(name).smoke_args)
+    spec = make_spec(task="vision-digits", defense=name, attack="full-ft",
+                     task_args={"curvature_iters": 0, "bootstrap": 0}, attack_args={"budget": 6, "eval_every": 3},
+                     defense_args=smoke)
+    result = run(spec, Session(tmp_path, cache))
+    assert result.status == "success", result.error
+    df = pq.read_table(tmp_path / spec.run_id / "metrics.parquet").to_pandas()
+    curve = df[df["phase"] == "defense"]
+    assert sorted(set(curve["step"])) == list(range(1, smoke["steps"] + 1))
+    assert {"loss", "harmful_loss"} <= set(curve["metric"])
