@@ -1,4 +1,5 @@
-"""What every trained defense shares: its common config fields, its view checks, and its training log.
+"""What every trained defense shares: its common config fields (and the rules that scale steps and learning rate
+by the task's attacker), its view checks, and its training log.
 
 A trained defense optimises the released model on the defender's split (:class:`~bench.contracts.DefenderView`).
 The log records what the leaderboard reports about it: the loss terms of every outer step (the report's
