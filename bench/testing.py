@@ -111,6 +111,52 @@ def check_task(name: str, cache) -> None:
         if sweep.lrs:
             args["lr"] = sweep.lrs[0]
         make_spec(task=name, defense="none", attack=sweep.attack, task_args=dict(task_cls.smoke_args), attack_args=args)
+    check_defender_view(name, instance)
+
+
+def check_defender_view(name: str, instance) -> None:
+    """The parts of the task's :class:`~bench.contracts.DefenderView` it provides keep their contract: per-example
+    losses average to the batch loss's scale and have one value per example; aligned batches pair with harmful ones
+    example by example; streams are reproducible under a generator; features and predictions have rows."""
+    view = instance.defender_view()
+    model = instance.model
+    assert view.harmful and view.benign, f"task {name!r}: the defender view has no harmful or benign batches"
+    for part, loss in (("harmful", view.harmful_loss), ("benign", view.benign_loss), ("aligned", view.aligned_loss)):
+        batches = getattr(view, part)
+        if loss is None or not batches:
+            continue
+        with torch.no_grad():
+            mean, items = loss(model, batches[0]), loss(model, batches[0], reduction="none")
+        assert mean.ndim == 0 and items.ndim == 1 and len(items) == _examples(batches[0]), (
+            f"task {name!r}: {part}_loss must give a scalar, and one value per example with reduction='none'")
+        assert torch.isfinite(items).all(), f"task {name!r}: non-finite per-example {part} losses on the released model"
+    if view.aligned:
+        assert len(view.aligned) == len(view.harmful) and all(
+            _examples(a) == _examples(h) for a, h in zip(view.aligned, view.harmful)), (
+            f"task {name!r}: aligned[i] must hold the examples of harmful[i]")
+    if view.stream is not None:
+        parts = ["harmful", "benign"] + (["aligned", "pairs"] if view.aligned else [])
+        for part in parts:
+            first = next(view.stream(part, 4, torch.Generator().manual_seed(0)))
+            again = next(view.stream(part, 4, torch.Generator().manual_seed(0)))
+            assert example_fingerprints(first[0] if part == "pairs" else first) == example_fingerprints(
+                again[0] if part == "pairs" else again), f"task {name!r}: stream({part!r}) is not reproducible"
+    batch = view.harmful[0]
+    if view.predictions is not None:
+        pred = view.predictions(model, batch)
+        assert pred.outputs.ndim == 2 and len(pred.example) == len(pred.outputs) and pred.examples == _examples(batch)
+    if view.features is not None:
+        features = view.features(model, batch)
+        assert list(features) == list(view.feature_modules) and all(f.ndim == 2 for f in features.values()), (
+            f"task {name!r}: features must give (N, D) rows for each feature module, in order")
+
+
+def _examples(batch) -> int:
+    if isinstance(batch, (tuple, list)):
+        return _examples(batch[0])
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    return len(batch.input_ids) if hasattr(batch, "input_ids") else len(batch.latents)
 
 
 @dataclass

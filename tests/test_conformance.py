@@ -20,6 +20,14 @@ def test_task_conforms(name, cache):
     testing.check_task(name, cache)
 
 
+@pytest.mark.parametrize("name", TASKS.names())
+def test_builtin_task_fills_the_whole_defender_view(name, cache):
+    """Third-party tasks may leave the view's optional parts unset; the harness's own tasks provide all of them."""
+    view = testing.smoke_task(name, cache).defender_view()
+    for field in ("aligned", "aligned_loss", "stream", "feature_modules", "features", "predictions", "attacker"):
+        assert getattr(view, field) not in (None, ()), f"task {name!r}: DefenderView.{field} is not provided"
+
+
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_attack_conforms(name, cache):
     testing.check_attack(name, cache)
