@@ -29,7 +29,8 @@ Scaling to the tiny tiers (the paper: LoRA r32 on q, k, v of 7B models, λ=5, α
 Measured on vision-digits tiny (defaults, Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
 undefended never / 66 / 27 / 40, booster 76 / 30 / 27 / 26. Booster's cheapest way to shrink the drop of a
 cross-entropy that the released model saturates (h = 14.2 at release) is to lower h itself (to 2.5), which moves
-the model toward the harmful solution: it does not resist here.
+the model toward the harmful solution: it does not resist here. The default suite (``bench run --defense booster
+--task vision-digits --seeds 0``) agrees: worst case 10 steps (Muon) as undefended; Adam 35 → 20, LoRA 85 → 30.
 """
 
 from __future__ import annotations

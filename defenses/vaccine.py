@@ -25,7 +25,8 @@ Scaling to the tiny tiers (the paper: LoRA r8 on 7B models, ρ=2, AdamW lr 1e-3,
 * steps: ``STEPS_PER_ATTACK_STEP`` × the task's undefended steps-to-harm (vision-digits tiny: 100 steps, ~1.5 s).
 
 Measured on vision-digits tiny (defaults, Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
-undefended never / 66 / 27 / 40, vaccine never / 76 / 49 / 35: slower at every rate, worst case 35 vs 27 steps.
+undefended never / 66 / 27 / 40, vaccine never / 76 / 49 / 35. The default suite (``bench run --defense vaccine
+--task vision-digits --seeds 0``): worst case 10 steps (Muon) as undefended; Adam 35 → 45, LoRA 85 → 150.
 """
 
 from __future__ import annotations
