@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bench.config import build_config, config_to_dict
-from bench.contracts import AttackReport, DefenderView, DefenseResult
+from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions
 from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -41,13 +41,31 @@ def tiny_mlp(seed: int = 0) -> nn.Module:
 
 
 def tiny_view(seed: int = 0) -> DefenderView:
-    """A defender view over random data for the tiny MLP (enough for defenses that use data)."""
+    """A full defender view over random data for the tiny MLP (enough for every defense, trained ones included)."""
+    from bench.features import capture, rows_of
+
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, TINY_MLP_SIZES[0], generator=g)
     y = torch.randint(0, TINY_MLP_SIZES[-1], (64,), generator=g)
+    safe = torch.randint(0, TINY_MLP_SIZES[-1], (64,), generator=g)
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
-    loss = lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1])  # noqa: E731
-    return DefenderView(harmful=batches[:2], benign=batches[2:], harmful_loss=loss, benign_loss=loss)
+    loss = lambda model, batch, reduction="mean": nn.functional.cross_entropy(  # noqa: E731
+        model(batch[0]), batch[1], reduction=reduction)
+    hidden = tuple(f"net.{2 * i + 1}" for i in range(len(TINY_MLP_SIZES) - 2))  # the ReLUs
+
+    def features(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        with capture(model, hidden) as captured:
+            model(batch[0])
+        return {name: rows_of(captured[name]) for name in hidden}
+
+    def predictions(model: nn.Module, batch) -> Predictions:
+        return Predictions(outputs=model(batch[0]), targets=batch[1], kind="logits", examples=len(batch[1]),
+                           example=torch.arange(len(batch[1])))
+
+    return DefenderView(harmful=batches[:2], benign=batches[2:], harmful_loss=loss, benign_loss=loss,
+                        aligned=[(x[i:i + 16], safe[i:i + 16]) for i in range(0, 32, 16)], aligned_loss=loss,
+                        feature_modules=hidden, features=features, predictions=predictions,
+                        attacker=AttackerScale(steps=2, lrs=(1e-2,), batch_size=16))
 
 
 def check_config_roundtrip(registry, name: str) -> None:
@@ -64,11 +82,13 @@ def check_config_roundtrip(registry, name: str) -> None:
 
 def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
     cls = DEFENSES.get(name)
-    return cls().apply(copy.deepcopy(model), tiny_view(seed), cls.Config(), generator=torch.Generator().manual_seed(seed))
+    cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")
+    return cls().apply(copy.deepcopy(model), tiny_view(seed), cfg, generator=torch.Generator().manual_seed(seed))
 
 
 def check_defense(name: str, tmp_path: Path) -> None:
-    """Function preservation (where claimed), determinism under a seed, and save/reload of the defended model."""
+    """On the tiny MLP and its random view, with the defense's ``smoke_args``: function preservation (where claimed),
+    determinism under a seed, and save/reload of the defended model."""
     cls = DEFENSES.get(name)
     check_config_roundtrip(DEFENSES, name)
     model = tiny_mlp()

@@ -75,6 +75,12 @@ def clip(model: nn.Module, cfg: TrainedConfig) -> None:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
 
 
+def changed_modules(model: nn.Module) -> tuple[str, ...]:
+    """Names of the modules that own a trainable parameter (what a full-parameter trained defense changes)."""
+    return tuple(name for name, module in model.named_modules()
+                 if any(p.requires_grad for p in module.parameters(recurse=False)))
+
+
 class TrainingLog:
     """The record of one defense's training (see the module docstring); use as a context manager around the loop."""
 
