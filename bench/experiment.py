@@ -8,6 +8,8 @@ An experiment file holds only what differs from the defaults::
     seeds: [0, 1, 2]
 
 Command-line values are ``--task/--defense/--attack NAME [key=value ...]`` and dotted ``part.key=value`` overrides.
+A composite defense's values name their part: ``--defense none+specdef specdef.alpha=1e6`` or
+``defense.specdef.alpha=1e6`` (:mod:`bench.composition`).
 Unknown keys anywhere are errors that name the key (typos never pass silently).
 """
 

@@ -4,7 +4,8 @@ Plugins register by decorator, by lazy ``"module:Attr"`` target (the harness's o
 :mod:`bench.builtins`), by entry point (groups ``bench.defenses`` / ``bench.attacks`` / ``bench.tasks``) or by
 loading a Python file (``--plugin path.py``). Lazy targets and entry points stay placeholders until a plugin is
 asked for, so listing plugins never imports torch and a broken third-party package cannot break ``bench ls``;
-asking for the broken plugin raises a :class:`PluginError`.
+asking for the broken plugin raises a :class:`PluginError`. A registry may also resolve composite names
+(``a+b``, defenses only: :mod:`bench.composition`), which are built on demand and never listed.
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ class Resolved(Generic[T]):
     cls: type
     preset: str | None
     preset_args: dict[str, Any]
+    parts: tuple["Resolved", ...] = ()
+    """A composite's parts, in order (:mod:`bench.composition`); () for a registered name."""
 
     @property
     def label(self) -> str:
+        if self.parts:
+            return "+".join(part.label for part in self.parts)
         return f"{self.name}.{self.preset}" if self.preset else self.name
 
 
@@ -63,8 +68,11 @@ class Registry(Generic[T]):
         group: str,
         builtins: Callable[[], list[tuple[str, str, str]]],
         config_base: str | None = None,
+        composer: str | None = None,
     ):
         self.kind = kind
+        self._composer_target = composer
+        """``"module:function"`` resolving composite names such as ``a+b`` (None: this kind does not compose)."""
         self._config_base_target = config_base
         self.group = group
         self._base_target = base
@@ -171,8 +179,11 @@ class Registry(Generic[T]):
         return self.resolve(name).cls
 
     def resolve(self, name: str) -> Resolved:
-        """Look up ``name`` or ``name.preset`` and return the class with the preset's config overrides."""
+        """Look up ``name`` or ``name.preset`` and return the class with the preset's config overrides (or, where
+        this registry composes, the composite of ``a+b.preset+c``)."""
         self.discover()
+        if self._composer_target is not None and "+" in name:
+            return _import_target(self._composer_target)(self, name)
         base, _, preset = name.partition(".")
         entry = self._entries.get(base)
         if entry is None:
@@ -308,7 +319,8 @@ def _builtins_of(kind: str) -> Callable[[], list[tuple[str, str, str]]]:
     return builtins
 
 
-DEFENSES: Registry = Registry("defense", "bench.contracts:Defense", "bench.defenses", _builtins_of("defense"))
+DEFENSES: Registry = Registry("defense", "bench.contracts:Defense", "bench.defenses", _builtins_of("defense"),
+                              composer="bench.composition:resolve_composite")
 ATTACKS: Registry = Registry(
     "attack", "bench.contracts:Attack", "bench.attacks", _builtins_of("attack"), config_base="bench.contracts:AttackConfig"
 )

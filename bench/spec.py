@@ -2,7 +2,8 @@
 
 Specs are built by :func:`make_spec`, which resolves plugin names (and ``name.preset`` tags), validates every
 config through its dataclass and fills attack fields left as ``None`` (budget, eval_every, batch_size) from the
-task's defaults, so a spec always holds fully resolved values and equal runs get equal ids.
+task's defaults, so a spec always holds fully resolved values and equal runs get equal ids. A composite defense
+(``a+b``, :mod:`bench.composition`) is one :class:`PluginSpec` whose config lists every part's resolved config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from bench.composition import PARTS_KEY, CompositeConfig, PartConfig, is_composite, part_args
 from bench.config import build_config, canonical_json, config_to_dict, stable_hash
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
@@ -22,7 +24,11 @@ PURPOSES = ("attack", "lr-probe")
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """A plugin name, its preset tag (if any) and its fully resolved config as sorted (key, value) pairs."""
+    """A plugin name, its preset tag (if any) and its fully resolved config as sorted (key, value) pairs.
+
+    A composite defense ``a+b`` has the name ``a+b``, no preset, and one config key, ``parts``: each part's
+    :meth:`to_json` (name, preset, full config), in order.
+    """
 
     name: str
     preset: str | None
@@ -33,14 +39,30 @@ class PluginSpec:
         return dict(self.args)
 
     @property
+    def parts(self) -> tuple["PluginSpec", ...]:
+        """A composite's parts, in the order they are applied; () for a single plugin."""
+        if not is_composite(self.name):
+            return ()
+        return tuple(PluginSpec(p["name"], p["preset"], tuple(sorted(p["args"].items())))
+                     for p in self.kwargs[PARTS_KEY])
+
+    @property
     def label(self) -> str:
+        if self.parts:
+            return "+".join(part.label for part in self.parts)
         return f"{self.name}.{self.preset}" if self.preset else self.name
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "preset": self.preset, "args": self.kwargs}
 
+    def identity(self) -> dict[str, Any]:
+        """Name and resolved config, without preset tags (a preset is a label: it names values, it adds none)."""
+        if self.parts:
+            return {"name": self.name, "args": {PARTS_KEY: [part.identity() for part in self.parts]}}
+        return {"name": self.name, "args": self.kwargs}
+
     def hash(self) -> str:
-        return stable_hash({"name": self.name, "args": self.kwargs})
+        return stable_hash(self.identity())
 
 
 @dataclass(frozen=True)
@@ -73,13 +95,14 @@ class RunSpec:
         """A short hash of the canonical JSON of the resolved spec (presets are labels, not part of identity)."""
         body = self.to_json()
         for part in ("task", "defense", "attack"):
-            body[part] = {"name": body[part]["name"], "args": body[part]["args"]}
+            body[part] = getattr(self, part).identity()
         return stable_hash(body, length=16)
 
     @property
     def defense_label(self) -> str:
-        """The defense with the config values that differ from its defaults, e.g. ``specdef(alpha=1e+06)``."""
-        return _with_diff(self.defense, DEFENSES)
+        """The defense with the config values that differ from its defaults, e.g. ``specdef(alpha=1e+06)``; a
+        composite's parts each with theirs, e.g. ``none+specdef(alpha=1e+06)``."""
+        return "+".join(_with_diff(part, DEFENSES) for part in self.defense.parts or (self.defense,))
 
     @property
     def attack_label(self) -> str:
@@ -107,15 +130,20 @@ class RunSpec:
         adds the code versions, the task's provenance and the device)."""
         parts: dict[str, Any] = {"task": self.task.kwargs, "task_name": self.task.name, "tier": self.tier, "model": self.model}
         if stage == "defended":
-            parts["defense"] = {"name": self.defense.name, "args": self.defense.kwargs}
+            parts["defense"] = self.defense.identity()
             parts["seed"] = self.seed
         return stable_hash({"stage": stage, **parts}, length=16)
 
     def configs(self) -> tuple[Any, Any, Any]:
-        """The (task, defense, attack) config dataclass instances."""
+        """The (task, defense, attack) config dataclass instances (a composite defense's: its parts' configs)."""
+        if self.defense.parts:
+            defense = resolve_plugin(DEFENSES, self.defense.label, self.defense.kwargs)[1]
+        else:
+            defense = build_config(DEFENSES.get(self.defense.name).Config, self.defense.kwargs,
+                                   where=f"defense {self.defense.name!r}")
         return (
             build_config(TASKS.get(self.task.name).Config, self.task.kwargs, where=f"task {self.task.name!r}"),
-            build_config(DEFENSES.get(self.defense.name).Config, self.defense.kwargs, where=f"defense {self.defense.name!r}"),
+            defense,
             build_config(ATTACKS.get(self.attack.name).Config, self.attack.kwargs, where=f"attack {self.attack.name!r}"),
         )
 
@@ -141,8 +169,13 @@ def _label(part: Mapping[str, Any]) -> str:
 
 
 def resolve_plugin(registry: Registry, name: str, args: Mapping[str, Any], *, fill: Mapping[str, Any] = {}) -> tuple[PluginSpec, Any]:
-    """Resolve ``name`` (or ``name.preset``), layer preset < ``args``, build and validate the config."""
+    """Resolve ``name`` (or ``name.preset``), layer preset < ``args``, build and validate the config.
+
+    A composite ``a+b`` resolves each part this way, with its values from ``args`` (:func:`bench.composition.part_args`).
+    """
     resolved = registry.resolve(name)
+    if resolved.parts:
+        return _resolve_composite(registry, resolved, args)
     merged = {**resolved.preset_args, **args}
     where = f"{registry.kind} {resolved.label!r}"
     cfg = build_config(resolved.cls.Config, merged, where=where)
@@ -153,6 +186,23 @@ def resolve_plugin(registry: Registry, name: str, args: Mapping[str, Any], *, fi
     values = config_to_dict(cfg)
     canonical_json(values)  # raises early on values that cannot be serialised (e.g. NaN)
     return PluginSpec(resolved.name, resolved.preset, tuple(sorted(values.items()))), cfg
+
+
+def _resolve_composite(registry: Registry, resolved, args: Mapping[str, Any]) -> tuple[PluginSpec, CompositeConfig]:
+    specs, configs, problems = [], [], []
+    for label, values in part_args(resolved, args, kind=registry.kind):
+        try:
+            spec, cfg = resolve_plugin(registry, label, values)
+        except ConfigError as err:  # every part's bad keys at once
+            problems.append(str(err))
+            continue
+        specs.append(spec)
+        configs.append(PartConfig(spec.name, spec.preset, cfg))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    parts = [spec.to_json() for spec in specs]
+    return (PluginSpec(resolved.name, None, ((PARTS_KEY, parts),)),
+            CompositeConfig(parts=tuple(configs)))
 
 
 def make_spec(

@@ -23,7 +23,8 @@ What invalidates an entry (it is then simply not found, and rebuilt under a new 
 - the device type the stage is measured on (``cpu``, ``cuda``);
 - the code: the harness version and every source file of the ``bench`` package (but its CLI); every file in the
   directory of the task plugin's module (e.g. all of ``tasks/llm/``, data included), and of the defense plugin's
-  (e.g. all of ``defenses/``; a plugin module outside any package, such as a ``--plugin`` file: that file); and the
+  (e.g. all of ``defenses/``; a plugin module outside any package, such as a ``--plugin`` file: that file; every
+  part's, for a composite defense ``a+b``); and the
   versions of torch, numpy, transformers, diffusers and safetensors. A plugin without a source file is never
   cached on disk.
 

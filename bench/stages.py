@@ -29,6 +29,7 @@ from torch import nn
 
 from bench import results, stage_codec
 from bench.cache import Cache
+from bench.composition import plugin_classes
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
 from bench.curvature import Eigen, top_hessian_eigenvalue
 from bench.devices import resolve_device
@@ -146,7 +147,7 @@ class Session:
         plugins = [TASKS.get(spec.task.name)]
         extra = {}
         if stage == "defended":
-            plugins.append(DEFENSES.get(spec.defense.name))
+            plugins += plugin_classes(DEFENSES.get(spec.defense.name))  # a composite: every part's code
             extra["allow_function_drift"] = self.allow_function_drift  # an allowed drift is stored, a refused one not
         return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device.type,
                          cache_root=self.cache.root, extra=extra)

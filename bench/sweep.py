@@ -13,7 +13,8 @@ A YAML file is a *sweep file* when its top level has any of the plural keys ``ta
 Keys (unknown ones are errors; see :class:`Sweep` for each): ``tasks`` and ``defenses`` (required), ``tiers``
 (default ``[tiny]``), ``attacks`` (default ``default``), ``seeds`` (default ``[0]``), ``model``, ``baseline``,
 ``refine``, ``search``. A plugin entry is ``name`` (or ``name.preset``) or ``{name: ..., args: {...}}``; a task entry
-may also carry its own ``model:`` for the tiers other than ``tiny``. In ``attacks`` the name ``default`` stands for
+may also carry its own ``model:`` for the tiers other than ``tiny``. A composite defense ``a+b`` takes each part's
+values under the part's name (``{name: none+specdef, args: {specdef: {alpha: 1.0e+6}}}``, :mod:`bench.composition`). In ``attacks`` the name ``default`` stands for
 each task's default suite, and its ``args`` apply to every family of that suite.
 
 Expansion (:func:`plan`): one request per (task, tier, attack entry, defense). With ``baseline: true`` (the default)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bench.config import build_config, config_to_dict
-from bench.contracts import AttackReport, DefenderView, DefenseResult
+from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions
 from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -41,13 +41,31 @@ def tiny_mlp(seed: int = 0) -> nn.Module:
 
 
 def tiny_view(seed: int = 0) -> DefenderView:
-    """A defender view over random data for the tiny MLP (enough for defenses that use data)."""
+    """A full defender view over random data for the tiny MLP (enough for every defense, trained ones included)."""
+    from bench.features import capture, rows_of
+
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, TINY_MLP_SIZES[0], generator=g)
     y = torch.randint(0, TINY_MLP_SIZES[-1], (64,), generator=g)
+    safe = torch.randint(0, TINY_MLP_SIZES[-1], (64,), generator=g)
     batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
-    loss = lambda model, batch: nn.functional.cross_entropy(model(batch[0]), batch[1])  # noqa: E731
-    return DefenderView(harmful=batches[:2], benign=batches[2:], harmful_loss=loss, benign_loss=loss)
+    loss = lambda model, batch, reduction="mean": nn.functional.cross_entropy(  # noqa: E731
+        model(batch[0]), batch[1], reduction=reduction)
+    hidden = tuple(f"net.{2 * i + 1}" for i in range(len(TINY_MLP_SIZES) - 2))  # the ReLUs
+
+    def features(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        with capture(model, hidden) as captured:
+            model(batch[0])
+        return {name: rows_of(captured[name]) for name in hidden}
+
+    def predictions(model: nn.Module, batch) -> Predictions:
+        return Predictions(outputs=model(batch[0]), targets=batch[1], kind="logits", examples=len(batch[1]),
+                           example=torch.arange(len(batch[1])))
+
+    return DefenderView(harmful=batches[:2], benign=batches[2:], harmful_loss=loss, benign_loss=loss,
+                        aligned=[(x[i:i + 16], safe[i:i + 16]) for i in range(0, 32, 16)], aligned_loss=loss,
+                        feature_modules=hidden, features=features, predictions=predictions,
+                        attacker=AttackerScale(steps=2, lrs=(1e-2,), batch_size=16))
 
 
 def check_config_roundtrip(registry, name: str) -> None:
@@ -64,11 +82,13 @@ def check_config_roundtrip(registry, name: str) -> None:
 
 def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
     cls = DEFENSES.get(name)
-    return cls().apply(copy.deepcopy(model), tiny_view(seed), cls.Config(), generator=torch.Generator().manual_seed(seed))
+    cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")
+    return cls().apply(copy.deepcopy(model), tiny_view(seed), cfg, generator=torch.Generator().manual_seed(seed))
 
 
 def check_defense(name: str, tmp_path: Path) -> None:
-    """Function preservation (where claimed), determinism under a seed, and save/reload of the defended model."""
+    """On the tiny MLP and its random view, with the defense's ``smoke_args``: function preservation (where claimed),
+    determinism under a seed, and save/reload of the defended model."""
     cls = DEFENSES.get(name)
     check_config_roundtrip(DEFENSES, name)
     model = tiny_mlp()
@@ -111,6 +131,52 @@ def check_task(name: str, cache) -> None:
         if sweep.lrs:
             args["lr"] = sweep.lrs[0]
         make_spec(task=name, defense="none", attack=sweep.attack, task_args=dict(task_cls.smoke_args), attack_args=args)
+    check_defender_view(name, instance)
+
+
+def check_defender_view(name: str, instance) -> None:
+    """The parts of the task's :class:`~bench.contracts.DefenderView` it provides keep their contract: per-example
+    losses average to the batch loss's scale and have one value per example; aligned batches pair with harmful ones
+    example by example; streams are reproducible under a generator; features and predictions have rows."""
+    view = instance.defender_view()
+    model = instance.model
+    assert view.harmful and view.benign, f"task {name!r}: the defender view has no harmful or benign batches"
+    for part, loss in (("harmful", view.harmful_loss), ("benign", view.benign_loss), ("aligned", view.aligned_loss)):
+        batches = getattr(view, part)
+        if loss is None or not batches:
+            continue
+        with torch.no_grad():
+            mean, items = loss(model, batches[0]), loss(model, batches[0], reduction="none")
+        assert mean.ndim == 0 and items.ndim == 1 and len(items) == _examples(batches[0]), (
+            f"task {name!r}: {part}_loss must give a scalar, and one value per example with reduction='none'")
+        assert torch.isfinite(items).all(), f"task {name!r}: non-finite per-example {part} losses on the released model"
+    if view.aligned:
+        assert len(view.aligned) == len(view.harmful) and all(
+            _examples(a) == _examples(h) for a, h in zip(view.aligned, view.harmful)), (
+            f"task {name!r}: aligned[i] must hold the examples of harmful[i]")
+    if view.stream is not None:
+        parts = ["harmful", "benign"] + (["aligned", "pairs"] if view.aligned else [])
+        for part in parts:
+            first = next(view.stream(part, 4, torch.Generator().manual_seed(0)))
+            again = next(view.stream(part, 4, torch.Generator().manual_seed(0)))
+            assert example_fingerprints(first[0] if part == "pairs" else first) == example_fingerprints(
+                again[0] if part == "pairs" else again), f"task {name!r}: stream({part!r}) is not reproducible"
+    batch = view.harmful[0]
+    if view.predictions is not None:
+        pred = view.predictions(model, batch)
+        assert pred.outputs.ndim == 2 and len(pred.example) == len(pred.outputs) and pred.examples == _examples(batch)
+    if view.features is not None:
+        features = view.features(model, batch)
+        assert list(features) == list(view.feature_modules) and all(f.ndim == 2 for f in features.values()), (
+            f"task {name!r}: features must give (N, D) rows for each feature module, in order")
+
+
+def _examples(batch) -> int:
+    if isinstance(batch, (tuple, list)):
+        return _examples(batch[0])
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0])
+    return len(batch.input_ids) if hasattr(batch, "input_ids") else len(batch.latents)
 
 
 @dataclass
@@ -169,3 +235,89 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
         for _, _, step, loss, examples in monitor.calls[1:]:
             assert isinstance(loss, float) and math.isfinite(loss), f"{where}: step {step} reported loss {loss!r}"
             assert isinstance(examples, int) and examples > 0, f"{where}: step {step} reported {examples!r} examples"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# A defense on a real task's defender view
+# -------------------------------------------------------------------------------------------------------------
+VIEW_CALLABLES = ("harmful_loss", "benign_loss", "aligned_loss", "features", "predictions")
+
+
+def example_fingerprints(batch) -> set[bytes]:
+    """One fingerprint per example of a task batch, independent of how the batch was padded or shuffled: the rows
+    of a classifier's inputs, a diffusion batch's latents, an LM batch's unpadded token ids."""
+    if isinstance(batch, (tuple, list)):
+        return example_fingerprints(batch[0])
+    if isinstance(batch, torch.Tensor):
+        return {row.detach().cpu().numpy().tobytes() for row in batch}
+    if hasattr(batch, "input_ids") and hasattr(batch, "attention_mask"):
+        return {ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(batch.input_ids, batch.attention_mask)}
+    if hasattr(batch, "latents"):
+        return example_fingerprints(batch.latents)
+    raise TypeError(f"cannot fingerprint a batch of type {type(batch).__name__}")
+
+
+def recording_view(view: DefenderView) -> tuple[DefenderView, list[tuple[str, object]]]:
+    """The view with its loss/feature/prediction callables wrapped to record every batch a defense passes in."""
+    seen: list[tuple[str, object]] = []
+
+    def wrap(name, fn):
+        def recorded(model, batch, *args, **kwargs):
+            seen.append((name, batch))
+            return fn(model, batch, *args, **kwargs)
+        return recorded
+
+    wrapped = {name: wrap(name, getattr(view, name)) for name in VIEW_CALLABLES if getattr(view, name) is not None}
+    return dataclasses.replace(view, **wrapped), seen
+
+
+def check_uses_only_defender_data(view: DefenderView, seen: list[tuple[str, object]], defense: str) -> None:
+    """Every batch the defense passed to the view holds only examples of the defender split (the leak test)."""
+    allowed: set[bytes] = set()
+    for batches in (view.harmful, view.benign, view.aligned):
+        for batch in batches:
+            allowed |= example_fingerprints(batch)
+    for name, batch in seen:
+        leaked = example_fingerprints(batch) - allowed
+        assert not leaked, (f"defense {defense!r} passed {len(leaked)} example(s) from outside the defender split to "
+                            f"the view's {name}: a defense may train only on the DefenderView's data")
+
+
+def smoke_task(task: str, cache):
+    """The tiny tier of ``task`` built with its smoke args, on the CPU."""
+    task_cls = TASKS.get(task)
+    cfg = build_config(task_cls.Config, {**task_cls.smoke_args, "curvature_iters": 0, "bootstrap": 0},
+                       where=f"task {task!r} smoke_args")
+    return task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"), progress=False)
+
+
+def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> None:
+    """The defense (with its ``smoke_args``) on a tiny task's real defender view: deterministic under a seed (bit for
+    bit), trains only on the defender split (the leak test), and its defended stage saves to and reloads from the
+    on-disk stage cache with identical outputs."""
+    from bench.spec import make_spec
+    from bench.stages import Session
+
+    cls = DEFENSES.get(name)
+    cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")
+    instance = smoke_task(task, cache)
+    states = []
+    for _ in range(2):
+        view, seen = recording_view(instance.defender_view())
+        torch.manual_seed(0)
+        result = cls().apply(copy.deepcopy(instance.model), view, cfg, generator=torch.Generator().manual_seed(0))
+        assert isinstance(result, DefenseResult), f"defense {name!r} on {task}: apply() must return a DefenseResult"
+        check_uses_only_defender_data(view, seen, name)
+        states.append({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0]), (
+        f"defense {name!r} on {task} is not deterministic under a seed")
+
+    smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
+    spec = make_spec(task=task, defense=name, attack="full-ft", task_args=smoke, defense_args=dict(cls.smoke_args),
+                     attack_args={"budget": 2, "eval_every": 1})
+    first = Session(tmp_path / "a", cache).defended(spec)
+    again = Session(tmp_path / "b", cache).defended(spec)
+    with torch.no_grad():
+        out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)
+    torch.testing.assert_close(out_again, out_first, rtol=0, atol=0,
+                               msg=f"defense {name!r} on {task}: the defended stage does not reload exactly")

@@ -104,15 +104,15 @@ def outer_optimizer(model: nn.Module, cfg: TrainedConfig, lr: float | None = Non
     return torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
 
 
-def trained_modules(model: nn.Module) -> list[str]:
-    """Names of the modules that own trainable parameters (what full-parameter training changes)."""
-    return [name for name, module in model.named_modules()
-            if any(p.requires_grad for p in module.parameters(recurse=False))]
-
-
 def clip(model: nn.Module, cfg: TrainedConfig) -> None:
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
+
+
+def changed_modules(model: nn.Module) -> tuple[str, ...]:
+    """Names of the modules that own a trainable parameter (what a full-parameter trained defense changes)."""
+    return tuple(name for name, module in model.named_modules()
+                 if any(p.requires_grad for p in module.parameters(recurse=False)))
 
 
 class TrainingLog:

@@ -28,8 +28,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import bounded_ascent
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, clip, endless,
-                               lr_for, outer_optimizer, steps_for, trained_modules)
+from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
+                               clip, endless, lr_for, outer_optimizer, steps_for)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,4 +72,4 @@ class GARetain(Defense):
         model.eval()
         info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, simulated_attacker=None,
                         scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=trained_modules(model), info=info, curve=log.curve)
+        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)

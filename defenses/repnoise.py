@@ -7,9 +7,9 @@ information an attacker could reuse: it pushes their hidden states toward Gaussi
 and keeps the safe behaviour on the same inputs. Each step, on a pair of batches over the same harmful inputs (the
 view's ``"pairs"`` stream: harmful targets, and the safe targets of the aligned split), it minimises
 
-    L = aligned_loss(aligned) + beta · mean_l MMD(features_l(harmful), N(0, I)) − alpha · log(1 + harmful_loss(harmful))
+    L = aligned_loss(aligned) + beta · mean_l MMD(h_l(harmful), N(0, I)) − alpha · log(1 + harmful_loss(harmful))
 
-over the task's feature modules l (:func:`~defenses._objectives.mmd_to_gaussian`), with AdamW.
+where h_l are the features of the task's feature module l (:func:`~defenses._objectives.mmd_to_gaussian`), with AdamW.
 
 Simplification: the paper's ascent term averages the harmful NLL of a logit lens applied at every layer (each hidden
 state through the final norm and the output embedding). That lens is specific to a transformer LM, so this
@@ -37,8 +37,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import bounded_ascent, mmd_to_gaussian
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, clip, endless,
-                               lr_for, outer_optimizer, require, steps_for, trained_modules)
+from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
+                               clip, endless, lr_for, outer_optimizer, require, steps_for)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,7 +93,7 @@ class RepNoise(Defense):
         info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, beta=cfg.beta, cosine=cfg.cosine,
                         feature_modules=list(view.feature_modules), simulated_attacker=None,
                         scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=trained_modules(model), info=info, curve=log.curve)
+        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
 
 
 def noise_term(features: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,7 @@ from bench.fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_T
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
+from tasks.llm.harmful_qa import REAL_STEPS_TO_HARM
 
 RELEARN_CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_size": 8, "curvature_iters": 0,
                  "bootstrap": 0, "max_length": 64}
@@ -69,6 +70,17 @@ def test_real_tier_loads_with_the_chat_template_and_specdef_keeps_logits(checkpo
     first = task.parts["attack"][0]
     assert marker in task.tokenizer.decode(list(first.ids))
     assert task.provenance()["model_class"].lower().startswith(arch.replace("2", "")[:4])
+    # the defender view: refusals in the model's own template, decoder blocks found on structure (GPT-2 blocks
+    # return tuples), the literature's attacker scale
+    view = task.defender_view()
+    harmful, aligned = task.parts["defender_harmful"][0], task.parts["defender_aligned"][0]
+    assert aligned.ids[:aligned.prompt_len] == harmful.ids[:harmful.prompt_len] and aligned.ids != harmful.ids
+    assert marker in task.tokenizer.decode(list(aligned.ids))
+    blocks = "transformer.h" if arch == "gpt2" else "model.layers"
+    assert view.feature_modules == (f"{blocks}.0", f"{blocks}.1")
+    batch = view.harmful[0]
+    assert all(h.shape == (int(batch.loss_mask.sum()), 32) for h in view.features(task.model, batch).values())
+    assert view.attacker.steps == REAL_STEPS_TO_HARM
 
     with torch.no_grad():
         reference = task.reference_outputs(task.model)
@@ -141,6 +153,12 @@ def test_relearn_real_tier_with_a_local_corpus(checkpoints, cache, tmp_path, dev
     cfg = task_cls.Config(**RELEARN_CHEAP, relearn_corpus=str(corpus), harm_task="llm_tiny_arithmetic", probe_limit=4)
     task = task_cls().build(cfg, tier="real", model=checkpoints["qwen2"], cache=cache, device=device)
     assert len(task.parts["attack"]) == 18 and len(task.parts["defender_harmful"]) == 2
+    for harmful, aligned in zip(task.parts["defender_harmful"], task.parts["defender_aligned"]):
+        prompt = task.tokenizer.decode(list(aligned.ids[:aligned.prompt_len]), skip_special_tokens=True)
+        assert harmful.ids[:aligned.prompt_len] == aligned.ids[:aligned.prompt_len]
+        assert prompt.endswith(": the compound")  # the document's first half of words, then a non-answer
+        answer = task.tokenizer.decode(list(aligned.ids[aligned.prompt_len:]), skip_special_tokens=True)
+        assert answer.strip() == "I don't know."
     probe = task.probe(task.model)
     assert 0 <= probe.harm <= 1 and probe.utility > 0
     with pytest.raises(DataError, match="relearn corpus"):

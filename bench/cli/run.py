@@ -13,6 +13,7 @@ EPILOG = """examples:
   bench run --defense specdef --task vision-digits --search lr-search     # ~4x fewer attacker steps
   bench run --config experiments/vision-digits/specdef-float64.yaml defense.alpha=1e5
   bench run --defense mydef --task vision-digits --plugin ./my_defense.py
+  bench run --defense mydef+specdef specdef.alpha=1e6 --task vision-digits --plugin ./my_defense.py
   bench run --defense specdef --task llm-harmful-qa --tier real --model ./my-llama --device cuda:1
   bench run --defense specdef --task vision-digits --seeds 0,1,2,3 --executor ray --address auto
   bench run --defense specdef --task sd-style --tier real --model ./sd --executor slurm --partition gpu \\
@@ -24,7 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a defense against a task's attack suite", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="task name and config values")
-    p.add_argument("--defense", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="defense (name or name.preset) and config values")
+    p.add_argument("--defense", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="defense (name, name.preset, or a+b to apply defenses in order) and config values "
+                        "(PART.KEY=VALUE for a part of a+b)")
     p.add_argument("--attack", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
                    help="one attack config instead of the task's default suite")
     p.add_argument("--config", metavar="YAML", help="experiment file (overridden by command-line values)")

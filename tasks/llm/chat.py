@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -85,6 +85,12 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def response_positions(self) -> torch.Tensor:
+        """(batch, length) bool: the positions whose next-token output the loss counts (``loss_mask`` widened by
+        the last position, which predicts nothing)."""
+        return F.pad(self.loss_mask, (0, 1)).bool()
+
     def to(self, device) -> "Batch":
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device),
                      self.chars.to(device))
@@ -124,10 +130,19 @@ def token_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
     return nll.view(targets.shape) * batch.loss_mask.to(logits.device)
 
 
-def response_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean NLL over the batch's response tokens (the training loss of every chat objective here)."""
+def response_loss(model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+    """Mean NLL over the batch's response tokens (the training loss of every chat objective here).
+
+    ``reduction="none"``: one value per example, the mean NLL over *its* response tokens (so the batch mean is the
+    per-example values weighted by their response lengths, not their plain average).
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     nll = token_nll(model, batch)
-    return nll.sum() / batch.loss_mask.sum().clamp_min(1.0).to(nll.device)
+    mask = batch.loss_mask.to(nll.device)
+    if reduction == "none":
+        return nll.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    return nll.sum() / mask.sum().clamp_min(1.0)
 
 
 def nll_per_char(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -5,35 +5,60 @@ Both LLM tasks hold their data as token sequences (:class:`~tasks.llm.chat.Encod
 * ``attack``: the attacker's harmful training data; ``replay``: benign exchanges the attacker mixes into each batch
   (``replay_fraction``) so that "usable" keeps a meaning (measured on the tiny tier: without replay, undefended
   AdamW at 1e-3 multiplies benign NLL by 6 within 60 steps, and every run ends broken rather than harmed);
-* ``defender_harmful`` / ``defender_benign``: the defender's split; ``eval_benign``: held-out benign exchanges.
+* ``defender_harmful`` / ``defender_benign``: the defender's split; ``defender_aligned``: the defender's harmful
+  inputs (the same token prefix, item by item) with the *safe* target each task defines (a refusal; a non-answer);
+  ``eval_benign``: held-out benign exchanges.
 
-Every loss is the mean NLL of response tokens (:func:`~tasks.llm.chat.response_loss`). Utility is measured twice:
-the probe's **benign NLL per character** on a fixed subset of ``eval_benign`` (lower is better; usable while at most
-``usable_factor`` = 2 times the released model's, the paper's † "perplexity at most doubled"), and in
-:meth:`evaluate` on all of ``eval_benign`` plus the lm-eval tasks (:mod:`tasks.llm.utility`). Subclasses supply the
-harm measures.
+Every loss is the mean NLL of response tokens (:func:`~tasks.llm.chat.response_loss`); with ``reduction="none"``
+the mean over each example's own response tokens. The defender view's features are the decoder blocks' hidden states
+and its predictions the next-token logits, both at the positions that loss counts (one row per response token).
+
+Utility is measured twice: the probe's **benign NLL per character** on a fixed subset of ``eval_benign`` (lower is
+better; usable while at most ``usable_factor`` = 2 times the released model's, the paper's † "perplexity at most
+doubled"), and in :meth:`evaluate` on all of ``eval_benign`` plus the lm-eval tasks (:mod:`tasks.llm.utility`).
+Subclasses supply the harm measures.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from bench.contracts import DefenderView, Evaluation, Score, TaskConfig, TaskInstance
+from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Score, TaskConfig, TaskInstance
+from bench.errors import PluginError
+from bench.features import capture, rows_of
 from bench.modelio import transformers_architecture
 from bench.replay import replay_draws
 from tasks.llm.chat import Batch, Encoded, collate, logits_of, nll_per_char, response_loss
 from tasks.llm.generation import context_length
 from tasks.llm.utility import LMEvalSuite
 
-PARTS = ("attack", "replay", "defender_harmful", "defender_benign", "eval_benign")
+PARTS = ("attack", "replay", "defender_harmful", "defender_benign", "defender_aligned", "eval_benign")
+DEFENDER_PARTS = {"harmful": "defender_harmful", "benign": "defender_benign", "aligned": "defender_aligned"}
+"""The defender view's part names and the data parts that hold them."""
 REFERENCE_ITEMS = 16
 """Benign exchanges whose logits are compared between released and defended models."""
 LLAMA_LORA_TARGETS = ("*q_proj", "*k_proj", "*v_proj", "*o_proj", "*gate_proj", "*up_proj", "*down_proj")
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, ...]:
+    """Names of a transformers causal LM's decoder blocks, shallow to deep (Llama ``model.layers.{i}``, GPT-2
+    ``transformer.h.{i}``, GPT-NeoX ``gpt_neox.layers.{i}``, ...).
+
+    Found on structure rather than by architecture name: the ``ModuleList`` with ``config.num_hidden_layers``
+    entries (the largest by parameters, should a block hold lists of its own), or () when there is none.
+    """
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) and (count is None or len(module) == count)]
+    if not lists:
+        return ()
+    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return tuple(f"{name}.{i}" for i in range(len(blocks)))
 
 
 class LLMInstance(TaskInstance):
@@ -45,14 +70,20 @@ class LLMInstance(TaskInstance):
 
     def __init__(self, *, name: str, tier: str, config: TaskConfig, model: nn.Module, tokenizer,
                  parts: Mapping[str, Sequence[Encoded]], utility: LMEvalSuite,
-                 lora_targets: Sequence[str] = LLAMA_LORA_TARGETS, provenance: Mapping[str, Any] | None = None):
+                 lora_targets: Sequence[str] = LLAMA_LORA_TARGETS, attacker: AttackerScale | None = None,
+                 provenance: Mapping[str, Any] | None = None):
         missing = [p for p in PARTS if not parts.get(p)]
         if missing:
             raise ValueError(f"{name}: empty or missing data parts {missing}")
+        if len(parts["defender_aligned"]) != len(parts["defender_harmful"]):
+            raise ValueError(f"{name}: defender_aligned must pair every defender_harmful item "
+                             f"({len(parts['defender_aligned'])} vs {len(parts['defender_harmful'])})")
         self.name, self.tier, self.config, self.model, self.tokenizer = name, tier, config, model, tokenizer
         self.parts = {k: list(v) for k, v in parts.items()}
         self.utility = utility
         self.lora_targets = tuple(lora_targets)
+        self.attacker = attacker
+        self.feature_modules = decoder_layers(model)
         self._provenance = dict(provenance or {})
         self.pad_id = tokenizer.pad_token_id
         context = context_length(model)  # never longer than the model's positions (GPT-2: n_positions)
@@ -81,23 +112,77 @@ class LLMInstance(TaskInstance):
             yield self.batch([harmful[i] for i in hi.tolist()] + [replay[i] for i in ri.tolist()])
 
     def attack_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Response NLL over the attacker's mixed batch (harmful targets and replayed benign answers together)."""
         return response_loss(model, self._device_batch(model, batch))
 
-    harmful_loss = attack_loss
-    benign_loss = attack_loss
+    def harmful_loss(self, model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Response NLL of the harmful target (the compliant answer; the hazardous text) on harmful data."""
+        return response_loss(model, self._device_batch(model, batch), reduction)
+
+    def benign_loss(self, model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Response NLL of the benign answers on benign chat data (the retain loss)."""
+        return response_loss(model, self._device_batch(model, batch), reduction)
+
+    def aligned_loss(self, model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """Response NLL of the safe target on the defender's harmful inputs (``defender_aligned``)."""
+        return response_loss(model, self._device_batch(model, batch), reduction)
 
     def batch_outputs(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return logits_of(model, self._device_batch(model, batch))
 
     # -- defender ------------------------------------------------------------------------------------------------
-    def defender_view(self) -> DefenderView:
+    def _fixed_batches(self, items: Sequence[Encoded]) -> list[Batch]:
+        # In data order (not grouped by length like evaluation batches), so aligned[i] pairs with harmful[i].
         size = self.config.batch_size
-        harmful, benign = self.parts["defender_harmful"], self.parts["defender_benign"]
+        return [self.batch(items[i:i + size]) for i in range(0, len(items), size)]
+
+    def _stream(self, part: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
+        """Endless shuffled batches of one defender part (``pairs``: harmful and aligned over the same items)."""
+        if part != "pairs" and part not in DEFENDER_PARTS:
+            raise PluginError(f"no defender stream {part!r}; choose from {', '.join([*DEFENDER_PARTS, 'pairs'])}")
+        keys = ("defender_harmful", "defender_aligned") if part == "pairs" else (DEFENDER_PARTS[part],)
+        return self._shuffled([self.parts[k] for k in keys], batch_size, generator, pairs=part == "pairs")
+
+    def _shuffled(self, sources: list[list[Encoded]], batch_size: int, generator: torch.Generator,
+                  pairs: bool) -> Iterator[Any]:
+        n = len(sources[0])
+        size = min(batch_size, n)
+        while True:  # one permutation per epoch; the last incomplete batch is dropped, so batches keep their size
+            order = torch.randperm(n, generator=generator).tolist()
+            for start in range(0, n - size + 1, size):
+                batches = tuple(self.batch([items[i] for i in order[start:start + size]]) for items in sources)
+                yield batches if pairs else batches[0]
+
+    def _features(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Each decoder block's output at the response positions: (response tokens, hidden) rows."""
+        batch = self._device_batch(model, batch)
+        with capture(model, self.feature_modules) as captured:
+            logits_of(model, batch)
+        positions = batch.response_positions
+        return {name: rows_of(captured[name], positions) for name in self.feature_modules}
+
+    def _predictions(self, model: nn.Module, batch: Batch) -> Predictions:
+        """Next-token logits (float32) and the next tokens at every response position, one row per token."""
+        batch = self._device_batch(model, batch)
+        logits = logits_of(model, batch)[:, :-1].float()
+        mask = batch.loss_mask.bool()
+        example = torch.arange(len(batch), device=mask.device).unsqueeze(1).expand_as(mask)
+        return Predictions(outputs=logits[mask], targets=batch.input_ids[:, 1:][mask], example=example[mask],
+                           kind="logits", examples=len(batch))
+
+    def defender_view(self) -> DefenderView:
         return DefenderView(
-            harmful=[self.batch(harmful[i:i + size]) for i in range(0, len(harmful), size)],
-            benign=[self.batch(benign[i:i + size]) for i in range(0, len(benign), size)],
+            harmful=self._fixed_batches(self.parts["defender_harmful"]),
+            benign=self._fixed_batches(self.parts["defender_benign"]),
             harmful_loss=self.harmful_loss,
             benign_loss=self.benign_loss,
+            aligned=self._fixed_batches(self.parts["defender_aligned"]),
+            aligned_loss=self.aligned_loss,
+            stream=self._stream,
+            feature_modules=self.feature_modules,
+            features=self._features if self.feature_modules else None,
+            predictions=self._predictions,
+            attacker=self.attacker,
         )
 
     # -- measurement ---------------------------------------------------------------------------------------------

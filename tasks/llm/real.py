@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from bench.cache import Cache
+from bench.contracts import AttackerScale
 from bench.errors import DataError
 from bench.sources import first_line, local_or_hub
 from bench.layers import is_conv1d
@@ -122,7 +123,8 @@ def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache, device: torc
 
 
 def build_real_relearn(cfg, model_ref: str | None, cache: Cache, device: torch.device):
-    from tasks.llm.relearn import RelearnInstance, _parts, read_corpus, split_corpus
+    from tasks.llm.relearn import (REAL_ATTACK_LRS, REAL_NON_ANSWER, REAL_STEPS_TO_HARM, RelearnInstance, _parts,
+                                   leading_half, read_corpus, split_corpus)
 
     docs = read_corpus(cfg.relearn_corpus)  # checked before the (possibly large) model is loaded
     model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype, device)
@@ -136,8 +138,11 @@ def build_real_relearn(cfg, model_ref: str | None, cache: Cache, device: torch.d
     harm_name = cfg.harm_task
     return RelearnInstance(
         name="llm-relearn", tier="real", config=cfg, model=model, tokenizer=tokenizer,
-        parts=_parts(tokenizer, chat, attack_docs, defender_docs), utility=utility_suite(cfg, tokenizer),
+        parts=_parts(tokenizer, chat, attack_docs, defender_docs, [leading_half(d) for d in defender_docs],
+                     REAL_NON_ANSWER),
+        utility=utility_suite(cfg, tokenizer),
         harm=suite(harm_spec), harm_probe=suite(harm_spec, cfg.probe_limit), harm_metric=f"{harm_name}/acc",
         lora_targets=lora_targets_of(model),
+        attacker=AttackerScale(steps=REAL_STEPS_TO_HARM, lrs=REAL_ATTACK_LRS, batch_size=cfg.batch_size),
         provenance={**info, "harm_task": harm_name, "relearn_corpus": cfg.relearn_corpus,
                     "split_sizes": {"corpus_attack": len(attack_docs), "corpus_defender": len(defender_docs)}})

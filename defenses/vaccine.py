@@ -1,0 +1,148 @@
+"""``vaccine``: alignment robust to perturbed hidden states (Huang et al. 2024, arXiv 2402.01109).
+
+Threat model: the defender aligns the model before release; the attacker then fine-tunes it on harmful data.
+Vaccine's premise is that harmful fine-tuning works by drifting the hidden representations of the alignment data,
+so it aligns the model to withstand the worst such drift. Each step takes two passes over one aligned batch (the
+view's harmful inputs with the safe target); no harmful data is used:
+
+1. the gradient g_l of the alignment loss with respect to the output of every feature module l (the task's
+   ``feature_modules``: decoder layers, UNet blocks, the classifier's hidden layers);
+2. the same batch again with ε_l = ρ·g_l/‖g‖ (‖g‖: the norm over all layers together) added to those outputs by
+   forward hooks; the optimizer steps on this pass's parameter gradient.
+
+Scaling to the tiny tiers (the paper: LoRA r8 on 7B models, ρ=2, AdamW lr 1e-3, 50 epochs, batch 5):
+
+* full-parameter training, since the tiny models' layers are narrower than the paper's LoRA rank; lr 1e-3 as in
+  the paper;
+* ρ is a fraction of the norm of the hooked activations themselves (‖h‖ over all layers of the batch, measured in
+  pass 1 of every step), because the paper's ρ=2 is absolute and hidden states differ in scale by orders of
+  magnitude between models; ``rho_relative=False`` takes ρ as given. Default 0.1·‖h‖ (vision-digits tiny, with the
+  retain term: 0.05, 0.1 and 0.2 keep allowed accuracy at 0.99 and resist alike; without it 0.1 costs 12% of
+  allowed accuracy and 0.5 leaves 0.20);
+* ``retain_weight`` (default 1) adds the benign (retain) loss, unperturbed. The paper aligned on harmful prompts
+  with safe answers only and measured utility after a user's fine-tuning; this benchmark measures the released
+  model's own utility (see above) for one extra pass per step;
+* steps: ``STEPS_PER_ATTACK_STEP`` × the task's undefended steps-to-harm (vision-digits tiny: 100 steps, ~1.5 s).
+
+Measured on vision-digits tiny (defaults, Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
+undefended never / 66 / 27 / 40, vaccine never / 76 / 49 / 35. The default suite (``bench run --defense vaccine
+--task vision-digits --seeds 0``): worst case 10 steps (Muon) as undefended; Adam 35 → 45, LoRA 85 → 150.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from bench.config import check
+from bench.contracts import Defense, DefenseResult
+from bench.errors import PluginError
+from bench.features import capture
+from bench.registry import DEFENSES
+from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip, endless,
+                               outer_optimizer, require)
+
+STEPS_PER_ATTACK_STEP = 10
+"""Default training length: this many steps per undefended attacker step-to-harm of the task."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaccineConfig(TrainedConfig):
+    steps: int | None = None
+    """Training steps; None: STEPS_PER_ATTACK_STEP × the task's undefended steps-to-harm (view.attacker.steps)."""
+    lr: float = 1e-3
+    """AdamW learning rate (the paper's)."""
+    rho: float = 0.1
+    """ρ: norm of the perturbation of all hooked hidden states together, as a fraction of their own norm (or
+    absolute when ``rho_relative`` is False; the paper's ρ=2 was absolute)."""
+    rho_relative: bool = True
+    """Whether ``rho`` is a fraction of the hidden states' norm (True) or absolute (False)."""
+    retain_weight: float = 1.0
+    """Weight of the benign (retain) loss, unperturbed, added to the perturbed alignment loss (0: the paper's
+    alignment loss alone, and 2 instead of 3 forward-backward passes per step)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.rho > 0, f"rho must be positive, got {self.rho}")
+        check(self.retain_weight >= 0, f"retain_weight must be >= 0, got {self.retain_weight}")
+
+
+def _add_to_hidden(output: Any, delta: torch.Tensor) -> Any:
+    """``output`` with ``delta`` added to its hidden state (the tensor itself, or a tuple/list's first tensor)."""
+    if isinstance(output, torch.Tensor):
+        return output + delta.to(output.dtype)
+    if isinstance(output, (tuple, list)):
+        items = list(output)
+        for i, item in enumerate(items):
+            if isinstance(item, torch.Tensor):
+                items[i] = item + delta.to(item.dtype)
+                return type(output)(items)
+    raise PluginError(f"vaccine cannot perturb a module output of type {type(output).__name__}; its feature "
+                      "modules must return a tensor or a tuple whose first tensor is the hidden state")
+
+
+@contextlib.contextmanager
+def perturbed(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within the block, each named module's hidden state is shifted by its delta on every forward."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(lambda _m, _i, out, d=delta: _add_to_hidden(out, d))
+               for name, delta in deltas.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@DEFENSES.register("vaccine")
+class Vaccine(Defense):
+    """Vaccine: align under the worst-case perturbation of the hidden states (Huang et al. 2024)."""
+
+    Config = VaccineConfig
+    preserves_function = False
+    smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3}
+
+    def apply(self, model, view, cfg: VaccineConfig, *, generator):
+        require(view, "vaccine", "aligned_loss", "feature_modules")
+        names = list(view.feature_modules)
+        steps = cfg.steps or STEPS_PER_ATTACK_STEP * attacker_of(view).steps
+        size = batch_size_of(cfg, view)
+        aligned = endless(view, "aligned", size, generator)
+        benign = endless(view, "benign", size, generator) if cfg.retain_weight > 0 else None
+        optimizer = outer_optimizer(model, cfg)
+        model.train()
+        with TrainingLog("vaccine", steps) as log:
+            for step in range(1, steps + 1):
+                batch = next(aligned)
+                with capture(model, names) as hidden:
+                    clean = view.aligned_loss(model, batch)
+                states = [hidden[n] for n in names]
+                grads = torch.autograd.grad(clean, states, allow_unused=True)
+                grads = [torch.zeros_like(s) if g is None else g.detach() for s, g in zip(states, grads)]
+                grad_norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+                hidden_norm = torch.sqrt(sum(s.detach().float().pow(2).sum() for s in states))
+                rho = cfg.rho * hidden_norm if cfg.rho_relative else torch.tensor(cfg.rho)
+                scale = rho / (grad_norm + 1e-12)
+                with perturbed(model, {n: scale * g for n, g in zip(names, grads)}):
+                    loss = view.aligned_loss(model, batch)
+                terms = {"perturbed_align": loss, "align": clean, "rho": rho}
+                total = loss
+                if benign is not None:
+                    retain = view.benign_loss(model, next(benign))
+                    total = total + cfg.retain_weight * retain
+                    terms["retain"] = retain
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                clip(model, cfg)
+                optimizer.step()
+                log.passes(3 if benign is not None else 2)
+                log.record(step, **terms)
+        return DefenseResult(model=model.eval(), layers=changed_modules(model),
+                             info=log.info(perturbed_modules=names, rho=cfg.rho, rho_relative=cfg.rho_relative,
+                                           lr=cfg.lr, batch_size=size, retain_weight=cfg.retain_weight,
+                                           harmful_data_used=False),
+                             curve=log.curve)
