@@ -77,5 +77,6 @@ def mmd_to_gaussian(rows: torch.Tensor, generator: torch.Generator, bandwidths=(
 
 def bounded_ascent(loss: torch.Tensor) -> torch.Tensor:
     """−log(1 + loss): minimising it raises a (non-negative) harmful loss with a gradient −∇loss / (1 + loss) that
-    fades as the loss grows, so ascent does not run away (RepNoise's and ga-retain's unlearning term)."""
+    shrinks as the loss grows, so the defense's other terms dominate once the loss is high (RepNoise's and
+    ga-retain's unlearning term; not a hard bound: under Adam the loss can keep rising)."""
     return -torch.log1p(loss)

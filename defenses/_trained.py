@@ -49,24 +49,35 @@ class TrainedConfig:
 @dataclass(frozen=True, kw_only=True)
 class AttackerScaledConfig(TrainedConfig):
     """A trained defense without a simulated attacker whose length and learning rate follow the task's attacker
-    scale unless set: ``steps_factor`` × the undefended steps-to-harm, at the smallest learning rate where undefended
-    Adam harms fastest (the papers train at about the learning rates of the attacks they report against)."""
+    scale unless set: ``steps_factor`` × the undefended steps-to-harm, at most ``max_steps``, at the smallest learning
+    rate where undefended Adam harms fastest (the papers train at about the learning rates of the attacks they report
+    against)."""
 
     steps_factor: int = 10
-    """Rule for ``steps=None``: train this many times the task's undefended steps-to-harm (vision-digits tiny: 10)."""
+    """Rule for ``steps=None``: train this many times the task's undefended steps-to-harm (tiny tiers: vision-digits
+    10, LLM tasks 15, sd-style 60, sd-concept 160), at most ``max_steps``."""
+    max_steps: int = 150
+    """Cap of the ``steps=None`` rule: keeps the diffusion tiers, whose undefended attacker needs 60–160 steps, to
+    minutes on a 2-core CPU (measured there at ~0.4–1.1 s per step under load); about one epoch of RepNoise's ~1k
+    pairs at batch 8."""
     lr: float | None = None
     """AdamW learning rate; None: the rule, the smallest of the task's undefended-attacker learning rates."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.steps_factor > 0, f"steps_factor must be positive, got {self.steps_factor}")
+        check(self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}")
 
 
 def steps_for(cfg: AttackerScaledConfig, view: DefenderView) -> int:
-    return cfg.steps if cfg.steps is not None else cfg.steps_factor * attacker_of(view).steps
+    """``cfg.steps``, else the rule: ``steps_factor`` × the task's undefended steps-to-harm, capped at ``max_steps``."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return min(cfg.steps_factor * attacker_of(view).steps, cfg.max_steps)
 
 
 def lr_for(cfg: AttackerScaledConfig, view: DefenderView) -> float:
+    """``cfg.lr``, else the rule: the smallest learning rate where the task's undefended Adam harms fastest."""
     return cfg.lr if cfg.lr is not None else min(attacker_of(view).lrs)
 
 

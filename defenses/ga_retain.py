@@ -7,13 +7,20 @@ keeping its benign (retain) loss on the defender's benign split. Each step, on f
 
     L = benign_loss(benign) − alpha · log(1 + harmful_loss(harmful))
 
-The log bounds the ascent (:func:`~defenses._objectives.bounded_ascent`): its gradient fades as the harmful loss
-grows, so the model is not driven to arbitrary weights. It hides harmful behaviour rather than removing the ability
-to learn it, and relearning is known to recover it: the control any trained defense should beat.
+The log weighs the ascent down as it succeeds (:func:`~defenses._objectives.bounded_ascent`): its gradient
+−∇harmful_loss / (1 + harmful_loss) shrinks as the harmful loss grows, so the retain loss dominates once the harmful
+loss is high (not a hard bound: under Adam's per-parameter normalisation the harmful loss keeps rising). It suppresses
+harmful outputs rather than removing the ability to learn them, and relearning is known to recover it: the control a
+trained defense should beat.
 
 Defaults: alpha = 1; full-parameter training at constant learning rate; steps and learning rate follow the task's
-attacker scale (:class:`~defenses._trained.AttackerScaledConfig`: 10 × the undefended steps-to-harm, at the smallest
-learning rate where undefended Adam harms fastest).
+attacker scale (:class:`~defenses._trained.AttackerScaledConfig`: 10 × the undefended steps-to-harm, at most 150, at
+the smallest learning rate where undefended Adam harms fastest).
+
+Measured on vision-digits tiny (seed 0, default suite): training 0.7 s (100 steps at lr 1e-3, 200 forward-backward
+passes); the harmful loss rises 15 → ~340 (the forbidden logits are pushed far down); retained allowed accuracy
+0.978; worst-case steps-to-harm 15 (Muon at lr 0.316) against 10 undefended. Per family (undefended → ga-retain):
+Adam 35 → 90, SGD 60 → 210, LoRA 85 → > 500, adaptive attacks 35 → 105: the control resists more than RepNoise here.
 """
 
 from __future__ import annotations

@@ -38,11 +38,23 @@ def test_config_round_trips_and_rejects_bad_values(name):
     cfg = cls(alpha=0.5, steps=7, lr=3e-4)
     assert build_config(cls, config_to_dict(cfg), where=name) == cfg
     assert cls().lr is None and cls().steps is None  # the rules from the task's attacker scale
-    for bad in ({"alpha": -1.0}, {"steps_factor": 0}, {"lr": 0.0}):
+    for bad in ({"alpha": -1.0}, {"steps_factor": 0}, {"max_steps": 0}, {"lr": 0.0}):
         with pytest.raises(ConfigError):
             cls(**bad)
     with pytest.raises(ConfigError):
         build_config(cls, {"alpah": 1.0}, where=name)
+
+
+def test_step_and_lr_rules_follow_the_attacker_scale(digits):
+    from bench.contracts import AttackerScale
+    from defenses._trained import lr_for, steps_for
+
+    cfg, view = DEFENSES.get("repnoise").Config(), digits.defender_view()
+    assert (steps_for(cfg, view), lr_for(cfg, view)) == (100, 1e-3)  # 10 x 10 steps; the smaller of (1e-3, 1e-2)
+    diffusion_like = dataclasses.replace(view, attacker=AttackerScale(steps=160, lrs=(3e-4, 1e-3), batch_size=16))
+    assert (steps_for(cfg, diffusion_like), lr_for(cfg, diffusion_like)) == (150, 3e-4)  # capped at max_steps
+    explicit = dataclasses.replace(cfg, steps=7, lr=0.5)
+    assert (steps_for(explicit, diffusion_like), lr_for(explicit, diffusion_like)) == (7, 0.5)
 
 
 @pytest.mark.parametrize("name", NAMES)
