@@ -58,8 +58,8 @@ class AttackerScaledConfig(TrainedConfig):
     10, LLM tasks 15, sd-style 60, sd-concept 160), at most ``max_steps``."""
     max_steps: int = 150
     """Cap of the ``steps=None`` rule: keeps the diffusion tiers, whose undefended attacker needs 60–160 steps, to
-    minutes on a 2-core CPU (measured there at ~0.4–1.1 s per step under load); about one epoch of RepNoise's ~1k
-    pairs at batch 8."""
+    a few minutes on a 2-core CPU (sd-style tiny, shared machine: 0.7 s per step for ga-retain, 1.3 s for RepNoise);
+    about one epoch of RepNoise's ~1k pairs at batch 8."""
     lr: float | None = None
     """AdamW learning rate; None: the rule, the smallest of the task's undefended-attacker learning rates."""
 

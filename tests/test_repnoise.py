@@ -101,6 +101,17 @@ def test_noise_term_pulls_harmful_features_toward_gaussian(digits):
     assert mmd[-5:].mean() < 0.5 * mmd[:5].mean()
 
 
+def test_noise_term_subsamples_long_row_sets_reproducibly():
+    from defenses._objectives import mmd_to_gaussian
+    from defenses.repnoise import noise_term
+
+    rows = {"layer": torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)) + 3}
+    few = [noise_term(rows, torch.Generator().manual_seed(1), max_rows=64) for _ in range(2)]
+    assert torch.equal(few[0], few[1]) and float(few[0]) > 0.1  # shifted rows are far from N(0, I)
+    whole = noise_term(rows, torch.Generator().manual_seed(1), max_rows=1000)
+    assert torch.equal(whole, mmd_to_gaussian(rows["layer"], torch.Generator().manual_seed(1)))
+
+
 def test_clear_errors_when_the_view_lacks_what_is_needed(digits):
     view = digits.defender_view()
     with pytest.raises(PluginError, match="feature_modules, features"):
