@@ -104,8 +104,8 @@ class RepNoise(Defense):
                 log.record(step, loss=loss, aligned_loss=aligned_loss, harmful_loss=harmful_loss, mmd=noise)
         model.eval()
         # RepNoise simulates no attacker; the report names the attacker scale its rules read instead.
-        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, beta=cfg.beta, cosine=cfg.cosine, mmd_rows=cfg.mmd_rows,
-                        feature_modules=list(view.feature_modules), simulated_attacker=None,
+        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, beta=cfg.beta, cosine=cfg.cosine,
+                        mmd_rows=cfg.mmd_rows, feature_modules=list(view.feature_modules), simulated_attacker=None,
                         scaled_by=attacker_report(view))
         return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
 
