@@ -12,7 +12,7 @@ direction is treated as a constant. Cost: 3 forward-backward passes per step (4 
 Scaling to the tiny tiers (the paper: LoRA r32 on q, k, v of 7B models, λ=5, α=0.1, AdamW lr 5e-4, wd 0.1, 20 epochs):
 
 * full-parameter training, since the tiny models' layers are narrower than the paper's LoRA rank;
-* λ = 5 and lr 5e-4 as in the paper;
+* λ = 5 as in the paper;
 * α is a fraction of the trainable weight norm ‖θ‖ (measured once, before training), since an absolute distance
   is a different perturbation on every model; ``alpha_relative=False`` takes it as given. Default 0.01·‖θ‖ (the
   paper's 0.1 would be 0.007·‖θ‖ on vision-digits tiny, ‖θ‖ = 14.4). Too large a step breaks the objective: it is
@@ -23,10 +23,12 @@ Scaling to the tiny tiers (the paper: LoRA r32 on q, k, v of 7B models, λ=5, α
 * ``retain_weight`` (default 1) adds the benign (retain) loss to f. The paper aligned on harmful prompts with safe
   answers only and measured utility after a user's fine-tuning; this benchmark measures the released model's own
   utility, which the retain term protects for one extra pass per step;
-* steps: ``STEPS_PER_ATTACK_STEP`` × the task's undefended steps-to-harm (vision-digits tiny: 100 steps, ~1.5 s;
-  the curve is nearly flat by then: 200 steps end at objective 2.0 instead of 2.3).
+* steps and learning rate follow the task's attacker scale (:class:`~defenses._trained.AttackerScaledConfig`:
+  10 × the undefended steps-to-harm, at most 150, at the smallest learning rate where undefended Adam harms
+  fastest; the paper's lr 5e-4 trained LoRA adapters, and full parameters of the tiny LLM at 5e-4 for 150 steps
+  doubled its benign NLL). Vision-digits tiny: 100 steps (the curve is nearly flat by then).
 
-Measured on vision-digits tiny (defaults, Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
+Measured on vision-digits tiny (an earlier default, lr 5e-4, 100 steps; Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
 undefended never / 66 / 27 / 40, booster 76 / 30 / 27 / 26. Booster's cheapest way to shrink the drop of a
 cross-entropy that the released model saturates (h = 14.2 at release) is to lower h itself (to 2.5), which moves
 the model toward the harmful solution: it does not resist here. The default suite (``bench run --defense booster
@@ -43,19 +45,14 @@ import torch
 from bench.config import check
 from bench.contracts import Defense, DefenseResult
 from bench.registry import DEFENSES
-from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip, endless,
-                               outer_optimizer, require)
-
-STEPS_PER_ATTACK_STEP = 10
-"""Default training length: this many outer steps per undefended attacker step-to-harm of the task."""
-
+from defenses._trained import (AttackerScaledConfig, TrainingLog, batch_size_of, changed_modules, clip, endless, lr_for,
+                               outer_optimizer, require, steps_for)
 
 @dataclass(frozen=True, kw_only=True)
-class BoosterConfig(TrainedConfig):
-    steps: int | None = None
-    """Outer steps; None: STEPS_PER_ATTACK_STEP × the task's undefended steps-to-harm (view.attacker.steps)."""
-    lr: float = 5e-4
-    """AdamW learning rate (the paper's)."""
+class BoosterConfig(AttackerScaledConfig):
+    lr: float | None = None
+    """AdamW learning rate; None: the rule of :class:`~defenses._trained.AttackerScaledConfig` (the paper's 5e-4
+    was for LoRA adapters on 7B models)."""
     weight_decay: float = 0.0
     """AdamW weight decay (0: see the module docstring; the paper used 0.1 on LoRA)."""
     lam: float = 5.0
@@ -95,7 +92,7 @@ class Booster(Defense):
 
     def apply(self, model, view, cfg: BoosterConfig, *, generator):
         require(view, "booster", "aligned_loss")
-        steps = cfg.steps or STEPS_PER_ATTACK_STEP * attacker_of(view).steps
+        steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         size = batch_size_of(cfg, view)
         harmful = endless(view, "harmful", size, generator)
         aligned = endless(view, "aligned", size, generator)
@@ -103,7 +100,7 @@ class Booster(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         weight_norm = float(_norm([p.detach() for p in params]))
         alpha = cfg.alpha * weight_norm if cfg.alpha_relative else cfg.alpha
-        optimizer = outer_optimizer(model, cfg)
+        optimizer = outer_optimizer(model, cfg, lr)
         model.train()
         with TrainingLog("booster", steps) as log:
             for step in range(1, steps + 1):
@@ -143,6 +140,6 @@ class Booster(Defense):
         simulated = {"kind": "one normalised gradient step on the harmful loss", "alpha": alpha,
                      "alpha_over_weight_norm": alpha / weight_norm if weight_norm else None}
         return DefenseResult(model=model.eval(), layers=changed_modules(model),
-                             info=log.info(simulated_attacker=simulated, lam=cfg.lam, lr=cfg.lr, batch_size=size,
+                             info=log.info(simulated_attacker=simulated, lam=cfg.lam, lr=lr, batch_size=size,
                                            retain_weight=cfg.retain_weight),
                              curve=log.curve)

@@ -12,8 +12,7 @@ view's harmful inputs with the safe target); no harmful data is used:
 
 Scaling to the tiny tiers (the paper: LoRA r8 on 7B models, ρ=2, AdamW lr 1e-3, 50 epochs, batch 5):
 
-* full-parameter training, since the tiny models' layers are narrower than the paper's LoRA rank; lr 1e-3 as in
-  the paper;
+* full-parameter training, since the tiny models' layers are narrower than the paper's LoRA rank;
 * ρ is a fraction of the norm of the hooked activations themselves (‖h‖ over all layers of the batch, measured in
   pass 1 of every step), because the paper's ρ=2 is absolute and hidden states differ in scale by orders of
   magnitude between models; ``rho_relative=False`` takes ρ as given. Default 0.1·‖h‖ (vision-digits tiny, with the
@@ -22,9 +21,11 @@ Scaling to the tiny tiers (the paper: LoRA r8 on 7B models, ρ=2, AdamW lr 1e-3,
 * ``retain_weight`` (default 1) adds the benign (retain) loss, unperturbed. The paper aligned on harmful prompts
   with safe answers only and measured utility after a user's fine-tuning; this benchmark measures the released
   model's own utility (see above) for one extra pass per step;
-* steps: ``STEPS_PER_ATTACK_STEP`` × the task's undefended steps-to-harm (vision-digits tiny: 100 steps, ~1.5 s).
+* steps and learning rate follow the task's attacker scale (:class:`~defenses._trained.AttackerScaledConfig`:
+  10 × the undefended steps-to-harm, at most 150, at the smallest learning rate where undefended Adam harms
+  fastest; vision-digits tiny: 100 steps at 1e-3, the paper's learning rate).
 
-Measured on vision-digits tiny (defaults, Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
+Measured on vision-digits tiny (defaults, 100 steps at lr 1e-3; Adam attack at lr 1e-3 / 3e-3 / 1e-2 / 3e-2, steps to harm within 100):
 undefended never / 66 / 27 / 40, vaccine never / 76 / 49 / 35. The default suite (``bench run --defense vaccine
 --task vision-digits --seeds 0``): worst case 10 steps (Muon) as undefended; Adam 35 → 45, LoRA 85 → 150.
 """
@@ -43,19 +44,14 @@ from bench.contracts import Defense, DefenseResult
 from bench.errors import PluginError
 from bench.features import capture
 from bench.registry import DEFENSES
-from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip, endless,
-                               outer_optimizer, require)
-
-STEPS_PER_ATTACK_STEP = 10
-"""Default training length: this many steps per undefended attacker step-to-harm of the task."""
-
+from defenses._trained import (AttackerScaledConfig, TrainingLog, batch_size_of, changed_modules, clip, endless, lr_for,
+                               outer_optimizer, require, steps_for)
 
 @dataclass(frozen=True, kw_only=True)
-class VaccineConfig(TrainedConfig):
-    steps: int | None = None
-    """Training steps; None: STEPS_PER_ATTACK_STEP × the task's undefended steps-to-harm (view.attacker.steps)."""
-    lr: float = 1e-3
-    """AdamW learning rate (the paper's)."""
+class VaccineConfig(AttackerScaledConfig):
+    lr: float | None = None
+    """AdamW learning rate; None: the rule of :class:`~defenses._trained.AttackerScaledConfig` (the paper's 1e-3
+    was for LoRA adapters on 7B models)."""
     rho: float = 0.1
     """ρ: norm of the perturbation of all hooked hidden states together, as a fraction of their own norm (or
     absolute when ``rho_relative`` is False; the paper's ρ=2 was absolute)."""
@@ -109,11 +105,11 @@ class Vaccine(Defense):
     def apply(self, model, view, cfg: VaccineConfig, *, generator):
         require(view, "vaccine", "aligned_loss", "feature_modules")
         names = list(view.feature_modules)
-        steps = cfg.steps or STEPS_PER_ATTACK_STEP * attacker_of(view).steps
+        steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         size = batch_size_of(cfg, view)
         aligned = endless(view, "aligned", size, generator)
         benign = endless(view, "benign", size, generator) if cfg.retain_weight > 0 else None
-        optimizer = outer_optimizer(model, cfg)
+        optimizer = outer_optimizer(model, cfg, lr)
         model.train()
         with TrainingLog("vaccine", steps) as log:
             for step in range(1, steps + 1):
@@ -143,6 +139,6 @@ class Vaccine(Defense):
                 log.record(step, **terms)
         return DefenseResult(model=model.eval(), layers=changed_modules(model),
                              info=log.info(perturbed_modules=names, rho=cfg.rho, rho_relative=cfg.rho_relative,
-                                           lr=cfg.lr, batch_size=size, retain_weight=cfg.retain_weight,
+                                           lr=lr, batch_size=size, retain_weight=cfg.retain_weight,
                                            harmful_data_used=False),
                              curve=log.curve)
