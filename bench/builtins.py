@@ -7,6 +7,8 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "SpecDef: inflate the top-k singular values by alpha and compensate with a trainable map (Rosati et al. 2026)."),
     ("defense", "specdef-nocomp", "defenses.specdef_nocomp:SpecDefNoCompensation",
      "Ablation: SpecDef's spectral inflation without the compensation map (changes the function)."),
+    ("defense", "tar", "defenses.tar:Tar",
+     "TAR: meta-learn weights whose harmful fine-tuning ends in a useless model (Tamirisa et al. 2024; Sophon)."),
     ("attack", "full-ft", "attacks.full_ft:FullFineTune",
      "Full fine-tuning of every parameter with SGD, Adam, AdamW, Muon or AdaHessian."),
     ("attack", "lora", "attacks.lora:Lora",
