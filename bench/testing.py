@@ -169,3 +169,89 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
         for _, _, step, loss, examples in monitor.calls[1:]:
             assert isinstance(loss, float) and math.isfinite(loss), f"{where}: step {step} reported loss {loss!r}"
             assert isinstance(examples, int) and examples > 0, f"{where}: step {step} reported {examples!r} examples"
+
+
+# -------------------------------------------------------------------------------------------------------------
+# A defense on a real task's defender view
+# -------------------------------------------------------------------------------------------------------------
+VIEW_CALLABLES = ("harmful_loss", "benign_loss", "aligned_loss", "features", "predictions")
+
+
+def example_fingerprints(batch) -> set[bytes]:
+    """One fingerprint per example of a task batch, independent of how the batch was padded or shuffled: the rows
+    of a classifier's inputs, a diffusion batch's latents, an LM batch's unpadded token ids."""
+    if isinstance(batch, (tuple, list)):
+        return example_fingerprints(batch[0])
+    if isinstance(batch, torch.Tensor):
+        return {row.detach().cpu().numpy().tobytes() for row in batch}
+    if hasattr(batch, "input_ids") and hasattr(batch, "attention_mask"):
+        return {ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(batch.input_ids, batch.attention_mask)}
+    if hasattr(batch, "latents"):
+        return example_fingerprints(batch.latents)
+    raise TypeError(f"cannot fingerprint a batch of type {type(batch).__name__}")
+
+
+def recording_view(view: DefenderView) -> tuple[DefenderView, list[tuple[str, object]]]:
+    """The view with its loss/feature/prediction callables wrapped to record every batch a defense passes in."""
+    seen: list[tuple[str, object]] = []
+
+    def wrap(name, fn):
+        def recorded(model, batch, *args, **kwargs):
+            seen.append((name, batch))
+            return fn(model, batch, *args, **kwargs)
+        return recorded
+
+    wrapped = {name: wrap(name, getattr(view, name)) for name in VIEW_CALLABLES if getattr(view, name) is not None}
+    return dataclasses.replace(view, **wrapped), seen
+
+
+def check_uses_only_defender_data(view: DefenderView, seen: list[tuple[str, object]], defense: str) -> None:
+    """Every batch the defense passed to the view holds only examples of the defender split (the leak test)."""
+    allowed: set[bytes] = set()
+    for batches in (view.harmful, view.benign, view.aligned):
+        for batch in batches:
+            allowed |= example_fingerprints(batch)
+    for name, batch in seen:
+        leaked = example_fingerprints(batch) - allowed
+        assert not leaked, (f"defense {defense!r} passed {len(leaked)} example(s) from outside the defender split to "
+                            f"the view's {name}: a defense may train only on the DefenderView's data")
+
+
+def smoke_task(task: str, cache):
+    """The tiny tier of ``task`` built with its smoke args, on the CPU."""
+    task_cls = TASKS.get(task)
+    cfg = build_config(task_cls.Config, {**task_cls.smoke_args, "curvature_iters": 0, "bootstrap": 0},
+                       where=f"task {task!r} smoke_args")
+    return task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"), progress=False)
+
+
+def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> None:
+    """The defense (with its ``smoke_args``) on a tiny task's real defender view: deterministic under a seed (bit for
+    bit), trains only on the defender split (the leak test), and its defended stage saves to and reloads from the
+    on-disk stage cache with identical outputs."""
+    from bench.spec import make_spec
+    from bench.stages import Session
+
+    cls = DEFENSES.get(name)
+    cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")
+    instance = smoke_task(task, cache)
+    states = []
+    for _ in range(2):
+        view, seen = recording_view(instance.defender_view())
+        torch.manual_seed(0)
+        result = cls().apply(copy.deepcopy(instance.model), view, cfg, generator=torch.Generator().manual_seed(0))
+        assert isinstance(result, DefenseResult), f"defense {name!r} on {task}: apply() must return a DefenseResult"
+        check_uses_only_defender_data(view, seen, name)
+        states.append({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0]), (
+        f"defense {name!r} on {task} is not deterministic under a seed")
+
+    smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
+    spec = make_spec(task=task, defense=name, attack="full-ft", task_args=smoke, defense_args=dict(cls.smoke_args),
+                     attack_args={"budget": 2, "eval_every": 1})
+    first = Session(tmp_path / "a", cache).defended(spec)
+    again = Session(tmp_path / "b", cache).defended(spec)
+    with torch.no_grad():
+        out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)
+    torch.testing.assert_close(out_again, out_first, rtol=0, atol=0,
+                               msg=f"defense {name!r} on {task}: the defended stage does not reload exactly")

@@ -39,6 +39,14 @@ def fmt_float(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def fmt_seconds(value: Any) -> str:
+    """A duration: seconds below two minutes, else minutes."""
+    if _isnan(value):
+        return "—"
+    value = float(value)
+    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
 def fmt_fraction(value: Any) -> str:
     """Retained utility and similar ratios near 1: three decimals."""
     return "—" if _isnan(value) else f"{float(value):.3f}"

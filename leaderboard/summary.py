@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
-from leaderboard.render import family_table, fmt_float, fmt_fraction, fmt_ratio, fmt_steps
+from leaderboard.render import family_table, fmt_float, fmt_fraction, fmt_ratio, fmt_seconds, fmt_steps
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -29,20 +29,23 @@ def summary_text(aggregates: Aggregates) -> str:
         lines.append(f"{task} ({tier}) — {len(task_runs) - n_probes} attack runs{probes}, {n_failed} failed, "
                      f"seeds {sorted(task_runs['seed'].unique().tolist())}")
         utilities = utility_names(group)
-        headers = ["defense", "worst-case steps-to-harm", "by attack", "vs none", "outcomes H/B/R"]
-        headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig."]
+        headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "vs none", "outcomes H/B/R"]
+        headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig.", "defense time"]
         rows = []
         for _, r in group.sort_values("defense_label").iterrows():
             row = [str(r["defense_label"]),
                    fmt_steps(r["worst_median"], bool(r["worst_median_censored"]), r["worst_low"], r["worst_high"]),
                    str(r["worst_attack"] or "—"),
+                   fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"],
+                             r["adaptive_high"]) if r["adaptive_run"] else "—",
                    fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])),
                    f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
             for u in utilities:
                 low, high = r.get(f"defended_retained_low:{u}"), r.get(f"defended_retained_high:{u}")
                 ci = f" [{fmt_fraction(low)}, {fmt_fraction(high)}]" if pd.notna(low) else ""
                 row.append(fmt_fraction(r.get(f"defended_retained:{u}")) + ci)
-            row += [fmt_float(r.get("defended_max_abs_diff")), fmt_float(r.get("defended_hessian_top_eig"))]
+            row += [fmt_float(r.get("defended_max_abs_diff")), fmt_float(r.get("defended_hessian_top_eig")),
+                    fmt_seconds(r.get("defended_defense_seconds"))]
             rows.append(row)
         lines += _table(headers, rows)
         families = family_table(task_runs)
@@ -58,5 +61,6 @@ def summary_text(aggregates: Aggregates) -> str:
         lines.append("")
     lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget). "
-                 "H/B/R = harmed / broken / resisted attack runs.")
+                 "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
+                 "defense time: seconds to apply (train) the defense, mean over seeds.")
     return "\n".join(lines)

@@ -26,8 +26,40 @@ def test_attack_conforms(name, cache):
 
 
 @pytest.mark.parametrize("task", TASKS.names())
-@pytest.mark.parametrize("attack", ATTACKS.names())
 @pytest.mark.parametrize("defense", DEFENSES.names())
+def test_every_defense_on_every_task(defense, task, cache, tmp_path):
+    testing.check_defense_on_task(defense, task, cache, tmp_path)
+
+
+def test_leak_check_catches_evaluation_data(cache):
+    """The leak test can fail: a defense that trains on an evaluation batch is caught."""
+    from bench.contracts import Defense, DefenseResult
+
+    instance = testing.smoke_task("vision-digits", cache)
+    planted = instance.splits["eval_harmful"].batches(4)[0]
+
+    class Leaky(Defense):
+        Config = DEFENSES.get("none").Config
+
+        def apply(self, model, view, cfg, *, generator):
+            view.harmful_loss(model, view.harmful[0])
+            view.harmful_loss(model, planted)
+            return DefenseResult(model=model)
+
+    view, seen = testing.recording_view(instance.defender_view())
+    Leaky().apply(instance.model, view, None, generator=None)
+    with pytest.raises(AssertionError, match="outside the defender split"):
+        testing.check_uses_only_defender_data(view, seen, "leaky")
+
+
+ATTACKED_DEFENSES = ("none", "specdef")
+"""Every attack is run on every task against these (the cube grows as attacks x tasks x defenses; every other
+defense is covered by test_every_defense_on_every_task and its own attack runs)."""
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
 def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
     spec = make_spec(task=task, defense=defense, attack=attack, task_args=smoke,

@@ -52,6 +52,25 @@ def test_real_tier_loads_a_saved_pipeline_and_image_folder(fixtures, tmp_path):
     assert all("square" in concept.data.captions[int(i)] for i in concept.data.prompts["harmful"].text)
 
 
+def test_real_tier_defender_view(fixtures, tmp_path):
+    model, folder = fixtures
+    task = build("sd-style", model, folder, tmp_path, device=torch.device("cpu"))
+    view = task.defender_view()
+    harmful, aligned = view.harmful[0], view.aligned[0]  # the released UNet's generations, through the VAE
+    assert aligned.latents.shape == harmful.latents.shape and torch.equal(aligned.text, harmful.text)
+    assert torch.equal(aligned.noise, harmful.noise) and not torch.equal(aligned.latents, harmful.latents)
+    pair = next(view.stream("pairs", 2, torch.Generator().manual_seed(0)))
+    assert torch.equal(pair[0].timesteps, pair[1].timesteps) and torch.equal(pair[0].text, pair[1].text)
+    features = view.features(task.model, harmful)
+    assert list(features) == ["mid_block", *(f"up_blocks.{i}" for i in range(len(task.model.up_blocks)))]
+    assert all(f.shape[0] == len(harmful.text) for f in features.values())
+    pred = view.predictions(task.model, harmful)
+    with torch.no_grad():
+        torch.testing.assert_close((pred.outputs - pred.targets).pow(2).mean(-1).detach(),
+                                   view.harmful_loss(task.model, harmful, reduction="none"))
+    assert view.attacker.steps == 64 and view.attacker.lrs == (1e-6, 1e-5)
+
+
 def test_end_to_end_specdef_run_on_the_real_tier(fixtures, tmp_path):
     model, folder = fixtures
     spec = make_spec(task="sd-style", defense="specdef", attack="full-ft", tier="real", model=str(model),

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bench.cache import Cache
+from bench.contracts import AttackerScale
 from bench.errors import ConfigError, DataError
 from bench.modelio import weights_identity
 from bench.sources import first_line, load_pooled_dataset, local_or_hub
@@ -41,6 +42,12 @@ from tasks.vision.real import split_indices
 JUDGE_VERSION = 1
 ENCODE_BATCH = 16
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+REAL_STEPS_TO_HARM = 64
+REAL_ATTACK_LRS = (1e-6, 1e-5)
+"""The simulated attacker of trained defenses on the real tier: the literature's scale, not measured here (TAR's
+64-step inner loop, as on the vision task's real tier, within this task's 200-step default budget; the decades
+around DreamBooth's full fine-tuning rate 5e-6 and this suite's real-tier rate 1e-5). DreamBooth-length attacks
+(hundreds of steps) are longer: override the defense's steps and learning rates to train against them."""
 
 
 def load_pipeline(ref: str, dtype: torch.dtype, device: torch.device):
@@ -221,6 +228,7 @@ def build_real(cfg, kind: str, model: str | None, cache: Cache, *, name: str, de
         scheduler_config=pipe.scheduler.config, content_judge=content_judge, style_judge=style_judge,
         sampler=Sampler(steps=steps, guidance=guidance, batch_size=8), replay_fraction=cfg.replay_fraction,
         probe_samples=cfg.probe_samples, confirm_samples=cfg.confirm_samples, broken_factor=cfg.broken_factor,
+        attacker=AttackerScale(steps=REAL_STEPS_TO_HARM, lrs=REAL_ATTACK_LRS, batch_size=cfg.batch_size),
         architecture=unet_architecture(pipe.unet),
         provenance={"model": model, "unet_weights_sha256": weights_identity(pipe.unet), "dataset": cfg.dataset,
                     "dataset_sha256": data_hash, "forbidden": cfg.forbidden, "contents": contents, "styles": styles,
