@@ -28,16 +28,20 @@ Paper defaults (TAR, Llama-3-8B): 750 outer steps, K = 64, subsample 4, TR scale
 AdamW lr 2e-5, adversary AdamW lr ∈ {2e-6, 2e-5, 4e-5}. Sophon (classification): inner SGD, 50 inner steps, suppression
 after each, meta Adam at α·lr and one natural step at β·lr per loop (α:β = 3:5), clip 0.5.
 
-Scaling rule to the task (tiny tier): K = the task's undefended steps-to-harm (``view.attacker.steps``) capped at the
-paper's 64; adversary learning rates = the task's fastest undefended Adam learning rates (``view.attacker.lrs``);
-outer steps = :data:`PASS_BUDGET` forward-backward passes divided by the passes one outer step costs, within
-[:data:`MIN_STEPS`, 750]: the whole training costs about as many passes as four 500-step attacks, whatever K is
-(vision-digits, K = 10: 150 outer steps, about 10 s on 2 cores). Outer lr 1e-3 for the tiny models (the paper's 2e-5 is
-for an 8B model; at 1e-4 a tiny MLP moves too little in 150 steps to change its attack curve).
+Scaling rule to the task: K = the task's undefended steps-to-harm (``view.attacker.steps``), capped at
+:data:`MAX_INNER_STEPS` = 16 (the paper's 64 costs too much on CPU: diffusion's 60-160 steps are cut to 16, a quarter
+to a tenth of an undefended attack); adversary learning rates = the task's fastest undefended Adam learning rates
+(``view.attacker.lrs``); outer steps = :data:`PASS_BUDGET` = 400 forward-backward passes divided by the passes one
+outer step costs (K, the L_TR evaluations and the retain terms), within [:data:`MIN_STEPS`, 750]. Measured on 2
+cores shared about three ways: vision-digits (K = 10, 27 outer steps) trains in about 2 s; sd-style (K = 16, 18 outer
+steps, 22 passes each) took 1.75 s per pass, about 12 minutes, so about 4 minutes on 2 free cores; the tiny LLM costs
+about 0.5 s per pass under that load (K = 15, 19 outer steps: about 3 minutes). Outer lr 1e-3 for the tiny models (the
+paper's 2e-5 is for an 8B model).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,9 +57,10 @@ from defenses import _objectives as objectives
 from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, clip, endless,
                                outer_optimizer, require)
 
-MAX_INNER_STEPS = 64
-"""The paper's K: the simulated attack never runs longer, however slowly the task is harmed."""
-PASS_BUDGET = 2000
+MAX_INNER_STEPS = 16
+"""Cap of the K rule: one outer step stays about 20 passes, so the slowest tiny tiers (diffusion: ~0.5 s per pass on
+2 cores, harmed in 60-160 steps) still train within minutes; set ``inner_steps=64`` for the paper's K."""
+PASS_BUDGET = 400
 """Forward-backward passes of the default training (the outer-step rule divides it by the passes per outer step)."""
 MIN_STEPS, MAX_STEPS = 10, 750
 """Bounds of the outer-step rule (750: the paper's outer steps)."""
@@ -79,7 +84,8 @@ class TarConfig(TrainedConfig):
     """The simulated attacker's optimizer (TAR: AdamW; Sophon: SGD)."""
     adversary_lrs: tuple[float, ...] = ()
     """Learning rates the simulated attacker draws from, one per outer step; empty: the task's fastest undefended
-    Adam learning rates (``view.attacker.lrs``)."""
+    Adam learning rates (``view.attacker.lrs``), which are small for SGD (the ``sophon`` preset's attacker then
+    barely moves: set the task's fast SGD rates here to simulate a stronger one)."""
     subsample: int = 4
     """Evaluate L_TR after every subsample-th inner step (TAR: 4; Sophon: 1)."""
     tr_scale: float = 4.0
@@ -125,10 +131,8 @@ class Plan:
     """Inner steps (0-based) after which L_TR is evaluated."""
     weights: tuple[float, ...]
     """Their weights, normalised to sum 1."""
-
-    @property
-    def passes_per_step(self) -> int:
-        return self.inner_steps + len(self.evaluations) + 2
+    passes_per_step: int
+    """Forward-backward passes of one outer step (inner steps, L_TR evaluations, retain terms)."""
 
 
 def plan(cfg: TarConfig, view: DefenderView, output_kind: str) -> Plan:
@@ -143,17 +147,19 @@ def plan(cfg: TarConfig, view: DefenderView, output_kind: str) -> Plan:
         tr_loss = "entropy" if output_kind == "logits" else "dos"
     elif tr_loss in LOGIT_LOSSES and output_kind == "regression":
         tr_loss = "dos"
-    partial = Plan(0, k, tuple(cfg.adversary_lrs or attacker.lrs), batch_size_of(cfg, view), tr_loss, evaluations,
-                   tuple(w / sum(raw) for w in raw))
-    steps = cfg.steps or min(MAX_STEPS, max(MIN_STEPS, round(PASS_BUDGET / partial.passes_per_step)))
-    return Plan(steps, partial.inner_steps, partial.lrs, partial.batch_size, tr_loss, evaluations, partial.weights)
+    retain_passes = (1 + (cfg.rep_scale > 0)) * max(1, cfg.natural_steps)
+    passes = k + len(evaluations) * (2 if tr_loss == "refusal-preference" else 1) + retain_passes
+    steps = cfg.steps or min(MAX_STEPS, max(MIN_STEPS, round(PASS_BUDGET / passes)))
+    return Plan(steps, k, tuple(cfg.adversary_lrs or attacker.lrs), batch_size_of(cfg, view), tr_loss, evaluations,
+                tuple(w / sum(raw) for w in raw), passes)
 
 
 def tamper_resistance_loss(name: str, model: nn.Module, view: DefenderView, batch: Any) -> torch.Tensor:
     """L_TR on one batch: a ``(harmful, aligned)`` pair for refusal-preference, else a harmful batch."""
     if name == "refusal-preference":
         harmful, aligned = batch
-        margin = view.harmful_loss(model, harmful, reduction="none") - view.aligned_loss(model, aligned, reduction="none")
+        margin = (view.harmful_loss(model, harmful, reduction="none")
+                  - view.aligned_loss(model, aligned, reduction="none"))
         return -F.logsigmoid(PREFERENCE_BETA * margin).mean()
     pred = view.predictions(model, batch)
     return objectives.denial_of_service(pred) if name == "dos" else LOGIT_LOSSES[name](pred)
@@ -161,7 +167,8 @@ def tamper_resistance_loss(name: str, model: nn.Module, view: DefenderView, batc
 
 def output_head(model: nn.Module, width: int) -> str | None:
     """Name of the last ``nn.Linear`` with ``width`` outputs (the classifier head / output layer), if any."""
-    heads = [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module.out_features == width]
+    heads = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module.out_features == width]
     return heads[-1] if heads else None
 
 
@@ -201,8 +208,10 @@ class Tar(Defense):
     preserves_function = False
     smoke_args = {"steps": 3, "inner_steps": 2, "subsample": 1}
 
-    def apply(self, model: nn.Module, view: DefenderView, cfg: TarConfig, *, generator: torch.Generator) -> DefenseResult:
-        require(view, "tar", *(("aligned", "aligned_loss") if cfg.tr_loss == "refusal-preference" else ("predictions",)))
+    def apply(self, model: nn.Module, view: DefenderView, cfg: TarConfig, *,
+              generator: torch.Generator) -> DefenseResult:
+        needs = ("aligned", "aligned_loss") if cfg.tr_loss == "refusal-preference" else ("predictions",)
+        require(view, "tar", *needs)
         if cfg.rep_scale > 0:
             require(view, "tar", "features")
         kind, width = "logits", 0
@@ -216,14 +225,14 @@ class Tar(Defense):
         if cfg.reinit_head and head is None:
             notes.append(f"reinit_head skipped: no nn.Linear with {width} outputs (the prediction width)")
         base = _frozen_copy(model) if cfg.rep_scale > 0 else None
-        trainer = _Trainer(model, view, cfg, p, generator, base, head)
         with TrainingLog("tar", p.steps) as log:
-            trainer.log = log
+            trainer = _Trainer(model, view, cfg, p, generator, log, base=base, head=head)
             model.train()
             for step in range(1, p.steps + 1):
                 log.record(step, **trainer.outer_step())
         model.eval()
-        return DefenseResult(model=model, layers=[n for n, m in model.named_modules() if n and next(m.parameters(False), None) is not None],
+        trained = [n for n, m in model.named_modules() if n and next(m.parameters(False), None) is not None]
+        return DefenseResult(model=model, layers=trained,
                              info=log.info(inner_attacker={"optimizer": cfg.adversary, "lrs": list(p.lrs),
                                                            "steps": p.inner_steps, "subsample": cfg.subsample,
                                                            "reinit_head": head},
@@ -233,8 +242,6 @@ class Tar(Defense):
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
-    import copy
-
     base = copy.deepcopy(model).eval()
     for param in base.parameters():
         param.requires_grad_(False)
@@ -244,20 +251,23 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 class _Trainer:
     """One outer step at a time (see the module docstring); holds the streams and optimizers across steps."""
 
-    def __init__(self, model, view, cfg, plan_: Plan, generator, base, head):
+    def __init__(self, model: nn.Module, view: DefenderView, cfg: TarConfig, plan_: Plan, generator: torch.Generator,
+                 log: TrainingLog, *, base: nn.Module | None, head: str | None):
         self.model, self.view, self.cfg, self.plan, self.generator = model, view, cfg, plan_, generator
-        self.base, self.head = base, head
+        self.log, self.base, self.head = log, base, head
         self.params = [p for p in model.parameters() if p.requires_grad]
         head_params = set(map(id, model.get_submodule(head).parameters())) if head else set()
         self.tr_mask = [id(p) not in head_params for p in self.params]
         size = plan_.batch_size
         self.attack_batches = endless(view, "harmful", size, generator)
-        self.tr_batches = endless(view, "pairs" if plan_.tr_loss == "refusal-preference" else "harmful", size, generator)
+        tr_part = "pairs" if plan_.tr_loss == "refusal-preference" else "harmful"
+        self.tr_batches = endless(view, tr_part, size, generator)  # held out from the adversary's batches
         self.benign_batches = endless(view, "benign", size, generator)
         self.outer = outer_optimizer(model, cfg)
-        self.natural = (torch.optim.AdamW(self.params, lr=cfg.lr * cfg.natural_lr_ratio, weight_decay=cfg.weight_decay)
-                        if cfg.natural_steps else None)
-        self.log: TrainingLog | None = None
+        self.natural = None
+        if cfg.natural_steps:
+            self.natural = torch.optim.AdamW(self.params, lr=cfg.lr * cfg.natural_lr_ratio,
+                                             weight_decay=cfg.weight_decay)
 
     def outer_step(self) -> dict[str, float]:
         tr, attack = self._tamper_resistance_gradient()
