@@ -15,6 +15,8 @@ BUILTINS: tuple[tuple[str, str, str, str], ...] = (
      "RepNoise: noise the harmful inputs' representations, raise their harmful loss, keep the safe behaviour."),
     ("defense", "ga-retain", "defenses.ga_retain:GARetain",
      "Control: bounded gradient ascent on the harmful loss while keeping the benign (retain) loss."),
+    ("defense", "tar", "defenses.tar:Tar",
+     "TAR: meta-learn weights whose harmful fine-tuning ends in a useless model (Tamirisa et al. 2024; Sophon)."),
     ("attack", "full-ft", "attacks.full_ft:FullFineTune",
      "Full fine-tuning of every parameter with SGD, Adam, AdamW, Muon or AdaHessian."),
     ("attack", "lora", "attacks.lora:Lora",
