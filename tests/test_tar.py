@@ -123,7 +123,8 @@ def test_reinit_head_is_skipped_with_a_note_when_no_layer_matches():
 def test_a_view_without_what_tar_needs_is_a_clear_error():
     cls = DEFENSES.get("tar")
     with pytest.raises(PluginError, match="predictions"):
-        cls().apply(testing.tiny_mlp(), testing.tiny_view(), cls.Config(rep_scale=0.0),
+        cls().apply(testing.tiny_mlp(), dataclasses.replace(testing.tiny_view(), predictions=None),
+                    cls.Config(rep_scale=0.0),
                     generator=torch.Generator().manual_seed(0))
     view = _narrow_view(6)
     view = dataclasses.replace(view, attacker=None)
