@@ -195,6 +195,8 @@ class DefenderView:
     """``predictions(model, batch)``: the model's outputs and targets at the positions the loss counts."""
     attacker: AttackerScale | None = None
     """How fast the undefended model is harmed here (what a simulated attacker is scaled by)."""
+    progress: bool = True
+    """Whether a training defense may show a progress bar (the runner sets False under ``bench run --quiet``)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -121,7 +121,7 @@ class Session:
         device = self.device_for(spec)
         key = self._disk_key(spec, "defended", released.task, device)
         if key is None:
-            return _build_defended(spec, released, self.allow_function_drift)
+            return _build_defended(spec, released, self.allow_function_drift, self.progress)
 
         as_released = not DEFENSES.get(spec.defense.name).changes_weights
 
@@ -132,7 +132,7 @@ class Session:
         cached = _read_stage(self._store, key, read)
         if cached is not None:
             return cached
-        stage = _build_defended(spec, released, self.allow_function_drift)
+        stage = _build_defended(spec, released, self.allow_function_drift, self.progress)
         task = released.task
         written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
                                lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture(),
@@ -225,7 +225,8 @@ def _measure_released(task: TaskInstance) -> ReleasedStage:
     return ReleasedStage(task, evaluation, probe, _outputs(task, task.model), curvature, rows)
 
 
-def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = False) -> DefendedStage:
+def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = False, progress: bool = True
+                    ) -> DefendedStage:
     task = released.task
     _, defense_cfg, _ = spec.configs()
     model = copy.deepcopy(task.model)
@@ -233,7 +234,7 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
     torch.manual_seed(seed)
     start = time.perf_counter()
     report = DEFENSES.get(spec.defense.name)().apply(
-        model, task.defender_view(), defense_cfg, generator=torch.Generator().manual_seed(seed)
+        model, dataclasses.replace(task.defender_view(), progress=progress), defense_cfg, generator=torch.Generator().manual_seed(seed)
     )
     seconds = time.perf_counter() - start
     if not isinstance(report, DefenseResult) or not isinstance(report.model, nn.Module):

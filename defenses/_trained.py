@@ -129,8 +129,8 @@ def changed_modules(model: nn.Module) -> tuple[str, ...]:
 class TrainingLog:
     """The record of one defense's training (see the module docstring); use as a context manager around the loop."""
 
-    def __init__(self, defense: str, steps: int):
-        self.defense, self.steps = defense, steps
+    def __init__(self, defense: str, steps: int, *, progress: bool = True):
+        self.defense, self.steps, self.progress = defense, steps, progress
         self.curve: list[dict[str, float]] = []
         self.fb_passes = 0
         self._start = time.perf_counter()
@@ -140,7 +140,8 @@ class TrainingLog:
         from tqdm.auto import tqdm
 
         self._start = time.perf_counter()
-        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False)
+        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False,
+                         disable=not self.progress)
         return self
 
     def __exit__(self, *exc) -> None:

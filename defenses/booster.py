@@ -102,7 +102,7 @@ class Booster(Defense):
         alpha = cfg.alpha * weight_norm if cfg.alpha_relative else cfg.alpha
         optimizer = outer_optimizer(model, cfg, lr)
         model.train()
-        with TrainingLog("booster", steps) as log:
+        with TrainingLog("booster", steps, progress=view.progress) as log:
             for step in range(1, steps + 1):
                 harmful_batch = next(harmful)
                 h = view.harmful_loss(model, harmful_batch)

@@ -65,7 +65,7 @@ class GARetain(Defense):
         harmful_batches = endless(view, "harmful", batch_size, generator)
         benign_batches = endless(view, "benign", batch_size, generator)
         model.train()
-        with TrainingLog("ga-retain", steps) as log:
+        with TrainingLog("ga-retain", steps, progress=view.progress) as log:
             for step in range(1, steps + 1):
                 benign_loss = view.benign_loss(model, next(benign_batches))
                 harmful_loss = view.harmful_loss(model, next(harmful_batches))

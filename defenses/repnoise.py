@@ -87,7 +87,7 @@ class RepNoise(Defense):
         schedule = cosine_schedule(optimizer, steps) if cfg.cosine else None
         pairs = endless(view, "pairs", batch_size, generator)
         model.train()
-        with TrainingLog("repnoise", steps) as log:
+        with TrainingLog("repnoise", steps, progress=view.progress) as log:
             for step in range(1, steps + 1):
                 harmful, aligned = next(pairs)
                 aligned_loss = view.aligned_loss(model, aligned)

@@ -225,7 +225,7 @@ class Tar(Defense):
         if cfg.reinit_head and head is None:
             notes.append(f"reinit_head skipped: no nn.Linear with {width} outputs (the prediction width)")
         base = _frozen_copy(model) if cfg.rep_scale > 0 else None
-        with TrainingLog("tar", p.steps) as log:
+        with TrainingLog("tar", p.steps, progress=view.progress) as log:
             trainer = _Trainer(model, view, cfg, p, generator, log, base=base, head=head)
             model.train()
             for step in range(1, p.steps + 1):

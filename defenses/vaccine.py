@@ -111,7 +111,7 @@ class Vaccine(Defense):
         benign = endless(view, "benign", size, generator) if cfg.retain_weight > 0 else None
         optimizer = outer_optimizer(model, cfg, lr)
         model.train()
-        with TrainingLog("vaccine", steps) as log:
+        with TrainingLog("vaccine", steps, progress=view.progress) as log:
             for step in range(1, steps + 1):
                 batch = next(aligned)
                 with capture(model, names) as hidden:
