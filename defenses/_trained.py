@@ -140,8 +140,8 @@ class TrainingLog:
         from tqdm.auto import tqdm
 
         self._start = time.perf_counter()
-        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False,
-                         disable=not self.progress)
+        hidden = {} if self.progress else {"disable": True}  # (an explicit disable would override $TQDM_DISABLE)
+        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False, **hidden)
         return self
 
     def __exit__(self, *exc) -> None:
