@@ -10,6 +10,10 @@ built and written there, so runs in other processes or on other machines sharing
 cached defended stage is read back (the model with :mod:`bench.modelio`), never re-applied. The task itself is always
 built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself). A freshly built stage is written,
 then read back, so every run uses exactly what other processes read.
+
+A defense that leaves the weights as released (``changes_weights = False``, e.g. ``none``) is not measured again: its
+stage reuses the released stage's evaluation, reference outputs and curvature, which the same measurement of the
+same weights would give.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +78,7 @@ class Session:
 
     def __init__(self, results_dir: str | Path = "results", cache: Cache | None = None, official: bool = True,
                  device: str | None = None, allow_function_drift: bool = False, progress: bool = True,
-                 stage_cache: bool = True):
+                 stage_cache: bool = True, keep_stages: int | None = None):
         self.results_dir = Path(results_dir)
         self.cache = cache or Cache()
         self.official = official
@@ -85,9 +90,12 @@ class Session:
         """Show progress bars (the suite's, and a task's while it builds a released model); False for --quiet."""
         self.stage_cache = stage_cache
         """Read and write the stages in the on-disk cache (:mod:`bench.stage_cache`); False: in memory only."""
+        self.keep_stages = keep_stages
+        """At most this many released and this many defended stages stay in memory, the least recently used dropped
+        first (a long-lived worker's bound on memory); None keeps every stage."""
         self._store = StageStore(self.cache) if stage_cache else None
-        self._released: dict[str, ReleasedStage | BaseException] = {}
-        self._defended: dict[str, DefendedStage | BaseException] = {}
+        self._released: OrderedDict[str, ReleasedStage | BaseException] = OrderedDict()
+        self._defended: OrderedDict[str, DefendedStage | BaseException] = OrderedDict()
 
     def device_for(self, spec: RunSpec) -> torch.device:
         return resolve_device(self.device, spec.tier)
@@ -139,6 +147,8 @@ class Session:
                                                                       with_model=not as_released))
         if written is None:
             return stage
+        if as_released:  # its entry's model is a copy of the released one: nothing of the defense to round-trip
+            return _read_stage(self._store, key, read) or stage
         return _adopt_written(self._store, key, stage, task, read, device)
 
     def _disk_key(self, spec: RunSpec, stage: str, task: TaskInstance, device: torch.device) -> str | None:
@@ -152,13 +162,16 @@ class Session:
         return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device.type,
                          cache_root=self.cache.root, extra=extra)
 
-    @staticmethod
-    def _memo(store: dict, key: str, build):
+    def _memo(self, store: OrderedDict, key: str, build):
         if key not in store:
             try:
-                store[key] = build()
+                value = build()
             except Exception as err:  # remembered, so every run sharing the stage fails fast with the same error
-                store[key] = err
+                value = err
+            store[key] = value
+            while self.keep_stages is not None and len(store) > max(self.keep_stages, 1):
+                store.popitem(last=False)
+        store.move_to_end(key)
         value = store[key]
         if isinstance(value, BaseException):
             raise value
@@ -233,20 +246,25 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
     seed = derive_seed(spec.seed, "defense")
     torch.manual_seed(seed)
     start = time.perf_counter()
-    report = DEFENSES.get(spec.defense.name)().apply(
-        model, dataclasses.replace(task.defender_view(), progress=progress), defense_cfg, generator=torch.Generator().manual_seed(seed)
-    )
+    view = dataclasses.replace(task.defender_view(), progress=progress)
+    report = DEFENSES.get(spec.defense.name)().apply(model, view, defense_cfg,
+                                                     generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     if not isinstance(report, DefenseResult) or not isinstance(report.model, nn.Module):
         raise PluginError(f"defense {spec.defense.name!r} must return a DefenseResult holding the defended model")
     report, curve_rows = _split_curve(report)
     defended = report.model.eval()
     params_added = count_parameters(defended) - count_parameters(task.model)
-    with torch.no_grad():
-        evaluation = task.evaluate(defended)
-    preservation = function_preservation(released.outputs, _outputs(task, defended), task.output_kind)
+    if DEFENSES.get(spec.defense.name).changes_weights:
+        with torch.no_grad():
+            evaluation = task.evaluate(defended)
+        outputs = _outputs(task, defended)
+        curvature = _measure_curvature(task, defended, seed=0)
+    else:  # the released weights as they are: measuring them again would give the released stage's values
+        _check_unchanged(spec, task.model, defended)
+        evaluation, outputs, curvature = released.evaluation, released.outputs, released.curvature
+    preservation = function_preservation(released.outputs, outputs, task.output_kind)
     drift_rows = check_preservation(spec, released.outputs, preservation.max_abs_diff, allow_drift)
-    curvature = _measure_curvature(task, defended, seed=0)
     divergence_name = "mean_kl" if task.output_kind == "logits" else "mean_mse"
     rows = evaluation_rows("defended", evaluation) + _curvature_rows("defended", curvature)
     rows += retained_rows("defended", released.evaluation, evaluation, task.config.bootstrap)
@@ -269,6 +287,15 @@ def _split_curve(report: DefenseResult) -> tuple[DefenseResult, list[dict[str, A
     rows = [results.metric_row("defense", name, float(value), step=int(point["step"]))
             for point in report.curve for name, value in point.items() if name != "step"]
     return dataclasses.replace(report, curve=()), rows
+
+
+def _check_unchanged(spec: RunSpec, released: nn.Module, defended: nn.Module) -> None:
+    """A defense that declares ``changes_weights = False`` must return the released weights unchanged (its stage
+    reuses the released measurements, and its cache entry stores no weights)."""
+    mine, theirs = released.state_dict(), defended.state_dict()
+    if mine.keys() != theirs.keys() or any(not torch.equal(mine[k], theirs[k]) for k in mine):
+        raise PluginError(f"defense {spec.defense.name!r} declares changes_weights = False but changed the model's "
+                          "weights; set changes_weights = True")
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -1,20 +1,29 @@
-"""One run in a worker process: ``python -m bench.worker JOB.json`` (local executor), or :func:`execute_job` called
-inside a Ray task or a Slurm job.
+"""Runs in a worker process: a long-lived local worker (``python -m bench.worker --serve JOBS_FD RESULTS_FD``), or
+:func:`execute_job` called inside a Ray task or a Slurm job.
 
 A job is plain JSON — the resolved spec and the worker options (results folder, cache root, device, threads, plugin
-files to import, official, allow_function_drift) — so it travels to any process or machine as a path or a string,
-never as a pickle of models. The worker rebuilds the spec (re-validating it), imports the plugins, and calls
+files to import, official, allow_function_drift) — so it travels to any process or machine as a string, never as a
+pickle of models. The worker rebuilds the spec (re-validating it), imports the plugins, and calls
 :func:`bench.runner.run`, which writes the run directory itself; a plugin error becomes a ``failed`` run there. A
 worker that dies before writing (``os._exit``, out of memory, a kill) is recorded by the executor instead.
+
+A serving worker (the local executor's) reads its options, then one run per line, from the ``JOBS_FD`` pipe; sends
+its output (Python's and native code's) to each run's log file while the run lasts; and answers each finished run
+with one line on the ``RESULTS_FD`` pipe. It keeps one :class:`~bench.stages.Session` — imports, tasks and the most
+recent stages in memory — from run to run, and exits when the jobs pipe closes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+
+SERVE_STAGES = 2
+"""Released and defended stages a serving worker keeps in memory (the least recently used is dropped first)."""
 
 
 @dataclass(frozen=True)
@@ -31,43 +40,96 @@ class WorkerOptions:
     official: bool = True
     allow_function_drift: bool = False
 
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "plugins": list(self.plugins)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "WorkerOptions":
+        return cls(**{**data, "plugins": tuple(data.get("plugins", ()))})
+
 
 def job_of(spec, options: WorkerOptions) -> dict[str, Any]:
-    return {"spec": spec.to_json(), "options": {**asdict(options), "plugins": list(options.plugins)}}
+    return {"spec": spec.to_json(), "options": options.to_json()}
 
 
-def batch_job_of(specs, options: WorkerOptions) -> dict[str, Any]:
-    """Several runs for one worker, one after another, sharing its in-memory stages (the local executor's unit)."""
-    return {"specs": [spec.to_json() for spec in specs], "options": {**asdict(options), "plugins": list(options.plugins)}}
-
-
-def execute_job(job: Mapping[str, Any]) -> str:
-    """Run one job (``spec``) or a batch (``specs``, in order) in this process; returns the last run's status."""
+def _session(options: WorkerOptions, keep_stages: int | None = None):
+    """Import the plugins, set the threads, and open the session the runs of this process share."""
     import torch
 
     from bench.cache import Cache
     from bench.registry import load_plugin
-    from bench.runner import Session, run
-    from bench.spec import RunSpec
+    from bench.runner import Session
 
-    options = WorkerOptions(**{**job["options"], "plugins": tuple(job["options"].get("plugins", ()))})
     for plugin in options.plugins:
         load_plugin(plugin)
     if options.threads:
         torch.set_num_threads(options.threads)
-    session = Session(results_dir=options.results_dir, cache=Cache(options.cache_root) if options.cache_root else None,
-                      official=options.official, device=options.device,
-                      allow_function_drift=options.allow_function_drift, progress=False)
-    status = "success"
-    for spec_json in job["specs"] if "specs" in job else [job["spec"]]:
-        status = run(RunSpec.from_json(spec_json), session).status
-    return status
+    return Session(results_dir=options.results_dir, cache=Cache(options.cache_root) if options.cache_root else None,
+                   official=options.official, device=options.device,
+                   allow_function_drift=options.allow_function_drift, progress=False, keep_stages=keep_stages)
+
+
+def execute_job(job: Mapping[str, Any]) -> str:
+    """Run one job in this process; returns its status."""
+    from bench.runner import run
+    from bench.spec import RunSpec
+
+    session = _session(WorkerOptions.from_json(job["options"]))
+    return run(RunSpec.from_json(job["spec"]), session).status
+
+
+@contextlib.contextmanager
+def output_to(log_path: str, mode: int = os.O_TRUNC) -> Iterator[None]:
+    """Send this process's output (file descriptors 1 and 2: Python's and native code's) to ``log_path`` while the
+    block runs; ``mode`` ``os.O_APPEND`` keeps what the file holds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | mode, 0o644)
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def serve(jobs_fd: int, results_fd: int) -> int:
+    """The serving loop (see the module docstring): options, then runs, until the jobs pipe closes."""
+    import traceback
+
+    from bench.runner import run
+    from bench.spec import RunSpec
+
+    for fd in (jobs_fd, results_fd):  # a process a plugin starts must not hold the executor's pipes open
+        os.set_inheritable(fd, False)
+    jobs = os.fdopen(jobs_fd, "r")
+    header = jobs.readline()
+    if not header:
+        return 0
+    session = _session(WorkerOptions.from_json(json.loads(header)), keep_stages=SERVE_STAGES)
+    for line in iter(jobs.readline, ""):
+        job = json.loads(line)
+        # The executor created the log (a fresh worker's startup output is already in it): append.
+        with output_to(job["log"], os.O_APPEND):
+            try:
+                status = run(RunSpec.from_json(job["spec"]), session).status
+            except BaseException:
+                traceback.print_exc()  # into the run's log, whose tail the executor records with the failed run
+                raise
+        os.write(results_fd, (json.dumps({"run_id": job["run_id"], "status": status}) + "\n").encode())
+    return 0
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:
     """A worker whose sweep died (even by SIGKILL, which it cannot forward) exits too, instead of finishing a run
     that the resumed sweep will run again."""
-    import os
     import threading
     import time
 
@@ -84,12 +146,12 @@ def _exit_with_parent(interval: float = 1.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m bench.worker JOB.json", file=sys.stderr)
+    if len(args) != 3 or args[0] != "--serve" or not all(a.isdigit() for a in args[1:]):
+        print("usage: python -m bench.worker --serve JOBS_FD RESULTS_FD (started by the local executor)",
+              file=sys.stderr)
         return 2
     _exit_with_parent()
-    execute_job(json.loads(Path(args[0]).read_text()))
-    return 0  # a failed run is still a completed job: its run.json says why
+    return serve(int(args[1]), int(args[2]))  # a failed run is still a finished job: its run.json says why
 
 
 if __name__ == "__main__":

@@ -177,13 +177,30 @@ def test_sigkilled_sweep_resumes_to_every_run_exactly_once(tmp_path, cache):
     assert len(list(results.glob("*/run.json"))) == 8
 
 
-def test_a_worker_that_dies_mid_batch_hands_the_rest_of_its_batch_to_a_fresh_worker(bad_plugins):
+def test_workers_serve_run_after_run_across_waves_and_a_dead_one_is_replaced(bad_plugins):
     session, options = bad_plugins
     exiting = make_spec(task="vision-digits", defense="none", attack="exit-attack", task_args=FAST)
     fine = [_spec(lr) for lr in (1e-2, 1e-3, 1e-4)]
-    executor = LocalExecutor(session, options, jobs=1)
-    batches = executor.batches([exiting, *fine])
-    assert [len(b) for b in batches] == [2, 2] and exiting in batches[0] + batches[1]
-    records = {r.spec.run_id: r for r in executor.submit([exiting, *fine])}
-    assert records[exiting.run_id].status == "failed"
-    assert all(records[s.run_id].status == "success" for s in fine)
+    with LocalExecutor(session, options, jobs=1) as executor:
+        records = {r.spec.run_id: r for r in executor.submit([exiting, *fine])}
+        assert records[exiting.run_id].status == "failed"
+        assert all(records[s.run_id].status == "success" for s in fine)
+        assert executor.workers_started == 2  # the one that died with its run, and one that did all the others
+        (later,) = executor.submit([_spec(3e-4)])
+        assert later.status == "success" and executor.workers_started == 2  # the next wave reuses the live worker
+        workers = [worker.proc for worker in executor._workers.values()]
+    assert workers and all(proc.poll() is not None for proc in workers)  # closing the executor ends its workers
+    logs = session.results_dir / ".logs"
+    assert read_run_json(session.results_dir / exiting.run_id)["worker"]["log"] == str(logs / f"{exiting.run_id}.log")
+    assert {p.name for p in logs.iterdir()} == {f"{s.run_id}.log" for s in [exiting, *fine, later.spec]}
+
+
+def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
+    from bench.executors.local import _Pending
+
+    short, long_none, long_specdef = _spec(1e-3, budget=5), _spec(1e-3, budget=50), make_spec(
+        task="vision-digits", defense="specdef", attack="full-ft", task_args=FAST,
+        attack_args={"optimizer": "adam", "lr": 1e-3, "budget": 50})
+    pending = _Pending([short, long_none, long_specdef])
+    assert pending.take([long_specdef.stage_key("defended")]) is long_specdef  # as long as long_none: its stage wins
+    assert pending.take([]) is long_none and pending.take([]) is short and pending.take([]) is None

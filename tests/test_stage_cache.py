@@ -14,6 +14,7 @@ import torch
 
 from bench.cache import Cache
 from bench.cli import main
+from bench.errors import PluginError
 from bench.registry import DEFENSES
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -240,3 +241,43 @@ def test_the_baseline_stores_no_copy_of_the_released_weights(tmp_path, fresh_cac
         assert torch.equal(first.model(x), second.model(x))
         assert torch.equal(second.model(x), again.released(spec).task.model(x))
     assert second.model is not again.released(spec).task.model  # attacks fine-tune a copy, never the released model
+
+
+def test_the_baseline_reuses_the_released_measurements_exactly(tmp_path, fresh_cache, isolated_registries):
+    """``none`` is not measured again, and its rows are exactly what measuring the unchanged weights gives."""
+    from defenses.none import NoDefense
+
+    @DEFENSES.register("none-measured")
+    class MeasuredNone(NoDefense):
+        changes_weights = True
+
+    @DEFENSES.register("none-but-noisy")
+    class NoisyNone(NoDefense):
+        def apply(self, model, view, cfg, *, generator):
+            with torch.no_grad():
+                next(model.parameters()).add_(1e-3)
+            return super().apply(model, view, cfg, generator=generator)
+
+    session = Session(tmp_path, fresh_cache, progress=False, stage_cache=False)
+    task = session.released(_spec("none")).task
+    evaluated = []
+    original = task.evaluate
+    task.evaluate = lambda model: evaluated.append(1) or original(model)
+    reused = session.defended(_spec("none"))
+    assert evaluated == []
+    measured = session.defended(make_spec(task="vision-digits", defense="none-measured", attack="full-ft",
+                                          task_args=TASK_ARGS, attack_args={"optimizer": "adam", "lr": 1e-3}))
+    assert evaluated == [1]
+    assert _timeless(reused.rows) == _timeless(measured.rows)
+    with pytest.raises(PluginError, match="changes_weights = False but changed"):
+        session.defended(make_spec(task="vision-digits", defense="none-but-noisy", attack="full-ft",
+                                   task_args=TASK_ARGS, attack_args={"optimizer": "adam", "lr": 1e-3}))
+
+
+def test_a_session_keeps_only_its_most_recent_stages_when_told(tmp_path, fresh_cache, counted):
+    """A long-lived worker's memory bound: the least recently used stage is dropped, and built again if needed."""
+    session = Session(tmp_path, fresh_cache, progress=False, stage_cache=False, keep_stages=1)
+    first = session.defended(_spec(seed=0))
+    assert session.defended(_spec(seed=0)) is first and len(counted) == 1
+    session.defended(_spec(seed=1))
+    assert session.defended(_spec(seed=0)) is not first and len(counted) == 3

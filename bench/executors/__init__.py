@@ -6,8 +6,9 @@ An executor has one method, ``submit(specs) -> iterator of RunRecord``, yielding
 itself — so a sweep can move between them and resume. Built in:
 
 * ``inprocess`` (:class:`InProcessExecutor`): runs one after another in this process, sharing the session's stages;
-* ``local`` (:class:`LocalExecutor`): ``--jobs N`` worker processes on this machine, one run each, with isolation
-  (a crash, ``os._exit``, out-of-memory kill or ``--run-timeout`` becomes a failed run with its exit code and log);
+* ``local`` (:class:`LocalExecutor`): ``--jobs N`` long-lived worker processes on this machine, taking run after
+  run, each isolated (a crash, ``os._exit``, out-of-memory kill or ``--run-timeout`` becomes a failed run with its
+  exit code and log);
 * ``ray`` (:class:`~bench.executors.ray.RayExecutor`) and ``slurm`` (:class:`~bench.executors.slurm.SlurmExecutor`):
   the same worker function as Ray tasks or submitit job arrays (optional extras ``[ray]`` and ``[slurm]``), placed
   by :class:`EngineOptions`.

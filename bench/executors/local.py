@@ -1,151 +1,304 @@
-"""``--executor local --jobs N``: runs in worker processes (``python -m bench.worker``), N workers at a time.
+"""``--executor local --jobs N``: runs in N long-lived worker processes (``python -m bench.worker --serve``).
 
 Isolation is the point: whatever a run does — raise, call ``os._exit``, exhaust memory and get killed, hang past
-``--run-timeout`` — only that run fails. Its record holds the exit code (or the timeout) and the last lines of the
-worker's log (``<results>/.logs/``); the other runs go on. A worker takes a batch of runs (mostly sharing a defended
-stage) and runs them one after another with one session, so imports and stages are paid once per batch, not per run
-(on the tiny tier a run can take less time than starting Python). When a worker dies, the run it was on is recorded
-as failed and the rest of its batch goes to a fresh worker. Workers start in their own process group and exit when
-their sweep dies, so an interrupted sweep leaves no orphans; the runs already written stay.
+``--run-timeout`` — only that run fails. Its record holds the exit code (or the timeout) and the last lines of its log
+(``<results>/.logs/<run_id>.log``); the other runs go on, the next one in a fresh worker.
+
+A worker starts once per executor, not once per run: it takes run after run over a pipe and keeps its session
+(imports, tasks, its most recent stages) in memory between them, so on the tiny tier — where a run can take less
+time than starting Python — a run costs little more than its own work. An idle worker takes the longest waiting run
+(by step budget, so that no long run is left to the end of a wave), and among runs as long, one on a defended stage
+it already holds. Workers start in their own process group and exit when their sweep dies or the executor is closed
+(or garbage-collected), so an interrupted sweep leaves no orphans; the runs already written stay.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import weakref
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from bench.executors.shared import clear_previous, read_back, record_death
 from bench.planner import RunRecord
 from bench.spec import RunSpec
-from bench.worker import WorkerOptions, batch_job_of
+from bench.worker import SERVE_STAGES, WorkerOptions
 
 POLL_S = 0.2
+STOP_WAIT_S = 5.0
+"""How long a closed worker may take to exit on its own before it is killed."""
+TIMED_OUT = "timed out"
 
 
 class LocalExecutor:
-    """Runs specs in worker processes, ``jobs`` at a time, in batches that share a stage (see the module docstring)."""
+    """Runs specs in ``jobs`` long-lived worker processes (see the module docstring)."""
 
     def __init__(self, session, options: WorkerOptions, *, jobs: int, run_timeout: float | None = None,
                  gpus: int = 0):
         self.session, self.options, self.jobs, self.run_timeout, self.gpus = session, options, jobs, run_timeout, gpus
-        self._procs: set[subprocess.Popen] = set()
+        self.workers_started = 0
+        """Worker processes started so far (one per slot, plus one for each worker that died)."""
+        self._workers: dict[int, _Worker] = {}  # slot -> its live worker
         self._lock = threading.Lock()
-        self._slots = list(range(jobs))
+        self._close = weakref.finalize(self, _stop_all, self._workers, self._lock)
 
-    def batches(self, specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-        """About two batches per worker (load balance), each a contiguous slice of the runs ordered by defended
-        stage, so that a batch's runs mostly share their stages."""
-        ordered = sorted(specs, key=lambda spec: spec.stage_key("defended"))  # stable: a stage's runs keep their order
-        size = max(1, math.ceil(len(ordered) / (2 * self.jobs)))
-        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    def close(self) -> None:
+        """Stop the workers (they finish nothing: call between waves, not during one)."""
+        self._close()
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
-        pool = ThreadPoolExecutor(max_workers=self.jobs)
-        pending: set[Future] = set()
+        pending = _Pending(specs)
+        finished: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._slot, args=(slot, pending, finished, stop), daemon=True,
+                                    name=f"local-worker-{slot}") for slot in range(min(self.jobs, len(specs)))]
+        for thread in threads:
+            thread.start()
         try:
-            pending = {pool.submit(self._batch, batch) for batch in self.batches(specs)}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    records, rest = future.result()
-                    yield from records
-                    if rest:  # the worker died mid-batch: the runs after the failed one get a fresh worker
-                        pending.add(pool.submit(self._batch, rest))
-        finally:  # interrupted (or the caller stopped early): no worker outlives the sweep
-            self._kill_all()
-            pool.shutdown(wait=True, cancel_futures=True)
+            for _ in specs:
+                item = _get(finished, threads)
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if any(thread.is_alive() for thread in threads):  # interrupted, or the caller stopped early
+                stop.set()  # no run outlives the sweep, and none is recorded as failed
+                with self._lock:
+                    for worker in self._workers.values():
+                        worker.signal_kill()
+            for thread in threads:
+                thread.join()
+            if stop.is_set():  # (once no thread uses a worker's pipes any more)
+                _kill_all(self._workers, self._lock)
 
-    # -- one batch -------------------------------------------------------------------------------------------
-    def _batch(self, batch: list[RunSpec]) -> tuple[list[RunRecord], list[RunSpec]]:
-        run_jsons = [clear_previous(spec, self.options) for spec in batch]
+    # -- one worker slot -----------------------------------------------------------------------------------------
+    def _slot(self, slot: int, pending: "_Pending", finished: queue.Queue, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                worker = self._workers.get(slot)
+                spec = pending.take(worker.stages if worker else [])
+                if spec is None:
+                    return
+                record = self._run(slot, spec, stop)
+                if record is not None:
+                    finished.put(record)
+        except BaseException as err:  # noqa: BLE001 - handed to submit(), which raises it in the caller's thread
+            finished.put(err)
+
+    def _run(self, slot: int, spec: RunSpec, stop: threading.Event) -> RunRecord | None:
+        run_json = clear_previous(spec, self.options)
         logs = Path(self.options.results_dir) / ".logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{batch[0].run_id}+{len(batch) - 1}.log"
-        with self._lock:
-            slot = self._slots.pop(0)
-        try:
-            code, timed_out, started_at, progress_at = self._launch(batch, run_jsons, log_path, slot)
-        finally:
+        log = logs / f"{spec.run_id}.log"
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        started = time.monotonic()
+        log.write_bytes(b"")  # (an earlier attempt's log goes)
+        worker = self._workers.get(slot)
+        if worker is None:  # a fresh worker writes its startup into this run's log
+            worker = _Worker(self.options, self._env(slot), log)
             with self._lock:
-                self._slots.append(slot)
-        records = []
-        for i, (spec, run_json) in enumerate(zip(batch, run_jsons)):
+                self._workers[slot] = worker
+                self.workers_started += 1
+        deadline = started + self.run_timeout if self.run_timeout else None
+        answer = worker.run({"run_id": spec.run_id, "spec": spec.to_json(), "log": str(log)}, deadline, stop)
+        if stop.is_set():
+            return None
+        if isinstance(answer, dict):
+            worker.held(spec.stage_key("defended"))
             record = read_back(spec, run_json)
-            if record is None:  # the run the worker was on when it died; the rest go to a fresh worker
-                records.append(self._death(spec, code, timed_out, log_path, started_at, progress_at))
-                return records, batch[i + 1:]
-            records.append(record)
-        return records, []
+            if record is not None:
+                return record
+            error = f"RunMissing: the worker finished the run but {run_json} is not there"
+            return self._record_death(spec, error, None, False, log, started_at, started)
+        with self._lock:
+            self._workers.pop(slot, None)
+        code = worker.kill() if answer == TIMED_OUT else worker.reap()
+        error = self._death_error(code, answer == TIMED_OUT)
+        return self._record_death(spec, error, code, answer == TIMED_OUT, log, started_at, started)
 
-    def _launch(self, batch, run_jsons, log_path: Path, slot: int):
+    def _env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
         if self.gpus and self.options.device in (None, "cuda"):
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)  # one GPU per worker slot
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as job_file:
-            json.dump(batch_job_of(batch, self.options), job_file)
-        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        progress_at = time.monotonic()  # when the current run started: the last completion, or the launch
-        done, timed_out = 0, False
-        try:
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "bench.worker", job_file.name], stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
-                with self._lock:
-                    self._procs.add(proc)
-                try:
-                    while proc.poll() is None:
-                        time.sleep(POLL_S)
-                        while done < len(run_jsons) and run_jsons[done].is_file():
-                            done, progress_at = done + 1, time.monotonic()
-                            started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-                        if self.run_timeout and time.monotonic() - progress_at > self.run_timeout:
-                            timed_out = True
-                            _kill(proc)
-                            proc.wait()
-                finally:
-                    with self._lock:
-                        self._procs.discard(proc)
-        finally:
-            os.unlink(job_file.name)
-        return proc.returncode, timed_out, started_at, progress_at
+        return env
 
-    def _death(self, spec: RunSpec, code: int, timed_out: bool, log_path: Path, started_at: str,
-               progress_at: float) -> RunRecord:
+    def _death_error(self, code: int | None, timed_out: bool) -> str:
         if timed_out:
-            error = f"RunTimeout: the run exceeded --run-timeout {self.run_timeout:g} s and was killed"
-        elif code is not None and code < 0:
+            return f"RunTimeout: the run exceeded --run-timeout {self.run_timeout:g} s and was killed"
+        if code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            error = f"WorkerKilled: the worker process was killed by {name}" + (
+            return f"WorkerKilled: the worker process was killed by {name}" + (
                 " (out of memory?)" if name == "SIGKILL" else "")
-        else:
-            error = f"WorkerExited: the worker process exited with code {code} before recording the run"
-        return record_death(spec, self.session, error, started_at=started_at, wall=time.monotonic() - progress_at,
-                            log=log_path, details={"exit_code": code, "timed_out": timed_out})
+        return f"WorkerExited: the worker process exited with code {code} before recording the run"
 
-    def _kill_all(self) -> None:
+    def _record_death(self, spec: RunSpec, error: str, code: int | None, timed_out: bool, log: Path,
+                      started_at: str, started: float) -> RunRecord:
+        return record_death(spec, self.session, error, started_at=started_at, wall=time.monotonic() - started,
+                            log=log, details={"exit_code": code, "timed_out": timed_out})
+
+
+class _Pending:
+    """The runs no worker has taken yet: longest step budget first; among as long, one on a stage the worker holds."""
+
+    def __init__(self, specs: Sequence[RunSpec]):
+        entries = [(_budget(spec), spec.stage_key("defended"), spec) for spec in specs]
+        self._entries = sorted(entries, key=lambda entry: -entry[0])  # stable: equal runs keep the planner's order
+        self._lock = threading.Lock()
+
+    def take(self, held: Sequence[str]) -> RunSpec | None:
         with self._lock:
-            procs = list(self._procs)
-        for proc in procs:
-            _kill(proc)
+            if not self._entries:
+                return None
+            longest = self._entries[0][0]
+            for i, (budget, stage, _) in enumerate(self._entries):
+                if budget != longest:
+                    break
+                if stage in held:
+                    return self._entries.pop(i)[2]
+            return self._entries.pop(0)[2]
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _budget(spec: RunSpec) -> float:
+    budget = spec.attack.kwargs.get("budget")
+    return float(budget) if isinstance(budget, (int, float)) else 0.0
+
+
+class _Worker:
+    """One ``python -m bench.worker --serve`` process: runs go in on one pipe, answers come back on another."""
+
+    def __init__(self, options: WorkerOptions, env: dict[str, str], log: Path):
+        jobs_read, jobs_write = os.pipe()
+        results_read, results_write = os.pipe()
+        try:
+            with open(log, "ab") as out:  # appending: the worker's own appends to it must not be overwritten
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "bench.worker", "--serve", str(jobs_read), str(results_write)],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                    pass_fds=(jobs_read, results_write))
+        except BaseException:
+            os.close(jobs_write)
+            os.close(results_read)
+            raise
+        finally:
+            os.close(jobs_read)
+            os.close(results_write)
+        self._jobs = os.fdopen(jobs_write, "w")
+        self._results: int | None = results_read
+        self._buffer = b""
+        self.stages: list[str] = []
+        """The defended stages this worker holds in memory (those of its most recent runs)."""
+        self._send(options.to_json())
+
+    def held(self, stage: str) -> None:
+        self.stages = [*(s for s in self.stages if s != stage), stage][-SERVE_STAGES:]
+
+    def run(self, job: dict[str, Any], deadline: float | None, stop: threading.Event) -> dict | str | None:
+        """Send one run and wait for its answer: a dict; ``TIMED_OUT`` past ``deadline``; None if the worker died."""
+        if not self._send(job):
+            return None
+        while b"\n" not in self._buffer:
+            if stop.is_set():
+                return None
+            if deadline is not None and time.monotonic() > deadline:
+                return TIMED_OUT
+            ready, _, _ = select.select([self._results], [], [], POLL_S)
+            if ready:
+                chunk = os.read(self._results, 65536)
+                if not chunk:  # the worker's end closed: it died
+                    return None
+                self._buffer += chunk
+            elif self.proc.poll() is not None:
+                return None
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return json.loads(line)
+
+    def _send(self, message: dict[str, Any]) -> bool:
+        try:
+            self._jobs.write(json.dumps(message) + "\n")
+            self._jobs.flush()
+            return True
+        except (BrokenPipeError, ValueError):  # the worker died (or was stopped) already
+            return False
+
+    def reap(self) -> int | None:
+        """The exit code of a worker that died."""
+        try:
+            return self.proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:  # its answer pipe closed yet it lives on: end it
+            return self.kill()
+
+    def signal_kill(self) -> None:
+        """Kill the worker's process group (its own run, and any process the run started)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> int | None:
+        self.signal_kill()
+        code = self.proc.wait()
+        self._close_pipes()
+        return code
+
+    def close(self) -> None:
+        """Ask the worker to exit (it does once it sees the end of its jobs)."""
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        try:
+            self._jobs.close()
+        except OSError:  # (a write the dead worker never read)
+            pass
+        if self._results is not None:  # closed once: a second close could hit a descriptor since reused
+            os.close(self._results)
+            self._results = None
+
+
+def _get(finished: queue.Queue, threads: list[threading.Thread]):
+    while True:  # a timeout keeps the caller's thread interruptible (Ctrl-C) while it waits
+        try:
+            return finished.get(timeout=POLL_S)
+        except queue.Empty:
+            if not any(thread.is_alive() for thread in threads) and finished.empty():
+                return RuntimeError("the local executor's worker threads ended with runs left to do")
+
+
+def _kill_all(workers: dict[int, _Worker], lock: threading.Lock) -> None:
+    with lock:
+        doomed = list(workers.values())
+        workers.clear()
+    for worker in doomed:
+        worker.kill()
+
+
+def _stop_all(workers: dict[int, _Worker], lock: threading.Lock) -> None:
+    """Close every worker's jobs pipe, then kill those that have not exited within ``STOP_WAIT_S``."""
+    with lock:
+        idle = list(workers.values())
+        workers.clear()
+    for worker in idle:
+        worker.close()
+    deadline = time.monotonic() + STOP_WAIT_S
+    for worker in idle:
+        try:
+            worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 import time
 import traceback
 from collections import deque
@@ -34,26 +33,16 @@ POLL_S = 1.0
 
 def run_in_ray_worker(job_json: str, log_path: str) -> str:
     """The Ray task: one run, with this process's output (Python's and native code's) in the run's log."""
-    from bench.worker import execute_job
+    from bench.worker import execute_job, output_to
 
     os.environ["TQDM_DISABLE"] = "1"
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:  # its existence tells the driver the run has started (for --run-timeout)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    with output_to(log_path):  # its existence tells the driver the run has started (for --run-timeout)
         try:
             return execute_job(json.loads(job_json))
         except BaseException:
             traceback.print_exc()  # into the log, whose tail the failed run keeps
             raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
 
 
 class RayExecutor:
