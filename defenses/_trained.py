@@ -46,12 +46,18 @@ class TrainedConfig:
         check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
 
 
+LR_FRACTION = 0.1
+"""The defender's default learning rate relative to the attacker's (see :class:`AttackerScaledConfig`)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AttackerScaledConfig(TrainedConfig):
     """A trained defense without a simulated attacker whose length and learning rate follow the task's attacker
-    scale unless set: ``steps_factor`` × the undefended steps-to-harm, at most ``max_steps``, at the smallest learning
-    rate where undefended Adam harms fastest (the papers train at about the learning rates of the attacks they report
-    against)."""
+    scale unless set: ``steps_factor`` × the undefended steps-to-harm, at most ``max_steps``, at a tenth of the
+    smallest learning rate where undefended Adam harms fastest. (Measured on llm-harmful-qa tiny: at the attacker's
+    own 1e-3, 150 full-parameter steps overfit the defender's small retain split and made ga-retain, repnoise,
+    booster and vaccine unusable at release, benign NLL 0.43-1.83 against 0.19 released and a usable floor of 0.38;
+    at 1e-4 all four stay usable, 0.19-0.32.)"""
 
     steps_factor: int = 10
     """Rule for ``steps=None``: train this many times the task's undefended steps-to-harm (tiny tiers: vision-digits
@@ -61,7 +67,7 @@ class AttackerScaledConfig(TrainedConfig):
     a few minutes on a 2-core CPU (sd-style tiny, shared machine: 0.7 s per step for ga-retain, 1.3 s for RepNoise);
     about one epoch of RepNoise's ~1k pairs at batch 8."""
     lr: float | None = None
-    """AdamW learning rate; None: the rule, the smallest of the task's undefended-attacker learning rates."""
+    """AdamW learning rate; None: the rule, a tenth of the smallest of the task's undefended-attacker learning rates."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,8 +83,9 @@ def steps_for(cfg: AttackerScaledConfig, view: DefenderView) -> int:
 
 
 def lr_for(cfg: AttackerScaledConfig, view: DefenderView) -> float:
-    """``cfg.lr``, else the rule: the smallest learning rate where the task's undefended Adam harms fastest."""
-    return cfg.lr if cfg.lr is not None else min(attacker_of(view).lrs)
+    """``cfg.lr``, else the rule: a tenth of the smallest learning rate where the task's undefended Adam harms
+    fastest."""
+    return cfg.lr if cfg.lr is not None else LR_FRACTION * min(attacker_of(view).lrs)
 
 
 def require(view: DefenderView, defense: str, *fields: str) -> None:

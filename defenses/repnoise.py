@@ -20,11 +20,12 @@ its losses and features count the response positions of each batch.
 Defaults (paper: alpha = 1, beta = 1e-3, AdamW lr 1e-4 with a cosine schedule, one epoch over ~1k pairs, about 1–4×
 the cost of one attack): alpha, beta and the cosine decay as the paper; full-parameter training (the paper trained
 every weight too). Scaled to the tier by the rules of :class:`~defenses._trained.AttackerScaledConfig`: the learning
-rate is the smallest of the task's undefended-attacker learning rates (the paper trained at 1e-4, the scale of the
-learning rates its attacks used, 3e-5 to 1e-4); the steps are 10 × the undefended steps-to-harm, at most 150
-(vision-digits tiny: 100 steps at lr 1e-3; LLM tiny tiers 150; diffusion tiny tiers 150).
+rate is a tenth of the smallest of the task's undefended-attacker learning rates (the paper trained at 1e-4, the
+scale of the learning rates its attacks used, 3e-5 to 1e-4); the steps are 10 × the undefended steps-to-harm, at
+most 150 (vision-digits tiny: 100 steps at lr 1e-4; LLM tiny tiers 150; diffusion tiny tiers 150).
 
-Measured on vision-digits tiny (seed 0, default suite, ``bench run --defense repnoise --task vision-digits``):
+Measured on vision-digits tiny at lr 1e-3, before the rule took a tenth (seed 0, default suite; the defaults' numbers
+are in the README's baseline table):
 training 1.4 s (100 steps, 300 forward-backward passes), retained allowed accuracy 0.993; worst-case steps-to-harm 10
 (Muon at lr 0.316), the same as undefended: it falls to an optimizer/LR sweep, as the literature reports. Per family
 (undefended → repnoise): Adam 35 → 60, SGD 60 → 80, LoRA 85 → 310, adaptive attacks 35 → 45. The noising term hardly

@@ -35,8 +35,8 @@ to a tenth of an undefended attack); adversary learning rates = the task's faste
 outer step costs (K, the L_TR evaluations and the retain terms), within [:data:`MIN_STEPS`, 750]. Measured on 2
 cores shared about three ways: vision-digits (K = 10, 27 outer steps) trains in about 2 s; sd-style (K = 16, 18 outer
 steps, 22 passes each) took 1.75 s per pass, about 12 minutes, so about 4 minutes on 2 free cores; the tiny LLM costs
-about 0.5 s per pass under that load (K = 15, 19 outer steps: about 3 minutes). Outer lr 1e-3 for the tiny models (the
-paper's 2e-5 is for an 8B model).
+about 0.5 s per pass under that load (K = 15, 19 outer steps: about 3 minutes). Outer lr: the smallest adversary
+learning rate (1e-3 on the tiny tiers; the paper's 2e-5 on an 8B model sat among its adversary's 2e-6..4e-5).
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ LOGIT_LOSSES = {"entropy": objectives.negative_entropy, "inverse-ce": objectives
 
 @dataclass(frozen=True, kw_only=True)
 class TarConfig(TrainedConfig):
-    lr: float = 1e-3
-    """Learning rate of the outer (defender's) AdamW (see the scaling rule in the module docstring)."""
+    lr: float | None = None
+    """Learning rate of the outer (defender's) AdamW; None: the smallest of the simulated attacker's learning rates
+    (TAR trained at 2e-5 against adversaries at 2e-6..4e-5; on the tiny tiers this is 1e-3)."""
     inner_steps: int | None = None
     """K, the simulated attack's steps per outer step; None: the task's undefended steps-to-harm, at most 64."""
     adversary: Literal["adamw", "sgd"] = "adamw"
@@ -236,7 +237,8 @@ class Tar(Defense):
                              info=log.info(inner_attacker={"optimizer": cfg.adversary, "lrs": list(p.lrs),
                                                            "steps": p.inner_steps, "subsample": cfg.subsample,
                                                            "reinit_head": head},
-                                           tr_loss=p.tr_loss, outer_steps=p.steps, batch_size=p.batch_size,
+                                           tr_loss=p.tr_loss, outer_steps=p.steps, outer_lr=trainer.lr,
+                                           batch_size=p.batch_size,
                                            notes=notes),
                              curve=log.curve)
 
@@ -263,10 +265,11 @@ class _Trainer:
         tr_part = "pairs" if plan_.tr_loss == "refusal-preference" else "harmful"
         self.tr_batches = endless(view, tr_part, size, generator)  # held out from the adversary's batches
         self.benign_batches = endless(view, "benign", size, generator)
-        self.outer = outer_optimizer(model, cfg)
+        self.lr = cfg.lr if cfg.lr is not None else min(plan_.lrs)
+        self.outer = outer_optimizer(model, cfg, self.lr)
         self.natural = None
         if cfg.natural_steps:
-            self.natural = torch.optim.AdamW(self.params, lr=cfg.lr * cfg.natural_lr_ratio,
+            self.natural = torch.optim.AdamW(self.params, lr=self.lr * cfg.natural_lr_ratio,
                                              weight_decay=cfg.weight_decay)
 
     def outer_step(self) -> dict[str, float]:

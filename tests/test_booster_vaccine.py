@@ -50,7 +50,7 @@ def test_deterministic_under_the_seed(name, digits):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_it_trains_and_reports(name, digits):
-    result = defend(name, digits, steps=40)
+    result = defend(name, digits, steps=40, lr=1e-3)  # (the default rule's 1e-4 trains slower on this tiny MLP)
     objective = [point[OBJECTIVE[name]] for point in result.curve]
     assert len(objective) == 40
     assert sum(objective[-5:]) < 0.5 * sum(objective[:5])
