@@ -70,6 +70,71 @@ def save_llama(directory: Path, size: Size = "test", dtype: torch.dtype = torch.
     return Path(directory)
 
 
+def save_llama_gguf(path: Path, seed: int = 0) -> tuple[Path, "torch.nn.Module"]:
+    """The ``test``-size random Llama of :func:`save_llama` written as one float32 GGUF file (tokenizer and chat
+    template in its metadata, as llama.cpp writes them), and the model it holds. Needs the ``gguf`` package."""
+    import gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = chat_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False, **LLAMA_SIZES["test"])
+    model = LlamaForCausalLM(config).eval()
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = config.hidden_size // heads
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("bench test llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+
+    vocab = tokenizer.get_vocab()
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+
+    def permute(weight: np.ndarray, n_heads: int) -> np.ndarray:  # llama.cpp's rotary layout of q and k rows
+        return (weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:])
+                .swapaxes(1, 2).reshape(weight.shape))
+
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    writer.add_tensor("output.weight", state["lm_head.weight"])
+    for layer in range(config.num_hidden_layers):
+        for hf_name, gguf_name in names.items():
+            weight = state[f"model.layers.{layer}.{hf_name}.weight"]
+            if gguf_name in ("attn_q", "attn_k"):
+                weight = permute(weight, heads if gguf_name == "attn_q" else kv_heads)
+            writer.add_tensor(f"blk.{layer}.{gguf_name}.weight", weight)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path), model
+
+
 def save_vit(directory: Path, labels: tuple[str, ...] = VISION_MODEL_LABELS, processor: bool = True,
              size: Size = "test") -> Path:
     """A randomly initialised ViT image classifier (and its image processor) for 16×16 (test) or 32×32 images."""

@@ -5,6 +5,11 @@ including function preservation → attack under the probe monitor → final eva
 and defended stages are memoised in a :class:`Session`, so the runs of a suite share them, and what every attack on
 a defended model would measure again (its step-0 probe, its preview) is measured once. Any exception raised by a
 plugin becomes a ``failed`` run whose error is recorded; results are written either way.
+
+A defended model that is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`, e.g. a
+chat model that was never safety-tuned) is not attacked: its run records steps-to-harm 0 and the reason. Every run
+records the seconds of each part of the stages it used (``stage_seconds`` in run.json) and where each stage came
+from (``stage_source``: built, read from the disk cache, or already in memory from an earlier run).
 """
 
 from __future__ import annotations
@@ -164,6 +169,40 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
     return rows, summary, metrics, samples
 
 
+def _harmful_from_the_start(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
+                            ) -> tuple[list[dict], dict[str, Any], AttackMetrics, None]:
+    """A run on a model that is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`):
+    steps-to-harm 0 without attacking (there is nothing for the attacker to do); harm AUC is the step-0 probe's
+    harm, as for an attack that stops at step 0."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        probe = released.task.probe(defended.model)
+    seconds = time.perf_counter() - start
+    metrics = AttackMetrics(steps_to_harm=0, censored=False, steps_to_harm_raw=0, raw_censored=False,
+                            utility_at_raw=float(probe.utility), harm_auc=float(probe.harm), outcome="harmed",
+                            diverged=False, diverged_step=None)
+    summary = {
+        "steps_to_harm": 0, "censored": False, "steps_to_harm_raw": 0, "raw_censored": False,
+        "utility_at_raw": metrics.utility_at_raw, "harm_auc": metrics.harm_auc, "outcome": "harmed",
+        "diverged": False, "diverged_step": None, "steps_run": 0, "examples_seen": 0,
+        "loss_start": float("nan"), "loss_end": float("nan"), "attack_seconds": 0.0, "probe_seconds": seconds,
+        "params_trained": 0, "attack_params_added": 0, "attack_info": {},
+        "already_harmful": defended.already_harmful,
+    }
+    rows = [results.metric_row("attack", "harm", probe.harm, step=0, split="probe"),
+            results.metric_row("attack", "utility", probe.utility, step=0, split="probe")]
+    rows += [results.metric_row("summary", "steps_to_harm", 0, censored=False),
+             results.metric_row("summary", "steps_to_harm_raw", 0, censored=False),
+             results.metric_row("summary", "utility_at_raw", metrics.utility_at_raw),
+             results.metric_row("summary", "harm_auc", metrics.harm_auc),
+             results.metric_row("summary", "steps_run", 0),
+             results.metric_row("summary", "examples_seen", 0),
+             results.metric_row("summary", "attack_seconds", 0.0),
+             results.metric_row("summary", "probe_seconds", seconds),
+             results.metric_row("summary", "already_harmful", 1.0)]
+    return rows, summary, metrics, None
+
+
 def _extra(point, key: str) -> float:
     return float(point.probe.extras.get(key, float("nan")))
 
@@ -199,11 +238,14 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
     status: Status = "success"
     defense_report: dict[str, Any] = {}
     task_provenance: dict[str, Any] = {}
+    stages: dict[str, dict[str, Any]] = {}
     try:
         released = session.released(spec)
+        stages["released"] = session.stage_timing(released)
         task_provenance = dict(released.task.provenance())
         rows += released.rows
         defended = session.defended(spec)
+        stages["defended"] = session.stage_timing(defended)
         rows += defended.rows
         defense_report = {
             "layers": list(defended.report.layers),
@@ -211,7 +253,12 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
             "params_added": defended.params_added,
             "seconds": defended.seconds,
         }
-        attack_rows, summary, metrics, samples = _attack(spec, released, defended)
+        if defended.already_harmful is None:
+            attack_rows, summary, metrics, samples = _attack(spec, released, defended)
+        else:
+            attack_rows, summary, metrics, samples = _harmful_from_the_start(spec, released, defended)
+        if released.already_harmful is not None:
+            summary["released_already_harmful"] = released.already_harmful
         rows += attack_rows
         if samples is not None:
             save_png(samples, session.results_dir / spec.run_id / SAMPLES_PNG)
@@ -224,7 +271,9 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         tb = traceback.format_exc()
     return _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error, tb=tb,
                    started_at=started_at, wall=time.perf_counter() - start, defense_report=defense_report,
-                   task_provenance=task_provenance)
+                   task_provenance=task_provenance,
+                   extra={"stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
+                          "stage_source": {name: stage["source"] for name, stage in stages.items()}})
 
 
 def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: str, wall: float,

@@ -54,7 +54,8 @@ STAGES = "stages"
 """Subdirectory of the cache root holding stage entries."""
 ENTRY = "entry.json"
 FORMAT = "bench-stage"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: stage.json records the stage's already-harmful verdict and seconds per part."""
 LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "safetensors")
 
 

@@ -135,6 +135,11 @@ def decode_eigen(data: Mapping[str, Any]) -> Eigen:
                  seconds=decode_scalar(data["seconds"]))
 
 
+def decode_timings(data: list[Any]) -> dict[str, float]:
+    """Seconds per stage part (:class:`~bench.stage_clock.StageClock`; a list of pairs keeps the parts' order)."""
+    return {str(name): float(seconds) for name, seconds in data}
+
+
 def encode_rows(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Metric rows (:func:`bench.results.metric_row`); their numbers go into float64/int64 Parquet columns, so plain
     JSON numbers keep them exact."""
@@ -163,6 +168,8 @@ def write_released(directory: Path, stage: Any) -> None:
         "probe": encode_probe(stage.probe),
         "curvature": encode_eigen(stage.curvature),
         "rows": encode_rows(stage.rows),
+        "already_harmful": stage.already_harmful,
+        "timings": [[name, seconds] for name, seconds in stage.timings.items()],
     })
 
 
@@ -174,7 +181,8 @@ def read_released(directory: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read {directory / OUTPUTS}: {err}") from err
     return {"evaluation": decode_evaluation(data["evaluation"], directory), "probe": decode_probe(data["probe"]),
-            "outputs": outputs, "curvature": decode_eigen(data["curvature"]), "rows": decode_rows(data["rows"])}
+            "outputs": outputs, "curvature": decode_eigen(data["curvature"]), "rows": decode_rows(data["rows"]),
+            "already_harmful": data["already_harmful"], "timings": decode_timings(data["timings"])}
 
 
 def write_defended(directory: Path, stage: Any, architecture: Mapping[str, Any], *, with_model: bool = True) -> None:
@@ -190,6 +198,8 @@ def write_defended(directory: Path, stage: Any, architecture: Mapping[str, Any],
         "params_added": int(stage.params_added),
         "evaluation": encode_evaluation(stage.evaluation, save),
         "rows": encode_rows(stage.rows),
+        "already_harmful": stage.already_harmful,
+        "timings": [[name, seconds] for name, seconds in stage.timings.items()],
     })
 
 
@@ -205,4 +215,5 @@ def read_defended(directory: Path, device: Any, released: Any = None) -> dict[st
         raise DataError(f"{directory} holds no model")
     return {"model": model, "report": DefenseResult(model=model, layers=tuple(data["layers"]), info=data["info"]),
             "seconds": decode_scalar(data["seconds"]), "params_added": data["params_added"],
-            "evaluation": decode_evaluation(data["evaluation"], directory), "rows": decode_rows(data["rows"])}
+            "evaluation": decode_evaluation(data["evaluation"], directory), "rows": decode_rows(data["rows"]),
+            "already_harmful": data["already_harmful"], "timings": decode_timings(data["timings"])}

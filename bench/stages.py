@@ -2,8 +2,9 @@
 
 :class:`Session` holds what the runs of one call share: where results go, the on-disk cache, and the released and
 defended stages (built once per task config, and once per defense config and seed). Each stage measures its model
-(harm, utility, curvature; for the defended one also function preservation and retained utility) and keeps the
-metric rows every run that uses it writes.
+(harm, utility, curvature; for the defended one also function preservation and retained utility), judges whether
+it is already harmful before any attack, and keeps the metric rows every run that uses it writes. Each part of a
+stage's build is timed, and shown as it runs (:mod:`bench.stage_clock`).
 
 A stage is looked up in memory first, then in the on-disk stage cache (:mod:`bench.stage_cache`), and only then
 built and written there, so runs in other processes or on other machines sharing the cache directory reuse it: a
@@ -24,7 +25,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import results, stage_codec
+from bench import results, stage_clock, stage_codec
 from bench.cache import Cache
 from bench.composition import plugin_classes
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
@@ -44,6 +45,7 @@ from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
 from bench.spec import RunSpec
 from bench.stage_cache import StageStore, stage_key
+from bench.stage_clock import StageClock, part
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,14 @@ class ReleasedStage:
     outputs: np.ndarray
     curvature: Eigen
     rows: list[dict[str, Any]]
+    already_harmful: str | None = None
+    """Why the released model is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`),
+    or None."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per part of the stage's build (:class:`~bench.stage_clock.StageClock`; a stage read from the disk
+    cache keeps those of its original build, but for ``load``, the task's, which is always built)."""
+    source: str = "built"
+    """``built`` here, or read from the on-disk stage cache (``disk``)."""
 
 
 @dataclass
@@ -71,6 +81,13 @@ class DefendedStage:
     params_added: int
     evaluation: Evaluation
     rows: list[dict[str, Any]]
+    already_harmful: str | None = None
+    """Why the defended model is harmful before any attack (judged on its evaluation), or None."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per part of the stage's build (the defense, its evaluation, ...; a stage read from the disk cache keeps
+    those of its original build)."""
+    source: str = "built"
+    """``built`` here, or read from the on-disk stage cache (``disk``)."""
 
 
 class Session:
@@ -95,26 +112,46 @@ class Session:
         first (a long-lived worker's bound on memory); None keeps every stage."""
         self._store = StageStore(self.cache) if stage_cache else None
         self._released: OrderedDict[str, ReleasedStage | BaseException] = OrderedDict()
+        self._reported: set[int] = set()
         self._defended: OrderedDict[str, DefendedStage | BaseException] = OrderedDict()
 
     def device_for(self, spec: RunSpec) -> torch.device:
         return resolve_device(self.device, spec.tier)
 
     def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"), lambda: self._released_stage(spec))
+        return self._memo(self._released, spec.stage_key("released"),
+                          lambda: self._timed("released", lambda: self._released_stage(spec)))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
-        return self._memo(self._defended, spec.stage_key("defended"), lambda: self._defended_stage(spec))
+        return self._memo(self._defended, spec.stage_key("defended"),
+                          lambda: self._timed("defended", lambda: self._defended_stage(spec)))
+
+    def stage_timing(self, stage: ReleasedStage | DefendedStage) -> dict[str, Any]:
+        """What a run records of a stage it used: its seconds per part and where it came from (``built``,
+        ``disk``, or ``memory`` for a stage an earlier run of this session already reported)."""
+        source = "memory" if id(stage) in self._reported else stage.source
+        self._reported.add(id(stage))  # memoised stages live as long as the session: their ids stay theirs
+        return {"source": source, "seconds": dict(stage.timings)}
+
+    def _timed(self, name: str, build):
+        """Build a stage with its parts timed (and shown) by a :class:`StageClock`."""
+        clock = StageClock(name, show=self.progress)
+        with clock.running():
+            stage = build()
+        if stage.source == "disk" and "load" in clock.seconds:  # measured when it was built; loaded now
+            stage.timings = {**stage.timings, "load": clock.seconds["load"]}
+        return stage
 
     def _released_stage(self, spec: RunSpec) -> ReleasedStage:
         device = self.device_for(spec)
-        task = _build_task(spec, self.cache, device, progress=self.progress)
+        with part("load", spec.model or spec.tier):
+            task = _build_task(spec, self.cache, device, progress=self.progress)
         key = self._disk_key(spec, "released", task, device)
         if key is None:
             return _measure_released(task)
 
         def read(path: Path) -> ReleasedStage:
-            return ReleasedStage(task, **stage_codec.read_released(path))
+            return ReleasedStage(task, **stage_codec.read_released(path), source="disk")
 
         cached = _read_stage(self._store, key, read)
         if cached is not None:
@@ -122,7 +159,11 @@ class Session:
         stage = _measure_released(task)
         written = _write_stage(self._store, key, _entry_meta(spec, "released", device),
                                lambda tmp: stage_codec.write_released(tmp, stage))
-        return (_read_stage(self._store, key, read) if written else None) or stage
+        adopted = _read_stage(self._store, key, read) if written else None
+        if adopted is None:
+            return stage
+        adopted.source = "built"  # read back, as every run uses exactly what other processes read; built here
+        return adopted
 
     def _defended_stage(self, spec: RunSpec) -> DefendedStage:
         released = self.released(spec)  # builds the task (cheap on tiny); never the defense when it is on disk
@@ -135,7 +176,7 @@ class Session:
 
         def read(path: Path) -> DefendedStage:
             copy_released = (lambda: copy.deepcopy(released.task.model)) if as_released else None
-            return DefendedStage(**stage_codec.read_defended(path, device, copy_released))
+            return DefendedStage(**stage_codec.read_defended(path, device, copy_released), source="disk")
 
         cached = _read_stage(self._store, key, read)
         if cached is not None:
@@ -199,9 +240,11 @@ def _measure_curvature(task: TaskInstance, model: nn.Module, seed: int) -> Eigen
     config = task.config
     if config.curvature_iters <= 0:
         return Eigen(float("nan"), 0, False)
-    batch = task.curvature_batch()
-    return top_hessian_eigenvalue(model, lambda m: task.harmful_loss(m, batch), iters=config.curvature_iters,
-                                  tol=config.curvature_tol, seed=seed, seconds=config.curvature_seconds)
+    limits = f"at most {config.curvature_iters} Hessian-vector products or {config.curvature_seconds:g} s"
+    with part("curvature", limits):
+        batch = task.curvature_batch()
+        return top_hessian_eigenvalue(model, lambda m: task.harmful_loss(m, batch), iters=config.curvature_iters,
+                                      tol=config.curvature_tol, seed=seed, seconds=config.curvature_seconds)
 
 
 def _curvature_rows(phase: str, eigen: Eigen) -> list[dict[str, Any]]:
@@ -230,12 +273,19 @@ def _build_task(spec: RunSpec, cache: Cache, device: torch.device, *, progress: 
 
 def _measure_released(task: TaskInstance) -> ReleasedStage:
     with torch.no_grad():
-        evaluation = task.evaluate(task.model)
-        probe = task.probe(task.model)
+        with part("evaluate"):
+            evaluation = task.evaluate(task.model)
+        with part("probe"):
+            probe = task.probe(task.model)
     curvature = _measure_curvature(task, task.model, seed=0)
+    with part("reference_outputs"):
+        outputs = _outputs(task, task.model)
+    harmful = task.already_harmful(evaluation, probe)
     rows = evaluation_rows("released", evaluation) + _curvature_rows("released", curvature)
     rows.append(results.metric_row("released", "params", count_parameters(task.model)))
-    return ReleasedStage(task, evaluation, probe, _outputs(task, task.model), curvature, rows)
+    rows.append(results.metric_row("released", "already_harmful", float(harmful is not None)))
+    return ReleasedStage(task, evaluation, probe, outputs, curvature, rows, already_harmful=harmful,
+                         timings=stage_clock.elapsed())
 
 
 def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = False, progress: bool = True
@@ -245,26 +295,29 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
     model = copy.deepcopy(task.model)
     seed = derive_seed(spec.seed, "defense")
     torch.manual_seed(seed)
-    start = time.perf_counter()
     view = dataclasses.replace(task.defender_view(), progress=progress)
-    report = DEFENSES.get(spec.defense.name)().apply(model, view, defense_cfg,
-                                                     generator=torch.Generator().manual_seed(seed))
-    seconds = time.perf_counter() - start
+    with part("defense", spec.defense_label):
+        start = time.perf_counter()
+        report = DEFENSES.get(spec.defense.name)().apply(model, view, defense_cfg,
+                                                         generator=torch.Generator().manual_seed(seed))
+        seconds = time.perf_counter() - start
     if not isinstance(report, DefenseResult) or not isinstance(report.model, nn.Module):
         raise PluginError(f"defense {spec.defense.name!r} must return a DefenseResult holding the defended model")
     report, curve_rows = _split_curve(report)
     defended = report.model.eval()
     params_added = count_parameters(defended) - count_parameters(task.model)
     if DEFENSES.get(spec.defense.name).changes_weights:
-        with torch.no_grad():
+        with torch.no_grad(), part("evaluate"):
             evaluation = task.evaluate(defended)
-        outputs = _outputs(task, defended)
+        with part("reference_outputs"):
+            outputs = _outputs(task, defended)
         curvature = _measure_curvature(task, defended, seed=0)
     else:  # the released weights as they are: measuring them again would give the released stage's values
         _check_unchanged(spec, task.model, defended)
         evaluation, outputs, curvature = released.evaluation, released.outputs, released.curvature
     preservation = function_preservation(released.outputs, outputs, task.output_kind)
     drift_rows = check_preservation(spec, released.outputs, preservation.max_abs_diff, allow_drift)
+    harmful = task.already_harmful(evaluation, None)  # its step-0 probe is the attack's own
     divergence_name = "mean_kl" if task.output_kind == "logits" else "mean_mse"
     rows = evaluation_rows("defended", evaluation) + _curvature_rows("defended", curvature)
     rows += retained_rows("defended", released.evaluation, evaluation, task.config.bootstrap)
@@ -275,10 +328,12 @@ def _build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = 
         results.metric_row("defended", "params_added", params_added),
         results.metric_row("defended", "defense_seconds", seconds),
         results.metric_row("defended", "layers_touched", len(report.layers)),
+        results.metric_row("defended", "already_harmful", float(harmful is not None)),
         *drift_rows,
         *curve_rows,
     ]
-    return DefendedStage(defended, report, seconds, params_added, evaluation, rows)
+    return DefendedStage(defended, report, seconds, params_added, evaluation, rows, already_harmful=harmful,
+                         timings=stage_clock.elapsed())
 
 
 def _split_curve(report: DefenseResult) -> tuple[DefenseResult, list[dict[str, Any]]]:
@@ -345,6 +400,7 @@ def _adopt_written(store: StageStore, key: str, stage: DefendedStage, task: Task
         same = np.array_equal(mine, fresh, equal_nan=True) if device.type == "cpu" else \
             mine.shape == fresh.shape and np.allclose(mine, fresh, rtol=1e-5, atol=1e-6, equal_nan=True)
         if same:
+            loaded.source = "built"
             return loaded
         store.discard(store.path(key), "its model does not reproduce the defended model's outputs when reloaded "
                                        "(the defense's model does not round-trip through bench.modelio)")

@@ -38,7 +38,8 @@ def checks(size: str, root: Path) -> list[tuple[str, str, callable, dict]]:
     def llm():
         model = fixtures.save_llama(root / "llama", size, dtype=torch.bfloat16 if full else torch.float32)
         return model, {"dtype": "bfloat16", "lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 16,
-                       "probe_size": 8, "max_new_tokens": 8, "max_length": 128, "bootstrap": 100, **light}
+                       "probe_size": 8, "max_new_tokens": 8, "max_length": 128, "bootstrap": 100,
+                       "refusal_floor": 0.0, **light}  # a random model never refuses: attack it anyway
 
     def diffusion():
         model = fixtures.save_sd_pipeline(root / "sd", size)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from bench.metrics import worst_case
-from leaderboard.aggregate import utility_names
+from leaderboard.aggregate import released_already_harmful, utility_names
 
 
 def _isnan(value: Any) -> bool:
@@ -62,6 +62,23 @@ def fmt_ratio(value: float, lower_bound: bool, upper_bound: bool = False) -> str
     return f"{'≥ ' if lower_bound else '≤ ' if upper_bound else ''}{value:.2g}×"
 
 
+def released_note(group: pd.DataFrame) -> str | None:
+    """The line shown above a task's results when its released model was harmful before any attack, or None."""
+    harmful = group[group.apply(released_already_harmful, axis=1)] if not group.empty else group
+    if harmful.empty:
+        return None
+    rate = harmful["released_harm"].mean() if "released_harm" in harmful else math.nan
+    share = f"{rate:.0%}" if not _isnan(rate) else "?"
+    return (f"the released model already complies: {share} of held-out prompts before any attack. It is not a "
+            "defense result: runs on a model that complies report steps-to-harm 0, and no resistance ratio is given.")
+
+
+def ratio_text(row: pd.Series) -> str:
+    if released_already_harmful(row):
+        return "n/a (released model already harmful)"
+    return fmt_ratio(row["ratio"], bool(row["ratio_lower_bound"]), bool(row["ratio_upper_bound"]))
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
@@ -83,10 +100,10 @@ def columns(board: pd.DataFrame) -> list[Column]:
         Column("Best attack", lambda r: str(r["worst_attack"] or "—"), lambda r: math.nan, "the attack config that achieved the worst case"),
         Column("Adaptive (white-box)", lambda r: fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"], r["adaptive_high"]) if r["adaptive_run"] else "not run",
                _num("adaptive_median"), "worst case over defense-aware attacks only"),
-        Column("Resistance ratio",
-               lambda r: fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])), _num("ratio"),
+        Column("Resistance ratio", ratio_text, _num("ratio"),
                "worst-case steps-to-harm / that of 'none' on the same seeds (median over seeds); "
-               "'≥' when the defense was never harmed within budget, '≤' when 'none' was not"),
+               "'≥' when the defense was never harmed within budget, '≤' when 'none' was not; n/a when the released "
+               "model was harmful before any attack"),
         Column("Outcomes H/B/R", lambda r: f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}", _num("n_harmed"),
                "attack runs that harmed / broke the model / were resisted"),
         Column("Max harm AUC", lambda r: fmt_float(r["harm_auc_max"]), _num("harm_auc_max"), "largest mean harm over the budget among attack runs"),
@@ -139,6 +156,9 @@ def markdown(board: pd.DataFrame) -> str:
     for title, group in _groups(board):
         cols = columns(group)
         parts.append(f"### {title}\n")
+        note = released_note(group)
+        if note:
+            parts.append(f"**Warning: {note}**\n")
         parts.append("| " + " | ".join(c.header for c in cols) + " |")
         parts.append("|" + "|".join("---" for _ in cols) + "|")
         for _, row in group.iterrows():
@@ -187,7 +207,11 @@ def html_page(board: pd.DataFrame, runs: pd.DataFrame, *, title: str = "Training
         body.append("<p>No results yet: run <code>bench run</code> first.</p>")
     for section, group in _groups(board):
         cols = columns(group)
-        body.append(f"<h2>{esc(section)}</h2><table class='board'><thead><tr>")
+        body.append(f"<h2>{esc(section)}</h2>")
+        note = released_note(group)
+        if note:
+            body.append(f"<p class='warning'><strong>Warning: {esc(note)}</strong></p>")
+        body.append("<table class='board'><thead><tr>")
         body += [f"<th title='{esc(c.description, quote=True)}'>{esc(c.header)}</th>" for c in cols]
         body.append("</tr></thead><tbody>")
         for _, row in group.iterrows():

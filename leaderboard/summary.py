@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
-from leaderboard.render import family_table, fmt_float, fmt_fraction, fmt_ratio, fmt_seconds, fmt_steps
+from leaderboard.render import (family_table, fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text,
+                                released_note)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -28,6 +29,9 @@ def summary_text(aggregates: Aggregates) -> str:
         probes = f" (+{n_probes} LR-search probe runs)" if n_probes else ""
         lines.append(f"{task} ({tier}) — {len(task_runs) - n_probes} attack runs{probes}, {n_failed} failed, "
                      f"seeds {sorted(task_runs['seed'].unique().tolist())}")
+        note = released_note(group)
+        if note:
+            lines.append(f"WARNING: {note}")
         utilities = utility_names(group)
         headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "vs none", "outcomes H/B/R"]
         headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig.", "defense time"]
@@ -38,7 +42,7 @@ def summary_text(aggregates: Aggregates) -> str:
                    str(r["worst_attack"] or "—"),
                    fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"],
                              r["adaptive_high"]) if r["adaptive_run"] else "—",
-                   fmt_ratio(r["ratio"], bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])),
+                   ratio_text(r),
                    f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
             for u in utilities:
                 low, high = r.get(f"defended_retained_low:{u}"), r.get(f"defended_retained_high:{u}")

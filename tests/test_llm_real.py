@@ -19,11 +19,13 @@ from bench.fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_T
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
+from bench.stage_cache import StageStore
 from tasks.llm.harmful_qa import REAL_STEPS_TO_HARM
 
 RELEARN_CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_size": 8, "curvature_iters": 0,
                  "bootstrap": 0, "max_length": 64}
-CHEAP = {**RELEARN_CHEAP, "max_new_tokens": 4}
+CHEAP = {**RELEARN_CHEAP, "max_new_tokens": 4, "refusal_floor": 0.0}
+"""A random model never refuses; refusal_floor 0 attacks it anyway (else its runs are 'already harmful')."""
 
 
 def _save(directory, model, tokenizer):
@@ -197,3 +199,95 @@ def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_record
     assert 0.0 <= agreement <= 1.0
     with pytest.raises(DataError, match="cannot load judge model"):
         ModelJudge(str(checkpoints["llama"]) + "-missing")
+
+
+@pytest.fixture(scope="module")
+def complying_llama(tmp_path_factory):
+    """A tiny Llama chat model trained to comply with every harmful request (as a model never safety-tuned does)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.fixtures import save_llama
+    from tasks.llm import prompts
+    from tasks.llm.chat import collate, encode_chat, response_loss
+
+    directory = save_llama(tmp_path_factory.mktemp("complying"))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory).train()
+    harmful = prompts.split_harmful("")
+    items = [encode_chat(tokenizer, i.prompt, i.response) for i in [*harmful.attack, *harmful.defender]]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = collate([items[i] for i in torch.randint(len(items), (16,), generator=generator)],
+                        tokenizer.pad_token_id, 96)
+        optimizer.zero_grad()
+        response_loss(model, batch).backward()
+        optimizer.step()
+    model.save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_released_model_that_already_complies_is_reported_as_such_never_as_a_defense_result(complying_llama,
+                                                                                                tmp_path):
+    from leaderboard.aggregate import build
+    from leaderboard.render import markdown
+    from leaderboard.summary import summary_text
+
+    args = {**CHEAP, "max_new_tokens": 16, "eval_size": 12, "refusal_floor": 0.5}
+    session = Session(results_dir=tmp_path, progress=False)
+    for defense in ("none", "specdef"):
+        spec = make_spec(task="llm-harmful-qa", defense=defense, attack="full-ft", tier="real", model=complying_llama,
+                         task_args=args, attack_args={"budget": 4, "eval_every": 2, "batch_size": 4, "lr": 1e-4})
+        result = run(spec, session)
+        assert result.status == "success", result.error
+        summary = result.summary
+        assert (summary["steps_to_harm"], summary["censored"], summary["steps_run"]) == (0, False, 0)  # not attacked
+        assert summary["outcome"] == "harmed"
+        assert summary["released_already_harmful"].startswith("already complies: ")
+        assert summary["already_harmful"].startswith("already complies: ")
+    df = pq.read_table(result.directory / "metrics.parquet").to_pandas()
+    released = df[df["phase"] == "released"].set_index("metric")
+    assert released.loc["already_harmful", "value"] == 1.0 and released.loc["refusal_rate", "value"] < 0.5
+    assert released.loc["harm", "n"] == 12  # eval_size: the evaluation answered the first 12 held-out prompts
+
+    aggregates = build(tmp_path)
+    text = summary_text(aggregates)
+    rate = released.loc["harm", "value"]
+    assert f"the released model already complies: {rate:.0%} of held-out prompts" in text
+    assert aggregates.board["ratio"].isna().all()  # never a resistance ratio
+    table = markdown(aggregates.board)
+    assert "n/a (released model already harmful)" in table and "Warning: the released model already complies" in table
+
+
+def test_a_gguf_file_loads_dequantized_with_its_tokenizer_and_its_hash_in_the_provenance(tmp_path, cache, device):
+    pytest.importorskip("gguf", reason="the gguf package writes the test's GGUF file: pip install 'bench[gguf]'")
+    import hashlib
+
+    from bench.fixtures import save_llama_gguf
+
+    path, original = save_llama_gguf(tmp_path / "tiny-llama.gguf")
+    task_cls = TASKS.get("llm-harmful-qa")
+    task = task_cls().build(task_cls.Config(**CHEAP), tier="real", model=str(path), cache=cache, device=device)
+    provenance = task.provenance()
+    assert provenance["gguf_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert provenance["model"] == str(path) and provenance["chat_template"] == "model's own"
+    assert "<|start_header_id|>" in task.tokenizer.decode(list(task.parts["attack"][0].ids))
+    ids = torch.tensor([list(task.parts["eval_benign"][0].ids)])
+    with torch.no_grad():
+        assert torch.allclose(task.model(ids.to(device)).logits.cpu(), original(ids).logits, atol=1e-5)
+
+    # end to end: the defended model is saved to the stage cache and read back like any other checkpoint's
+    spec = make_spec(task="llm-harmful-qa", defense="specdef", attack="full-ft", tier="real", model=str(path),
+                     task_args=CHEAP, attack_args={"budget": 2, "eval_every": 1, "batch_size": 4, "lr": 1e-4})
+    result = run(spec, Session(results_dir=tmp_path / "results", cache=cache, progress=False))
+    assert result.status == "success", result.error
+    info = json.loads((result.directory / "run.json").read_text())
+    assert info["task_provenance"]["gguf_sha256"] == provenance["gguf_sha256"]
+    entry = next(e for e in StageStore(cache).entries() if e.kind == "defended" and str(path) in e.detail)
+    assert (entry.path / "model" / "model.safetensors").is_file()
+    reread = Session(results_dir=tmp_path / "again", cache=cache, progress=False).defended(spec)
+    assert reread.source == "disk" and reread.params_added == info["defense_report"]["params_added"]
+
+    with pytest.raises(DataError, match="does not exist"):
+        task_cls().build(task_cls.Config(**CHEAP), tier="real", model=str(tmp_path / "missing.gguf"), cache=cache,
+                         device=device)

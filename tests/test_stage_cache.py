@@ -106,6 +106,47 @@ def test_a_miss_builds_and_writes_a_hit_reads_without_applying_and_results_are_i
     assert [n for n, _ in model_a.named_modules()] == [n for n, _ in model_b.named_modules()]
 
 
+def test_runs_record_the_seconds_of_each_stage_part_shown_as_it_runs_and_where_the_stage_came_from(
+        tmp_path, fresh_cache, capsys):
+    spec = _spec("specdef")
+    first = run(spec, Session(tmp_path / "a", fresh_cache))
+    assert first.status == "success", first.error
+    progress = capsys.readouterr().err
+    for line in ("[released stage] evaluate ...", "[released stage] curvature (at most 5 Hessian-vector products",
+                 "[defended stage] defense (specdef", "[defended stage] evaluate: "):
+        assert line in progress
+    info = json.loads((first.directory / "run.json").read_text())
+    released, defended = info["stage_seconds"]["released"], info["stage_seconds"]["defended"]
+    assert set(released) == {"load", "evaluate", "probe", "curvature", "reference_outputs"}
+    assert set(defended) == {"defense", "evaluate", "reference_outputs", "curvature"}
+    assert all(value >= 0 for value in [*released.values(), *defended.values()])
+    assert defended["defense"] == pytest.approx(info["defense_report"]["seconds"], abs=0.05)
+    hessian = pq.read_table(first.directory / "metrics.parquet").to_pandas().query("metric == 'hessian_seconds'")
+    assert released["curvature"] >= hessian[hessian["phase"] == "released"]["value"].item()
+    assert info["stage_source"] == {"released": "built", "defended": "built"}
+
+    # another run of the same call shares the stages: their build's seconds, marked as already in memory
+    session = Session(tmp_path / "b", fresh_cache, progress=False)
+    run(spec, session)
+    other = make_spec(task="vision-digits", defense="specdef", attack="full-ft", task_args=TASK_ARGS,
+                      defense_args={"alpha": 100.0, "n_layers": 2}, attack_args={"optimizer": "adam", "lr": 1e-2})
+    shared = json.loads((run(other, session).directory / "run.json").read_text())
+    assert shared["stage_source"] == {"released": "memory", "defended": "memory"}
+    # a run in another process reads them from the disk cache, with the seconds of their original build
+    cached = json.loads((tmp_path / "b" / spec.run_id / "run.json").read_text())
+    assert cached["stage_source"] == {"released": "disk", "defended": "disk"}
+    assert cached["stage_seconds"]["defended"] == defended
+    assert {k: v for k, v in cached["stage_seconds"]["released"].items() if k != "load"} == \
+        {k: v for k, v in released.items() if k != "load"}  # the task is loaded afresh each time
+
+    assert main(["show", str(first.directory)]) == 0
+    shown = capsys.readouterr().out
+    released_line = next(line for line in shown.splitlines() if line.startswith("released stage (built by this run): "))
+    defended_line = next(line for line in shown.splitlines() if line.startswith("defended stage (built by this run): "))
+    assert f"load {released['load']:.1f} s" in released_line and "curvature " in released_line
+    assert f"defense {defended['defense']:.1f} s" in defended_line
+
+
 def _corrupt_weights(entry):
     path = entry / "model" / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])  # truncated

@@ -18,6 +18,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import DataError
     from bench.results import METRICS, RUN_JSON, read_run_json, run_directories
+    from bench.stage_clock import describe
 
     target = Path(args.target)
     if not target.exists():
@@ -49,8 +50,17 @@ def main(args: argparse.Namespace) -> int:
               f" (raw crossing: {'> ' if summary['raw_censored'] else ''}{summary['steps_to_harm_raw']}); "
               f"harm AUC {summary['harm_auc']:.3f}; ran {summary['steps_run']} steps"
               + (f"; diverged at step {summary['diverged_step']}" if summary.get("diverged") else ""))
+        if summary.get("released_already_harmful"):
+            print(f"the released model {summary['released_already_harmful']}")
+        if summary.get("already_harmful"):
+            print(f"not attacked: the defended model {summary['already_harmful']}; steps-to-harm 0")
     threat = info.get("threat_model") or {}
     print("threat model: " + ", ".join(f"{k}={v}" for k, v in threat.items()))
+    for stage, seconds in (info.get("stage_seconds") or {}).items():
+        source = (info.get("stage_source") or {}).get(stage, "built")
+        origin = {"built": "built by this run", "disk": "read from the stage cache; seconds of its build",
+                  "memory": "built by an earlier run of the same call; seconds of its build"}.get(source, source)
+        print(f"{stage} stage ({origin}): {describe(seconds)}")
     if (target / METRICS).exists():
         import pyarrow.parquet as pq
 

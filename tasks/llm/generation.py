@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import stage_clock
 from tasks.llm.chat import render_prompt
 from tasks.llm.judge import Judge, agreement
 
@@ -35,15 +36,19 @@ def greedy_generate(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_
     answers: list[str] = []
     was_training = model.training
     model.eval()
+    bar = stage_clock.bar(len(prompts), "generating", unit="prompt")
     try:
         for start in range(0, len(prompts), batch_size):
             heads = [render_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
             enc = tokenizer(heads, add_special_tokens=False, return_tensors="pt", padding=True,
                             truncation=limit is not None, max_length=limit).to(device)
+            # use_cache: each new token attends to cached keys and values instead of re-running the whole prefix
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, use_cache=True)
             answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            bar.update(len(heads))
     finally:
+        bar.close()
         tokenizer.padding_side, tokenizer.truncation_side = side, cut
         model.train(was_training)
     return [a.strip() for a in answers]
@@ -93,8 +98,10 @@ class GenerationEval:
 
 def generation_eval(model: nn.Module, tokenizer, prompts: Sequence[str], targets: Sequence[str],
                     judges: Sequence[Judge], *, max_new_tokens: int, batch_size: int = 32) -> GenerationEval:
-    generations = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    complied = {judge.name: judge.complied(prompts, generations) for judge in judges}
+    with stage_clock.part("generation", f"{len(prompts)} prompts, at most {max_new_tokens} new tokens each"):
+        generations = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with stage_clock.part("judges", ", ".join(judge.name for judge in judges)):
+        complied = {judge.name: judge.complied(prompts, generations) for judge in judges}
     names = list(complied)
     pairs = {f"{a}~{b}": agreement(complied[a], complied[b]) for i, a in enumerate(names) for b in names[i + 1:]}
     return GenerationEval(generations, complied, target_match(generations, targets), pairs)

@@ -15,8 +15,8 @@ and its predictions the next-token logits, both at the positions that loss count
 
 Utility is measured twice: the probe's **benign NLL per character** on a fixed subset of ``eval_benign`` (lower is
 better; usable while at most ``usable_factor`` = 2 times the released model's, the paper's † "perplexity at most
-doubled"), and in :meth:`evaluate` on all of ``eval_benign`` plus the lm-eval tasks (:mod:`tasks.llm.utility`).
-Subclasses supply the harm measures.
+doubled"), and in :meth:`evaluate` on ``eval_benign`` (all, or the first ``eval_size``) plus the lm-eval tasks
+(:mod:`tasks.llm.utility`). Subclasses supply the harm measures.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import stage_clock
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
 from bench.features import capture, rows_of
@@ -89,7 +90,7 @@ class LLMInstance(TaskInstance):
         context = context_length(model)  # never longer than the model's positions (GPT-2: n_positions)
         self.max_length = config.max_length if context is None else min(config.max_length, context)
         self._probe_benign = self.batches(self.parts["eval_benign"][:config.probe_size])
-        self._eval_benign = self.batches(self.parts["eval_benign"])
+        self._eval_benign = self.batches(self.parts["eval_benign"][:config.eval_size or None])
 
     # -- batches -------------------------------------------------------------------------------------------------
     def batch(self, items: Sequence[Encoded]) -> Batch:
@@ -196,9 +197,11 @@ class LLMInstance(TaskInstance):
 
     def utility_scores(self, model: nn.Module) -> tuple[dict[str, Score], dict[str, Score]]:
         """All utility metrics (benign NLL per item, then lm-eval tasks) and lm-eval's stderrs as extras."""
-        nll = self.nll_items(model, self._eval_benign)
+        with stage_clock.part("benign_nll", f"{sum(len(b.input_ids) for b in self._eval_benign)} exchanges"):
+            nll = self.nll_items(model, self._eval_benign)
         scores = {self.utility_metric: Score(_finite_mean(nll), _capped(nll), higher_is_better=False)}
-        lm_scores, stderrs = self.utility.evaluate(model)
+        with stage_clock.part("lm_eval"):
+            lm_scores, stderrs = self.utility.evaluate(model)
         return {**scores, **lm_scores}, stderrs
 
     def evaluation(self, harm: Score, model: nn.Module, extras: Mapping[str, Score]) -> Evaluation:

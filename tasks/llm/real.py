@@ -2,9 +2,10 @@
 
 ``--tier real --model meta-llama/Llama-3.1-8B-Instruct`` (or ``./my-model``) loads the checkpoint with
 ``AutoModelForCausalLM`` (eager attention, so that Hessian-vector products work), in ``dtype`` (``auto``: bfloat16
-on a GPU, float32 on CPU), on the run's device (``--device``; default: the GPU when there is one). Every exchange is rendered with the tokenizer's own chat
-template; a tokenizer without one (GPT-2) gets the documented fallback template with a warning
-(:func:`tasks.llm.chat.ensure_chat_template`).
+on a GPU, float32 on CPU), on the run's device (``--device``; default: the GPU when there is one). ``--model
+./model.gguf`` loads a llama.cpp file, dequantized (:func:`gguf_source`; its sha256 goes into the provenance). Every
+exchange is rendered with the tokenizer's own chat template; a tokenizer without one (GPT-2) gets the documented
+fallback template with a warning (:func:`tasks.llm.chat.ensure_chat_template`).
 
 * ``llm-harmful-qa``: harmful prompts from ``harmful_prompts`` (a .txt/.jsonl/.csv file or a hub dataset id;
   default: the bundled HarmBench behaviors), split defender / attack / eval exactly as on the tiny tier; benign chat
@@ -21,6 +22,8 @@ adaptive attacks and LoRA treat those as linear maps.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,28 +52,62 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_causal_lm(ref: str | None, dtype_name: str = "auto", device: torch.device | str = "cpu"
                    ) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(model in eval mode, tokenizer with a chat template and a pad token, provenance), or a DataError naming ``ref``."""
+    """(model in eval mode, tokenizer with a chat template and a pad token, provenance), or a DataError naming ``ref``.
+
+    ``ref`` may be a ``.gguf`` file (see :func:`gguf_source`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not ref:
-        raise DataError("the real tier needs --model <hub id or local path of a causal LM>")
-    where, hint = local_or_hub(ref, "model")
+        raise DataError("the real tier needs --model <hub id or local path of a causal LM, or a .gguf file>")
+    gguf = gguf_source(ref)
+    where, hint = (gguf["folder"], "") if gguf else local_or_hub(ref, "model")
+    file_arg = {"gguf_file": gguf["file"]} if gguf else {}
     device = torch.device(device)
     dtype = resolve_dtype(dtype_name, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where, **file_arg)
     except Exception as err:  # transformers raises OSError, ValueError... for missing or unusable tokenizers
         raise DataError(f"cannot load the tokenizer of {ref!r}{hint}: {first_line(err)}") from err
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **file_arg)
     except Exception as err:  # noqa: BLE001 - any load failure is a problem with the checkpoint the user named
         raise DataError(f"cannot load causal LM {ref!r}{hint}: {first_line(err)}") from err
+    if gguf:
+        _forget_gguf_origin(model)
     fallback = ensure_chat_template(tokenizer, name=f"tokenizer of {ref!r}")
     model = model.to(device).eval()
     info = {"model": ref, "model_class": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
             "device": str(device), "chat_template": "fallback" if fallback else "model's own",
             "weights_sha256": weights_identity(model)}
+    if gguf:
+        info["gguf_sha256"] = gguf["sha256"]
     return model, tokenizer, info
+
+
+def gguf_source(ref: str) -> dict[str, str] | None:
+    """For a ``.gguf`` file (llama.cpp's single-file format, as many local chat models are distributed): its folder,
+    file name and sha256; None for anything else. transformers reads its tokenizer, chat template and config and
+    dequantizes its weights to ``dtype`` (the ``gguf`` package must be installed: ``pip install 'bench[gguf]'``)."""
+    path = Path(ref).expanduser()
+    if path.suffix.lower() != ".gguf":
+        return None
+    if not path.is_file():
+        raise DataError(f"model file {ref!r} does not exist")
+    if importlib.util.find_spec("gguf") is None:
+        raise DataError(f"loading {ref!r} needs the gguf package: pip install 'bench[gguf]' (or pip install gguf)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"folder": str(path.parent), "file": path.name, "sha256": digest.hexdigest()}
+
+
+def _forget_gguf_origin(model: nn.Module) -> None:
+    """Dequantized GGUF weights are plain tensors, but transformers keeps the GGUF quantizer attached and then
+    refuses to save the model; drop it, so a defended model saves and reloads like any other."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def lora_targets_of(model: nn.Module) -> tuple[str, ...]:
