@@ -58,3 +58,19 @@ def rows_of(hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Ten
     if hidden.ndim == 3 and mask is not None:
         return hidden[mask]
     return hidden.reshape(hidden.shape[0], -1)
+
+
+def transformer_blocks(model: nn.Module) -> tuple[str, ...]:
+    """Names of a transformers model's blocks, shallow to deep (Llama ``model.layers.{i}``, GPT-2
+    ``transformer.h.{i}``, ViT ``vit.layers.{i}`` or ``vit.encoder.layer.{i}`` depending on the version, ...).
+
+    Found on structure rather than by architecture name: the ``ModuleList`` with ``config.num_hidden_layers``
+    entries (the largest by parameters, should a block hold lists of its own), or () when there is none.
+    """
+    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) and (count is None or len(module) == count)]
+    if not lists:
+        return ()
+    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return tuple(f"{name}.{i}" for i in range(len(blocks)))

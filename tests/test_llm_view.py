@@ -15,7 +15,8 @@ from bench.contracts import AttackerScale
 from bench.errors import PluginError
 from bench.registry import TASKS
 from tasks.llm import harmful_qa, prompts, relearn
-from tasks.llm.instance import DEFENDER_PARTS, decoder_layers
+from bench.features import transformer_blocks
+from tasks.llm.instance import DEFENDER_PARTS
 from tasks.llm.judge import KeywordJudge
 from tasks.llm.relearn import TINY_NON_ANSWER
 
@@ -139,9 +140,9 @@ def test_attacker_scale_is_the_tiny_tiers_measured_one(tasks, name):
     assert tasks[name].defender_view().attacker == expected and expected.steps > 0 and expected.lrs
 
 
-def test_decoder_layers_are_found_on_structure():
+def test_transformer_blocks_are_found_on_structure():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
-    assert decoder_layers(gpt2) == ("transformer.h.0", "transformer.h.1", "transformer.h.2")
-    assert decoder_layers(torch.nn.Linear(2, 2)) == ()
+    assert transformer_blocks(gpt2) == ("transformer.h.0", "transformer.h.1", "transformer.h.2")
+    assert transformer_blocks(torch.nn.Linear(2, 2)) == ()

@@ -88,6 +88,18 @@ def test_splits_are_disjoint_and_follow_the_classes(fixtures, tmp_path):
     assert all(np.array_equal(indices[k], again[k]) for k in SPLITS)
 
 
+def test_real_tier_defender_view(fixtures, tmp_path):
+    from bench import testing
+
+    model, folder = fixtures
+    task = build(model, folder, tmp_path)
+    view = task.defender_view()
+    assert view.feature_modules and all(".layer" in name for name in view.feature_modules)  # the ViT's blocks
+    testing.check_defender_view("vision-digits (real)", task)
+    features = view.features(task.model, view.harmful[0])
+    assert all(rows.shape[0] == len(view.harmful[0][1]) for rows in features.values())  # the class token per image
+
+
 def test_released_model_is_cached_and_round_trips(fixtures, tmp_path):
     model, folder = fixtures
     first = build(model, folder, tmp_path)

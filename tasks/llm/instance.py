@@ -31,7 +31,7 @@ from torch import nn
 from bench import stage_clock
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
-from bench.features import capture, rows_of
+from bench.features import capture, rows_of, transformer_blocks
 from bench.modelio import transformers_architecture
 from bench.replay import replay_draws
 from tasks.llm.chat import Batch, Encoded, collate, logits_of, nll_per_char, response_loss
@@ -44,22 +44,6 @@ DEFENDER_PARTS = {"harmful": "defender_harmful", "benign": "defender_benign", "a
 REFERENCE_ITEMS = 16
 """Benign exchanges whose logits are compared between released and defended models."""
 LLAMA_LORA_TARGETS = ("*q_proj", "*k_proj", "*v_proj", "*o_proj", "*gate_proj", "*up_proj", "*down_proj")
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, ...]:
-    """Names of a transformers causal LM's decoder blocks, shallow to deep (Llama ``model.layers.{i}``, GPT-2
-    ``transformer.h.{i}``, GPT-NeoX ``gpt_neox.layers.{i}``, ...).
-
-    Found on structure rather than by architecture name: the ``ModuleList`` with ``config.num_hidden_layers``
-    entries (the largest by parameters, should a block hold lists of its own), or () when there is none.
-    """
-    count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and len(module) and (count is None or len(module) == count)]
-    if not lists:
-        return ()
-    name, blocks = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
-    return tuple(f"{name}.{i}" for i in range(len(blocks)))
 
 
 class LLMInstance(TaskInstance):
@@ -84,7 +68,7 @@ class LLMInstance(TaskInstance):
         self.utility = utility
         self.lora_targets = tuple(lora_targets)
         self.attacker = attacker
-        self.feature_modules = decoder_layers(model)
+        self.feature_modules = transformer_blocks(model)
         self._provenance = dict(provenance or {})
         self.pad_id = tokenizer.pad_token_id
         context = context_length(model)  # never longer than the model's positions (GPT-2: n_positions)

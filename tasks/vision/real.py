@@ -41,6 +41,7 @@ from torch import nn
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
+from bench.features import transformer_blocks
 from bench.sources import first_line, local_or_hub, load_pooled_dataset, looks_local
 from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
@@ -246,7 +247,7 @@ def build_real(cfg, model: str, cache: Cache, device: torch.device, *, progress:
         name="vision-digits", tier="real", config=cfg, model=released.eval(), splits=splits,
         replay_fraction=cfg.replay_fraction, forward=pixel_logits, eval_batch_size=64,
         lora_targets=VIT_LORA_TARGETS, architecture=architecture,
-        feature_modules=tuple(f"vit.encoder.layer.{i}" for i in range(len(released.vit.encoder.layer))),
+        feature_modules=transformer_blocks(released),
         attacker=AttackerScale(steps=REAL_STEPS_TO_HARM, lrs=REAL_ATTACK_LRS, batch_size=cfg.batch_size),
         provenance={
             "model": model, "model_commit": hub_commit(model, checkpoint), "model_weights_sha256": weights_sha,
