@@ -240,7 +240,9 @@ def make_spec(
 
 def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}, ignore: tuple = (),
                always: tuple = ()) -> str:
-    defaults = {**config_to_dict(registry.get(part.name).Config()), **task_defaults}
+    preset = registry.resolve(part.label).preset_args if part.preset else {}  # a preset's own values are its label
+    base = build_config(registry.get(part.name).Config, preset, where=f"{registry.kind} {part.label!r}")
+    defaults = {**config_to_dict(base), **task_defaults}
     diff = {k: v for k, v in part.args if (defaults.get(k) != v or k in always) and k not in ignore}
     if not diff:
         return part.label
