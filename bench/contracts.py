@@ -196,6 +196,9 @@ class DefenderView:
     """``predictions(model, batch)``: the model's outputs and targets at the positions the loss counts."""
     attacker: AttackerScale | None = None
     """How fast the undefended model is harmed here (what a simulated attacker is scaled by)."""
+    setting: Literal["classification", "knowledge", "chat", "generation"] | None = None
+    """What kind of capability the task's harm is, for defenses whose objective depends on it (TAR: a refusal
+    preference for chat, maximum entropy for classification and knowledge, denial of service for generation)."""
     progress: bool = True
     """Whether a training defense may show a progress bar (the runner sets False under ``bench run --quiet``)."""
 

@@ -21,7 +21,9 @@ L_TR (``tr_loss``), minimised at θ′: ``entropy`` (−H of the predictions on 
 classification and knowledge), ``inverse-ce`` (−log(1 − p_harmful target)) and ``kl-uniform`` (KL(u‖p)) (Sophon's, for
 classifiers), ``dos`` (‖prediction‖²: Sophon's denial of service for diffusion), ``refusal-preference`` (TAR's chat
 loss, a reference-free DPO preference of the aligned target, e.g. a refusal, over the harmful one on the same inputs,
-from per-example losses). ``auto``: entropy for logits, dos for regression outputs. Logits-only losses have no meaning
+from per-example losses). ``auto`` follows the task's :attr:`~bench.contracts.DefenderView.setting` as the paper
+does: refusal-preference for chat, entropy for classification and knowledge, dos for generation (when the task
+declares none: entropy for logits, dos for regression outputs). Logits-only losses have no meaning
 on regression outputs, which use dos instead (as Sophon does for diffusion); the report records the loss used.
 
 Paper defaults (TAR, Llama-3-8B): 750 outer steps, K = 64, subsample 4, TR scale 4, λ = 0.0625 (λ·K = 4), outer
@@ -70,6 +72,8 @@ PREFERENCE_BETA = 1.0
 """Inverse temperature of the refusal preference: −log σ(β (NLL_harmful − NLL_aligned)) per example."""
 
 TrLoss = Literal["auto", "entropy", "inverse-ce", "kl-uniform", "dos", "refusal-preference"]
+AUTO_TR_LOSS = {"chat": "refusal-preference", "classification": "entropy", "knowledge": "entropy", "generation": "dos"}
+"""``tr_loss=auto``: TAR's loss for the task's setting (:attr:`bench.contracts.DefenderView.setting`)."""
 LOGIT_LOSSES = {"entropy": objectives.negative_entropy, "inverse-ce": objectives.inverse_cross_entropy,
                 "kl-uniform": objectives.kl_to_uniform}
 
@@ -145,7 +149,7 @@ def plan(cfg: TarConfig, view: DefenderView, output_kind: str) -> Plan:
     raw = [math.exp(cfg.decay * (i - k + 1) / k) for i in evaluations]
     tr_loss = cfg.tr_loss
     if tr_loss == "auto":
-        tr_loss = "entropy" if output_kind == "logits" else "dos"
+        tr_loss = AUTO_TR_LOSS.get(view.setting) or ("entropy" if output_kind == "logits" else "dos")
     elif tr_loss in LOGIT_LOSSES and output_kind == "regression":
         tr_loss = "dos"
     retain_passes = (1 + (cfg.rep_scale > 0)) * max(1, cfg.natural_steps)
@@ -211,8 +215,8 @@ class Tar(Defense):
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: TarConfig, *,
               generator: torch.Generator) -> DefenseResult:
-        needs = ("aligned", "aligned_loss") if cfg.tr_loss == "refusal-preference" else ("predictions",)
-        require(view, "tar", *needs)
+        refusal = cfg.tr_loss == "refusal-preference" or (cfg.tr_loss == "auto" and view.setting == "chat")
+        require(view, "tar", *(("aligned", "aligned_loss") if refusal else ("predictions",)))
         if cfg.rep_scale > 0:
             require(view, "tar", "features")
         kind, width = "logits", 0

@@ -145,3 +145,15 @@ def test_loss_curve_reaches_metrics_parquet(tmp_path, cache):
     curve = df[df["phase"] == "defense"]
     assert set(curve["metric"]) == {"tr", "attack", "retain", "rep"}
     assert sorted(set(curve["step"])) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("setting, kind, expected", [("chat", "logits", "refusal-preference"),
+                                                     ("knowledge", "logits", "entropy"),
+                                                     ("classification", "logits", "entropy"),
+                                                     ("generation", "regression", "dos"),
+                                                     (None, "logits", "entropy"), (None, "regression", "dos")])
+def test_auto_tamper_resistance_loss_follows_the_task_setting(setting, kind, expected):
+    from defenses.tar import plan
+
+    view = dataclasses.replace(testing.tiny_view(), setting=setting)
+    assert plan(DEFENSES.get("tar").Config(), view, kind).tr_loss == expected

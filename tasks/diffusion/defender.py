@@ -138,4 +138,5 @@ def defender_view(task: DiffusionInstance) -> DefenderView:
         features=partial(features, task),
         predictions=partial(predictions, task),
         attacker=task.attacker,
+        setting="generation",
     )

@@ -49,6 +49,9 @@ LLAMA_LORA_TARGETS = ("*q_proj", "*k_proj", "*v_proj", "*o_proj", "*gate_proj", 
 class LLMInstance(TaskInstance):
     """A causal LM task over encoded chat data (see the module docstring)."""
 
+    defender_setting = "chat"
+    """:attr:`DefenderView.setting` (a knowledge task overrides it)."""
+
     utility_metric = "benign_nll"
     utility_higher_is_better = False
     output_kind = "logits"
@@ -168,6 +171,7 @@ class LLMInstance(TaskInstance):
             features=self._features if self.feature_modules else None,
             predictions=self._predictions,
             attacker=self.attacker,
+            setting=self.defender_setting,
         )
 
     # -- measurement ---------------------------------------------------------------------------------------------

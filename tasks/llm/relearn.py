@@ -120,6 +120,8 @@ def hazard_facts(count: int) -> dict[str, list[Fact]]:
 class RelearnInstance(LLMInstance):
     """An unlearned model attacked to relearn hazardous facts (see the module docstring)."""
 
+    defender_setting = "knowledge"
+
     def __init__(self, *, harm: LMEvalSuite, harm_probe: LMEvalSuite, harm_metric: str,
                  attack_facts: LMEvalSuite | None = None, **kwargs: Any):
         super().__init__(**kwargs)

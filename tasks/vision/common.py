@@ -167,6 +167,7 @@ class ClassificationInstance(TaskInstance):
             features=self._features if self.feature_modules else None,
             predictions=self._predictions,
             attacker=self.attacker,
+            setting="classification",
         )
 
     # -- measurement ---------------------------------------------------------------------------------------
