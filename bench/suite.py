@@ -106,6 +106,8 @@ def run_suite(
                     finished(records[spec.run_id])
                 else:
                     todo.append(spec)
+            if todo and hasattr(executor, "prestart"):
+                executor.prestart(todo)
             _prepare(todo, session)
             for record in executor.submit(todo):
                 record.family = family_of[record.spec.run_id]

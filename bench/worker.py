@@ -7,7 +7,8 @@ pickle of models. The worker rebuilds the spec (re-validating it), imports the p
 :func:`bench.runner.run`, which writes the run directory itself; a plugin error becomes a ``failed`` run there. A
 worker that dies before writing (``os._exit``, out of memory, a kill) is recorded by the executor instead.
 
-A serving worker (the local executor's) reads its options, then one run per line, from the ``JOBS_FD`` pipe; sends
+A serving worker (the local executor's) reads its options, then one run per line (or a ``warm`` hint: tasks whose
+code to import before its first run), from the ``JOBS_FD`` pipe; sends
 its output (Python's and native code's) to each run's log file while the run lasts; and answers each finished run
 with one line on the ``RESULTS_FD`` pipe. It keeps one :class:`~bench.stages.Session` — imports, tasks and the most
 recent stages in memory — from run to run, and exits when the jobs pipe closes.
@@ -116,6 +117,9 @@ def serve(jobs_fd: int, results_fd: int) -> int:
     session = _session(WorkerOptions.from_json(json.loads(header)), keep_stages=SERVE_STAGES)
     for line in iter(jobs.readline, ""):
         job = json.loads(line)
+        if "warm" in job:  # a hint sent ahead of the runs: import the tasks' code (e.g. diffusers) now
+            _warm(job["warm"])
+            continue
         # The executor created the log (a fresh worker's startup output is already in it): append.
         with output_to(job["log"], os.O_APPEND):
             try:
@@ -125,6 +129,18 @@ def serve(jobs_fd: int, results_fd: int) -> int:
                 raise
         os.write(results_fd, (json.dumps({"run_id": job["run_id"], "status": status}) + "\n").encode())
     return 0
+
+
+def _warm(tasks: list[str]) -> None:
+    """Import the named tasks' plugins, so the first run does not pay for it; a task that fails to load is left for
+    its run to report."""
+    from bench.registry import TASKS
+
+    for name in tasks:
+        try:
+            TASKS.get(name)
+        except Exception:  # noqa: BLE001 - the run that needs it records the error
+            pass
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:

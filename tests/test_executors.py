@@ -205,3 +205,15 @@ def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
     pending = _Pending([short, long_none, long_specdef])
     assert pending.take([long_specdef.stage_key("defended")]) is long_specdef  # as long as long_none: its stage wins
     assert pending.take([]) is long_none and pending.take([]) is short and pending.take([]) is None
+
+
+def test_prestarted_workers_import_the_tasks_and_take_the_runs(bad_plugins):
+    session, options = bad_plugins
+    specs = [_spec(lr) for lr in (1e-2, 1e-3, 1e-4)]
+    with LocalExecutor(session, options, jobs=2) as executor:
+        executor.prestart(specs)
+        assert executor.workers_started == 2
+        records = list(executor.submit(specs))
+        assert all(r.status == "success" for r in records) and executor.workers_started == 2  # no worker added
+    logs = session.results_dir / ".logs"
+    assert {"worker-0.log", "worker-1.log"} <= {p.name for p in logs.iterdir()}  # their startup output

@@ -30,6 +30,9 @@ class Executor(Protocol):
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         """Run every spec; yield each one's record as it finishes."""
 
+    # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
+    # (the local executor starts its workers then, so their startup overlaps the preparation).
+
 
 class InProcessExecutor:
     """Runs specs one after another in this process through ``session`` (stages shared in memory)."""

@@ -61,6 +61,22 @@ class LocalExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def prestart(self, specs: Sequence[RunSpec]) -> None:
+        """Start the workers ``specs`` will need now and have them import their tasks' code, while the caller still
+        prepares (builds or reads) the stages: worker startup overlaps it instead of following it. Their startup
+        output goes to ``.logs/worker-<slot>.log``."""
+        logs = Path(self.options.results_dir) / ".logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        tasks = sorted({spec.task.name for spec in specs})
+        for slot in range(min(self.jobs, len(specs))):
+            with self._lock:
+                if slot in self._workers:
+                    continue
+                worker = _Worker(self.options, self._env(slot), logs / f"worker-{slot}.log")
+                self._workers[slot] = worker
+                self.workers_started += 1
+            worker.warm(tasks)
+
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         pending = _Pending(specs)
         finished: queue.Queue = queue.Queue()
@@ -206,6 +222,10 @@ class _Worker:
         self.stages: list[str] = []
         """The defended stages this worker holds in memory (those of its most recent runs)."""
         self._send(options.to_json())
+
+    def warm(self, tasks: list[str]) -> None:
+        """Have the worker import these tasks' code before its first run (no answer comes back)."""
+        self._send({"warm": tasks})
 
     def held(self, stage: str) -> None:
         self.stages = [*(s for s in self.stages if s != stage), stage][-SERVE_STAGES:]
