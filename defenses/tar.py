@@ -56,8 +56,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses import _objectives as objectives
-from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, clip, endless,
-                               outer_optimizer, require)
+from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip,
+                               endless, outer_optimizer, require)
 
 MAX_INNER_STEPS = 16
 """Cap of the K rule: one outer step stays about 20 passes, so the slowest tiny tiers (diffusion: ~0.5 s per pass on
@@ -236,8 +236,7 @@ class Tar(Defense):
             for step in range(1, p.steps + 1):
                 log.record(step, **trainer.outer_step())
         model.eval()
-        trained = [n for n, m in model.named_modules() if n and next(m.parameters(False), None) is not None]
-        return DefenseResult(model=model, layers=trained,
+        return DefenseResult(model=model, layers=changed_modules(model),
                              info=log.info(inner_attacker={"optimizer": cfg.adversary, "lrs": list(p.lrs),
                                                            "steps": p.inner_steps, "subsample": cfg.subsample,
                                                            "reinit_head": head},

@@ -69,13 +69,8 @@ class LocalExecutor:
         logs.mkdir(parents=True, exist_ok=True)
         tasks = sorted({spec.task.name for spec in specs})
         for slot in range(min(self.jobs, len(specs))):
-            with self._lock:
-                if slot in self._workers:
-                    continue
-                worker = _Worker(self.options, self._env(slot), logs / f"worker-{slot}.log")
-                self._workers[slot] = worker
-                self.workers_started += 1
-            worker.warm(tasks)
+            if slot not in self._workers:
+                self._start(slot, logs / f"worker-{slot}.log").warm(tasks)
 
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         pending = _Pending(specs)
@@ -126,10 +121,7 @@ class LocalExecutor:
         log.write_bytes(b"")  # (an earlier attempt's log goes)
         worker = self._workers.get(slot)
         if worker is None:  # a fresh worker writes its startup into this run's log
-            worker = _Worker(self.options, self._env(slot), log)
-            with self._lock:
-                self._workers[slot] = worker
-                self.workers_started += 1
+            worker = self._start(slot, log)
         deadline = started + self.run_timeout if self.run_timeout else None
         answer = worker.run({"run_id": spec.run_id, "spec": spec.to_json(), "log": str(log)}, deadline, stop)
         if stop.is_set():
@@ -146,6 +138,14 @@ class LocalExecutor:
         code = worker.kill() if answer == TIMED_OUT else worker.reap()
         error = self._death_error(code, answer == TIMED_OUT)
         return self._record_death(spec, error, code, answer == TIMED_OUT, log, started_at, started)
+
+    def _start(self, slot: int, log: Path) -> "_Worker":
+        """A fresh worker for ``slot``, its startup output going to ``log``."""
+        worker = _Worker(self.options, self._env(slot), log)
+        with self._lock:
+            self._workers[slot] = worker
+            self.workers_started += 1
+        return worker
 
     def _env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
