@@ -67,6 +67,7 @@ def _dry_run(sweep_plan, results: str) -> int:
         later += planned.later
     for where, same in sweep_plan.collapsed:
         print(f"collapsed: {where} has the same runs as {same}")
+    print_not_applicable(sweep_plan)
     print(f"\n{len(sweep_plan.suites)} suites; {len(listed)} runs known before any result: "
           f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again); "
           f"results in {results}/")
@@ -74,6 +75,11 @@ def _dry_run(sweep_plan, results: str) -> int:
         print(f"only the first wave is known: up to {later} more run(s) are chosen from its results (full runs at "
               "the LR-search probes' best rates, half-decade refinement around each family's best)")
     return 0
+
+
+def print_not_applicable(sweep_plan) -> None:
+    for where, why in sweep_plan.not_applicable:
+        print(f"not applicable, skipped: {where}: {why}")
 
 
 def _run(sweep_plan, args: argparse.Namespace) -> int:
@@ -114,6 +120,7 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     resumed = sum(r.resumed for r in records)
     print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
           f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
+    print_not_applicable(sweep_plan)
     for planned, err in report.stopped:
         print(f"suite stopped before its runs: {planned.where}: {err}", file=sys.stderr)
     if report.failed:
