@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful, utility_names
+from leaderboard.sources import source_marker
 
 
 def _isnan(value: Any) -> bool:
@@ -94,7 +95,8 @@ def _num(name: str) -> Callable[[pd.Series], float]:
 def columns(board: pd.DataFrame) -> list[Column]:
     """The leaderboard's columns (DESIGN §6), including one retained-utility column per utility metric."""
     cols = [
-        Column("Defense", lambda r: str(r["defense_label"]), lambda r: math.nan, "defense and its non-default config"),
+        Column("Defense", lambda r: str(r["defense_label"]) + source_marker(r.get("source")), lambda r: math.nan,
+               "defense and its non-default config; [submission: NAME] marks results contributed with `bench submit`"),
         Column("Worst-case steps-to-harm", lambda r: fmt_steps(r["worst_median"], bool(r["worst_median_censored"]), r["worst_low"], r["worst_high"]),
                _num("worst_median"), "fewest attacker steps to usable harm over every attack run (median over seeds, [range]); '> B' = not reached within budget B"),
         Column("Best attack", lambda r: str(r["worst_attack"] or "—"), lambda r: math.nan, "the attack config that achieved the worst case"),

@@ -12,6 +12,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="HTML output (default: <results>/leaderboard.html)")
     p.add_argument("--table", metavar="FILE", help="aggregated table, .csv or .parquet (default: <results>/leaderboard.parquet)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")
+    p.add_argument("--submissions", metavar="DIR",
+                   help="folder of submitted results shown too, marked [submission: NAME] (default: "
+                        "leaderboard/submissions of this checkout, when it exists)")
     return p
 
 
@@ -21,11 +24,15 @@ def main(args: argparse.Namespace) -> int:
     from leaderboard.figures import harm_curves, pareto
     from leaderboard.render import html_page, markdown
     from leaderboard.samples import sample_figures
+    from leaderboard.sources import default_submissions_dir
 
     results = Path(args.results)
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
-    data = build(results, official_only=args.official)
+    submissions = Path(args.submissions) if args.submissions else default_submissions_dir()
+    if args.submissions and not submissions.is_dir():
+        raise DataError(f"submissions folder {submissions} does not exist")
+    data = build(results, official_only=args.official, sources=submissions if submissions.is_dir() else None)
     if data.runs.empty:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
