@@ -22,6 +22,13 @@ a tenth to a third of the relearning attacks' 3e-5-1e-4).
 
 Cost per step: a forward-backward on a harmful and a benign batch, plus a forward of the frozen reference (which
 doubles the model's memory).
+
+Measured (tiny tier, seed 0, ``bench run --defense npo --seeds 0``, default suite; training times on a 2-core machine
+under a load of about 7): llm-relearn: 150 steps at lr 3e-5 in 18 s; held-out hazard accuracy 0.31 → 0.17 before
+any attack, retained benign NLL 0.97; worst-case steps-to-harm 30 (``harmful-mix`` at 3e-3; AdamW full fine-tuning
+and the adaptive collapse 35) against 15 undefended (2×); benign fine-tuning does not relearn within 150 steps.
+llm-harmful-qa: 150 steps at lr 1e-4 in 68 s; retained benign NLL 1.00; worst case 20 (full fine-tuning, the
+adaptive collapse and ``harmful-mix`` alike) against 15 (1.3×).
 """
 
 from __future__ import annotations
