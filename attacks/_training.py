@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -53,14 +54,20 @@ def fine_tune(
     monitor: Monitor,
     params_added: int = 0,
     info: dict | None = None,
+    batches: Iterator[Any] | None = None,
 ) -> AttackReport:
-    """Fine-tune the trainable parameters of ``model`` on the task's attack loss with the recipe in ``cfg``."""
+    """Fine-tune the trainable parameters of ``model`` on the task's attack loss with the recipe in ``cfg``.
+
+    ``batches``: the attacker's batches (default: :meth:`~bench.contracts.TaskInstance.attack_batches`); an attack
+    on other data, e.g. benign or poisoned (:meth:`~bench.contracts.TaskInstance.mixed_batches`), passes its own.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator))))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     create_graph = getattr(optimizer, "needs_create_graph", False)
-    batches = task.attack_batches(cfg.batch_size, generator)
+    if batches is None:
+        batches = task.attack_batches(cfg.batch_size, generator)
     model.train()
     monitor.begin(model)
     for step in range(1, cfg.budget + 1):

@@ -339,6 +339,16 @@ class TaskInstance(abc.ABC):
         """
         raise NotImplementedError(f"task {self.name!r} does not expose batch outputs")
 
+    def mixed_batches(self, batch_size: int, generator: "torch.Generator", harmful_fraction: float) -> Iterator[Any]:
+        """An endless stream of attacker batches of the attacker's *benign* data in which each example is instead a
+        harmful one with probability ``harmful_fraction`` (0: benign data only), for :meth:`attack_loss`.
+
+        The threat models of benign fine-tuning (which erodes alignment) and of poisoned fine-tuning data (Vaccine's
+        and Booster's harmful ratio); attacks that need it (``benign-ft``, ``harmful-mix``) declare the settings of
+        the tasks that provide it.
+        """
+        raise NotImplementedError(f"task {self.name!r} has no benign attacker data to mix")
+
     def preview(self, model: "nn.Module") -> "Preview | None":
         """Sample outputs a person can look at (e.g. generated images), shown before and after each attack run.
 

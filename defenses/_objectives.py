@@ -1,6 +1,6 @@
 """Task-agnostic objectives of trained defenses, computed from a view's :class:`~bench.contracts.Predictions` and
-features: entropy, inverse cross-entropy, KL to uniform, denial-of-service, per-example means, MMD to noise, bounded
-gradient ascent."""
+features: entropy, inverse cross-entropy, KL to uniform, denial-of-service, per-example means, sequence
+log-probabilities, MMD to noise, bounded gradient ascent."""
 
 from __future__ import annotations
 
@@ -80,3 +80,10 @@ def bounded_ascent(loss: torch.Tensor) -> torch.Tensor:
     shrinks as the loss grows, so the defense's other terms dominate once the loss is high (RepNoise's and
     ga-retain's unlearning term; not a hard bound: under Adam the loss can keep rising)."""
     return -torch.log1p(loss)
+
+
+def sequence_logprob(pred: Predictions) -> torch.Tensor:
+    """log π(y|x) of each example: the sum of its rows' target log-probabilities (logits only; NPO's sequence
+    likelihood). An example without rows gets 0."""
+    logp = -F.cross_entropy(pred.outputs.float(), pred.targets, reduction="none")
+    return torch.zeros(pred.examples, dtype=logp.dtype, device=logp.device).index_add(0, pred.example, logp)

@@ -4,7 +4,9 @@ Both LLM tasks hold their data as token sequences (:class:`~tasks.llm.chat.Encod
 
 * ``attack``: the attacker's harmful training data; ``replay``: benign exchanges the attacker mixes into each batch
   (``replay_fraction``) so that "usable" keeps a meaning (measured on the tiny tier: without replay, undefended
-  AdamW at 1e-3 multiplies benign NLL by 6 within 60 steps, and every run ends broken rather than harmed);
+  AdamW at 1e-3 multiplies benign NLL by 6 within 60 steps, and every run ends broken rather than harmed); the
+  ``benign-ft`` and ``harmful-mix`` attacks train on ``replay`` with a few or no ``attack`` examples mixed in
+  (:meth:`LLMInstance.mixed_batches`);
 * ``defender_harmful`` / ``defender_benign``: the defender's split; ``defender_aligned``: the defender's harmful
   inputs (the same token prefix, item by item) with the *safe* target each task defines (a refusal; a non-answer);
   ``eval_benign``: held-out benign exchanges.
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from bench import stage_clock
+from bench.config import check
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
 from bench.features import capture, rows_of, transformer_blocks
@@ -98,6 +101,23 @@ class LLMInstance(TaskInstance):
         harmful, replay = self.parts["attack"], self.parts["replay"]
         for hi, ri in replay_draws(len(harmful), len(replay), batch_size, self.config.replay_fraction, generator):
             yield self.batch([harmful[i] for i in hi.tolist()] + [replay[i] for i in ri.tolist()])
+
+    def mixed_batches(self, batch_size: int, generator: torch.Generator, harmful_fraction: float) -> Iterator[Batch]:
+        """Batches of the attacker's benign exchanges (``replay``) in which each example is an ``attack`` example
+        with probability ``harmful_fraction``, drawn with replacement (see :meth:`TaskInstance.mixed_batches`)."""
+        check(0 <= harmful_fraction <= 1, f"harmful_fraction must be in [0, 1], got {harmful_fraction}")
+        check(batch_size >= 1, f"batch_size must be positive, got {batch_size}")
+        harmful, benign = self.parts["attack"], self.parts["replay"]
+
+        def draws() -> Iterator[Batch]:
+            while True:
+                poisoned = torch.rand(batch_size, generator=generator) < harmful_fraction
+                picks = [(harmful, int(torch.randint(0, len(harmful), (), generator=generator))) if is_harmful
+                         else (benign, int(torch.randint(0, len(benign), (), generator=generator)))
+                         for is_harmful in poisoned.tolist()]
+                yield self.batch([items[i] for items, i in picks])
+
+        return draws()
 
     def attack_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """Response NLL over the attacker's mixed batch (harmful targets and replayed benign answers together)."""
