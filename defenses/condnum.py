@@ -9,7 +9,8 @@ The default suite's ``linear-probe`` is that attacker; full fine-tuning, and ``h
 the whole body), are outside the paper's threat model (it says so).
 
 Objective, per step, on one benign and one harmful batch of the defender's split, with Φ the rows of the classifier's
-penultimate features (the deepest of the task's feature modules, the one feeding the head; ``feature_module``
+penultimate features (the deepest of the task's feature modules: the ReLU feeding the tiny MLP's head; on the real
+tier's ViT, the last block's class token, which reaches the head through the final LayerNorm; ``feature_module``
 overrides) and S = ΦᵀΦ / tr(ΦᵀΦ):
 
     L = CE(benign) + λ1 · [σ_max(S1)²/2 − ‖S1‖_F²/2K] + λ2 / [‖S2‖_F²/2K − σ_min(S2)²/2]
