@@ -186,3 +186,26 @@ def test_failed_real_run_records_the_data_error(tmp_path, fixtures):
                      task_args={"dataset": str(tmp_path / "missing"), **FAST}, attack_args={"lr": 1e-3})
     result = run(spec, Session(results_dir=tmp_path / "res", cache=Cache(tmp_path / "cache")))
     assert result.status == "failed" and result.error.startswith("DataError: dataset folder")
+
+
+def test_classifier_plugins_on_the_vit(fixtures, tmp_path):
+    """condnum conditions the last block's class token; the head attacks find the ViT's head by structure."""
+    import copy
+
+    from attacks._head import find_head
+    from bench.registry import ATTACKS, DEFENSES
+    from bench.testing import RecordingMonitor
+
+    model, folder = fixtures
+    task = build(model, folder, tmp_path)
+    assert find_head(task.model, task, "linear-probe", torch.Generator().manual_seed(0)) == "classifier"
+    condnum = DEFENSES.get("condnum")
+    result = condnum().apply(copy.deepcopy(task.model), task.defender_view(), condnum.Config(steps=2),
+                             generator=torch.Generator().manual_seed(0))
+    assert result.info["feature_module"] == task.feature_modules[-1] and len(result.curve) == 2
+    for name in ("linear-probe", "head-reinit"):
+        cls = ATTACKS.get(name)
+        monitor = RecordingMonitor(budget=2, stop_at=2)
+        report = cls().run(copy.deepcopy(result.model), task, cls.Config(budget=2, batch_size=4, eval_every=1),
+                           generator=torch.Generator().manual_seed(0), monitor=monitor)
+        assert report.info["head"] == "classifier" and len(monitor.calls) == 3  # begin, then 2 steps

@@ -113,6 +113,13 @@ class VisionDigits(Task):
             sweep("full-ft", {"optimizer": "muon"}, decades(-1, -10), "muon"),
             sweep("full-ft", {"optimizer": "adahessian"}, decades(0, -10), "adahessian"),
             sweep("lora", {"optimizer": "adam"}, decades(-1, -10), "lora"),
+            # The attackers of the classifier-specific defenses' threat models (condnum: linear probing; MLAC: a
+            # re-initialised head), each over 4 decades (+ refinement) rather than 10: they add runs to every
+            # defense and seed, and the wide grids of the families above already find rescaled learning rates.
+            # The decades are where undefended Adam harms fastest on the tiny tier (measured, budget 500): the
+            # probe at 0.1-0.3 (a head alone tolerates large steps), the re-initialised head at 1e-2-1e-3.
+            AttackSweep("linear-probe", {"optimizer": "adam"}, decades(0, -3), family="linear-probe", search="grid"),
+            AttackSweep("head-reinit", {"optimizer": "adam"}, decades(-1, -4), family="head-reinit", search="grid"),
             # white-box (defense-aware) families
             sweep("lora", {"optimizer": "adam", "targets": "all-linear", "factors": "first"}, adaptive, "lora-no-comp"),
             sweep("adaptive-collapse", {"optimizer": "adam"}, adaptive, "collapse"),
