@@ -65,8 +65,8 @@ def short_label(label: str, limit: int = 32, link: str | None = None) -> str:
 
 
 def page(title: str, body: str, *, nav: Sequence[tuple[str, str]], current: str = "", footer: str = "") -> str:
-    """A complete page: the navigation bar (``nav``: (label, file) pairs), ``body`` (HTML), the site's stylesheet and
-    script (local files: nothing is fetched from the network)."""
+    """A complete page: the navigation bar (``nav``: (label, file) pairs), ``body`` and ``footer`` (HTML, already
+    escaped by the caller), the site's stylesheet and script (local files: nothing is fetched from the network)."""
     links = "".join(f"<a href='{href(file)}'{' aria-current=page' if file == current else ''}>{esc(label)}</a>"
                     for label, file in nav)
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"

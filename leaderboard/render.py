@@ -13,8 +13,7 @@ import pandas as pd
 
 from bench.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful
-from leaderboard.formats import (cell_text, fmt_float, fmt_fraction, fmt_ratio, fmt_seconds, fmt_steps,  # noqa: F401
-                                 isnan, ratio_text, sort_value)
+from leaderboard.formats import cell_text, isnan, sort_value
 from leaderboard.schema import Schema, Table, load_schema
 
 def released_note(group: pd.DataFrame) -> str | None:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.images import stack_pngs
 from bench.runner import SAMPLES_PNG
-from leaderboard.render import fmt_steps
+from leaderboard.formats import fmt_steps
 
 
 def samples_sheets(results_dir: str | Path, seeds: pd.DataFrame, out_dir: str | Path | None = None) -> list[Path]:

@@ -77,8 +77,10 @@ class Table:
     """The columns, initial order and plots of one table."""
 
     columns: tuple[Column, ...]
+    """In display order; a column whose key the board lacks is skipped."""
     sort: Sort
     plots: tuple[str, ...] = ()
+    """Figures shown under the table (names from :data:`PLOTS`)."""
     primary_utility: str | None = None
     """The task's main utility metric: its ``{utility}`` columns stay unfolded, the others fold. None: the first
     metric by name."""

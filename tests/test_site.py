@@ -154,6 +154,19 @@ def test_other_formats_and_the_default_folder(results_dir, tmp_path, capsys):
     assert "--format html --out DIR" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("ratios, expected", [
+    ([(2.0, False, False), (4.0, True, False)], (2.0, False, False)),  # ≥ 4 cannot be below 2
+    ([(2.0, True, False), (4.0, True, False)], (2.0, True, False)),    # both bounds: the minimum is ≥ 2
+    ([(1.5, True, False), (2.0, False, False)], (1.5, True, False)),   # somewhere in [1.5, 2]: at least 1.5
+    ([(0.5, False, True), (4.0, True, False)], (0.5, False, True)),    # ≤ 0.5 decides
+    ([(3.0, True, True)], (0.0, True, True)),                          # undetermined stays undetermined
+])
+def test_the_overview_ranks_by_the_worst_censored_ratio(ratios, expected):
+    from leaderboard.overview import worst_ratio
+
+    assert worst_ratio(ratios) == expected
+
+
 # --- the site in a real browser -------------------------------------------------------------------------------
 
 class Chromium:
