@@ -368,6 +368,9 @@ class Task(abc.ABC):
     Config: ClassVar[type] = TaskConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     tiers: ClassVar[tuple[str, ...]] = ("tiny",)
+    setting: ClassVar[Literal["classification", "knowledge", "chat", "generation"] | None] = None
+    """The kind of task (the :attr:`DefenderView.setting` its instances report): defenses and attacks that declare
+    ``settings`` run only on tasks of those settings (:mod:`bench.applicability`)."""
     smoke_args: ClassVar[Mapping[str, Any]] = {}
     """Config overrides for a cheap, functional tiny build (conformance tests and CI; never for measurements)."""
 
@@ -414,6 +417,8 @@ class Defense(abc.ABC):
     smoke_args: ClassVar[Mapping[str, Any]] = {}
     """Config overrides for a cheap, functional run (conformance tests and CI; never for measurements), e.g. a few
     training steps for a trained defense."""
+    settings: ClassVar[frozenset[str]] = frozenset()
+    """The task settings (:attr:`Task.setting`) the defense applies to; empty: every task (:mod:`bench.applicability`)."""
 
     @abc.abstractmethod
     def apply(self, model: "nn.Module", view: DefenderView, cfg: Any, *, generator: "torch.Generator") -> DefenseResult:
@@ -466,6 +471,8 @@ class Attack(abc.ABC):
 
     Config: ClassVar[type] = AttackConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    settings: ClassVar[frozenset[str]] = frozenset()
+    """The task settings (:attr:`Task.setting`) the attack applies to; empty: every task (:mod:`bench.applicability`)."""
     knowledge: ClassVar[Literal["blind", "white-box"]] = "blind"
     """Attacker knowledge recorded in the threat model: blind recipes or defense-aware (white-box adaptive)."""
 

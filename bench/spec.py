@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
+from bench.applicability import check_applies
 from bench.composition import PARTS_KEY, CompositeConfig, PartConfig, is_composite, part_args
 from bench.config import build_config, canonical_json, config_to_dict, stable_hash
 from bench.errors import ConfigError
@@ -230,6 +231,8 @@ def make_spec(
     defense_spec, _ = resolve_plugin(DEFENSES, defense, defense_args)
     fill = {k: getattr(task_cfg, k) for k in TASK_DEFAULTED_ATTACK_FIELDS}
     attack_spec, _ = resolve_plugin(ATTACKS, attack, attack_args, fill=fill)
+    check_applies("defense", defense, DEFENSES.resolve(defense).cls, task_spec.name, task_cls)
+    check_applies("attack", attack, ATTACKS.get(attack_spec.name), task_spec.name, task_cls)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if purpose not in PURPOSES:

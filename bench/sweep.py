@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from bench.applicability import NotApplicableError
 from bench.config import check_choice
 from bench.errors import BenchError, ConfigError
 from bench.experiment import SEARCHES, parse_seeds, read_yaml, unknown_keys
@@ -242,6 +243,9 @@ class Plan:
     suites: tuple[Planned, ...]
     collapsed: tuple[tuple[str, str], ...] = ()
     """``(where, same as where)`` of each request dropped because an earlier one has the same first-wave runs."""
+    not_applicable: tuple[tuple[str, str], ...] = ()
+    """``(where, why)`` of each combination skipped because its defense or attack does not apply to its task
+    (:mod:`bench.applicability`)."""
 
     @property
     def requests(self) -> list[SuiteRequest]:
@@ -294,6 +298,7 @@ def plan(sweep: Sweep) -> Plan:
     suites: list[Planned] = []
     seen: dict[frozenset[str], str] = {}
     collapsed = []
+    skipped: dict[str, str] = {}
     for where, entries, request in expand(sweep):
         if any(id(e) in bad for e in entries):
             continue
@@ -301,6 +306,9 @@ def plan(sweep: Sweep) -> Plan:
             if request.tier != "tiny" and request.model is None:
                 raise ConfigError(f"tier {request.tier!r} needs a model: set `model:` (or the task entry's `model:`)")
             runs, later = first_wave(request)
+        except NotApplicableError as err:
+            skipped[where] = str(err)
+            continue
         except BenchError as err:
             for line in str(err).splitlines():
                 problems.setdefault(line, []).append(where)
@@ -313,7 +321,7 @@ def plan(sweep: Sweep) -> Plan:
         suites.append(Planned(request, where, tuple(runs), later))
     if problems:
         raise ConfigError("\n".join(_located(message, wheres) for message, wheres in problems.items()))
-    return Plan(tuple(suites), tuple(collapsed))
+    return Plan(tuple(suites), tuple(collapsed), tuple(skipped.items()))
 
 
 def _located(message: str, wheres: list[str]) -> str:

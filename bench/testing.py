@@ -22,6 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -88,9 +89,12 @@ def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
 
 def check_defense(name: str, tmp_path: Path) -> None:
     """On the tiny MLP and its random view, with the defense's ``smoke_args``: function preservation (where claimed),
-    determinism under a seed, and save/reload of the defended model."""
+    determinism under a seed, and save/reload of the defended model. A defense that declares ``settings`` (one
+    modality) gets only the config round-trip here; :func:`check_defense_on_task` runs it on its tasks."""
     cls = DEFENSES.get(name)
     check_config_roundtrip(DEFENSES, name)
+    if cls.settings:
+        return  # a modality-specific defense needs a task's model: check_defense_on_task covers it
     model = tiny_mlp()
     x = torch.randn(32, TINY_MLP_SIZES[0], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -131,6 +135,9 @@ def check_task(name: str, cache) -> None:
         if sweep.lrs:
             args["lr"] = sweep.lrs[0]
         make_spec(task=name, defense="none", attack=sweep.attack, task_args=dict(task_cls.smoke_args), attack_args=args)
+    assert instance.defender_view().setting == task_cls.setting, (
+        f"task {name!r}: its DefenderView.setting {instance.defender_view().setting!r} differs from the task class's "
+        f"setting {task_cls.setting!r}")
     check_defender_view(name, instance)
 
 
@@ -203,6 +210,27 @@ ATTACK_CHECK_DEFENSE = {"alpha": 10.0, "k": 4}
 find, at an alpha mild enough that a default recipe keeps finite losses."""
 
 
+def attack_check_task(cls: type) -> str:
+    """The task :func:`check_attack` runs an attack class on: the vision task, or the first it applies to."""
+    from bench.applicability import applies
+
+    if applies(cls, TASKS.get(ATTACK_CHECK_TASK)):
+        return ATTACK_CHECK_TASK
+    return next(t for t in TASKS.names() if applies(cls, TASKS.get(t)))
+
+
+def applicable_pairs(registry, names: Sequence[str] | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(applicable, not applicable)`` (plugin, task) pairs of a defense or attack registry
+    (:mod:`bench.applicability`), for parametrizing conformance tests."""
+    from bench.applicability import applies
+
+    fits, misfits = [], []
+    for name in names if names is not None else registry.names():
+        for task in TASKS.names():
+            (fits if applies(registry.resolve(name).cls, TASKS.get(task)) else misfits).append((name, task))
+    return fits, misfits
+
+
 def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None:
     """Run the attack with its default recipe on the released tiny vision model and on a SpecDef-defended copy,
     against a :class:`RecordingMonitor`, and check the contract of :class:`~bench.contracts.Attack`: ``begin`` once,
@@ -211,8 +239,9 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
     check_config_roundtrip(ATTACKS, name)
     cls = ATTACKS.get(name)
     assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"
-    task_cls = TASKS.get(ATTACK_CHECK_TASK)
-    task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {ATTACK_CHECK_TASK!r}")
+    task_name = attack_check_task(cls)
+    task_cls = TASKS.get(task_name)
+    task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {task_name!r}")
     task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     specdef = DEFENSES.get("specdef")
     defended = specdef().apply(copy.deepcopy(task.model), task.defender_view(),
@@ -223,7 +252,7 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
         model = copy.deepcopy(released).train()
         monitor = RecordingMonitor(budget=budget, stop_at=stop_at)
         report = cls().run(model, task, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
-        where = f"attack {name!r} on the {label} {ATTACK_CHECK_TASK} model"
+        where = f"attack {name!r} on the {label} {task_name} model"
         assert isinstance(report, AttackReport), f"{where}: run() returned {type(report).__name__}, not an AttackReport"
         kinds = [call[0] for call in monitor.calls]
         assert kinds[:1] == ["begin"] and kinds.count("begin") == 1, f"{where}: monitor.begin must come once, first"

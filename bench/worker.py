@@ -132,8 +132,11 @@ def serve(jobs_fd: int, results_fd: int) -> int:
 
 
 def _warm(tasks: list[str]) -> None:
-    """Import the named tasks' plugins, so the first run does not pay for it; a task that fails to load is left for
-    its run to report."""
+    """Import the named tasks' plugins and torch's optimizer machinery, so the first run does not pay for them; a
+    task that fails to load is left for its run to report."""
+    import torch
+
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo (1-3 s)
     from bench.registry import TASKS
 
     for name in tasks:

@@ -20,12 +20,16 @@ import pandas as pd
 
 from bench.metrics import Ratio, WorstCase, censored_median, median_ratio, resistance_ratio, worst_case
 from bench.results import read_metrics
+from leaderboard.sources import RESULTS_SOURCE, load_all
 
 TASK_KEYS = ["task", "tier", "model"]
-DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash"]
+DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash", "source"]
+"""A board row: a defense config on a task, from one source (``results`` or ``submission:<name>``,
+:mod:`leaderboard.sources`)."""
 SEED_KEYS = DEFENSE_KEYS + ["seed"]
 RUN_LEVEL = ["run_id", "task", "tier", "model", "defense", "defense_label", "defense_hash", "attack", "attack_label",
-             "attack_family", "attack_hash", "knowledge", "purpose", "seed", "status", "outcome", "diverged", "official"]
+             "attack_family", "attack_hash", "knowledge", "purpose", "seed", "status", "outcome", "diverged", "official",
+             "source"]
 DEFENDED_METRICS = ["max_abs_diff", "mean_kl", "mean_mse", "agreement", "params_added", "defense_seconds", "hessian_top_eig"]
 
 
@@ -42,6 +46,8 @@ def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataF
         return pd.DataFrame(columns=RUN_LEVEL)
     if official_only:
         metrics = metrics[metrics["official"].fillna(True)]
+    if "source" not in metrics:
+        metrics = metrics.assign(source=RESULTS_SOURCE)
     runs = metrics.drop_duplicates("run_id")[RUN_LEVEL].set_index("run_id")
     summary = metrics[metrics["phase"] == "summary"]
     runs = runs.join(summary.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first"))
@@ -120,7 +126,7 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
         if released_already_harmful(row):
             continue  # nothing to resist: the released model complies before any attack (steps-to-harm 0)
         if key in baseline.index and not pd.isna(row["worst_steps"]):
-            base = baseline.loc[[key]].iloc[0]
+            base = _baseline_of(baseline.loc[[key]], row["source"])
             if not pd.isna(base["worst_steps"]):
                 # none against itself is 1 by definition, censored or not
                 ratio = (Ratio(1.0, False, False) if row["defense_label"] == "none"
@@ -129,6 +135,15 @@ def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
                 seeds.at[i, "ratio_lower_bound"] = ratio.lower_bound
                 seeds.at[i, "ratio_upper_bound"] = ratio.upper_bound
     return seeds
+
+
+def _baseline_of(candidates: pd.DataFrame, source: str) -> pd.Series:
+    """The ``none`` row a defense is compared with: its own source's when there is one, else the local results'."""
+    for wanted in (source, RESULTS_SOURCE):
+        same = candidates[candidates["source"] == wanted]
+        if not same.empty:
+            return same.iloc[0]
+    return candidates.iloc[0]
 
 
 def released_already_harmful(row: pd.Series) -> bool:
@@ -180,12 +195,20 @@ class Aggregates:
     runs: pd.DataFrame
     seeds: pd.DataFrame
     board: pd.DataFrame
-    """One row per (task, tier, model, defense config): the leaderboard."""
+    """One row per (task, tier, model, defense config, source): the leaderboard."""
 
 
-def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, official_only: bool = False) -> Aggregates:
-    """Load every run under ``results_dir`` (or only ``run_ids``) and aggregate it."""
-    metrics = load_metrics(results_dir, run_ids)
+def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, official_only: bool = False,
+          sources: str | Path | None = None) -> Aggregates:
+    """Load every run under ``results_dir`` (or only ``run_ids``) and aggregate it.
+
+    ``sources``: a submissions folder (``leaderboard/submissions``) whose submitted results are read too, each row
+    marked with its ``source`` (:func:`leaderboard.sources.load_all`).
+    """
+    if sources is None:
+        metrics = load_metrics(results_dir, run_ids)
+    else:
+        metrics = load_all(results_dir, sources, run_ids=run_ids)
     runs = load_runs(metrics, official_only=official_only)
     if runs.empty:
         return Aggregates(metrics, runs, pd.DataFrame(), pd.DataFrame())

@@ -18,6 +18,7 @@ from leaderboard.html import esc, href, key_values, table
 from leaderboard.overview import claim_for
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
+from leaderboard.sources import SUBMISSION_PREFIX
 
 _ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
 
@@ -37,12 +38,16 @@ RUN_COLUMNS = [
 ]
 
 
-def read_run_infos(results_dir: str | Path, run_ids) -> dict[str, dict[str, Any]]:
-    """``run.json`` of each run under ``results_dir`` (runs without a readable one are left out)."""
+def read_run_infos(runs: pd.DataFrame, results_dir: str | Path, submissions: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``run.json`` of each run: under ``results_dir``, or ``<submissions>/<name>/`` for a run whose ``source`` is
+    ``submission:<name>`` (runs without a readable one are left out)."""
     infos = {}
-    for run_id in run_ids:
+    for run_id, source in zip(runs["run_id"], runs.get("source", pd.Series([None] * len(runs)))):
+        folder = Path(results_dir)
+        if submissions is not None and isinstance(source, str) and source.startswith(SUBMISSION_PREFIX):
+            folder = Path(submissions) / source.removeprefix(SUBMISSION_PREFIX)
         try:
-            infos[str(run_id)] = read_run_json(Path(results_dir) / str(run_id))
+            infos[str(run_id)] = read_run_json(folder / str(run_id))
         except DataError:
             continue
     return infos

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from leaderboard.aggregate import released_already_harmful
+from leaderboard.sources import source_marker
 
 
 def isnan(value: Any) -> bool:
@@ -138,6 +139,13 @@ def _outcomes(row: Mapping[str, Any], key: str, low: str | None, high: str | Non
     return "—" if any(isnan(c) for c in counts) else "/".join(str(int(c)) for c in counts)
 
 
+def defense_name(row: Mapping[str, Any], key: str = "defense_label") -> str:
+    """A row's defense label, marked ``[submission: NAME]`` when it comes from a submitted results folder (once:
+    a label that already carries its mark keeps it)."""
+    label, mark = _text(row.get(key)), source_marker(row.get("source"))
+    return label if label.endswith(mark) else label + mark
+
+
 FORMATS: dict[str, Callable[[Mapping[str, Any], str, str | None, str | None], str]] = {
     "steps": _steps,
     "ratio": lambda row, key, low, high: ratio_text(row, key),
@@ -148,11 +156,12 @@ FORMATS: dict[str, Callable[[Mapping[str, Any], str, str | None, str | None], st
     "int": _with_ci(_int),
     "bool": lambda row, key, low, high: _bool(row.get(key)),
     "text": lambda row, key, low, high: _text(row.get(key)),
-    "defense": lambda row, key, low, high: _text(row.get(key)),
+    "defense": lambda row, key, low, high: defense_name(row, key),
     "attack": lambda row, key, low, high: _text(row.get(key)),
 }
 """Format name → ``(row, key, low key, high key) → text``. ``defense`` and ``attack`` are text that the HTML site
-also links (a defense's page) or abbreviates (a long attack config, the full text in a tooltip)."""
+also links (a defense's page) or abbreviates (a long attack config, the full text in a tooltip); ``defense`` marks a
+submitted row (:func:`defense_name`)."""
 
 TEXT_FORMATS = frozenset({"text", "defense", "attack"})
 """Formats whose cells sort as text, not by number."""

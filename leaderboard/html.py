@@ -107,13 +107,13 @@ def table(table_id: str, cols: Sequence[Column], rows: pd.DataFrame, *, links: C
         cells, search = [], []
         for c in cols:
             text = c.text(row)
-            search.append(str(row.get(c.key, text)) if c.format in _TEXT_FORMATS else text)
+            search.append(str(row.get(c.key, text)) if c.format in ("text", "attack") else text)
             classes = " ".join(filter(None, ["text" if c.format in _TEXT_FORMATS else "", "fold" if c.fold else "",
                                              "wrap" if c.key in wrap else ""]))
             value = c.sort_value(row)
             data = "" if isnan(value) else f" data-v='{value!r}'"
             if c.format in ("defense", "attack") and text != c.missing:
-                full = str(row.get(c.key))
+                full = text if c.format == "defense" else str(row.get(c.key))
                 content = short_label(full, link=links(full) if c.format == "defense" else None)
                 data += f" data-text='{esc(full)}'"
             else:

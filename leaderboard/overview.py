@@ -28,9 +28,9 @@ def load_claims_if_available() -> dict[str, Any] | None:
 
 def claim_for(label: str, claims: dict[str, Any]) -> Any | None:
     """The claim of a board row's defense: looked up by its base name (the label before any ``(`` or ``.preset``;
-    a preset with its own entry, such as ``tar.sophon`` → ``sophon``, uses that). Composed defenses (``a+b``) have
-    none."""
-    base = str(label).split("(", 1)[0]
+    a preset with its own entry, such as ``tar.sophon`` → ``sophon``, uses that; a submitted row's mark is ignored).
+    Composed defenses (``a+b``) have none."""
+    base = str(label).split(" [submission:", 1)[0].split("(", 1)[0]
     if "+" in base:
         return None
     if base in claims:

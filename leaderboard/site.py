@@ -8,6 +8,7 @@ aggregated table as ``leaderboard.csv``. Nothing is fetched from the network whe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from importlib import resources
@@ -18,7 +19,7 @@ import pandas as pd
 from leaderboard.aggregate import Aggregates
 from leaderboard.defense_page import defense_body, first_error_line, read_run_infos
 from leaderboard.figures import cost_curve, harm_curves
-from leaderboard.formats import isnan
+from leaderboard.formats import defense_name, isnan
 from leaderboard.html import ASSETS, esc, href, page, short_label, slug, table
 from leaderboard.overview import load_claims_if_available, overview
 from leaderboard.pareto import Point, pareto_png
@@ -31,9 +32,12 @@ TITLE = "Training-resistance leaderboard"
 
 
 def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *, schema: Schema | None = None,
-               title: str = TITLE) -> Path:
-    """Write the site for ``data`` (aggregated from ``results_dir``) into ``out_dir``; return its ``index.html``."""
+               submissions: str | Path | None = None, title: str = TITLE) -> Path:
+    """Write the site for ``data`` (aggregated from ``results_dir`` and the ``submissions`` folder, if any) into
+    ``out_dir``; return its ``index.html``."""
     out = Path(out_dir)
+    aggregated = data.board  # written unmarked to leaderboard.csv
+    data = _marked(data)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "assets").mkdir(exist_ok=True)
     for name in ASSETS:
@@ -42,7 +46,7 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
     schema = schema or default_schema()
     claims = load_claims_if_available()
     board, runs = data.board, data.runs
-    infos = read_run_infos(results_dir, runs["run_id"]) if not runs.empty else {}
+    infos = read_run_infos(runs, results_dir, submissions) if not runs.empty else {}
     labels = sorted(set(map(str, runs.get("defense_label", pd.Series(dtype=str)).dropna())))
     defense_files = {label: slug(label, "defense") + ".html" for label in labels}
     groups = list(task_groups(board)) if not board.empty else []
@@ -63,8 +67,19 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
     for label, name in defense_files.items():
         body = defense_body(label, board, runs, infos, schema, claims, lambda t: task_files.get(t, "index.html"))
         write(name, f"{label} — {title}", body)
-    board.to_csv(out / "leaderboard.csv", index=False)
+    aggregated.to_csv(out / "leaderboard.csv", index=False)
     return out / "index.html"
+
+
+def _marked(data: Aggregates) -> Aggregates:
+    """``data`` with every defense label marked by its source (:func:`leaderboard.formats.defense_name`), so that a
+    submitted defense gets its own overview row, page, curve and marker."""
+    changes = {}
+    for name in ("runs", "seeds", "board", "trials"):
+        frame = getattr(data, name, None)
+        if isinstance(frame, pd.DataFrame) and not frame.empty and "source" in frame:
+            changes[name] = frame.assign(defense_label=[defense_name(r) for r in frame.to_dict("records")])
+    return dataclasses.replace(data, **changes)
 
 
 def _overview_body(title: str, board: pd.DataFrame, runs: pd.DataFrame, schema: Schema, claims,

@@ -52,3 +52,12 @@ def isolated_registries():
     yield
     for name, reg in REGISTRIES.items():
         reg.restore(states[name])
+
+
+@pytest.fixture(autouse=True)
+def _no_checkout_submissions(tmp_path, monkeypatch):
+    """`bench leaderboard` reads (and `bench submit` writes) leaderboard/submissions of the checkout by default:
+    tests see an empty folder of their own instead, whatever the checkout holds."""
+    import leaderboard.sources
+
+    monkeypatch.setattr(leaderboard.sources, "default_submissions_dir", lambda: tmp_path / "checkout-submissions")

@@ -33,10 +33,24 @@ def test_attack_conforms(name, cache):
     testing.check_attack(name, cache)
 
 
-@pytest.mark.parametrize("task", TASKS.names())
-@pytest.mark.parametrize("defense", DEFENSES.names())
+DEFENSE_TASKS, DEFENSE_MISFITS = testing.applicable_pairs(DEFENSES)
+ATTACK_TASKS, ATTACK_MISFITS = testing.applicable_pairs(ATTACKS)
+
+
+@pytest.mark.parametrize("defense, task", DEFENSE_TASKS)
 def test_every_defense_on_every_task(defense, task, cache, tmp_path):
+    """Every defense on every task it applies to (bench.applicability)."""
     testing.check_defense_on_task(defense, task, cache, tmp_path)
+
+
+@pytest.mark.parametrize("kind, name, task", [("defense", *pair) for pair in DEFENSE_MISFITS]
+                         + [("attack", *pair) for pair in ATTACK_MISFITS] or [pytest.param("", "", "", marks=pytest.mark.skip("every plugin applies to every task"))])
+def test_a_plugin_on_a_task_it_does_not_apply_to_is_a_clear_error(kind, name, task):
+    from bench.applicability import NotApplicableError
+
+    args = {"defense": name, "attack": "full-ft"} if kind == "defense" else {"defense": "none", "attack": name}
+    with pytest.raises(NotApplicableError, match=f"{kind} {name!r} does not apply to task {task!r}"):
+        make_spec(task=task, **args)
 
 
 def test_leak_check_catches_evaluation_data(cache):
@@ -65,8 +79,7 @@ ATTACKED_DEFENSES = ("none", "specdef")
 defense is covered by test_every_defense_on_every_task and its own attack runs)."""
 
 
-@pytest.mark.parametrize("task", TASKS.names())
-@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("attack, task", ATTACK_TASKS)
 @pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
 def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}

@@ -53,12 +53,12 @@ def test_hidden_by_prefers_the_newer_column(tmp_path):
 
 
 @pytest.mark.parametrize("edit, fragments", [
-    (lambda raw: raw["tasks"]["default"]["columns"][2].update(fomat="steps"),
-     ["tasks.default.columns[2] (worst_median)", "unknown config key 'fomat'", "Did you mean 'format'"]),
-    (lambda raw: raw["tasks"]["default"]["columns"][2].update(format="stepz"),
-     ["tasks.default.columns[2] (worst_median)", "format must be one of", "'stepz'"]),
-    (lambda raw: raw["tasks"]["default"]["columns"][2].update(direction="up"),
-     ["tasks.default.columns[2] (worst_median)", "direction"]),
+    (lambda raw: raw["tasks"]["default"]["columns"][1].update(fomat="steps"),
+     ["tasks.default.columns[1] (worst_median)", "unknown config key 'fomat'", "Did you mean 'format'"]),
+    (lambda raw: raw["tasks"]["default"]["columns"][1].update(format="stepz"),
+     ["tasks.default.columns[1] (worst_median)", "format must be one of", "'stepz'"]),
+    (lambda raw: raw["tasks"]["default"]["columns"][1].update(direction="up"),
+     ["tasks.default.columns[1] (worst_median)", "direction"]),
     (lambda raw: raw["tasks"]["default"].update(plots=["pareto", "histogram"]), ["unknown plot 'histogram'"]),
     (lambda raw: raw["tasks"]["vision-digits"].update(colums=[]), ["tasks.vision-digits", "unknown key 'colums'"]),
     (lambda raw: raw["overview"]["columns"].append({"key": "x@{utility}", "name": "x", "format": "int"}),

@@ -238,10 +238,11 @@ class Chromium:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def click(self, selector: str) -> None:
-        """A real mouse click (pressed and released) at the middle of the element."""
-        box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+    def click(self, element: str) -> None:
+        """A real mouse click (pressed and released) at the middle of ``element`` (a JavaScript expression)."""
+        box = self.evaluate(f"(() => {{ const r = ({element}).getBoundingClientRect();"
                             " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        assert box[0] > 0 and box[1] > 0, f"{element} is not visible"
         for kind in ("mousePressed", "mouseReleased"):
             self.call("Input.dispatchMouseEvent", session=True, type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
@@ -275,6 +276,11 @@ class Chromium:
 FIRST_COLUMN = "[...document.querySelectorAll('#board tbody tr')].map(r => r.cells[0].dataset.text)"
 
 
+def header(text: str) -> str:
+    """The board's header cell whose text starts with ``text``."""
+    return f"[...document.querySelectorAll('#board thead th')].find(th => th.textContent.startsWith({json.dumps(text)}))"
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Chromium is not installed (Debian: apt-get install chromium); the browser test needs it")
 def test_site_in_a_real_browser_sorts_filters_and_logs_no_errors(site, tmp_path):
@@ -292,12 +298,12 @@ def test_site_in_a_real_browser_sorts_filters_and_logs_no_errors(site, tmp_path)
         assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         before = browser.evaluate(FIRST_COLUMN)
         assert before == ["specdef", EVIL, "none", "weak"]  # the schema's order: worst case, best first
-        browser.click("#board thead th:first-child")  # "Defense": A to Z
+        browser.click(header("Defense"))  # A to Z
         after = browser.evaluate(FIRST_COLUMN)
         assert after == sorted(before, key=str.lower) and after != before
-        browser.click("#board thead th:first-child")  # again: Z to A
+        browser.click(header("Defense"))  # again: Z to A
         assert browser.evaluate(FIRST_COLUMN) == sorted(before, key=str.lower, reverse=True)
-        browser.click("#board thead th:nth-child(2)")  # worst-case steps: more is better, so most first
+        browser.click(header("Worst-case steps-to-harm"))  # more is better, so most first
         assert browser.evaluate(FIRST_COLUMN) == ["specdef", EVIL, "none", "weak"]
 
         browser.call("Runtime.evaluate", session=True, expression="document.querySelector('input.filter').focus()")
@@ -306,7 +312,7 @@ def test_site_in_a_real_browser_sorts_filters_and_logs_no_errors(site, tmp_path)
                                 ".map(r => r.cells[0].dataset.text)") == ["specdef"]
         folded = "getComputedStyle(document.querySelector('#board th.fold')).display"
         assert browser.evaluate(folded) == "none"
-        browser.click("button.details-toggle")
+        browser.click("document.querySelector('button.details-toggle')")
         assert browser.evaluate(folded) == "table-cell"
         browser.screenshot(tmp_path / "task.png")
 

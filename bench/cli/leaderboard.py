@@ -25,6 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--details", action="store_true", help="Markdown: include the detail columns the site folds")
     p.add_argument("--schema", metavar="FILE", help="leaderboard schema YAML (default: the shipped leaderboard/schema.yaml)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")
+    p.add_argument("--submissions", metavar="DIR",
+                   help="folder of submitted results shown too, marked [submission: NAME] (default: "
+                        "leaderboard/submissions of this checkout, when it exists)")
     p.add_argument("--html", metavar="FILE", help=argparse.SUPPRESS)  # replaced by --format html --out DIR
     p.add_argument("--table", metavar="FILE", help=argparse.SUPPRESS)  # deprecated: --format csv|parquet --out FILE
     return p
@@ -35,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     from leaderboard.aggregate import build
     from leaderboard.render import default_schema, markdown
     from leaderboard.schema import load_schema
+    from leaderboard.sources import default_submissions_dir
 
     if args.html:
         raise ConfigError("--html FILE was replaced by `--format html --out DIR`: the leaderboard is now a folder "
@@ -43,7 +47,11 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
-    data = build(results, official_only=args.official)
+    submissions = Path(args.submissions) if args.submissions else default_submissions_dir()
+    if args.submissions and not submissions.is_dir():
+        raise DataError(f"submissions folder {submissions} does not exist")
+    submissions = submissions if submissions.is_dir() else None
+    data = build(results, official_only=args.official, sources=submissions)
     if data.runs.empty:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
@@ -54,7 +62,8 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "html":
         from leaderboard.site import build_site
 
-        written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema))
+        written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema,
+                                  submissions=submissions))
     elif args.format == "md" and args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         written.append(Path(args.out))

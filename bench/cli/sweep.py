@@ -43,11 +43,12 @@ def main(args: argparse.Namespace) -> int:
 
     sweep_plan = plan_file(args.file)
     if args.dry_run:
-        return _dry_run(sweep_plan, args.results)
+        return print_dry_run(sweep_plan, args.results)
     return _run(sweep_plan, args)
 
 
-def _dry_run(sweep_plan, results: str) -> int:
+def print_dry_run(sweep_plan, results: str) -> int:
+    """List every run of a plan known before any result, with its state in `results` (done, failed, todo)."""
     from bench.sweep_run import run_states
 
     listed: set[str] = set()
@@ -67,6 +68,7 @@ def _dry_run(sweep_plan, results: str) -> int:
         later += planned.later
     for where, same in sweep_plan.collapsed:
         print(f"collapsed: {where} has the same runs as {same}")
+    print_not_applicable(sweep_plan)
     print(f"\n{len(sweep_plan.suites)} suites; {len(listed)} runs known before any result: "
           f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again); "
           f"results in {results}/")
@@ -74,6 +76,11 @@ def _dry_run(sweep_plan, results: str) -> int:
         print(f"only the first wave is known: up to {later} more run(s) are chosen from its results (full runs at "
               "the LR-search probes' best rates, half-decade refinement around each family's best)")
     return 0
+
+
+def print_not_applicable(sweep_plan) -> None:
+    for where, why in sweep_plan.not_applicable:
+        print(f"not applicable, skipped: {where}: {why}")
 
 
 def _run(sweep_plan, args: argparse.Namespace) -> int:
@@ -114,10 +121,16 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     resumed = sum(r.resumed for r in records)
     print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
           f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
+    print_not_applicable(sweep_plan)
+    return print_problems(report, args.results)
+
+
+def print_problems(report, results: str) -> int:
+    """Print the suites that stopped and the runs that failed (to stderr); return the exit code they make."""
     for planned, err in report.stopped:
         print(f"suite stopped before its runs: {planned.where}: {err}", file=sys.stderr)
     if report.failed:
-        print(f"\n{len(report.failed)} run(s) failed (`bench show RUN_ID --results {args.results}` for details):",
+        print(f"\n{len(report.failed)} run(s) failed (`bench show RUN_ID --results {results}` for details):",
               file=sys.stderr)
         for record in report.failed[:MAX_FAILED_SHOWN]:
             error = (record.error or "unknown error").splitlines()[0]

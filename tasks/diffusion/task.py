@@ -149,6 +149,7 @@ class DiffusionConfig(TaskConfig):
 class _DiffusionTask(Task):
     kind: Literal["style", "concept"]
     name: str
+    setting = "generation"
     tiers = ("tiny", "real")
     smoke_args = {"release_steps": 40, "release_images": 256, "judge_steps": 150, "eval_samples": 6,
                   "probe_samples": 3, "confirm_samples": 6, "sampler_steps": 2, "curvature_iters": 0}

@@ -179,6 +179,7 @@ def llm_attack_suite(tier: str) -> list[AttackSweep]:
 class LLMHarmfulQA(Task):
     """LLM chat model aligned to refuse HarmBench requests, attacked to comply (tiny Llama on CPU, or real HF)."""
 
+    setting = "chat"
     Config = HarmfulQAConfig
     tiers = ("tiny", "real")
     smoke_args = {**SMOKE_ARGS, "max_new_tokens": 6, "refusal_floor": 0.0}
@@ -206,6 +207,7 @@ class LLMHarmfulQA(Task):
 class LLMRelearn(Task):
     """LLM with unlearned synthetic hazardous facts, attacked to relearn them from disjoint facts (WMDP-style)."""
 
+    setting = "knowledge"
     Config = RelearnConfig
     tiers = ("tiny", "real")
     smoke_args = {**SMOKE_ARGS, "hazard_facts": 20, "unlearn_steps": 5}

@@ -83,6 +83,7 @@ class VisionConfig(TaskConfig):
 class VisionDigits(Task):
     """Vision classifier: an MLP/ViT released for allowed classes, attacked to learn the forbidden ones."""
 
+    setting = "classification"
     Config = VisionConfig
     tiers = ("tiny", "real")
 
