@@ -203,6 +203,15 @@ def _harmful_from_the_start(spec: RunSpec, released: ReleasedStage, defended: De
     return rows, summary, metrics, None
 
 
+def primary_utility_row(released: ReleasedStage) -> dict[str, Any]:
+    """Which utility metric is the task's primary one (its usable floor and probe use it): ``primary_utility`` with
+    the metric's name as the split and the released model's value, so the leaderboard's utility-bounded worst case
+    reads it from the results alone."""
+    name = released.task.utility_metric
+    score = released.evaluation.utility.get(name)
+    return results.metric_row("released", "primary_utility", score.value if score is not None else None, split=name)
+
+
 def _extra(point, key: str) -> float:
     return float(point.probe.extras.get(key, float("nan")))
 
@@ -244,6 +253,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         stages["released"] = session.stage_timing(released)
         task_provenance = dict(released.task.provenance())
         rows += released.rows
+        rows.append(primary_utility_row(released))
         defended = session.defended(spec)
         stages["defended"] = session.stage_timing(defended)
         rows += defended.rows

@@ -8,14 +8,15 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
 from bench.errors import DataError
 from bench.results import read_run_json
 from leaderboard.html import esc, href, key_values, table
-from leaderboard.overview import claim_for
+from leaderboard.claims import Claim
+from leaderboard.overview import claim_of
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
 from leaderboard.sources import SUBMISSION_PREFIX
@@ -80,21 +81,22 @@ def provenance(infos: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def claim_html(label: str, claims: dict[str, Any] | None) -> str:
-    """The claims-ledger entry of ``label``'s defense beside what this benchmark measured."""
-    if claims is None:
-        return "<p class='note'>The claims ledger (leaderboard/claims/) is not installed.</p>"
-    claim = claim_for(label, claims)
+def claim_html(label: str, claims: Mapping[str, Claim], measured: list[tuple[str, str, str]]) -> str:
+    """The claims-ledger entry of ``label``'s defense beside what this benchmark measured: ``measured`` holds, per
+    task, (task title, column header, value text) of the claim's ``measured_metric``."""
+    claim = claim_of(label, claims)
     if claim is None:
-        return f"<p class='note'>No claims-ledger entry for {esc(label)} (composed defenses and plugins have none).</p>"
-    arxiv = getattr(claim, "arxiv", None)
+        return (f"<p class='note'>No claims-ledger entry for {esc(label)} (leaderboard/claims/; composed defenses "
+                "and plugins have none).</p>")
+    arxiv = claim.arxiv
     link = (f" <a href='https://arxiv.org/abs/{esc(arxiv)}'>arXiv {esc(arxiv)}</a>" if arxiv and _ARXIV_ID.match(str(arxiv))
             else f" arXiv {esc(arxiv)}" if arxiv else "")
     parts = [f"<p><strong>{esc(claim.paper)}</strong>{link}"
              + (" <span class='broken'>known broken</span>" if claim.known_broken else "") + "</p>",
              key_values([("claim", claim.claim, "what the paper reports"),
                           ("setting", claim.setting, "the paper's model, data and attacker"),
-                          ("measured here as", claim.measured_metric or "—", "the column of this leaderboard it maps to")])]
+                          *((f"measured here: {header}, {title}", value, f"the leaderboard's {claim.measured_metric}")
+                            for title, header, value in measured)])]
     if claim.breaks:
         items = "".join(f"<li>{esc(b.summary)} — {_source(b.source)}</li>" for b in claim.breaks)
         parts.append(f"<h3>Known external breaks</h3><ul>{items}</ul>")
@@ -104,6 +106,19 @@ def claim_html(label: str, claims: dict[str, Any] | None) -> str:
 def _source(source: str) -> str:
     source = str(source)
     return f"<a href='{esc(source)}'>{esc(source)}</a>" if source.startswith(("https://", "http://")) else esc(source)
+
+
+def _measured(label: str, board: pd.DataFrame, schema: Schema, claims: Mapping[str, Claim]) -> list[tuple[str, str, str]]:
+    """(task title, header, value text) of the claim's ``measured_metric`` on every task ``label`` ran on."""
+    claim = claim_of(label, claims)
+    if claim is None or not claim.measured_metric:
+        return []
+    found = []
+    for title, task, group in task_groups(board[board["defense_label"] == label]):
+        for column in columns(group, schema.table_for(task)):
+            if column.key == claim.measured_metric:
+                found.append((title, column.header, column.text(group.iloc[0])))
+    return found
 
 
 def _results_by_task(rows: pd.DataFrame, schema: Schema, task_link: Callable[[str], str]) -> str:
@@ -128,13 +143,13 @@ def _results_by_task(rows: pd.DataFrame, schema: Schema, task_link: Callable[[st
 
 
 def defense_body(label: str, board: pd.DataFrame, runs: pd.DataFrame, infos: dict[str, dict[str, Any]],
-                 schema: Schema, claims: dict[str, Any] | None, task_link: Callable[[str], str]) -> str:
+                 schema: Schema, claims: Mapping[str, Claim], task_link: Callable[[str], str]) -> str:
     """The page body for one defense label."""
     mine = runs[runs["defense_label"] == label].copy()
     parts = [f"<h1>{esc(label)}</h1>",
              f"<p class='lead'>{len(mine)} runs on {mine['task'].nunique()} task(s); "
              f"{int((mine['status'] != 'success').sum())} failed.</p>",
-             "<h2>The paper's claim</h2>", claim_html(label, claims)]
+             "<h2>The paper's claim</h2>", claim_html(label, claims, _measured(label, board, schema, claims))]
     parts.append(_results_by_task(board[board["defense_label"] == label], schema, task_link))
     parts.append("<h2>Configuration</h2>")
     configs = Counter(json.dumps((infos.get(r) or {}).get("spec", {}).get("defense", "not recorded"), indent=1,

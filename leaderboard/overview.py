@@ -1,14 +1,15 @@
-"""The cross-task overview: one row per defense over every task it ran on, ranked by its worst resistance ratio, and
-the lookup of a defense's entry in the claims ledger (``leaderboard/claims/``, when that module is installed)."""
+"""The cross-task overview: one row per defense over every task it ran on, ranked by its worst resistance ratio,
+with its claims-ledger status (``leaderboard/claims/``)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 
 from leaderboard.aggregate import released_already_harmful
+from leaderboard.claims import Claim, claim_for
 from leaderboard.formats import isnan
 from leaderboard.render import task_groups, utility_metrics
 
@@ -17,34 +18,17 @@ PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "released_already
 """Board columns copied into the overview once per task, as ``<column>@<task>``."""
 
 
-def load_claims_if_available() -> dict[str, Any] | None:
-    """The claims ledger (``leaderboard.claims.load_claims()``), or None where that module is not installed."""
-    try:
-        from leaderboard.claims import load_claims
-    except ImportError:
-        return None
-    return load_claims()
+def claim_of(label: str, claims: Mapping[str, Claim]) -> Claim | None:
+    """The ledger entry of a site row (:func:`leaderboard.claims.claim_for`; a submitted row's mark is ignored)."""
+    return claim_for(str(label).split(" [submission:", 1)[0], claims)
 
 
-def claim_for(label: str, claims: dict[str, Any]) -> Any | None:
-    """The claim of a board row's defense: looked up by its base name (the label before any ``(`` or ``.preset``;
-    a preset with its own entry, such as ``tar.sophon`` → ``sophon``, uses that; a submitted row's mark is ignored).
-    Composed defenses (``a+b``) have none."""
-    base = str(label).split(" [submission:", 1)[0].split("(", 1)[0]
-    if "+" in base:
-        return None
-    if base in claims:
-        return claims[base]
-    name, _, preset = base.partition(".")
-    return claims.get(preset) if preset in claims else claims.get(name)
-
-
-def claim_status(claim: Any | None) -> str | None:
+def claim_status(claim: Claim | None) -> str | None:
     """The overview's short word on a claim: known broken (with how many breaks), or not; None without a claim."""
     if claim is None:
         return None
-    breaks = len(getattr(claim, "breaks", ()) or ())
-    if getattr(claim, "known_broken", False):
+    breaks = len(claim.breaks)
+    if claim.known_broken:
         return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
     return "claimed, no known break"
 
@@ -77,7 +61,7 @@ def task_names(board: pd.DataFrame) -> dict[str, str]:
     return {title: task if tasks.count(task) == 1 else title for title, task in groups}
 
 
-def overview(board: pd.DataFrame, claims: dict[str, Any] | None, primary: dict[str, str | None]) -> tuple[pd.DataFrame, list[str]]:
+def overview(board: pd.DataFrame, claims: Mapping[str, Claim], primary: dict[str, str | None]) -> tuple[pd.DataFrame, list[str]]:
     """The overview frame (one row per defense label) and the task names of its per-task columns.
 
     ``primary`` maps a task to its primary utility metric (the schema's), for the ``retained@<task>`` columns.
@@ -105,7 +89,7 @@ def overview(board: pd.DataFrame, claims: dict[str, Any] | None, primary: dict[s
     for label, row in rows.items():
         value, lower, upper = worst_ratio(row.pop("_ratios"))
         row.update({"worst_ratio": value, "worst_ratio_lower_bound": lower, "worst_ratio_upper_bound": upper,
-                    "claim_status": claim_status(claim_for(label, claims or {}))})
+                    "claim_status": claim_status(claim_of(label, claims))})
         records.append(row)
     frame = pd.DataFrame(records)
     return frame, list(dict.fromkeys(names.values()))

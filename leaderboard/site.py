@@ -21,7 +21,8 @@ from leaderboard.defense_page import defense_body, first_error_line, read_run_in
 from leaderboard.figures import cost_curve, harm_curves
 from leaderboard.formats import defense_name, isnan
 from leaderboard.html import ASSETS, esc, href, page, short_label, slug, table
-from leaderboard.overview import load_claims_if_available, overview
+from leaderboard.claims import load_claims
+from leaderboard.overview import overview
 from leaderboard.pareto import Point, pareto_png
 from leaderboard.render import (FOOTNOTE, Column, columns, default_schema, family_table, released_note, sort_rows,
                                 task_groups, utility_metrics)
@@ -44,7 +45,7 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
         with resources.as_file(resources.files("leaderboard") / "assets" / name) as source:
             shutil.copyfile(source, out / "assets" / name)
     schema = schema or default_schema()
-    claims = load_claims_if_available()
+    claims = load_claims()
     board, runs = data.board, data.runs
     infos = read_run_infos(runs, results_dir, submissions) if not runs.empty else {}
     labels = sorted(set(map(str, runs.get("defense_label", pd.Series(dtype=str)).dropna())))

@@ -1,4 +1,7 @@
-"""The short human summary ``bench run`` prints: per defense, the worst case, what it cost, and per-family detail."""
+"""The short human summary ``bench run`` prints: per defense, the worst case, what it cost, and per-family detail.
+
+Every number comes from :func:`leaderboard.aggregate.build`, the same aggregation the leaderboard shows.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def _bounded(row: pd.Series, limit: int) -> str:
+    """The utility-bounded worst case at a utility-drop limit, '—' when no attack run kept that much utility."""
+    prefix = f"bounded{limit}"
+    if f"{prefix}_median" not in row:
+        return "—"
+    return fmt_steps(row[f"{prefix}_median"], bool(row[f"{prefix}_median_censored"]), row[f"{prefix}_low"],
+                     row[f"{prefix}_high"])
 
 
 def summary_text(aggregates: Aggregates) -> str:
@@ -33,7 +45,8 @@ def summary_text(aggregates: Aggregates) -> str:
         if note:
             lines.append(f"WARNING: {note}")
         utilities = utility_names(group)
-        headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "vs none", "outcomes H/B/R"]
+        headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "≤20% utility drop",
+                   "vs none", "outcomes H/B/R"]
         headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig.", "defense time"]
         rows = []
         for _, r in group.sort_values("defense_label").iterrows():
@@ -42,12 +55,13 @@ def summary_text(aggregates: Aggregates) -> str:
                    str(r["worst_attack"] or "—"),
                    fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"],
                              r["adaptive_high"]) if r["adaptive_run"] else "—",
+                   _bounded(r, 20),
                    ratio_text(r),
                    f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
             for u in utilities:
-                low, high = r.get(f"defended_retained_low:{u}"), r.get(f"defended_retained_high:{u}")
-                ci = f" [{fmt_fraction(low)}, {fmt_fraction(high)}]" if pd.notna(low) else ""
-                row.append(fmt_fraction(r.get(f"defended_retained:{u}")) + ci)
+                low, high = r.get(f"retained_low:{u}"), r.get(f"retained_high:{u}")
+                ci = f" [{fmt_fraction(low)}, {fmt_fraction(high)}]" if pd.notna(low) and pd.notna(high) else ""
+                row.append(fmt_fraction(r.get(f"retained_mean:{u}")) + ci)
             row += [fmt_float(r.get("defended_max_abs_diff")), fmt_float(r.get("defended_hessian_top_eig")),
                     fmt_seconds(r.get("defended_defense_seconds"))]
             rows.append(row)
@@ -66,5 +80,7 @@ def summary_text(aggregates: Aggregates) -> str:
     lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget). "
                  "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
-                 "defense time: seconds to apply (train) the defense, mean over seeds.")
+                 "≤20% utility drop: the worst case over the attack runs whose attacked model kept at least 80% of "
+                 "the task's primary utility ('—' = none did). retained: mean over seeds [95% CI over seeds; one "
+                 "seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
     return "\n".join(lines)

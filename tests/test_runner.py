@@ -41,6 +41,8 @@ def test_run_writes_complete_results(tmp_path, cache):
     assert set(df["phase"]) == {"released", "defended", "attack", "post_attack", "summary"}
     released = df[(df["phase"] == "released") & (df["metric"] == "allowed_accuracy")]["value"].iloc[0]
     assert released > 0.95
+    primary = df[df["metric"] == "primary_utility"].iloc[0]  # what the leaderboard's utility bound reads
+    assert (primary["phase"], primary["split"], primary["value"]) == ("released", "allowed_accuracy", released)
     steps = df[(df["phase"] == "summary") & (df["metric"] == "steps_to_harm")].iloc[0]
     assert steps["value"] == result.summary["steps_to_harm"] and steps["censored"] == result.summary["censored"]
 
