@@ -156,7 +156,7 @@ def _claims_problems(specs: Sequence[RunSpec], claims: Sequence[str | Path]) -> 
     for name in needed:
         if name not in given:
             problems.append(f"defense {name!r} is not built in: give its claims file with --claims FILE (YAML with "
-                            "at least paper and claim, as in leaderboard/claims/)")
+                            "at least defense, paper, claim and setting, as in leaderboard/claims/)")
         else:
             problems += [f"{given[name]}: {line}" for line in _invalid_claims(given[name], name)]
     return problems

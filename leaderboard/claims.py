@@ -82,21 +82,25 @@ def _typed(value: Any, where: str, key: str, kinds: tuple[type, ...]) -> Any:
     return value
 
 
-def _mapping(data: Any, where: str, allowed: list[str]) -> dict[str, Any]:
+OPTIONAL: dict[str, Any] = {"arxiv": None, "measured_metric": None, "breaks": [], "known_broken": False}
+"""Keys a claims file may leave out (a contributed defense's file needs only defense, paper, claim and setting)."""
+
+
+def _mapping(data: Any, where: str, allowed: list[str], optional: Mapping[str, Any] = {}) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(data).__name__}")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}")
-    missing = [k for k in allowed if k not in data]
+    missing = [k for k in allowed if k not in data and k not in optional]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    return data
+    return {**optional, **data}
 
 
 def parse_claim(data: Any, where: str) -> Claim:
     """A validated :class:`Claim` from one file's YAML data; ``where`` names the file in errors."""
-    data = _mapping(data, where, [f.name for f in fields(Claim)])
+    data = _mapping(data, where, [f.name for f in fields(Claim)], OPTIONAL)
     values = {key: _typed(data[key], where, key, kinds) for key, kinds in _TYPES.items()}
     if values["arxiv"] is not None and not _ARXIV.fullmatch(values["arxiv"]):
         raise ConfigError(f"{where}: arxiv must look like '2408.00761', got {values['arxiv']!r}")

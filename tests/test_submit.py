@@ -49,7 +49,7 @@ def plugin(tmp_path, isolated_registries):
 @pytest.fixture
 def claims(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("paper: Me et al. 2026, Doing nothing well\nclaim: resists fine-tuning for 1000 steps\n"
+    path.write_text("defense: mine\npaper: Me et al. 2026, Doing nothing well\nclaim: resists fine-tuning for 1000 steps\n"
                     "setting: vision-digits tiny\n")
     return path
 
