@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench.errors import DataError
 from bench.results import read_run_json
-from leaderboard.html import esc, href, key_values, table
+from leaderboard.html import esc, href, key_values, short_label, table
 from leaderboard.claims import Claim
 from leaderboard.overview import claim_of
 from leaderboard.render import Column, columns, task_groups
@@ -95,8 +95,9 @@ def claim_html(label: str, claims: Mapping[str, Claim], measured: list[tuple[str
              + (" <span class='broken'>known broken</span>" if claim.known_broken else "") + "</p>",
              key_values([("claim", claim.claim, "what the paper reports"),
                           ("setting", claim.setting, "the paper's model, data and attacker"),
-                          *((f"measured here: {header}, {title}", value, f"the leaderboard's {claim.measured_metric}")
-                            for title, header, value in measured)])]
+                          *([(f"measured here: {measured[0][1]}",
+                               "; ".join(f"{title}: {value}" for title, _, value in measured),
+                               f"the leaderboard's {claim.measured_metric} on each task")] if measured else [])])]
     if claim.breaks:
         items = "".join(f"<li>{esc(b.summary)} — {_source(b.source)}</li>" for b in claim.breaks)
         parts.append(f"<h3>Known external breaks</h3><ul>{items}</ul>")
@@ -125,18 +126,20 @@ def _results_by_task(rows: pd.DataFrame, schema: Schema, task_link: Callable[[st
     """One column per task, one row per schema column (the union over tasks, in schema order)."""
     if rows.empty:
         return "<p class='note'>No aggregated results (every run failed or none ran).</p>"
-    cells: dict[str, dict[str, str]] = {}
+    cells: dict[str, dict[str, str]] = {}  # header → task title → cell HTML
     tips: dict[str, str] = {}
     titles = []
     for title, task, group in task_groups(rows):
         titles.append(title)
         for column in columns(group, schema.table_for(task)):
             if column.key != "defense_label":
-                cells.setdefault(column.header, {})[title] = column.text(group.iloc[0])
+                text = column.text(group.iloc[0])
+                cells.setdefault(column.header, {})[title] = (short_label(text) if column.format == "attack"
+                                                              else esc(text))
                 tips.setdefault(column.header, column.description)
     heads = "".join(f"<th scope='col'><a href='{href(task_link(t))}'>{esc(t)}</a></th>" for t in titles)
     body = "".join(f"<tr><th scope='row' title='{esc(tips[name])}'>{esc(name)}</th>"
-                   + "".join(f"<td>{esc(values.get(t, '—'))}</td>" for t in titles) + "</tr>"
+                   + "".join(f"<td>{values.get(t, '—')}</td>" for t in titles) + "</tr>"
                    for name, values in cells.items())
     return (f"<h2>Measured here</h2><div class='table-wrap'><table class='kv'><thead><tr><th></th>{heads}</tr>"
             f"</thead><tbody>{body}</tbody></table></div>")

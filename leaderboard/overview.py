@@ -30,7 +30,7 @@ def claim_status(claim: Claim | None) -> str | None:
     breaks = len(claim.breaks)
     if claim.known_broken:
         return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
-    return "claimed, no known break"
+    return "no known break"
 
 
 def worst_ratio(ratios: list[tuple[float, bool, bool]]) -> tuple[float, bool, bool]:

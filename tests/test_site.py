@@ -132,6 +132,17 @@ def test_failed_runs_are_shown_with_their_error(site):
     assert "class='failed'" in specdef and "1 failed" in specdef
 
 
+def test_defense_page_shows_the_claim_beside_what_was_measured(site):
+    from leaderboard.claims import load_claims
+
+    claim = load_claims()["specdef"]
+    specdef = next(site.glob("defense-specdef-*.html")).read_text()
+    assert claim.paper.split(",")[0] in specdef and "known broken" in specdef
+    assert "measured here: Worst-case steps-to-harm" in specdef and "sd-like (tiny): &gt; 60; vision-like (tiny): 35" in specdef
+    assert "No claims-ledger entry" in next(site.glob("defense-weak-*.html")).read_text()  # a plugin: no entry
+    assert "known broken" in (site / "index.html").read_text()  # the overview's claim column
+
+
 def test_long_attack_labels_are_abbreviated_with_the_full_text_in_a_tooltip(site):
     task_page = next(site.glob("task-vision-like-*.html")).read_text()
     assert f"title='{LONG_ATTACK}'" in task_page and ">full-ft(lr=0.0001,adamw,wd=0.01)<" in task_page
