@@ -90,7 +90,7 @@ def seed_trials(runs: pd.DataFrame) -> pd.DataFrame:
         "purpose": ordered["purpose"],
         "status": ordered["status"],
         "outcome": ordered["outcome"],
-        "best_steps_so_far": steps.cummin(),
+        "best_steps_so_far": steps.cummin().ffill(),  # a trial that did not harm keeps the best found before it
         "harmed_so_far": harmed.cummax().astype(bool),
     })
 

@@ -7,22 +7,23 @@ what the attack did to each defense's model.
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pandas as pd
 
 from bench.images import stack_pngs
 from bench.runner import SAMPLES_PNG
-from leaderboard.render import fmt_steps
+from leaderboard.formats import fmt_steps
 
 
-def samples_sheets(results_dir: str | Path, seeds: pd.DataFrame) -> list[Path]:
-    """Write ``<results>/<task>-<tier>-samples.png`` for every task with previewed runs; return their paths.
+def samples_sheets(results_dir: str | Path, seeds: pd.DataFrame, out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``<out_dir>/<task>-<tier>-samples.png`` for every task with previewed runs; return their paths.
 
-    ``seeds`` is the per-seed table of :func:`leaderboard.aggregate.build` over runs under ``results_dir``.
+    ``seeds`` is the per-seed table of :func:`leaderboard.aggregate.build` over runs under ``results_dir``;
+    ``out_dir`` defaults to ``results_dir``.
     """
     results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir
     written = []
     if seeds.empty:
         return written
@@ -40,12 +41,6 @@ def samples_sheets(results_dir: str | Path, seeds: pd.DataFrame) -> list[Path]:
         if sheets:
             name = f"{task}-{tier}-samples.png".replace("/", "_")
             written.append(stack_pngs(sorted(sheets, key=lambda s: not s[0].startswith("none ")),
-                                      results_dir / name))
+                                      out_dir / name))
     return written
 
-
-def sample_figures(results_dir: str | Path, seeds: pd.DataFrame) -> dict[str, str]:
-    """The samples sheets as {caption: PNG data URI}, for the self-contained HTML leaderboard."""
-    return {f"Samples before and after each defense's worst-case attack: {path.stem.removesuffix('-samples')}":
-            "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-            for path in samples_sheets(results_dir, seeds)}

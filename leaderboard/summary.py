@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
-from leaderboard.render import (family_table, fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text,
-                                released_note)
+from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text
+from leaderboard.render import family_table, released_note
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

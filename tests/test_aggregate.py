@@ -212,6 +212,12 @@ def test_trials_to_break_count_probes_and_failed_runs_in_the_planners_order(tmp_
     assert seed0["worst_steps"] == 20 and seed0["n_probe_runs"] == 3 and seed0["n_failed"] == 1
 
 
+def test_the_best_steps_so_far_carry_over_trials_that_did_not_harm(tmp_path):
+    write_run(tmp_path, defense="d", seed=0, attack="a", lr=1e-1, steps=25)  # trial 1 harms
+    write_run(tmp_path, defense="d", seed=0, attack="a", lr=1e-2, steps=50, censored=True)  # trial 2 does not
+    assert build(tmp_path).trials["best_steps_so_far"].tolist() == [25, 25]
+
+
 def test_failed_runs_are_shown_in_the_run_summary(tmp_path):
     write_search(tmp_path)
     failed = "d-0-sgd-0.001-attack"

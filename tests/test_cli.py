@@ -34,9 +34,10 @@ def test_run_single_attack_then_leaderboard(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "| Defense | Worst-case steps-to-harm |" in out and "| specdef |" in out
-    html = (results / "leaderboard.html").read_text()
-    assert "<table class='board'>" in html and "specdef" in html
-    assert html.count("src='data:image/png;base64,") == 2  # harm curves and the utility-vs-resistance plot
+    task_page = next((results / "site").glob("task-vision-digits-*.html")).read_text()
+    assert "<table class='sortable board' id='board'>" in task_page and "specdef" in task_page
+    assert task_page.count("<img src='img/") == 3  # harm curves, utility vs resistance, the attacker's cost curve
+    assert run_cli("leaderboard", "--results", results, "--format", "parquet") == 0
     board = pd.read_parquet(results / "leaderboard.parquet")
     assert set(board["defense_label"]) == {"none", "specdef"}
     row = board.set_index("defense_label").loc["none"]
@@ -87,7 +88,7 @@ def test_html_escapes_user_strings(tmp_path, capsys, isolated_registries):
                    "--no-baseline", *QUICK) == 0
     capsys.readouterr()
     assert run_cli("leaderboard", "--results", results) == 0
-    html = (results / "leaderboard.html").read_text()
+    html = next((results / "site").glob("defense-evil-defense-*.html")).read_text()  # the config value's page
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
@@ -194,7 +195,7 @@ def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
     runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
     probes, full = runs[runs["purpose"] == "lr-probe"], runs[runs["purpose"] == "attack"]
     assert len(probes) > len(full) > 0
-    assert run_cli("leaderboard", "--results", tmp_path) == 0
+    assert run_cli("leaderboard", "--results", tmp_path, "--format", "parquet") == 0
     board = pd.read_parquet(tmp_path / "leaderboard.parquet").iloc[0]
     assert board["n_runs"] == len(full) and board["n_probe_runs"] == len(probes)
 

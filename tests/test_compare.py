@@ -51,7 +51,7 @@ def test_compare_runs_the_plugin_and_the_baselines_then_reuses_them(tmp_path, pl
     assert any(line.startswith("| **mine** |") for line in table), out  # the new defense, highlighted
     assert any(line.startswith("| none |") for line in table), out
     assert "2 runs (0 already done, 2 run now)" in out
-    assert (results / "site" / "leaderboard.html").is_file() and (results / "site" / "leaderboard.parquet").is_file()
+    assert (results / "site" / "index.html").is_file() and (results / "site" / "leaderboard.parquet").is_file()
     written = {p: p.stat().st_mtime_ns for p in results.glob("*/run.json")}
     assert len(written) == 2
 

@@ -97,6 +97,11 @@ def test_valid_folder_is_copied_and_shown_marked_on_the_leaderboard(tmp_path, pl
     assert run_cli("leaderboard", "--results", local, "--submissions", into) == 0
     out = capsys.readouterr().out
     assert "| mine [submission: my-lab] | 40 |" in out and "| none | 20 |" in out
+    site = local / "site"
+    assert "mine [submission: my-lab]" in (site / "index.html").read_text()
+    mine_page = next(site.glob("defense-mine-submission-my-lab-*.html")).read_text()
+    assert "<td>0123abcd (" in mine_page  # provenance read from the submission's own run.json files
+    assert run_cli("leaderboard", "--results", local, "--submissions", into, "--format", "parquet") == 0
     board = pd.read_parquet(local / "leaderboard.parquet").set_index("defense_label")
     assert board.loc["mine", "source"] == "submission:my-lab" and board.loc["none", "source"] == "results"
     assert board.loc["mine", "ratio"] == 2.0  # against the local none, on the same seeds

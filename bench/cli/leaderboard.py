@@ -1,52 +1,88 @@
-"""``bench leaderboard``: aggregate every run under a results directory into Markdown, HTML and a table file."""
+"""``bench leaderboard``: aggregate every run under a results directory into a static site, Markdown or a table file."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+EPILOG = """examples:
+  bench leaderboard                                   # the site in results/site/ (open index.html); Markdown to stdout
+  bench leaderboard --results runs --out /tmp/site    # the site elsewhere (nothing written under runs/)
+  bench leaderboard --format md --details > board.md  # Markdown with the detail columns
+  bench leaderboard --format csv --out board.csv      # the aggregated table (also: --format parquet)
+"""
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("leaderboard", help="build the leaderboard from result files")
+    p = sub.add_parser("leaderboard", help="build the leaderboard from result files", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="results", help="results directory (default: results)")
-    p.add_argument("--html", metavar="FILE", help="HTML output (default: <results>/leaderboard.html)")
-    p.add_argument("--table", metavar="FILE", help="aggregated table, .csv or .parquet (default: <results>/leaderboard.parquet)")
+    p.add_argument("--format", choices=("html", "md", "csv", "parquet"), default="html",
+                   help="html: a static site folder (default); md: Markdown; csv/parquet: the aggregated table")
+    p.add_argument("--out", metavar="PATH", help="html: the site folder (default: <results>/site); md: a file "
+                   "(default: stdout only); csv/parquet: the file (default: <results>/leaderboard.<format>)")
+    p.add_argument("--details", action="store_true", help="Markdown: include the detail columns the site folds")
+    p.add_argument("--schema", metavar="FILE", help="leaderboard schema YAML (default: the shipped leaderboard/schema.yaml)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")
     p.add_argument("--submissions", metavar="DIR",
                    help="folder of submitted results shown too, marked [submission: NAME] (default: "
                         "leaderboard/submissions of this checkout, when it exists)")
+    p.add_argument("--html", metavar="FILE", help=argparse.SUPPRESS)  # replaced by --format html --out DIR
+    p.add_argument("--table", metavar="FILE", help=argparse.SUPPRESS)  # deprecated: --format csv|parquet --out FILE
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.errors import DataError
+    from bench.errors import ConfigError, DataError
     from leaderboard.aggregate import build
-    from leaderboard.figures import harm_curves, pareto
-    from leaderboard.render import html_page, markdown
-    from leaderboard.samples import sample_figures
+    from leaderboard.render import default_schema, markdown
+    from leaderboard.schema import load_schema
     from leaderboard.sources import default_submissions_dir
 
+    if args.html:
+        raise ConfigError("--html FILE was replaced by `--format html --out DIR`: the leaderboard is now a folder "
+                          "of pages (open DIR/index.html)")
+    schema = load_schema(args.schema) if args.schema else default_schema()
     results = Path(args.results)
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
     submissions = Path(args.submissions) if args.submissions else default_submissions_dir()
     if args.submissions and not submissions.is_dir():
         raise DataError(f"submissions folder {submissions} does not exist")
-    data = build(results, official_only=args.official, sources=submissions if submissions.is_dir() else None)
+    submissions = submissions if submissions.is_dir() else None
+    data = build(results, official_only=args.official, sources=submissions)
     if data.runs.empty:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
                         f"`bench run --results {results}` writes them")
-    board = data.board
-    print(markdown(board), end="")
-    html_path = Path(args.html) if args.html else results / "leaderboard.html"
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(html_page(board, data.runs, figures={**harm_curves(data), **pareto(data),
-                                                                        **sample_figures(results, data.seeds)}))
-    table_path = Path(args.table) if args.table else results / "leaderboard.parquet"
-    if table_path.suffix == ".csv":
-        board.to_csv(table_path, index=False)
-    else:
-        board.to_parquet(table_path, index=False)
-    print(f"\nwrote {html_path} and {table_path}")
+    text = markdown(data.board, schema, details=args.details)
+    print(text, end="")
+    written = []
+    if args.format == "html":
+        from leaderboard.site import build_site
+
+        written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema,
+                                  submissions=submissions))
+    elif args.format == "md" and args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        written.append(Path(args.out))
+    elif args.format in ("csv", "parquet"):
+        written.append(_write_table(data.board, Path(args.out) if args.out else results / f"leaderboard.{args.format}",
+                                    args.format))
+    if args.table:
+        print("bench leaderboard: --table FILE is deprecated; use --format csv|parquet --out FILE", file=sys.stderr)
+        path = Path(args.table)
+        written.append(_write_table(data.board, path, "csv" if path.suffix == ".csv" else "parquet"))
+    if written:
+        print(f"\nwrote {', '.join(map(str, written))}")
     return 0
+
+
+def _write_table(board, path: Path, fmt: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        board.to_csv(path, index=False)
+    else:
+        board.to_parquet(path, index=False)
+    return path

@@ -1,0 +1,95 @@
+"""The cross-task overview: one row per defense over every task it ran on, ranked by its worst resistance ratio,
+with its claims-ledger status (``leaderboard/claims/``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import pandas as pd
+
+from leaderboard.aggregate import released_already_harmful
+from leaderboard.claims import Claim, claim_for
+from leaderboard.formats import isnan
+from leaderboard.render import task_groups, utility_metrics
+
+PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "released_already_harmful", "worst_median",
+            "worst_median_censored", "worst_low", "worst_high")
+"""Board columns copied into the overview once per task, as ``<column>@<task>``."""
+
+
+def claim_of(label: str, claims: Mapping[str, Claim]) -> Claim | None:
+    """The ledger entry of a site row (:func:`leaderboard.claims.claim_for`; a submitted row's mark is ignored)."""
+    return claim_for(str(label).split(" [submission:", 1)[0], claims)
+
+
+def claim_status(claim: Claim | None) -> str | None:
+    """The overview's short word on a claim: known broken (with how many breaks), or not; None without a claim."""
+    if claim is None:
+        return None
+    breaks = len(claim.breaks)
+    if claim.known_broken:
+        return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
+    return "no known break"
+
+
+def worst_ratio(ratios: list[tuple[float, bool, bool]]) -> tuple[float, bool, bool]:
+    """The smallest of several censored resistance ratios as (value, lower bound, upper bound).
+
+    Each ratio is an interval: exact ``[v, v]``, a lower bound ``[v, ∞)``, an upper bound ``[0, v]``, both
+    ``[0, ∞)``. Their minimum lies in ``[min of lows, min of highs]``: exact when the two agree, else a lower bound
+    (all highs infinite, or both ends known) or an upper bound (some low is 0).
+    """
+    if not ratios:
+        return math.nan, False, False
+    lows = [0.0 if upper else value for value, lower, upper in ratios]
+    highs = [math.inf if lower else value for value, lower, upper in ratios]
+    low, high = min(lows), min(highs)
+    if low == high:
+        return low, False, False
+    if low == 0 and math.isinf(high):
+        return 0.0, True, True
+    if low == 0:
+        return high, False, True
+    return low, True, False
+
+
+def task_names(board: pd.DataFrame) -> dict[str, str]:
+    """A task group's title → the name the overview uses: the task alone when it ran in one tier and model."""
+    groups = [(title, task) for title, task, _ in task_groups(board)]
+    tasks = [task for _, task in groups]
+    return {title: task if tasks.count(task) == 1 else title for title, task in groups}
+
+
+def overview(board: pd.DataFrame, claims: Mapping[str, Claim], primary: dict[str, str | None]) -> tuple[pd.DataFrame, list[str]]:
+    """The overview frame (one row per defense label) and the task names of its per-task columns.
+
+    ``primary`` maps a task to its primary utility metric (the schema's), for the ``retained@<task>`` columns.
+    """
+    names = task_names(board)
+    rows: dict[str, dict[str, Any]] = {}
+    for title, task, group in task_groups(board):
+        name = names[title]
+        utilities = utility_metrics(group, primary.get(task))
+        retained = next((c for u in utilities[:1] for c in (f"retained_mean:{u}", f"defended_retained:{u}")
+                         if c in group and group[c].notna().any()), None)
+        for _, r in group.iterrows():
+            row = rows.setdefault(str(r["defense_label"]), {"defense_label": str(r["defense_label"]), "tasks": 0,
+                                                              "n_runs": 0, "n_failed": 0, "_ratios": []})
+            row["tasks"] += 1
+            row["n_runs"] += int(r.get("n_runs", 0) or 0)
+            row["n_failed"] += int(r.get("n_failed", 0) or 0)
+            for column in PER_TASK:
+                row[f"{column}@{name}"] = r.get(column)
+            row[f"n_harmed@{name}"] = r.get("n_harmed")
+            row[f"retained@{name}"] = r.get(retained) if retained else math.nan
+            if not released_already_harmful(r) and not isnan(r.get("ratio")):
+                row["_ratios"].append((float(r["ratio"]), bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])))
+    records = []
+    for label, row in rows.items():
+        value, lower, upper = worst_ratio(row.pop("_ratios"))
+        row.update({"worst_ratio": value, "worst_ratio_lower_bound": lower, "worst_ratio_upper_bound": upper,
+                    "claim_status": claim_status(claim_of(label, claims))})
+        records.append(row)
+    frame = pd.DataFrame(records)
+    return frame, list(dict.fromkeys(names.values()))
