@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.errors import ConfigError
 from bench.executors import Executor
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, TASKS
 from bench.runner import Session
 from bench.spec import resolve_plugin
 from bench.suite import SuiteRequest
@@ -29,11 +29,17 @@ SITE_FOLDER = "site"
 """Where :func:`compare` writes the leaderboard by default: ``<results>/site/``."""
 
 
-def default_baselines() -> tuple[str, ...]:
-    """Every built-in defense, in registration order (composites ``a+b`` are combinations, not baselines)."""
+def default_baselines(task: str | None = None) -> tuple[str, ...]:
+    """Every built-in defense (that applies to ``task``, when given: :mod:`bench.applicability`), in registration
+    order (composites ``a+b`` are combinations, not baselines)."""
+    from bench.applicability import applies
     from bench.builtins import BUILTINS
 
-    return tuple(name for kind, name, _, _ in BUILTINS if kind == "defense" and "+" not in name)
+    names = [name for kind, name, _, _ in BUILTINS if kind == "defense" and "+" not in name]
+    if task is None:
+        return tuple(names)
+    task_cls = TASKS.get(task.partition(".")[0])
+    return tuple(name for name in names if applies(DEFENSES.get(name), task_cls))
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ def plan_comparison(request: SuiteRequest, baselines: Sequence[str] | None = Non
     """Plan ``request``'s defense and ``baselines`` (default :func:`default_baselines`) on its task, tier, model,
     seeds and attacks (its attack, or the task's default suite with its attack args). ``none`` always runs: it is
     the resistance ratio's reference. Raises one ConfigError listing every bad name or value."""
-    names = default_baselines() if baselines is None else tuple(baselines)
+    names = default_baselines(request.task) if baselines is None else tuple(baselines)
     blank = [i for i, name in enumerate(names) if not name.strip()]
     if blank:
         raise ConfigError(f"--baselines has an empty name at position {blank[0] + 1}: write names separated by commas")

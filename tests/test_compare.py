@@ -66,9 +66,10 @@ def test_dry_run_plans_every_builtin_baseline_and_runs_nothing(tmp_path, plugin,
     assert run_cli("compare", "--plugin", plugin, "--defense", "mine", "--task", "vision-digits", "--attack",
                    "full-ft", "lr=1e-2", "--seeds", "0", "--results", tmp_path / "results", "--dry-run") == 0
     out = capsys.readouterr().out
-    for name in ("mine", *default_baselines()):
+    for name in ("mine", *default_baselines("vision-digits")):
         assert f":defense={name},attack=full-ft" in out, name
     assert "+" not in "".join(default_baselines()) and "none" in default_baselines()
+    assert "condnum" in default_baselines("vision-digits") and "rmu" not in default_baselines("vision-digits")
     assert not (tmp_path / "results").exists()
 
 
