@@ -38,6 +38,17 @@ gradient clip 1.0. Scaling rule to the tiny tier (next to :class:`ImmaConfig`): 
 the undefended steps-to-harm (``view.attacker.steps``: sd-style 60, sd-concept 160), at most ``max_steps``;
 lr_φ = the smallest learning rate where undefended Adam harms fastest (``view.attacker.lrs``: 1e-3), lr_θ = lr_φ / 10
 (the paper's ratio; set ``lr`` and ``inner_lr`` follows it); batch = the attacker's batch size of forbidden images.
+Each outer step costs ``inner_steps`` + 1 forward-backward passes (+1 with the retain term).
+
+Measured on the tiny tiers (2-core machine shared with other jobs): the default (``lora``) trains in 31 s on
+sd-style (60 outer steps) and 79 s on sd-concept (160). The objective rises during training, yet a fresh adaptation
+from the immunised weights is barely slowed: on sd-style, after 60 LoRA (Adam 1e-3) steps the forbidden images'
+loss is 0.2122 against 0.2118 from the released weights (full fine-tuning: 0.2000 against 0.2002), the same for
+``full``, ``max``, ``retain_scale=1`` and a 10× larger lr_θ. With φ persisting, the outer step can raise L(θ, φ) by
+turning θ against the current φ rather than against adaptation itself (in the smoke test the persistent
+adaptation's loss doubles while a fresh one's rises under 1%). Default suite, seed 0: sd-style worst case 60 steps
+(adaptive-collapse) against 40 undefended (text-encoder); sd-concept 160 against 180; allowed-prompt utility kept
+(retained 1.0 and 1.13).
 """
 
 from __future__ import annotations

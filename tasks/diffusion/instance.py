@@ -178,8 +178,8 @@ class DiffusionInstance(TaskInstance):
     def __init__(self, *, name: str, tier: str, config: TaskConfig, unet: nn.Module, data: DiffusionData,
                  codec: Codec, scheduler_config, content_judge: Judge, style_judge: Judge, sampler: Sampler,
                  replay_fraction: float, probe_samples: int, confirm_samples: int, broken_factor: float,
-                 attacker: AttackerScale | None = None, text_encoder: nn.Module | None = None, architecture: Mapping[str, Any] | None = None,
-                 provenance: Mapping[str, Any] | None = None):
+                 attacker: AttackerScale | None = None, text_encoder: nn.Module | None = None,
+                 architecture: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None):
         missing = [s for s in IMAGE_SPLITS if s not in data.images] + [s for s in ("harmful", "benign")
                                                                         if s not in data.prompts]
         if missing:

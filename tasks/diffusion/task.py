@@ -176,7 +176,9 @@ class _DiffusionTask(Task):
             AttackSweep("full-ft", {"optimizer": "adamw", "weight_decay": 0.01}, scout, family="adamw",
                         search="lr-search", probe_steps=10, keep=1, refine=False),
             AttackSweep("lora", {"optimizer": "adam"}, (lr,), family="lora", refine=False),
-            # DreamBooth's attacker also tunes the text encoder: one optimizer and rate for both, as DreamBooth does
+            # DreamBooth's attacker also tunes the text encoder: one optimizer and rate for both, as DreamBooth does.
+            # Measured (seed 0): the fastest attack on the undefended sd-style model (40 steps, against 60 for the
+            # others); on sd-concept it breaks the model before harming it.
             AttackSweep("text-encoder", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="text-encoder",
                         refine=False),
             # white-box (defense-aware) families
