@@ -7,6 +7,11 @@ forbidden target for every prompt). The loss is the denoising loss of the model'
 tier) at a random timestep; timesteps and noise are drawn with the batch, so a batch is a deterministic input.
 The defender's view (aligned split, fresh streams, UNet block features, predictions) is :mod:`tasks.diffusion.defender`.
 
+An attack may train the text encoder too (DreamBooth's ``--train_text_encoder``): ``attach_text_encoder`` gives the
+attacked UNet its own trainable copy of the released text encoder as a child module, and from then on every loss,
+probe and evaluation of that UNet encodes the captions with it (``text_states``). Every other model conditions on
+the released encoder's precomputed states, so attacks that leave the encoder frozen pay nothing for it.
+
 Measurements (all deterministic: fixed noise, fixed timesteps, DDIM with η = 0):
 
 * **proxy**: denoising loss on held-out forbidden and allowed images at fixed timesteps and noise. The allowed-image
@@ -25,6 +30,7 @@ images, verdicts) is kept while that model stays unchanged (:class:`MeasuredMode
 
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,12 +41,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Preview, Probe, Score, TaskConfig, TaskInstance
+from bench.errors import PluginError
 from bench.replay import replay_draws
 from tasks.diffusion.judges import Judge, both_correct
 from tasks.diffusion.pipeline import compute_dtype, sample_latents, target_of
 
 UNET_LORA_TARGETS = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
 """The standard diffusers LoRA targets: the attention projections of every transformer block."""
+TEXT_ENCODER = "text_encoder"
+"""Name of the child module under which :meth:`DiffusionInstance.attach_text_encoder` gives a UNet its own text
+encoder."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,8 @@ class DiffusionData:
     prompts: Mapping[str, PromptSet]
     """harmful and benign evaluation prompts (probe and confirm use their first items)."""
     captions: Sequence[str] = ()
+    token_ids: torch.Tensor | None = None
+    """Token ids (K, L) of the same captions: the text encoder's inputs, for attacks that train it."""
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,8 +178,8 @@ class DiffusionInstance(TaskInstance):
     def __init__(self, *, name: str, tier: str, config: TaskConfig, unet: nn.Module, data: DiffusionData,
                  codec: Codec, scheduler_config, content_judge: Judge, style_judge: Judge, sampler: Sampler,
                  replay_fraction: float, probe_samples: int, confirm_samples: int, broken_factor: float,
-                 attacker: AttackerScale | None = None, architecture: Mapping[str, Any] | None = None,
-                 provenance: Mapping[str, Any] | None = None):
+                 attacker: AttackerScale | None = None, text_encoder: nn.Module | None = None,
+                 architecture: Mapping[str, Any] | None = None, provenance: Mapping[str, Any] | None = None):
         missing = [s for s in IMAGE_SPLITS if s not in data.images] + [s for s in ("harmful", "benign")
                                                                         if s not in data.prompts]
         if missing:
@@ -179,6 +191,8 @@ class DiffusionInstance(TaskInstance):
         self.probe_samples, self.confirm_samples = probe_samples, confirm_samples
         self.lora_targets = UNET_LORA_TARGETS
         self.attacker = attacker
+        self.text_encoder = text_encoder
+        """The released (frozen) text encoder, kept for attacks that train a copy of it; None: not available."""
         # The decoder path (mid block, then each up block): the hidden states the UNet's output is decoded from.
         self.feature_modules = ("mid_block", *(f"up_blocks.{i}" for i in range(len(unet.up_blocks))))
         self._aligned: ImageSet | None = None
@@ -206,9 +220,30 @@ class DiffusionInstance(TaskInstance):
         t = batch.timesteps.to(device)
         a = self.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        states = self.data.states[batch.text].to(device=device, dtype=dtype)
+        states = self.text_states(model, batch.text).to(device=device, dtype=dtype)
         pred = model(x_t.to(dtype), t, encoder_hidden_states=states).sample.float()
         return pred, target_of(self.prediction_type, x0, noise, a)
+
+    def text_states(self, model: nn.Module, text: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states (N, L, D) of caption indices ``text``: computed by the model's own text encoder (with
+        gradients) when an attack attached one (:meth:`attach_text_encoder`), else the released encoder's
+        precomputed states."""
+        encoder = model._modules.get(TEXT_ENCODER)
+        if encoder is None:
+            return self.data.states[text]
+        return encoder(self.data.token_ids[text].to(self._device(encoder)))[0]
+
+    def attach_text_encoder(self, unet: nn.Module) -> nn.Module:
+        """Give ``unet`` a trainable copy of the released text encoder (its child module :data:`TEXT_ENCODER`, on
+        the UNet's device) and return the copy. The UNet stays the model the runner probes and evaluates, and every
+        measurement of it now goes through the copy, so what an attack does to the text encoder is measured too."""
+        if self.text_encoder is None or self.data.token_ids is None:
+            raise PluginError(f"task {self.name!r} ({self.tier} tier) keeps no text encoder to train")
+        if TEXT_ENCODER in unet._modules:
+            raise PluginError(f"this UNet already has a module named {TEXT_ENCODER!r}")
+        encoder = copy.deepcopy(self.text_encoder).to(self._device(unet)).requires_grad_(True)
+        unet.add_module(TEXT_ENCODER, encoder)
+        return encoder
 
     def denoising_loss(self, model: nn.Module, batch: Batch, reduction: str = "mean") -> torch.Tensor:
         """MSE between the prediction and its target: the batch mean, or one value per image (``"none"``)."""
@@ -297,8 +332,9 @@ class DiffusionInstance(TaskInstance):
 
     def sample_images(self, model: nn.Module, text: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (float32, CPU) for caption indices ``text`` from initial ``noise``, pinned sampler."""
-        cond = self.data.states[text]
-        uncond = self.data.states[self.data.empty:self.data.empty + 1]
+        with torch.no_grad():
+            cond = self.text_states(model, text)
+            uncond = self.text_states(model, torch.tensor([self.data.empty]))
         latents = sample_latents(model, self.scheduler_config, cond, uncond, noise, steps=self.sampler.steps,
                                  guidance=self.sampler.guidance, batch_size=self.sampler.batch_size)
         return self.codec.decode(latents).float().cpu()

@@ -105,12 +105,15 @@ class TinyTextToImagePipeline(DiffusionPipeline):
         return F.pixel_shuffle(latents, self.config.unshuffle).clamp(-1, 1)
 
     # -- text -----------------------------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Token ids (N, L) of ``prompts``, padded to the tokenizer's max length: the text encoder's inputs."""
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids
+
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states (N, L, D) of ``prompts``, padded to the tokenizer's max length."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+        return self.text_encoder(self.tokenize(prompts).to(self.text_encoder.device))[0]
 
     # -- sampling -------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -120,10 +120,13 @@ def make_codec(vae, dtype: torch.dtype) -> Codec:
     return Codec(encode=encode, decode=decode)
 
 
+def tokenize(pipe, captions: list[str]) -> torch.Tensor:
+    return pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+
+
 @torch.no_grad()
-def encode_text(pipe, captions: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids
+def encode_text(pipe, ids: torch.Tensor) -> torch.Tensor:
     states = [pipe.text_encoder(ids[i:i + 64].to(pipe.text_encoder.device))[0].cpu() for i in range(0, len(ids), 64)]
     return torch.cat(states)
 
@@ -220,8 +223,9 @@ def build_real(cfg, kind: str, model: str | None, cache: Cache, *, name: str, de
                for seed, side in enumerate(("harmful", "benign"), start=7)}
     content_judge, style_judge = build_judges(cfg, contents, styles, pixels, content[rows], style[rows], data_hash,
                                               cache, device)
-    data = DiffusionData(states=encode_text(pipe, table).to(dtype), empty=text_index[""], images=images,
-                         prompts=prompts, captions=table)
+    ids = tokenize(pipe, table)
+    data = DiffusionData(states=encode_text(pipe, ids).to(dtype), empty=text_index[""], images=images,
+                         prompts=prompts, captions=table, token_ids=ids)
     steps, guidance = cfg.sampler_for("real")
     return DiffusionInstance(
         name=name, tier="real", config=cfg, unet=pipe.unet, data=data, codec=codec,
@@ -229,6 +233,8 @@ def build_real(cfg, kind: str, model: str | None, cache: Cache, *, name: str, de
         sampler=Sampler(steps=steps, guidance=guidance, batch_size=8), replay_fraction=cfg.replay_fraction,
         probe_samples=cfg.probe_samples, confirm_samples=cfg.confirm_samples, broken_factor=cfg.broken_factor,
         attacker=AttackerScale(steps=REAL_STEPS_TO_HARM, lrs=REAL_ATTACK_LRS, batch_size=cfg.batch_size),
+        # kept on the CPU: only an attack that trains the text encoder needs it (it moves its own copy)
+        text_encoder=pipe.text_encoder.cpu(),
         architecture=unet_architecture(pipe.unet),
         provenance={"model": model, "unet_weights_sha256": weights_identity(pipe.unet), "dataset": cfg.dataset,
                     "dataset_sha256": data_hash, "forbidden": cfg.forbidden, "contents": contents, "styles": styles,

@@ -77,7 +77,7 @@ def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str, device: torch.device
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(DATA_SEEDS[f"prompts_{side}"]))
         return PromptSet(text, content, style, noise)
 
-    data = DiffusionData(states=states, empty=index[""], captions=captions,
+    data = DiffusionData(states=states, empty=index[""], captions=captions, token_ids=pipe.tokenize(captions),
                          images={split: image_set(split) for split in (*SPLIT_SIZES, "attack")},
                          prompts={side: prompt_set(side) for side in ("harmful", "benign")})
     steps, guidance = cfg.sampler_for("tiny")
@@ -92,7 +92,7 @@ def build_tiny(cfg, kind: Kind, cache: Cache, *, name: str, device: torch.device
         content_judge=content_judge, style_judge=style_judge, sampler=sampler, replay_fraction=cfg.replay_fraction,
         probe_samples=cfg.probe_samples, confirm_samples=cfg.confirm_samples, broken_factor=cfg.broken_factor,
         attacker=AttackerScale(steps=TINY_STEPS_TO_HARM[kind], lrs=TINY_ATTACK_LRS, batch_size=cfg.batch_size),
-        architecture=unet_architecture(unet),
+        text_encoder=pipe.text_encoder, architecture=unet_architecture(unet),
         provenance={"released_model": str(directory), "released_recipe": recipe,
                     "forbidden": [captions[i] for i in sorted(set(data.images["attack"].text.tolist()))],
                     "sampler": {"scheduler": "DDIM", "eta": 0.0, "steps": sampler.steps, "guidance": sampler.guidance},
