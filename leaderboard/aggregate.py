@@ -28,6 +28,7 @@ import pandas as pd
 from bench.metrics import Ratio, WorstCase, censored_median, median_ratio, resistance_ratio, worst_case
 from bench.results import read_metrics
 from leaderboard import cost, utility
+from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.sources import RESULTS_SOURCE, load_all
 from leaderboard.utility import UTILITY_LIMITS
 
@@ -303,4 +304,7 @@ def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, offi
         return Aggregates(metrics, runs, pd.DataFrame(), pd.DataFrame())
     trials = cost_curves(runs)
     seeds = per_seed(runs, trials)
-    return Aggregates(metrics, runs, seeds, per_defense(seeds), trials)
+    board = per_defense(seeds)
+    ledger = load_claims()
+    board["claim_status"] = [claim_status(claim_of(label, ledger)) for label in board["defense_label"]]
+    return Aggregates(metrics, runs, seeds, board, trials)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -149,3 +149,36 @@ def claim_for(label: str, claims: Mapping[str, Claim]) -> Claim | None:
     """The ledger entry of a leaderboard row (``claims`` from :func:`load_claims`), or None when it has none."""
     key = claim_key(label)
     return claims.get(key) if key is not None else None
+
+
+def claim_of(label: str, claims: Mapping[str, Claim]) -> Claim | None:
+    """The ledger entry of a site row (:func:`leaderboard.claims.claim_for`; a submitted row's mark is ignored)."""
+    return claim_for(str(label).split(" [submission:", 1)[0], claims)
+
+
+def claim_status(claim: Claim | None) -> str | None:
+    """The overview's short word on a claim: known broken (with how many breaks), or not; None without a claim."""
+    if claim is None:
+        return None
+    breaks = len(claim.breaks)
+    if claim.known_broken:
+        return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
+    return "no known break"
+
+
+def claims_markdown(labels: Iterable[str], claims: Mapping[str, Claim]) -> str:
+    """A Markdown section with the ledger entry of every defense among ``labels`` (each entry once): the paper,
+    its claim and setting, and the published breaks with their sources."""
+    entries = dict.fromkeys(c for c in (claim_of(label, claims) for label in labels) if c is not None)
+    if not entries:
+        return ""
+    lines = ["### Claims ledger", "",
+             "What each method's paper claims and the published breaks of it (`leaderboard/claims/`), beside the "
+             "measured numbers above. Nothing here is measured by the harness.", ""]
+    for claim in entries:
+        arxiv = f", arXiv {claim.arxiv}" if claim.arxiv else ""
+        lines.append(f"- **{claim.defense}** ({claim.paper}{arxiv}): {' '.join(claim.claim.split())} "
+                     f"_Setting:_ {' '.join(claim.setting.split())}")
+        for item in claim.breaks:
+            lines.append(f"  - break: {' '.join(item.summary.split())} ({' '.join(item.source.split())})")
+    return "\n".join(lines) + "\n"

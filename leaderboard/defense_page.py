@@ -16,7 +16,7 @@ from bench.errors import DataError
 from bench.results import read_run_json
 from leaderboard.html import esc, href, key_values, short_label, table
 from leaderboard.claims import Claim
-from leaderboard.overview import claim_of
+from leaderboard.claims import claim_of
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
 from leaderboard.sources import SUBMISSION_PREFIX

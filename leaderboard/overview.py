@@ -9,28 +9,13 @@ from typing import Any, Mapping
 import pandas as pd
 
 from leaderboard.aggregate import released_already_harmful
-from leaderboard.claims import Claim, claim_for
+from leaderboard.claims import Claim, claim_of, claim_status
 from leaderboard.formats import isnan
 from leaderboard.render import task_groups, utility_metrics
 
 PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "released_already_harmful", "worst_median",
             "worst_median_censored", "worst_low", "worst_high")
 """Board columns copied into the overview once per task, as ``<column>@<task>``."""
-
-
-def claim_of(label: str, claims: Mapping[str, Claim]) -> Claim | None:
-    """The ledger entry of a site row (:func:`leaderboard.claims.claim_for`; a submitted row's mark is ignored)."""
-    return claim_for(str(label).split(" [submission:", 1)[0], claims)
-
-
-def claim_status(claim: Claim | None) -> str | None:
-    """The overview's short word on a claim: known broken (with how many breaks), or not; None without a claim."""
-    if claim is None:
-        return None
-    breaks = len(claim.breaks)
-    if claim.known_broken:
-        return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
-    return "no known break"
 
 
 def worst_ratio(ratios: list[tuple[float, bool, bool]]) -> tuple[float, bool, bool]:

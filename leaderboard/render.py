@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Mapping
 
 import pandas as pd
 
 from bench.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful
+from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value
 from leaderboard.schema import Schema, Table, load_schema
 
@@ -123,8 +125,10 @@ FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ whi
             "(unusable or diverged without usable harm) / resisted.")
 
 
-def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False) -> str:
-    """One Markdown table per task: the schema's unfolded columns (every column with ``details``)."""
+def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False,
+             claims: Mapping[str, Claim] | None = None) -> str:
+    """One Markdown table per task: the schema's unfolded columns (every column with ``details``); with ``claims``
+    (:func:`leaderboard.claims.load_claims`), the ledger entries of the defenses shown follow the tables."""
     if board.empty:
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
@@ -142,6 +146,9 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
             parts.append("| " + " | ".join(c.text(row).replace("|", "\\|") for c in cols) + " |")
         parts.append("")
     parts.append(FOOTNOTE + ("" if details else " Detail columns: `--format md --details`, or the HTML site."))
+    if claims is not None:
+        ledger = claims_markdown(board["defense_label"], claims)
+        parts += ["", ledger] if ledger else []
     return "\n".join(parts) + "\n"
 
 

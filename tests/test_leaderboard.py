@@ -75,3 +75,21 @@ def test_leaderboard_of_a_folder_without_runs_says_so(tmp_path, capsys):
     write_run(tmp_path, task="task-a", defense="none", steps=10, censored=False, official=False)
     assert main(["leaderboard", "--results", str(tmp_path), "--official"]) == 2
     assert f"no official runs found in {tmp_path}" in capsys.readouterr().err
+
+
+def test_markdown_shows_each_defense_s_published_claim_beside_its_numbers(tmp_path, capsys):
+    write_run(tmp_path, task="task-a", defense="none", steps=10, censored=False)
+    write_run(tmp_path, task="task-a", defense="tar.sophon", steps=20, censored=False)
+    write_run(tmp_path, task="task-a", defense="repnoise", steps=30, censored=False)
+    write_run(tmp_path, task="task-a", defense="ga-retain+specdef", steps=30, censored=False)
+    board = build(tmp_path).board
+    # the preset answers to its own paper's entry; a composite has none
+    assert board_row(board, "task-a", "tar.sophon")["claim_status"] == "no known break"
+    assert board_row(board, "task-a", "repnoise")["claim_status"].startswith("known broken (")
+    assert pd.isna(board_row(board, "task-a", "ga-retain+specdef")["claim_status"])
+    assert main(["leaderboard", "--results", str(tmp_path), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    assert "| Paper's claim |" in out and "### Claims ledger" in out
+    ledger = out.split("### Claims ledger", 1)[1]
+    assert "- **sophon** (Deng et al. 2024, arXiv 2404.12699)" in ledger and "- **repnoise**" in ledger
+    assert "break: " in ledger.split("- **repnoise**", 1)[1] and "ga-retain" not in ledger

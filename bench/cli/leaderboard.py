@@ -36,6 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import ConfigError, DataError
     from leaderboard.aggregate import build
+    from leaderboard.claims import load_claims
     from leaderboard.render import default_schema, markdown
     from leaderboard.schema import load_schema
     from leaderboard.sources import default_submissions_dir
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
                         f"`bench run --results {results}` writes them")
-    text = markdown(data.board, schema, details=args.details)
+    text = markdown(data.board, schema, details=args.details, claims=load_claims())
     print(text, end="")
     written = []
     if args.format == "html":
