@@ -184,6 +184,8 @@ def test_ls_lists_every_kind(capsys):
     assert run_cli("ls", "defenses", "spec*", "-v") == 0
     out = capsys.readouterr().out
     assert "alpha (float, default 10000.0)" in out and "preset specdef.a1e4-k25" in out
+    assert run_cli("ls", "attacks", "text-encoder", "-v") == 0
+    assert "applies to: generation tasks" in capsys.readouterr().out
 
 
 def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):

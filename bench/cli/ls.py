@@ -45,4 +45,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"    preset {name}.{preset}: {values}")
         if hasattr(cls, "tiers"):
             print(f"    tiers: {', '.join(cls.tiers)}")
+        if getattr(cls, "setting", None):
+            print(f"    setting: {cls.setting}")
+        if getattr(cls, "settings", None):  # bench.applicability: runs only on tasks of these settings
+            print(f"    applies to: {', '.join(sorted(cls.settings))} tasks")
     return 0
