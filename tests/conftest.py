@@ -61,3 +61,32 @@ def _no_checkout_submissions(tmp_path, monkeypatch):
     import leaderboard.sources
 
     monkeypatch.setattr(leaderboard.sources, "default_submissions_dir", lambda: tmp_path / "checkout-submissions")
+
+
+NOOP_DEFENSE_PLUGIN = '''"""A defense written by a user: adds nothing."""
+from dataclasses import dataclass
+from bench.contracts import Defense, DefenseResult
+from bench.registry import DEFENSES
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cfg:
+    pass
+
+
+@DEFENSES.register("mine")
+class Mine(Defense):
+    """Does nothing."""
+    Config = Cfg
+
+    def apply(self, model, view, cfg, *, generator):
+        return DefenseResult(model=model)
+'''
+
+
+@pytest.fixture
+def noop_plugin(tmp_path, isolated_registries):
+    """A plugin file registering the defense ``mine`` (it returns the model unchanged), as a user would write it."""
+    path = tmp_path / "my_defense.py"
+    path.write_text(NOOP_DEFENSE_PLUGIN)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
@@ -10,30 +9,11 @@ from bench.cli import main
 from bench.compare import default_baselines
 
 QUICK = ["task.budget=30", "task.curvature_iters=0", "task.bootstrap=50"]
-PLUGIN = '''
-    """A defense written by a user: adds nothing."""
-    from dataclasses import dataclass
-    from bench.contracts import Defense, DefenseResult
-    from bench.registry import DEFENSES
-
-    @dataclass(frozen=True, kw_only=True)
-    class Cfg:
-        pass
-
-    @DEFENSES.register("mine")
-    class Mine(Defense):
-        """Does nothing."""
-        Config = Cfg
-        def apply(self, model, view, cfg, *, generator):
-            return DefenseResult(model=model)
-'''
 
 
 @pytest.fixture
-def plugin(tmp_path, isolated_registries):
-    path = tmp_path / "my_defense.py"
-    path.write_text(textwrap.dedent(PLUGIN))
-    return path
+def plugin(noop_plugin):
+    return noop_plugin
 
 
 def run_cli(*argv):

@@ -4,7 +4,6 @@ submitted; an invalid one gets every problem at once and nothing is copied."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pandas as pd
 import pytest
@@ -16,34 +15,16 @@ from bench.sweep import first_wave
 from leaderboard.aggregate import build
 from leaderboard.sources import load_all
 
-PLUGIN = '''
-    from dataclasses import dataclass
-    from bench.contracts import Defense, DefenseResult
-    from bench.registry import DEFENSES
-
-    @dataclass(frozen=True, kw_only=True)
-    class Cfg:
-        pass
-
-    @DEFENSES.register("mine")
-    class Mine(Defense):
-        """Does nothing."""
-        Config = Cfg
-        def apply(self, model, view, cfg, *, generator):
-            return DefenseResult(model=model)
-'''
 PROVENANCE = {"git_sha": "0123abcd", "git_dirty": False, "bench_version": "0.1.0",
               "libraries": {"python": "3.11", "torch": "2.13.0"}}
 
 
 @pytest.fixture
-def plugin(tmp_path, isolated_registries):
-    path = tmp_path / "my_defense.py"
-    path.write_text(textwrap.dedent(PLUGIN))
+def plugin(noop_plugin):
     from bench.registry import load_plugin
 
-    load_plugin(path)
-    return path
+    load_plugin(noop_plugin)
+    return noop_plugin
 
 
 @pytest.fixture

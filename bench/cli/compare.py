@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from bench.cli.run import add_executor_arguments, executor_for, set_threads
+from bench.cli.run import add_executor_arguments
 
 EPILOG = """examples:
   bench compare --plugin my_defense.py --defense weight-noise --task vision-digits            # seeds 0,1,2
@@ -56,10 +55,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.compare import compare, plan_comparison
-    from bench.cli.sweep import print_dry_run, print_problems
-    from bench.devices import resolve_device
+    from bench.cli.sweep import print_dry_run, print_problems, run_planned
     from bench.experiment import build_request
-    from bench.runner import Session
 
     request = build_request(task=args.task, defense=args.defense, attack=args.attack, overrides=args.overrides,
                             tier=args.tier, model=args.model, seeds=args.seeds, refine=args.refine,
@@ -69,24 +66,9 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(f"comparing {request.defense} with: {', '.join(comparison.baselines)}")
         return print_dry_run(comparison.plan, args.results)
-    threads = set_threads(args.threads, {request.tier})
-    resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built
-
-    def make_session() -> Session:
-        return Session(results_dir=args.results, official=not args.dev, device=args.device,
-                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)
-
-    def announce(index: int, planned) -> None:
-        if not args.quiet:
-            print(f"suite {index + 1}/{len(comparison.plan.suites)}: {planned.where}", file=sys.stderr)
-
     start = time.perf_counter()
-    try:
-        report = compare(comparison, args.results, make_session=make_session, on_suite=announce, site_dir=args.out,
-                         make_executor=lambda session, tier: executor_for(args, session, tier, threads))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
-              file=sys.stderr)
+    report = run_planned(comparison.plan, args, lambda **kw: compare(comparison, args.results, site_dir=args.out, **kw))
+    if report is None:
         return 130
     wall = time.perf_counter() - start
     print(report.table, end="")

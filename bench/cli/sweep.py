@@ -84,12 +84,34 @@ def print_not_applicable(sweep_plan) -> None:
 
 
 def _run(sweep_plan, args: argparse.Namespace) -> int:
-    from bench.devices import resolve_device
-    from bench.runner import Session
     from bench.sweep_run import run_sweep
     from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets
     from leaderboard.summary import summary_text
+
+    start = time.perf_counter()
+    report = run_planned(sweep_plan, args, lambda **kw: run_sweep(sweep_plan, **kw))
+    if report is None:
+        return 130
+    wall = time.perf_counter() - start
+    records = report.records
+    aggregates = build(args.results, report.run_ids)
+    print(summary_text(aggregates))
+    for sheet in samples_sheets(args.results, aggregates.seeds):
+        print(f"samples before/after the worst-case attack of each defense: {sheet}")
+    resumed = sum(r.resumed for r in records)
+    print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
+          f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
+    print_not_applicable(sweep_plan)
+    return print_problems(report, args.results)
+
+
+def run_planned(sweep_plan, args: argparse.Namespace, execute):
+    """Run a planned sweep with the command line's session, device, thread and executor options (``bench sweep``,
+    ``bench compare``): ``execute(make_session=, on_suite=, make_executor=)`` runs it. Returns its report, or None
+    after Ctrl-C (completed runs are kept)."""
+    from bench.devices import resolve_device
+    from bench.runner import Session
 
     tiers = {planned.request.tier for planned in sweep_plan.suites}
     threads = set_threads(args.threads, tiers)
@@ -104,25 +126,13 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"suite {index + 1}/{len(sweep_plan.suites)}: {planned.where}", file=sys.stderr)
 
-    start = time.perf_counter()
     try:
-        report = run_sweep(sweep_plan, make_session, on_suite=announce,
-                           make_executor=lambda session, tier: executor_for(args, session, tier, threads))
+        return execute(make_session=make_session, on_suite=announce,
+                       make_executor=lambda session, tier: executor_for(args, session, tier, threads))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)
-        return 130
-    wall = time.perf_counter() - start
-    records = report.records
-    aggregates = build(args.results, report.run_ids)
-    print(summary_text(aggregates))
-    for sheet in samples_sheets(args.results, aggregates.seeds):
-        print(f"samples before/after the worst-case attack of each defense: {sheet}")
-    resumed = sum(r.resumed for r in records)
-    print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
-          f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
-    print_not_applicable(sweep_plan)
-    return print_problems(report, args.results)
+        return None
 
 
 def print_problems(report, results: str) -> int:
