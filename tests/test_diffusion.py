@@ -194,9 +194,11 @@ def test_bench_run_writes_before_and_after_samples_for_each_defense(tmp_path, ca
     assert f"samples before/after the worst-case attack of each defense: {sheet}" in out
     assert Image.open(sheet).size[1] > 2 * height  # both defenses stacked
     assert main(["leaderboard", "--results", str(results)]) == 0
-    html = (results / "leaderboard.html").read_text()
-    assert "Samples before and after each defense&#x27;s worst-case attack: sd-concept-tiny" in html
-    assert html.count("src='data:image/png;base64,") == 3  # harm curves, Pareto plot, samples sheet
+    [page] = (results / "site").glob("task-sd-concept-tiny-*.html")
+    html = page.read_text()
+    assert "<img src='img/sd-concept-tiny-samples.png'" in html  # the sheet, beside the harm and Pareto plots
+    assert (results / "site" / "img" / "sd-concept-tiny-samples.png").read_bytes() == sheet.read_bytes()
+    assert "-harm.png'" in html and "-pareto.png'" in html
 
 
 def test_default_suite_makes_valid_specs():
