@@ -157,10 +157,13 @@ def claim_of(label: str, claims: Mapping[str, Claim]) -> Claim | None:
 
 
 def claim_status(claim: Claim | None) -> str | None:
-    """The overview's short word on a claim: known broken (with how many breaks), or not; None without a claim."""
+    """The short word on a claim: known broken (with how many breaks), no known break, or no claim (a ledger entry
+    without a paper: the baseline, the ablations); None without a ledger entry (a composite)."""
     if claim is None:
         return None
     breaks = len(claim.breaks)
+    if claim.arxiv is None and not claim.known_broken:
+        return "no claim"  # the baseline and the ablations: no paper claims anything for them
     if claim.known_broken:
         return f"known broken ({breaks} external break{'s' if breaks != 1 else ''})"
     return "no known break"

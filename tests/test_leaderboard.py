@@ -86,6 +86,7 @@ def test_markdown_shows_each_defense_s_published_claim_beside_its_numbers(tmp_pa
     # the preset answers to its own paper's entry; a composite has none
     assert board_row(board, "task-a", "tar.sophon")["claim_status"] == "no known break"
     assert board_row(board, "task-a", "repnoise")["claim_status"].startswith("known broken (")
+    assert board_row(board, "task-a", "none")["claim_status"] == "no claim"
     assert pd.isna(board_row(board, "task-a", "ga-retain+specdef")["claim_status"])
     assert main(["leaderboard", "--results", str(tmp_path), "--format", "md"]) == 0
     out = capsys.readouterr().out
