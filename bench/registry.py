@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -289,7 +290,10 @@ def load_plugin(path: str | Path) -> None:
         file = Path(path_str)
         if not file.is_file():
             raise PluginError(f"plugin file not found: {file}")
-        module_name = f"bench_user_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', file.stem)}_{abs(hash(str(file.resolve()))) % 10**8}"
+        # The same name in every process (not hash(), which Python salts per process): it is part of the plugin's
+        # identity in stage-cache keys, which a sweep's workers must compute as the sweep's own process does.
+        path_id = hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:8]
+        module_name = f"bench_user_plugin_{re.sub(r'[^0-9a-zA-Z_]', '_', file.stem)}_{path_id}"
         if module_name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(module_name, file)

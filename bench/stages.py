@@ -10,7 +10,9 @@ A stage is looked up in memory first, then in the on-disk stage cache (:mod:`ben
 built and written there, so runs in other processes or on other machines sharing the cache directory reuse it: a
 cached defended stage is read back (the model with :mod:`bench.modelio`), never re-applied. The task itself is always
 built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself). A freshly built stage is written,
-then read back, so every run uses exactly what other processes read.
+then read back, so every run uses exactly what other processes read. That is also how a sweep with local workers
+builds the defended stages of a wave in parallel: :meth:`Session.defended_to_build` names those missing from the
+cache, the workers build them there, and the sweep's own session reads them back.
 
 A defense that leaves the weights as released (``changes_weights = False``, e.g. ``none``) is not measured again: its
 stage reuses the released stage's evaluation, reference outputs and curvature, which the same measurement of the
@@ -27,7 +29,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +127,33 @@ class Session:
     def defended(self, spec: RunSpec) -> DefendedStage:
         return self._memo(self._defended, spec.stage_key("defended"),
                           lambda: self._timed("defended", lambda: self._defended_stage(spec)))
+
+    def defended_to_build(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
+        """One spec per distinct defended stage of ``specs`` that is worth building in another process: in neither
+        this session's memory nor the on-disk cache, storable there (so this session reads back what the other
+        process built), and of a defense that changes the weights (one that keeps them costs a copy of the released
+        model here, less than sending it away). Builds or reads the released stages, whose provenance keys the
+        entries; a spec whose released stage (or defense) fails is left out, for this session's own build to report.
+        """
+        if self._store is None:
+            return []
+        seen: set[str] = set()
+        todo = []
+        for spec in specs:
+            key = spec.stage_key("defended")
+            if key in seen or key in self._defended:
+                continue
+            seen.add(key)
+            try:
+                if not DEFENSES.get(spec.defense.name).changes_weights:
+                    continue
+                released = self.released(spec)
+                disk = self._disk_key(spec, "defended", released.task, self.device_for(spec))
+            except Exception:  # noqa: BLE001 - reported when this session builds the stage itself
+                continue
+            if disk is not None and not self._store.path(disk).exists():
+                todo.append(spec)
+        return todo
 
     def stage_timing(self, stage: ReleasedStage | DefendedStage) -> dict[str, Any]:
         """What a run records of a stage it used: its seconds per part and where it came from (``built``,

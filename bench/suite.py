@@ -4,7 +4,9 @@
 :class:`~bench.planner.Planner` (LR grids, LR search, half-decade refinement) and hands each wave to an
 :class:`~bench.executors.Executor` (in this process by default; local worker processes, Ray or Slurm at scale).
 Runs already completed in the results directory are skipped (resume) and cost nothing: stages are built only for
-runs that still have work. Failed runs are recorded and the suite goes on.
+runs that still have work. An executor with worker processes of its own may build a wave's defended stages there
+first, in parallel (``prepare``); this process then reads them from the on-disk stage cache. Failed runs are recorded
+and the suite goes on.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ def run_suite(
                     todo.append(spec)
             if todo and hasattr(executor, "prestart"):
                 executor.prestart(todo)
+            if todo and hasattr(executor, "prepare"):
+                executor.prepare(todo)  # (whatever it could not build, _prepare builds here and reports)
             _prepare(todo, session)
             for record in executor.submit(todo):
                 record.family = family_of[record.spec.run_id]

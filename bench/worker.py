@@ -7,11 +7,12 @@ pickle of models. The worker rebuilds the spec (re-validating it), imports the p
 :func:`bench.runner.run`, which writes the run directory itself; a plugin error becomes a ``failed`` run there. A
 worker that dies before writing (``os._exit``, out of memory, a kill) is recorded by the executor instead.
 
-A serving worker (the local executor's) reads its options, then one run per line (or a ``warm`` hint: tasks whose
-code to import before its first run), from the ``JOBS_FD`` pipe; sends
-its output (Python's and native code's) to each run's log file while the run lasts; and answers each finished run
-with one line on the ``RESULTS_FD`` pipe. It keeps one :class:`~bench.stages.Session` — imports, tasks and the most
-recent stages in memory — from run to run, and exits when the jobs pipe closes.
+A serving worker (the local executor's) reads its options, then one job per line from the ``JOBS_FD`` pipe: a run,
+a ``warm`` hint (tasks whose code to import before its first run), or a ``prepare`` job (build a run's defended stage
+into the on-disk stage cache, so that the stages of a wave are built in parallel before its runs). It sends its
+output (Python's and native code's) to the job's log file while the job lasts, and answers each run and each
+``prepare`` job with one line on the ``RESULTS_FD`` pipe. It keeps one :class:`~bench.stages.Session` — imports,
+tasks and the most recent stages in memory — from job to job, and exits when the jobs pipe closes.
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def serve(jobs_fd: int, results_fd: int) -> int:
         if "warm" in job:  # a hint sent ahead of the runs: import the tasks' code (e.g. diffusers) now
             _warm(job["warm"])
             continue
+        if "prepare" in job:
+            with output_to(job["log"], os.O_APPEND):
+                answer = _prepare(job["prepare"], session)
+            os.write(results_fd, (json.dumps(answer) + "\n").encode())
+            continue
         # The executor created the log (a fresh worker's startup output is already in it): append.
         with output_to(job["log"], os.O_APPEND):
             try:
@@ -129,6 +135,23 @@ def serve(jobs_fd: int, results_fd: int) -> int:
                 raise
         os.write(results_fd, (json.dumps({"run_id": job["run_id"], "status": status}) + "\n").encode())
     return 0
+
+
+def _prepare(spec_json: Mapping[str, Any], session) -> dict[str, Any]:
+    """Build (or read) a run's defended stage, which the session writes to the on-disk stage cache, and keep it in
+    memory for the runs this worker may take on it. A failure is answered, not raised: the sweep then builds the
+    stage itself and reports the error as it would without workers (its traceback goes to the log here)."""
+    import traceback
+
+    from bench.spec import RunSpec
+
+    try:
+        spec = RunSpec.from_json(spec_json)
+        session.defended(spec)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        traceback.print_exc()
+        return {"prepared": False, "error": f"{type(err).__name__}: {err}"}
+    return {"prepared": True, "error": None}
 
 
 def _warm(tasks: list[str]) -> None:

@@ -3,6 +3,7 @@ exiting and out-of-memory runs, run timeouts, and a sweep killed with SIGKILL th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from bench.contracts import AttackSweep
 from bench.executors.local import LocalExecutor
@@ -81,14 +83,15 @@ def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, cache):
     options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1)
     parallel = run_suite(request, session, executor=LocalExecutor(session, options, jobs=2))
     assert sorted(sequential.run_ids) == sorted(parallel.run_ids) and not parallel.failed
-
-    def values(folder, run_id):
-        df = pq.read_table(folder / run_id / "metrics.parquet").to_pandas()
-        df = df[~df["metric"].str.endswith("seconds")]
-        return df[["phase", "step", "split", "metric", "value"]].reset_index(drop=True)
-
     for run_id in sequential.run_ids:
-        assert values(tmp_path / "one", run_id).equals(values(tmp_path / "two", run_id)), run_id
+        assert _values(tmp_path / "one", run_id).equals(_values(tmp_path / "two", run_id)), run_id
+
+
+def _values(folder, run_id):
+    """A run's metric rows, wall-clock metrics aside."""
+    df = pq.read_table(folder / run_id / "metrics.parquet").to_pandas()
+    df = df[~df["metric"].str.endswith("seconds")]
+    return df[["phase", "step", "split", "metric", "value"]].reset_index(drop=True)
 
 
 PLUGIN = textwrap.dedent('''
@@ -217,3 +220,87 @@ def test_prestarted_workers_import_the_tasks_and_take_the_runs(bad_plugins):
         assert all(r.status == "success" for r in records) and executor.workers_started == 2  # no worker added
     logs = session.results_dir / ".logs"
     assert {"worker-0.log", "worker-1.log"} <= {p.name for p in logs.iterdir()}  # their startup output
+
+
+STAGE_PLUGIN = '''
+import os
+from dataclasses import dataclass
+from bench.contracts import Defense
+from bench.errors import DataError
+from bench.registry import DEFENSES
+from defenses.ga_retain import GARetain
+
+BUILDS = {builds!r}
+
+def _count(name):
+    with open(BUILDS, "a") as f:
+        f.write(f"{{name}} {{os.getpid()}}\\n")
+
+@DEFENSES.register("counted-ga")
+class CountedGA(GARetain):
+    """ga-retain, counting its builds (and the process that builds)."""
+    def apply(self, model, view, cfg, *, generator):
+        _count("counted-ga")
+        return super().apply(model, view, cfg, generator=generator)
+
+@dataclass(frozen=True, kw_only=True)
+class NoConfig:
+    pass
+
+@DEFENSES.register("no-layer")
+class NoLayer(Defense):
+    """Fails as bad input does."""
+    Config = NoConfig
+    def apply(self, model, view, cfg, *, generator):
+        _count("no-layer")
+        raise DataError("no-layer: the config matches no layer of this model")
+'''
+
+
+@pytest.fixture
+def stage_plugins(tmp_path, isolated_registries):
+    """A plugin file (for this process and the workers) with a counting trained defense and a failing one."""
+    builds = tmp_path / "builds.txt"
+    plugin = tmp_path / "stage_defenses.py"
+    plugin.write_text(STAGE_PLUGIN.format(builds=str(builds)))
+    load_plugin(str(plugin))
+    return plugin, builds
+
+
+def _builds(path) -> list[tuple[str, int]]:
+    lines = path.read_text().split() if path.exists() else []
+    return [(name, int(pid)) for name, pid in zip(lines[::2], lines[1::2])]
+
+
+def test_workers_build_a_waves_defended_stages_once_each_and_this_process_reports_a_failed_one(tmp_path, cache,
+                                                                                                 stage_plugins):
+    from bench.errors import DataError
+
+    plugin, builds = stage_plugins
+    request = SuiteRequest(task="vision-digits", defense="counted-ga", seeds=(0, 1), task_args=FAST,
+                           defense_args={"steps": 3, "lr": 1e-3}, attack="full-ft",
+                           attack_args={"optimizer": "adam", "lr": 1e-3})
+    session = Session(tmp_path / "two", cache, progress=False)
+    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(cache.root), threads=1,
+                            plugins=(str(plugin),))
+    with LocalExecutor(session, options, jobs=2) as executor:
+        parallel = run_suite(request, session, executor=executor)
+        failing = dataclasses.replace(request, defense="no-layer", defense_args={})
+        with pytest.raises(DataError, match="matches no layer"):
+            run_suite(failing, session, executor=executor)
+    assert not parallel.failed and len(parallel.records) == 4  # counted-ga and none, two seeds each
+    built = _builds(builds)
+    trained = [pid for name, pid in built if name == "counted-ga"]
+    assert len(trained) == 2 and os.getpid() not in trained  # once per seed, in the workers
+    failed = [pid for name, pid in built if name == "no-layer"]  # both seeds tried in the workers, then the first
+    assert len(failed) == 3 and failed[-1] == os.getpid() and os.getpid() not in failed[:2]  # here: it stops
+
+    alone = Session(tmp_path / "one", cache, progress=False, stage_cache=False)  # builds every stage here
+    sequential = run_suite(request, alone)
+    assert sorted(sequential.run_ids) == sorted(parallel.run_ids)
+    for spec in (record.spec for record in parallel.records):
+        if spec.defense.name == "counted-ga":
+            assert session.defended(spec).source == "disk"  # this process read what a worker built
+        mine, theirs = session.defended(spec).model.state_dict(), alone.defended(spec).model.state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), spec.seed
+        assert _values(tmp_path / "two", spec.run_id).equals(_values(tmp_path / "one", spec.run_id)), spec.run_id

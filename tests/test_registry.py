@@ -160,6 +160,21 @@ def test_plugin_file_registers(tmp_path, isolated_registries):
     assert DEFENSES.get("file-defense").__name__ == "FileDefense"
 
 
+def test_a_plugin_file_gets_the_same_module_name_in_every_process(tmp_path):
+    """The module name is part of the plugin's identity in stage-cache keys, which a sweep's workers compute too."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "same.py").write_text("x = 1\n")
+    show = ("import sys; from bench.registry import load_plugin; load_plugin(sys.argv[1]); "
+            "print([m for m in sys.modules if m.startswith('bench_user_plugin')])")
+    names = {subprocess.run([sys.executable, "-c", show, str(tmp_path / "same.py")], check=True, text=True,
+                            capture_output=True, env=dict(os.environ, PYTHONHASHSEED=seed)).stdout
+             for seed in ("1", "2")}  # (str hashes differ between these processes)
+    assert len(names) == 1 and "bench_user_plugin_same_" in names.pop()
+
+
 def test_plugin_file_errors_are_clear(tmp_path):
     with pytest.raises(PluginError, match="not found"):
         load_plugin(tmp_path / "missing.py")

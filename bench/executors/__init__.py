@@ -32,6 +32,9 @@ class Executor(Protocol):
 
     # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
     # (the local executor starts its workers then, so their startup overlaps the preparation).
+    # Optional: ``prepare(specs)``, called next: build the defended stages ``specs`` need into the on-disk stage cache,
+    # in the executor's own processes and in parallel, and return when done; the caller then reads them back and
+    # builds (and reports) whatever failed there. The local executor implements it; without it the caller builds them.
 
 
 class InProcessExecutor:

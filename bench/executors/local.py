@@ -8,8 +8,11 @@ A worker starts once per executor, not once per run: it takes run after run over
 (imports, tasks, its most recent stages) in memory between them, so on the tiny tier — where a run can take less
 time than starting Python — a run costs little more than its own work. An idle worker takes the longest waiting run
 (by step budget, so that no long run is left to the end of a wave), and among runs as long, one on a defended stage
-it already holds. Workers start in their own process group and exit when their sweep dies or the executor is closed
-(or garbage-collected), so an interrupted sweep leaves no orphans; the runs already written stay.
+it already holds. Before a wave's runs, the workers build its missing defended stages in parallel into the on-disk
+stage cache (:meth:`LocalExecutor.prepare`), so the sweep's own process reads them back instead of building them one
+after another while the workers wait. Workers start in their own process group and exit when their sweep dies or
+the executor is closed (or garbage-collected), so an interrupted sweep leaves no orphans; the runs already written
+stay.
 """
 
 from __future__ import annotations
@@ -72,6 +75,31 @@ class LocalExecutor:
             if slot not in self._workers:
                 self._start(slot, logs / f"worker-{slot}.log").warm(tasks)
 
+    def prepare(self, specs: Sequence[RunSpec]) -> None:
+        """Build the defended stages ``specs`` need that the on-disk stage cache lacks (one per distinct stage, of
+        defenses that change the weights: :meth:`~bench.stages.Session.defended_to_build`), one per worker at a
+        time, and wait for them; the caller's own preparation then reads them back. A worker keeps
+        what it built in memory, and takes the runs on it first. A build that fails here (or kills its worker) is
+        left to the caller, whose own build reports the error as it would without workers. With one job nothing
+        is gained: the caller builds them itself."""
+        if self.jobs < 2:
+            return
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        specs = self.session.defended_to_build(specs)
+        for spec in specs:
+            todo.put(spec)
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._prepare_slot, args=(slot, todo, stop), daemon=True,
+                                    name=f"local-prepare-{slot}") for slot in range(min(self.jobs, len(specs)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(POLL_S)  # (with a timeout, so that Ctrl-C reaches the caller's thread)
+        finally:
+            self._halt(threads, stop)
+
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         pending = _Pending(specs)
         finished: queue.Queue = queue.Queue()
@@ -87,15 +115,20 @@ class LocalExecutor:
                     raise item
                 yield item
         finally:
-            if any(thread.is_alive() for thread in threads):  # interrupted, or the caller stopped early
-                stop.set()  # no run outlives the sweep, and none is recorded as failed
-                with self._lock:
-                    for worker in self._workers.values():
-                        worker.signal_kill()
-            for thread in threads:
-                thread.join()
-            if stop.is_set():  # (once no thread uses a worker's pipes any more)
-                _kill_all(self._workers, self._lock)
+            self._halt(threads, stop)
+
+    def _halt(self, threads: list[threading.Thread], stop: threading.Event) -> None:
+        """Wait for the slot threads; if any is still busy (interrupted, or the caller stopped early), kill the
+        workers first, so no job outlives the sweep (and no run is recorded as failed)."""
+        if any(thread.is_alive() for thread in threads):
+            stop.set()
+            with self._lock:
+                for worker in self._workers.values():
+                    worker.signal_kill()
+        for thread in threads:
+            thread.join()
+        if stop.is_set():  # (once no thread uses a worker's pipes any more)
+            _kill_all(self._workers, self._lock)
 
     # -- one worker slot -----------------------------------------------------------------------------------------
     def _slot(self, slot: int, pending: "_Pending", finished: queue.Queue, stop: threading.Event) -> None:
@@ -110,6 +143,27 @@ class LocalExecutor:
                     finished.put(record)
         except BaseException as err:  # noqa: BLE001 - handed to submit(), which raises it in the caller's thread
             finished.put(err)
+
+    def _prepare_slot(self, slot: int, todo: queue.SimpleQueue, stop: threading.Event) -> None:
+        log = Path(self.options.results_dir) / ".logs" / f"worker-{slot}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        while not stop.is_set():
+            try:
+                spec = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                worker = self._workers.get(slot) or self._start(slot, log)
+            except Exception:  # noqa: BLE001 - a worker that cannot start fails the runs, which say why
+                return
+            answer = worker.run({"prepare": spec.to_json(), "log": str(log)}, None, stop)
+            if isinstance(answer, dict):
+                if answer.get("prepared"):
+                    worker.held(spec.stage_key("defended"))
+            elif not stop.is_set():  # the worker died: the caller builds this stage; a fresh worker takes the next
+                with self._lock:
+                    self._workers.pop(slot, None)
+                worker.reap()
 
     def _run(self, slot: int, spec: RunSpec, stop: threading.Event) -> RunRecord | None:
         run_json = clear_previous(spec, self.options)

@@ -9,6 +9,9 @@ stderr (``<array id>_<index>_0_log.out``/``.err``) — go to ``<results>/.submit
 A job that ends without writing its run (``os._exit``, a crash, Slurm's time limit or out-of-memory kill, a
 cancellation) becomes a ``failed`` run with the job's state and the last lines of its log. Tests use submitit's
 ``local`` cluster, which runs the same jobs as local processes.
+
+It has no ``prepare`` (see :mod:`bench.executors`): the sweep's own process builds a wave's defended stages, one
+after another, before the job array is submitted.
 """
 
 from __future__ import annotations
