@@ -51,7 +51,8 @@ def within_limit(retained: pd.Series, limit_percent: float) -> pd.Series:
 
 
 def over_seeds(values: Sequence[float], lows: Sequence[float] = (), highs: Sequence[float] = ()) -> Interval:
-    """Mean of per-seed retained utilities with a 95% t-interval over seeds; one seed: its own bootstrap CI
+    """Mean of per-seed retained utilities with a 95% t-interval over seeds (cut at 0: utilities are ratios of
+    non-negative scores); one seed: its own bootstrap CI
     (``lows``/``highs``, aligned with ``values``); none: NaN. Seeds without a value are left out."""
     values_ = np.asarray(values, dtype=np.float64)
     keep = np.isfinite(values_)
@@ -64,4 +65,4 @@ def over_seeds(values: Sequence[float], lows: Sequence[float] = (), highs: Seque
         high = np.asarray(highs, dtype=np.float64)[keep] if len(highs) else [math.nan]
         return Interval(mean, float(low[0]), float(high[0]))
     half = float(stats.t.ppf(0.975, len(finite) - 1) * finite.std(ddof=1) / math.sqrt(len(finite)))
-    return Interval(mean, mean - half, mean + half)
+    return Interval(mean, max(mean - half, 0.0), mean + half)  # a retained fraction is never negative

@@ -160,7 +160,14 @@ def test_retained_utility_mean_with_a_t_interval_over_seeds(tmp_path):
         write_run(tmp_path, defense="d", seed=seed, attack="a", steps=10, defended={"accuracy": (value, 0.0, 2.0)})
     # One seed: the run's own bootstrap CI over evaluation items.
     write_run(tmp_path, defense="one", seed=0, attack="a", steps=10, defended={"accuracy": (0.9, 0.85, 0.95)})
+    # Three seeds retaining 0.0, 0.0, 0.3: mean 0.1, half-width 4.302653 * 0.173205 / sqrt(3) = 0.430265; the
+    # interval is cut at 0 (a retained fraction cannot be negative).
+    for seed, value in enumerate([0.0, 0.0, 0.3]):
+        write_run(tmp_path, defense="low", seed=seed, attack="a", steps=10, defended={"accuracy": (value, 0.0, 2.0)})
     board = build(tmp_path).board
+    low = row(board, "low")
+    assert (low["retained_mean:accuracy"], low["retained_low:accuracy"], low["retained_high:accuracy"]) == \
+        pytest.approx((0.1, 0.0, 0.530265), abs=1e-6)
     d, one = row(board, "d"), row(board, "one")
     assert d["retained_mean:accuracy"] == pytest.approx(0.9)
     assert d["retained_low:accuracy"] == pytest.approx(0.651586, abs=1e-6)
