@@ -3,8 +3,9 @@
 Each attack family of each (defense, seed) is a small program written as a generator (:func:`sweep_waves`): it
 yields a wave of specs and receives their finished records — an LR grid is one wave; an LR search is probes, then
 full runs at the best probes; half-decade refinement around the best full run is one more wave. The
-:class:`Planner` advances every family in lockstep, so a wave holds the runs of all families that can run now and an
-executor may run them in parallel. Nothing here runs a model or reads files: the same finished records always give
+:class:`Planner` advances every family of one or more requests, either in lockstep (a wave holds the runs of all
+families that can run now) or streaming (each family moves on as soon as its own wave has finished), and an executor
+may run what is ready in parallel. Nothing here runs a model or reads files: the same finished records always give
 the same next wave.
 """
 
@@ -94,20 +95,38 @@ def sweep_waves(sweep: AttackSweep, make: Callable[..., RunSpec], *, refine: boo
 
 
 class Planner:
-    """Every family of a request, advanced wave by wave (see the module docstring)."""
+    """Every family of one or more requests (see the module docstring), advanced in one of two ways:
 
-    def __init__(self, request):
+    * in lockstep (:meth:`wave`, :meth:`finish`): every family's current wave at once, for executors that take a
+      fixed list of runs;
+    * streaming (:meth:`start`, :meth:`feed`): a family moves on as soon as its own wave has finished, so its next
+      runs can start while other families' runs are still going (no wave barrier; see
+      :func:`bench.suite.run_suites`).
+
+    Either way each family receives exactly its own wave's records, in its own order, so both give the same runs. A
+    run shared by several families (e.g. the ``none`` baseline of several requests on one task) runs once.
+    """
+
+    def __init__(self, request, *more_requests):
         self.request = request
+        self.requests = (request, *more_requests)
         self.sweeps = attack_sweeps(request)
         self._programs: list[tuple[str, Waves]] = []
-        self._pending: list[list[RunSpec]] = []
-        for defense, defense_args in defenses_of(request):
-            for seed in request.seeds:
-                for sweep in self.sweeps:
-                    make = functools.partial(spec_of, request, defense, defense_args, sweep.attack, seed=seed)
-                    self._programs.append((sweep.family or sweep.attack,
-                                           sweep_waves(sweep, make, refine=request.refine)))
-        self._pending = [self._advance(program, None) for _, program in self._programs]
+        self._owner: list[int] = []  # program -> the index of the request it belongs to
+        for index, req in enumerate(self.requests):
+            sweeps = self.sweeps if index == 0 else attack_sweeps(req)
+            for defense, defense_args in defenses_of(req):
+                for seed in req.seeds:
+                    for sweep in sweeps:
+                        make = functools.partial(spec_of, req, defense, defense_args, sweep.attack, seed=seed)
+                        self._programs.append((sweep.family or sweep.attack,
+                                               sweep_waves(sweep, make, refine=req.refine)))
+                        self._owner.append(index)
+        self._pending: list[list[RunSpec]] = [self._advance(program, None) for _, program in self._programs]
+        self._members: list[dict[str, None]] = [{} for _ in self.requests]  # request -> its run ids, in order
+        self._records: dict[str, RunRecord] = {}
+        self._waiting: dict[str, list[int]] = {}  # run id -> the programs whose current wave waits for it
+        self._issued: set[str] = set()
 
     @staticmethod
     def _advance(program: Waves, records: list[RunRecord] | None) -> list[RunSpec]:
@@ -120,11 +139,16 @@ class Planner:
         except StopIteration:
             return []
 
+    def _join(self, program: int, spec: RunSpec) -> None:
+        self._members[self._owner[program]].setdefault(spec.run_id)
+
+    # -- lockstep ----------------------------------------------------------------------------------------------
     def wave(self) -> list[tuple[str, RunSpec]]:
         """The runs that can run now, as (family, spec), each run id once (identical runs collapse)."""
         seen, out = set(), []
-        for (family, _), specs in zip(self._programs, self._pending):
+        for i, ((family, _), specs) in enumerate(zip(self._programs, self._pending)):
             for spec in specs:
+                self._join(i, spec)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     out.append((family, spec))
@@ -132,6 +156,7 @@ class Planner:
 
     def finish(self, records: Mapping[str, RunRecord]) -> None:
         """Feed the finished records of the current wave (by run id); every family moves to its next wave."""
+        self._records.update(records)
         for i, (_, program) in enumerate(self._programs):
             if self._pending[i]:
                 self._pending[i] = self._advance(program, [records[s.run_id] for s in self._pending[i]])
@@ -140,11 +165,63 @@ class Planner:
     def done(self) -> bool:
         return not any(self._pending)
 
+    # -- streaming ---------------------------------------------------------------------------------------------
+    def start(self) -> list[tuple[str, RunSpec]]:
+        """The runs every family starts with, as (family, spec), each run id once; then :meth:`feed` each record."""
+        return self._issue(range(len(self._programs)))
+
+    def feed(self, record: RunRecord) -> list[tuple[str, RunSpec]]:
+        """One finished run; returns the runs that became ready (of the families whose wave it completed)."""
+        self._records[record.spec.run_id] = record
+        complete = [i for i in self._waiting.pop(record.spec.run_id, ())
+                    if all(s.run_id in self._records for s in self._pending[i])]
+        for i in complete:
+            self._pending[i] = self._advance(self._programs[i][1], [self._records[s.run_id] for s in self._pending[i]])
+        return self._issue(complete)
+
+    def _issue(self, programs) -> list[tuple[str, RunSpec]]:
+        out, todo = [], list(programs)
+        while todo:
+            i = todo.pop(0)
+            for spec in self._pending[i]:
+                self._join(i, spec)
+            missing = [s for s in self._pending[i] if s.run_id not in self._records]
+            if self._pending[i] and not missing:  # its whole wave already ran (for another family): move on
+                self._pending[i] = self._advance(self._programs[i][1],
+                                                 [self._records[s.run_id] for s in self._pending[i]])
+                todo.append(i)
+                continue
+            for spec in missing:
+                self._waiting.setdefault(spec.run_id, []).append(i)
+                if spec.run_id not in self._issued:
+                    self._issued.add(spec.run_id)
+                    out.append((self._programs[i][0], spec))
+        return out
+
+    def owners(self, run_id: str) -> list[int]:
+        """The indexes of the requests whose families have ``run_id`` in a wave so far."""
+        return [index for index, members in enumerate(self._members) if run_id in members]
+
+    def records_of(self, index: int) -> list[RunRecord]:
+        """The finished runs of request ``index``, in the order its families reached them."""
+        return [self._records[run_id] for run_id in self._members[index] if run_id in self._records]
+
     def estimate(self) -> int:
-        """Runs the request will take (LR search: probes + kept runs; refinement counted as two points)."""
-        per_sweep = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
-                     + (2 if s.refine and s.lrs and self.request.refine else 0) for s in self.sweeps]
-        return len(defenses_of(self.request)) * len(self.request.seeds) * sum(per_sweep)
+        """Runs the requests will take (LR search: probes + kept runs; refinement counted as two points), a defense
+        config shared by several requests (the ``none`` baseline) counted once."""
+        counted: set[tuple] = set()
+        total = 0
+        for req in self.requests:
+            per_sweep = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
+                         + (2 if s.refine and s.lrs and req.refine else 0) for s in attack_sweeps(req)]
+            for defense, defense_args in defenses_of(req):
+                for seed in req.seeds:
+                    key = (req.task, repr(sorted(req.task_args.items())), req.tier, req.model, defense,
+                           repr(sorted(defense_args.items())), seed, req.attack, repr(sorted(req.attack_args.items())))
+                    if key not in counted:
+                        counted.add(key)
+                        total += sum(per_sweep)
+        return total
 
 
 def probe_score(summary: dict[str, Any]) -> tuple[int, float]:

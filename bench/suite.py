@@ -1,12 +1,14 @@
 """Running a defense against an attack suite: the planner's waves through an executor, a baseline, seeds, resume.
 
-``run_suite`` turns a :class:`SuiteRequest` into waves of :class:`~bench.spec.RunSpec` objects with the pure
-:class:`~bench.planner.Planner` (LR grids, LR search, half-decade refinement) and hands each wave to an
-:class:`~bench.executors.Executor` (in this process by default; local worker processes, Ray or Slurm at scale).
-Runs already completed in the results directory are skipped (resume) and cost nothing: stages are built only for
+``run_suite`` turns a :class:`SuiteRequest` into :class:`~bench.spec.RunSpec` objects with the pure
+:class:`~bench.planner.Planner` (LR grids, LR search, half-decade refinement) and hands them to an
+:class:`~bench.executors.Executor` (in this process by default; local worker processes, Ray or Slurm at scale):
+streamed, each family's next runs as soon as its own have finished, or wave by wave for executors that take a fixed
+list. ``run_suites`` does the same for several requests on one task as one pool (a sweep's suites). Runs already
+completed in the results directory are skipped (resume) and cost nothing: stages are built only for
 runs that still have work. An executor with worker processes of its own may build a wave's defended stages there
 first, in parallel (``prepare``); this process then reads them from the on-disk stage cache. Failed runs are recorded
-and the suite goes on.
+and the suite goes on; bad input found while building a request's stages stops that request alone.
 """
 
 from __future__ import annotations
@@ -77,62 +79,152 @@ def run_suite(
     resume: bool = True,
     on_run: Callable[[RunRecord], None] | None = None,
 ) -> SuiteReport:
-    """Run every (defense, seed, sweep point) of ``request``; see the module docstring."""
+    """Run every (defense, seed, sweep point) of ``request``; see the module docstring. Bad input found while
+    building its stages raises (a :class:`~bench.errors.BenchError`)."""
+    (outcome,) = run_suites([request], session, executor=executor, resume=resume, on_run=on_run)
+    if isinstance(outcome, BenchError):
+        raise outcome
+    return outcome
+
+
+def run_suites(
+    requests: Sequence[SuiteRequest],
+    session: Session,
+    *,
+    executor: Executor | None = None,
+    resume: bool = True,
+    on_run: Callable[[RunRecord], None] | None = None,
+) -> list[SuiteReport | BenchError]:
+    """Run several requests on one session's task together, as one pool of runs; one outcome per request: its
+    report, or the bad-input error that stopped it before its runs (the others go on).
+
+    With an executor that streams (``executor.streams``: in-process and local workers), each attack family's next
+    runs (full runs at the LR search's best rates, refinement) start as soon as that family's own runs have
+    finished, while the other families' runs go on: no core waits at a wave barrier. Other executors (Ray, Slurm)
+    get the runs wave by wave. A run shared by several requests (the ``none`` baseline) runs once.
+    """
     from tqdm.auto import tqdm
 
-    validate_request(request)
+    stopped: dict[int, BenchError] = {}
+    for index, request in enumerate(requests):
+        try:
+            validate_request(request)
+        except BenchError as err:
+            stopped[index] = err
     check_writable(session.results_dir)
     executor = executor or InProcessExecutor(session)
-    planner = Planner(request)
+    live = [i for i in range(len(requests)) if i not in stopped]
+    if not live:
+        return [stopped[i] for i in range(len(requests))]
+    planner = Planner(*(requests[i] for i in live))
     done = completed_run_ids(session.results_dir) if resume else set()
-    report = SuiteReport()
-    bar = tqdm(total=planner.estimate(), desc=f"{request.task} runs", unit="run", disable=not session.progress)
-
-    def finished(record: RunRecord) -> None:
-        report.records.append(record)
-        bar.update(1)
-        bar.set_postfix_str(f"{record.spec.defense_label} {record.spec.attack_label}"[:60])
-        if on_run is not None:
-            on_run(record)
-
+    bar = tqdm(total=planner.estimate(), desc=f"{requests[live[0]].task} runs", unit="run",
+               disable=not session.progress)
+    pool = _Pool(planner, session, done, bar=bar, on_run=on_run)
     try:
+        if getattr(executor, "streams", False):
+            pool.stream(executor)
+        else:
+            pool.lockstep(executor)
+    finally:
+        bar.close()
+    for position, index in enumerate(live):
+        stopped.setdefault(index, pool.stopped.get(position))
+    return [stopped[i] or SuiteReport(planner.records_of(live.index(i))) for i in range(len(requests))]
+
+
+class _Pool:
+    """The runs of one :class:`Planner`: resumed ones read back, the rest prepared and handed to an executor."""
+
+    def __init__(self, planner: Planner, session: Session, done: set[str], *, bar,
+                 on_run: Callable[[RunRecord], None] | None):
+        self.planner, self.session, self.done, self.bar, self.on_run = planner, session, done, bar, on_run
+        self.family_of: dict[str, str] = {}
+        self.stopped: dict[int, BenchError] = {}
+        """Requests (by their index in the planner) stopped by bad input found while building their stages."""
+
+    def finished(self, record: RunRecord) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{record.spec.defense_label} {record.spec.attack_label}"[:60])
+        if self.on_run is not None:
+            self.on_run(record)
+
+    def resumed(self, spec: RunSpec) -> RunRecord:
+        info = read_run_json(self.session.results_dir / spec.run_id)
+        return RunRecord(spec, "success", info.get("summary", {}), None, True, self.family_of[spec.run_id])
+
+    def todo(self, ready: list[tuple[str, RunSpec]]) -> list[RunSpec]:
+        """The specs of ``ready`` that must run: completed ones are read back and fed (which may make more ready)."""
+        out: list[RunSpec] = []
+        while ready:
+            family, spec = ready.pop(0)
+            self.family_of[spec.run_id] = family
+            if spec.run_id in self.done:
+                record = self.resumed(spec)
+                self.finished(record)
+                ready.extend(self.planner.feed(record))
+            else:
+                out.append(spec)
+        return out
+
+    def prepared(self, specs: list[RunSpec], executor=None) -> list[RunSpec]:
+        """Build the stages of ``specs`` (in the executor's workers first when it can); drop the runs of requests
+        stopped by bad input found there."""
+        if specs and executor is not None and hasattr(executor, "prestart"):
+            executor.prestart(specs)
+        if specs and executor is not None and hasattr(executor, "prepare"):
+            executor.prepare(specs)  # (whatever it could not build, _prepare builds here and reports)
+        for spec in specs:
+            owners = [i for i in self.planner.owners(spec.run_id) if i not in self.stopped]
+            if not owners:
+                continue
+            err = _prepare(spec, self.session)
+            if err is not None:
+                for owner in owners:
+                    self.stopped[owner] = err
+        return [s for s in specs if any(i not in self.stopped for i in self.planner.owners(s.run_id))]
+
+    def stream(self, executor) -> None:
+        def more(record: RunRecord) -> list[RunSpec]:
+            record.family = self.family_of[record.spec.run_id]
+            return self.prepared(self.todo(self.planner.feed(record)))
+
+        for record in executor.submit(self.prepared(self.todo(self.planner.start()), executor), more=more):
+            self.finished(record)
+
+    def lockstep(self, executor) -> None:
+        planner = self.planner
         while not planner.done:
             records: dict[str, RunRecord] = {}
             todo: list[RunSpec] = []
-            family_of: dict[str, str] = {}
             for family, spec in planner.wave():
-                family_of[spec.run_id] = family
-                if spec.run_id in done:
-                    info = read_run_json(session.results_dir / spec.run_id)
-                    records[spec.run_id] = RunRecord(spec, "success", info.get("summary", {}), None, True, family)
-                    finished(records[spec.run_id])
+                self.family_of[spec.run_id] = family
+                if spec.run_id in self.done:
+                    records[spec.run_id] = self.resumed(spec)
+                    self.finished(records[spec.run_id])
                 else:
                     todo.append(spec)
-            if todo and hasattr(executor, "prestart"):
-                executor.prestart(todo)
-            if todo and hasattr(executor, "prepare"):
-                executor.prepare(todo)  # (whatever it could not build, _prepare builds here and reports)
-            _prepare(todo, session)
-            for record in executor.submit(todo):
-                record.family = family_of[record.spec.run_id]
+            runnable = {s.run_id for s in self.prepared(todo, executor)}
+            for spec in todo:
+                if spec.run_id not in runnable:  # its request stopped: its families end here
+                    records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
+            for record in executor.submit([s for s in todo if s.run_id in runnable]):
+                record.family = self.family_of[record.spec.run_id]
                 records[record.spec.run_id] = record
-                finished(record)
+                self.finished(record)
             planner.finish(records)
-    finally:
-        bar.close()
-    return report
 
 
-def _prepare(specs: list[RunSpec], session: Session) -> None:
-    """Build the released and defended stages of ``specs`` before their runs (each once: the session memoises),
-    so bad input (a missing model or dataset, a defense config that matches no layer, a defense that breaks the
-    function it claims to keep) stops the suite with its clear error instead of filling the results with failed
-    runs. Any other exception is left for the runs to record as failures.
+def _prepare(spec: RunSpec, session: Session) -> BenchError | None:
+    """Build the released and defended stages of ``spec`` before its run (once: the session memoises), so bad input
+    (a missing model or dataset, a defense config that matches no layer, a defense that breaks the function it claims
+    to keep) stops its request with its clear error instead of filling the results with failed runs. Any other
+    exception is left for the run to record as a failure.
     """
-    for spec in specs:
-        try:
-            session.defended(spec)
-        except BenchError:
-            raise
-        except Exception:  # noqa: BLE001 - recorded by each run that needs this stage
-            pass
+    try:
+        session.defended(spec)
+    except BenchError as err:
+        return err
+    except Exception:  # noqa: BLE001 - recorded by each run that needs this stage
+        pass
+    return None

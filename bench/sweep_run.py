@@ -1,4 +1,4 @@
-"""Running a planned sweep (one :func:`bench.suite.run_suite` call per request) and the run states a dry run shows."""
+"""Running a planned sweep (one :func:`bench.suite.run_suites` pool per task) and the run states a dry run shows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from bench.errors import BenchError, DataError
 from bench.executors import Executor
 from bench.results import RUN_JSON, completed_run_ids, read_run_json
 from bench.runner import Session
-from bench.suite import RunRecord, SuiteReport, run_suite
+from bench.suite import RunRecord, SuiteReport, run_suites
 from bench.sweep import Plan, Planned
 
 
@@ -46,29 +46,45 @@ def run_sweep(
     on_suite: Callable[[int, Planned], None] | None = None,
     make_executor: Callable[[Session, str], Executor] | None = None,
 ) -> SweepReport:
-    """Run every request of ``plan`` in order through ``run_suite(request, session, resume=True)``.
+    """Run every request of ``plan``; runs already completed in the results directory (by an earlier sweep, or an
+    earlier request of this one) are not run again.
 
-    Runs already completed in the results directory (by an earlier sweep, or an earlier request of this one) are
-    not run again. Consecutive requests of one task (same task args, tier and model) share a session, so its
-    released and defended stages are built once; a new task gets a fresh session and the previous one's models are
-    released. ``make_executor(session, tier)`` gives each request its executor (default: in this process). A request that stops on bad input found while building (e.g. a defense config that matches no layer
-    of this task) is recorded in ``stopped`` and the sweep goes on with the next.
+    Consecutive requests of one task (same task args, tier and model) run together as one pool of runs
+    (:func:`bench.suite.run_suites`), on one session and one executor: their released and defended stages are built
+    once, their shared runs (the ``none`` baseline) run once, and no worker waits for one suite to end before the
+    next starts. A new task gets a fresh session and the previous one's models are released. ``make_executor(session,
+    tier)`` gives each task its executor (default: in this process); ``on_suite(index, planned)`` is called for each
+    request as its task starts. A request that stops on bad input found while building (e.g. a defense config that
+    matches no layer of this task) is recorded in ``stopped`` and the others go on.
     """
     report = SweepReport()
-    session, key = None, None
+    groups: list[list[tuple[int, Planned]]] = []
     for index, planned in enumerate(plan.suites):
-        request = planned.request
-        task_key = (request.task, sorted(request.task_args.items()), request.tier, request.model)
-        if session is None or task_key != key:
-            session, key = make_session(), task_key
+        if groups and _task_key(groups[-1][0][1]) == _task_key(planned):
+            groups[-1].append((index, planned))
+        else:
+            groups.append([(index, planned)])
+    for group in groups:
+        session = make_session()
         if on_suite is not None:
-            on_suite(index, planned)
+            for index, planned in group:
+                on_suite(index, planned)
         try:
-            executor = make_executor(session, request.tier) if make_executor is not None else None
-            report.suites.append(run_suite(request, session, executor=executor, resume=True))
-        except BenchError as err:
-            report.stopped.append((planned, err))
+            executor = make_executor(session, group[0][1].request.tier) if make_executor is not None else None
+            outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True)
+        except BenchError as err:  # (the executor could not be made: every request of the group stops)
+            outcomes = [err] * len(group)
+        for (_, planned), outcome in zip(group, outcomes):
+            if isinstance(outcome, BenchError):
+                report.stopped.append((planned, outcome))
+            else:
+                report.suites.append(outcome)
     return report
+
+
+def _task_key(planned: Planned) -> tuple:
+    request = planned.request
+    return request.task, sorted(request.task_args.items()), request.tier, request.model
 
 
 def run_states(results_dir: str | Path, run_ids: Iterable[str]) -> dict[str, str]:

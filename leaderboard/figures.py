@@ -10,6 +10,11 @@ import pandas as pd
 
 from leaderboard.aggregate import Aggregates
 
+HARM_CAPTION = "Harm vs. attacker steps: each defense's strongest blind (solid) and adaptive (dashed) attack run"
+COST_CAPTION = "Attacker cost to break: best steps-to-harm found vs attack runs tried"
+PARETO_CAPTION = ("Utility vs. resistance: up and right is better; hollow markers are lower bounds (not harmed within "
+                  "budget); the grey line, where drawn, joins the Pareto front.")
+
 
 def png_bytes(fig) -> bytes:
     """``fig`` as PNG bytes; the figure is closed."""

@@ -27,6 +27,26 @@ class Point:
     """Retained utility (y)."""
 
 
+def task_points(rows, spec) -> tuple[list[Point], str | None]:
+    """One numbered point per row of a task's sorted board rows (worst-case median steps, retained utility of the
+    task's primary utility metric) and that metric's name; ([], None) when no row has a utility."""
+    from leaderboard.render import isnan, utility_metrics
+
+    utilities = utility_metrics(rows, spec.primary_utility)
+    if not utilities:
+        return [], None
+    key = next(k for k in (f"retained_mean:{utilities[0]}", f"defended_retained:{utilities[0]}")
+               if k in rows and rows[k].notna().any())
+
+    def number(value) -> float:
+        return math.nan if isnan(value) else float(value)
+
+    points = [Point(i + 1, str(r["defense_label"]), number(r["worst_median"]),
+                    not isnan(r["worst_median_censored"]) and bool(r["worst_median_censored"]), number(r[key]))
+              for i, (_, r) in enumerate(rows.iterrows())]
+    return points, utilities[0]
+
+
 def pareto_front(points: list[Point]) -> list[Point]:
     """The points no other point dominates (at least as many steps and as much utility, one of them more)."""
     def dominated(p: Point) -> bool:

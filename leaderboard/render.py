@@ -126,9 +126,10 @@ FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ whi
 
 
 def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False,
-             claims: Mapping[str, Claim] | None = None) -> str:
+             claims: Mapping[str, Claim] | None = None, figures: Mapping[str, str] | None = None) -> str:
     """One Markdown table per task: the schema's unfolded columns (every column with ``details``); with ``claims``
-    (:func:`leaderboard.claims.load_claims`), the ledger entries of the defenses shown follow the tables."""
+    (:func:`leaderboard.claims.load_claims`), the ledger entries of the defenses shown follow the tables; with
+    ``figures`` (per task title, Markdown: :func:`leaderboard.md_figures.write_figures`), each under its table."""
     if board.empty:
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
@@ -145,6 +146,8 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         for _, row in sort_rows(group, table).iterrows():
             parts.append("| " + " | ".join(c.text(row).replace("|", "\\|") for c in cols) + " |")
         parts.append("")
+        if figures and figures.get(title):
+            parts += [figures[title], ""]
     parts.append(FOOTNOTE + ("" if details else " Detail columns: `--format md --details`, or the HTML site."))
     if claims is not None:
         ledger = claims_markdown(board["defense_label"], claims)

@@ -9,7 +9,6 @@ aggregated table as ``leaderboard.csv``. Nothing is fetched from the network whe
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -23,9 +22,10 @@ from leaderboard.formats import defense_name, isnan
 from leaderboard.html import ASSETS, esc, href, page, short_label, slug, table
 from leaderboard.claims import load_claims
 from leaderboard.overview import overview
-from leaderboard.pareto import Point, pareto_png
+from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION
+from leaderboard.pareto import pareto_png, task_points
 from leaderboard.render import (FOOTNOTE, Column, columns, default_schema, family_table, released_note, sort_rows,
-                                task_groups, utility_metrics)
+                                task_groups)
 from leaderboard.samples import samples_sheets
 from leaderboard.schema import Schema
 
@@ -117,14 +117,11 @@ def _task_body(title: str, task: str, group: pd.DataFrame, data: Aggregates, spe
     figures = []
     for plot in spec.plots:
         if plot == "harm_curves":
-            figures.append(_figure(out, f"{stem}-harm.png", harm_curves(data, task, tier, model),
-                                   "Harm vs. attacker steps: each defense's strongest blind (solid) and adaptive "
-                                   "(dashed) attack run"))
+            figures.append(_figure(out, f"{stem}-harm.png", harm_curves(data, task, tier, model), HARM_CAPTION))
         elif plot == "pareto":
             figures.append(_pareto(out, f"{stem}-pareto.png", title, rows, spec, defense_files))
         elif plot == "cost_curve":
-            figures.append(_figure(out, f"{stem}-cost.png", cost_curve(data, task, tier, model),
-                                   "Attacker cost to break: best steps-to-harm found vs attack runs tried"))
+            figures.append(_figure(out, f"{stem}-cost.png", cost_curve(data, task, tier, model), COST_CAPTION))
     parts.append("<div class='plots'>" + "".join(figures) + "</div>")
     sheet = sheets.get(f"{task}-{tier}-samples.png".replace("/", "_"))
     if "samples" in spec.plots and sheet:
@@ -144,15 +141,8 @@ def _figure(out: Path, name: str, png: bytes | None, caption: str) -> str:
 
 
 def _pareto(out: Path, name: str, title: str, rows: pd.DataFrame, spec, defense_files: dict[str, str]) -> str:
-    utilities = utility_metrics(rows, spec.primary_utility)
-    if not utilities:
-        return ""
-    key = next(k for k in (f"retained_mean:{utilities[0]}", f"defended_retained:{utilities[0]}")
-               if k in rows and rows[k].notna().any())
-    points = [Point(i + 1, str(r["defense_label"]), _number(r["worst_median"]),
-                    not isnan(r["worst_median_censored"]) and bool(r["worst_median_censored"]), _number(r[key]))
-              for i, (_, r) in enumerate(rows.iterrows())]
-    png = pareto_png(points, title=f"{title}: utility vs. resistance", utility=utilities[0])
+    points, utility = task_points(rows, spec)
+    png = pareto_png(points, title=f"{title}: utility vs. resistance", utility=utility) if points else None
     if png is None:
         return ""
     (out / "img" / name).write_bytes(png)
@@ -160,14 +150,9 @@ def _pareto(out: Path, name: str, title: str, rows: pd.DataFrame, spec, defense_
         f"<tr><td>{p.number}</td><td class='text'>{short_label(p.label, link=defense_files.get(p.label))}</td>"
         f"<td>{esc(('> ' if p.censored else '') + ('—' if isnan(p.steps) else f'{p.steps:.0f}'))}</td>"
         f"<td>{esc('—' if isnan(p.utility) else f'{p.utility:.3f}')}</td></tr>" for p in points)
-    return (f"<figure><img src='img/{href(name)}' alt='utility vs resistance'><figcaption>Utility vs. resistance: "
-            "up and right is better; hollow markers are lower bounds (not harmed within budget); the grey line, "
-            f"where drawn, joins the Pareto front.</figcaption><table class='legend'><thead><tr><th>#</th><th class='text'>Defense</th>"
-            f"<th>Steps</th><th>Retained {esc(utilities[0])}</th></tr></thead><tbody>{legend}</tbody></table></figure>")
-
-
-def _number(value) -> float:
-    return math.nan if isnan(value) else float(value)
+    return (f"<figure><img src='img/{href(name)}' alt='utility vs resistance'><figcaption>{esc(PARETO_CAPTION)}"
+            "</figcaption><table class='legend'><thead><tr><th>#</th><th class='text'>Defense</th>"
+            f"<th>Steps</th><th>Retained {esc(utility)}</th></tr></thead><tbody>{legend}</tbody></table></figure>")
 
 
 _FAMILY_COLUMNS = [

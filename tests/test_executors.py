@@ -4,11 +4,14 @@ exiting and out-of-memory runs, run timeouts, and a sweep killed with SIGKILL th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -73,6 +76,34 @@ def test_planner_advances_every_family_in_lockstep_and_collapses_identical_runs(
     assert len({family for family, _ in first}) == len(planner.sweeps)
     planner.finish({s.run_id: RunRecord(s, "failed", {}, "x") for _, s in first})
     assert planner.done  # nothing succeeded: no refinement to do
+
+
+def _fake_record(spec):
+    """A finished run whose result depends on its learning rate only (probes score by loss progress)."""
+    exponent = math.log10(spec.attack.kwargs.get("lr", 1e-3))
+    return RunRecord(spec, "success", {"steps_to_harm": int(20 * abs(exponent + 2.5)) + 5, "censored": False,
+                                       "harm_auc": 0.5, "loss_start": 1.0, "loss_end": 0.5 + 0.1 * abs(exponent + 3),
+                                       "outcome": "resisted"})
+
+
+def test_streaming_planner_runs_what_lockstep_runs_in_any_finishing_order_and_shared_runs_once():
+    requests = [SuiteRequest(task="vision-digits", defense=d, seeds=(0, 1), task_args=FAST) for d in ("specdef", "tar")]
+    lockstep, in_lockstep = Planner(*requests), []
+    while not lockstep.done:
+        wave = [spec for _, spec in lockstep.wave()]
+        in_lockstep += [spec.run_id for spec in wave]
+        lockstep.finish({spec.run_id: _fake_record(spec) for spec in wave})
+    for order in range(3):
+        streaming, rng, streamed = Planner(*requests), random.Random(order), []
+        ready = [spec for _, spec in streaming.start()]
+        while ready:
+            spec = ready.pop(rng.randrange(len(ready)))
+            streamed.append(spec.run_id)
+            ready += [s for _, s in streaming.feed(_fake_record(spec))]
+        assert streaming.done and len(streamed) == len(set(streamed))
+        assert sorted(streamed) == sorted(in_lockstep)
+        baseline = [{r.spec.run_id for r in streaming.records_of(i) if r.spec.defense.name == "none"} for i in (0, 1)]
+        assert baseline[0] and baseline[0] == baseline[1]  # both requests' `none` runs, each run once
 
 
 def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, cache):
@@ -205,9 +236,25 @@ def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
     short, long_none, long_specdef = _spec(1e-3, budget=5), _spec(1e-3, budget=50), make_spec(
         task="vision-digits", defense="specdef", attack="full-ft", task_args=FAST,
         attack_args={"optimizer": "adam", "lr": 1e-3, "budget": 50})
+    stop = threading.Event()
     pending = _Pending([short, long_none, long_specdef])
-    assert pending.take([long_specdef.stage_key("defended")]) is long_specdef  # as long as long_none: its stage wins
-    assert pending.take([]) is long_none and pending.take([]) is short and pending.take([]) is None
+    pending.close()
+    assert pending.take([long_specdef.stage_key("defended")], stop) is long_specdef  # as long: its stage wins
+    assert pending.take([], stop) is long_none and pending.take([], stop) is short and pending.take([], stop) is None
+
+
+def test_streaming_takes_lr_probes_first_and_waits_for_runs_added_later():
+    from bench.executors.local import _Pending
+
+    stop = threading.Event()
+    probe, long_run = _spec(1e-3, purpose="lr-probe", budget=5), _spec(1e-2, budget=50)
+    pending = _Pending([long_run, probe], gating_first=True)
+    assert pending.take([], stop) is probe and pending.take([], stop) is long_run
+    later = _spec(1e-4, budget=50)
+    threading.Timer(0.3, pending.add, args=([later],)).start()
+    assert pending.take([], stop) is later  # it waited for the run added after the queue ran empty
+    threading.Timer(0.3, pending.close).start()
+    assert pending.take([], stop) is None
 
 
 def test_prestarted_workers_import_the_tasks_and_take_the_runs(bad_plugins):

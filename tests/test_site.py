@@ -155,7 +155,13 @@ def test_other_formats_and_the_default_folder(results_dir, tmp_path, capsys):
     assert (copy / "site" / "index.html").is_file()
     assert "| Defense | Worst-case steps-to-harm |" in capsys.readouterr().out
     assert main(["leaderboard", "--results", str(copy), "--format", "md", "--details", "--out", str(tmp_path / "b.md")]) == 0
-    assert "| KL |" in (tmp_path / "b.md").read_text()
+    board_md = (tmp_path / "b.md").read_text()
+    assert "| KL |" in board_md
+    figures = tmp_path / "b-figures"
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", board_md)
+    assert images and all((tmp_path / image).is_file() for image in images)  # every linked figure was written
+    assert {p.name for p in figures.glob("*.png")} == {Path(i).name for i in images}
+    assert any("pareto" in i for i in images) and "Markers: 1 = `" in board_md
     for fmt in ("csv", "parquet"):
         assert main(["leaderboard", "--results", str(copy), "--format", fmt]) == 0
     assert set(pd.read_parquet(copy / "leaderboard.parquet")["task"]) == {"vision-like", "sd-like"}

@@ -10,6 +10,7 @@ EPILOG = """examples:
   bench leaderboard                                   # the site in results/site/ (open index.html); Markdown to stdout
   bench leaderboard --results runs --out /tmp/site    # the site elsewhere (nothing written under runs/)
   bench leaderboard --format md --details > board.md  # Markdown with the detail columns
+  bench leaderboard --format md --out docs/board.md   # Markdown and its figures (docs/board-figures/)
   bench leaderboard --format csv --out board.csv      # the aggregated table (also: --format parquet)
 """
 
@@ -20,8 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results directory (default: results)")
     p.add_argument("--format", choices=("html", "md", "csv", "parquet"), default="html",
                    help="html: a static site folder (default); md: Markdown; csv/parquet: the aggregated table")
-    p.add_argument("--out", metavar="PATH", help="html: the site folder (default: <results>/site); md: a file "
-                   "(default: stdout only); csv/parquet: the file (default: <results>/leaderboard.<format>)")
+    p.add_argument("--out", metavar="PATH", help="html: the site folder (default: <results>/site); md: a file, "
+                   "its figures in a folder beside it, FILE-figures/ (default: stdout only, no figures); csv/parquet: the file (default: <results>/leaderboard.<format>)")
     p.add_argument("--details", action="store_true", help="Markdown: include the detail columns the site folds")
     p.add_argument("--schema", metavar="FILE", help="leaderboard schema YAML (default: the shipped leaderboard/schema.yaml)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")
@@ -57,7 +58,12 @@ def main(args: argparse.Namespace) -> int:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
                         f"`bench run --results {results}` writes them")
-    text = markdown(data.board, schema, details=args.details, claims=load_claims())
+    figures = None
+    if args.format == "md" and args.out:
+        from leaderboard.md_figures import write_figures
+
+        figures = write_figures(data, schema, args.out)
+    text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures)
     print(text, end="")
     written = []
     if args.format == "html":
@@ -66,8 +72,10 @@ def main(args: argparse.Namespace) -> int:
         written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema,
                                   submissions=submissions))
     elif args.format == "md" and args.out:
+        from leaderboard.md_figures import figures_folder
+
         Path(args.out).write_text(text, encoding="utf-8")
-        written.append(Path(args.out))
+        written += [Path(args.out), figures_folder(args.out)]
     elif args.format in ("csv", "parquet"):
         written.append(_write_table(data.board, Path(args.out) if args.out else results / f"leaderboard.{args.format}",
                                     args.format))

@@ -16,9 +16,10 @@ itself — so a sweep can move between them and resume. Built in:
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 from bench.config import check
 from bench.errors import ConfigError
@@ -30,6 +31,10 @@ class Executor(Protocol):
     def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
         """Run every spec; yield each one's record as it finishes."""
 
+    # Optional: ``streams = True`` and ``submit(specs, more=callback)``: before each record is yielded,
+    # ``callback(record)`` returns runs that became ready because of it (an LR search's full runs, refinement), which
+    # the executor runs in the same call (the in-process and local executors; the caller then has no wave barrier).
+
     # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
     # (the local executor starts its workers then, so their startup overlaps the preparation).
     # Optional: ``prepare(specs)``, called next: build the defended stages ``specs`` need into the on-disk stage cache,
@@ -40,15 +45,23 @@ class Executor(Protocol):
 class InProcessExecutor:
     """Runs specs one after another in this process through ``session`` (stages shared in memory)."""
 
+    streams = True
+
     def __init__(self, session):
         self.session = session
 
-    def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
+    def submit(self, specs: Sequence[RunSpec],
+               more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
         from bench.runner import run
 
-        for spec in specs:
+        todo = collections.deque(specs)
+        while todo:
+            spec = todo.popleft()
             result = run(spec, self.session)
-            yield RunRecord(spec, result.status, result.summary, result.error)
+            record = RunRecord(spec, result.status, result.summary, result.error)
+            if more is not None:
+                todo.extend(more(record))
+            yield record
 
 
 EXECUTORS = ("local", "ray", "slurm")

@@ -7,8 +7,10 @@ Isolation is the point: whatever a run does — raise, call ``os._exit``, exhaus
 A worker starts once per executor, not once per run: it takes run after run over a pipe and keeps its session
 (imports, tasks, its most recent stages) in memory between them, so on the tiny tier — where a run can take less
 time than starting Python — a run costs little more than its own work. An idle worker takes the longest waiting run
-(by step budget, so that no long run is left to the end of a wave), and among runs as long, one on a defended stage
-it already holds. Before a wave's runs, the workers build its missing defended stages in parallel into the on-disk
+(by step budget, so that no long run is left to the end; when the caller streams, LR-search probes first, since the
+runs the search picks wait for them), and among runs as long, one on a defended stage it already holds. Streaming
+(``submit(specs, more=...)``), the runs that become ready as runs finish join the same queue, so no worker waits for
+a wave to end. Before a wave's runs, the workers build its missing defended stages in parallel into the on-disk
 stage cache (:meth:`LocalExecutor.prepare`), so the sweep's own process reads them back instead of building them one
 after another while the workers wait. Workers start in their own process group and exit when their sweep dies or
 the executor is closed (or garbage-collected), so an interrupted sweep leaves no orphans; the runs already written
@@ -29,7 +31,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bench.executors.shared import clear_previous, read_back, record_death
 from bench.planner import RunRecord
@@ -44,6 +46,8 @@ TIMED_OUT = "timed out"
 
 class LocalExecutor:
     """Runs specs in ``jobs`` long-lived worker processes (see the module docstring)."""
+
+    streams = True
 
     def __init__(self, session, options: WorkerOptions, *, jobs: int, run_timeout: float | None = None,
                  gpus: int = 0):
@@ -100,21 +104,38 @@ class LocalExecutor:
         finally:
             self._halt(threads, stop)
 
-    def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
-        pending = _Pending(specs)
+    def submit(self, specs: Sequence[RunSpec],
+               more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
+        """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring)."""
+        pending = _Pending(specs, gating_first=more is not None)
+        if more is None:
+            pending.close()  # nothing will be added: a slot with nothing left to take ends
         finished: queue.Queue = queue.Queue()
         stop = threading.Event()
+        slots = self.jobs if more is not None else min(self.jobs, len(specs))
         threads = [threading.Thread(target=self._slot, args=(slot, pending, finished, stop), daemon=True,
-                                    name=f"local-worker-{slot}") for slot in range(min(self.jobs, len(specs)))]
+                                    name=f"local-worker-{slot}") for slot in range(slots if specs else 0)]
         for thread in threads:
             thread.start()
+        outstanding = len(specs)
         try:
-            for _ in specs:
+            while outstanding:
                 item = _get(finished, threads)
                 if isinstance(item, BaseException):
                     raise item
+                outstanding -= 1
+                if more is not None:
+                    added = list(more(item))
+                    pending.add(added)
+                    outstanding += len(added)
+                if not outstanding:
+                    pending.close()
                 yield item
         finally:
+            pending.close()
+            if not outstanding:  # every slot is idle or about to see the closed queue: let them end by themselves
+                for thread in threads:
+                    thread.join(STOP_WAIT_S)
             self._halt(threads, stop)
 
     def _halt(self, threads: list[threading.Thread], stop: threading.Event) -> None:
@@ -135,7 +156,7 @@ class LocalExecutor:
         try:
             while not stop.is_set():
                 worker = self._workers.get(slot)
-                spec = pending.take(worker.stages if worker else [])
+                spec = pending.take(worker.stages if worker else [], stop)
                 if spec is None:
                     return
                 record = self._run(slot, spec, stop)
@@ -226,20 +247,42 @@ class LocalExecutor:
 
 
 class _Pending:
-    """The runs no worker has taken yet: longest step budget first; among as long, one on a stage the worker holds."""
+    """The runs no worker has taken yet: longest step budget first; among as long, one on a stage the worker holds.
 
-    def __init__(self, specs: Sequence[RunSpec]):
-        entries = [(_budget(spec), spec.stage_key("defended"), spec) for spec in specs]
-        self._entries = sorted(entries, key=lambda entry: -entry[0])  # stable: equal runs keep the planner's order
-        self._lock = threading.Lock()
+    When more runs may still come (``gating_first``: the caller streams), LR-search probes go first, since the runs
+    the search picks wait for them; the long runs then fill the cores while the picked ones join the queue. Until
+    :meth:`close`, a worker with nothing to take waits for :meth:`add`."""
 
-    def take(self, held: Sequence[str]) -> RunSpec | None:
-        with self._lock:
-            if not self._entries:
-                return None
-            longest = self._entries[0][0]
-            for i, (budget, stage, _) in enumerate(self._entries):
-                if budget != longest:
+    def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False):
+        self._gating_first = gating_first
+        self._entries: list[tuple[tuple[bool, float], str, RunSpec]] = []
+        self._ready = threading.Condition()
+        self._closed = False
+        self.add(specs)
+
+    def _priority(self, spec: RunSpec) -> tuple[bool, float]:
+        return (self._gating_first and spec.purpose != "lr-probe", -_budget(spec))
+
+    def add(self, specs: Sequence[RunSpec]) -> None:
+        with self._ready:
+            self._entries.extend((self._priority(spec), spec.stage_key("defended"), spec) for spec in specs)
+            self._entries.sort(key=lambda entry: entry[0])  # stable: equal runs keep the planner's order
+            self._ready.notify_all()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def take(self, held: Sequence[str], stop: threading.Event) -> RunSpec | None:
+        with self._ready:
+            while not self._entries:
+                if self._closed or stop.is_set():
+                    return None
+                self._ready.wait(POLL_S)
+            first = self._entries[0][0]
+            for i, (priority, stage, _) in enumerate(self._entries):
+                if priority != first:
                     break
                 if stage in held:
                     return self._entries.pop(i)[2]

@@ -7,11 +7,12 @@ every node mounts at the same path. Tasks reserve ``--cpus-per-run``/``--gpus-pe
 its memory, GPU memory included — and are never retried (a run that killed its worker would only do it again).
 
 A task whose worker died (``os._exit``, a segfault, Ray's out-of-memory killer) or raised outside the run becomes a
-``failed`` run with the error; ``--run-timeout`` cancels a run that has been running longer (counted from when it
+``failed`` run with the error; runs that become ready as others finish (an LR search's full runs, refinement) are
+submitted at once, with no wave barrier (``streams``); ``--run-timeout`` cancels a run that has been running longer (counted from when it
 started, not from when it was queued) and fails it. Each run's output goes to ``<results>/.logs/<run_id>.log``.
 
-It has no ``prepare`` (see :mod:`bench.executors`): the sweep's own process builds a wave's defended stages, one
-after another, before the runs, which read them from the stage cache (shared by the nodes, or rebuilt on each).
+It has no ``prepare`` (see :mod:`bench.executors`): the sweep's own process builds the defended stages, one after
+another, before their runs, which read them from the stage cache (shared by the nodes, or rebuilt on each).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from bench.executors.shared import SHARED_STORAGE_GRACE_S, clear_previous, portable, read_back, record_death
 from bench.planner import RunRecord
@@ -61,7 +62,11 @@ class RayExecutor:
         self.mem_gb, self.max_in_flight, self.run_timeout = mem_gb, max_in_flight, run_timeout
         self.wants_gpu = wants_gpu
 
-    def submit(self, specs: Sequence[RunSpec]) -> Iterator[RunRecord]:
+    streams = True
+
+    def submit(self, specs: Sequence[RunSpec],
+               more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
+        """Run ``specs`` as Ray tasks, and the runs ``more(record)`` returns as each one finishes."""
         import ray
 
         if not specs:
@@ -75,11 +80,14 @@ class RayExecutor:
                     launch = self._launch(task, queue.popleft())
                     pending[launch.ref] = launch
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-                for ref in ready:
-                    yield self._collect(ray, pending.pop(ref))
+                done = [self._collect(ray, pending.pop(ref)) for ref in ready]
                 for ref in self._timed_out(pending.values()):
                     ray.cancel(ref, force=True)
-                    yield self._record_timeout(pending.pop(ref))
+                    done.append(self._record_timeout(pending.pop(ref)))
+                for record in done:
+                    if more is not None:
+                        queue.extend(more(record))
+                    yield record
         finally:  # interrupted (or the caller stopped early): no run outlives the sweep
             for ref in pending:
                 ray.cancel(ref, force=True)
