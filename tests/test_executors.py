@@ -243,14 +243,17 @@ def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
     assert pending.take([], stop) is long_none and pending.take([], stop) is short and pending.take([], stop) is None
 
 
-def test_streaming_takes_lr_probes_first_and_waits_for_runs_added_later():
+def test_streaming_takes_lr_probes_first_then_a_familys_next_runs_and_waits_for_runs_added_later():
     from bench.executors.local import _Pending
 
     stop = threading.Event()
-    probe, long_run = _spec(1e-3, purpose="lr-probe", budget=5), _spec(1e-2, budget=50)
-    pending = _Pending([long_run, probe], gating_first=True)
-    assert pending.take([], stop) is probe and pending.take([], stop) is long_run
-    later = _spec(1e-4, budget=50)
+    probe, waiting, short = _spec(1e-3, purpose="lr-probe", budget=5), _spec(1e-2, budget=50), _spec(1e-1, budget=5)
+    pending = _Pending([waiting, short, probe], gating_first=True)
+    assert pending.take([], stop) is probe
+    follow_up = _spec(1e-4, budget=50)
+    pending.add([follow_up])  # (as long as `waiting`, added later: it extends its family's chain)
+    assert [pending.take([], stop) for _ in range(3)] == [follow_up, waiting, short]
+    later = _spec(1e-5, budget=50)
     threading.Timer(0.3, pending.add, args=([later],)).start()
     assert pending.take([], stop) is later  # it waited for the run added after the queue ran empty
     threading.Timer(0.3, pending.close).start()

@@ -250,22 +250,25 @@ class _Pending:
     """The runs no worker has taken yet: longest step budget first; among as long, one on a stage the worker holds.
 
     When more runs may still come (``gating_first``: the caller streams), LR-search probes go first, since the runs
-    the search picks wait for them; the long runs then fill the cores while the picked ones join the queue. Until
-    :meth:`close`, a worker with nothing to take waits for :meth:`add`."""
+    the search picks wait for them, and among runs as long, those added later (a family's next runs) go before those
+    already waiting: a family's chain of runs (probes, full runs, refinement) is its critical path, so the runs that
+    extend it start while the others fill the cores. Until :meth:`close`, a worker with nothing to take waits for
+    :meth:`add`."""
 
     def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False):
         self._gating_first = gating_first
-        self._entries: list[tuple[tuple[bool, float], str, RunSpec]] = []
+        self._entries: list[tuple[tuple[bool, float, int], str, RunSpec]] = []
+        self._added = 0
         self._ready = threading.Condition()
         self._closed = False
         self.add(specs)
 
-    def _priority(self, spec: RunSpec) -> tuple[bool, float]:
-        return (self._gating_first and spec.purpose != "lr-probe", -_budget(spec))
-
     def add(self, specs: Sequence[RunSpec]) -> None:
         with self._ready:
-            self._entries.extend((self._priority(spec), spec.stage_key("defended"), spec) for spec in specs)
+            later = -self._added if self._gating_first else 0
+            self._added += 1
+            self._entries.extend(((self._gating_first and spec.purpose != "lr-probe", -_budget(spec), later),
+                                  spec.stage_key("defended"), spec) for spec in specs)
             self._entries.sort(key=lambda entry: entry[0])  # stable: equal runs keep the planner's order
             self._ready.notify_all()
 
