@@ -58,13 +58,7 @@ def run_sweep(
     matches no layer of this task) is recorded in ``stopped`` and the others go on.
     """
     report = SweepReport()
-    groups: list[list[tuple[int, Planned]]] = []
-    for index, planned in enumerate(plan.suites):
-        if groups and _task_key(groups[-1][0][1]) == _task_key(planned):
-            groups[-1].append((index, planned))
-        else:
-            groups.append([(index, planned)])
-    for group in groups:
+    for group in _task_groups(plan):
         session = make_session()
         if on_suite is not None:
             for index, planned in group:
@@ -82,9 +76,48 @@ def run_sweep(
     return report
 
 
+def _task_groups(plan: Plan) -> list[list[tuple[int, Planned]]]:
+    """The plan's requests as (index, planned), consecutive requests of one task (same args, tier, model) together."""
+    groups: list[list[tuple[int, Planned]]] = []
+    for index, planned in enumerate(plan.suites):
+        if groups and _task_key(groups[-1][0][1]) == _task_key(planned):
+            groups[-1].append((index, planned))
+        else:
+            groups.append([(index, planned)])
+    return groups
+
+
 def _task_key(planned: Planned) -> tuple:
     request = planned.request
     return request.task, sorted(request.task_args.items()), request.tier, request.model
+
+
+def sweep_run_ids(plan: Plan, results_dir: str | Path) -> tuple[list[str], int]:
+    """The runs of ``plan`` recorded in ``results_dir`` (completed or failed), and how many of the runs known from
+    those are not there yet. Replays the planner on the recorded results, so it finds the LR search's full runs and
+    the refinement points a finished sweep chose, and nothing else the folder holds (another sweep's runs)."""
+    from bench.planner import Planner
+
+    results_dir = Path(results_dir)
+    found: list[str] = []
+    missing = 0
+    for group in _task_groups(plan):
+        planner = Planner(*(planned.request for _, planned in group))
+        ready = planner.start()
+        while ready:
+            family, spec = ready.pop(0)
+            try:
+                info = read_run_json(results_dir / spec.run_id) if (results_dir / spec.run_id / RUN_JSON).is_file() \
+                    else None
+            except DataError:
+                info = None
+            if info is None:
+                missing += 1
+                continue
+            found.append(spec.run_id)
+            ready += planner.feed(RunRecord(spec, info.get("status", "failed"), info.get("summary") or {},
+                                            info.get("error"), True, family))
+    return found, missing
 
 
 def run_states(results_dir: str | Path, run_ids: Iterable[str]) -> dict[str, str]:

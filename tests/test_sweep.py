@@ -13,6 +13,7 @@ from bench.contracts import AttackSweep
 from bench.errors import ConfigError
 from bench.results import SCHEMA, read_metrics
 from bench.sweep import expand, load_sweep, plan, plan_file
+from bench.sweep_run import sweep_run_ids
 
 QUICK_TASK = "{name: vision-digits, args: {budget: 20, curvature_iters: 0, bootstrap: 0}}"
 
@@ -154,6 +155,19 @@ def test_dry_run_then_sweep_then_dry_run_marks_every_listed_run_done(tmp_path, c
     assert run_cli("sweep", path, "--results", results, "--quiet") == 0  # resumed: nothing runs again
     assert f"{len(runs)} runs ({len(runs)} already done)" in capsys.readouterr().out
     assert len(read_metrics(results).to_pandas().drop_duplicates("run_id")) == len(runs)
+
+    # the runs of one sweep file among others in the folder: the planner replayed on the results finds them all
+    ids, missing = sweep_run_ids(plan_file(path), results)
+    assert sorted(ids) == sorted(runs["run_id"]) and missing == 0
+    subset = write(tmp_path, f"""
+        tasks: [{QUICK_TASK}]
+        defenses: [specdef]
+        attacks: [{{name: full-ft, args: {{optimizer: adam, lr: 1.0e-2}}}}]
+    """, name="subset.yaml")
+    assert len(sweep_run_ids(plan_file(subset), results)[0]) == 2  # none and specdef, the single attack
+    assert run_cli("leaderboard", "--results", results, "--sweep", subset, "--format", "md") == 0
+    board = capsys.readouterr().out
+    assert "| specdef |" in board and "alpha=1e+06" not in board
 
 
 def test_a_suite_that_stops_on_bad_input_does_not_stop_the_sweep(tmp_path, capsys):

@@ -11,6 +11,7 @@ EPILOG = """examples:
   bench leaderboard --results runs --out /tmp/site    # the site elsewhere (nothing written under runs/)
   bench leaderboard --format md --details > board.md  # Markdown with the detail columns
   bench leaderboard --format md --out docs/board.md   # Markdown and its figures (docs/board-figures/)
+  bench leaderboard --sweep grid.yaml --format md     # only the runs of one sweep file
   bench leaderboard --format csv --out board.csv      # the aggregated table (also: --format parquet)
 """
 
@@ -26,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--details", action="store_true", help="Markdown: include the detail columns the site folds")
     p.add_argument("--schema", metavar="FILE", help="leaderboard schema YAML (default: the shipped leaderboard/schema.yaml)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")
+    p.add_argument("--sweep", metavar="YAML", help="only the runs of this sweep file (the ones it planned and the "
+                   "ones it chose from their results), not everything else the results folder holds")
     p.add_argument("--submissions", metavar="DIR",
                    help="folder of submitted results shown too, marked [submission: NAME] (default: "
                         "leaderboard/submissions of this checkout, when it exists)")
@@ -53,7 +56,16 @@ def main(args: argparse.Namespace) -> int:
     if args.submissions and not submissions.is_dir():
         raise DataError(f"submissions folder {submissions} does not exist")
     submissions = submissions if submissions.is_dir() else None
-    data = build(results, official_only=args.official, sources=submissions)
+    run_ids = None
+    if args.sweep:
+        from bench.sweep import plan_file
+        from bench.sweep_run import sweep_run_ids
+
+        run_ids, missing = sweep_run_ids(plan_file(args.sweep), results)
+        if missing:
+            print(f"bench leaderboard: {missing} run(s) of {args.sweep} are not in {results} yet (and whatever they "
+                  f"lead to): `bench sweep {args.sweep} --results {results}` runs them", file=sys.stderr)
+    data = build(results, run_ids, official_only=args.official, sources=submissions)
     if data.runs.empty:
         hint = " (runs made with --dev are left out by --official)" if args.official else ""
         raise DataError(f"no {'official ' if args.official else ''}runs found in {results}{hint}; "
