@@ -128,30 +128,18 @@ class Session:
         return self._memo(self._defended, spec.stage_key("defended"),
                           lambda: self._timed("defended", lambda: self._defended_stage(spec)))
 
-    def defended_to_build(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
-        """One spec per distinct defended stage of ``specs`` that is worth building in another process: in neither
-        this session's memory nor the on-disk cache, storable there (so this session reads back what the other
-        process built), and of a defense that changes the weights (one that keeps them costs a copy of the released
-        model here, less than sending it away). Builds or reads the released stages, whose provenance keys the
-        entries; a spec whose released stage (or defense) fails is left out, for this session's own build to report.
-        """
+    def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
+        """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go
+        to the on-disk cache (else none): what worker processes can build, or find already built, before the runs,
+        writing it where this session and every run read it, so that this process need not even build the task."""
         if self._store is None:
             return []
         seen: set[str] = set()
         todo = []
         for spec in specs:
             key = spec.stage_key("defended")
-            if key in seen or key in self._defended:
-                continue
-            seen.add(key)
-            try:
-                if not DEFENSES.get(spec.defense.name).changes_weights:
-                    continue
-                released = self.released(spec)
-                disk = self._disk_key(spec, "defended", released.task, self.device_for(spec))
-            except Exception:  # noqa: BLE001 - reported when this session builds the stage itself
-                continue
-            if disk is not None and not self._store.path(disk).exists():
+            if key not in seen and key not in self._defended:
+                seen.add(key)
                 todo.append(spec)
         return todo
 

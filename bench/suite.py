@@ -142,6 +142,8 @@ class _Pool:
         self.family_of: dict[str, str] = {}
         self.stopped: dict[int, BenchError] = {}
         """Requests (by their index in the planner) stopped by bad input found while building their stages."""
+        self.ready_stages: set[str] = set()
+        """Defended stages the executor's workers built or found on disk: this process need not load them."""
 
     def finished(self, record: RunRecord) -> None:
         self.bar.update(1)
@@ -173,10 +175,10 @@ class _Pool:
         if specs and executor is not None and hasattr(executor, "prestart"):
             executor.prestart(specs)
         if specs and executor is not None and hasattr(executor, "prepare"):
-            executor.prepare(specs)  # (whatever it could not build, _prepare builds here and reports)
+            self.ready_stages |= executor.prepare(specs) or set()  # what failed there, _prepare builds and reports
         for spec in specs:
             owners = [i for i in self.planner.owners(spec.run_id) if i not in self.stopped]
-            if not owners:
+            if not owners or spec.stage_key("defended") in self.ready_stages:
                 continue
             err = _prepare(spec, self.session)
             if err is not None:

@@ -37,9 +37,10 @@ class Executor(Protocol):
 
     # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
     # (the local executor starts its workers then, so their startup overlaps the preparation).
-    # Optional: ``prepare(specs)``, called next: build the defended stages ``specs`` need into the on-disk stage cache,
-    # in the executor's own processes and in parallel, and return when done; the caller then reads them back and
-    # builds (and reports) whatever failed there. The local executor implements it; without it the caller builds them.
+    # Optional: ``prepare(specs) -> set of stage keys``, called next: build (or find) the defended stages ``specs`` need
+    # in the on-disk stage cache, in the executor's own processes and in parallel, and return the keys of those it
+    # prepared when done; the caller builds (and reports) the others itself. The local executor implements it;
+    # without it the caller builds them all.
 
 
 class InProcessExecutor:

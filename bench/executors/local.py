@@ -79,21 +79,23 @@ class LocalExecutor:
             if slot not in self._workers:
                 self._start(slot, logs / f"worker-{slot}.log").warm(tasks)
 
-    def prepare(self, specs: Sequence[RunSpec]) -> None:
-        """Build the defended stages ``specs`` need that the on-disk stage cache lacks (one per distinct stage, of
-        defenses that change the weights: :meth:`~bench.stages.Session.defended_to_build`), one per worker at a
-        time, and wait for them; the caller's own preparation then reads them back. A worker keeps
-        what it built in memory, and takes the runs on it first. A build that fails here (or kills its worker) is
-        left to the caller, whose own build reports the error as it would without workers. With one job nothing
-        is gained: the caller builds them itself."""
+    def prepare(self, specs: Sequence[RunSpec]) -> set[str]:
+        """Have the workers build the defended stages ``specs`` need, or find them in the on-disk stage cache (one
+        per distinct stage: :meth:`~bench.stages.Session.defended_to_prepare`), one per worker at a time, and wait
+        for them; return the stage keys (``spec.stage_key("defended")``) they prepared. A worker keeps what it
+        prepared in memory, and takes the runs on it first. The caller need not build those stages itself (on a
+        warm cache it never loads a model); a build that fails here (or kills its worker) is left to the caller,
+        whose own build reports the error as it would without workers. With one job nothing is gained: the caller
+        builds them itself."""
         if self.jobs < 2:
-            return
+            return set()
         todo: queue.SimpleQueue = queue.SimpleQueue()
-        specs = self.session.defended_to_build(specs)
+        specs = self.session.defended_to_prepare(specs)
         for spec in specs:
             todo.put(spec)
+        prepared: set[str] = set()
         stop = threading.Event()
-        threads = [threading.Thread(target=self._prepare_slot, args=(slot, todo, stop), daemon=True,
+        threads = [threading.Thread(target=self._prepare_slot, args=(slot, todo, stop, prepared), daemon=True,
                                     name=f"local-prepare-{slot}") for slot in range(min(self.jobs, len(specs)))]
         for thread in threads:
             thread.start()
@@ -103,6 +105,7 @@ class LocalExecutor:
                     thread.join(POLL_S)  # (with a timeout, so that Ctrl-C reaches the caller's thread)
         finally:
             self._halt(threads, stop)
+        return prepared
 
     def submit(self, specs: Sequence[RunSpec],
                more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
@@ -165,7 +168,7 @@ class LocalExecutor:
         except BaseException as err:  # noqa: BLE001 - handed to submit(), which raises it in the caller's thread
             finished.put(err)
 
-    def _prepare_slot(self, slot: int, todo: queue.SimpleQueue, stop: threading.Event) -> None:
+    def _prepare_slot(self, slot: int, todo: queue.SimpleQueue, stop: threading.Event, prepared: set[str]) -> None:
         log = Path(self.options.results_dir) / ".logs" / f"worker-{slot}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         while not stop.is_set():
@@ -181,6 +184,7 @@ class LocalExecutor:
             if isinstance(answer, dict):
                 if answer.get("prepared"):
                     worker.held(spec.stage_key("defended"))
+                    prepared.add(spec.stage_key("defended"))  # (set.add is atomic: slots share it safely)
             elif not stop.is_set():  # the worker died: the caller builds this stage; a fresh worker takes the next
                 with self._lock:
                     self._workers.pop(slot, None)
