@@ -10,7 +10,7 @@ from leaderboard.aggregate import Aggregates
 from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
 from leaderboard.html import slug
 from leaderboard.pareto import pareto_png, task_points
-from leaderboard.render import sort_rows, task_groups
+from leaderboard.render import md_cell, sort_rows, task_groups
 from leaderboard.schema import Schema
 
 
@@ -37,7 +37,7 @@ def write_figures(data: Aggregates, schema: Schema, markdown_file: str | Path) -
             if plot == "pareto":
                 points, utility = task_points(sort_rows(group, spec), spec)
                 png = pareto_png(points, title=f"{title}: utility vs. resistance", utility=utility) if points else None
-                legend = "; ".join(f"{p.number} = `{p.label}`" for p in points)
+                legend = "; ".join(f"{p.number} = {md_cell(p.label)}" for p in points)
                 parts.append(_image(folder, f"{stem}-pareto.png", png, f"{PARETO_CAPTION} Markers: {legend}."))
             elif plot == "harm_curves":
                 parts.append(_image(folder, f"{stem}-harm.png", harm_curves(data, task, tier, model), HARM_CAPTION))

@@ -125,6 +125,12 @@ FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ whi
             "(unusable or diverged without usable harm) / resisted.")
 
 
+def md_cell(text: str) -> str:
+    """A Markdown table cell: ``|`` escaped, and ``<`` too, so that no label can open an HTML tag where the Markdown
+    is rendered (a defense label is user input)."""
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
 def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False,
              claims: Mapping[str, Claim] | None = None, figures: Mapping[str, str] | None = None) -> str:
     """One Markdown table per task: the schema's unfolded columns (every column with ``details``); with ``claims``
@@ -133,7 +139,7 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
     if board.empty:
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
-    parts = []
+    parts = overview_markdown(board, schema, claims or {}) if board["task"].nunique() > 1 else []
     for title, task, group in task_groups(board):
         table = schema.table_for(task)
         cols = [c for c in columns(group, table) if details or not c.fold]
@@ -144,7 +150,7 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         parts.append("| " + " | ".join(c.header for c in cols) + " |")
         parts.append("|" + "|".join("---" for _ in cols) + "|")
         for _, row in sort_rows(group, table).iterrows():
-            parts.append("| " + " | ".join(c.text(row).replace("|", "\\|") for c in cols) + " |")
+            parts.append("| " + " | ".join(md_cell(c.text(row)) for c in cols) + " |")
         parts.append("")
         if figures and figures.get(title):
             parts += [figures[title], ""]
@@ -153,6 +159,35 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         ledger = claims_markdown(board["defense_label"], claims)
         parts += ["", ledger] if ledger else []
     return "\n".join(parts) + "\n"
+
+
+OVERVIEW_NOTE = ("Each task cell: resistance ratio against `none` · worst-case steps-to-harm (median [range] over "
+                 "seeds) · retained primary utility (defended / released). '—': the defense does not apply to the "
+                 "task (or did not run on it). Rows ranked by the worst ratio over the tasks each defense ran on.")
+
+
+def overview_markdown(board: pd.DataFrame, schema: Schema, claims: Mapping[str, Claim]) -> list[str]:
+    """The cross-task overview as Markdown lines: one row per defense, one compact cell per task (the same frame
+    and ranking as the site's overview page, :func:`leaderboard.overview.overview`)."""
+    from leaderboard.formats import defense_name, fmt_fraction, ratio_text
+    from leaderboard.overview import overview
+
+    primary = {task: schema.table_for(task).primary_utility for task in board["task"].unique()}
+    frame, tasks = overview(board, claims, primary)
+    frame = sort_rows(frame, schema.overview)
+    lines = ["### Overview\n", "| Defense | Paper's claim | Worst ratio | " + " | ".join(tasks) + " |",
+             "|" + "|".join("---" for _ in range(3 + len(tasks))) + "|"]
+    for row in frame.to_dict("records"):
+        cells = []
+        for task in tasks:
+            if isnan(row.get(f"worst_median@{task}")):
+                cells.append("—")
+                continue
+            steps = cell_text(row, f"worst_median@{task}", "steps")
+            cells.append(f"{ratio_text(row, f'ratio@{task}')} · {steps} · {fmt_fraction(row.get(f'retained@{task}'))}")
+        lines.append("| " + " | ".join(md_cell(c) for c in [
+            defense_name(row), cell_text(row, "claim_status", "text"), ratio_text(row, "worst_ratio"), *cells]) + " |")
+    return [*lines, "", OVERVIEW_NOTE, ""]
 
 
 def family_table(runs: pd.DataFrame) -> pd.DataFrame:
