@@ -121,12 +121,22 @@ class Session:
         return resolve_device(self.device, spec.tier)
 
     def released(self, spec: RunSpec) -> ReleasedStage:
-        return self._memo(self._released, spec.stage_key("released"),
-                          lambda: self._timed("released", lambda: self._released_stage(spec)))
+        key = spec.stage_key("released")
+        return self._memo(self._released, key,
+                          lambda: self._timed("released", lambda: self._one_builder(key, self._released_stage, spec)))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
-        return self._memo(self._defended, spec.stage_key("defended"),
-                          lambda: self._timed("defended", lambda: self._defended_stage(spec)))
+        key = spec.stage_key("defended")
+        return self._memo(self._defended, key,
+                          lambda: self._timed("defended", lambda: self._one_builder(key, self._defended_stage, spec)))
+
+    def _one_builder(self, key: str, build, spec: RunSpec):
+        """``build(spec)``, one process at a time per stage when stages go to the on-disk cache (a defended stage's
+        lock is taken before its released stage's, never the other way round: no deadlock)."""
+        if self._store is None:
+            return build(spec)
+        with self._store.building(key):
+            return build(spec)
 
     def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
         """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -207,6 +209,46 @@ def test_concurrent_writers_of_one_entry_use_the_first_finished(tmp_path):
     path = store.write("k", {"kind": "released"}, slow_fill)
     assert (path / "stage.json").read_text() == "winner" and store.problem(path) is None
     assert [p.name for p in store.root.iterdir()] == ["k"]  # the loser's temporary entry is gone
+
+
+def test_processes_needing_one_stage_at_once_build_it_once(tmp_path, fresh_cache, counted):
+    # Two sessions (as two worker processes would) ask for the same uncached defended stage at the same time: the
+    # stage lock makes the second wait and read what the first wrote, instead of training the defense again.
+    sessions = [Session(tmp_path / f"r{i}", Cache(fresh_cache.root), progress=False) for i in range(2)]
+    stages, errors = [None, None], []
+
+    def build(i):
+        try:
+            stages[i] = sessions[i].defended(_spec())
+        except Exception as err:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(counted) == 1
+    assert sorted(stage.source for stage in stages) == ["built", "disk"]
+
+
+def test_the_stage_lock_serialises_holders_of_one_name_only(tmp_path):
+    store = StageStore(Cache(tmp_path))
+    events = []
+
+    def hold(name, tag, seconds):
+        with store.building(name):
+            events.append(f"{tag} in")
+            time.sleep(seconds)
+            events.append(f"{tag} out")
+
+    first = threading.Thread(target=hold, args=("a", "first", 0.4))
+    first.start()
+    time.sleep(0.1)
+    hold("b", "other", 0)  # another stage: not blocked
+    hold("a", "second", 0)  # the same stage: waits for the first
+    first.join()
+    assert events == ["first in", "other in", "other out", "first out", "second in", "second out"]
 
 
 def test_get_or_build_keeps_an_entry_a_concurrent_builder_finished(tmp_path):
