@@ -173,7 +173,7 @@ class Planner:
     def feed(self, record: RunRecord) -> list[tuple[str, RunSpec]]:
         """One finished run; returns the runs that became ready (of the families whose wave it completed)."""
         self._records[record.spec.run_id] = record
-        complete = [i for i in self._waiting.pop(record.spec.run_id, ())
+        complete = [i for i in dict.fromkeys(self._waiting.pop(record.spec.run_id, ()))  # (a wave may list a run twice)
                     if all(s.run_id in self._records for s in self._pending[i])]
         for i in complete:
             self._pending[i] = self._advance(self._programs[i][1], [self._records[s.run_id] for s in self._pending[i]])
@@ -198,6 +198,16 @@ class Planner:
                     out.append((self._programs[i][0], spec))
         return out
 
+    def discard(self, run_id: str) -> None:
+        """Forget ``run_id`` (its caller dropped it unrun): a family that reaches it later gets it again."""
+        self._issued.discard(run_id)
+        self._waiting.pop(run_id, None)
+        self._records.pop(run_id, None)
+
+    def record_of(self, run_id: str) -> RunRecord | None:
+        """The finished record of ``run_id`` fed so far, if any."""
+        return self._records.get(run_id)
+
     def owners(self, run_id: str) -> list[int]:
         """The indexes of the requests whose families have ``run_id`` in a wave so far."""
         return [index for index, members in enumerate(self._members) if run_id in members]
@@ -217,7 +227,8 @@ class Planner:
             for defense, defense_args in defenses_of(req):
                 for seed in req.seeds:
                     key = (req.task, repr(sorted(req.task_args.items())), req.tier, req.model, defense,
-                           repr(sorted(defense_args.items())), seed, req.attack, repr(sorted(req.attack_args.items())))
+                           repr(sorted(defense_args.items())), seed, req.attack, repr(sorted(req.attack_args.items())),
+                           req.search, req.refine)
                     if key not in counted:
                         counted.add(key)
                         total += sum(per_sweep)

@@ -98,10 +98,12 @@ def run_suites(
     """Run several requests on one session's task together, as one pool of runs; one outcome per request: its
     report, or the bad-input error that stopped it before its runs (the others go on).
 
-    With an executor that streams (``executor.streams``: in-process and local workers), each attack family's next
+    With an executor that streams (``executor.streams``: in-process, local workers and Ray), each attack family's next
     runs (full runs at the LR search's best rates, refinement) start as soon as that family's own runs have
-    finished, while the other families' runs go on: no core waits at a wave barrier. Other executors (Ray, Slurm)
-    get the runs wave by wave. A run shared by several requests (the ``none`` baseline) runs once.
+    finished, while the other families' runs go on: no core waits at a wave barrier. Other executors (Slurm) get
+    the runs wave by wave. A run shared by several requests (the ``none`` baseline) runs once. A request stopped by
+    bad input found while building a later run's stage runs nothing more, but its runs already handed to the
+    executor finish (they are recorded like any other run).
     """
     from tqdm.auto import tqdm
 
@@ -184,7 +186,12 @@ class _Pool:
             if err is not None:
                 for owner in owners:
                     self.stopped[owner] = err
-        return [s for s in specs if any(i not in self.stopped for i in self.planner.owners(s.run_id))]
+        runnable = [s for s in specs if any(i not in self.stopped for i in self.planner.owners(s.run_id))]
+        kept = {s.run_id for s in runnable}
+        for spec in specs:
+            if spec.run_id not in kept:
+                self.planner.discard(spec.run_id)  # (another request that reaches it later gets it again)
+        return runnable
 
     def stream(self, executor) -> None:
         def more(record: RunRecord) -> list[RunSpec]:
@@ -201,20 +208,24 @@ class _Pool:
             todo: list[RunSpec] = []
             for family, spec in planner.wave():
                 self.family_of[spec.run_id] = family
-                if spec.run_id in self.done:
+                if planner.record_of(spec.run_id) is not None:  # this pool ran it already, for another family
+                    records[spec.run_id] = planner.record_of(spec.run_id)
+                elif spec.run_id in self.done:
                     records[spec.run_id] = self.resumed(spec)
                     self.finished(records[spec.run_id])
                 else:
                     todo.append(spec)
             runnable = {s.run_id for s in self.prepared(todo, executor)}
-            for spec in todo:
-                if spec.run_id not in runnable:  # its request stopped: its families end here
-                    records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
+            stopped = [s for s in todo if s.run_id not in runnable]
+            for spec in stopped:  # its requests stopped: their families end here
+                records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
             for record in executor.submit([s for s in todo if s.run_id in runnable]):
                 record.family = self.family_of[record.spec.run_id]
                 records[record.spec.run_id] = record
                 self.finished(record)
             planner.finish(records)
+            for spec in stopped:
+                planner.discard(spec.run_id)  # (never ran: a live request that reaches it later runs it)
 
 
 def _prepare(spec: RunSpec, session: Session) -> BenchError | None:

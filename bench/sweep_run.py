@@ -66,7 +66,7 @@ def run_sweep(
         try:
             executor = make_executor(session, group[0][1].request.tier) if make_executor is not None else None
             outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True)
-        except BenchError as err:  # (the executor could not be made: every request of the group stops)
+        except BenchError as err:  # (no executor, or the results folder is unusable: the group's requests stop)
             outcomes = [err] * len(group)
         for (_, planned), outcome in zip(group, outcomes):
             if isinstance(outcome, BenchError):

@@ -5,6 +5,7 @@ utility-vs-resistance, harm-curve and attacker-cost plots as the site, written a
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from leaderboard.aggregate import Aggregates
 from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
@@ -54,4 +55,4 @@ def _image(folder: Path, name: str, png: bytes | None, caption: str) -> str:
         return ""
     (folder / name).write_bytes(png)
     alt = caption.split(":")[0]
-    return f"![{alt}]({folder.name}/{name})\n\n_{caption}_"
+    return f"![{alt}]({quote(folder.name)}/{quote(name)})\n\n{caption}"

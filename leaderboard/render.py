@@ -127,8 +127,8 @@ FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ whi
 
 def md_cell(text: str) -> str:
     """A Markdown table cell: ``|`` escaped, and ``<`` too, so that no label can open an HTML tag where the Markdown
-    is rendered (a defense label is user input)."""
-    return text.replace("|", "\\|").replace("<", "&lt;")
+    is rendered (a defense label is user input); a line break would end the row, so it becomes a space."""
+    return " ".join(text.split("\n")).replace("|", "\\|").replace("<", "&lt;")
 
 
 def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False,

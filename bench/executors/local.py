@@ -283,6 +283,8 @@ class _Pending:
 
     def take(self, held: Sequence[str], stop: threading.Event) -> RunSpec | None:
         with self._ready:
+            if stop.is_set():
+                return None
             while not self._entries:
                 if self._closed or stop.is_set():
                     return None
