@@ -8,7 +8,9 @@ leaves a half-written entry behind, and a finished entry is never replaced while
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import os
 import shutil
 import tempfile
@@ -66,6 +68,28 @@ def directory_size(path: Path) -> int:
     return total
 
 
+@contextlib.contextmanager
+def file_lock(folder: Path, name: str):
+    """Hold an exclusive lock named ``name`` (in ``folder``) while the block runs, so that processes about to build
+    the same cache entry build it one after another: the second finds the first's entry and reads it instead. The
+    operating system releases the lock when its holder dies; where locks are unavailable (a read-only folder, a
+    file system without them) the block runs unlocked (entries are still written atomically)."""
+    import fcntl
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.lock", "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield  # (closing the file releases the lock)
+
+
 class Cache:
     """A directory of content-addressed entries."""
 
@@ -80,13 +104,19 @@ class Cache:
         final = self.entry(*parts)
         if final.is_dir() and (final / COMPLETE).exists():
             return final, False
+        with file_lock(self.root / ".locks", "/".join(parts)):  # a miss: one process builds, the others wait
+            if final.is_dir() and (final / COMPLETE).exists():  # built by another process while this one waited
+                return final, False
+            return self._build(build, final), True
+
+    def _build(self, build: Callable[[Path], None], final: Path) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = make_temp_entry(final.parent, final.name)
         try:
             build(tmp)
             (tmp / COMPLETE).touch()
             if (final / COMPLETE).exists():  # a concurrent builder finished first: keep its entry, readers may use it
-                return final, True
+                return final
             if final.exists():  # an unfinished leftover, never used: replace it
                 shutil.rmtree(final, ignore_errors=True)
             try:
@@ -97,7 +127,7 @@ class Cache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        return final, True
+        return final
 
     def entries(self, skip: Iterable[str] = ()) -> list[CacheEntry]:
         """The finished :meth:`get_or_build` entries (``<task>/<kind>/<key>``), except under the top-level ``skip``."""

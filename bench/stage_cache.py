@@ -33,7 +33,6 @@ Old entries are not removed automatically: ``bench cache ls`` lists them, ``benc
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -47,7 +46,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from bench.cache import Cache, CacheEntry, directory_size, make_temp_entry
+from bench.cache import Cache, CacheEntry, directory_size, file_lock, make_temp_entry
 
 log = logging.getLogger(__name__)
 
@@ -154,27 +153,10 @@ class StageStore:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    @contextlib.contextmanager
     def building(self, name: str):
-        """Hold an exclusive lock named ``name`` (a stage key) for as long as the block runs: processes that need
-        the same stage at once build it one after another, so the second finds the first's entry and reads it
-        instead of building it too (worker processes preparing a cold sweep's stages). The operating system
-        releases the lock when its holder dies; where locks are unavailable the block runs unlocked."""
-        import fcntl
-
-        try:
-            locks = self.root / ".locks"
-            locks.mkdir(parents=True, exist_ok=True)
-            handle = open(locks / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.lock", "a")
-        except OSError:  # a read-only or odd cache folder: build without the lock (writes stay atomic)
-            yield
-            return
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            except OSError:  # a file system without locks (some network mounts): the same
-                pass
-            yield  # (closing the file releases the lock)
+        """An exclusive lock named ``name`` (an entry key) held while a process builds that entry
+        (:func:`bench.cache.file_lock`)."""
+        return file_lock(self.root / ".locks", name)
 
     def read(self, key: str) -> Path | None:
         """The entry's directory if it is present and intact; a corrupt entry is logged, deleted, and None returned."""

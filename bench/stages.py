@@ -121,22 +121,12 @@ class Session:
         return resolve_device(self.device, spec.tier)
 
     def released(self, spec: RunSpec) -> ReleasedStage:
-        key = spec.stage_key("released")
-        return self._memo(self._released, key,
-                          lambda: self._timed("released", lambda: self._one_builder(key, self._released_stage, spec)))
+        return self._memo(self._released, spec.stage_key("released"),
+                          lambda: self._timed("released", lambda: self._released_stage(spec)))
 
     def defended(self, spec: RunSpec) -> DefendedStage:
-        key = spec.stage_key("defended")
-        return self._memo(self._defended, key,
-                          lambda: self._timed("defended", lambda: self._one_builder(key, self._defended_stage, spec)))
-
-    def _one_builder(self, key: str, build, spec: RunSpec):
-        """``build(spec)``, one process at a time per stage when stages go to the on-disk cache (a defended stage's
-        lock is taken before its released stage's, never the other way round: no deadlock)."""
-        if self._store is None:
-            return build(spec)
-        with self._store.building(key):
-            return build(spec)
+        return self._memo(self._defended, spec.stage_key("defended"),
+                          lambda: self._timed("defended", lambda: self._defended_stage(spec)))
 
     def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
         """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go
@@ -180,17 +170,17 @@ class Session:
         def read(path: Path) -> ReleasedStage:
             return ReleasedStage(task, **stage_codec.read_released(path), source="disk")
 
-        cached = _read_stage(self._store, key, read)
-        if cached is not None:
-            return cached
-        stage = _measure_released(task)
-        written = _write_stage(self._store, key, _entry_meta(spec, "released", device),
-                               lambda tmp: stage_codec.write_released(tmp, stage))
-        adopted = _read_stage(self._store, key, read) if written else None
-        if adopted is None:
-            return stage
-        adopted.source = "built"  # read back, as every run uses exactly what other processes read; built here
-        return adopted
+        def build() -> ReleasedStage:
+            stage = _measure_released(task)
+            written = _write_stage(self._store, key, _entry_meta(spec, "released", device),
+                                   lambda tmp: stage_codec.write_released(tmp, stage))
+            adopted = _read_stage(self._store, key, read) if written else None
+            if adopted is None:
+                return stage
+            adopted.source = "built"  # read back, as every run uses exactly what other processes read; built here
+            return adopted
+
+        return _read_or_build(self._store, key, read, build)
 
     def _defended_stage(self, spec: RunSpec) -> DefendedStage:
         released = self.released(spec)  # builds the task (cheap on tiny); never the defense when it is on disk
@@ -205,19 +195,19 @@ class Session:
             copy_released = (lambda: copy.deepcopy(released.task.model)) if as_released else None
             return DefendedStage(**stage_codec.read_defended(path, device, copy_released), source="disk")
 
-        cached = _read_stage(self._store, key, read)
-        if cached is not None:
-            return cached
-        stage = _build_defended(spec, released, self.allow_function_drift, self.progress)
-        task = released.task
-        written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
-                               lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture(),
-                                                                      with_model=not as_released))
-        if written is None:
-            return stage
-        if as_released:  # its entry's model is a copy of the released one: nothing of the defense to round-trip
-            return _read_stage(self._store, key, read) or stage
-        return _adopt_written(self._store, key, stage, task, read, device)
+        def build() -> DefendedStage:
+            stage = _build_defended(spec, released, self.allow_function_drift, self.progress)
+            task = released.task
+            written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
+                                   lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture(),
+                                                                          with_model=not as_released))
+            if written is None:
+                return stage
+            if as_released:  # its entry's model is a copy of the released one: nothing of the defense to round-trip
+                return _read_stage(self._store, key, read) or stage
+            return _adopt_written(self._store, key, stage, task, read, device)
+
+        return _read_or_build(self._store, key, read, build)
 
     def _disk_key(self, spec: RunSpec, stage: str, task: TaskInstance, device: torch.device) -> str | None:
         if self._store is None:
@@ -390,6 +380,18 @@ def _entry_meta(spec: RunSpec, stage: str, device: torch.device) -> dict[str, An
     if stage == "defended":
         meta.update(defense=spec.defense_label, seed=spec.seed)
     return meta
+
+
+def _read_or_build(store: StageStore, key: str, read, build):
+    """The entry ``key`` read from the on-disk cache, or ``build()`` (which writes it) on a miss, under the entry's
+    lock: processes missing the same stage at once build it once, the others wait and read it (a hit takes no lock,
+    so processes reading a warm cache never wait for each other)."""
+    cached = _read_stage(store, key, read)
+    if cached is not None:
+        return cached
+    with store.building(key):
+        cached = _read_stage(store, key, read)  # built by another process while this one waited
+        return cached if cached is not None else build()
 
 
 def _read_stage(store: StageStore, key: str, decode):

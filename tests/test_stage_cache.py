@@ -251,12 +251,30 @@ def test_the_stage_lock_serialises_holders_of_one_name_only(tmp_path):
     assert events == ["first in", "other in", "other out", "first out", "second in", "second out"]
 
 
+def test_get_or_build_builds_a_missing_entry_once_for_processes_asking_at_once(tmp_path):
+    cache, builds, results = Cache(tmp_path), [], []
+
+    def build(directory):
+        builds.append(1)
+        time.sleep(0.3)  # (the other asker arrives meanwhile)
+        (directory / "value").write_text("built")
+
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_build(build, "task", "tiny", "key")))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and sorted(built for _, built in results) == [False, True]
+    assert all((path / "value").read_text() == "built" for path, _ in results)
+
+
 def test_get_or_build_keeps_an_entry_a_concurrent_builder_finished(tmp_path):
     cache = Cache(tmp_path)
 
-    def slow(directory):
+    def slow(directory):  # another builder finishes the entry meanwhile (as one that could not take the lock would)
         (directory / "value").write_text("loser")
-        cache.get_or_build(lambda d: (d / "value").write_text("winner"), "task", "tiny", "key")
+        cache._build(lambda d: (d / "value").write_text("winner"), cache.entry("task", "tiny", "key"))
 
     path, _ = cache.get_or_build(slow, "task", "tiny", "key")
     assert (path / "value").read_text() == "winner"
