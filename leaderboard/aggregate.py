@@ -59,6 +59,15 @@ def load_metrics(results_dir: str | Path, run_ids: Iterable[str] | None = None) 
     return df
 
 
+def one_label_per_config(runs: pd.DataFrame) -> pd.Series:
+    """Each run's defense label, one per defense config (``defense_hash``, per source): runs recorded under another
+    spelling of the same config (a preset written out as its arguments by an older version) join the others under
+    the shortest label, so that one config is one leaderboard row."""
+    keys = runs["defense_hash"].astype(str) + "\0" + runs["source"].astype(str)
+    shortest = runs.groupby(keys)["defense_label"].agg(lambda labels: min(labels.unique(), key=lambda x: (len(x), x)))
+    return keys.map(shortest).fillna(runs["defense_label"])
+
+
 def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataFrame:
     """One row per run: run-level columns, summary metrics, utility retention and defended-phase measurements."""
     if metrics.empty:
@@ -68,6 +77,7 @@ def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataF
     if "source" not in metrics:
         metrics = metrics.assign(source=RESULTS_SOURCE)
     runs = metrics.drop_duplicates("run_id")[RUN_LEVEL].set_index("run_id")
+    runs["defense_label"] = one_label_per_config(runs)
     summary = metrics[metrics["phase"] == "summary"]
     runs = runs.join(summary.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first"))
     for column in ("steps_to_harm", "steps_to_harm_raw", "harm_auc"):  # absent when every run failed

@@ -29,7 +29,7 @@ def write_run(results_dir: Path, *, defense: str, seed: int, attack: str, family
               examples: int | None = None, after: dict[str, float] | None = None,
               defended: dict[str, tuple[float, float, float] | float] | None = None, primary: str | None = "accuracy",
               drift: tuple[float, float] = (0.0, 1.0), params_added: float = 0.0, defense_seconds: float = 0.0,
-              already_harmful: bool = False) -> str:
+              already_harmful: bool = False, label: str | None = None) -> str:
     """One run as the runner writes it, reduced to the rows the aggregation reads. ``after``: the post-attack
     retained utility per split; ``defended``: the defended model's retained utility per split (value, or
     (value, ci_low, ci_high)); ``primary``: the split of the runner's ``primary_utility`` row (None: not written);
@@ -37,7 +37,7 @@ def write_run(results_dir: Path, *, defense: str, seed: int, attack: str, family
     run_id = f"{defense}-{seed}-{family or attack}-{lr}-{purpose}"
     config = {"lr": lr} if lr is not None else {}
     columns = {"run_id": run_id, "task": TASK, "tier": "tiny", "model": None, "defense": defense,
-               "defense_label": defense, "defense_hash": defense, "attack": attack,
+               "defense_label": label or defense, "defense_hash": defense, "attack": attack,
                "attack_label": f"{attack}(lr={lr})" if lr is not None else attack,
                "attack_family": family or attack, "attack_hash": attack, "attack_config": json.dumps(config),
                "knowledge": knowledge, "purpose": purpose, "seed": seed, "status": status,
@@ -98,6 +98,14 @@ def test_worst_case_over_attacks_and_censored_median_over_seeds(tmp_path):
     # other's AUC — and 0.9) and its examples seen (240, 320 censored, 80: median 240).
     assert d["harm_auc_mean"] == pytest.approx((0.5 + 0.2 + 0.9) / 3)
     assert (d["examples_to_break"], d["examples_to_break_censored"]) == (240, False)
+
+
+def test_one_defense_config_is_one_row_whatever_label_its_runs_were_recorded_under(tmp_path):
+    # An older version wrote a preset out as its arguments; the same config (same hash) is one row, shortest label.
+    write_run(tmp_path, defense="t", label="t.preset(alpha=1,beta=2)", seed=0, attack="a", steps=30)
+    write_run(tmp_path, defense="t", label="t.preset", seed=0, attack="b", steps=20)
+    board = build(tmp_path).board
+    assert list(board["defense_label"]) == ["t.preset"] and row(board, "t.preset")["worst_median"] == 20
 
 
 def test_utility_bounded_worst_case_keeps_only_runs_within_the_utility_drop(tmp_path):
