@@ -131,7 +131,10 @@ class Session:
     def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
         """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go
         to the on-disk cache (else none): what worker processes can build, or find already built, before the runs,
-        writing it where this session and every run read it, so that this process need not even build the task."""
+        writing it where this session and every run read it, so that this process need not load it. Their released
+        stages are built (or read) here first, with their progress shown: a released model's first build (minutes
+        on the diffusion tiers) is visible, and done once, not in every worker; one that fails is left for the
+        caller's own build to report."""
         if self._store is None:
             return []
         seen: set[str] = set()
@@ -141,6 +144,10 @@ class Session:
             if key not in seen and key not in self._defended:
                 seen.add(key)
                 todo.append(spec)
+                try:
+                    self.released(spec)
+                except Exception:  # noqa: BLE001 - see the docstring
+                    pass
         return todo
 
     def stage_timing(self, stage: ReleasedStage | DefendedStage) -> dict[str, Any]:

@@ -231,24 +231,24 @@ def test_workers_serve_run_after_run_across_waves_and_a_dead_one_is_replaced(bad
 
 
 def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
-    from bench.executors.local import _Pending
+    from bench.executors.run_queue import RunQueue
 
     short, long_none, long_specdef = _spec(1e-3, budget=5), _spec(1e-3, budget=50), make_spec(
         task="vision-digits", defense="specdef", attack="full-ft", task_args=FAST,
         attack_args={"optimizer": "adam", "lr": 1e-3, "budget": 50})
     stop = threading.Event()
-    pending = _Pending([short, long_none, long_specdef])
+    pending = RunQueue([short, long_none, long_specdef])
     pending.close()
     assert pending.take([long_specdef.stage_key("defended")], stop) is long_specdef  # as long: its stage wins
     assert pending.take([], stop) is long_none and pending.take([], stop) is short and pending.take([], stop) is None
 
 
 def test_streaming_takes_lr_probes_first_then_a_familys_next_runs_and_waits_for_runs_added_later():
-    from bench.executors.local import _Pending
+    from bench.executors.run_queue import RunQueue
 
     stop = threading.Event()
     probe, waiting, short = _spec(1e-3, purpose="lr-probe", budget=5), _spec(1e-2, budget=50), _spec(1e-1, budget=5)
-    pending = _Pending([waiting, short, probe], gating_first=True)
+    pending = RunQueue([waiting, short, probe], gating_first=True)
     assert pending.take([], stop) is probe
     follow_up = _spec(1e-4, budget=50)
     pending.add([follow_up])  # (as long as `waiting`, added later: it extends its family's chain)

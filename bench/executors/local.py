@@ -33,12 +33,12 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from bench.executors.run_queue import POLL_S, RunQueue
 from bench.executors.shared import clear_previous, read_back, record_death
 from bench.planner import RunRecord
 from bench.spec import RunSpec
 from bench.worker import SERVE_STAGES, WorkerOptions
 
-POLL_S = 0.2
 STOP_WAIT_S = 5.0
 """How long a closed worker may take to exit on its own before it is killed."""
 TIMED_OUT = "timed out"
@@ -110,7 +110,7 @@ class LocalExecutor:
     def submit(self, specs: Sequence[RunSpec],
                more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
         """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring)."""
-        pending = _Pending(specs, gating_first=more is not None)
+        pending = RunQueue(specs, gating_first=more is not None)
         if more is None:
             pending.close()  # nothing will be added: a slot with nothing left to take ends
         finished: queue.Queue = queue.Queue()
@@ -155,7 +155,7 @@ class LocalExecutor:
             _kill_all(self._workers, self._lock)
 
     # -- one worker slot -----------------------------------------------------------------------------------------
-    def _slot(self, slot: int, pending: "_Pending", finished: queue.Queue, stop: threading.Event) -> None:
+    def _slot(self, slot: int, pending: RunQueue, finished: queue.Queue, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
                 worker = self._workers.get(slot)
@@ -248,59 +248,6 @@ class LocalExecutor:
                       started_at: str, started: float) -> RunRecord:
         return record_death(spec, self.session, error, started_at=started_at, wall=time.monotonic() - started,
                             log=log, details={"exit_code": code, "timed_out": timed_out})
-
-
-class _Pending:
-    """The runs no worker has taken yet: longest step budget first; among as long, one on a stage the worker holds.
-
-    When more runs may still come (``gating_first``: the caller streams), LR-search probes go first, since the runs
-    the search picks wait for them, and among runs as long, those added later (a family's next runs) go before those
-    already waiting: a family's chain of runs (probes, full runs, refinement) is its critical path, so the runs that
-    extend it start while the others fill the cores. Until :meth:`close`, a worker with nothing to take waits for
-    :meth:`add`."""
-
-    def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False):
-        self._gating_first = gating_first
-        self._entries: list[tuple[tuple[bool, float, int], str, RunSpec]] = []
-        self._added = 0
-        self._ready = threading.Condition()
-        self._closed = False
-        self.add(specs)
-
-    def add(self, specs: Sequence[RunSpec]) -> None:
-        with self._ready:
-            later = -self._added if self._gating_first else 0
-            self._added += 1
-            self._entries.extend(((self._gating_first and spec.purpose != "lr-probe", -_budget(spec), later),
-                                  spec.stage_key("defended"), spec) for spec in specs)
-            self._entries.sort(key=lambda entry: entry[0])  # stable: equal runs keep the planner's order
-            self._ready.notify_all()
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
-
-    def take(self, held: Sequence[str], stop: threading.Event) -> RunSpec | None:
-        with self._ready:
-            if stop.is_set():
-                return None
-            while not self._entries:
-                if self._closed or stop.is_set():
-                    return None
-                self._ready.wait(POLL_S)
-            first = self._entries[0][0]
-            for i, (priority, stage, _) in enumerate(self._entries):
-                if priority != first:
-                    break
-                if stage in held:
-                    return self._entries.pop(i)[2]
-            return self._entries.pop(0)[2]
-
-
-def _budget(spec: RunSpec) -> float:
-    budget = spec.attack.kwargs.get("budget")
-    return float(budget) if isinstance(budget, (int, float)) else 0.0
 
 
 class _Worker:
