@@ -176,8 +176,12 @@ class Planner:
         complete = [i for i in dict.fromkeys(self._waiting.pop(record.spec.run_id, ()))  # (a wave may list a run twice)
                     if all(s.run_id in self._records for s in self._pending[i])]
         for i in complete:
-            self._pending[i] = self._advance(self._programs[i][1], [self._records[s.run_id] for s in self._pending[i]])
+            self._advance_recorded(i)
         return self._issue(complete)
+
+    def _advance_recorded(self, i: int) -> None:
+        """Move family ``i`` to its next wave, handing it its current wave's recorded results."""
+        self._pending[i] = self._advance(self._programs[i][1], [self._records[s.run_id] for s in self._pending[i]])
 
     def _issue(self, programs) -> list[tuple[str, RunSpec]]:
         out, todo = [], list(programs)
@@ -187,8 +191,7 @@ class Planner:
                 self._join(i, spec)
             missing = [s for s in self._pending[i] if s.run_id not in self._records]
             if self._pending[i] and not missing:  # its whole wave already ran (for another family): move on
-                self._pending[i] = self._advance(self._programs[i][1],
-                                                 [self._records[s.run_id] for s in self._pending[i]])
+                self._advance_recorded(i)
                 todo.append(i)
                 continue
             for spec in missing:

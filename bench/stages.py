@@ -11,8 +11,8 @@ built and written there, so runs in other processes or on other machines sharing
 cached defended stage is read back (the model with :mod:`bench.modelio`), never re-applied. The task itself is always
 built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself). A freshly built stage is written,
 then read back, so every run uses exactly what other processes read. That is also how a sweep with local workers
-builds the defended stages of a wave in parallel: :meth:`Session.defended_to_build` names those missing from the
-cache, the workers build them there, and the sweep's own session reads them back.
+prepares the defended stages in parallel: :meth:`Session.defended_to_prepare` names them (reading or building their
+released stages here), and the workers build them into the cache or find them there, for every run to read.
 
 A defense that leaves the weights as released (``changes_weights = False``, e.g. ``none``) is not measured again: its
 stage reuses the released stage's evaluation, reference outputs and curvature, which the same measurement of the

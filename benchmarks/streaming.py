@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
+from parallel import metrics  # (benchmarks/parallel.py: the same per-run comparison)
 
 
 def requests(args):
@@ -57,15 +57,6 @@ def timed(mode: str, results: Path, cache, args) -> float:
                 if isinstance(outcome, Exception):
                     raise outcome
     return time.perf_counter() - start
-
-
-def metrics(results: Path) -> dict[str, list]:
-    out = {}
-    for path in sorted(results.glob("*/metrics.parquet")):
-        df = pq.read_table(path).to_pandas()
-        df = df[~df["metric"].str.endswith("seconds")]
-        out[path.parent.name] = df[["phase", "step", "split", "metric", "value"]].astype(str).values.tolist()
-    return out
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("html", "md", "csv", "parquet"), default="html",
                    help="html: a static site folder (default); md: Markdown; csv/parquet: the aggregated table")
     p.add_argument("--out", metavar="PATH", help="html: the site folder (default: <results>/site); md: a file, "
-                   "its figures in a folder beside it, FILE-figures/ (default: stdout only, no figures); csv/parquet: the file (default: <results>/leaderboard.<format>)")
+                   "its figures in a folder beside it, FILE-figures/ (default: stdout only, no figures); "
+                   "csv/parquet: the file (default: <results>/leaderboard.<format>)")
     p.add_argument("--details", action="store_true", help="Markdown: include the detail columns the site folds")
     p.add_argument("--schema", metavar="FILE", help="leaderboard schema YAML (default: the shipped leaderboard/schema.yaml)")
     p.add_argument("--official", action="store_true", help="only runs not marked --dev")

@@ -10,9 +10,9 @@ time than starting Python — a run costs little more than its own work. An idle
 (by step budget, so that no long run is left to the end; when the caller streams, LR-search probes first, since the
 runs the search picks wait for them), and among runs as long, one on a defended stage it already holds. Streaming
 (``submit(specs, more=...)``), the runs that become ready as runs finish join the same queue, so no worker waits for
-a wave to end. Before a wave's runs, the workers build its missing defended stages in parallel into the on-disk
-stage cache (:meth:`LocalExecutor.prepare`), so the sweep's own process reads them back instead of building them one
-after another while the workers wait. Workers start in their own process group and exit when their sweep dies or
+a wave to end. Before the runs, the workers build their defended stages in parallel into the on-disk stage cache,
+or find them there (:meth:`LocalExecutor.prepare`), so the sweep's own process neither builds them one after another
+while the workers wait nor loads them at all. Workers start in their own process group and exit when their sweep dies or
 the executor is closed (or garbage-collected), so an interrupted sweep leaves no orphans; the runs already written
 stay.
 """

@@ -8,8 +8,8 @@ its memory, GPU memory included — and are never retried (a run that killed its
 
 A task whose worker died (``os._exit``, a segfault, Ray's out-of-memory killer) or raised outside the run becomes a
 ``failed`` run with the error; runs that become ready as others finish (an LR search's full runs, refinement) are
-submitted at once, with no wave barrier (``streams``); ``--run-timeout`` cancels a run that has been running longer (counted from when it
-started, not from when it was queued) and fails it. Each run's output goes to ``<results>/.logs/<run_id>.log``.
+submitted at once, with no wave barrier (``streams``); ``--run-timeout`` cancels a run that has been running longer
+(counted from when it started, not from when it was queued) and fails it. Each run's output goes to ``<results>/.logs/<run_id>.log``.
 
 It has no ``prepare`` (see :mod:`bench.executors`): the sweep's own process builds the defended stages, one after
 another, before their runs, which read them from the stage cache (shared by the nodes, or rebuilt on each).
