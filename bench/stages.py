@@ -41,7 +41,7 @@ from bench.composition import plugin_classes
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
 from bench.curvature import Eigen, top_hessian_eigenvalue
 from bench.devices import resolve_device
-from bench.errors import DataError, FunctionDriftError, PluginError
+from bench.errors import ConfigError, DataError, FunctionDriftError, PluginError
 from bench.layers import count_parameters
 from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
@@ -291,8 +291,26 @@ def _build_task(spec: RunSpec, cache: Cache, device: torch.device, *, progress: 
     task_cfg, _, _ = spec.configs()
     task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device,
                                              progress=progress)
+    check_usable_floor(task)
     task.model.eval()
     return task
+
+
+def check_usable_floor(task: TaskInstance) -> None:
+    """Refuse a usable floor that no attacked model can meet, before any run is measured against it.
+
+    The floor is ``usable_factor`` × the released utility: below 1 for a higher-is-better utility, above 1 for a
+    lower-is-better one (the default 0.5 on a loss or perplexity would mark every checkpoint, the released model's
+    own included, as unusable and every attack as ``broken``).
+    """
+    factor = task.config.usable_factor
+    if task.utility_higher_is_better and factor > 1:
+        raise ConfigError(f"task {task.name!r}: usable_factor={factor} > 1 on a higher-is-better utility would mark "
+                          f"the released model itself unusable; use a value in (0, 1], e.g. 0.5")
+    if not task.utility_higher_is_better and factor < 1:
+        raise ConfigError(f"task {task.name!r}: usable_factor={factor} < 1 on a lower-is-better utility "
+                          f"({task.utility_metric}) would mark the released model itself unusable; set usable_factor "
+                          f">= 1, e.g. 2.0 (utility at most doubled)")
 
 
 def _measure_released(task: TaskInstance) -> ReleasedStage:

@@ -241,3 +241,36 @@ def test_quiet_silences_every_progress_bar(tmp_path, capsys, monkeypatch):
         assert code == 0
         bars = "building released vision-digits model" in err, "vision-digits runs" in err
         assert bars == ((False, False) if quiet else (True, True)), err
+
+
+def test_validate_a_sweep_where_no_combination_applies_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "none-apply.yaml"  # rmu unlearns language models: it applies to no vision task
+    path.write_text("tasks: [vision-digits]\ndefenses: [rmu]\nattacks: [full-ft]\nbaseline: false\n")
+    assert run_cli("validate", path) == 2
+    out = capsys.readouterr().out
+    assert "no combination of this sweep applies" in out and "rmu" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("key", ["baseline", "refine"])
+def test_experiment_booleans_are_strict(tmp_path, capsys, key):
+    path = tmp_path / "quoted.yaml"  # bool("false") is True: a quoted false must not silently mean true
+    path.write_text(f"task: vision-digits\ndefense: specdef\n{key}: 'false'\n")
+    assert run_cli("validate", path) == 2
+    assert f"{key} must be true or false, got 'false'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("higher, factor, ok", [(True, 0.5, True), (True, 2.0, False), (False, 2.0, True),
+                                                (False, 0.5, False), (False, 1.0, True)])
+def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
+    from types import SimpleNamespace
+
+    from bench.errors import ConfigError
+    from bench.stages import check_usable_floor
+
+    task = SimpleNamespace(name="t", utility_metric="nll", utility_higher_is_better=higher,
+                           config=SimpleNamespace(usable_factor=factor))
+    if ok:
+        check_usable_floor(task)
+    else:
+        with pytest.raises(ConfigError, match="usable_factor"):
+            check_usable_floor(task)
