@@ -274,3 +274,24 @@ def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
     else:
         with pytest.raises(ConfigError, match="usable_factor"):
             check_usable_floor(task)
+
+
+def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = ("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
+            "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
+    assert run_cli(*argv) == 0
+    capsys.readouterr()
+    from bench.results import CorruptRunWarning, completed_run_ids
+
+    done = completed_run_ids(results)
+    victim = sorted(done)[0]
+    metrics = results / victim / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:100])  # a disk that filled up mid-copy, say
+    assert completed_run_ids(results) == done - {victim}
+    with pytest.warns(CorruptRunWarning, match=victim):
+        assert run_cli("leaderboard", "--results", results, "--format", "md") == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert run_cli(*argv) == 0  # resume: the unreadable run runs again, the other is kept
+    assert completed_run_ids(results) == done
+    assert len(read_metrics(results).to_pandas().drop_duplicates("run_id")) == 2
