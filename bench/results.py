@@ -187,10 +187,18 @@ class CorruptRunWarning(UserWarning):
     """A run's metrics file could not be read: the run is skipped, and a resumed sweep re-runs it."""
 
 
-def read_metrics(results_dir: Path, *, include_failed: bool = True) -> pa.Table:
-    """Concatenate the metrics of every run under ``results_dir`` (checking each file's schema version)."""
+def read_metrics(results_dir: Path, *, include_failed: bool = True, run_ids: Iterable[str] | None = None) -> pa.Table:
+    """Concatenate the metrics of every run under ``results_dir`` (checking each file's schema version).
+
+    ``run_ids``: read only these runs' files (a run directory is named by its run id), so that a caller interested
+    in a few runs does not pay for the whole history of the folder.
+    """
     tables, corrupt = [], []
-    for directory in run_directories(results_dir):
+    directories = run_directories(results_dir)
+    if run_ids is not None:
+        wanted = set(run_ids)
+        directories = [d for d in directories if d.name in wanted]
+    for directory in directories:
         path = directory / METRICS
         if not path.is_file():
             continue

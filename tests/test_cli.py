@@ -276,7 +276,7 @@ def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
             check_usable_floor(task)
 
 
-def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys):
+def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys, monkeypatch):
     results = tmp_path / "results"
     argv = ("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
             "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
@@ -295,3 +295,13 @@ def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path,
     assert run_cli(*argv) == 0  # resume: the unreadable run runs again, the other is kept
     assert completed_run_ids(results) == done
     assert len(read_metrics(results).to_pandas().drop_duplicates("run_id")) == 2
+
+    import pyarrow.parquet as pq  # reading some runs opens only their files, not the folder's whole history
+
+    from bench import results as results_module
+
+    opened, real_read = [], pq.read_table
+    monkeypatch.setattr(results_module.pq, "read_table", lambda path, *a, **k: opened.append(path) or real_read(path))
+    table = read_metrics(results, run_ids=[victim]).to_pandas()
+    assert set(table["run_id"]) == {victim} and len(opened) == 1
+
