@@ -34,6 +34,7 @@ from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
 from bench.provenance import peak_memory_mb, provenance
 from bench.registry import ATTACKS
+from bench.run_claim import claimed_run
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
 
@@ -236,8 +237,17 @@ def _samples(spec: RunSpec, task, defended: DefendedStage, after: torch.nn.Modul
 # One run
 # -------------------------------------------------------------------------------------------------------------
 def run(spec: RunSpec, session: Session | None = None) -> RunResult:
-    """Execute one run and write ``results/<run_id>/``; plugin failures give a ``failed`` result, never a raise."""
+    """Execute one run and write ``results/<run_id>/``; plugin failures give a ``failed`` result, never a raise.
+
+    The run is claimed first (:mod:`bench.run_claim`): when another process is running it, this one waits and
+    reuses its recorded success instead of running it a second time."""
     session = session or Session()
+    directory = session.results_dir / spec.run_id
+    return claimed_run(directory, lambda: _run_claimed(spec, session),
+                       lambda info: RunResult(spec, "success", directory, summary=info.get("summary") or {}))
+
+
+def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
