@@ -32,7 +32,7 @@ from bench.errors import PluginError
 from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
-from bench.provenance import peak_memory_mb, provenance
+from bench.provenance import peak_memory_mb, provenance, reset_peak_memory
 from bench.registry import ATTACKS
 from bench.run_claim import claimed_run
 from bench.spec import RunSpec
@@ -248,6 +248,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
 
 
 def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
+    peak_scoped = reset_peak_memory()  # this run's own peak, not that of the long-lived worker running it
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -291,7 +292,7 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
         tb = traceback.format_exc()
     return _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error, tb=tb,
                    started_at=started_at, wall=time.perf_counter() - start, defense_report=defense_report,
-                   task_provenance=task_provenance,
+                   task_provenance=task_provenance, peak_scoped=peak_scoped,
                    extra={"stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
                           "stage_source": {name: stage["source"] for name, stage in stages.items()}})
 
@@ -308,7 +309,7 @@ def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: s
 def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[str, Any]], summary: dict[str, Any],
             metrics: AttackMetrics | None, error: str | None, tb: str | None, started_at: str, wall: float,
             defense_report: dict[str, Any], task_provenance: dict[str, Any],
-            extra: dict[str, Any] | None = None) -> RunResult:
+            extra: dict[str, Any] | None = None, peak_scoped: bool = False) -> RunResult:
     """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker)."""
     device = _safe(lambda: str(session.device_for(spec)), session.device)
     task_cfg = spec.task.kwargs
@@ -360,7 +361,7 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "provenance": provenance(device),
         "started_at": started_at,
         "wall_seconds": wall,
-        **peak_memory_mb(),
+        **peak_memory_mb(since_reset=peak_scoped),
         "official": session.official,
         **(extra or {}),
     }

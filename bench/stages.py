@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,9 @@ class Session:
         first (a long-lived worker's bound on memory); None keeps every stage."""
         self._store = StageStore(self.cache) if stage_cache else None
         self._released: OrderedDict[str, ReleasedStage | BaseException] = OrderedDict()
-        self._reported: set[int] = set()
+        self._reported: dict[int, weakref.ref] = {}
+        """Stages an earlier run of this session already reported, by id, each with a weak reference: a stage
+        evicted from memory frees its id for a new stage, which must not then read as reported."""
         self._defended: OrderedDict[str, DefendedStage | BaseException] = OrderedDict()
 
     def device_for(self, spec: RunSpec) -> torch.device:
@@ -153,8 +156,9 @@ class Session:
     def stage_timing(self, stage: ReleasedStage | DefendedStage) -> dict[str, Any]:
         """What a run records of a stage it used: its seconds per part and where it came from (``built``,
         ``disk``, or ``memory`` for a stage an earlier run of this session already reported)."""
-        source = "memory" if id(stage) in self._reported else stage.source
-        self._reported.add(id(stage))  # memoised stages live as long as the session: their ids stay theirs
+        seen = self._reported.get(id(stage))
+        source = "memory" if seen is not None and seen() is stage else stage.source
+        self._reported[id(stage)] = weakref.ref(stage)
         return {"source": source, "seconds": dict(stage.timings)}
 
     def _timed(self, name: str, build):

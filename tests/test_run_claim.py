@@ -1,5 +1,6 @@
-"""Run claims: two drivers sharing a results folder execute each run once (the second waits and reuses the first's
-result), a dead owner's claim is taken over at once, and a driver never overwrites a success recorded late."""
+"""Runs in shared folders and reused processes: two drivers sharing a results folder execute each run once (the
+second waits and reuses the first's result), a dead owner's claim is taken over at once, a driver never overwrites
+a success recorded late, and each run of a long-lived process records its own peak memory and stage sources."""
 
 from __future__ import annotations
 
@@ -95,3 +96,54 @@ def test_two_identical_sweeps_started_at_once_run_each_run_once_and_both_print_t
         assert any(line.startswith("none ") for line in out.splitlines())
         assert any(line.startswith("specdef ") for line in out.splitlines())
     assert found["runs"] == 6 and sum(found["executed"]) == 6  # none and specdef × 3 attacks, each executed once
+
+
+def test_each_run_records_its_own_peak_memory_in_a_reused_process(tmp_path, cache, isolated_registries):
+    import torch
+
+    from attacks.full_ft import FullFineTune
+    from bench.registry import ATTACKS
+    from bench.runner import Session, run
+    from bench.spec import make_spec
+
+    @ATTACKS.register("hungry-ft")
+    class HungryFineTune(FullFineTune):
+        """Full fine-tuning that also touches 400 MB (a bigger model, say)."""
+
+        def run(self, model, task, cfg, *, generator, monitor):
+            ballast = torch.ones(100 * 2**20)  # 400 MB, written, so resident
+            ballast.add_(1)
+            del ballast
+            return super().run(model, task, cfg, generator=generator, monitor=monitor)
+
+    session = Session(tmp_path, cache, progress=False)  # one session: one long-lived process's runs
+    quick = {"budget": 10, "curvature_iters": 0, "bootstrap": 0}
+    big, small = (make_spec(task="vision-digits", defense="none", attack=name, task_args=quick, attack_args={"lr": 1e-3})
+                  for name in ("hungry-ft", "full-ft"))
+    peaks = {}
+    for spec in (big, small):
+        result = run(spec, session)
+        assert result.status == "success", result.error
+        info = json.loads((tmp_path / spec.run_id / RUN_JSON).read_text())
+        assert info["peak_rss_scope"] == "run"
+        peaks[spec.attack.name] = info["peak_rss_mb"]
+    assert peaks["hungry-ft"] > peaks["full-ft"] + 300  # the second run does not inherit the first's high-water mark
+
+
+def test_a_stage_evicted_from_memory_does_not_lend_its_memory_source_to_a_new_one(tmp_path, cache, monkeypatch):
+    from bench import stages
+    from bench.runner import Session
+
+    class Stage:
+        def __init__(self):
+            self.source, self.timings = "built", {}
+
+    session = Session(tmp_path, cache, progress=False)
+    first = Stage()
+    assert session.stage_timing(first)["source"] == "built"
+    assert session.stage_timing(first)["source"] == "memory"  # a second run on the same stage
+    # An evicted stage's id is free for the next object: make the next stage get the same id.
+    monkeypatch.setattr(stages, "id", lambda obj: 42, raising=False)
+    assert session.stage_timing(first)["source"] == "built"  # (first reported under the colliding id)
+    del first
+    assert session.stage_timing(Stage())["source"] == "built"
