@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from bench.errors import DataError
+
 ENV_VAR = "BENCH_CACHE_DIR"
 
 
@@ -68,26 +70,74 @@ def directory_size(path: Path) -> int:
     return total
 
 
+def _lock_path(folder: Path, name: str) -> Path:
+    return folder / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.lock"
+
+
 @contextlib.contextmanager
 def file_lock(folder: Path, name: str):
     """Hold an exclusive lock named ``name`` (in ``folder``) while the block runs, so that processes about to build
-    the same cache entry build it one after another: the second finds the first's entry and reads it instead. The
-    operating system releases the lock when its holder dies; where locks are unavailable (a read-only folder, a
-    file system without them) the block runs unlocked (entries are still written atomically)."""
-    import fcntl
+    the same cache entry build it one after another: the second finds the first's entry and reads it instead.
 
+    The lock is :mod:`filelock`'s (``flock`` on POSIX): the operating system releases it when its holder dies. A lock
+    that cannot be created or taken (a read-only folder, a file system without locks) is an error, never a silent
+    unlocked build, since two unlocked builders may delete each other's entries."""
+    import filelock
+
+    path = _lock_path(folder, name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle = open(folder / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.lock", "a")
-    except OSError:
+        lock = filelock.FileLock(str(path))
+        lock.acquire()
+    except OSError as err:
+        raise DataError(f"cannot lock cache entry {name!r} ({path}): {err.strerror or err}; the cache folder must be "
+                        f"writable and on a file system with locks (set {ENV_VAR} to move it)") from err
+    try:
         yield
-        return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            pass
-        yield  # (closing the file releases the lock)
+    finally:
+        lock.release()
+
+
+def lock_is_held(folder: Path, name: str) -> bool:
+    """Whether some process (this one included) holds :func:`file_lock` ``name`` right now."""
+    import filelock
+
+    path = _lock_path(folder, name)
+    if not path.exists():
+        return False
+    probe = filelock.FileLock(str(path))
+    try:
+        probe.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    except OSError:
+        return False  # an unreadable lock file locks nothing
+    probe.release()
+    return False
+
+
+def remove_unless_held(path: Path, locks: Path, name: str) -> bool:
+    """Delete the entry (or temporary) directory ``path`` unless the lock ``name`` it is built under is held;
+    returns whether it was deleted. Lock files themselves are never deleted: another process may hold them."""
+    if lock_is_held(locks, name):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def temp_entry_name(path: Path) -> str | None:
+    """The entry name a :func:`make_temp_entry` directory is building (``.NAME.random``), else None."""
+    if not path.name.startswith(".") or path.name.startswith(".trash-") or path.name.count(".") < 2:
+        return None
+    return path.name[1:].rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What a clear did: entries deleted, and the paths kept because a process was building them."""
+
+    removed: int
+    held: tuple[Path, ...] = ()
 
 
 class Cache:
@@ -146,11 +196,28 @@ class Cache:
                                     created=created))
         return found
 
-    def clear(self) -> None:
-        """Delete everything in the cache (the root directory itself stays)."""
-        if self.root.is_dir():
-            for path in self.root.iterdir():
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+    def clear(self, skip: Iterable[str] = ()) -> Cleared:
+        """Delete the finished entries and the leftovers of interrupted builds, except under the top-level ``skip``
+        and except what a process is building right now (its lock is held): those are kept and listed."""
+        locks = self.root / ".locks"
+        removed, held = 0, []
+        if not self.root.is_dir():
+            return Cleared(0)
+        for entry in self.entries(skip=skip):
+            name = "/".join(entry.path.relative_to(self.root).parts)
+            if remove_unless_held(entry.path, locks, name):
+                removed += 1
+            else:
+                held.append(entry.path)
+        for tmp in sorted(self.root.rglob(".*")):
+            parts = tmp.relative_to(self.root).parts
+            building = temp_entry_name(tmp)
+            if parts[0] in skip or parts[0] == ".locks" or not tmp.is_dir() or building is None:
+                continue
+            if not remove_unless_held(tmp, locks, "/".join((*parts[:-1], building))):
+                held.append(tmp)
+        for folder in sorted(self.root.rglob("*"), key=lambda p: -len(p.parts)):  # the emptied task/tier folders
+            if folder.is_dir() and folder.relative_to(self.root).parts[0] not in (*skip, ".locks"):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only succeeds when empty
+        return Cleared(removed, tuple(held))

@@ -219,3 +219,10 @@ def check(condition: bool, message: str) -> None:
     """Validation helper for ``__post_init__``: raise a ConfigError with ``message`` unless ``condition``."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_bool(value: Any, key: str) -> bool:
+    """A YAML boolean, strictly: ``bool("false")`` is True, so a quoted or misspelt value is a ConfigError."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value

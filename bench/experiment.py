@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from bench.config import require_bool
 from bench.errors import BenchError, ConfigError, DataError
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.spec import RunSpec, resolve_plugin
@@ -173,8 +174,8 @@ def build_request(
         task_args=args["task"],
         defense_args=args["defense"],
         attack_args=args["attack"],
-        baseline=baseline if baseline is not None else bool(data.get("baseline", True)),
-        refine=refine if refine is not None else bool(data.get("refine", True)),
+        baseline=baseline if baseline is not None else require_bool(data.get("baseline", True), "baseline"),
+        refine=refine if refine is not None else require_bool(data.get("refine", True), "refine"),
         search=search,
     )
 

@@ -62,10 +62,46 @@ def device_info(device: str | None = None) -> dict[str, Any]:
     return info
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process (and peak CUDA allocation when a GPU is used), in MiB."""
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20}
+def reset_peak_memory() -> bool:
+    """Start a new peak-memory window for this process (a long-lived worker calls this before each run, so that a
+    run records its own high-water mark, not the worker's lifetime one); True when the RSS peak could be reset."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:
+        pass
+    try:  # Linux: writing 5 to clear_refs resets the VmHWM high-water mark (since 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _vm_hwm_kb() is not None
+    except OSError:
+        return False
+
+
+def _vm_hwm_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def peak_memory_mb(since_reset: bool = False) -> dict[str, float | str]:
+    """Peak resident memory (and peak CUDA allocation when a GPU is used), in MiB: since :func:`reset_peak_memory`
+    when ``since_reset`` and the platform allows it (``peak_rss_scope`` = ``run``), else over the process's lifetime
+    (``process``)."""
+    hwm = _vm_hwm_kb() if since_reset else None
+    if hwm is not None:
+        peak: dict[str, float | str] = {"peak_rss_mb": hwm / 1024, "peak_rss_scope": "run"}
+    else:
+        rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = {"peak_rss_mb": rss_kb / 1024 if sys.platform != "darwin" else rss_kb / 2**20,
+                "peak_rss_scope": "process"}
     try:
         import torch
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -166,25 +167,56 @@ def completed_run_ids(results_dir: Path) -> set[str]:
             info = read_run_json(directory)
         except DataError:
             continue
-        if info.get("status") == "success" and (directory / METRICS).is_file():
+        if info.get("status") == "success" and _readable_metrics(directory / METRICS):
             done.add(info.get("run_id", directory.name))
     return done
 
 
-def read_metrics(results_dir: Path, *, include_failed: bool = True) -> pa.Table:
-    """Concatenate the metrics of every run under ``results_dir`` (checking each file's schema version)."""
-    tables = []
-    for directory in run_directories(results_dir):
+def _readable_metrics(path: Path) -> bool:
+    """The metrics file exists and its Parquet footer reads (a truncated file is not a completed run)."""
+    if not path.is_file():
+        return False
+    try:
+        pq.read_metadata(path)
+    except (pa.ArrowException, OSError):
+        return False
+    return True
+
+
+class CorruptRunWarning(UserWarning):
+    """A run's metrics file could not be read: the run is skipped, and a resumed sweep re-runs it."""
+
+
+def read_metrics(results_dir: Path, *, include_failed: bool = True, run_ids: Iterable[str] | None = None) -> pa.Table:
+    """Concatenate the metrics of every run under ``results_dir`` (checking each file's schema version).
+
+    ``run_ids``: read only these runs' files (a run directory is named by its run id), so that a caller interested
+    in a few runs does not pay for the whole history of the folder.
+    """
+    tables, corrupt = [], []
+    directories = run_directories(results_dir)
+    if run_ids is not None:
+        wanted = set(run_ids)
+        directories = [d for d in directories if d.name in wanted]
+    for directory in directories:
         path = directory / METRICS
         if not path.is_file():
             continue
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            corrupt.append(f"{directory.name} ({err})")
+            continue
         version = (table.schema.metadata or {}).get(b"bench.schema_version", b"?").decode()
         if version != str(SCHEMA_VERSION):
             raise DataError(f"{path} has schema version {version}; this bench reads version {SCHEMA_VERSION}")
         if not include_failed:
             table = table.filter(pc.equal(table["status"], "success"))
         tables.append(table.cast(SCHEMA))
+    if corrupt:
+        warnings.warn(f"{len(corrupt)} run(s) under {results_dir} skipped, their metrics.parquet unreadable (a resumed "
+                      f"`bench run`/`bench sweep` into this folder re-runs them): " + "; ".join(corrupt),
+                      CorruptRunWarning, stacklevel=2)
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables)

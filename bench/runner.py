@@ -32,8 +32,9 @@ from bench.errors import PluginError
 from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
-from bench.provenance import peak_memory_mb, provenance
+from bench.provenance import peak_memory_mb, provenance, reset_peak_memory
 from bench.registry import ATTACKS
+from bench.run_claim import claimed_run
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
 
@@ -236,8 +237,18 @@ def _samples(spec: RunSpec, task, defended: DefendedStage, after: torch.nn.Modul
 # One run
 # -------------------------------------------------------------------------------------------------------------
 def run(spec: RunSpec, session: Session | None = None) -> RunResult:
-    """Execute one run and write ``results/<run_id>/``; plugin failures give a ``failed`` result, never a raise."""
+    """Execute one run and write ``results/<run_id>/``; plugin failures give a ``failed`` result, never a raise.
+
+    The run is claimed first (:mod:`bench.run_claim`): when another process is running it, this one waits and
+    reuses its recorded success instead of running it a second time."""
     session = session or Session()
+    directory = session.results_dir / spec.run_id
+    return claimed_run(directory, lambda: _run_claimed(spec, session),
+                       lambda info: RunResult(spec, "success", directory, summary=info.get("summary") or {}))
+
+
+def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
+    peak_scoped = reset_peak_memory()  # this run's own peak, not that of the long-lived worker running it
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -281,7 +292,7 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
         tb = traceback.format_exc()
     return _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error, tb=tb,
                    started_at=started_at, wall=time.perf_counter() - start, defense_report=defense_report,
-                   task_provenance=task_provenance,
+                   task_provenance=task_provenance, peak_scoped=peak_scoped,
                    extra={"stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
                           "stage_source": {name: stage["source"] for name, stage in stages.items()}})
 
@@ -298,7 +309,7 @@ def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: s
 def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[str, Any]], summary: dict[str, Any],
             metrics: AttackMetrics | None, error: str | None, tb: str | None, started_at: str, wall: float,
             defense_report: dict[str, Any], task_provenance: dict[str, Any],
-            extra: dict[str, Any] | None = None) -> RunResult:
+            extra: dict[str, Any] | None = None, peak_scoped: bool = False) -> RunResult:
     """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker)."""
     device = _safe(lambda: str(session.device_for(spec)), session.device)
     task_cfg = spec.task.kwargs
@@ -350,7 +361,7 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "provenance": provenance(device),
         "started_at": started_at,
         "wall_seconds": wall,
-        **peak_memory_mb(),
+        **peak_memory_mb(since_reset=peak_scoped),
         "official": session.official,
         **(extra or {}),
     }

@@ -46,7 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from bench.cache import Cache, CacheEntry, directory_size, file_lock, make_temp_entry
+from bench.cache import (Cache, CacheEntry, Cleared, directory_size, file_lock, make_temp_entry, remove_unless_held,
+                         temp_entry_name)
 
 log = logging.getLogger(__name__)
 
@@ -251,13 +252,25 @@ class StageStore:
                 detail=_detail(meta)))
         return found
 
-    def clear(self) -> int:
-        """Delete every stage entry (and leftovers of interrupted writers); returns the number of entries removed."""
-        count = len(self.entries())
-        if self.root.is_dir():
-            for path in self.root.iterdir():
+    def clear(self) -> Cleared:
+        """Delete every stage entry and the leftovers of interrupted or discarded writers, except the entries a
+        process is building right now (their lock is held): those are kept and listed. Lock files stay."""
+        removed, held = 0, []
+        if not self.root.is_dir():
+            return Cleared(0)
+        locks = self.root / ".locks"
+        for path in sorted(self.root.iterdir()):
+            if path == locks or not path.is_dir():
+                continue
+            if path.name.startswith(".trash-"):
                 shutil.rmtree(path, ignore_errors=True)
-        return count
+                continue
+            building = temp_entry_name(path)
+            if not remove_unless_held(path, locks, building or path.name):
+                held.append(path)
+            elif building is None:
+                removed += 1
+        return Cleared(removed, tuple(held))
 
 
 def _detail(meta: Mapping[str, Any]) -> str:
@@ -274,10 +287,11 @@ def cache_entries(cache: Cache) -> list[CacheEntry]:
     return sorted(StageStore(cache).entries(), key=order) + cache.entries(skip=(STAGES,))
 
 
-def clear_cache(cache: Cache, *, everything: bool) -> int:
-    """Delete the stage entries, or (``everything``) the whole cache, built models included; returns entries removed."""
-    if everything:
-        count = len(cache_entries(cache))
-        cache.clear()
-        return count
-    return StageStore(cache).clear()
+def clear_cache(cache: Cache, *, everything: bool) -> Cleared:
+    """Delete the stage entries, or (``everything``) the built models and judges too; entries being built by a
+    running process are kept and listed (:class:`bench.cache.Cleared`)."""
+    stages = StageStore(cache).clear()
+    if not everything:
+        return stages
+    rest = cache.clear(skip=(STAGES,))
+    return Cleared(stages.removed + rest.removed, stages.held + rest.held)

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from bench.composition import plugin_classes
 from bench.contracts import DefenseResult, Evaluation, Probe, TaskInstance
 from bench.curvature import Eigen, top_hessian_eigenvalue
 from bench.devices import resolve_device
-from bench.errors import DataError, FunctionDriftError, PluginError
+from bench.errors import ConfigError, DataError, FunctionDriftError, PluginError
 from bench.layers import count_parameters
 from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
@@ -114,7 +115,9 @@ class Session:
         first (a long-lived worker's bound on memory); None keeps every stage."""
         self._store = StageStore(self.cache) if stage_cache else None
         self._released: OrderedDict[str, ReleasedStage | BaseException] = OrderedDict()
-        self._reported: set[int] = set()
+        self._reported: dict[int, weakref.ref] = {}
+        """Stages an earlier run of this session already reported, by id, each with a weak reference: a stage
+        evicted from memory frees its id for a new stage, which must not then read as reported."""
         self._defended: OrderedDict[str, DefendedStage | BaseException] = OrderedDict()
 
     def device_for(self, spec: RunSpec) -> torch.device:
@@ -153,8 +156,9 @@ class Session:
     def stage_timing(self, stage: ReleasedStage | DefendedStage) -> dict[str, Any]:
         """What a run records of a stage it used: its seconds per part and where it came from (``built``,
         ``disk``, or ``memory`` for a stage an earlier run of this session already reported)."""
-        source = "memory" if id(stage) in self._reported else stage.source
-        self._reported.add(id(stage))  # memoised stages live as long as the session: their ids stay theirs
+        seen = self._reported.get(id(stage))
+        source = "memory" if seen is not None and seen() is stage else stage.source
+        self._reported[id(stage)] = weakref.ref(stage)
         return {"source": source, "seconds": dict(stage.timings)}
 
     def _timed(self, name: str, build):
@@ -291,8 +295,26 @@ def _build_task(spec: RunSpec, cache: Cache, device: torch.device, *, progress: 
     task_cfg, _, _ = spec.configs()
     task = TASKS.get(spec.task.name)().build(task_cfg, tier=spec.tier, model=spec.model, cache=cache, device=device,
                                              progress=progress)
+    check_usable_floor(task)
     task.model.eval()
     return task
+
+
+def check_usable_floor(task: TaskInstance) -> None:
+    """Refuse a usable floor that no attacked model can meet, before any run is measured against it.
+
+    The floor is ``usable_factor`` × the released utility: below 1 for a higher-is-better utility, above 1 for a
+    lower-is-better one (the default 0.5 on a loss or perplexity would mark every checkpoint, the released model's
+    own included, as unusable and every attack as ``broken``).
+    """
+    factor = task.config.usable_factor
+    if task.utility_higher_is_better and factor > 1:
+        raise ConfigError(f"task {task.name!r}: usable_factor={factor} > 1 on a higher-is-better utility would mark "
+                          f"the released model itself unusable; use a value in (0, 1], e.g. 0.5")
+    if not task.utility_higher_is_better and factor < 1:
+        raise ConfigError(f"task {task.name!r}: usable_factor={factor} < 1 on a lower-is-better utility "
+                          f"({task.utility_metric}) would mark the released model itself unusable; set usable_factor "
+                          f">= 1, e.g. 2.0 (utility at most doubled)")
 
 
 def _measure_released(task: TaskInstance) -> ReleasedStage:

@@ -216,7 +216,7 @@ def copy_submission(folder: str | Path, name: str, into: str | Path, *, claims: 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=into))
     try:
         for directory in run_directories(Path(folder)):
-            shutil.copytree(directory, staging / directory.name)
+            shutil.copytree(directory, staging / directory.name, ignore=shutil.ignore_patterns(".claim.*"))
         for path in map(Path, claims):
             (staging / "claims").mkdir(exist_ok=True)
             shutil.copyfile(path, staging / "claims" / f"{claims_defense(path)}.yaml")

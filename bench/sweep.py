@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bench.applicability import NotApplicableError
-from bench.config import check_choice
+from bench.config import check_choice, require_bool
 from bench.errors import BenchError, ConfigError
 from bench.experiment import SEARCHES, parse_seeds, read_yaml, unknown_keys
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -149,8 +149,8 @@ def _parse(path: str | Path) -> tuple[Sweep | None, list[str]]:
         "tiers": lambda v: _strings(v, "tiers"),
         "seeds": parse_seeds,
         "model": lambda v: _optional_string(v, "model"),
-        "baseline": lambda v: _bool(v, "baseline"),
-        "refine": lambda v: _bool(v, "refine"),
+        "baseline": lambda v: require_bool(v, "baseline"),
+        "refine": lambda v: require_bool(v, "refine"),
         "search": _search,
     }
     fields: dict[str, Any] = {}
@@ -214,12 +214,6 @@ def _strings(value: Any, key: str) -> tuple[str, ...]:
 def _optional_string(value: Any, key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
     return value
 
 

@@ -53,10 +53,7 @@ ATTACK_COLUMNS = ["run_id", "attack_label", "knowledge", "status", "outcome", "s
 
 
 def load_metrics(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-    df = read_metrics(Path(results_dir)).to_pandas()
-    if run_ids is not None:
-        df = df[df["run_id"].isin(set(run_ids))]
-    return df
+    return read_metrics(Path(results_dir), run_ids=run_ids).to_pandas()
 
 
 def one_label_per_config(runs: pd.DataFrame) -> pd.Series:

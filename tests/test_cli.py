@@ -241,3 +241,67 @@ def test_quiet_silences_every_progress_bar(tmp_path, capsys, monkeypatch):
         assert code == 0
         bars = "building released vision-digits model" in err, "vision-digits runs" in err
         assert bars == ((False, False) if quiet else (True, True)), err
+
+
+def test_validate_a_sweep_where_no_combination_applies_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "none-apply.yaml"  # rmu unlearns language models: it applies to no vision task
+    path.write_text("tasks: [vision-digits]\ndefenses: [rmu]\nattacks: [full-ft]\nbaseline: false\n")
+    assert run_cli("validate", path) == 2
+    out = capsys.readouterr().out
+    assert "no combination of this sweep applies" in out and "rmu" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("key", ["baseline", "refine"])
+def test_experiment_booleans_are_strict(tmp_path, capsys, key):
+    path = tmp_path / "quoted.yaml"  # bool("false") is True: a quoted false must not silently mean true
+    path.write_text(f"task: vision-digits\ndefense: specdef\n{key}: 'false'\n")
+    assert run_cli("validate", path) == 2
+    assert f"{key} must be true or false, got 'false'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("higher, factor, ok", [(True, 0.5, True), (True, 2.0, False), (False, 2.0, True),
+                                                (False, 0.5, False), (False, 1.0, True)])
+def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
+    from types import SimpleNamespace
+
+    from bench.errors import ConfigError
+    from bench.stages import check_usable_floor
+
+    task = SimpleNamespace(name="t", utility_metric="nll", utility_higher_is_better=higher,
+                           config=SimpleNamespace(usable_factor=factor))
+    if ok:
+        check_usable_floor(task)
+    else:
+        with pytest.raises(ConfigError, match="usable_factor"):
+            check_usable_floor(task)
+
+
+def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    argv = ("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
+            "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
+    assert run_cli(*argv) == 0
+    capsys.readouterr()
+    from bench.results import CorruptRunWarning, completed_run_ids
+
+    done = completed_run_ids(results)
+    victim = sorted(done)[0]
+    metrics = results / victim / "metrics.parquet"
+    metrics.write_bytes(metrics.read_bytes()[:100])  # a disk that filled up mid-copy, say
+    assert completed_run_ids(results) == done - {victim}
+    with pytest.warns(CorruptRunWarning, match=victim):
+        assert run_cli("leaderboard", "--results", results, "--format", "md") == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert run_cli(*argv) == 0  # resume: the unreadable run runs again, the other is kept
+    assert completed_run_ids(results) == done
+    assert len(read_metrics(results).to_pandas().drop_duplicates("run_id")) == 2
+
+    import pyarrow.parquet as pq  # reading some runs opens only their files, not the folder's whole history
+
+    from bench import results as results_module
+
+    opened, real_read = [], pq.read_table
+    monkeypatch.setattr(results_module.pq, "read_table", lambda path, *a, **k: opened.append(path) or real_read(path))
+    table = read_metrics(results, run_ids=[victim]).to_pandas()
+    assert set(table["run_id"]) == {victim} and len(opened) == 1
+

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bench.cache import Cache
+from bench.cache import Cache, file_lock, lock_is_held
 from bench.cli import main
 from bench.errors import PluginError
 from bench.registry import DEFENSES
@@ -326,7 +326,8 @@ def test_bench_cache_ls_and_clear(tmp_path, fresh_cache, counted, monkeypatch, c
     Session(tmp_path, fresh_cache, progress=False).defended(spec)
     assert len(counted) == 2  # cleared stages are rebuilt when needed
     assert main(["cache", "clear", "--all", "--yes", "--cache-dir", str(fresh_cache.root)]) == 0
-    assert not any(fresh_cache.root.iterdir())
+    assert not fresh_cache.entries() and not StageStore(fresh_cache).entries()
+    assert {p.name for p in fresh_cache.root.iterdir()} <= {".locks", "stages"}  # lock files stay (others may hold them)
     assert main(["cache", "ls"]) == 0 and "is empty" in capsys.readouterr().out
 
 
@@ -382,3 +383,31 @@ def test_a_session_keeps_only_its_most_recent_stages_when_told(tmp_path, fresh_c
     assert session.defended(_spec(seed=0)) is first and len(counted) == 1
     session.defended(_spec(seed=1))
     assert session.defended(_spec(seed=0)) is not first and len(counted) == 3
+
+
+def test_cache_clear_keeps_entries_being_built_and_their_locks(tmp_path, capsys):
+    cache = Cache(tmp_path)
+    store = StageStore(cache)
+    for key in ("done", "busy"):
+        store.write(key, {"kind": "released", "task": "t"}, lambda d: (d / "w").write_text("x"))
+    cache.get_or_build(lambda d: (d / "m").write_text("x"), "task", "tiny", "model")
+    with store.building("busy"), file_lock(cache.root / ".locks", "task/tiny/model"):
+        assert lock_is_held(store.root / ".locks", "busy") and not lock_is_held(store.root / ".locks", "done")
+        assert main(["cache", "clear", "--all", "--yes", "--cache-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "deleted 1 entries" in out and "kept 2 being built" in out and "busy" in out
+        assert [e.path.name for e in store.entries()] == ["busy"] and cache.entries()
+        locks = sorted((store.root / ".locks").iterdir())
+    assert locks and sorted((store.root / ".locks").iterdir()) == locks  # the held lock files were not deleted
+    assert main(["cache", "clear", "--all", "--yes", "--cache-dir", str(tmp_path)]) == 0
+    assert "deleted 2 entries" in capsys.readouterr().out and not store.entries() and not cache.entries()
+
+
+def test_a_lock_that_cannot_be_taken_is_an_error_not_an_unlocked_build(tmp_path):
+    from bench.errors import DataError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # the lock folder cannot be created here
+    with pytest.raises(DataError, match="cannot lock cache entry"):
+        with file_lock(blocker / ".locks", "entry"):
+            pytest.fail("the block ran without its lock")

@@ -62,6 +62,10 @@ def main(args: argparse.Namespace) -> int:
         if input(f"delete {what} in {cache.root}? [y/N] ").strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 0
-    removed = clear_cache(cache, everything=args.everything)
-    print(f"deleted {removed} entries ({what}) from {cache.root}")
+    cleared = clear_cache(cache, everything=args.everything)
+    print(f"deleted {cleared.removed} entries ({what}) from {cache.root}")
+    if cleared.held:
+        print(f"kept {len(cleared.held)} being built by a running process (clear again when it is done):")
+        for path in cleared.held:
+            print(f"  {path}")
     return 0

@@ -32,12 +32,17 @@ def main(args: argparse.Namespace) -> int:
 
 def _validate(path: str | Path) -> str:
     """Bind every config of the file (raising a BenchError with every error found); describe what it would run."""
+    from bench.errors import ConfigError
     from bench.experiment import TOP_LEVEL_KEYS, read_yaml, validate_experiment
     from bench.sweep import is_sweep, plan_file
 
     if is_sweep(read_yaml(path, TOP_LEVEL_KEYS)):
         sweep_plan = plan_file(path)
         runs = {spec.run_id: spec for planned in sweep_plan.suites for spec in planned.runs}
+        if not runs:
+            skipped = "; ".join(why for _, why in sweep_plan.not_applicable[:3])
+            raise ConfigError(f"no combination of this sweep applies ({len(sweep_plan.not_applicable)} skipped as not "
+                              f"applicable: {skipped or 'none'})")
         return (f"sweep of {len(sweep_plan.suites)} suite(s), {len(runs)} run(s) known before any result, "
                 f"e.g. {next(iter(runs.values())).canonical_name}")
     specs = validate_experiment(path)

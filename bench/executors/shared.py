@@ -66,9 +66,14 @@ def log_tail(path: Path | None) -> str:
 def record_death(spec: RunSpec, session, error: str, *, started_at: str, wall: float, log: Path | None,
                  details: dict[str, Any]) -> RunRecord:
     """Write the ``failed`` run of a worker that died (or was stopped) before writing it; ``details`` go into its
-    run.json under ``worker`` with the log's path and last lines."""
+    run.json under ``worker`` with the log's path and last lines. A success the run recorded meanwhile (a Ray task
+    that finished just after its timeout, say) is kept and returned: a late result is never overwritten."""
+    from bench.run_claim import recorded_success
     from bench.runner import record_failure
 
+    done = recorded_success(Path(session.results_dir) / spec.run_id)
+    if done is not None:
+        return RunRecord(spec, "success", done.get("summary") or {}, None)
     result = record_failure(spec, session, error, started_at=started_at, wall=wall,
                             details={**details, "log": str(log) if log else None, "log_tail": log_tail(log)})
     return RunRecord(spec, result.status, {}, error)
