@@ -15,8 +15,7 @@ import pandas as pd
 from bench.errors import DataError
 from bench.results import read_run_json
 from leaderboard.html import esc, href, key_values, short_label, table
-from leaderboard.claims import Claim
-from leaderboard.claims import claim_of
+from leaderboard.claims import Claim, claim_of, claim_status, item_label, source_url
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
 from leaderboard.sources import SUBMISSION_PREFIX
@@ -91,22 +90,31 @@ def claim_html(label: str, claims: Mapping[str, Claim], measured: list[tuple[str
     arxiv = claim.arxiv
     link = (f" <a href='https://arxiv.org/abs/{esc(arxiv)}'>arXiv {esc(arxiv)}</a>" if arxiv and _ARXIV_ID.match(str(arxiv))
             else f" arXiv {esc(arxiv)}" if arxiv else "")
-    parts = [f"<p><strong>{esc(claim.paper)}</strong>{link}"
-             + (" <span class='broken'>known broken</span>" if claim.known_broken else "") + "</p>",
-             key_values([("claim", claim.claim, "what the paper reports"),
-                          ("setting", claim.setting, "the paper's model, data and attacker"),
-                          *([(f"measured here: {measured[0][1]}",
+    status = claim_status(claim)
+    css = "broken" if claim.known_broken else "status"
+    quoted = ([("quoted", f"“{claim.quote}” — {claim.source} (read at {claim.read_at or '?'})",
+                "the sentence the claim is taken from, and where it was read")] if claim.quote else [])
+    parts = [f"<p><strong>{esc(claim.paper)}</strong>{link} <span class='{css}'>{esc(status)}</span></p>",
+             key_values([("claim", claim.claim if claim.claim is not None else "No claim.", "what the paper reports"),
+                         *quoted,
+                         ("setting", claim.setting, "the paper's model, data and attacker"),
+                         *([(f"measured here: {measured[0][1]}",
                                "; ".join(f"{title}: {value}" for title, _, value in measured),
                                f"the leaderboard's {claim.measured_metric} on each task")] if measured else [])])]
-    if claim.breaks:
-        items = "".join(f"<li>{esc(b.summary)} — {_source(b.source)}</li>" for b in claim.breaks)
-        parts.append(f"<h3>Known external breaks</h3><ul>{items}</ul>")
+    if claim.items:
+        items = "".join(
+            f"<li><strong>{esc(item_label(item))}</strong>: {esc(item.summary)} <q>{esc(item.quote)}</q> — "
+            f"{_source(item.source)} <span class='note'>(read at {esc(item.read_at)})</span>"
+            + (f" <span class='note'>{esc(item.note)}</span>" if item.note else "") + "</li>" for item in claim.items)
+        parts.append("<h3>What others found, and the paper's own limits</h3>"
+                     "<p class='note'>The status counts verified items about this method; unverified items and "
+                     f"items about a variant are shown but not counted.</p><ul>{items}</ul>")
     return "".join(parts)
 
 
 def _source(source: str) -> str:
-    source = str(source)
-    return f"<a href='{esc(source)}'>{esc(source)}</a>" if source.startswith(("https://", "http://")) else esc(source)
+    url = source_url(source)
+    return f"<a href='{esc(url)}'>{esc(source)}</a>" if url else esc(source)
 
 
 def _measured(label: str, board: pd.DataFrame, schema: Schema, claims: Mapping[str, Claim]) -> list[tuple[str, str, str]]:

@@ -1,7 +1,7 @@
 """The one aggregation behind the leaderboard and the run summary, on hand-written result files with numbers worked
 out by hand: worst case and censoring over seeds, the utility-bounded worst case, retained utility with CIs over
-seeds, the attacker's trials to break (LR-search probes included, failed runs counted), function preservation; and
-the claims ledger (every registered defense has an entry, a malformed entry is a clear error)."""
+seeds, the attacker's trials to break (LR-search probes included, failed runs counted), function preservation.
+The claims ledger has its own tests: tests/test_claims.py."""
 
 from __future__ import annotations
 
@@ -13,11 +13,7 @@ import pandas as pd
 import pytest
 
 from bench import results
-from bench.builtins import BUILTINS
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
 from leaderboard.aggregate import build
-from leaderboard.claims import CLAIMS_DIR, claim_for, claim_key, load_claims
 from leaderboard.summary import summary_text
 
 TASK = "toy"
@@ -256,63 +252,3 @@ def test_function_preservation_parameters_and_defense_time(tmp_path):
     assert bool(keeps["preserves_function"])
     assert not row(board, "moves")["preserves_function"] and not row(board, "flips")["preserves_function"]
     assert (keeps["params_added"], keeps["defense_seconds"]) == (100, 2.0)
-
-
-# -- the claims ledger ------------------------------------------------------------------------------------------
-BUILT_IN = sorted(name for kind, name, *_ in BUILTINS if kind == "defense")
-
-
-@pytest.mark.parametrize("name", [name for name in DEFENSES.names() if name in BUILT_IN])
-def test_every_registered_defense_has_a_claims_entry(name):
-    claim = claim_for(name, load_claims())
-    assert claim is not None, f"no claims file for registered defense {name!r} in {CLAIMS_DIR}"
-    assert claim.defense == name
-    if claim.known_broken:
-        assert all(b.source.strip() and b.summary.strip() for b in claim.breaks)
-
-
-def test_claims_ledger_lookup_by_board_label():
-    claims = load_claims()
-    assert claim_for("tar.sophon(adversary=sgd,subsample=1)", claims).defense == "sophon"
-    assert claim_for("specdef(alpha=1e+06)", claims).defense == "specdef"
-    assert claim_key("none+specdef(alpha=1e+06)") is None and claim_key("tar(note=a+b)") == "tar"
-    assert claim_for("my-defense", claims) is None
-    assert claims["tar"].known_broken and not claims["imma"].known_broken
-
-
-def test_claims_ship_as_package_data():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert "claims/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["leaderboard"]
-
-
-GOOD = """defense: mine
-paper: "Someone et al. 2025"
-arxiv: "2501.00001"
-claim: "It resists."
-setting: "Tiny models."
-measured_metric: worst_median
-known_broken: false
-breaks: []
-"""
-
-
-@pytest.mark.parametrize("change, message", [
-    (("known_broken: false", "known_broken: false\nnotes: x"), "unknown key(s) notes"),
-    (('arxiv: "2501.00001"', "arxiv: 2501.00001"), "arxiv must be str or null, got float 2501.00001 (quote it"),
-    (("defense: mine", "defense: other"), "defense is 'other' but the file is named after 'mine'"),
-    (("known_broken: false", "known_broken: true"), "known_broken is true but no break is listed"),
-    (("breaks: []", "breaks:\n  - summary: broken\n    where: x"), "breaks[0]: unknown key(s) where"),
-    (('claim: "It resists."\n', ""), "missing key(s) claim"),
-    (("breaks: []", "breaks: [unclosed"), "not valid YAML"),
-])
-def test_a_malformed_claims_file_is_a_clear_error(tmp_path, change, message):
-    (tmp_path / "mine.yaml").write_text(GOOD.replace(*change))
-    with pytest.raises(ConfigError) as err:
-        load_claims(tmp_path)
-    assert message in str(err.value) and "mine.yaml" in str(err.value)
-
-
-def test_a_wellformed_claims_file_loads(tmp_path):
-    (tmp_path / "mine.yaml").write_text(GOOD)
-    assert load_claims(tmp_path)["mine"].arxiv == "2501.00001"

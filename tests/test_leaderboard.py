@@ -85,12 +85,14 @@ def test_markdown_shows_each_defense_s_published_claim_beside_its_numbers(tmp_pa
     board = build(tmp_path).board
     # the preset answers to its own paper's entry; a composite has none
     assert board_row(board, "task-a", "tar.sophon")["claim_status"] == "no known break"
-    assert board_row(board, "task-a", "repnoise")["claim_status"].startswith("known broken (")
+    # the status is computed from the ledger's items: RepNoise's README caveats are its own limitations, no break
+    assert board_row(board, "task-a", "repnoise")["claim_status"] == "no known break, 3 own limitations"
     assert board_row(board, "task-a", "none")["claim_status"] == "no claim"
     assert pd.isna(board_row(board, "task-a", "ga-retain+specdef")["claim_status"])
     assert main(["leaderboard", "--results", str(tmp_path), "--format", "md"]) == 0
     out = capsys.readouterr().out
     assert "| Paper's claim |" in out and "### Claims ledger" in out
     ledger = out.split("### Claims ledger", 1)[1]
-    assert "- **sophon** (Deng et al. 2024, arXiv 2404.12699)" in ledger and "- **repnoise**" in ledger
-    assert "break: " in ledger.split("- **repnoise**", 1)[1] and "ga-retain" not in ledger
+    assert "- **sophon** (Deng et al. 2024, " in ledger and "arXiv 2404.12699) — _no known break_" in ledger
+    assert "- **repnoise**" in ledger and "own-limitation:" in ledger
+    assert "break (unverified): " in ledger.split("- **repnoise**", 1)[1] and "ga-retain" not in ledger

@@ -137,10 +137,11 @@ def test_defense_page_shows_the_claim_beside_what_was_measured(site):
 
     claim = load_claims()["specdef"]
     specdef = next(site.glob("defense-specdef-*.html")).read_text()
-    assert claim.paper.split(",")[0] in specdef and "known broken" in specdef
+    assert claim.paper.split(",")[0] in specdef and "no known break, 1 own limitation" in specdef
+    assert "own-limitation</strong>" in specdef and "href='https://arxiv.org/abs/2602.18868'" in specdef
     assert "measured here: Worst-case steps-to-harm" in specdef and "sd-like (tiny): &gt; 60; vision-like (tiny): 35" in specdef
     assert "No claims-ledger entry" in next(site.glob("defense-weak-*.html")).read_text()  # a plugin: no entry
-    assert "known broken" in (site / "index.html").read_text()  # the overview's claim column
+    assert "no known break, 1 own limitation" in (site / "index.html").read_text()  # the overview's claim column
 
 
 def test_long_attack_labels_are_abbreviated_with_the_full_text_in_a_tooltip(site):
@@ -160,7 +161,7 @@ def test_other_formats_and_the_default_folder(results_dir, tmp_path, capsys):
     overview = board_md.split("### Overview\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert overview[0] == "| Defense | Paper's claim | Worst ratio | sd-like | vision-like |"
     assert len(overview) == 2 + 4
-    assert "| specdef | known broken (1 external break) | ≥ 3× | ≥ 3× · > 60 · 0.900 | 3.5× · 35 · 1.000 |" in overview
+    assert "| specdef | no known break, 1 own limitation | ≥ 3× | ≥ 3× · > 60 · 0.900 | 3.5× · 35 · 1.000 |" in overview
     assert "| &lt;script>alert(1)&lt;/script> | — | 2.5× | — | 2.5× · 25 · 1.000 |" in overview  # no HTML tag opens
     assert "<script>" not in board_md
     figures = tmp_path / "b-figures"
