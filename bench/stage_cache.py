@@ -11,8 +11,9 @@ root (``$BENCH_CACHE_DIR``)::
 
 An entry is written into a temporary directory next to it and renamed into place, so no reader sees a partial entry;
 of two processes building the same entry, one wins the rename and the other uses the winner's entry. Every read
-checks the files against the sha256 in ``entry.json``: a missing, truncated or modified file makes the entry
-corrupt, which is logged as a warning, deleted and rebuilt, never used.
+checks the files against the sizes in ``entry.json`` (a missing or truncated file), and ``bench cache verify``
+re-hashes them against its sha256 (a modified one): a corrupt entry is logged as a warning, deleted and rebuilt,
+never used. (A read does not re-hash: on the real tier that would read gigabytes of weights for every run.)
 
 What invalidates an entry (it is then simply not found, and rebuilt under a new key):
 
@@ -184,6 +185,7 @@ class StageStore:
                 "format": FORMAT, "format_version": FORMAT_VERSION, "key": key, **meta,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": {p.relative_to(tmp).as_posix(): _sha256(p) for p in files},
+                "sizes": {p.relative_to(tmp).as_posix(): p.stat().st_size for p in files},
             }
             (tmp / ENTRY).write_text(json.dumps(manifest, indent=1, sort_keys=True))
             final = self.path(key)
@@ -205,8 +207,13 @@ class StageStore:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
-    def problem(path: Path) -> str | None:
-        """Why the entry at ``path`` cannot be used (missing, unreadable, bad hash), or None when it is intact."""
+    def problem(path: Path, verify: bool = False) -> str | None:
+        """Why the entry at ``path`` cannot be used, or None when it is intact.
+
+        A read checks that every file of the manifest is there with its recorded size, which catches a truncated or
+        missing file without reading gigabytes of weights on every run; ``verify`` (``bench cache verify``) also
+        re-hashes every file against its sha256 (an entry written before sizes were recorded is always re-hashed).
+        """
         try:
             manifest = json.loads((path / ENTRY).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -214,15 +221,28 @@ class StageStore:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
                 or manifest.get("format_version") != FORMAT_VERSION or not isinstance(manifest.get("files"), dict):
             return f"{ENTRY} is not a bench stage manifest of version {FORMAT_VERSION}"
+        sizes = manifest.get("sizes") if isinstance(manifest.get("sizes"), dict) else None
         for name, expected in manifest["files"].items():
             file = path / name
             if not file.resolve().is_relative_to(path.resolve()):
                 return f"{ENTRY} names a file outside the entry: {name!r}"
             if not file.is_file():
                 return f"missing file {name}"
-            if _sha256(file) != expected:
+            if sizes is not None and file.stat().st_size != sizes.get(name):
+                return f"{name} does not have its recorded size (truncated or modified)"
+            if (verify or sizes is None) and _sha256(file) != expected:
                 return f"{name} does not match its sha256 (truncated or modified)"
         return None
+
+    def verify(self) -> list[tuple[Path, str]]:
+        """Re-hash every entry's files; discard (and return) the corrupt ones with the reason."""
+        corrupt = []
+        for entry in self.entries():
+            problem = self.problem(entry.path, verify=True)
+            if problem is not None:
+                self.discard(entry.path, problem)
+                corrupt.append((entry.path, problem))
+        return corrupt
 
     def discard(self, path: Path, reason: str) -> None:
         """Delete a corrupt entry: moved aside first (one rename), so no reader sees it half deleted."""

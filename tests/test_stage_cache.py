@@ -192,7 +192,7 @@ def test_a_corrupt_released_entry_is_rebuilt(tmp_path, fresh_cache, caplog):
     (entry / "outputs.npy").write_bytes(b"\x93NUMPY")
     with caplog.at_level(logging.WARNING, logger="bench.stage_cache"):
         again = Session(tmp_path, fresh_cache, progress=False).released(spec)
-    assert "outputs.npy does not match its sha256" in caplog.text and store.problem(entry) is None
+    assert "outputs.npy does not have its recorded size" in caplog.text and store.problem(entry) is None
     assert np.array_equal(again.outputs, first.outputs) and _timeless(again.rows) == _timeless(first.rows)
 
 
@@ -411,3 +411,26 @@ def test_a_lock_that_cannot_be_taken_is_an_error_not_an_unlocked_build(tmp_path)
     with pytest.raises(DataError, match="cannot lock cache entry"):
         with file_lock(blocker / ".locks", "entry"):
             pytest.fail("the block ran without its lock")
+
+
+def test_a_read_checks_sizes_and_bench_cache_verify_rehashes(tmp_path, fresh_cache, counted, monkeypatch, capsys):
+    from bench import stage_cache
+
+    spec = _spec()
+    Session(tmp_path, fresh_cache, progress=False).defended(spec)
+    store = StageStore(fresh_cache)
+    entry = next(e.path for e in store.entries() if e.kind == "defended")
+    hashed = []
+    real = stage_cache._sha256
+    monkeypatch.setattr(stage_cache, "_sha256", lambda path: hashed.append(path) or real(path))
+    assert store.read(entry.name) == entry and not hashed  # a read re-hashes nothing
+    weights = entry / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit: same size, so only a re-hash sees it
+    weights.write_bytes(bytes(data))
+    assert store.problem(entry) is None and "sha256" in store.problem(entry, verify=True)
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(fresh_cache.root))
+    assert main(["cache", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"corrupt, discarded (rebuilt when next needed): {entry.name}" in out and ": 1 corrupt" in out
+    assert not entry.exists() and main(["cache", "verify"]) == 0

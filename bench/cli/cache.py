@@ -1,5 +1,5 @@
-"""``bench cache ls`` and ``bench cache clear``: what the on-disk cache holds (measured stages, built models), and
-removing it. The cache lives in ``$BENCH_CACHE_DIR`` (default ``~/.cache/training-resistance-bench``)."""
+"""``bench cache ls``, ``bench cache verify`` and ``bench cache clear``: what the on-disk cache holds (measured stages,
+built models), checking every stage file against its sha256, and removing it. The cache lives in ``$BENCH_CACHE_DIR`` (default ``~/.cache/training-resistance-bench``)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import sys
 
 EPILOG = """examples:
   bench cache ls
+  bench cache verify                 # re-hash every stage file (runs only check sizes); corrupt entries are discarded
   bench cache clear --yes            # the measured stages (released and defended models): rebuilt when next needed
   bench cache clear --all --yes      # everything, the tiny tiers' trained released models and judges too
 """
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("cache", help="list or clear the on-disk cache", epilog=EPILOG,
+    p = sub.add_parser("cache", help="list, verify or clear the on-disk cache", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("ls", "clear"), help="ls: list the entries; clear: delete them")
+    p.add_argument("action", choices=("ls", "verify", "clear"),
+                   help="ls: list the entries; verify: re-hash every stage's files, discarding corrupt entries; "
+                        "clear: delete them")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--stages", dest="everything", action="store_false", default=False,
                        help="clear: only the measured stages (the default)")
@@ -55,6 +58,14 @@ def main(args: argparse.Namespace) -> int:
             print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
         print(f"{len(entries)} entries, {_size(sum(e.size for e in entries))} in {cache.root}")
         return 0
+    if args.action == "verify":
+        from bench.stage_cache import StageStore
+
+        corrupt = StageStore(cache).verify()
+        for path, problem in corrupt:
+            print(f"corrupt, discarded (rebuilt when next needed): {path.name}: {problem}")
+        print(f"verified {len(StageStore(cache).entries()) + len(corrupt)} stage entries: {len(corrupt)} corrupt")
+        return 1 if corrupt else 0
     what = "everything in the cache" if args.everything else "the measured stages"
     if not args.yes:
         if not sys.stdin.isatty():
