@@ -30,3 +30,9 @@ class FunctionDriftError(BenchError):
 
 class TrainingDivergedError(BenchError):
     """A trained defense's loss became non-finite: its configuration (usually the learning rate) does not train."""
+
+
+class OutOfMemoryError(MemoryError):
+    """A model or dataset that does not fit this machine's (or GPU's) memory. Not a :class:`BenchError`: the input is
+    fine and another machine may run it, so the runs that need it fail (recorded with this message) and the rest of
+    a sweep goes on, instead of the request stopping as it does on bad input."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from bench.errors import DataError
+from bench.errors import DataError, OutOfMemoryError
 
 OFFLINE_HINT = " (not a local folder; with HF_HUB_OFFLINE=1 the hub id must be in the local HF cache)"
 
@@ -19,6 +19,33 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message (library messages can be pages long), or its type name."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is an allocation failure: Python's, torch's (CPU or CUDA)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err).lower()
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in text \
+                or "can't allocate memory" in text or "cannot allocate memory" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def load_failure(err: BaseException, what: str) -> Exception:
+    """The error to raise for a loader's exception, classified: out of memory (an
+    :class:`~bench.errors.OutOfMemoryError`: the runs fail, the sweep goes on), a missing file, or a file in a
+    format the loader cannot read (both :class:`~bench.errors.DataError`: bad input, the request stops). ``what``
+    names what was being loaded as the user typed it, e.g. ``causal LM 'gpt2'``."""
+    if is_out_of_memory(err):
+        return OutOfMemoryError(f"out of memory loading {what}: {first_line(err)} (a smaller dtype, another device "
+                                f"or a machine with more memory may fit it)")
+    if isinstance(err, FileNotFoundError) or "no such file" in str(err).lower() \
+            or "does not appear to have a file named" in str(err) or "not found" in first_line(err).lower():
+        return DataError(f"cannot load {what}: a file is missing: {first_line(err)}")
+    return DataError(f"cannot load {what}: not in a format this loader reads: {first_line(err)}")
 
 
 def looks_local(ref: str) -> bool:

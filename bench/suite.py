@@ -13,6 +13,7 @@ and the suite goes on; bad input found while building a request's stages stops t
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,7 +23,7 @@ from bench.planner import (  # noqa: F401 - re-exported: the suite's public voca
     Planner, RunRecord, attack_sweeps, best_probe_lrs, decades, defenses_of, probe_score, refinement, spec_of,
 )
 from bench.results import check_writable, completed_run_ids, read_run_json
-from bench.runner import Session
+from bench.runner import Session, record_failure
 from bench.spec import RunSpec
 
 
@@ -146,6 +147,10 @@ class _Pool:
         """Requests (by their index in the planner) stopped by bad input found while building their stages."""
         self.ready_stages: set[str] = set()
         """Defended stages the executor's workers built or found on disk: this process need not load them."""
+        self.failed_stages: dict[str, str] = {}
+        """Defended stages whose build failed in a worker, with the error each run on them is recorded with."""
+        self.computes_in_workers = False
+        """The executor's workers build every stage (local workers, Ray, Slurm): this process builds none."""
 
     def finished(self, record: RunRecord) -> None:
         self.bar.update(1)
@@ -172,15 +177,26 @@ class _Pool:
         return out
 
     def prepared(self, specs: list[RunSpec], executor=None) -> list[RunSpec]:
-        """Build the stages of ``specs`` (in the executor's workers first when it can); drop the runs of requests
-        stopped by bad input found there."""
+        """Build the stages of ``specs`` (with ``executor``: in its workers when it has any, the only place an
+        executor with workers builds them); drop the runs of requests stopped by bad input found there, and record
+        as failed, without running them, the runs whose defended stage failed to build in a worker."""
         if specs and executor is not None and hasattr(executor, "prestart"):
             executor.prestart(specs)
         if specs and executor is not None and hasattr(executor, "prepare"):
-            self.ready_stages |= executor.prepare(specs) or set()  # what failed there, _prepare builds and reports
+            for key, failure in executor.prepare(specs).items():
+                if failure is None:
+                    self.ready_stages.add(key)
+                elif failure.bad_input:
+                    for spec in specs:
+                        if spec.stage_key("defended") == key:
+                            for owner in self.planner.owners(spec.run_id):
+                                self.stopped.setdefault(owner, failure.as_error())
+                else:
+                    self.failed_stages[key] = failure.error
         for spec in specs:
             owners = [i for i in self.planner.owners(spec.run_id) if i not in self.stopped]
-            if not owners or spec.stage_key("defended") in self.ready_stages:
+            key = spec.stage_key("defended")
+            if not owners or key in self.ready_stages or key in self.failed_stages or self.computes_in_workers:
                 continue
             err = _prepare(spec, self.session)
             if err is not None:
@@ -193,12 +209,40 @@ class _Pool:
                 self.planner.discard(spec.run_id)  # (another request that reaches it later gets it again)
         return runnable
 
+    def unbuildable(self, spec: RunSpec) -> RunRecord | None:
+        """The failed record of a run whose defended stage failed to build in a worker (tried once: every run on it
+        fails with that error, recorded in its run.json), or None when its stage did not fail."""
+        error = self.failed_stages.get(spec.stage_key("defended"))
+        if error is None:
+            return None
+        started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        result = record_failure(spec, self.session, error, started_at=started_at, wall=0.0,
+                                details={"stage": "defended", "prepare_error": error})
+        return RunRecord(spec, "failed", {}, result.error, False, self.family_of.get(spec.run_id))
+
+    def submittable(self, specs: list[RunSpec]) -> list[RunSpec]:
+        """``specs`` less the runs whose stage failed to build; those are recorded as failed and fed to the planner
+        (streaming), with whatever runs that makes ready."""
+        out: list[RunSpec] = []
+        queue = list(specs)
+        while queue:
+            spec = queue.pop(0)
+            record = self.unbuildable(spec)
+            if record is None:
+                out.append(spec)
+                continue
+            self.finished(record)
+            queue.extend(self.prepared(self.todo(self.planner.feed(record))))
+        return out
+
     def stream(self, executor) -> None:
         def more(record: RunRecord) -> list[RunSpec]:
             record.family = self.family_of[record.spec.run_id]
-            return self.prepared(self.todo(self.planner.feed(record)))
+            return self.submittable(self.prepared(self.todo(self.planner.feed(record))))
 
-        for record in executor.submit(self.prepared(self.todo(self.planner.start()), executor), more=more):
+        self.computes_in_workers = bool(getattr(executor, "computes_in_workers", False))
+        first = self.submittable(self.prepared(self.todo(self.planner.start()), executor))
+        for record in executor.submit(first, more=more):
             self.finished(record)
 
     def lockstep(self, executor) -> None:
@@ -215,8 +259,15 @@ class _Pool:
                     self.finished(records[spec.run_id])
                 else:
                     todo.append(spec)
+            self.computes_in_workers = bool(getattr(executor, "computes_in_workers", False))
             runnable = {s.run_id for s in self.prepared(todo, executor)}
-            stopped = [s for s in todo if s.run_id not in runnable]
+            for spec in todo:
+                record = self.unbuildable(spec) if spec.run_id in runnable else None
+                if record is not None:
+                    runnable.discard(spec.run_id)
+                    records[spec.run_id] = record
+                    self.finished(record)
+            stopped = [s for s in todo if s.run_id not in runnable and s.run_id not in records]
             for spec in stopped:  # its requests stopped: their families end here
                 records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
             for record in executor.submit([s for s in todo if s.run_id in runnable]):

@@ -74,13 +74,22 @@ def ray_local(cache):
     ray.shutdown()
 
 
-def test_ray_runs_give_the_same_results_as_one_process(tmp_path, cache, ray_local):
+def _no_models_here(monkeypatch):
+    """Make loading any task or model in this (the driver's) process fail: the workers must do all of it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded a model")
+
+    monkeypatch.setattr("bench.stages._build_task", refuse)
+
+
+def test_ray_runs_give_the_same_results_as_one_process(tmp_path, cache, ray_local, monkeypatch):
     from bench.executors.ray import RayExecutor
 
     request = SuiteRequest(task="vision-digits", defense="specdef", attack="full-ft", seeds=(0,), task_args=FAST,
                            attack_args={"optimizer": "adam", "lr": 1e-3})
     sequential = run_suite(request, Session(tmp_path / "one", cache, progress=False))
     session = Session(tmp_path / "two", cache, progress=False)
+    _no_models_here(monkeypatch)  # the Ray driver plans and submits; its tasks compute
     distributed = run_suite(request, session, executor=RayExecutor(session, _options(session, cache)))
     assert sorted(sequential.run_ids) == sorted(distributed.run_ids) and not distributed.failed
     assert len(distributed.run_ids) >= 2
@@ -106,7 +115,7 @@ def test_a_run_whose_ray_worker_exits_fails_alone(tmp_path, cache, ray_local, is
     assert completed_run_ids(session.results_dir) == {good.run_id}
 
 
-def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cache, isolated_registries):
+def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cache, isolated_registries, monkeypatch):
     pytest.importorskip("submitit", reason="submitit is not installed: pip install 'training-resistance-bench[slurm]'")
     from bench.executors.slurm import SlurmExecutor
 
@@ -115,6 +124,7 @@ def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cac
     options = _options(session, cache, plugins=(str(plugin),))
     specs = [_spec("full-ft", optimizer="adam", lr=1e-3), _spec("exit-attack")]
     executor = SlurmExecutor(session, options, cluster="local", time_limit=10)
+    _no_models_here(monkeypatch)  # the Slurm driver (a login node) plans and submits; its jobs compute
     records = {r.spec.attack.name: r for r in executor.submit(specs)}
     assert records["full-ft"].status == "success"
     # The job's summary is the one its run wrote (read back from the shared results folder), not a default.
@@ -126,6 +136,19 @@ def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cac
     assert failed["worker"]["executor"] == "slurm" and "about to exit" in failed["worker"]["log_tail"]
     assert completed_run_ids(session.results_dir) == {specs[0].run_id}
     assert list((session.results_dir / ".submitit").glob("*_log.out"))  # submitit's logs land in the results
+
+
+def test_a_slurm_sweep_completes_with_a_driver_that_cannot_load_a_model(tmp_path, cache, monkeypatch):
+    pytest.importorskip("submitit", reason="submitit is not installed: pip install 'training-resistance-bench[slurm]'")
+    from bench.executors.slurm import SlurmExecutor
+
+    request = SuiteRequest(task="vision-digits", defense="specdef", attack="full-ft", seeds=(0,), task_args=FAST,
+                           attack_args={"optimizer": "adam", "lr": 1e-3})
+    session = Session(tmp_path / "res", cache, progress=False)
+    executor = SlurmExecutor(session, _options(session, cache), cluster="local", time_limit=10)
+    _no_models_here(monkeypatch)
+    report = run_suite(request, session, executor=executor)
+    assert len(report.records) == 2 and not report.failed  # none and specdef, built and run in the jobs
 
 
 def test_engine_options_reach_only_the_executors_they_apply_to(tmp_path, cache, monkeypatch):

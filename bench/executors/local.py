@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from bench.executors.run_queue import POLL_S, RunQueue
-from bench.executors.shared import clear_previous, read_back, record_death
+from bench.executors.shared import StageFailure, clear_previous, read_back, record_death
 from bench.planner import RunRecord
 from bench.spec import RunSpec
 from bench.worker import SERVE_STAGES, WorkerOptions
@@ -48,6 +48,8 @@ class LocalExecutor:
     """Runs specs in ``jobs`` long-lived worker processes (see the module docstring)."""
 
     streams = True
+    computes_in_workers = True
+    """The sweep's own process builds no stage: workers do (:meth:`prepare`, then each run)."""
 
     def __init__(self, session, options: WorkerOptions, *, jobs: int, run_timeout: float | None = None,
                  gpus: int = 0):
@@ -79,23 +81,21 @@ class LocalExecutor:
             if slot not in self._workers:
                 self._start(slot, logs / f"worker-{slot}.log").warm(tasks)
 
-    def prepare(self, specs: Sequence[RunSpec]) -> set[str]:
+    def prepare(self, specs: Sequence[RunSpec]) -> dict[str, StageFailure | None]:
         """Have the workers build the defended stages ``specs`` need, or find them in the on-disk stage cache (one
         per distinct stage: :meth:`~bench.stages.Session.defended_to_prepare`), one per worker at a time, and wait
-        for them; return the stage keys (``spec.stage_key("defended")``) they prepared. A worker keeps what it
-        prepared in memory, and takes the runs on it first. The caller need not build those stages itself (on a
-        warm cache it never loads a model); a build that fails here (or kills its worker) is left to the caller,
-        whose own build reports the error as it would without workers. With one job nothing is gained: the caller
-        builds them itself."""
-        if self.jobs < 2:
-            return set()
+        for them. Returns, per stage key (``spec.stage_key("defended")``), None when it is ready (a worker keeps
+        what it prepared in memory, and takes the runs on it first) or the :class:`StageFailure` that stopped it:
+        an error the build raised (bad input or not), a worker that died building it (``os._exit``, killed for
+        memory) or a build past ``--run-timeout``. A stage is tried once, and never in the caller's process: a
+        defense that kills its process kills a worker, not the sweep."""
         todo: queue.SimpleQueue = queue.SimpleQueue()
         specs = self.session.defended_to_prepare(specs)
         for spec in specs:
             todo.put(spec)
-        prepared: set[str] = set()
+        outcomes: dict[str, StageFailure | None] = {}
         stop = threading.Event()
-        threads = [threading.Thread(target=self._prepare_slot, args=(slot, todo, stop, prepared), daemon=True,
+        threads = [threading.Thread(target=self._prepare_slot, args=(slot, todo, stop, outcomes), daemon=True,
                                     name=f"local-prepare-{slot}") for slot in range(min(self.jobs, len(specs)))]
         for thread in threads:
             thread.start()
@@ -105,7 +105,7 @@ class LocalExecutor:
                     thread.join(POLL_S)  # (with a timeout, so that Ctrl-C reaches the caller's thread)
         finally:
             self._halt(threads, stop)
-        return prepared
+        return outcomes
 
     def submit(self, specs: Sequence[RunSpec],
                more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
@@ -168,7 +168,8 @@ class LocalExecutor:
         except BaseException as err:  # noqa: BLE001 - handed to submit(), which raises it in the caller's thread
             finished.put(err)
 
-    def _prepare_slot(self, slot: int, todo: queue.SimpleQueue, stop: threading.Event, prepared: set[str]) -> None:
+    def _prepare_slot(self, slot: int, todo: queue.SimpleQueue, stop: threading.Event,
+                      outcomes: dict[str, StageFailure | None]) -> None:
         log = Path(self.options.results_dir) / ".logs" / f"worker-{slot}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         while not stop.is_set():
@@ -176,19 +177,27 @@ class LocalExecutor:
                 spec = todo.get_nowait()
             except queue.Empty:
                 return
+            key = spec.stage_key("defended")
             try:
                 worker = self._workers.get(slot) or self._start(slot, log)
-            except Exception:  # noqa: BLE001 - a worker that cannot start fails the runs, which say why
-                return
-            answer = worker.run({"prepare": spec.to_json(), "log": str(log)}, None, stop)
+            except Exception as err:  # noqa: BLE001 - a worker that cannot start fails the runs, which say why
+                outcomes[key] = StageFailure(f"WorkerStart: cannot start a worker: {err}", bad_input=False)
+                continue
+            deadline = time.monotonic() + self.run_timeout if self.run_timeout else None
+            answer = worker.run({"prepare": spec.to_json(), "log": str(log)}, deadline, stop)
             if isinstance(answer, dict):
                 if answer.get("prepared"):
-                    worker.held(spec.stage_key("defended"))
-                    prepared.add(spec.stage_key("defended"))  # (set.add is atomic: slots share it safely)
-            elif not stop.is_set():  # the worker died: the caller builds this stage; a fresh worker takes the next
+                    worker.held(key)
+                    outcomes[key] = None  # (dict item assignment is atomic: slots share it safely)
+                else:
+                    outcomes[key] = StageFailure(answer.get("error") or "failed", bool(answer.get("bad_input")),
+                                                 answer.get("message") or "", answer.get("type") or "")
+            elif not stop.is_set():  # the worker died (or overran): this stage fails; a fresh worker takes the next
                 with self._lock:
                     self._workers.pop(slot, None)
-                worker.reap()
+                code = worker.kill() if answer == TIMED_OUT else worker.reap()
+                error = self._death_error(code, answer == TIMED_OUT, doing="building the defended stage")
+                outcomes[key] = StageFailure(f"{error} (while preparing; log: {log})", bad_input=False)
 
     def _run(self, slot: int, spec: RunSpec, stop: threading.Event) -> RunRecord | None:
         run_json = clear_previous(spec, self.options)
@@ -232,17 +241,17 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)  # one GPU per worker slot
         return env
 
-    def _death_error(self, code: int | None, timed_out: bool) -> str:
+    def _death_error(self, code: int | None, timed_out: bool, doing: str = "the run") -> str:
         if timed_out:
-            return f"RunTimeout: the run exceeded --run-timeout {self.run_timeout:g} s and was killed"
+            return f"RunTimeout: {doing} exceeded --run-timeout {self.run_timeout:g} s and was killed"
         if code is not None and code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            return f"WorkerKilled: the worker process was killed by {name}" + (
+            return f"WorkerKilled: the worker process was killed by {name} during {doing}" + (
                 " (out of memory?)" if name == "SIGKILL" else "")
-        return f"WorkerExited: the worker process exited with code {code} before recording the run"
+        return f"WorkerExited: the worker process exited with code {code} during {doing}"
 
     def _record_death(self, spec: RunSpec, error: str, code: int | None, timed_out: bool, log: Path,
                       started_at: str, started: float) -> RunRecord:

@@ -63,6 +63,9 @@ class RayExecutor:
         self.wants_gpu = wants_gpu
 
     streams = True
+    computes_in_workers = True
+    """The sweep's own process loads no model: the first task that needs a stage builds it under the shared cache's
+    lock, the others wait and read it."""
 
     def submit(self, specs: Sequence[RunSpec],
                more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:

@@ -9,6 +9,7 @@ mounts at the same path (and the stage cache should be, or each node builds its 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,30 @@ LOG_LINES = 40
 SHARED_STORAGE_GRACE_S = 30.0
 """How long a run that reported success may take to show its run.json to the driver (network file systems cache
 directory listings for a while)."""
+
+
+@dataclass(frozen=True)
+class StageFailure:
+    """Why a worker could not prepare a defended stage. ``bad_input``: the build raised a
+    :class:`~bench.errors.BenchError` (a missing file, a config that matches nothing), which stops the requests
+    that need the stage, as it would in one process; otherwise (a crash, a worker that died or ran out of memory, a
+    timeout) the runs that need it are recorded as failed with ``error`` and the sweep goes on."""
+
+    error: str
+    bad_input: bool
+    message: str = ""
+    """The error's own message, without its type (what a bad-input stop prints)."""
+    type: str = ""
+    """The error's class name in the worker."""
+
+    def as_error(self) -> Exception:
+        """The bad-input error as the caller's process would have raised it (its :mod:`bench.errors` class)."""
+        from bench import errors
+
+        cls = getattr(errors, self.type, errors.BenchError)
+        if not (isinstance(cls, type) and issubclass(cls, errors.BenchError)):
+            cls = errors.BenchError
+        return cls(self.message or self.error)
 
 
 def portable(options: WorkerOptions) -> WorkerOptions:

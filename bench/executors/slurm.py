@@ -50,6 +50,10 @@ def run_in_slurm_job(job_json: str) -> str:
 class SlurmExecutor:
     """Runs each wave of specs as one submitit job array (see the module docstring)."""
 
+    computes_in_workers = True
+    """The sweep's own process (often a login node) loads no model: the first job that needs a stage builds it
+    under the shared cache's lock, the others wait and read it."""
+
     def __init__(self, session, options: WorkerOptions, *, cluster: str = "slurm", partition: str | None = None,
                  gpus_per_run: int = 0, cpus_per_run: int = 1, time_limit: float = DEFAULT_TIME_LIMIT_MIN,
                  mem_gb: float | None = None, slurm_params: Mapping[str, str] | None = None,

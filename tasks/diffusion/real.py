@@ -33,7 +33,7 @@ from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import ConfigError, DataError
 from bench.modelio import weights_identity
-from bench.sources import first_line, load_pooled_dataset, local_or_hub
+from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub
 from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
 from tasks.diffusion.release import use_math_attention
 from tasks.diffusion.tiny import unet_architecture
@@ -59,7 +59,7 @@ def load_pipeline(ref: str, dtype: torch.dtype, device: torch.device):
         pipe = StableDiffusionPipeline.from_pretrained(where, dtype=dtype, safety_checker=None,
                                                        requires_safety_checker=False)
     except Exception as err:  # diffusers raises OSError, ValueError, EnvironmentError... for unusable checkpoints
-        raise DataError(f"cannot load Stable Diffusion pipeline {ref!r}{hint}: {first_line(err)}") from err
+        raise load_failure(err, f"Stable Diffusion pipeline {ref!r}{hint}") from err
     pipe.set_progress_bar_config(disable=True)
     for part in (pipe.vae, pipe.text_encoder):
         part.to(device).eval().requires_grad_(False)
@@ -143,7 +143,7 @@ def build_judges(cfg, contents: list[str], styles: list[str], pixels: torch.Tens
             model = CLIPModel.from_pretrained(cfg.clip_model).to(device)
             processor = CLIPProcessor.from_pretrained(cfg.clip_model)
         except Exception as err:  # noqa: BLE001 - any load failure is a data problem the user must fix
-            raise DataError(f"cannot load CLIP judge {cfg.clip_model!r}: {first_line(err)}") from err
+            raise load_failure(err, f"CLIP judge {cfg.clip_model!r}") from err
         return (ClipJudge(model, processor, contents, "a photo of a {}"),
                 ClipJudge(model, processor, styles, "an image in {} style"))
     from safetensors.torch import load_file, save_file

@@ -33,7 +33,7 @@ from torch import nn
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
-from bench.sources import first_line, local_or_hub
+from bench.sources import first_line, load_failure, local_or_hub
 from bench.layers import is_conv1d
 from bench.modelio import weights_identity
 from tasks.llm import benign, lmeval_tasks, prompts
@@ -71,7 +71,7 @@ def load_causal_lm(ref: str | None, dtype_name: str = "auto", device: torch.devi
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **file_arg)
     except Exception as err:  # noqa: BLE001 - any load failure is a problem with the checkpoint the user named
-        raise DataError(f"cannot load causal LM {ref!r}{hint}: {first_line(err)}") from err
+        raise load_failure(err, f"causal LM {ref!r}{hint}") from err
     if gguf:
         _forget_gguf_origin(model)
     fallback = ensure_chat_template(tokenizer, name=f"tokenizer of {ref!r}")

@@ -42,7 +42,7 @@ from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
 from bench.features import transformer_blocks
-from bench.sources import first_line, local_or_hub, load_pooled_dataset, looks_local
+from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub, looks_local
 from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTIONS
@@ -71,7 +71,7 @@ def load_classifier(ref: str) -> tuple[nn.Module, object]:
     try:
         model = AutoModelForImageClassification.from_pretrained(where, dtype=torch.float32, attn_implementation="eager")
     except Exception as err:  # transformers raises OSError, ValueError, KeyError... for unusable checkpoints
-        raise DataError(f"cannot load image classifier {ref!r}{hint}: {first_line(err)}") from err
+        raise load_failure(err, f"image classifier {ref!r}{hint}") from err
     try:
         processor = AutoImageProcessor.from_pretrained(where)
     except Exception as err:  # noqa: BLE001 - any failure means "no usable processor config"
