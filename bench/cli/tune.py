@@ -137,9 +137,12 @@ def main(args: argparse.Namespace) -> int:
             return 1
         from bench.tuning_presets import write_preset
 
+        from bench.registry import DEFENSES
+
         name = args.write_preset or f"tuned-{spec.task}"
         base = spec.defense.partition(".")[0]
-        path = write_preset(base, name, {**spec.base_args, **tuning.selected_args}, task=spec.task, tier=spec.tier,
+        layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **tuning.selected_args}
+        path = write_preset(base, name, layered, task=spec.task, tier=spec.tier,
                             command=command, tune_id=spec.tune_id,
                             selected_from=f"{len(tuning.table)} candidates; {tuning.table['rule'].iloc[0]}")
         print(f"preset written: --defense {base}.{name} ({path})")
