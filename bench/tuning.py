@@ -57,6 +57,8 @@ BUDGET_KNOB = "steps"
 RULE = ("max over candidates usable at release on every validation seed of: lower median over seeds of the "
         "bounded{L} worst case (no run within the bound = not harmed), then of the unbounded worst case, then the "
         "mean retained utility at release, then fewer forward-backward passes")
+BUDGET_RULE = RULE.replace("then the mean retained utility at release, then fewer forward-backward passes",
+                           "then fewer forward-backward passes, then the mean retained utility at release")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,7 +188,8 @@ def resolved_steps(spec: TuneSpec, session) -> int:
 def make_sweep(spec: TuneSpec, configs: list[dict[str, Any]]) -> Sweep:
     """The validation sweep of ``configs``: every candidate against the validation attacks on the validation seeds."""
     return Sweep(tasks=(Entry(name=spec.task, args=dict(spec.task_args), model=spec.model),),
-                 defenses=tuple(Entry(name=spec.defense, args=c, where=f"candidate[{i}]") for i, c in enumerate(configs)),
+                 defenses=tuple(Entry(name=spec.defense, args=c, where=f"candidate[{i}]")
+                                for i, c in enumerate(configs)),
                  attacks=spec.attacks, tiers=(spec.tier,), seeds=tuple(spec.seeds), baseline=spec.baseline,
                  refine=spec.refine, search=spec.search)
 
@@ -246,7 +249,7 @@ def run_tuning(spec: TuneSpec, make_session: Callable[[], Any], *, make_executor
     stopped = {defense_hash(spec, planned.request.defense_args): str(err).splitlines()[0]
                for planned, err in report.stopped if planned.request.defense != "none"}
     table = tuning_record.score(spec, configs, results_dir, report.run_ids, stopped=stopped)
-    selected = tuning_record.select(table)
+    selected = tuning_record.select(table, cost_first=bool(spec.budgets))
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
     path = tuning_record.write(spec, table, selected, results_dir, wall_seconds=wall, cpu_seconds=cpu,
                                command=command or tune_command(spec))

@@ -55,7 +55,8 @@ def load_tuned(defense: str) -> dict[str, dict[str, Any]]:
     for name, record in data.items():
         unknown = sorted(set(record) - set(PRESET_KEYS))
         if unknown:
-            raise ConfigError(f"{path}: preset {name!r} has unknown keys {unknown}; valid keys: {', '.join(PRESET_KEYS)}")
+            raise ConfigError(f"{path}: preset {name!r} has unknown keys {unknown}; "
+                              f"valid keys: {', '.join(PRESET_KEYS)}")
     return data
 
 

@@ -28,6 +28,8 @@ from bench.results import _atomic_write_bytes, read_run_json
 TUNING_DIR = "tuning"
 """The results folder's subfolder of tuning records (not a run directory: run readers skip it)."""
 TUNING_VERSION = 1
+COST_KEYS = ("fb_passes", "steps", "training_seconds")
+"""What a candidate's defender cost is read as, from its defense's training report (mean over seeds)."""
 
 
 def release_usable(metrics: pd.DataFrame) -> pd.Series:
@@ -78,11 +80,12 @@ def score(spec, configs: list[dict[str, Any]], results_dir: str | Path, run_ids:
         shown = {key: resolved.get(key, value) for key, value in args.items()}  # typed, as the config resolved them
         mine = seeds[seeds["defense_hash"] == h] if not seeds.empty else seeds
         my_runs = runs[runs["defense_hash"] == h] if not runs.empty else runs
-        primary = my_runs["primary_utility"].dropna().iloc[0] if len(my_runs) and my_runs["primary_utility"].notna().any() else None
-        retained = mine.get(f"defended_retained:{primary}", pd.Series(dtype=float)) if primary else pd.Series(dtype=float)
-        seed_usable = [bool(usable.reindex(my_runs[my_runs["seed"] == s]["run_id"]).dropna().all())
-                       and bool(usable.reindex(my_runs[my_runs["seed"] == s]["run_id"]).notna().any())
-                       for s in spec.seeds]
+        primary = _mode(my_runs.get("primary_utility"))
+        retained = mine.get(f"defended_retained:{primary}", pd.Series(dtype=float))
+        seed_usable = []  # every validation seed: probed at step 0, and usable in every run that was
+        for seed in spec.seeds:
+            flags = usable.reindex(my_runs[my_runs["seed"] == seed]["run_id"]).dropna()
+            seed_usable.append(bool(len(flags)) and bool(flags.all()))
         cost = _defender_cost(results_dir, my_runs)
         bounded = [_key(r[f"bounded{limit}_steps"], r[f"bounded{limit}_censored"]) for _, r in mine.iterrows()]
         worst = [_key(r["worst_steps"], r["worst_censored"]) for _, r in mine.iterrows()]
@@ -101,10 +104,16 @@ def score(spec, configs: list[dict[str, Any]], results_dir: str | Path, run_ids:
             "worst_steps_low": float(mine["worst_steps"].min()) if len(mine) else math.nan,
             "worst_steps_high": float(mine["worst_steps"].max()) if len(mine) else math.nan,
             "ratio": _lower_median(ratios) if ratios else math.nan,
-            "worst_attack": mine["worst_attack"].dropna().mode().iloc[0] if len(mine) and mine["worst_attack"].notna().any() else None,
+            "worst_attack": _mode(mine.get("worst_attack")),
             **cost,
         })
     return pd.DataFrame(rows)
+
+
+def _mode(values: pd.Series | None) -> Any:
+    """The most frequent non-null value (None when there is none)."""
+    values = values.dropna() if values is not None else pd.Series(dtype=object)
+    return values.mode().iloc[0] if len(values) else None
 
 
 def _factor(spec, index: int) -> float:
@@ -112,49 +121,56 @@ def _factor(spec, index: int) -> float:
 
 
 def _defender_cost(results_dir: str | Path, runs: pd.DataFrame) -> dict[str, float]:
-    """Mean over seeds of the defense's training report: forward-backward passes, outer steps, seconds."""
+    """Mean over seeds of the defense's training report (forward-backward passes, outer steps, seconds), and the
+    summed wall seconds of the candidate's attack runs as each run.json recorded them (``run_seconds``: what they
+    cost, whichever invocation ran them; a resumed tuning's own wall time counts only what it ran)."""
     per_seed: dict[int, dict[str, float]] = {}
+    run_seconds = 0.0
     for _, run in runs.iterrows():
-        if run["seed"] in per_seed:
-            continue
         try:
-            info = read_run_json(Path(results_dir) / run["run_id"]).get("defense_report", {}).get("info", {})
+            recorded = read_run_json(Path(results_dir) / run["run_id"])
         except DataError:
             continue
-        if info:
-            per_seed[run["seed"]] = {k: float(info.get(k, math.nan)) for k in ("fb_passes", "steps", "training_seconds")}
+        run_seconds += float(recorded.get("wall_seconds") or 0.0)
+        info = recorded.get("defense_report", {}).get("info", {})
+        if info and run["seed"] not in per_seed:
+            per_seed[run["seed"]] = {k: float(info.get(k, math.nan)) for k in COST_KEYS}
     frame = pd.DataFrame(per_seed.values())
-    return {key: float(frame[key].mean()) if key in frame else math.nan
-            for key in ("fb_passes", "steps", "training_seconds")}
+    return {**{key: float(frame[key].mean()) if key in frame else math.nan for key in COST_KEYS},
+            "run_seconds": run_seconds}
 
 
-def _preference(row: pd.Series) -> tuple:
+def _preference(row: pd.Series, cost_first: bool = False) -> tuple:
     retained = row["retained_release"] if math.isfinite(row["retained_release"]) else -math.inf
     passes = row["fb_passes"] if math.isfinite(row["fb_passes"]) else math.inf
-    return row["bounded_score"], row["worst_score"], retained, -passes, -row["candidate"]
+    ties = (-passes, retained) if cost_first else (retained, -passes)
+    return row["bounded_score"], row["worst_score"], *ties, -row["candidate"]
 
 
-def select(table: pd.DataFrame) -> int | None:
-    """The index of the candidate the rule selects (:data:`bench.tuning.RULE`); None when none is usable."""
+def select(table: pd.DataFrame, *, cost_first: bool = False) -> int | None:
+    """The index of the candidate the rule selects (:data:`bench.tuning.RULE`); None when none is usable.
+    ``cost_first`` (budget curves, :data:`bench.tuning.BUDGET_RULE`): at equal resistance the cheaper point wins
+    before the higher release utility (compute that buys no steps is no gain)."""
     eligible = table[table["usable_at_release"].astype(bool)] if len(table) else table
     if eligible.empty:
         return None
-    best = max(eligible.index, key=lambda i: _preference(eligible.loc[i]))
+    best = max(eligible.index, key=lambda i: _preference(eligible.loc[i], cost_first))
     return int(eligible.loc[best, "candidate"])
 
 
 def write(spec, table: pd.DataFrame, selected: int | None, results_dir: str | Path, *, wall_seconds: float,
           cpu_seconds: float, command: str) -> Path:
     """Write ``<results>/tuning/<tune_id>.parquet`` atomically (the same spec rewrites its own file)."""
-    from bench.tuning import RULE
+    from bench.tuning import BUDGET_RULE, RULE
 
     out = table.copy()
     out["selected"] = out["candidate"] == selected if selected is not None else False
+    rule = (BUDGET_RULE if spec.budgets else RULE).replace("{L}", str(spec.utility_limit))
     info = {"tune_id": spec.tune_id, "mode": spec.mode, "defense": spec.defense, "task": spec.task,
             "tier": spec.tier, "model": spec.model, "spec": json.dumps(spec.to_json(), sort_keys=True, default=str),
             "validation_seeds": ",".join(map(str, spec.seeds)),
             "validation_attacks": "; ".join(_attack_label(a) for a in spec.attacks),
-            "utility_limit": spec.utility_limit, "rule": RULE.replace("{L}", str(spec.utility_limit)),
+            "utility_limit": spec.utility_limit, "rule": rule,
             "command": command, "wall_seconds": wall_seconds, "cpu_seconds": cpu_seconds,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     for key, value in info.items():
@@ -213,7 +229,8 @@ def tuning_line(results_dir: str | Path, defense: str, task: str) -> str | None:
         args = ", ".join(f"{k}={v}" for k, v in json.loads(row["args"]).items())
         choice = f"selected {args or 'the defaults'} (validation worst case {_steps(row['worst_score'])})"
     return (f"tuned on {task} (validation seeds {first['validation_seeds']}; attacks {first['validation_attacks']}; "
-            f"≤{first['utility_limit']}% utility drop), {len(latest)} candidates, {usable} usable at release; {choice}")
+            f"≤{first['utility_limit']}% utility drop), {len(latest)} candidates, {usable} usable at release; "
+            f"{choice}")
 
 
 def _steps(key: float) -> str:
@@ -231,4 +248,4 @@ def best_budget(points: pd.DataFrame, cost_cap: float) -> pd.Series | None:
     within = points[(points["budget_factor"] <= cost_cap) & points["usable_at_release"].astype(bool)]
     if within.empty:
         return None
-    return within.loc[max(within.index, key=lambda i: _preference(within.loc[i]))]
+    return within.loc[max(within.index, key=lambda i: _preference(within.loc[i], cost_first=True))]

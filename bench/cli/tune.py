@@ -153,8 +153,6 @@ def main(args: argparse.Namespace) -> int:
 
 def format_table(table) -> str:
     """The candidates as an aligned text table."""
-    from bench.tuning_record import _steps
-
     header = ["#", "config", "usable", "retained", "bounded wc", "worst case", "vs none", "fb passes", "train s", ""]
     rows = [header]
     for _, r in table.iterrows():
