@@ -73,7 +73,7 @@ def test_selection_rule_skips_unusable_candidates_then_orders_by_bounded_worst_r
     assert select(table) == 1  # bound empty for both: the unbounded worst case decides
     table = pd.DataFrame([_row(0, True, 15, 15, passes=800), _row(1, True, 15, 15, passes=200)])
     assert select(table) == 1  # a tie costs the defender less at fewer passes
-    table = pd.DataFrame([_row(0, True, 15, 15, passes=200, retained=0.97), _row(1, True, 15, 15, passes=800)])
+    table = pd.DataFrame([_row(0, True, 15, 15, passes=200), _row(1, True, 15, 15, passes=800, retained=0.97)])
     assert select(table) == 1 and select(table, cost_first=True) == 0  # budget curves: compute buying nothing loses
     assert select(pd.DataFrame([_row(0, False, 30, 30)])) is None
 
