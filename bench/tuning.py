@@ -43,7 +43,7 @@ from bench.config import stable_hash
 from bench.errors import ConfigError
 from bench.registry import DEFENSES, TASKS
 from bench.spec import make_spec, resolve_plugin
-from bench.sweep import DEFAULT_SUITE, Entry, Sweep, plan
+from bench.sweep import DEFAULT_SUITE, Entry, Plan, Planned, Sweep, first_wave, plan
 from leaderboard.utility import UTILITY_LIMITS
 
 REPORTED_SEEDS = (0, 1, 2)
@@ -78,6 +78,8 @@ class TuneSpec:
     seeds: tuple[int, ...] = VALIDATION_SEEDS
     attacks: tuple[Entry, ...] = (Entry(name=DEFAULT_SUITE),)
     """The validation attacks: ``default`` (the task's default suite) and/or named attacks with their args."""
+    families: tuple[str, ...] = ()
+    """Only these families of the task's default suite (``AttackSweep.family``, e.g. ``muon``); empty: all."""
     search: str | None = "lr-search"
     """LR strategy of the default suite's families (``lr-search``: probes, then full runs at the best 2 rates)."""
     refine: bool = False
@@ -141,6 +143,12 @@ def check_spec(spec: TuneSpec) -> None:
     resolved = DEFENSES.resolve(spec.defense)
     task_name = spec.task.partition(".")[0]
     check_applies("defense", spec.defense, resolved.cls, spec.task, TASKS.get(task_name))
+    if spec.families:
+        from bench.planner import attack_sweeps
+        from bench.suite import SuiteRequest
+
+        attack_sweeps(SuiteRequest(task=spec.task, defense="none", tier=spec.tier, task_args=spec.task_args,
+                                   families=tuple(spec.families)))  # unknown families: an error naming the suite's
     if spec.budgets:
         keys = [f.name for f in dataclasses.fields(resolved.cls.Config)]
         if BUDGET_KNOB not in keys:
@@ -183,6 +191,24 @@ def resolved_steps(spec: TuneSpec, session) -> int:
         raise ConfigError(f"defense {spec.defense!r} reports no {BUDGET_KNOB!r} in its training report: cannot scale "
                           "its budget; set defense steps= explicitly")
     return int(info[BUDGET_KNOB])
+
+
+def plan_tuning(spec: TuneSpec, configs: list[dict[str, Any]]) -> Plan:
+    """The validated run plan of ``configs`` (:func:`bench.sweep.plan`), the default suite cut to ``spec.families``."""
+    sweep_plan = plan(make_sweep(spec, configs))
+    if sweep_plan.not_applicable:
+        raise ConfigError(sweep_plan.not_applicable[0][1])
+    if not spec.families:
+        return sweep_plan
+    suites = []
+    for planned in sweep_plan.suites:
+        if planned.request.attack is not None:  # a named attack: not a family of the default suite
+            suites.append(planned)
+            continue
+        request = dataclasses.replace(planned.request, families=tuple(spec.families))
+        runs, later = first_wave(request)
+        suites.append(Planned(request, planned.where, tuple(runs), later))
+    return dataclasses.replace(sweep_plan, suites=tuple(suites))
 
 
 def make_sweep(spec: TuneSpec, configs: list[dict[str, Any]]) -> Sweep:
@@ -234,10 +260,7 @@ def run_tuning(spec: TuneSpec, make_session: Callable[[], Any], *, make_executor
         configs = budget_candidates(spec, resolved_steps(spec, make_session()))
     else:
         configs = candidates(spec)
-    sweep_plan = plan(make_sweep(spec, configs))
-    if sweep_plan.not_applicable:
-        where, why = sweep_plan.not_applicable[0]
-        raise ConfigError(why)
+    sweep_plan = plan_tuning(spec, configs)
     session_holder: list[Any] = []
 
     def remember() -> Any:
@@ -278,6 +301,8 @@ def tune_command(spec: TuneSpec) -> str:
     for attack in spec.attacks:
         if attack.name != DEFAULT_SUITE or attack.args:
             words += ["--attack", attack.name, *assign(attack.args)]
+    if spec.families:
+        words += ["--families", ",".join(spec.families)]
     if spec.search != "lr-search":
         words += ["--search", spec.search or "task"]
     if spec.refine:

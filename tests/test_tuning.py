@@ -29,6 +29,17 @@ def test_every_trained_defense_declares_a_search_space_over_its_own_config_keys(
         assert space and all(key in keys and len(values) >= 2 for key, values in space.items()), name
 
 
+def test_families_cut_the_default_validation_suite():
+    from bench.tuning import plan_tuning
+
+    spec = TuneSpec(defense="ga-retain", task="vision-digits", space={"alpha": (1.0, 2.0)}, seeds=(100,))
+    every = plan_tuning(spec, candidates(spec))
+    cut = plan_tuning(TuneSpec(**{**spec.__dict__, "families": ("muon",)}), candidates(spec))
+    families = {s.attack_family for planned in cut.suites for s in planned.runs}
+    assert families == {"full-ft(optimizer=muon)"} or all("muon" in f for f in families)
+    assert 0 < sum(len(p.runs) for p in cut.suites) < sum(len(p.runs) for p in every.suites) / 5
+
+
 def test_candidates_are_the_product_of_the_space_over_the_base_args():
     spec = TuneSpec(defense="ga-retain", task="vision-digits", base_args={"steps": 5},
                     space={"alpha": (0.5, 2.0), "lr": (None, 1e-3)})
@@ -43,6 +54,7 @@ def test_candidates_are_the_product_of_the_space_over_the_base_args():
     (TuneSpec(defense="ga-retain", task="vision-digits", seeds=(0, 100)), "reported seeds"),
     (TuneSpec(defense="ga-retain", task="vision-digits", budgets=(4, 16)), "including 1"),
     (TuneSpec(defense="ga-retain", task="vision-digits", utility_limit=30), "utility limit"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", families=("muon", "adm")), "its families: sgd, adam"),
 ])
 def test_bad_input_is_a_clear_error_naming_what_exists(spec, message):
     with pytest.raises(ConfigError, match=message) as err:

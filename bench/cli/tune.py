@@ -35,6 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="validation seeds, comma-separated (default 100,101; never 0,1,2)")
     p.add_argument("--attack", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                    help="a validation attack (repeatable; `default`: the task's default suite, the default)")
+    p.add_argument("--families", metavar="F1,F2",
+                   help="only these families of the task's default suite (e.g. muon,adam; see `bench ls`)")
     p.add_argument("--search", choices=("grid", "lr-search", "task"), default="lr-search",
                    help="LR strategy of the default suite's families (default lr-search; task: the task's choice)")
     p.add_argument("--refine", action="store_true", help="add half-decade LR refinement (off by default)")
@@ -49,6 +51,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="budget mode: also print the best budget within K times today's training length")
     p.add_argument("--write-preset", nargs="?", const="", metavar="NAME",
                    help="write the selected config as preset NAME (default tuned-<task>) in defenses/tuned/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the candidates and count the runs (and those already done); build and run nothing")
     p.add_argument("--results", default="results", help="results directory (default: results)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: 1 on the tiny tier)")
@@ -83,6 +87,7 @@ def spec_from_args(args: argparse.Namespace):
                     task_args=parse_assignments(task_args, f"--task {task}"),
                     base_args=parse_assignments(defense_args, f"--defense {defense}"), space=space,
                     seeds=parse_seeds(args.seeds) if args.seeds else VALIDATION_SEEDS, attacks=attacks,
+                    families=tuple(f.strip() for f in (args.families or "").split(",") if f.strip()),
                     search=None if args.search == "task" else args.search, refine=args.refine,
                     utility_limit=args.utility_limit, baseline=args.baseline, budgets=budgets)
 
@@ -99,6 +104,8 @@ def main(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     check_spec(spec)  # bad input stops here, before any model is built
+    if args.dry_run:
+        return print_dry_run(spec, args.results)
     threads = set_threads(args.threads, {spec.tier})
     resolve_device(args.device, spec.tier)
 
@@ -148,6 +155,31 @@ def main(args: argparse.Namespace) -> int:
         print(f"preset written: --defense {base}.{name} ({path})")
     if tuning.failed_runs:
         print(f"{tuning.failed_runs} run(s) failed (`bench show RUN_ID --results {args.results}`)", file=sys.stderr)
+    return 0
+
+
+def print_dry_run(spec, results: str) -> int:
+    """The candidates and how many runs the tuning takes (known before any result, and at most later), with how
+    many are already done in ``results``."""
+    from bench.sweep_run import run_states
+    from bench.tuning import budget_candidates, candidates, plan_tuning
+
+    if spec.budgets:  # the steps each factor means are read from the 1x model once it is trained
+        steps = spec.base_args.get("steps")
+        configs = budget_candidates(spec, int(steps) if steps is not None else 1)
+        shown = [f"{k:g}x today's training length" for k in sorted(spec.budgets)]
+    else:
+        configs = candidates(spec)
+        shown = [", ".join(f"{k}={v}" for k, v in c.items()) or "defaults" for c in configs]
+    for index, text in enumerate(shown):
+        print(f"candidate {index}: {text}")
+    sweep_plan = plan_tuning(spec, configs)
+    ids = list(dict.fromkeys(s.run_id for planned in sweep_plan.suites for s in planned.runs))
+    states = run_states(results, ids)
+    later = sum(planned.later for planned in sweep_plan.suites)
+    done = sum(state == "done" for state in states.values())
+    print(f"{len(configs)} candidates on seeds {list(spec.seeds)}: {len(ids)} runs known before any result "
+          f"({done} done in {results}/), up to {later} more chosen from results (LR search)")
     return 0
 
 
