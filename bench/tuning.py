@@ -7,7 +7,8 @@ A trained defense declares a small search space over its paper's knobs next to i
 :func:`run_tuning` trains every candidate (the cartesian product of the space, over the fixed ``base_args``) and
 attacks it with a **validation suite**: seeds other than the reported ones (:data:`REPORTED_SEEDS` are refused) and
 the declared attacks (default: the task's default suite with the LR search and no refinement, a subset of the
-reported suite's runs; ``attacks`` names a smaller one). The runs go through the sweep machinery
+reported suite's runs; ``families`` keeps some of its families, ``attacks`` names single attack configs). Note
+the cost: ``bench tune --dry-run`` counts the runs first. The runs go through the sweep machinery
 (:func:`bench.sweep.plan`, :func:`bench.sweep_run.run_sweep`): completed runs in the results folder are skipped, so
 an interrupted tuning resumes, and the undefended ``none`` runs on the same seeds and attacks for the ratio.
 
@@ -16,7 +17,8 @@ usable at release on every validation seed (the task's usable floor at the attac
 utility-bounded worst case (:data:`UTILITY_LIMIT`, the leaderboard's ``bounded20``: the attacker's fewest steps to
 harm over the runs whose attacked model kept ≥ 80% of the primary utility; no such run counts as "not harmed
 within the bound"), the lower median over seeds (the defender's worse seed at ties); ties go to the larger
-unbounded worst case, then to the larger retained utility at release, then to fewer defender passes.
+unbounded worst case, then to the larger retained utility at release, then to fewer defender passes (budget
+curves, :data:`BUDGET_RULE`: fewer passes before retained utility: compute that buys no steps is no gain).
 
 **Budget curves** (``budgets=(1, 4, 16)``): the same machinery with one candidate per budget factor k: the base
 config at today's training length (factor 1: unchanged) and at ``steps = k ×`` the steps today's rule resolves on

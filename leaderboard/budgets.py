@@ -53,7 +53,11 @@ def budget_figure(points: pd.DataFrame, task: str):
     utility_ax.set(xscale="log", xlabel="defender forward-backward passes", ylabel="retained utility at release",
                    title="release utility")
     utility_ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="usable floor (default 0.5)")
-    steps_ax.legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in (steps_ax, utility_ax):
+        ax.xaxis.set_minor_formatter(NullFormatter())  # (log-axis minor labels overlap at a few points)
+    steps_ax.legend(fontsize=7, loc="upper left")
     utility_ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
