@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator, Mapping, Sequence
 
 from bench.contracts import AttackSweep
+from bench.errors import ConfigError
 from bench.metrics import worst_case
 from bench.registry import TASKS
 from bench.spec import RunSpec, make_spec, resolve_plugin
@@ -55,6 +56,14 @@ def attack_sweeps(request) -> list[AttackSweep]:
     sweeps = TASKS.get(request.task.partition(".")[0])().default_attacks(task_cfg, request.tier)
     # Attack args given on the command line without --attack apply to every family of the default suite.
     search = {"search": request.search} if request.search else {}
+    families = getattr(request, "families", ())
+    if families:  # a declared subset of the suite (e.g. a tuning's validation attacks)
+        known = [s.family or s.attack for s in sweeps]
+        unknown = [f for f in families if f not in known]
+        if unknown:
+            raise ConfigError(f"attack families {unknown} are not in the default suite of task {request.task!r}; "
+                              f"its families: {', '.join(known)}")
+        sweeps = [s for s in sweeps if (s.family or s.attack) in families]
     return [dataclasses.replace(s, args={**s.args, **request.attack_args}, **search) for s in sweeps]
 
 

@@ -193,6 +193,10 @@ class Registry(Generic[T]):
         if not preset:
             return Resolved(name=base, cls=cls, preset=None, preset_args={})
         presets = getattr(cls, "presets", {})
+        if preset not in presets and self.kind == "defense":  # presets written by `bench tune --write-preset`
+            from bench.tuning_presets import tuned_preset_args
+
+            presets = {**tuned_preset_args(base), **presets}
         if preset not in presets:
             choices = [f"{base}.{p}" for p in presets]
             raise UnknownNameError(self._unknown_message(name, choices, what=f"preset of {self.kind} {base!r}"))

@@ -57,6 +57,8 @@ class SuiteRequest:
     refine: bool = True
     search: str | None = None
     """Override every family's LR strategy ("grid" or "lr-search"); None keeps the task's choice."""
+    families: tuple[str, ...] = ()
+    """Only these families of the task's default suite (by :attr:`AttackSweep.family`); empty: every family."""
 
 
 def validate_request(request: SuiteRequest) -> list[RunSpec]:

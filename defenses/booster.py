@@ -90,6 +90,8 @@ class Booster(Defense):
     Config = BoosterConfig
     preserves_function = False
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3}
+    # Defender tuning (bench tune): λ (attenuation weight) and α (simulated step, scale-dependent: BASELINES.md).
+    search_space: ClassVar[Mapping[str, tuple]] = {"lam": (1.0, 5.0, 20.0), "alpha": (0.01, 0.1)}
 
     def apply(self, model, view, cfg: BoosterConfig, *, generator):
         require(view, "booster", "aligned_loss")

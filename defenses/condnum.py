@@ -108,6 +108,8 @@ class CondNum(Defense):
     preserves_function = False
     settings: ClassVar[frozenset[str]] = frozenset({"classification"})
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3}
+    # Defender tuning (bench tune): the ill-conditioning weight λ2 (paper, MNIST: 5e7) and the learning rate.
+    search_space: ClassVar[Mapping[str, tuple]] = {"lambda_ill": (5e6, 5e7, 5e8), "lr": (1e-3, 1e-4)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: CondNumConfig, *,
               generator: torch.Generator) -> DefenseResult:

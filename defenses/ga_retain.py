@@ -57,6 +57,8 @@ class GARetain(Defense):
     Config = GARetainConfig
     preserves_function = False
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+    # Defender tuning (bench tune): ascent strength and learning rate (None: the rule, a tenth of the attacker's).
+    search_space: ClassVar[Mapping[str, tuple]] = {"alpha": (0.5, 1.0, 2.0), "lr": (None, 1e-3)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: GARetainConfig, *,
               generator: torch.Generator) -> DefenseResult:

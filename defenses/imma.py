@@ -203,6 +203,8 @@ class Imma(Defense):
     preserves_function = False
     settings: ClassVar[frozenset[str]] = frozenset({"generation"})
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3}
+    # Defender tuning (bench tune): the outer learning rate (None: the rule, lr_φ / 10) and the inner steps.
+    search_space: ClassVar[Mapping[str, tuple]] = {"lr": (None, 1e-4), "inner_steps": (1, 2)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: ImmaConfig, *,
               generator: torch.Generator) -> DefenseResult:

@@ -76,6 +76,8 @@ class NPO(Defense):
     preserves_function = False
     settings: ClassVar[frozenset[str]] = frozenset({"chat", "knowledge"})
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+    # Defender tuning (bench tune): the inverse temperature β (paper: 0.1) and the retain weight.
+    search_space: ClassVar[Mapping[str, tuple]] = {"beta": (0.05, 0.1, 0.5), "retain_weight": (1.0, 2.0)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: NPOConfig, *,
               generator: torch.Generator) -> DefenseResult:

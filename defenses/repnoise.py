@@ -78,6 +78,8 @@ class RepNoise(Defense):
     Config = RepNoiseConfig
     preserves_function = False
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+    # Defender tuning (bench tune): the paper's α (ascent) and β (noise) weights; its README asks for a grid search.
+    search_space: ClassVar[Mapping[str, tuple]] = {"alpha": (1.0, 4.0), "beta": (1e-3, 1e-2, 1e-1)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: RepNoiseConfig, *,
               generator: torch.Generator) -> DefenseResult:

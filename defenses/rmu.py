@@ -142,6 +142,8 @@ class RMU(Defense):
     preserves_function = False
     settings: ClassVar[frozenset[str]] = frozenset({"chat", "knowledge"})
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
+    # Defender tuning (bench tune): the retain weight α (paper: 1200 on zephyr-7b) and the steering scale c.
+    search_space: ClassVar[Mapping[str, tuple]] = {"alpha": (100.0, 1200.0), "steer_scale": (4.0, 8.0)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: RMUConfig, *,
               generator: torch.Generator) -> DefenseResult:

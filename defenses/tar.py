@@ -212,6 +212,9 @@ class Tar(Defense):
     }
     preserves_function = False
     smoke_args = {"steps": 3, "inner_steps": 2, "subsample": 1}
+    # Defender tuning (bench tune): the paper's strength (TR scale; λ·K stays fixed, as the paper fixes it) and
+    # the outer learning rate (None: the rule, the smallest adversary rate; 1e-4 a decade below it).
+    search_space = {"tr_scale": (1.0, 4.0, 16.0), "lr": (None, 1e-4)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: TarConfig, *,
               generator: torch.Generator) -> DefenseResult:

@@ -102,6 +102,8 @@ class Vaccine(Defense):
     Config = VaccineConfig
     preserves_function = False
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3}
+    # Defender tuning (bench tune): ρ, the perturbation radius as a fraction of the activations' norm.
+    search_space: ClassVar[Mapping[str, tuple]] = {"rho": (0.03, 0.1, 0.3, 1.0)}
 
     def apply(self, model, view, cfg: VaccineConfig, *, generator):
         require(view, "vaccine", "aligned_loss", "feature_modules")

@@ -1,0 +1,209 @@
+"""``bench tune``: select a defense's config on a validation suite, or measure its budget curve (bench.tuning)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from bench.cli.run import add_executor_arguments, executor_for, set_threads
+
+EPILOG = """examples:
+  bench tune --defense ga-retain --task vision-digits                     # the declared search space
+  bench tune --defense ga-retain --task vision-digits --space alpha=0.5,2 --seeds 100 \\
+      --attack full-ft optimizer=muon lr=0.1 --attack full-ft optimizer=adam lr=0.01 --write-preset
+  bench tune --defense tar --task vision-digits --budgets 1,4,16 --cost-cap 4   # resistance vs defender passes
+
+Candidates are trained and attacked on validation seeds (never the reported 0,1,2) and the validation attacks
+(default: the task's default suite with the LR search, no refinement). Selection: among candidates usable at release
+on every seed, the best utility-bounded worst case (see bench/tuning.py). Records: <results>/tuning/*.parquet.
+The same command resumes an interrupted tuning (completed runs are kept).
+"""
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("tune", help="tune a defense's config on a validation suite, or measure its budget curve",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--defense", nargs="+", required=True, metavar=("NAME", "KEY=VALUE"),
+                   help="defense (name or name.preset) and config values every candidate shares")
+    p.add_argument("--task", nargs="+", required=True, metavar=("NAME", "KEY=VALUE"), help="task and config values")
+    p.add_argument("--tier", default="tiny", help="tiny (default) or real (needs --model)")
+    p.add_argument("--model", help="real tier: Hugging Face hub id or local path")
+    p.add_argument("--space", nargs="+", metavar="KEY=V1,V2",
+                   help="search space instead of the defense's declared one (null: the config's rule)")
+    p.add_argument("--seeds", help="validation seeds, comma-separated (default 100,101; never 0,1,2)")
+    p.add_argument("--attack", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                   help="a validation attack (repeatable; `default`: the task's default suite, the default)")
+    p.add_argument("--families", metavar="F1,F2",
+                   help="only these families of the task's default suite (e.g. muon,adam; see `bench ls`)")
+    p.add_argument("--search", choices=("grid", "lr-search", "task"), default="lr-search",
+                   help="LR strategy of the default suite's families (default lr-search; task: the task's choice)")
+    p.add_argument("--refine", action="store_true", help="add half-decade LR refinement (off by default)")
+    p.add_argument("--utility-limit", type=int, default=20, metavar="L",
+                   help="the selection's utility-bounded worst case keeps attacks with at most L%% utility drop "
+                        "(5, 20 or 50; default 20)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="do not run `none` on the validation suite (no ratio)")
+    p.add_argument("--budgets", metavar="K1,K2,...",
+                   help="budget-curve mode: factors of today's training length (must include 1), e.g. 1,4,16")
+    p.add_argument("--cost-cap", type=float, metavar="K",
+                   help="budget mode: also print the best budget within K times today's training length")
+    p.add_argument("--write-preset", nargs="?", const="", metavar="NAME",
+                   help="write the selected config as preset NAME (default tuned-<task>) in defenses/tuned/")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the candidates and count the runs (and those already done); build and run nothing")
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: 1 on the tiny tier)")
+    p.add_argument("--dev", action="store_true", help="mark results as unofficial")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_executor_arguments(p)
+    return p
+
+
+def spec_from_args(args: argparse.Namespace):
+    """The :class:`bench.tuning.TuneSpec` a command line asks for (bad input: a ConfigError)."""
+    from bench.errors import ConfigError
+    from bench.experiment import parse_assignments, parse_seeds
+    from bench.sweep import DEFAULT_SUITE, Entry
+    from bench.tuning import VALIDATION_SEEDS, TuneSpec
+
+    defense, *defense_args = args.defense
+    task, *task_args = args.task
+    space = None
+    if args.space:
+        space = {key: tuple(_value(v) for v in values.split(",") if v.strip())
+                 for key, values in parse_assignments(args.space, "--space").items()}
+    attacks = tuple(Entry(name=name, args=parse_assignments(rest, f"--attack {name}"), where=f"--attack {name}")
+                    for name, *rest in (args.attack or [[DEFAULT_SUITE]]))
+    budgets = ()
+    if args.budgets:
+        try:
+            budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
+        except ValueError as err:
+            raise ConfigError(f"--budgets must be comma-separated numbers, got {args.budgets!r}") from err
+    return TuneSpec(defense=defense, task=task, tier=args.tier, model=args.model,
+                    task_args=parse_assignments(task_args, f"--task {task}"),
+                    base_args=parse_assignments(defense_args, f"--defense {defense}"), space=space,
+                    seeds=parse_seeds(args.seeds) if args.seeds else VALIDATION_SEEDS, attacks=attacks,
+                    families=tuple(f.strip() for f in (args.families or "").split(",") if f.strip()),
+                    search=None if args.search == "task" else args.search, refine=args.refine,
+                    utility_limit=args.utility_limit, baseline=args.baseline, budgets=budgets)
+
+
+def _value(text: str):
+    text = text.strip()
+    return None if text.lower() in ("null", "none", "~") else text
+
+
+def main(args: argparse.Namespace) -> int:
+    from bench.devices import resolve_device
+    from bench.runner import Session
+    from bench.tuning import check_spec, run_tuning, tune_command
+
+    spec = spec_from_args(args)
+    check_spec(spec)  # bad input stops here, before any model is built
+    if args.dry_run:
+        return print_dry_run(spec, args.results)
+    threads = set_threads(args.threads, {spec.tier})
+    resolve_device(args.device, spec.tier)
+
+    def make_session() -> Session:
+        return Session(results_dir=args.results, official=not args.dev, device=args.device, progress=not args.quiet)
+
+    def announce(index: int, planned) -> None:
+        if not args.quiet:
+            print(f"suite {index + 1}: {planned.where}", file=sys.stderr)
+
+    command = tune_command(spec)
+    try:
+        tuning = run_tuning(spec, make_session, on_suite=announce, command=command,
+                            make_executor=lambda session, tier: executor_for(args, session, tier, threads))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    print(format_table(tuning.table))
+    print(f"\nrule: {tuning.table['rule'].iloc[0]}")
+    if spec.budgets and args.cost_cap is not None:
+        from bench.tuning_record import best_budget
+
+        best = best_budget(tuning.table, args.cost_cap)
+        print(f"best budget within {args.cost_cap:g}x: " + ("none usable" if best is None else
+              f"{best['budget_factor']:g}x ({best['fb_passes']:.0f} forward-backward passes)"))
+    if tuning.selected is None:
+        print("selected: none (no candidate is usable at release on every validation seed)")
+    else:
+        print(f"selected: candidate {tuning.selected}: {json.dumps(tuning.selected_args)}")
+    print(f"recorded: {tuning.path}\nwall {tuning.wall_seconds:.1f} s, CPU {tuning.cpu_seconds:.1f} s "
+          f"(this process and its workers); reproduce: {command}")
+    if args.write_preset is not None and not spec.budgets:
+        if tuning.selected is None:
+            print("no preset written: nothing was selected", file=sys.stderr)
+            return 1
+        from bench.tuning_presets import write_preset
+
+        from bench.registry import DEFENSES
+
+        name = args.write_preset or f"tuned-{spec.task}"
+        base = spec.defense.partition(".")[0]
+        layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **tuning.selected_args}
+        path = write_preset(base, name, layered, task=spec.task, tier=spec.tier,
+                            command=command, tune_id=spec.tune_id,
+                            selected_from=f"{len(tuning.table)} candidates; {tuning.table['rule'].iloc[0]}")
+        print(f"preset written: --defense {base}.{name} ({path})")
+    if tuning.failed_runs:
+        print(f"{tuning.failed_runs} run(s) failed (`bench show RUN_ID --results {args.results}`)", file=sys.stderr)
+    return 0
+
+
+def print_dry_run(spec, results: str) -> int:
+    """The candidates and how many runs the tuning takes (known before any result, and at most later), with how
+    many are already done in ``results``."""
+    from bench.sweep_run import run_states
+    from bench.tuning import budget_candidates, candidates, plan_tuning
+
+    if spec.budgets:  # the steps each factor means are read from the 1x model once it is trained
+        steps = spec.base_args.get("steps")
+        configs = budget_candidates(spec, int(steps) if steps is not None else 1)
+        shown = [f"{k:g}x today's training length" for k in sorted(spec.budgets)]
+    else:
+        configs = candidates(spec)
+        shown = [", ".join(f"{k}={v}" for k, v in c.items()) or "defaults" for c in configs]
+    for index, text in enumerate(shown):
+        print(f"candidate {index}: {text}")
+    sweep_plan = plan_tuning(spec, configs)
+    ids = list(dict.fromkeys(s.run_id for planned in sweep_plan.suites for s in planned.runs))
+    states = run_states(results, ids)
+    later = sum(planned.later for planned in sweep_plan.suites)
+    done = sum(state == "done" for state in states.values())
+    print(f"{len(configs)} candidates on seeds {list(spec.seeds)}: {len(ids)} runs known before any result "
+          f"({done} done in {results}/), up to {later} more chosen from results (LR search)")
+    return 0
+
+
+def format_table(table) -> str:
+    """The candidates as an aligned text table."""
+    header = ["#", "config", "usable", "retained", "bounded wc", "worst case", "vs none", "fb passes", "train s", ""]
+    rows = [header]
+    for _, r in table.iterrows():
+        config = ", ".join(f"{k}={v}" for k, v in json.loads(r["args"]).items()) or "defaults"
+        if not math.isnan(r["budget_factor"]):
+            config = f"{r['budget_factor']:g}x: {config}"
+        rows.append([str(r["candidate"]), config, "yes" if r["usable_at_release"] else "NO",
+                     _num(r["retained_release"]), _score(r["bounded_score"]), _score(r["worst_score"]),
+                     "—" if math.isnan(r["ratio"]) else f"{r['ratio']:.2g}×", _num(r["fb_passes"], "{:.0f}"),
+                     _num(r["training_seconds"], "{:.1f}"), "<- selected" if r["selected"] else (r["error"] or "")])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _num(value, fmt: str = "{:.3f}") -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+
+def _score(key: float) -> str:
+    from bench.tuning_record import _steps
+
+    return "—" if isinstance(key, float) and math.isnan(key) else _steps(key)

@@ -1,0 +1,150 @@
+"""Defender tuning (bench tune): declared search spaces, bad input, the selection rule, the Parquet record, resume,
+tuned presets and budget curves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.registry import DEFENSES
+from bench.sweep import Entry
+from bench.tuning import (REPORTED_SEEDS, TuneSpec, budget_candidates, candidates, check_spec, run_tuning,
+                          tunable_defenses)
+from bench.tuning_record import best_budget, read_tunings, select, tuning_line
+
+TRAINED = ("tar", "ga-retain", "repnoise", "booster", "vaccine", "rmu", "npo", "condnum", "imma")
+FAST_ATTACK = (Entry(name="full-ft", args={"optimizer": "muon", "lr": 0.1, "budget": 10}),)
+
+
+def test_every_trained_defense_declares_a_search_space_over_its_own_config_keys():
+    assert set(TRAINED) <= set(tunable_defenses())
+    for name in TRAINED:
+        space = DEFENSES.get(name).search_space
+        keys = DEFENSES.get(name).Config.__dataclass_fields__
+        assert space and all(key in keys and len(values) >= 2 for key, values in space.items()), name
+
+
+def test_families_cut_the_default_validation_suite():
+    from bench.tuning import plan_tuning
+
+    spec = TuneSpec(defense="ga-retain", task="vision-digits", space={"alpha": (1.0, 2.0)}, seeds=(100,))
+    every = plan_tuning(spec, candidates(spec))
+    cut = plan_tuning(TuneSpec(**{**spec.__dict__, "families": ("muon",)}), candidates(spec))
+    families = {s.attack_family for planned in cut.suites for s in planned.runs}
+    assert families == {"full-ft(optimizer=muon)"} or all("muon" in f for f in families)
+    assert 0 < sum(len(p.runs) for p in cut.suites) < sum(len(p.runs) for p in every.suites) / 5
+
+
+def test_candidates_are_the_product_of_the_space_over_the_base_args():
+    spec = TuneSpec(defense="ga-retain", task="vision-digits", base_args={"steps": 5},
+                    space={"alpha": (0.5, 2.0), "lr": (None, 1e-3)})
+    assert candidates(spec) == [{"steps": 5, "alpha": 0.5, "lr": None}, {"steps": 5, "alpha": 0.5, "lr": 1e-3},
+                                {"steps": 5, "alpha": 2.0, "lr": None}, {"steps": 5, "alpha": 2.0, "lr": 1e-3}]
+
+
+@pytest.mark.parametrize("spec, message", [
+    (TuneSpec(defense="specdef", task="vision-digits"), "declares no search space"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", space={"alhpa": (1.0, 2.0)}), "its keys: "),
+    (TuneSpec(defense="condnum", task="llm-relearn"), "does not apply to task 'llm-relearn'"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", seeds=(0, 100)), "reported seeds"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", budgets=(4, 16)), "including 1"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", utility_limit=30), "utility limit"),
+    (TuneSpec(defense="ga-retain", task="vision-digits", families=("muon", "adm")), "its families: sgd, adam"),
+])
+def test_bad_input_is_a_clear_error_naming_what_exists(spec, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        check_spec(spec)
+    text = str(err.value)
+    assert "\n" not in text
+    if "search space" in message:
+        assert "ga-retain" in text and "tar" in text  # names the defenses that have one
+    if "keys" in message:
+        assert "alpha" in text and "alhpa" in text
+
+
+def test_cli_bad_input_exits_2_with_one_line(capsys):
+    assert main(["tune", "--defense", "ga-retain", "--task", "vision-digits", "--space", "nope=1,2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'nope'" in err and "alpha" in err
+
+
+def _row(candidate, usable, bounded, worst, retained=0.9, passes=100.0):
+    return {"candidate": candidate, "usable_at_release": usable, "bounded_score": bounded, "worst_score": worst,
+            "retained_release": retained, "fb_passes": passes}
+
+
+def test_selection_rule_skips_unusable_candidates_then_orders_by_bounded_worst_retained_and_cost():
+    table = pd.DataFrame([_row(0, False, math.inf, 500), _row(1, True, 20, 30), _row(2, True, 20.5, 10)])
+    assert select(table) == 2  # censored at 20 (> 20) beats harmed at 20; the unusable one never wins
+    table = pd.DataFrame([_row(0, True, math.inf, 15), _row(1, True, math.inf, 20, retained=0.5)])
+    assert select(table) == 1  # bound empty for both: the unbounded worst case decides
+    table = pd.DataFrame([_row(0, True, 15, 15, passes=800), _row(1, True, 15, 15, passes=200)])
+    assert select(table) == 1  # a tie costs the defender less at fewer passes
+    table = pd.DataFrame([_row(0, True, 15, 15, passes=200), _row(1, True, 15, 15, passes=800, retained=0.97)])
+    assert select(table) == 1 and select(table, cost_first=True) == 0  # budget curves: compute buying nothing loses
+    assert select(pd.DataFrame([_row(0, False, 30, 30)])) is None
+
+
+def test_budget_candidates_scale_todays_training_length_and_best_budget_respects_the_cost_cap():
+    spec = TuneSpec(defense="tar", task="vision-digits", base_args={"tr_scale": 2.0}, budgets=(16, 1, 4))
+    assert budget_candidates(spec, 27) == [{"tr_scale": 2.0}, {"tr_scale": 2.0, "steps": 108},
+                                           {"tr_scale": 2.0, "steps": 432}]
+    points = pd.DataFrame([{**_row(0, True, 10, 10, passes=400), "budget_factor": 1.0},
+                           {**_row(1, True, 15, 15, passes=1600), "budget_factor": 4.0},
+                           {**_row(2, True, 40, 40, passes=6400), "budget_factor": 16.0}])
+    assert best_budget(points, 4)["budget_factor"] == 4.0
+    assert best_budget(points, 16)["budget_factor"] == 16.0
+    assert best_budget(points, 0.5) is None
+
+
+def test_tuning_runs_records_selects_resumes_and_writes_a_preset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path / "tuned"))
+    results = tmp_path / "results"
+    argv = ["tune", "--defense", "ga-retain", "steps=20", "--task", "vision-digits", "--space", "alpha=0.5,2",
+            "--seeds", "100", "--attack", "full-ft", "optimizer=muon", "lr=0.1", "budget=10", "--no-baseline",
+            "--results", str(results), "--quiet", "--jobs", "1", "--write-preset"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "selected: candidate" in out and "preset written: --defense ga-retain.tuned-vision-digits" in out
+    record = read_tunings(results, defense="ga-retain", task="vision-digits")
+    assert len(record) == 2 and record["selected"].sum() == 1
+    assert [json.loads(a) for a in record["args"]] == [{"alpha": 0.5, "steps": 20}, {"alpha": 2.0, "steps": 20}]
+    assert (record["n_seeds"] == 1).all() and record["complete"].all() and (record["fb_passes"] == 40).all()
+    assert set(record["validation_seeds"]) == {"100"} and not set(REPORTED_SEEDS) & {100}
+    chosen = record[record["selected"]].iloc[0]
+    assert select(record) == chosen["candidate"]
+    assert "bench tune --defense ga-retain steps=20" in chosen["command"]
+    assert tuning_line(results, "ga-retain", "vision-digits").startswith("tuned on vision-digits")
+    assert "2 candidates" in tuning_line(results, "ga-retain", "vision-digits")
+    # the selected config is now a preset of its defense, with the command that reproduces it
+    resolved = DEFENSES.resolve("ga-retain.tuned-vision-digits")
+    assert resolved.preset_args == json.loads(chosen["args"])
+    written = (tmp_path / "tuned" / "ga-retain.yaml").read_text()
+    assert "command: bench tune --defense ga-retain" in written
+    # resume: the same command runs nothing again (every run.json stays as written)
+    stamps = {p: p.stat().st_mtime_ns for p in results.glob("*/run.json")}
+    assert len(stamps) == 2
+    assert main(argv[:-1]) == 0
+    assert {p: p.stat().st_mtime_ns for p in results.glob("*/run.json")} == stamps
+
+
+def test_budget_curve_mode_trains_at_multiples_of_todays_steps(tmp_path):
+    from bench.runner import Session
+    from leaderboard.budgets import budget_figure, budget_points
+
+    spec = TuneSpec(defense="ga-retain", task="vision-digits", base_args={"steps": 10}, seeds=(100,),
+                    attacks=FAST_ATTACK, baseline=False, budgets=(1, 3))
+    tuning = run_tuning(spec, lambda: Session(results_dir=tmp_path, progress=False))
+    table = tuning.table.sort_values("budget_factor")
+    assert table["budget_factor"].tolist() == [1.0, 3.0]
+    assert table["steps"].tolist() == [10.0, 30.0] and table["fb_passes"].tolist() == [20.0, 60.0]
+    points = budget_points(tmp_path)
+    assert len(points) == 2
+    fig = budget_figure(points, "vision-digits")
+    assert len(fig.axes) == 2 and fig.axes[0].get_lines()
+    assert budget_figure(points, "sd-style") is None
