@@ -122,6 +122,16 @@ def noise_term(features: Mapping[str, torch.Tensor], generator: torch.Generator,
     return torch.stack(terms).mean()
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / steps)))
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int,
+                    warmup: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps, after
+    a linear warm-up from 0 over the first ``warmup`` fraction of them (transformers' ``cosine`` schedule with
+    ``warmup_ratio``; Vaccine's scripts use 0.1)."""
+    ramp = int(math.ceil(warmup * steps))
+
+    def factor(done: int) -> float:
+        if done < ramp:
+            return (done + 1) / (ramp + 1)  # never 0, so the first step moves
+        return 0.5 * (1 + math.cos(math.pi * (done - ramp) / max(steps - ramp, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
