@@ -38,14 +38,14 @@ rate is a tenth of the smallest of the task's undefended-attacker learning rates
 scale of the learning rates its attacks used, 3e-5 to 1e-4); the steps are 10 × the undefended steps-to-harm, at
 most 150 (vision-digits tiny: 100 steps at lr 1e-4; LLM tiny tiers 150; diffusion tiny tiers 150).
 
-Measured on vision-digits tiny at lr 1e-3, before the rule took a tenth and with the earlier fixed-bandwidth MMD (seed 0, default suite; the defaults' numbers
-are in the README's baseline table):
-training 1.4 s (100 steps, 300 forward-backward passes), retained allowed accuracy 0.993; worst-case steps-to-harm 10
-(Muon at lr 0.316), the same as undefended: it falls to an optimizer/LR sweep, as the literature reports. Per family
-(undefended → repnoise): Adam 35 → 60, SGD 60 → 80, LoRA 85 → 310, adaptive attacks 35 → 45. The noising term hardly
-acts at the paper's beta (the harmful features' MMD to noise rises during training, 1.0 → 2.0); at beta = 1 or 100
-it falls (to 0.7 or 0.2), and an Adam attack at lr 1e-2 (budget 200, seed 0) harms in 50 or 30 steps (undefended
-35, default RepNoise 60): a stronger noising term makes it weaker here.
+Measured on vision-digits tiny at lr 1e-3, before the rule took a tenth and with the earlier fixed-bandwidth MMD
+(seed 0, default suite; the defaults' numbers are in the README's baseline table): training 1.4 s (100 steps, 300
+forward-backward passes), retained allowed accuracy 0.993; worst-case steps-to-harm 10 (Muon at lr 0.316), the same
+as undefended: it falls to an optimizer/LR sweep, as the literature reports. Per family (undefended → repnoise):
+Adam 35 → 60, SGD 60 → 80, LoRA 85 → 310, adaptive attacks 35 → 45. The noising term hardly acts at the paper's beta
+(the harmful features' MMD to noise rises during training, 1.0 → 2.0); at beta = 1 or 100 it falls (to 0.7 or 0.2),
+and an Adam attack at lr 1e-2 (budget 200, seed 0) harms in 50 or 30 steps (undefended 35, default RepNoise 60): a
+stronger noising term makes it weaker here.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ Llama-3.1-8B (α = 1e4, k = 25). Both ship as named presets, so that a leaderboa
 
 * ``specdef.all-linear``: every linear map (the defaults);
 * ``specdef.paper-5-layers``: 5 linear maps drawn with the run seed (``n_layers=5``), the paper's setting; a model
-  with fewer (the vision-digits tiny MLP has 3) has all of them changed, so there the two presets coincide in effect. The maps are computed in float64 on the layer's device; their storage dtype is ``auto`` by default:
+  with fewer (the vision-digits tiny MLP has 3) has all of them changed, so there the two presets coincide in effect.
+
+The maps are computed in float64 on the layer's device; their storage dtype is ``auto`` by default:
 float32 for bfloat16/float16 models (in bf16, C W̃ reconstructs W with a relative error of 5–20 at alpha = 1e4 and a
 1B Llama's logits moved by 14), the model's own dtype otherwise. At large alpha float32 loses precision too (alpha =
 1e6 flips 1–3% of the digits MLP's predictions): ``dtype=float64`` stores W̃ and C in float64. The defense warns when

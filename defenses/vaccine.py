@@ -166,7 +166,8 @@ class Vaccine(Defense):
                 log.passes(3 if benign is not None else 2)
                 log.record(step, **terms)
         return DefenseResult(model=model.eval(), layers=changed_modules(model),
-                             info=log.info(perturbed_modules=names, perturbed=perturbed_kind, rho=cfg.rho, rho_relative=cfg.rho_relative,
+                             info=log.info(perturbed_modules=names, perturbed=perturbed_kind, rho=cfg.rho,
+                                           rho_relative=cfg.rho_relative,
                                            lr=lr, batch_size=size, retain_weight=cfg.retain_weight,
                                            schedule="warmup-cosine" if cfg.schedule else "constant",
                                            weight_decay=cfg.weight_decay, harmful_data_used=False),

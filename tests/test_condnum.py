@@ -52,7 +52,8 @@ def test_regularisers_vanish_on_a_flat_spectrum_and_order_conditioning():
     assert float(well_conditioning(flat, 8)) > 0
     # The ill-conditioning term is an inverse: large for a flat spectrum, smaller as sigma_min falls behind.
     less_spread = torch.tensor([0.7, 0.2, 0.06, 0.04], dtype=torch.float64)
-    assert float(ill_conditioning(spread, 4)) < float(ill_conditioning(less_spread, 4)) < float(ill_conditioning(flat, 4))
+    ill = [float(ill_conditioning(values, 4)) for values in (spread, less_spread, flat)]
+    assert ill[0] < ill[1] < ill[2]
     # A batch of N rows spans at most N eigenvalues; the trace-normalised spectrum sums to 1.
     values = spectrum(torch.randn(5, 12, generator=torch.Generator().manual_seed(0)))
     assert len(values) == 5 and float(values.sum()) == pytest.approx(1.0) and bool((values[:-1] >= values[1:]).all())

@@ -257,7 +257,8 @@ def test_presets_name_every_linear_map_and_the_papers_five_layers():
         resolved = DEFENSES.resolve(f"specdef.{preset}")
         cfg = SpecDefConfig(**resolved.preset_args)
         assert (cfg.alpha, cfg.k) == (1e4, 25)
-        changed[preset] = SpecDef().apply(copy.deepcopy(llama), None, cfg, generator=torch.Generator().manual_seed(0)).layers
+        result = SpecDef().apply(copy.deepcopy(llama), None, cfg, generator=torch.Generator().manual_seed(0))
+        changed[preset] = result.layers
         # The preset's name is the row's label: the leaderboard says which setting each row is.
         spec = make_spec(task="vision-digits", defense=f"specdef.{preset}", attack="full-ft")
         assert spec.defense_label == f"specdef.{preset}"
