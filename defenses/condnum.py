@@ -17,10 +17,11 @@ overrides) and S = ΦᵀΦ / tr(ΦᵀΦ):
 
 S1 on benign, S2 on harmful rows. The first regulariser is ≥ 0 and vanishes when S1's spectrum is flat (κ = 1);
 the second is the inverse of a quantity that vanishes at κ = 1 and grows as σ_min(S2) falls, so minimising it
-raises κ(S2). K: the number of nonzero eigenvalues (S's numerical rank: at most min(N, D) for a batch of N rows of
-width D, fewer where features are dead), σ_min the smallest of them (the paper's code drops the eigenvalues under its
-1e-6 ridge to the same end). Eigenvalues in float64, as the paper's code. All parameters train (CE keeps the head and the allowed
-task; the regularisers act on the layers below the head).
+raises κ(S2). K is the feature dimension D, as in the paper's code (an earlier version here used S's numerical rank,
+at most min(N, D) for a batch of N rows); σ_min is the smallest *nonzero* eigenvalue (above the numerical-rank
+tolerance, where the paper's code drops the eigenvalues under its 1e-6 ridge to the same end), so a batch narrower
+than D (vision-digits tiny: 32 rows of width 128) still has a σ_min. Eigenvalues in float64, as the paper's code.
+All parameters train (CE keeps the head and the allowed task; the regularisers act on the layers below the head).
 
 Normalisation, and the rule that rescales the paper's weights (BASELINES.md: "normalise S by its trace at our
 scale"): the paper's terms use the raw S, whose trace t (Σ‖φ‖² over the batch) differs by orders of magnitude between
@@ -43,14 +44,22 @@ Paper defaults (MNIST): λ1 = 1, λ2 = 5e7, Adam lr 1e-3 (no schedule, no clippi
 λ's by the rule above, Adam (AdamW without decay) at 1e-3, no clipping, the task's attacker batch size, and 30
 epochs over the defender's benign batches (``steps=None``), at most ``max_steps``.
 
-Measured on vision-digits tiny (defaults: 150 steps, 450 forward-backward passes, about 2 s on a shared 2-core CPU;
-means of the first and last 10 steps): the harmful Gram matrix collapses toward one direction (its normalised term
-falls 73 → 64, its floor being 2K = 64; log10 κ(S2) 6.0 → 7.0) while κ(S1) rises too (log10 5.7 → 6.8: the layers
-are shared); retained allowed accuracy 0.996. An Adam linear probe (budget 500, lr 1, 0.3, 0.1, 0.01) then reaches
-at most 0.33 forbidden accuracy, where the released model's reaches τ = 0.8 in 375 steps at lr 0.3. Against the
-default suite (seed 0): the ``linear-probe`` family never harms it in 500 steps (undefended: 350, Adam at 0.0316),
-``head-reinit`` needs 50 steps (undefended 25), but full fine-tuning, outside its threat model, harms it as fast as
-the undefended model (worst case 10 steps, Muon at lr 0.1, against 10).
+Measured on vision-digits tiny (defaults: 150 steps, 450 forward-backward passes, about 3 s on a shared 2-core CPU):
+the harmful half works, the benign half does not. The report records log10 κ of each half's Gram matrix over the
+defender's whole split, released → defended (``log10_cond_{benign,harmful}_{released,defended}``): harmful
+11.4 → 12.8 (rises, as intended), but benign 7.3 → 11.3: **it rises too**, where the paper's benign term should
+lower it. The layers are shared and the harmful term dominates the gradient (its value is ~250 against the benign
+term's ≤ 1/2). The benign term itself has the right sign: alone (``lambda_ill=0``) it lowers benign κ, 7.3 → 6.8. A
+larger λ1 moves both halves as the paper intends (``lambda_well=1000``: benign 7.3 → 6.6, harmful 11.4 → 12.5,
+allowed accuracy 0.981 against 0.996), but its effect on the attacks is unmeasured, so the default stays the paper's
+λ1 = 1 (a knob for defender tuning). Retained allowed accuracy 0.996.
+
+Earlier measurement (K = the numerical rank, before the change to the paper's K = D; means of the first and last
+10 steps): the harmful normalised term fell 73 → 64; an Adam linear probe (budget 500, lr 1, 0.3, 0.1, 0.01) then
+reached at most 0.33 forbidden accuracy, where the released model's reaches τ = 0.8 in 375 steps at lr 0.3. Against
+the default suite (seed 0): the ``linear-probe`` family never harmed it in 500 steps (undefended: 350, Adam at
+0.0316), ``head-reinit`` needed 50 steps (undefended 25), but full fine-tuning, outside its threat model, harmed it
+as fast as the undefended model (worst case 10 steps, Muon at lr 0.1, against 10).
 """
 
 from __future__ import annotations
@@ -122,14 +131,17 @@ class CondNum(Defense):
         optimizer = outer_optimizer(model, cfg)
         benign_batches = endless(view, "benign", batch_size, generator)
         harmful_batches = endless(view, "harmful", batch_size, generator)
+        released_cond = {part: split_log10_condition(model, view, part, module) for part in ("benign", "harmful")}
         model.train()
         with TrainingLog("condnum", steps, progress=view.progress) as log:
             for step in range(1, steps + 1):
                 benign, harmful = next(benign_batches), next(harmful_batches)
                 ce = view.benign_loss(model, benign)
                 well_spectrum = spectrum(view.features(model, benign)[module])
-                ill_spectrum = spectrum(view.features(model, harmful)[module])
-                well, ill = well_conditioning(well_spectrum), ill_conditioning(ill_spectrum)
+                harmful_rows = view.features(model, harmful)[module]
+                ill_spectrum = spectrum(harmful_rows)
+                width = harmful_rows.shape[-1]  # K: the feature dimension, as the paper's code
+                well, ill = well_conditioning(well_spectrum, width), ill_conditioning(ill_spectrum, width)
                 loss = ce + cfg.lambda_well * well + lambda_ill * ill
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -140,9 +152,14 @@ class CondNum(Defense):
                            log10_cond_benign=log10_condition(well_spectrum),
                            log10_cond_harmful=log10_condition(ill_spectrum))
         model.eval()
+        defended_cond = {part: split_log10_condition(model, view, part, module) for part in ("benign", "harmful")}
         info = log.info(lr=cfg.lr, batch_size=batch_size, feature_module=module, lambda_well=cfg.lambda_well,
                         lambda_ill=lambda_ill, paper_lambda_ill=cfg.lambda_ill if cfg.scale_ill else None,
-                        harmful_trace=trace, simulated_attacker=None)
+                        harmful_trace=trace, simulated_attacker=None,
+                        log10_cond_benign_released=released_cond["benign"],
+                        log10_cond_benign_defended=defended_cond["benign"],
+                        log10_cond_harmful_released=released_cond["harmful"],
+                        log10_cond_harmful_defended=defended_cond["harmful"])
         return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
 
 
@@ -171,7 +188,9 @@ def mean_square_norm(model: nn.Module, view: DefenderView, part: str, module: st
 
 def spectrum(rows: torch.Tensor) -> torch.Tensor:
     """The nonzero eigenvalues of S = ΦᵀΦ / tr(ΦᵀΦ), descending, in float64: at most min(N, D) for N rows of width D,
-    fewer where the features span less (a dead ReLU unit), by the numerical-rank tolerance σ_max · max(N, D) · ε."""
+    fewer where the features span less (a dead ReLU unit), by the numerical-rank tolerance σ_max · max(N, D) · ε.
+    σ_min is the last of them (the paper's code takes the smallest eigenvalue above its 1e-6 ridge to the same end);
+    the zero eigenvalues still count in K, the feature width (see :func:`well_conditioning`)."""
     phi = rows.double()
     gram = phi.T @ phi
     values = torch.linalg.eigvalsh(gram / gram.trace().clamp_min(1e-30)).flip(0)[:min(phi.shape)]
@@ -179,16 +198,29 @@ def spectrum(rows: torch.Tensor) -> torch.Tensor:
     return values[values > tolerance]
 
 
-def well_conditioning(values: torch.Tensor) -> torch.Tensor:
-    """σ_max²/2 − Σσ²/2K: ≥ 0, zero for a flat spectrum (the paper's κ-minimising regulariser)."""
-    return values[0] ** 2 / 2 - values.pow(2).sum() / (2 * len(values))
+def well_conditioning(values: torch.Tensor, width: int) -> torch.Tensor:
+    """σ_max²/2 − ‖S‖_F²/2K with K = ``width``, the feature dimension (the paper's κ-minimising regulariser; its code
+    takes K from the features' width, and ‖S‖_F² = Σσ² over the nonzero eigenvalues ``values``): ≥ 0, zero only for
+    a flat spectrum of full rank K."""
+    return values[0] ** 2 / 2 - values.pow(2).sum() / (2 * width)
 
 
-def ill_conditioning(values: torch.Tensor) -> torch.Tensor:
-    """1 / (Σσ²/2K − σ_min²/2): falls as σ_min falls against the others (the paper's κ-maximising regulariser)."""
-    return 1 / (values.pow(2).sum() / (2 * len(values)) - values[-1] ** 2 / 2).clamp_min(1e-30)
+def ill_conditioning(values: torch.Tensor, width: int) -> torch.Tensor:
+    """1 / (‖S‖_F²/2K − σ_min²/2) with K = ``width`` (the paper's κ-maximising regulariser): falls as σ_min falls
+    against the others. Its denominator is positive while σ_min² < ‖S‖_F²/K, which an ill-conditioned harmful
+    spectrum satisfies by far (released vision-digits tiny: κ ≈ 1e6); outside that domain (a nearly flat spectrum of
+    rank below K) the paper's term changes sign, and this one is clamped to a large constant without gradient."""
+    return 1 / (values.pow(2).sum() / (2 * width) - values[-1] ** 2 / 2).clamp_min(1e-30)
 
 
 def log10_condition(values: torch.Tensor) -> float:
     """log10 κ = log10(σ_max / σ_min) of a nonzero spectrum, for the report."""
     return math.log10(float(values[0].detach()) / float(values[-1].detach()))
+
+
+@torch.no_grad()
+def split_log10_condition(model: nn.Module, view: DefenderView, part: str, module: str) -> float:
+    """log10 κ of the feature Gram matrix over all of the defender's fixed ``part`` batches (for the report: the
+    released and the defended model's conditioning of each half)."""
+    rows = torch.cat([view.features(model, batch)[module].detach() for batch in getattr(view, part)])
+    return log10_condition(spectrum(rows))

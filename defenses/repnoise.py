@@ -9,7 +9,21 @@ view's ``"pairs"`` stream: harmful targets, and the safe targets of the aligned 
 
     L = aligned_loss(aligned) + beta · mean_l MMD(h_l(harmful), N(0, I)) − alpha · log(1 + harmful_loss(harmful))
 
-where h_l are the features of the task's feature module l (:func:`~defenses._objectives.mmd_to_gaussian`), with AdamW.
+where h_l are the features of the task's feature module l (:func:`mmd_to_noise`), with AdamW.
+
+The MMD is the reference's (domenicrosati/representation-noising ``loss.py``): five Gaussian kernels whose
+bandwidths step by ×2 around the mean squared distance of the pooled sample (features and noise together), the
+biased estimator. (An earlier version here used fixed bandwidths at 1, 2, 4 × sqrt(D), which saturate when the
+features' scale is far from the noise's.)
+
+Deviation in the features (disclosed, not matched): the reference noises the output of every layer's *MLP sublayer*
+and treats each harmful *sequence* as one sample (its (tokens × hidden) states flattened, the positions outside the
+mask zeroed, against noise zeroed the same way). Here h_l are the task's feature modules, through the task-agnostic
+:attr:`~bench.contracts.DefenderView.features`: on the LLM tasks the decoder blocks' outputs (the residual stream,
+which the MLP's output is added into) with one row per response token; on vision, the hidden layers and on diffusion
+the UNet's decoder blocks, one flattened row per example. Reasons: MLP sublayers exist only in transformers, the view
+exposes response-token rows rather than padded sequences, and a per-sequence sample over zero-filled positions makes
+the MMD depend on padding; per-token rows also give the kernel estimate more samples than a batch of 8 sequences.
 
 Simplification: the paper's ascent term averages the harmful NLL of a logit lens applied at every layer (each hidden
 state through the final norm and the output embedding). That lens is specific to a transformer LM, so this
@@ -24,14 +38,14 @@ rate is a tenth of the smallest of the task's undefended-attacker learning rates
 scale of the learning rates its attacks used, 3e-5 to 1e-4); the steps are 10 × the undefended steps-to-harm, at
 most 150 (vision-digits tiny: 100 steps at lr 1e-4; LLM tiny tiers 150; diffusion tiny tiers 150).
 
-Measured on vision-digits tiny at lr 1e-3, before the rule took a tenth (seed 0, default suite; the defaults' numbers
-are in the README's baseline table):
-training 1.4 s (100 steps, 300 forward-backward passes), retained allowed accuracy 0.993; worst-case steps-to-harm 10
-(Muon at lr 0.316), the same as undefended: it falls to an optimizer/LR sweep, as the literature reports. Per family
-(undefended → repnoise): Adam 35 → 60, SGD 60 → 80, LoRA 85 → 310, adaptive attacks 35 → 45. The noising term hardly
-acts at the paper's beta (the harmful features' MMD to noise rises during training, 1.0 → 2.0); at beta = 1 or 100
-it falls (to 0.7 or 0.2), and an Adam attack at lr 1e-2 (budget 200, seed 0) harms in 50 or 30 steps (undefended
-35, default RepNoise 60): a stronger noising term makes it weaker here.
+Measured on vision-digits tiny at lr 1e-3, before the rule took a tenth and with the earlier fixed-bandwidth MMD
+(seed 0, default suite; the defaults' numbers are in the README's baseline table): training 1.4 s (100 steps, 300
+forward-backward passes), retained allowed accuracy 0.993; worst-case steps-to-harm 10 (Muon at lr 0.316), the same
+as undefended: it falls to an optimizer/LR sweep, as the literature reports. Per family (undefended → repnoise):
+Adam 35 → 60, SGD 60 → 80, LoRA 85 → 310, adaptive attacks 35 → 45. The noising term hardly acts at the paper's beta
+(the harmful features' MMD to noise rises during training, 1.0 → 2.0); at beta = 1 or 100 it falls (to 0.7 or 0.2),
+and an Adam attack at lr 1e-2 (budget 200, seed 0) harms in 50 or 30 steps (undefended 35, default RepNoise 60): a
+stronger noising term makes it weaker here.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ from torch import nn
 from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
-from defenses._objectives import bounded_ascent, mmd_to_gaussian
+from defenses._objectives import bounded_ascent
 from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
                                clip, endless, lr_for, outer_optimizer, require, steps_for)
 
@@ -113,17 +127,51 @@ class RepNoise(Defense):
         return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
 
 
+KERNEL_MULTIPLIER = 2.0
+KERNELS = 5
+"""The reference's MMD kernels: 5 Gaussian kernels whose bandwidths step by ×2 around the data's own scale."""
+
+
+def mmd_to_noise(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Squared MMD between ``rows`` (N, D) and N draws of N(0, I) from ``generator``, with the reference's kernels:
+    exp(−‖a − b‖² / b_i) summed over bandwidths b_i = m · 2^(i−2), i = 0..4, where m is the mean squared distance
+    between distinct points of the pooled sample (rows and noise together), taken without gradient; the biased
+    estimator mean(K_xx + K_yy − K_xy − K_yx). The bandwidth follows the data, so the term keeps its meaning at any
+    feature scale."""
+    x = rows.float()
+    noise = torch.randn(x.shape, generator=generator).to(x.device)
+    pooled = torch.cat([x, noise])
+    d2 = torch.cdist(pooled, pooled).pow(2)
+    n = len(pooled)
+    mean = d2.detach().sum() / max(n * n - n, 1)
+    base = mean / KERNEL_MULTIPLIER ** (KERNELS // 2)
+    kernel = sum(torch.exp(-d2 / (base * KERNEL_MULTIPLIER ** i).clamp_min(1e-12)) for i in range(KERNELS))
+    size = len(x)
+    xx, yy, xy = kernel[:size, :size], kernel[size:, size:], kernel[:size, size:]
+    return xx.mean() + yy.mean() - 2 * xy.mean()
+
+
 def noise_term(features: Mapping[str, torch.Tensor], generator: torch.Generator, max_rows: int) -> torch.Tensor:
-    """Mean over feature modules of MMD(rows, N(0, I)) (the paper averages over layers), on at most ``max_rows``
-    rows of each module drawn with ``generator``."""
+    """Mean over feature modules of MMD(rows, N(0, I)) (:func:`mmd_to_noise`; the paper averages over layers), on at
+    most ``max_rows`` rows of each module drawn with ``generator``."""
     terms = []
     for rows in features.values():
         if len(rows) > max_rows:
             rows = rows[torch.randperm(len(rows), generator=generator)[:max_rows].to(rows.device)]
-        terms.append(mmd_to_gaussian(rows, generator))
+        terms.append(mmd_to_noise(rows, generator))
     return torch.stack(terms).mean()
 
 
-def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / steps)))
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int,
+                    warmup: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps, after
+    a linear warm-up from 0 over the first ``warmup`` fraction of them (transformers' ``cosine`` schedule with
+    ``warmup_ratio``; Vaccine's scripts use 0.1)."""
+    ramp = int(math.ceil(warmup * steps))
+
+    def factor(done: int) -> float:
+        if done < ramp:
+            return (done + 1) / (ramp + 1)  # never 0, so the first step moves
+        return 0.5 * (1 + math.cos(math.pi * (done - ramp) / max(steps - ramp, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -7,8 +7,14 @@ it, so ``C W̃ = W``: the function is unchanged, while the loss Hessian's larges
 (≈ alpha² when C is trainable), so gradient steps at ordinary learning rates diverge or stall.
 
 Defaults: alpha = 1e4, k = 25, every linear map (``nn.Linear``, and transformers' transposed ``Conv1D`` in GPT-2;
-the replacement is always a pair of ``nn.Linear``) (the paper used ~5 random layers of Llama-3.1-8B: set
-``n_layers=5``). The maps are computed in float64 on the layer's device; their storage dtype is ``auto`` by default:
+the replacement is always a pair of ``nn.Linear``). That is *more* than the paper's setting, ~5 random layers of
+Llama-3.1-8B (α = 1e4, k = 25). Both ship as named presets, so that a leaderboard row's label says which it is:
+
+* ``specdef.all-linear``: every linear map (the defaults);
+* ``specdef.paper-5-layers``: 5 linear maps drawn with the run seed (``n_layers=5``), the paper's setting; a model
+  with fewer (the vision-digits tiny MLP has 3) has all of them changed, so there the two presets coincide in effect.
+
+The maps are computed in float64 on the layer's device; their storage dtype is ``auto`` by default:
 float32 for bfloat16/float16 models (in bf16, C W̃ reconstructs W with a relative error of 5–20 at alpha = 1e4 and a
 1B Llama's logits moved by 14), the model's own dtype otherwise. At large alpha float32 loses precision too (alpha =
 1e6 flips 1–3% of the digits MLP's predictions): ``dtype=float64`` stores W̃ and C in float64. The defense warns when
@@ -78,6 +84,8 @@ class SpecDef(Defense):
 
     Config = SpecDefConfig
     presets = {
+        "all-linear": {"alpha": 1e4, "k": 25, "n_layers": 0},
+        "paper-5-layers": {"alpha": 1e4, "k": 25, "n_layers": 5},
         "a1e2-k25": {"alpha": 1e2, "k": 25},
         "a1e4-k25": {"alpha": 1e4, "k": 25},
         "a1e6-k25-f64": {"alpha": 1e6, "k": 25, "dtype": "float64"},

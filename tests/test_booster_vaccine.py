@@ -105,3 +105,59 @@ def test_curve_reaches_the_metrics_file(name, tmp_path, cache):
     rows = table[table["phase"] == "defense"]
     assert set(rows["metric"]) >= {OBJECTIVE[name], "align", "retain"}
     assert sorted(set(rows["step"])) == list(range(1, smoke["steps"] + 1))
+
+
+def test_vaccine_perturbs_in_the_ascent_direction(digits):
+    """ε = +ρ·g/‖g‖ raises the alignment loss (the worst drift to first order): at every step the perturbed loss is
+    above the clean one (fails if the perturbation's sign flips, which would make the perturbation help)."""
+    curve = defend("vaccine", digits, steps=5, rho=0.05).curve
+    assert all(point["perturbed_align"] > point["align"] for point in curve)
+
+
+def test_vaccine_perturbs_attention_outputs_like_the_reference_else_the_feature_modules(digits):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from defenses.vaccine import attention_modules
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    assert attention_modules(llama) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    llama.model.layers[0].requires_grad_(False)
+    assert attention_modules(llama) == ["model.layers.1.self_attn"]  # only what the defense trains
+
+    class Outer(nn.Module):  # a ViT-style attention holding a nested self-attention: the outermost one is hooked
+        def __init__(self):
+            super().__init__()
+            self.inner = type("SelfAttention", (nn.Linear,), {})(2, 2)
+
+    outer = type("BlockAttention", (Outer,), {})
+    assert attention_modules(nn.Sequential(outer(), nn.Linear(2, 2))) == ["0"]
+    # The tiny digits MLP has no attention: its hidden layers, said so in the report.
+    info = defend("vaccine", digits, steps=2).info
+    assert info["perturbed"] == "features" and info["perturbed_modules"] == list(digits.defender_view().feature_modules)
+    assert info["schedule"] == "warmup-cosine"
+
+
+def test_warmup_cosine_schedule_ramps_then_decays_to_zero():
+    from defenses.repnoise import cosine_schedule
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = cosine_schedule(optimizer, 20, warmup=0.1)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert 0 < rates[0] < rates[1] < rates[2] == pytest.approx(1.0)  # two warm-up steps, then the peak
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:])) and rates[-1] < 0.01
+
+
+def test_booster_attenuation_penalty_shrinks_the_harmful_drop(digits):
+    """λ·[∇h(θ) − ∇h(θ′)] descends on h(θ) − h(θ′): the harmful loss's drop after the simulated harmful step shrinks,
+    against the same training without the penalty (fails if the penalty's sign flips: the drop then grows)."""
+    def late_drop(**args):
+        curve = defend("booster", digits, steps=20, lr=1e-3, **args).curve
+        return sum(point["harmful_drop"] for point in curve[-5:]) / 5
+
+    with_penalty, without = late_drop(), late_drop(lam=0.0)
+    assert with_penalty < 0.7 * without  # measured 1.18 against 2.54 (the first steps: 2.4)

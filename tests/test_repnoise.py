@@ -95,21 +95,45 @@ def test_ga_retain_raises_the_harmful_loss_and_keeps_utility(digits):
 
 
 def test_noise_term_pulls_harmful_features_toward_gaussian(digits):
-    # With the noising term alone (no ascent, no aligned loss weight to fight), the MMD must fall.
+    # With the noising term alone (no ascent, no aligned loss weight to fight), the MMD must fall (it rises if the
+    # noising term's sign flips).
     result = defend(digits, "repnoise", steps=40, alpha=0.0, beta=100.0, lr=1e-3)
     mmd = terms(result, "mmd")
-    assert mmd[-5:].mean() < 0.5 * mmd[:5].mean()
+    assert mmd[-5:].mean() < 0.8 * mmd[:5].mean()  # measured 2.65 -> 1.72
+
+
+def test_ascent_term_raises_the_harmful_loss(digits):
+    # With the ascent term alone the harmful loss must rise (it falls if the ascent term's sign flips).
+    result = defend(digits, "repnoise", steps=20, beta=0.0, lr=1e-3)
+    harmful = terms(result, "harmful_loss")
+    assert harmful[-5:].mean() > 1.2 * harmful[:5].mean()  # measured 16.0 -> 20.9
+
+
+def test_mmd_uses_the_references_data_driven_bandwidth():
+    from defenses.repnoise import mmd_to_noise
+
+    gen = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(256, 16, generator=gen)
+    shifted = gaussian + 3
+    near, far = (float(mmd_to_noise(rows, torch.Generator().manual_seed(1))) for rows in (gaussian, shifted))
+    assert near < 0.05 < far
+    # The bandwidth follows the pooled sample's own spread: features at 1000x the noise's scale are still measured
+    # (a fixed bandwidth at the noise's scale would see every kernel between them vanish, and the MMD get no
+    # gradient).
+    big = (gaussian * 1000).requires_grad_(True)
+    value = mmd_to_noise(big, torch.Generator().manual_seed(1))
+    value.backward()
+    assert float(value.detach()) > 10 * near and 0 < float(big.grad.abs().sum()) < float("inf")
 
 
 def test_noise_term_subsamples_long_row_sets_reproducibly():
-    from defenses._objectives import mmd_to_gaussian
-    from defenses.repnoise import noise_term
+    from defenses.repnoise import mmd_to_noise, noise_term
 
     rows = {"layer": torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)) + 3}
     few = [noise_term(rows, torch.Generator().manual_seed(1), max_rows=64) for _ in range(2)]
     assert torch.equal(few[0], few[1]) and float(few[0]) > 0.1  # shifted rows are far from N(0, I)
     whole = noise_term(rows, torch.Generator().manual_seed(1), max_rows=1000)
-    assert torch.equal(whole, mmd_to_gaussian(rows["layer"], torch.Generator().manual_seed(1)))
+    assert torch.equal(whole, mmd_to_noise(rows["layer"], torch.Generator().manual_seed(1)))
 
 
 def test_clear_errors_when_the_view_lacks_what_is_needed(digits):

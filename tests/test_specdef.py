@@ -238,3 +238,36 @@ def test_factored_forward_runs_a_hooked_or_wrapped_factor_itself():
     layer.factors[1].register_forward_hook(lambda module, inputs, output: output * 2)  # e.g. an adapter's extra term
     assert not layer._product_first(x)
     torch.testing.assert_close(layer(x), 2 * (plain - layer.bias) + layer.bias)
+
+
+def test_presets_name_every_linear_map_and_the_papers_five_layers():
+    from pathlib import Path
+
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.registry import DEFENSES
+    from bench.spec import make_spec
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    linear = [name for name, module in llama.named_modules() if isinstance(module, nn.Linear)]
+    changed = {}
+    for preset in ("all-linear", "paper-5-layers"):
+        resolved = DEFENSES.resolve(f"specdef.{preset}")
+        cfg = SpecDefConfig(**resolved.preset_args)
+        assert (cfg.alpha, cfg.k) == (1e4, 25)
+        result = SpecDef().apply(copy.deepcopy(llama), None, cfg, generator=torch.Generator().manual_seed(0))
+        changed[preset] = result.layers
+        # The preset's name is the row's label: the leaderboard says which setting each row is.
+        spec = make_spec(task="vision-digits", defense=f"specdef.{preset}", attack="full-ft")
+        assert spec.defense_label == f"specdef.{preset}"
+    assert list(changed["all-linear"]) == linear and len(linear) == 15
+    assert len(changed["paper-5-layers"]) == 5 and set(changed["paper-5-layers"]) < set(linear)
+    # The leaderboard sweep runs both, and the ledger's setting says which row is the paper's.
+    root = Path(__file__).resolve().parents[1]
+    sweep = yaml.safe_load((root / "experiments/sweeps/leaderboard-tiny.yaml").read_text())
+    setting = yaml.safe_load((root / "leaderboard/claims/specdef.yaml").read_text())["setting"]
+    for name in (d for d in sweep["defenses"] if str(d).startswith("specdef.")):
+        assert name in setting
+    assert "specdef.paper-5-layers" in sweep["defenses"] and "about 5 random layers" in setting
