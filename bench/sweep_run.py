@@ -22,6 +22,16 @@ class SweepReport:
     stopped: list[tuple[Planned, BenchError]] = field(default_factory=list)
 
     @property
+    def rerun(self) -> dict[str, list[str]]:
+        """Completed runs run again because their code changed, with the reasons."""
+        return {run_id: why for suite in self.suites for run_id, why in suite.rerun.items()}
+
+    @property
+    def kept_stale(self) -> dict[str, list[str]]:
+        """Completed runs kept (``allow_stale``) although their code changed, with the reasons."""
+        return {run_id: why for suite in self.suites for run_id, why in suite.kept_stale.items()}
+
+    @property
     def records(self) -> list[RunRecord]:
         """Every run once (a run shared by two suites, e.g. a resumed baseline, counts once)."""
         unique: dict[str, RunRecord] = {}
@@ -45,6 +55,7 @@ def run_sweep(
     *,
     on_suite: Callable[[int, Planned], None] | None = None,
     make_executor: Callable[[Session, str], Executor] | None = None,
+    allow_stale: bool = False,
 ) -> SweepReport:
     """Run every request of ``plan``; runs already completed in the results directory (by an earlier sweep, or an
     earlier request of this one) are not run again.
@@ -55,7 +66,8 @@ def run_sweep(
     next starts. A new task gets a fresh session and the previous one's models are released. ``make_executor(session,
     tier)`` gives each task its executor (default: in this process); ``on_suite(index, planned)`` is called for each
     request as its task starts. A request that stops on bad input found while building (e.g. a defense config that
-    matches no layer of this task) is recorded in ``stopped`` and the others go on.
+    matches no layer of this task) is recorded in ``stopped`` and the others go on. A completed run whose code
+    changed runs again, or with ``allow_stale`` is kept and marked stale (:func:`bench.suite.run_suites`).
     """
     report = SweepReport()
     for group in _task_groups(plan):
@@ -65,7 +77,8 @@ def run_sweep(
                 on_suite(index, planned)
         try:
             executor = make_executor(session, group[0][1].request.tier) if make_executor is not None else None
-            outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True)
+            outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True,
+                                   allow_stale=allow_stale)
         except BenchError as err:  # (no executor, or the results folder is unusable: the group's requests stop)
             outcomes = [err] * len(group)
         for (_, planned), outcome in zip(group, outcomes):
