@@ -104,14 +104,19 @@ def spec_plugins(spec: "RunSpec") -> list[tuple[str, str, type]]:
 
 def code_fingerprint(spec: "RunSpec") -> dict[str, Any]:
     """The fingerprint of the code a run of ``spec`` executes now (see the module docstring)."""
+    plugins = [dict(_plugin_record(kind, name, cls)) for kind, name, cls in spec_plugins(spec)]
+    return {"harness": harness_version(), "plugins": plugins, "libraries": library_versions()}
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_record(kind: str, name: str, cls: type) -> tuple[tuple[str, Any], ...]:
+    """A plugin's part of the fingerprint; memoised per class (its origin reads the source file: resume checks the
+    fingerprint of every completed run, thousands on a leaderboard)."""
     from bench.registry import REGISTRIES
 
-    plugins = []
-    for kind, name, cls in spec_plugins(spec):
-        info = REGISTRIES[f"{kind}s"].plugin_info(name)
-        plugins.append({"kind": kind, "name": name, "hash": plugin_version(cls), "builtin": info["builtin"],
-                        "origin": info["origin"], "overrides": info["overrides"]})
-    return {"harness": harness_version(), "plugins": plugins, "libraries": library_versions()}
+    info = REGISTRIES[f"{kind}s"].plugin_info(name)
+    return (("kind", kind), ("name", name), ("hash", plugin_version(cls)), ("builtin", info["builtin"]),
+            ("origin", info["origin"]), ("overrides", info["overrides"]))
 
 
 def overrides(fingerprint: Mapping[str, Any]) -> list[str]:
