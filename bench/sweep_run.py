@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from bench.errors import BenchError, DataError
 from bench.executors import Executor
 from bench.results import RUN_JSON, completed_run_ids, read_run_json
 from bench.runner import Session
+from bench.spec import RunSpec
 from bench.suite import RunRecord, SuiteReport, run_suites
 from bench.sweep import Plan, Planned
 
@@ -133,13 +134,20 @@ def sweep_run_ids(plan: Plan, results_dir: str | Path) -> tuple[list[str], int]:
     return found, missing
 
 
-def run_states(results_dir: str | Path, run_ids: Iterable[str]) -> dict[str, str]:
-    """``done`` (completed: a sweep skips it), ``failed`` (recorded as failed: a sweep runs it again) or ``todo``."""
+def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[str, RunSpec] = {}) -> dict[str, str]:
+    """``done`` (completed: a sweep skips it), ``stale`` (completed by code other than the current: a sweep runs it
+    again, unless --allow-stale; known for the runs whose spec is in ``specs``), ``failed`` (recorded as failed: a
+    sweep runs it again) or ``todo``."""
+    from bench.fingerprint import changes, code_fingerprint
+
     results_dir = Path(results_dir)
     done = completed_run_ids(results_dir)
     states = {}
     for run_id in run_ids:
-        if run_id in done:
+        if run_id in done and run_id in specs and changes(read_run_json(results_dir / run_id).get("fingerprint"),
+                                                          code_fingerprint(specs[run_id])):
+            states[run_id] = "stale"
+        elif run_id in done:
             states[run_id] = "done"
         elif (results_dir / run_id / RUN_JSON).is_file() and _recorded_failed(results_dir / run_id):
             states[run_id] = "failed"

@@ -105,3 +105,15 @@ def test_the_stage_cache_and_run_provenance_key_on_one_library_list():
     assert stage_cache.LIBRARIES is fingerprint.LIBRARIES
     assert stage_cache.library_versions is fingerprint.library_versions
     assert set(fingerprint.LIBRARIES) <= set(provenance.library_versions())
+
+
+def test_a_dry_run_lists_a_completed_run_of_other_code_as_stale(tmp_path, isolated_registries):
+    from bench import results
+    from bench.sweep_run import run_states
+
+    spec, other = _spec(), make_spec(task="vision-digits", defense="none", attack="full-ft", seed=1)
+    for run, fp in ((spec, code_fingerprint(spec)), (other, {**code_fingerprint(other), "harness": "0.0+old"})):
+        results.write_run(tmp_path / run.run_id, {"run_id": run.run_id, "status": "success", "spec": run.to_json(),
+                                                  "fingerprint": fp}, results.to_table({"run_id": run.run_id}, []))
+    states = run_states(tmp_path, [spec.run_id, other.run_id], {s.run_id: s for s in (spec, other)})
+    assert states == {spec.run_id: "done", other.run_id: "stale"}
