@@ -121,7 +121,7 @@ def _plugin_record(kind: str, name: str, cls: type) -> tuple[tuple[str, Any], ..
 
 def overrides(fingerprint: Mapping[str, Any]) -> list[str]:
     """One line per plugin of a fingerprint that replaced another with ``override=True`` (what provenance shows)."""
-    return [f"{p['kind']} {p['name']!r} ({p['origin'].split('; OVERRIDES')[0]}) overrides {p['overrides']}"
+    return [f"{p['kind']} {p['name']!r} ({p['origin']}) overrides {p['overrides']}"
             for p in fingerprint.get("plugins", []) if p.get("overrides")]
 
 

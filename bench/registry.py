@@ -261,9 +261,14 @@ class Registry(Generic[T]):
         return self._entries[name].summary
 
     def origin(self, name: str) -> str:
-        """Where a plugin comes from: ``file:line`` once loaded, else its distribution or lazy target."""
+        """Where a plugin comes from: ``file:line`` once loaded, else its distribution or lazy target; marked
+        ``OVERRIDES <the replaced plugin's origin>`` when it was registered with ``override=True``."""
         self.discover()
         entry = self._entries[name]
+        where = self._where(entry)
+        return f"{where}; OVERRIDES {entry.overrides}" if entry.overrides else where
+
+    def _where(self, entry: _Entry) -> str:
         if entry.target is not None:
             try:
                 file = inspect.getsourcefile(entry.target)
@@ -271,17 +276,15 @@ class Registry(Generic[T]):
                 where = f"{_short_path(file)}:{line}"
             except (OSError, TypeError):
                 where = f"{entry.target.__module__}:{entry.target.__qualname__}"
-            where = f"{where} ({entry.dist})" if entry.dist else where
-        else:
-            where = self._describe(entry)
-        return f"{where}; OVERRIDES {entry.overrides}" if entry.overrides else where
+            return f"{where} ({entry.dist})" if entry.dist else where
+        return self._describe(entry)
 
     def plugin_info(self, name: str) -> dict[str, Any]:
         """What a run records about the plugin registered as ``name``: where it comes from, whether it is one of
         the harness's built-ins, and what it replaced with ``override=True`` (None: nothing)."""
         self.discover()
         entry = self._entries[name]
-        return {"origin": self.origin(name), "builtin": entry.builtin, "dist": entry.dist,
+        return {"origin": self._where(entry), "builtin": entry.builtin, "dist": entry.dist,
                 "overrides": entry.overrides}
 
     def load_error(self, name: str) -> str | None:
