@@ -33,7 +33,7 @@ LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "safetensors", "peft
 """The libraries whose versions key the stage cache and every run's fingerprint (peft: the LoRA attacks)."""
 
 
-def _digest_files(paths: list[Path], root: Path) -> str:
+def digest_files(paths: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(str(path.relative_to(root)).encode() + b"\0")
@@ -48,7 +48,7 @@ def harness_version() -> str:
 
     root = Path(bench.__file__).parent
     files = sorted(p for p in root.rglob("*.py") if "cli" not in p.relative_to(root).parts[:-1])
-    return f"{bench.__version__}+{_digest_files(files, root)[:16]}"
+    return f"{bench.__version__}+{digest_files(files, root)[:16]}"
 
 
 def plugin_files(cls: type) -> tuple[Path, list[Path]] | None:
@@ -77,7 +77,12 @@ def plugin_version(cls: type) -> str | None:
     if found is None:
         return None
     root, files = found
-    return hashlib.sha256(f"{cls.__module__}:{cls.__qualname__}:{_digest_files(files, root)}".encode()).hexdigest()[:16]
+    return source_hash(f"{cls.__module__}:{cls.__qualname__}", files, root)
+
+
+def source_hash(target: str, files: list[Path], root: Path) -> str:
+    """The hash of a plugin's code: its class (``module:Qualname``) and its files, named relative to ``root``."""
+    return hashlib.sha256(f"{target}:{digest_files(files, root)}".encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,7 +143,8 @@ def changes(recorded: Any, current: Mapping[str, Any]) -> list[str]:
         if old is None or old.get("hash") != plugin["hash"]:
             reasons.append(f"{plugin['kind']} {plugin['name']!r} source changed")
         elif bool(old.get("overrides")) != bool(plugin["overrides"]):
-            reasons.append(f"{plugin['kind']} {plugin['name']!r} is now {'an override' if plugin['overrides'] else 'the registered plugin'}")
+            now = "an override" if plugin["overrides"] else "the registered plugin"
+            reasons.append(f"{plugin['kind']} {plugin['name']!r} is now {now}")
     libraries = recorded.get("libraries") if isinstance(recorded.get("libraries"), Mapping) else {}
     for name, version in current["libraries"].items():
         if libraries.get(name) != version:

@@ -144,7 +144,7 @@ class Registry(Generic[T]):
             filling_placeholder = existing.target is None and existing.lazy == target
             same_class = existing.target is cls
             if existing.replaced_target == target:
-                return  # the replaced plugin's module was imported after all (e.g. by another built-in): keep the override
+                return  # the replaced plugin's module is imported after all (another built-in needs it): keep the override
             if not (filling_placeholder or same_class):
                 overrides = self._replaced(name, f"{cls.__qualname__} at {_source_of(cls)}", override)
                 existing = _Entry(name=name, overrides=overrides, replaced_target=_target_of(existing))

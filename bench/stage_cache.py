@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bench.cache import Cache, CacheEntry, directory_size, file_lock, make_temp_entry
-from bench.fingerprint import LIBRARIES, harness_version, library_versions, plugin_version  # noqa: F401 - one definition of "the code"
+# One definition of "the code" for stage keys and run fingerprints (re-exported: LIBRARIES, library_versions).
+from bench.fingerprint import LIBRARIES, harness_version, library_versions, plugin_version  # noqa: F401
 
 log = logging.getLogger(__name__)
 

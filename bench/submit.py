@@ -16,7 +16,8 @@
   ``claim``).
 
 :func:`copy_submission` then copies the run directories (and claims files, to ``claims/<defense>.yaml``, and the
-sources of the plugins that are not built in, to ``code/``, hash-checked) into the submissions folder, which ``bench leaderboard`` reads and marks as submitted (:mod:`leaderboard.sources`).
+sources of the plugins that are not built in, to ``code/``, hash-checked) into the submissions folder, which
+``bench leaderboard`` reads and marks as submitted (:mod:`leaderboard.sources`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import defaultdict
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bench.errors import BenchError, DataError
-from bench.fingerprint import _digest_files, plugin_files, plugin_version
+from bench.fingerprint import plugin_files, plugin_version, source_hash
 from bench.results import read_run_json, run_directories
 from bench.spec import RunSpec
 
@@ -124,8 +123,8 @@ def _check_plugin(check: CodeCheck, kind: str, name: str, entries: Mapping[str, 
     try:
         cls = registry.get(name)
     except (BenchError, AttributeError) as err:
-        check.problems.append(f"{kind} {name!r} cannot be loaded here ({str(err).splitlines()[0] if str(err) else err}):"
-                              " pass its plugin file with --plugin FILE")
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        check.problems.append(f"{kind} {name!r} cannot be loaded here ({why}): pass its plugin file with --plugin FILE")
         return
     info = registry.plugin_info(name)
     now = plugin_version(cls)
@@ -175,7 +174,7 @@ def copy_code(check: CodeCheck, into: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(file, target)
             copied.append(target)
-        digest = hashlib.sha256(f"{source.target}:{_digest_files(copied, folder)}".encode()).hexdigest()[:16]
+        digest = source_hash(source.target, copied, folder)
         if digest != source.hash:
             raise DataError(f"{source.kind} {source.name!r}: its files changed while they were copied (hash {digest}, "
                             f"the runs recorded {source.hash}); nothing submitted")

@@ -66,14 +66,16 @@ def run_cli(*argv):
     return main([str(a) for a in argv])
 
 
-def test_valid_folder_is_copied_with_its_plugin_source_and_shown_marked_on_the_leaderboard(tmp_path, plugin, claims, capsys):
+def test_valid_folder_is_copied_with_its_plugin_source_and_shown_on_the_leaderboard(tmp_path, plugin, claims,
+                                                                                    capsys):
     folder, into, local = tmp_path / "results", tmp_path / "submissions", tmp_path / "local"
     write_suite(folder, "mine", [0, 1, 2], steps=40)
     assert run_cli("submit", folder, "--name", "my-lab", "--claims", claims, "--into", into) == 0
     out = capsys.readouterr().out
     target = into / "my-lab"
     assert f"copied to {target}" in out and "git checkout -b submission/my-lab" in out
-    assert sorted(p.name for p in target.iterdir() if p.name not in ("claims", "code")) == sorted(p.name for p in folder.iterdir())
+    copied = sorted(p.name for p in target.iterdir() if p.name not in ("claims", "code"))
+    assert copied == sorted(p.name for p in folder.iterdir())
     assert (target / "claims" / "mine.yaml").read_text() == claims.read_text()
     assert (target / "code" / "defense-mine" / plugin.name).read_text() == plugin.read_text()  # the plugin's source
     manifest = json.loads((target / "code" / "manifest.json").read_text())

@@ -27,7 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="submissions folder (default: leaderboard/submissions of this checkout)")
     p.add_argument("--force", action="store_true", help="replace an existing submission of the same name")
     p.add_argument("--new-task", action="store_true",
-                   help="allow a task that is not in the harness: its plugin (--plugin FILE) is submitted with the runs")
+                   help="allow a task that is not in the harness: its plugin (--plugin FILE) is submitted with the "
+                        "runs")
     p.add_argument("--custom-task-settings", action="store_true",
                    help="allow runs whose task settings differ from the official ones (recorded in the submission's "
                         "code/manifest.json)")
