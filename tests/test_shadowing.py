@@ -56,6 +56,14 @@ def test_every_command_refuses_a_plugin_file_that_registers_specdef(tmp_path, ca
     assert not (tmp_path / "r").exists()  # nothing ran
 
 
+def test_a_lazy_target_cannot_take_a_builtin_name_but_may_override_it(isolated_registries):
+    with pytest.raises(PluginError, match=r"'specdef' is already registered by built-in defenses.specdef:SpecDef; "
+                                          r"my_module:Thing cannot register"):
+        DEFENSES.register("specdef", target="my_module:Thing")
+    DEFENSES.register("specdef", target="my_module:Thing", override=True)
+    assert DEFENSES.origin("specdef") == "my_module:Thing; OVERRIDES built-in defenses.specdef:SpecDef"
+
+
 def test_two_plugin_files_cannot_share_a_name(tmp_path, isolated_registries):
     load_plugin(_plugin(tmp_path, "twin-def", file="first.py"))
     with pytest.raises(PluginError, match=r"'twin-def' is already registered by Impostor at .*first\.py:\d+; "
