@@ -21,7 +21,6 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
-import json
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -164,7 +163,7 @@ def mark_stale(directory: Path, reasons: Iterable[str]) -> None:
     """Record in ``directory``'s ``run.json`` whether its result is kept although the code changed: ``stale`` (the
     field the leaderboard reads) and ``stale_reasons``; no reasons clears the mark. Rewritten atomically, like every
     run.json, and only when the mark changes."""
-    from bench.results import RUN_JSON, _atomic_write_bytes, read_run_json
+    from bench.results import read_run_json, rewrite_run_json
 
     info = read_run_json(directory)
     reasons = list(reasons)
@@ -175,8 +174,16 @@ def mark_stale(directory: Path, reasons: Iterable[str]) -> None:
         info["stale_reasons"] = reasons
     else:
         info.pop("stale_reasons", None)
-    text = json.dumps(info, indent=2, sort_keys=True, default=str, allow_nan=True)
-    _atomic_write_bytes(Path(directory) / RUN_JSON, lambda tmp: Path(tmp).write_text(text))
+    rewrite_run_json(directory, info)
+
+
+def retire(directory: Path) -> None:
+    """Remove the completion marker (``run.json``) of a run about to run again because its code changed: nothing
+    that looks for a recorded success (another driver sharing the folder, the run's own claim on its directory) may
+    hand the old code's result back in place of the new run."""
+    from bench.results import RUN_JSON
+
+    (Path(directory) / RUN_JSON).unlink(missing_ok=True)
 
 
 def resume_lines(rerun: Mapping[str, list[str]], kept_stale: Mapping[str, list[str]]) -> list[str]:

@@ -20,11 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 from bench.errors import BenchError
 from bench.executors import Executor, InProcessExecutor
-from bench.fingerprint import changes, code_fingerprint, mark_stale
+from bench.fingerprint import changes, code_fingerprint, mark_stale, retire
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
     Planner, RunRecord, attack_sweeps, best_probe_lrs, decades, defenses_of, probe_score, refinement, spec_of,
 )
-from bench.results import RUN_JSON, check_writable, completed_run_ids, read_run_json
+from bench.results import check_writable, completed_run_ids, read_run_json
 from bench.runner import Session
 from bench.spec import RunSpec
 
@@ -181,9 +181,7 @@ class _Pool:
         if reasons and not self.allow_stale:
             self.rerun[spec.run_id] = reasons
             self.done.discard(spec.run_id)
-            # Its completion marker goes: nothing that looks for a recorded success (another driver sharing the
-            # folder, the run's own claim on it) may hand the old code's result back in place of the new run.
-            (directory / RUN_JSON).unlink(missing_ok=True)
+            retire(directory)
             return False
         if reasons:
             self.kept_stale[spec.run_id] = reasons
