@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 from bench.executors import Executor, InProcessExecutor
 from bench.fingerprint import changes, code_fingerprint, mark_stale, retire
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
@@ -177,7 +177,12 @@ class _Pool:
         if spec.run_id not in self.done:
             return False
         directory = self.session.results_dir / spec.run_id
-        reasons = changes(read_run_json(directory).get("fingerprint"), code_fingerprint(spec))
+        try:
+            recorded = read_run_json(directory).get("fingerprint")
+        except DataError:  # another driver sharing the folder retired it meanwhile, to run it again
+            self.done.discard(spec.run_id)
+            return False
+        reasons = changes(recorded, code_fingerprint(spec))
         if reasons and not self.allow_stale:
             self.rerun[spec.run_id] = reasons
             self.done.discard(spec.run_id)
