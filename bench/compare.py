@@ -108,6 +108,7 @@ def compare(
     make_executor: Callable[[Session, str], Executor] | None = None,
     on_suite: Callable[[int, Planned], None] | None = None,
     site_dir: str | Path | None = None,
+    allow_stale: bool = False,
 ) -> CompareReport:
     """Run what is missing of ``comparison`` (:func:`plan_comparison`), aggregate its runs and write the leaderboard.
 
@@ -120,7 +121,8 @@ def compare(
 
     results_dir = Path(results_dir)
     session = make_session or (lambda: Session(results_dir=results_dir))
-    report = run_sweep(comparison.plan, session, on_suite=on_suite, make_executor=make_executor)
+    report = run_sweep(comparison.plan, session, on_suite=on_suite, make_executor=make_executor,
+                       allow_stale=allow_stale)
     board = build(results_dir, report.run_ids).board
     site = write_outputs(results_dir, site_dir or results_dir / SITE_FOLDER) if report.records else []
     return CompareReport(comparison, report, board, comparison_table(board, comparison.defense_hash), site)

@@ -1,4 +1,6 @@
-"""Provenance recorded in every run.json: code version (git SHA, dirty flag), library versions, device, resources."""
+"""Provenance recorded in every run.json: code version (git SHA, dirty flag), library versions, device, resources,
+and the plugins that replaced another with ``override=True`` (``overrides``; the code fingerprint itself is
+:mod:`bench.fingerprint`)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import bench
+from bench.fingerprint import LIBRARIES as KEYED_LIBRARIES
 
-LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "peft", "datasets", "lm_eval", "pyarrow", "pandas", "safetensors")
+LIBRARIES = KEYED_LIBRARIES + ("datasets", "lm_eval", "pyarrow", "pandas")
+"""Recorded for information: those the fingerprint keys on, and the libraries that read data and write results."""
 
 
 @lru_cache(maxsize=1)
@@ -112,5 +116,7 @@ def peak_memory_mb(since_reset: bool = False) -> dict[str, float | str]:
     return peak
 
 
-def provenance(device: str | None = None) -> dict[str, Any]:
-    return {**code_version(), "libraries": library_versions(), **device_info(device)}
+def provenance(device: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """``overrides``: one line per plugin of the run registered with ``override=True`` over another
+    (:func:`bench.fingerprint.overrides`); an empty list when none did."""
+    return {**code_version(), "libraries": library_versions(), **device_info(device), "overrides": overrides or []}

@@ -6,6 +6,13 @@ loading a Python file (``--plugin path.py``). Lazy targets and entry points stay
 asked for, so listing plugins never imports torch and a broken third-party package cannot break ``bench ls``;
 asking for the broken plugin raises a :class:`PluginError`. A registry may also resolve composite names
 (``a+b``, defenses only: :mod:`bench.composition`), which are built on demand and never listed.
+
+No silent shadowing: a name is registered once, whoever registers it and in whatever order. The built-in names
+are reserved before any registration (every ``register`` call first runs :meth:`Registry.discover`), so a plugin
+file loaded before the built-ins are looked at cannot take a built-in's name, and an entry point whose name is
+taken is an error too. Each such error names both origins. ``register(name, override=True)`` is the only way to
+replace a plugin; the replacement is recorded (:meth:`Registry.plugin_info`, in every run's provenance) and shown
+by :meth:`Registry.origin` (so ``bench ls`` marks it).
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class _Entry:
     dist: str | None = None  # "package==version" for entry points
     summary: str = ""
     load_error: str | None = None
+    builtin: bool = False  # one of the harness's own plugins (bench.builtins), not replaced
+    overrides: str | None = None  # the origin of the plugin this one replaced with override=True
+    replaced_target: str | None = None  # that plugin's "module:Attr"
 
 
 @dataclass(frozen=True)
@@ -82,42 +92,62 @@ class Registry(Generic[T]):
         self._discovered = False
 
     # -- registration -------------------------------------------------------------------------------
-    def register(self, name: str, *, summary: str | None = None, target: str | None = None, dist: str | None = None):
+    def register(self, name: str, *, summary: str | None = None, target: str | None = None, dist: str | None = None,
+                 override: bool = False):
         """Register a plugin class under ``name``.
 
         ``@REG.register("name")`` decorates a class; ``REG.register("name", target="module:Attr")`` adds a lazy
-        placeholder that is imported the first time the name is asked for. A name may be registered once; the
-        only exception is a placeholder being filled by the class its target points at.
+        placeholder that is imported the first time the name is asked for. A name may be registered once (built-in
+        names are taken from the start); the only exception is a placeholder being filled by the class its target
+        points at. ``override=True`` replaces an existing plugin deliberately: every run records it.
         """
         if not NAME_PATTERN.match(name):
             raise PluginError(f"{self.kind} name {name!r} must be lower-kebab-case (letters, digits, '-')")
+        self.discover()  # the built-in names and entry points are taken before anything else registers
         if target is not None:
-            self._add_placeholder(name, target, summary or "", dist)
+            self._add_placeholder(name, target, summary or "", dist, override=override)
             return None
 
         def decorator(cls):
-            self._add_class(name, cls, summary)
+            self._add_class(name, cls, summary, override=override)
             return cls
 
         return decorator
 
-    def _add_placeholder(self, name: str, target: str, summary: str, dist: str | None) -> None:
-        existing = self._entries.get(name)
-        if existing is not None and not (existing.target is None and existing.lazy == target):
-            raise PluginError(f"{self.kind} {name!r} is already registered ({self._describe(existing)})")
-        self._entries[name] = _Entry(name=name, lazy=target, summary=summary, dist=dist)
+    def _replaced(self, name: str, new: str, override: bool) -> str | None:
+        """The origin of the entry ``name`` that registering ``new`` replaces (None: nothing is replaced); an error
+        naming both origins unless ``override``."""
+        existing = self._entries[name]
+        old = self._describe(existing)
+        if not override:
+            raise PluginError(
+                f"{self.kind} {name!r} is already registered by {old}; {new} cannot register the same name "
+                f"(choose another name, or register(..., override=True) to replace it: every run records that)")
+        return old
 
-    def _add_class(self, name: str, cls: type, summary: str | None) -> None:
+    def _add_placeholder(self, name: str, target: str, summary: str, dist: str | None, *, override: bool = False,
+                         builtin: bool = False) -> None:
+        existing = self._entries.get(name)
+        if existing is not None and existing.target is None and existing.lazy == target:
+            return  # the same placeholder again
+        overrides = None
+        if existing is not None:
+            overrides = self._replaced(name, f"{'entry point ' + dist + ', ' if dist else ''}{target}", override)
+        self._entries[name] = _Entry(name=name, lazy=target, summary=summary, dist=dist, builtin=builtin,
+                                     overrides=overrides, replaced_target=existing and _target_of(existing))
+
+    def _add_class(self, name: str, cls: type, summary: str | None, *, override: bool = False) -> None:
         existing = self._entries.get(name)
         target = f"{cls.__module__}:{cls.__qualname__}"
+        overrides = None
         if existing is not None:
             filling_placeholder = existing.target is None and existing.lazy == target
             same_class = existing.target is cls
+            if existing.replaced_target == target:
+                return  # the replaced plugin's module is imported after all (another built-in needs it): keep the override
             if not (filling_placeholder or same_class):
-                raise PluginError(
-                    f"{self.kind} {name!r} is already registered ({self._describe(existing)}); "
-                    f"cannot register {target} under the same name"
-                )
+                overrides = self._replaced(name, f"{cls.__qualname__} at {_source_of(cls)}", override)
+                existing = _Entry(name=name, overrides=overrides, replaced_target=_target_of(existing))
         self._validate(name, cls)
         entry = existing or _Entry(name=name)
         entry.target = cls
@@ -153,18 +183,26 @@ class Registry(Generic[T]):
         """Add the builtin placeholders and every installed entry point of this registry's group (once)."""
         if self._discovered:
             return
-        self._discovered = True
-        for name, target, summary in self._builtins():
-            if name not in self._entries:
-                self._add_placeholder(name, target, summary, None)
-        for ep in importlib.metadata.entry_points(group=self.group):
-            dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist is not None else None
-            if ep.name in self._entries:
-                continue  # an explicit registration wins over a stale entry point of the same name
-            try:
-                self._add_placeholder(ep.name, ep.value, "", dist)
-            except PluginError as err:  # a malformed third-party name must not break discovery
-                self._entries[ep.name] = _Entry(name=ep.name, lazy=ep.value, dist=dist, load_error=str(err))
+        self._discovered = True  # (first: registering the built-ins must not discover again)
+        try:
+            for name, target, summary in self._builtins():
+                if name in self._entries:  # only a test's restored registry, or a second discovery, gets here
+                    continue
+                self._add_placeholder(name, target, summary, None, builtin=True)
+            for ep in importlib.metadata.entry_points(group=self.group):
+                dist = f"{ep.dist.name}=={ep.dist.version}" if ep.dist is not None else None
+                existing = self._entries.get(ep.name)
+                if existing is not None and (existing.lazy == ep.value or _target_of(existing) == ep.value):
+                    existing.dist = existing.dist or dist  # the package registered itself, by decorator or twice
+                    continue
+                if not NAME_PATTERN.match(ep.name):  # a malformed third-party name must not break discovery
+                    self._entries[ep.name] = _Entry(name=ep.name, lazy=ep.value, dist=dist, load_error=(
+                        f"{self.kind} name {ep.name!r} must be lower-kebab-case (letters, digits, '-')"))
+                    continue
+                self._add_placeholder(ep.name, ep.value, "", dist)  # a taken name: an error naming both
+        except PluginError:
+            self._discovered = False  # every later command reports the conflict again
+            raise
 
     # -- lookup -------------------------------------------------------------------------------------
     def names(self, pattern: str = "*") -> list[str]:
@@ -227,9 +265,14 @@ class Registry(Generic[T]):
         return self._entries[name].summary
 
     def origin(self, name: str) -> str:
-        """Where a plugin comes from: ``file:line`` once loaded, else its distribution or lazy target."""
+        """Where a plugin comes from: ``file:line`` once loaded, else its distribution or lazy target; marked
+        ``OVERRIDES <the replaced plugin's origin>`` when it was registered with ``override=True``."""
         self.discover()
         entry = self._entries[name]
+        where = self._where(entry)
+        return f"{where}; OVERRIDES {entry.overrides}" if entry.overrides else where
+
+    def _where(self, entry: _Entry) -> str:
         if entry.target is not None:
             try:
                 file = inspect.getsourcefile(entry.target)
@@ -240,16 +283,26 @@ class Registry(Generic[T]):
             return f"{where} ({entry.dist})" if entry.dist else where
         return self._describe(entry)
 
+    def plugin_info(self, name: str) -> dict[str, Any]:
+        """What a run records about the plugin registered as ``name``: where it comes from, whether it is one of
+        the harness's built-ins, and what it replaced with ``override=True`` (None: nothing)."""
+        self.discover()
+        entry = self._entries[name]
+        return {"origin": self._where(entry), "builtin": entry.builtin, "dist": entry.dist,
+                "overrides": entry.overrides}
+
     def load_error(self, name: str) -> str | None:
         self.discover()
         return self._entries[name].load_error
 
     def _describe(self, entry: _Entry) -> str:
+        if entry.builtin:
+            return f"built-in {entry.lazy}"
         if entry.dist:
-            return f"{entry.dist}, {entry.lazy}"
-        if entry.lazy:
-            return entry.lazy
-        return f"{entry.target.__module__}:{entry.target.__qualname__}"
+            return f"entry point {entry.dist}, {entry.lazy}"
+        if entry.target is not None:
+            return f"{entry.target.__qualname__} at {_source_of(entry.target)}"
+        return entry.lazy
 
     def _unknown_message(self, name: str, choices: list[str], what: str | None = None) -> str:
         what = what or self.kind
@@ -264,6 +317,19 @@ class Registry(Generic[T]):
 
     def restore(self, state: tuple[dict[str, _Entry], bool]) -> None:
         self._entries, self._discovered = state
+
+
+def _target_of(entry: _Entry) -> str | None:
+    """The ``module:Attr`` an entry stands for: its class's, or its lazy target's while it is a placeholder."""
+    return f"{entry.target.__module__}:{entry.target.__qualname__}" if entry.target is not None else entry.lazy
+
+
+def _source_of(cls: type) -> str:
+    """``file:line`` of a class (a plugin file's path as the user wrote it is what they recognise)."""
+    try:
+        return f"{_short_path(inspect.getsourcefile(cls))}:{inspect.getsourcelines(cls)[1]}"
+    except (OSError, TypeError):
+        return "no source file"
 
 
 def _first_line(doc: str | None) -> str:

@@ -142,6 +142,12 @@ def write_run(directory: Path, run_json: Mapping[str, Any], table: pa.Table) -> 
     _atomic_write_bytes(directory / RUN_JSON, lambda tmp: Path(tmp).write_text(text))
 
 
+def rewrite_run_json(directory: Path, run_json: Mapping[str, Any]) -> None:
+    """Replace a recorded run's ``run.json`` (atomically), e.g. to mark it stale (:func:`bench.fingerprint.mark_stale`)."""
+    text = json.dumps(run_json, indent=2, sort_keys=True, default=str, allow_nan=True)
+    _atomic_write_bytes(Path(directory) / RUN_JSON, lambda tmp: Path(tmp).write_text(text))
+
+
 def read_run_json(directory: Path) -> dict[str, Any]:
     path = Path(directory) / RUN_JSON
     if not path.is_file():

@@ -9,7 +9,8 @@ plugin becomes a ``failed`` run whose error is recorded; results are written eit
 A defended model that is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`, e.g. a
 chat model that was never safety-tuned) is not attacked: its run records steps-to-harm 0 and the reason. Every run
 records the seconds of each part of the stages it used (``stage_seconds`` in run.json) and where each stage came
-from (``stage_source``: built, read from the disk cache, or already in memory from an earlier run).
+from (``stage_source``: built, read from the disk cache, or already in memory from an earlier run), and the
+fingerprint of the code that made it (``fingerprint``, :mod:`bench.fingerprint`), which resume checks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from bench import results
 from bench.errors import PluginError
+from bench.fingerprint import code_fingerprint, overrides
 from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
@@ -312,6 +314,7 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
             extra: dict[str, Any] | None = None, peak_scoped: bool = False) -> RunResult:
     """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker)."""
     device = _safe(lambda: str(session.device_for(spec)), session.device)
+    fingerprint = _safe(lambda: code_fingerprint(spec), None)  # None: a plugin that cannot load (the run failed)
     task_cfg = spec.task.kwargs
     run_columns = {
         "run_id": spec.run_id,
@@ -358,7 +361,9 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "task_provenance": task_provenance,
         "device": device,
         "allow_function_drift": session.allow_function_drift,
-        "provenance": provenance(device),
+        "provenance": provenance(device, overrides(fingerprint or {})),
+        "fingerprint": fingerprint,
+        "stale": False,
         "started_at": started_at,
         "wall_seconds": wall,
         **peak_memory_mb(since_reset=peak_scoped),

@@ -26,8 +26,8 @@ What invalidates an entry (it is then simply not found, and rebuilt under a new 
   directory of the task plugin's module (e.g. all of ``tasks/llm/``, data included), and of the defense plugin's
   (e.g. all of ``defenses/``; a plugin module outside any package, such as a ``--plugin`` file: that file; every
   part's, for a composite defense ``a+b``); and the
-  versions of torch, numpy, transformers, diffusers and safetensors. A plugin without a source file is never
-  cached on disk.
+  versions of :data:`bench.fingerprint.LIBRARIES`: the same code fingerprint every run records
+  (:mod:`bench.fingerprint`). A plugin without a source file is never cached on disk.
 
 Old entries are not removed automatically: ``bench cache ls`` lists them, ``bench cache clear --stages`` removes them.
 """
@@ -37,8 +37,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import importlib.metadata
-import inspect
 import json
 import logging
 import os
@@ -49,6 +47,8 @@ from typing import Any, Callable, Mapping
 
 from bench.cache import (Cache, CacheEntry, Cleared, directory_size, file_lock, make_temp_entry, remove_unless_held,
                          temp_entry_name)
+# One definition of "the code" for stage keys and run fingerprints (re-exported: LIBRARIES, library_versions).
+from bench.fingerprint import LIBRARIES, harness_version, library_versions, plugin_version  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -58,69 +58,11 @@ ENTRY = "entry.json"
 FORMAT = "bench-stage"
 FORMAT_VERSION = 2
 """2: stage.json records the stage's already-harmful verdict and seconds per part."""
-LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "safetensors")
 
 
 # -------------------------------------------------------------------------------------------------------------
 # Keys
 # -------------------------------------------------------------------------------------------------------------
-def _digest_files(paths: list[Path], root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=None)
-def harness_version() -> str:
-    """The harness version and a digest of its sources (the CLI aside, which measures nothing)."""
-    import bench
-
-    root = Path(bench.__file__).parent
-    files = sorted(p for p in root.rglob("*.py") if "cli" not in p.relative_to(root).parts[:-1])
-    return f"{bench.__version__}+{_digest_files(files, root)[:16]}"
-
-
-def _plugin_files(cls: type) -> tuple[Path, list[Path]] | None:
-    try:
-        file = Path(inspect.getsourcefile(cls) or "")
-    except (TypeError, OSError):
-        return None
-    if not file.is_file():
-        return None
-    folder = file.parent
-    if "." in cls.__module__:  # part of a package: its helpers (defenses/_spectral.py) and data files count too
-        return folder, sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
-    return folder, [file]
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
-
-
-@functools.lru_cache(maxsize=None)
-def plugin_version(cls: type) -> str | None:
-    """A digest of a plugin's code (its class name and the files of its module's directory); None when it has no
-    source file."""
-    found = _plugin_files(cls)
-    if found is None:
-        return None
-    root, files = found
-    return hashlib.sha256(f"{cls.__module__}:{cls.__qualname__}:{_digest_files(files, root)}".encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=None)
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def stage_key(spec_key: str, *, plugins: list[type], provenance: Mapping[str, Any], device: str,
               cache_root: Path, extra: Mapping[str, Any] = {}) -> str | None:
     """The entry key of a stage (see the module docstring for what it covers); None: not cacheable on disk."""

@@ -8,12 +8,16 @@
 * its runs cover the task's default attack suite: the planner's first wave (:func:`bench.sweep.first_wave`) for
   every seed — with the task's LR strategy or the exhaustive grid — recorded as done or failed (failed runs are
   results too: the leaderboard shows them);
+* the runs carry their code (:mod:`bench.submit_code`): every run's code fingerprint, all of them agreeing, each
+  plugin's source as loaded here the one the runs recorded, the harness's own tasks on their official settings
+  (``--new-task`` / ``--custom-task-settings`` to submit otherwise, recorded);
 * each defense that is not built in has a claims file (``--claims``): the paper, its claim, the setting, as in
   ``leaderboard/claims/`` (validated by ``leaderboard.claims`` when that module exists, else it needs ``paper`` and
   ``claim``).
 
-:func:`copy_submission` then copies the run directories (and claims files, to ``claims/<defense>.yaml``) into the
-submissions folder, which ``bench leaderboard`` reads and marks as submitted (:mod:`leaderboard.sources`).
+:func:`copy_submission` then copies the run directories (and claims files, to ``claims/<defense>.yaml``, and the
+sources of the plugins that are not built in, to ``code/``, hash-checked) into the submissions folder, which
+``bench leaderboard`` reads and marks as submitted (:mod:`leaderboard.sources`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from bench.config import canonical_json
 from bench.errors import BenchError, ConfigError, DataError
 from bench.results import METRICS, SCHEMA_VERSION, read_run_json, run_directories
 from bench.spec import RunSpec
+from bench.submit_code import code_of, copy_code
 
 MIN_SEEDS = 3
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -52,7 +57,8 @@ class _Group:
     where: str = ""
 
 
-def check_submission(folder: str | Path, claims: Sequence[str | Path] = ()) -> list[str]:
+def check_submission(folder: str | Path, claims: Sequence[str | Path] = (), *, new_task: bool = False,
+                     custom_task_settings: bool = False) -> list[str]:
     """Every problem of ``folder`` as a submission, one message each (empty: it can be submitted)."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -97,6 +103,7 @@ def check_submission(folder: str | Path, claims: Sequence[str | Path] = ()) -> l
             problems.append(f"{group.where}: {len(group.seeds)} seed(s) {sorted(group.seeds)}; a submission needs at "
                             f"least {MIN_SEEDS} (--seeds 0,1,2)")
         problems += _suite_problems(group, recorded)
+    problems += code_of(folder, new_task=new_task, custom_task_settings=custom_task_settings).problems
     problems += _claims_problems([g.spec for g in groups.values()], claims)
     return problems
 
@@ -201,13 +208,18 @@ def _invalid_claims(path: Path, defense: str) -> list[str]:
 
 
 def copy_submission(folder: str | Path, name: str, into: str | Path, *, claims: Sequence[str | Path] = (),
-                    force: bool = False) -> Path:
-    """Copy the run directories of ``folder`` (and ``claims``) into ``into/name``; return that folder.
+                    force: bool = False, new_task: bool = False, custom_task_settings: bool = False) -> Path:
+    """Copy the run directories of ``folder`` (``claims``, and the plugins' sources with ``code/manifest.json``:
+    :func:`bench.submit_code.copy_code`) into ``into/name``; return that folder.
 
     Written to a temporary folder first and renamed, so a reader never sees half a submission. An existing
     submission of that name is replaced only with ``force``.
     """
     check_name(name)
+    code = code_of(folder, new_task=new_task, custom_task_settings=custom_task_settings)
+    if code.problems:
+        raise ConfigError(f"{folder}: {code.problems[0]}" + (f" (and {len(code.problems) - 1} more problem(s))"
+                                                              if len(code.problems) > 1 else ""))
     into = Path(into)
     target = into / name
     if target.exists() and not force:
@@ -220,6 +232,7 @@ def copy_submission(folder: str | Path, name: str, into: str | Path, *, claims: 
         for path in map(Path, claims):
             (staging / "claims").mkdir(exist_ok=True)
             shutil.copyfile(path, staging / "claims" / f"{claims_defense(path)}.yaml")
+        copy_code(code, staging)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)

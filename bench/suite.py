@@ -6,7 +6,9 @@
 streamed, each family's next runs as soon as its own have finished, or wave by wave for executors that take a fixed
 list. ``run_suites`` does the same for several requests on one task as one pool (a sweep's suites). Runs already
 completed in the results directory are skipped (resume) and cost nothing: stages are built only for
-runs that still have work. An executor with worker processes of its own may build a wave's defended stages there
+runs that still have work. A completed run whose code fingerprint (:mod:`bench.fingerprint`) differs from the
+current code's runs again (the report's ``rerun`` says why), or with ``allow_stale`` is kept and marked stale in
+its ``run.json`` (``kept_stale``). An executor with worker processes of its own may build a wave's defended stages there
 first, in parallel (``prepare``); this process then reads them from the on-disk stage cache. Failed runs are recorded
 and the suite goes on; bad input found while building a request's stages stops that request alone.
 """
@@ -17,8 +19,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 from bench.executors import Executor, InProcessExecutor
+from bench.fingerprint import changes, code_fingerprint, mark_stale, retire
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
     Planner, RunRecord, attack_sweeps, best_probe_lrs, decades, defenses_of, probe_score, refinement, spec_of,
 )
@@ -30,6 +33,10 @@ from bench.spec import RunSpec
 @dataclass
 class SuiteReport:
     records: list[RunRecord] = field(default_factory=list)
+    rerun: dict[str, list[str]] = field(default_factory=dict)
+    """Completed runs run again because their code changed, with the reasons (:func:`bench.fingerprint.changes`)."""
+    kept_stale: dict[str, list[str]] = field(default_factory=dict)
+    """Completed runs kept (``allow_stale``) although their code changed, with the reasons; marked stale."""
 
     @property
     def failed(self) -> list[RunRecord]:
@@ -80,11 +87,13 @@ def run_suite(
     *,
     executor: Executor | None = None,
     resume: bool = True,
+    allow_stale: bool = False,
     on_run: Callable[[RunRecord], None] | None = None,
 ) -> SuiteReport:
     """Run every (defense, seed, sweep point) of ``request``; see the module docstring. Bad input found while
     building its stages raises (a :class:`~bench.errors.BenchError`)."""
-    (outcome,) = run_suites([request], session, executor=executor, resume=resume, on_run=on_run)
+    (outcome,) = run_suites([request], session, executor=executor, resume=resume, allow_stale=allow_stale,
+                            on_run=on_run)
     if isinstance(outcome, BenchError):
         raise outcome
     return outcome
@@ -96,6 +105,7 @@ def run_suites(
     *,
     executor: Executor | None = None,
     resume: bool = True,
+    allow_stale: bool = False,
     on_run: Callable[[RunRecord], None] | None = None,
 ) -> list[SuiteReport | BenchError]:
     """Run several requests on one session's task together, as one pool of runs; one outcome per request: its
@@ -125,7 +135,7 @@ def run_suites(
     done = completed_run_ids(session.results_dir) if resume else set()
     bar = tqdm(total=planner.estimate(), desc=f"{requests[live[0]].task} runs", unit="run",
                disable=not session.progress)
-    pool = _Pool(planner, session, done, bar=bar, on_run=on_run)
+    pool = _Pool(planner, session, done, bar=bar, on_run=on_run, allow_stale=allow_stale)
     try:
         if getattr(executor, "streams", False):
             pool.stream(executor)
@@ -135,15 +145,19 @@ def run_suites(
         bar.close()
     for position, index in enumerate(live):
         stopped.setdefault(index, pool.stopped.get(position))
-    return [stopped[i] or SuiteReport(planner.records_of(live.index(i))) for i in range(len(requests))]
+    return [stopped[i] or SuiteReport(planner.records_of(live.index(i)), rerun=pool.rerun, kept_stale=pool.kept_stale)
+            for i in range(len(requests))]
 
 
 class _Pool:
     """The runs of one :class:`Planner`: resumed ones read back, the rest prepared and handed to an executor."""
 
     def __init__(self, planner: Planner, session: Session, done: set[str], *, bar,
-                 on_run: Callable[[RunRecord], None] | None):
+                 on_run: Callable[[RunRecord], None] | None, allow_stale: bool = False):
         self.planner, self.session, self.done, self.bar, self.on_run = planner, session, done, bar, on_run
+        self.allow_stale = allow_stale
+        self.rerun: dict[str, list[str]] = {}
+        self.kept_stale: dict[str, list[str]] = {}
         self.family_of: dict[str, str] = {}
         self.stopped: dict[int, BenchError] = {}
         """Requests (by their index in the planner) stopped by bad input found while building their stages."""
@@ -164,13 +178,35 @@ class _Pool:
         info = read_run_json(self.session.results_dir / spec.run_id)
         return RunRecord(spec, "success", info.get("summary", {}), None, True, self.family_of[spec.run_id])
 
+    def reusable(self, spec: RunSpec) -> bool:
+        """Whether ``spec``'s completed run is read back instead of run: completed, and made by the current code
+        (or kept anyway with ``allow_stale``, and marked stale; a stale mark is cleared when the code matches again)."""
+        if spec.run_id not in self.done:
+            return False
+        directory = self.session.results_dir / spec.run_id
+        try:
+            recorded = read_run_json(directory).get("fingerprint")
+        except DataError:  # another driver sharing the folder retired it meanwhile, to run it again
+            self.done.discard(spec.run_id)
+            return False
+        reasons = changes(recorded, code_fingerprint(spec))
+        if reasons and not self.allow_stale:
+            self.rerun[spec.run_id] = reasons
+            self.done.discard(spec.run_id)
+            retire(directory)
+            return False
+        if reasons:
+            self.kept_stale[spec.run_id] = reasons
+        mark_stale(directory, reasons)
+        return True
+
     def todo(self, ready: list[tuple[str, RunSpec]]) -> list[RunSpec]:
         """The specs of ``ready`` that must run: completed ones are read back and fed (which may make more ready)."""
         out: list[RunSpec] = []
         while ready:
             family, spec = ready.pop(0)
             self.family_of[spec.run_id] = family
-            if spec.run_id in self.done:
+            if self.reusable(spec):
                 record = self.resumed(spec)
                 self.finished(record)
                 ready.extend(self.planner.feed(record))
@@ -256,7 +292,7 @@ class _Pool:
                 self.family_of[spec.run_id] = family
                 if planner.record_of(spec.run_id) is not None:  # this pool ran it already, for another family
                     records[spec.run_id] = planner.record_of(spec.run_id)
-                elif spec.run_id in self.done:
+                elif self.reusable(spec):
                     records[spec.run_id] = self.resumed(spec)
                     self.finished(records[spec.run_id])
                 else:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from bench.errors import BenchError, DataError
 from bench.executors import Executor
 from bench.results import RUN_JSON, completed_run_ids, read_run_json
 from bench.runner import Session
+from bench.spec import RunSpec
 from bench.suite import RunRecord, SuiteReport, run_suites
 from bench.sweep import Plan, Planned
 
@@ -20,6 +21,16 @@ class SweepReport:
 
     suites: list[SuiteReport] = field(default_factory=list)
     stopped: list[tuple[Planned, BenchError]] = field(default_factory=list)
+
+    @property
+    def rerun(self) -> dict[str, list[str]]:
+        """Completed runs run again because their code changed, with the reasons."""
+        return {run_id: why for suite in self.suites for run_id, why in suite.rerun.items()}
+
+    @property
+    def kept_stale(self) -> dict[str, list[str]]:
+        """Completed runs kept (``allow_stale``) although their code changed, with the reasons."""
+        return {run_id: why for suite in self.suites for run_id, why in suite.kept_stale.items()}
 
     @property
     def records(self) -> list[RunRecord]:
@@ -45,6 +56,7 @@ def run_sweep(
     *,
     on_suite: Callable[[int, Planned], None] | None = None,
     make_executor: Callable[[Session, str], Executor] | None = None,
+    allow_stale: bool = False,
 ) -> SweepReport:
     """Run every request of ``plan``; runs already completed in the results directory (by an earlier sweep, or an
     earlier request of this one) are not run again.
@@ -55,7 +67,8 @@ def run_sweep(
     next starts. A new task gets a fresh session and the previous one's models are released. ``make_executor(session,
     tier)`` gives each task its executor (default: in this process); ``on_suite(index, planned)`` is called for each
     request as its task starts. A request that stops on bad input found while building (e.g. a defense config that
-    matches no layer of this task) is recorded in ``stopped`` and the others go on.
+    matches no layer of this task) is recorded in ``stopped`` and the others go on. A completed run whose code
+    changed runs again, or with ``allow_stale`` is kept and marked stale (:func:`bench.suite.run_suites`).
     """
     report = SweepReport()
     for group in _task_groups(plan):
@@ -65,7 +78,8 @@ def run_sweep(
                 on_suite(index, planned)
         try:
             executor = make_executor(session, group[0][1].request.tier) if make_executor is not None else None
-            outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True)
+            outcomes = run_suites([planned.request for _, planned in group], session, executor=executor, resume=True,
+                                   allow_stale=allow_stale)
         except BenchError as err:  # (no executor, or the results folder is unusable: the group's requests stop)
             outcomes = [err] * len(group)
         for (_, planned), outcome in zip(group, outcomes):
@@ -120,13 +134,20 @@ def sweep_run_ids(plan: Plan, results_dir: str | Path) -> tuple[list[str], int]:
     return found, missing
 
 
-def run_states(results_dir: str | Path, run_ids: Iterable[str]) -> dict[str, str]:
-    """``done`` (completed: a sweep skips it), ``failed`` (recorded as failed: a sweep runs it again) or ``todo``."""
+def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[str, RunSpec] = {}) -> dict[str, str]:
+    """``done`` (completed: a sweep skips it), ``stale`` (completed by code other than the current: a sweep runs it
+    again, unless --allow-stale; known for the runs whose spec is in ``specs``), ``failed`` (recorded as failed: a
+    sweep runs it again) or ``todo``."""
+    from bench.fingerprint import changes, code_fingerprint
+
     results_dir = Path(results_dir)
     done = completed_run_ids(results_dir)
     states = {}
     for run_id in run_ids:
-        if run_id in done:
+        if run_id in done and run_id in specs and changes(read_run_json(results_dir / run_id).get("fingerprint"),
+                                                          code_fingerprint(specs[run_id])):
+            states[run_id] = "stale"
+        elif run_id in done:
             states[run_id] = "done"
         elif (results_dir / run_id / RUN_JSON).is_file() and _recorded_failed(results_dir / run_id):
             states[run_id] = "failed"

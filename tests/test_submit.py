@@ -10,6 +10,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
+from bench.fingerprint import code_fingerprint
 from bench.suite import SuiteRequest
 from bench.sweep import first_wave
 from leaderboard.aggregate import build
@@ -36,7 +37,8 @@ def claims(tmp_path):
 
 
 def write_run(folder, spec, *, steps=20, provenance=PROVENANCE):
-    """One successful run as `bench run` writes it, reduced to what `bench submit` and the leaderboard read."""
+    """One successful run as `bench run` writes it, reduced to what `bench submit` and the leaderboard read (with
+    the code fingerprint of the plugins as loaded now)."""
     columns = {"run_id": spec.run_id, "task": spec.task.label, "tier": spec.tier, "model": spec.model,
                "defense": spec.defense.label, "defense_label": spec.defense.label, "defense_hash": spec.defense.hash(),
                "attack": spec.attack.label, "attack_label": spec.attack.label, "attack_family": spec.attack.label,
@@ -45,12 +47,16 @@ def write_run(folder, spec, *, steps=20, provenance=PROVENANCE):
     rows = [results.metric_row("summary", "steps_to_harm", steps, censored=False),
             results.metric_row("summary", "harm_auc", 0.5)]
     results.write_run(folder / spec.run_id, {"run_id": spec.run_id, "status": "success", "spec": spec.to_json(),
-                                             "provenance": provenance}, results.to_table(columns, rows))
+                                             "provenance": provenance, "fingerprint": code_fingerprint(spec)},
+                      results.to_table(columns, rows))
 
 
-def write_suite(folder, defense, seeds, *, steps=20):
-    """Every first-wave run of vision-digits' default attack suite for ``defense`` and ``seeds``; returns the specs."""
-    specs, _ = first_wave(SuiteRequest(task="vision-digits", defense=defense, seeds=tuple(seeds), baseline=False))
+def write_suite(folder, defense, seeds, *, steps=20, task="vision-digits", task_args=None, limit=None):
+    """Every first-wave run of ``task``'s default attack suite for ``defense`` and ``seeds`` (the first ``limit``
+    when given: a test of another check); returns the specs."""
+    specs, _ = first_wave(SuiteRequest(task=task, defense=defense, seeds=tuple(seeds), baseline=False,
+                                       task_args=task_args or {}))
+    specs = specs[:limit]
     for spec in specs:
         write_run(folder, spec, steps=steps)
     return specs
@@ -60,15 +66,23 @@ def run_cli(*argv):
     return main([str(a) for a in argv])
 
 
-def test_valid_folder_is_copied_and_shown_marked_on_the_leaderboard(tmp_path, plugin, claims, capsys):
+def test_valid_folder_is_copied_with_its_plugin_source_and_shown_on_the_leaderboard(tmp_path, plugin, claims,
+                                                                                    capsys):
     folder, into, local = tmp_path / "results", tmp_path / "submissions", tmp_path / "local"
     write_suite(folder, "mine", [0, 1, 2], steps=40)
     assert run_cli("submit", folder, "--name", "my-lab", "--claims", claims, "--into", into) == 0
     out = capsys.readouterr().out
     target = into / "my-lab"
     assert f"copied to {target}" in out and "git checkout -b submission/my-lab" in out
-    assert sorted(p.name for p in target.iterdir() if p.name != "claims") == sorted(p.name for p in folder.iterdir())
+    copied = sorted(p.name for p in target.iterdir() if p.name not in ("claims", "code"))
+    assert copied == sorted(p.name for p in folder.iterdir())
     assert (target / "claims" / "mine.yaml").read_text() == claims.read_text()
+    assert (target / "code" / "defense-mine" / plugin.name).read_text() == plugin.read_text()  # the plugin's source
+    manifest = json.loads((target / "code" / "manifest.json").read_text())
+    (copied,) = manifest["plugins"]  # the built-ins (none, the task, the attacks) are the harness's own
+    recorded = json.loads(next(folder.glob("*/run.json")).read_text())["fingerprint"]
+    assert copied["hash"] == [p["hash"] for p in recorded["plugins"] if p["name"] == "mine"][0]
+    assert manifest["new_tasks"] == [] and manifest["custom_task_settings"] == {}
     assert run_cli("submit", folder, "--name", "my-lab", "--claims", claims, "--into", into) == 2
     assert "--force to replace it" in capsys.readouterr().err
     assert run_cli("submit", folder, "--name", "my-lab", "--claims", claims, "--into", into, "--force") == 0
@@ -122,3 +136,87 @@ def test_a_run_submitted_twice_counts_once(tmp_path, plugin):
     metrics = load_all(local, tmp_path / "submissions")
     assert metrics.drop_duplicates("run_id")["source"].tolist() == ["results"]
     assert build(local, sources=tmp_path / "submissions").board["worst_median"].tolist() == [20]
+
+
+# -- the code a submission carries (bench.submit_code) ------------------------------------------------------------
+def _edit_fingerprints(folder, specs, edit):
+    for spec in specs:
+        path = folder / spec.run_id / "run.json"
+        info = json.loads(path.read_text())
+        edit(info["fingerprint"])
+        path.write_text(json.dumps(info))
+
+
+def _submit(folder, into, *extra):
+    return run_cli("submit", folder, "--name", "my-lab", "--into", into, *extra)
+
+
+def test_runs_whose_fingerprints_disagree_or_are_missing_are_refused(tmp_path, plugin, claims, capsys):
+    folder, into = tmp_path / "results", tmp_path / "submissions"
+    specs = write_suite(folder, "mine", [0, 1, 2], limit=6)
+
+    def other_source(fingerprint):
+        next(p for p in fingerprint["plugins"] if p["name"] == "mine")["hash"] = "0000000000000000"
+
+    _edit_fingerprints(folder, specs[:2], other_source)
+    _edit_fingerprints(folder, specs[2:3], lambda fp: fp["libraries"].update(torch="1.0"))
+    info = json.loads((folder / specs[3].run_id / "run.json").read_text())
+    del info["fingerprint"]
+    (folder / specs[3].run_id / "run.json").write_text(json.dumps(info))
+    assert _submit(folder, into, "--claims", claims) == 2
+    err = capsys.readouterr().err
+    assert f"1 run(s): no code fingerprint in run.json (made by an older bench): rerun them with this bench: " \
+           f"{specs[3].run_id}" in err
+    assert "the runs disagree on the source of defense 'mine' (" in err and "0000000000000000: 2 run(s)" in err
+    assert "the runs disagree on the torch version (" in err and "1.0: 1 run(s)" in err
+    assert not into.exists()
+
+
+def test_a_plugin_source_that_is_not_the_runs_or_a_modified_builtin_is_refused(tmp_path, plugin, claims, capsys):
+    folder, into = tmp_path / "results", tmp_path / "submissions"
+    specs = write_suite(folder, "mine", [0, 1, 2], limit=3)
+    _edit_fingerprints(folder, specs, lambda fp: next(p for p in fp["plugins"] if p["name"] == "none" or
+                                                      p["kind"] == "task").update(hash="1111111111111111"))
+    recorded = json.loads((folder / specs[0].run_id / "run.json").read_text())["fingerprint"]
+    plugin.write_text(plugin.read_text() + "# edited after the runs\n")
+    from bench.fingerprint import plugin_version
+
+    plugin_version.cache_clear()  # (a new `bench submit` process hashes the file as it is now)
+    assert _submit(folder, into, "--claims", claims) == 2
+    err = capsys.readouterr().err
+    assert "defense 'mine': its source here (" in err and "is not the code the runs recorded" in err
+    assert "built-in task 'vision-digits': the runs recorded other code (1111111111111111)" in err
+    assert recorded["plugins"][0]["kind"] == "task"
+    assert not into.exists()
+
+
+def test_task_settings_other_than_the_official_ones_need_a_flag_and_are_recorded(tmp_path, capsys,
+                                                                              isolated_registries):
+    folder, into = tmp_path / "results", tmp_path / "submissions"
+    write_suite(folder, "none", [0, 1, 2], task_args={"budget": 30})
+    assert _submit(folder, into) == 2
+    err = capsys.readouterr().err
+    assert "vision-digits (tiny): the runs use task settings other than the official ones: budget=30 (official " in err
+    assert "--custom-task-settings" in err
+    assert _submit(folder, into, "--custom-task-settings") == 0
+    manifest = json.loads((into / "my-lab" / "code" / "manifest.json").read_text())
+    assert manifest["custom_task_settings"]["vision-digits (tiny)"]["budget"]["value"] == 30
+
+
+def test_a_task_not_in_the_harness_needs_new_task_and_its_source_is_carried(tmp_path, capsys, isolated_registries):
+    from bench.registry import load_plugin
+
+    task_file = tmp_path / "my_task.py"
+    task_file.write_text('"""A task of my own: the digits task under another name."""\n'
+                         "from bench.registry import TASKS\nfrom tasks.vision.task import VisionDigits\n\n\n"
+                         '@TASKS.register("my-digits")\nclass MyDigits(VisionDigits):\n    """Digits, mine."""\n')
+    load_plugin(task_file)
+    folder, into = tmp_path / "results", tmp_path / "submissions"
+    write_suite(folder, "none", [0, 1, 2], task="my-digits")
+    assert _submit(folder, into, "--plugin", task_file) == 2
+    err = capsys.readouterr().err
+    assert "task 'my-digits' is not in the harness (it comes from " in err and "needs --new-task" in err
+    assert _submit(folder, into, "--plugin", task_file, "--new-task") == 0, capsys.readouterr().err
+    code = into / "my-lab" / "code"
+    assert (code / "task-my-digits" / "my_task.py").read_text() == task_file.read_text()
+    assert json.loads((code / "manifest.json").read_text())["new_tasks"] == ["my-digits"]

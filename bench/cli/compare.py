@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    p.add_argument("--allow-stale", action="store_true",
+                   help="keep completed runs whose code changed since they ran (plugin or harness source, library "
+                        "versions) instead of running them again; they are marked stale in run.json")
     add_executor_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
     return p
@@ -55,7 +58,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.compare import compare, plan_comparison
-    from bench.cli.sweep import print_dry_run, print_problems, run_planned
+    from bench.cli.sweep import print_code_changes, print_dry_run, print_problems, run_planned
     from bench.experiment import build_request
 
     request = build_request(task=args.task, defense=args.defense, attack=args.attack, overrides=args.overrides,
@@ -73,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     print(report.table, end="")
     runs = len(report.sweep.records)
+    print_code_changes(report.sweep)
     print(f"\n{runs} runs ({report.resumed} already done, {runs - report.resumed} run now) in {wall:.1f} s; "
           f"results in {args.results}/")
     if report.site:

@@ -48,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="LR strategy for every family: exhaustive per-decade grid, or short probe runs then full runs "
                         "at the best learning rates (default: the task's choice)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
+    p.add_argument("--allow-stale", action="store_true",
+                   help="keep completed runs whose code changed since they ran (plugin or harness source, library "
+                        "versions) instead of running them again; they are marked stale in run.json")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, metavar="N",
@@ -130,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
     from bench.devices import resolve_device
     from bench.experiment import build_request
     from bench.runner import Session
+    from bench.cli.sweep import print_code_changes
     from bench.suite import run_suite
     from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets
@@ -145,7 +149,7 @@ def main(args: argparse.Namespace) -> int:
     executor = executor_for(args, session, request.tier, threads)
     start = time.perf_counter()
     try:
-        report = run_suite(request, session, executor=executor, resume=args.resume)
+        report = run_suite(request, session, executor=executor, resume=args.resume, allow_stale=args.allow_stale)
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)
@@ -156,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
     print(summary_text(aggregates))
     for sheet in samples_sheets(args.results, aggregates.seeds):
         print(f"samples before/after the worst-case attack of each defense: {sheet}")
+    print_code_changes(report)
     print(f"\n{len(report.records)} runs ({resumed} already done) in {wall:.1f} s; results in {args.results}/ "
           f"(`bench leaderboard --results {args.results}` to compare)")
     if report.failed:

@@ -9,8 +9,9 @@ EPILOG = """examples:
   bench submit results --name my-lab-weight-noise --claims weight-noise.yaml --plugin my_defense.py
   bench submit results --name my-lab-weight-noise --claims weight-noise.yaml --plugin my_defense.py --force
 
-Every problem is listed at once (schema version, provenance, seeds, the default attack suite, claims); nothing is
-copied until there is none. Then `bench leaderboard` shows the submitted rows marked [submission: NAME], and the
+Every problem is listed at once (schema version, provenance, code fingerprints, task settings, seeds, the default
+attack suite, claims); nothing is copied until there is none. The sources of plugins that are not built in are
+copied with the runs (into code/, hash-checked against the runs' fingerprints). Then `bench leaderboard` shows the submitted rows marked [submission: NAME], and the
 printed git commands put the folder on a branch for a pull request.
 """
 
@@ -25,6 +26,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--into", metavar="DIR",
                    help="submissions folder (default: leaderboard/submissions of this checkout)")
     p.add_argument("--force", action="store_true", help="replace an existing submission of the same name")
+    p.add_argument("--new-task", action="store_true",
+                   help="allow a task that is not in the harness: its plugin (--plugin FILE) is submitted with the "
+                        "runs")
+    p.add_argument("--custom-task-settings", action="store_true",
+                   help="allow runs whose task settings differ from the official ones (recorded in the submission's "
+                        "code/manifest.json)")
     return p
 
 
@@ -39,13 +46,14 @@ def main(args: argparse.Namespace) -> int:
     into = Path(args.into) if args.into else default_submissions_dir()
     if (into / args.name).exists() and not args.force:  # before the checks, which read every run
         raise ConfigError(f"{into / args.name} exists: choose another --name, or --force to replace it")
-    problems = check_submission(args.folder, args.claims)
+    flags = {"new_task": args.new_task, "custom_task_settings": args.custom_task_settings}
+    problems = check_submission(args.folder, args.claims, **flags)
     if problems:
         for line in problems:
             print(f"error {args.folder}: {line}", file=sys.stderr)
         print(f"{len(problems)} problem(s); nothing copied", file=sys.stderr)
         return 2
-    target = copy_submission(args.folder, args.name, into, claims=args.claims, force=args.force)
+    target = copy_submission(args.folder, args.name, into, claims=args.claims, force=args.force, **flags)
     print(f"ok: {args.folder} copied to {target}")
     print("to propose it for the leaderboard (`bench leaderboard` already shows it, marked [submission: "
           f"{args.name}]), open a pull request:")

@@ -34,6 +34,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping")
     p.add_argument("--dev", action="store_true", help="mark results as unofficial")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    p.add_argument("--allow-stale", action="store_true",
+                   help="keep completed runs whose code changed since they ran (plugin or harness source, library "
+                        "versions) instead of running them again; they are marked stale in run.json")
     add_executor_arguments(p)
     return p
 
@@ -52,11 +55,11 @@ def print_dry_run(sweep_plan, results: str) -> int:
     from bench.sweep_run import run_states
 
     listed: set[str] = set()
-    counts = {"done": 0, "failed": 0, "todo": 0}
+    counts = {"done": 0, "stale": 0, "failed": 0, "todo": 0}
     later = 0
     for index, planned in enumerate(sweep_plan.suites, 1):
         print(f"suite {index}/{len(sweep_plan.suites)}: {planned.where}, seeds {list(planned.request.seeds)}")
-        states = run_states(results, [spec.run_id for spec in planned.runs])
+        states = run_states(results, [spec.run_id for spec in planned.runs], {s.run_id: s for s in planned.runs})
         for spec in planned.runs:
             if spec.run_id in listed:
                 continue  # also in an earlier suite: it runs (or resumes) once
@@ -70,7 +73,8 @@ def print_dry_run(sweep_plan, results: str) -> int:
         print(f"collapsed: {where} has the same runs as {same}")
     print_not_applicable(sweep_plan)
     print(f"\n{len(sweep_plan.suites)} suites; {len(listed)} runs known before any result: "
-          f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again); "
+          f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again), "
+          f"{counts['stale']} stale (their code changed: run again, or kept with --allow-stale); "
           f"results in {results}/")
     if later:
         print(f"only the first wave is known: up to {later} more run(s) are chosen from its results (full runs at "
@@ -100,6 +104,7 @@ def _run(sweep_plan, args: argparse.Namespace) -> int:
     for sheet in samples_sheets(args.results, aggregates.seeds):
         print(f"samples before/after the worst-case attack of each defense: {sheet}")
     resumed = sum(r.resumed for r in records)
+    print_code_changes(report)
     print(f"\n{len(records)} runs ({resumed} already done) in {len(sweep_plan.suites)} suites in {wall:.1f} s; "
           f"results in {args.results}/ (`bench leaderboard --results {args.results}` to compare)")
     print_not_applicable(sweep_plan)
@@ -127,12 +132,20 @@ def run_planned(sweep_plan, args: argparse.Namespace, execute):
             print(f"suite {index + 1}/{len(sweep_plan.suites)}: {planned.where}", file=sys.stderr)
 
     try:
-        return execute(make_session=make_session, on_suite=announce,
+        return execute(make_session=make_session, on_suite=announce, allow_stale=args.allow_stale,
                        make_executor=lambda session, tier: executor_for(args, session, tier, threads))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)
         return None
+
+
+def print_code_changes(report) -> None:
+    """Say how many completed runs ran again (or were kept, marked stale) because their code changed, and why."""
+    from bench.fingerprint import resume_lines
+
+    for line in resume_lines(report.rerun, report.kept_stale):
+        print(line)
 
 
 def print_problems(report, results: str) -> int:
