@@ -156,6 +156,10 @@ class AttackerScale:
     """Learning rates at which undefended Adam harms fastest (the decades the suite found)."""
     batch_size: int
     """The attacker's batch size."""
+    sgd_lrs: tuple[float, ...] = ()
+    """Learning rates at which undefended plain SGD harms fastest (measured), for defenses that simulate an SGD
+    attacker (Sophon): SGD at Adam's rates barely moves. Empty: not measured; such a defense then calibrates its own
+    (see :func:`defenses._trained.sgd_rates`)."""
 
 
 @dataclass(frozen=True)

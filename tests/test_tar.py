@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -52,7 +53,8 @@ def test_scaling_rule_follows_the_task_attacker(digits):
     view = digits.defender_view()
     p = plan(cls.Config(), view, "logits")
     assert p.inner_steps == view.attacker.steps and p.lrs == view.attacker.lrs
-    assert p.evaluations[-1] == p.inner_steps - 1 and abs(sum(p.weights) - 1) < 1e-9
+    assert p.evaluations[-1] == p.inner_steps - 1 and p.weights[-1] == 1.0  # the reference's exp(λ(k−K+1))
+    assert p.weights == tuple(math.exp(4.0 * (k - 9) / 10) for k in p.evaluations)  # not normalised to sum 1
     assert list(p.weights) == sorted(p.weights)  # later (stronger) attacker states weigh more
     assert p.passes_per_step == 10 + 3 + 2 and p.steps == round(400 / 15)
     slow = dataclasses.replace(view, attacker=AttackerScale(steps=60, lrs=(1e-3,), batch_size=16))
@@ -68,7 +70,7 @@ def test_deterministic_under_a_seed_and_records_its_attacker(digits):
     assert any(not torch.equal(a, b) for a, b in zip(weights(first.model), weights(other.model)))
     info = first.info
     assert info["inner_attacker"] == {"optimizer": "adamw", "lrs": [1e-3, 1e-2], "steps": 2, "subsample": 1,
-                                      "reinit_head": None}
+                                      "reinit_head": None, "lrs_calibrated": False}
     # per outer step: 2 inner steps + 2 L_TR evaluations + retain + representation passes
     assert info["fb_passes"] == 3 * 6 and info["training_seconds"] > 0 and info["tr_loss"] == "entropy"
     assert [p["step"] for p in first.curve] == [1, 2, 3]
