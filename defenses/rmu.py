@@ -18,8 +18,12 @@ is restored to trainable when the defense returns, so attacks fine-tune the whol
 Paper defaults (zephyr-7b, 32 blocks, hidden 4096): ℓ = 7, c = 6.5, alpha = 1200, AdamW lr 5e-5, batch 4, 150-250
 batches. Scaled to any depth and width by rules written next to the config:
 
-* ℓ = round(7/32 · depth), at least 1 and at most the last block (the paper's 7 of 32; about depth/4): block 1 of
-  the tiny tier's 2 (its last: the steered state then passes only the final norm and the output map);
+* ℓ = round(7/32 · depth), at most the last block (the paper's 7 of 32; about depth/4, so 24 blocks read the
+  steered state after it): block 0 of the tiny tier's 2, whose output the last block still reads, and only block
+  0's MLP output map trains (ℓ−2..ℓ clipped at the first block). Before issue 21 the rule said "at least 1" and
+  steered the tiny tier's last block, whose state passes only the final norm and the output map: that scrambles
+  the outputs rather than a representation later layers must read, which is not what the paper scaled;
+  ``layer=1`` restores it;
 * c = ``steer_scale`` × the mean norm of the released model's layer-ℓ hidden states on the defender's harmful data
   (the proportional coefficient of Adaptive RMU, Dang et al. 2024, arXiv 2408.06223): a fixed c means nothing across
   models whose hidden norms differ by orders of magnitude (the paper itself used c = 300 for Mixtral);
@@ -69,7 +73,7 @@ MLP_NAMES = ("mlp", "feed_forward", "ffn")
 class RMUConfig(AttackerScaledConfig):
     layer: int | None = None
     """Index of the steered block among the task's feature modules (0 = shallowest); None: the rule
-    round(7/32 · depth), at least 1, at most the last block."""
+    round(7/32 · depth), at most the last block (the tiny tier's 2 blocks: block 0)."""
     trained_blocks: int = 3
     """The MLP output maps of this many blocks, ending at the steered one, train (paper: ℓ−2..ℓ)."""
     steer_scale: float = 4.0
@@ -91,12 +95,12 @@ class RMUConfig(AttackerScaledConfig):
 
 
 def steered_layer(cfg: RMUConfig, depth: int) -> int:
-    """``cfg.layer``, else the rule: round(7/32 · depth), at least 1, at most the last block."""
+    """``cfg.layer``, else the rule: round(7/32 · depth), at most the last block."""
     if cfg.layer is not None:
         if cfg.layer >= depth:
             raise PluginError(f"rmu: layer {cfg.layer} is out of range; the model has {depth} blocks (0..{depth - 1})")
         return cfg.layer
-    return min(max(round(PAPER_LAYER / PAPER_DEPTH * depth), 1), depth - 1)
+    return min(round(PAPER_LAYER / PAPER_DEPTH * depth), depth - 1)
 
 
 def _is_linear(module: nn.Module) -> bool:

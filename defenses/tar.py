@@ -73,7 +73,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import AttackerScale, Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses import _objectives as objectives
 from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip,
@@ -172,13 +172,19 @@ class Plan:
     """The natural steps' learning rate (used when ``natural_steps > 0``)."""
 
 
+def steps_to_harm(cfg: TarConfig, attacker: AttackerScale) -> int:
+    """The undefended steps-to-harm of the simulated attacker's optimizer (the K rule's base)."""
+    own = attacker.sgd_steps if cfg.adversary == "sgd" else attacker.adam_steps
+    return own or attacker.steps
+
+
 def plan(cfg: TarConfig, view: DefenderView, output_kind: str, adversary_lrs: tuple[float, ...] = ()) -> Plan:
     """The resolved training; ``adversary_lrs`` (when given) replaces the rule's simulated-attacker rates."""
     adam = cfg.adversary_lrs if cfg.adversary == "adamw" else ()  # explicit Adam rates, for the outer-lr rule
     attacker = view.attacker
     if cfg.inner_steps is None or not (cfg.adversary_lrs or adversary_lrs) or (cfg.lr is None and not adam):
         attacker = attacker_of(view)
-    k = cfg.inner_steps or min(attacker.steps, MAX_INNER_STEPS)
+    k = cfg.inner_steps or min(steps_to_harm(cfg, attacker), MAX_INNER_STEPS)
     evaluations = tuple(i for i in range(k) if (k - 1 - i) % cfg.subsample == 0)
     raw = [math.exp(cfg.decay * (i - k + 1) / k) for i in evaluations]
     tr_loss = cfg.tr_loss
@@ -251,7 +257,7 @@ class Tar(Defense):
     presets = {
         "tar": {"adversary": "adamw", "subsample": 4, "tr_scale": 4.0, "decay": 4.0, "natural_steps": 0},
         "sophon": {"adversary": "sgd", "tr_loss": "inverse-ce", "subsample": 1, "decay": 0.0, "natural_steps": 1,
-                   "natural_lr_ratio": 5 / 3, "grad_clip": 0.5, "rep_scale": 0.0},
+                   "grad_clip": 0.5, "rep_scale": 0.0},
     }
     preserves_function = False
     smoke_args = {"steps": 3, "inner_steps": 2, "subsample": 1}

@@ -67,18 +67,30 @@ def test_finds_cross_attention_and_lora_targets_by_structure(style):
 
 
 @pytest.mark.parametrize("adapt", ["lora", "full", "none"])
-def test_trains_only_the_cross_attention_and_restores_trainability(style, adapt):
+def test_trains_only_the_attention_projections_and_restores_trainability(style, adapt):
+    # The official code's theta: every to_q/to_k/to_v/to_out of self- and cross-attention (attn1 and attn2).
     result = defend(style, steps=2, adapt=adapt, retain_scale=1.0)
+    released = dict(style.model.named_parameters())
+    changed = {name for name, p in result.model.named_parameters() if not torch.equal(p, released[name])}
+    projection = (".to_q.", ".to_k.", ".to_v.", ".to_out.0.")
+    assert changed and all(any(key in name for key in projection) for name in changed)
+    assert any(".attn1." in name for name in changed) and any(".attn2." in name for name in changed)
+    assert set(result.layers) == set(attention_projections(style.model))
+    assert result.info["immunise"] == "attention"
+    assert all(p.requires_grad for p in result.model.parameters())  # an attack's full fine-tuning trains them all
+    terms = set(result.curve[0]) - {"step"}
+    assert terms == ({"objective", "adapted_loss", "retain"} | ({"inner_loss"} if adapt != "none" else set()))
+    assert result.info["fb_passes"] == 2 * (2 + (adapt != "none"))
+
+
+def test_cross_attention_option_trains_only_attn2(style):
+    result = defend(style, steps=2, immunise="cross-attention")
     released = dict(style.model.named_parameters())
     changed = {name for name, p in result.model.named_parameters() if not torch.equal(p, released[name])}
     assert changed and all(".attn2." in name for name in changed)
     owners = {name for name, module in result.model.named_modules()
               if ".attn2." in name and any(True for _ in module.parameters(recurse=False))}
     assert set(result.layers) == owners  # the cross-attention's projections: the layers it trained
-    assert all(p.requires_grad for p in result.model.parameters())  # an attack's full fine-tuning trains them all
-    terms = set(result.curve[0]) - {"step"}
-    assert terms == ({"objective", "adapted_loss", "retain"} | ({"inner_loss"} if adapt != "none" else set()))
-    assert result.info["fb_passes"] == 2 * (2 + (adapt != "none"))
 
 
 def test_deterministic_under_a_seed(style):
