@@ -274,7 +274,8 @@ class Imma(Defense):
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
         model.eval()
-        info = log.info(adapt=cfg.adapt, immunise=cfg.immunise, lr=lr, batch_size=batch_size, retain_scale=cfg.retain_scale,
+        info = log.info(adapt=cfg.adapt, immunise=cfg.immunise, lr=lr, batch_size=batch_size,
+                        retain_scale=cfg.retain_scale,
                         immunised_modules=immunised, adapted_params=len(adaptation.targets),
                         simulated_attacker={"adapt": cfg.adapt, "optimizer": "adam", "lr": inner_lr,
                                             "inner_steps": cfg.inner_steps, "reset_every": cfg.reset_every,

@@ -7,8 +7,8 @@ MLAC-style (Henderson et al. 2023, arXiv 2211.14946), the simulated attacker re-
 Threat model: the attacker fine-tunes all weights on harmful data with a standard optimizer at a learning rate near
 the ones that harm the undefended model fastest. The defender uses only its split (:class:`DefenderView`).
 
-Algorithm, per outer step: copy θ; draw one held-out batch x_tr; the simulated adversary (a fresh AdamW, or plain
-SGD for Sophon) takes K steps on harmful batches at a learning rate drawn from ``adversary_lrs``; after every
+Algorithm, per outer step: copy θ; draw one held-out batch x_tr; the simulated adversary (a fresh AdamW, or plain SGD
+for Sophon) takes K steps on harmful batches at a learning rate drawn from ``adversary_lrs``; after every
 ``subsample``-th step (counted back from the last, so the last step always counts) the gradient of the
 tamper-resistance loss L_TR(θ′) on x_tr is added with weight exp(decay·(k−K+1)/K) (later, stronger attacker states
 weigh more; the weights are not normalised, as in the reference, so the TR gradient's total weight grows with the
@@ -26,13 +26,13 @@ adversary sees each image with its fixed timestep and noise. A view with a singl
 both then use the stream and the report's notes say so.)
 
 L_TR (``tr_loss``), minimised at θ′: ``entropy`` (−H of the predictions on harmful inputs: TAR's loss for
-classification and knowledge), ``inverse-ce`` (−log(1 − p_harmful target)) and ``kl-uniform`` (KL(u‖p)) (Sophon's, for
-classifiers), ``dos`` (‖prediction‖²: Sophon's denial of service for diffusion), ``refusal-preference`` (TAR's chat
-loss, a reference-free DPO preference of the aligned target, e.g. a refusal, over the harmful one on the same inputs,
-from per-example losses). ``auto`` follows the task's :attr:`~bench.contracts.DefenderView.setting` as the paper
-does: refusal-preference for chat, entropy for classification and knowledge, dos for generation (when the task
-declares none: entropy for logits, dos for regression outputs). Logits-only losses have no meaning
-on regression outputs, which use dos instead (as Sophon does for diffusion); the report records the loss used.
+classification and knowledge), ``inverse-ce`` (−log(1 − p_harmful target)) and ``kl-uniform`` (KL(u‖p)) (Sophon's,
+for classifiers), ``dos`` (‖prediction‖²: Sophon's denial of service for diffusion), ``refusal-preference`` (TAR's
+chat loss, a reference-free DPO preference of the aligned target, e.g. a refusal, over the harmful one on the same
+inputs, from per-example losses). ``auto`` follows the task's :attr:`~bench.contracts.DefenderView.setting` as the
+paper does: refusal-preference for chat, entropy for classification and knowledge, dos for generation (when the task
+declares none: entropy for logits, dos for regression outputs). Logits-only losses have no meaning on regression
+outputs, which use dos instead (as Sophon does for diffusion); the report records the loss used.
 
 Paper defaults (TAR, Llama-3-8B): 750 outer steps, K = 64, subsample 4, TR scale 4, λ = 0.0625 (λ·K = 4), outer
 AdamW lr 2e-5, adversary AdamW lr ∈ {2e-6, 2e-5, 4e-5}. Sophon (classification, ``classification/inverse_loss.py``):
@@ -41,24 +41,28 @@ Adam at α·lr and one natural step at β·lr per loop (α:β = 3:5), clip 0.5; 
 (``generation/combined_denoise_maml_diffusion_celeba.py``): α:β = 0.1:5, one natural step per loop (its README's
 example uses 0.05:2 with 10 natural steps).
 
-Scaling rule to the task: K = the task's undefended steps-to-harm (``view.attacker.steps``), capped at
-:data:`MAX_INNER_STEPS` = 16 (the paper's 64 costs too much on CPU: diffusion's 60-160 steps are cut to 16, a quarter
-to a tenth of an undefended attack); adversary learning rates = the task's fastest undefended Adam learning rates
-(``view.attacker.lrs``) for AdamW; for Sophon's SGD the task's fastest undefended SGD rates
-(``view.attacker.sgd_lrs``), or, where the task has not measured them, Adam's rates calibrated so that SGD's first
-step moves the weights as far as Adam's (:func:`defenses._trained.sgd_rates`; the report says ``lrs_calibrated``).
-Sophon's reference runs its SGD adversary at its own base lr (1e-4, as small as its Adam rates) on full-size
-networks; on the tiny tiers SGD at Adam's rates barely moves, which would simulate no attacker at all. Outer steps =
-:data:`PASS_BUDGET` = 400 forward-backward passes divided by the passes one outer step costs (K, the L_TR
-evaluations and the retain terms), within [:data:`MIN_STEPS`, 750]. Measured on 2 cores shared about three ways:
-vision-digits (K = 10, 27 outer steps) trains in about 2 s; sd-style (K = 16, 18 outer steps, 22 passes each) took
-1.75 s per pass, about 12 minutes, so about 4 minutes on 2 free cores; the tiny LLM costs about 0.5 s per pass
-under that load (K = 15, 19 outer steps: about 3 minutes). Outer lr: the smallest adversary learning rate (1e-3 on
-the tiny tiers; the paper's 2e-5 on an 8B model sat among its adversary's 2e-6..4e-5). Sophon: the natural step
-runs at 5/3 × the smallest Adam rate and the meta step at 1/ratio of that (:data:`SOPHON_RATIOS`): on classifiers
-and LLMs meta = the smallest Adam rate, natural = 5/3 of it; on diffusion meta = 1/30 of it, natural = 5/3 of it.
+Scaling rule to the task: K = the simulated optimizer's own undefended steps-to-harm (:func:`steps_to_harm`:
+``view.attacker.adam_steps`` for AdamW, ``sgd_steps`` for SGD, else ``steps``), capped at :data:`MAX_INNER_STEPS` = 16
+(the paper's 64 costs too much on CPU; diffusion's 60-160 steps are cut to 16). Before issue 21 K was ``steps``, the
+suite's fastest attack: on vision-digits Muon's 10, while AdamW needs 35 there (measured), so K is now 16 there.
+Adversary learning rates: the task's fastest undefended Adam rates (``view.attacker.lrs``) for AdamW; for Sophon's
+SGD the task's fastest SGD rates (``view.attacker.sgd_lrs``; vision-digits 0.1, 0.3), else Adam's calibrated so
+that SGD's first step moves the weights as far as Adam's (:func:`defenses._trained.sgd_rates`; the report's
+``lrs_calibrated``; on vision-digits it gives 0.009 and 0.09, so it is a weaker attacker than the measured rates).
+Sophon's reference runs its SGD at its base lr 1e-4 (the size of its Adam rates) on full-size networks; on the tiny
+tiers SGD at Adam's rates barely moves (vision-digits: harmful loss 14.6 → ~11 in 16 steps at 1e-3, → ~1 at 0.1).
+Outer steps = :data:`PASS_BUDGET` = 400 forward-backward passes divided by the passes of one outer step (K, the
+L_TR evaluations, the retain terms), within [:data:`MIN_STEPS`, 750]. Measured before issue 21 on 2 cores shared
+about three ways: vision-digits (K = 10, 27 outer steps) about 2 s; sd-style (K = 16, 18 outer steps) 1.75 s per
+pass, about 12 minutes; the tiny LLM (K = 15, 19 outer steps) about 3 minutes. Outer lr: the smallest Adam rate
+(1e-3 on the tiny tiers; the paper's 2e-5 on an 8B model sat among its adversary's 2e-6..4e-5). Sophon: the natural
+step runs at 5/3 × the smallest Adam rate and the meta step at 1/ratio of that (:data:`SOPHON_RATIOS`): meta = the
+smallest Adam rate on classifiers and LLMs, 1/30 of it on diffusion.
 
-VISION_K_PLACEHOLDER
+Other deviations from the references: the TR batches are a quarter of the defender's fixed harmful batches (the
+reference: a separate held-out forget set); the adversary draws one learning rate per outer step, with no
+retain→harmful switch and no warm-up (TAR's ``retain_forget_switch`` and ``linear_warmup`` adversaries are not
+simulated); Sophon's learning rates follow the rules above, not the paper's absolute 1e-4 base.
 """
 
 from __future__ import annotations
@@ -147,7 +151,8 @@ class TarConfig(TrainedConfig):
         check(self.decay >= 0, f"decay must be >= 0, got {self.decay}")
         check(self.retain_scale >= 0 and self.rep_scale >= 0, "retain_scale and rep_scale must be >= 0")
         check(self.natural_steps >= 0, f"natural_steps must be >= 0, got {self.natural_steps}")
-        check(self.natural_lr_ratio is None or self.natural_lr_ratio > 0, f"natural_lr_ratio must be positive, got {self.natural_lr_ratio}")
+        check(self.natural_lr_ratio is None or self.natural_lr_ratio > 0,
+              f"natural_lr_ratio must be positive, got {self.natural_lr_ratio}")
 
 
 @dataclass(frozen=True)
