@@ -36,16 +36,20 @@ batches. Scaled to any depth and width by rules written next to the config:
 Cost per step: a forward-backward on a harmful and on a benign batch, plus a forward of the frozen copy (which doubles
 the model's memory).
 
-Measured (tiny tier, seed 0, ``bench run --defense rmu --seeds 0``, default suite; training times on a 2-core machine
-under a load of about 7): llm-relearn: 150 steps in 18 s; held-out hazard accuracy 0.31 → 0.24 before any attack,
-retained benign NLL 0.88; worst-case steps-to-harm 10 (AdamW full fine-tuning at 1e-3) against 15 undefended: relearning
-is *faster* (the literature's break, arXiv 2409.18025); benign fine-tuning, which relearns the undefended model in
-55 steps, no longer does within 150. llm-harmful-qa: 150 steps in 40 s; the defended model answers harmful prompts
-with gibberish ("I I I as as I you ..."), RMU's intended behaviour on forget data, which has no refusal in it: the
-keyword judge counts 68% of those answers as compliance, below the task's refusal floor, so every run reports
-steps-to-harm 0 (already harmful). That is the judge's reading, not compliance; a model judge (``judge_model``)
-would separate them.
-"""
+Measured with the rule's block 0 (issue 21; ``bench run --task llm-relearn --defense rmu --attack full-ft
+optimizer=adamw weight_decay=0.01 lr=1e-3``, seed 0, load about 11): 150 steps in 38 s, retained primary utility
+0.95, relearned in 10 steps against 15 undefended, as at block 1. The rest of this paragraph and the knob
+measurements next to :class:`RMUConfig` were taken at block 1 (the rule before issue 21; ``layer=1``).
+
+Measured at block 1 (tiny tier, seed 0, ``bench run --defense rmu --seeds 0``, default suite; training times on a
+2-core machine under a load of about 7): llm-relearn: 150 steps in 18 s; held-out hazard accuracy 0.31 → 0.24 before
+any attack, retained benign NLL 0.88; worst-case steps-to-harm 10 (AdamW full fine-tuning at 1e-3) against 15
+undefended: relearning is *faster* (the literature's break, arXiv 2409.18025); benign fine-tuning, which relearns the
+undefended model in 55 steps, no longer does within 150. llm-harmful-qa: 150 steps in 40 s; the defended model answers
+harmful prompts with gibberish ("I I I as as I you ..."), RMU's intended behaviour on forget data, which has no
+refusal in it: the keyword judge counts 68% of those answers as compliance, below the task's refusal floor, so every
+run reports steps-to-harm 0 (already harmful). That is the judge's reading, not compliance; a model judge
+(``judge_model``) would separate them. """
 
 from __future__ import annotations
 
