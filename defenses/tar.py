@@ -22,7 +22,7 @@ AdamW steps at ``natural_lr_ratio`` × the meta step's learning rate after it in
 Held out: as the reference's x_tr comes from a held-out forget split, a quarter of the defender's fixed harmful
 batches (at least one; :data:`HELD_OUT_SHARE`) are reserved for L_TR and the simulated adversary trains on the other
 fixed batches, never on x_tr. (So TAR uses the view's fixed batches rather than its fresh stream: on diffusion the
-adversary sees each image with its fixed timestep and noise. A view with a single harmful batch cannot hold one out:
+adversary sees each image with its fixed timestep and noise, and ``batch_size`` then sizes the benign batches only. A view with a single harmful batch cannot hold one out:
 both then use the stream and the report's notes say so.)
 
 L_TR (``tr_loss``), minimised at θ′: ``entropy`` (−H of the predictions on harmful inputs: TAR's loss for
