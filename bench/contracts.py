@@ -156,6 +156,16 @@ class AttackerScale:
     """Learning rates at which undefended Adam harms fastest (the decades the suite found)."""
     batch_size: int
     """The attacker's batch size."""
+    adam_steps: int | None = None
+    """Undefended steps-to-harm of Adam/AdamW at ``lrs``, where the fastest attack behind ``steps`` is another
+    optimizer (vision-digits tiny: Muon in 10, AdamW in 35); None: ``steps``. Defenses that simulate an AdamW
+    attacker (TAR) size its inner loop by it."""
+    sgd_steps: int | None = None
+    """Undefended steps-to-harm of plain SGD at ``sgd_lrs``; None: ``steps``."""
+    sgd_lrs: tuple[float, ...] = ()
+    """Learning rates at which undefended plain SGD harms fastest (measured), for defenses that simulate an SGD
+    attacker (Sophon): SGD at Adam's rates barely moves. Empty: not measured; such a defense then calibrates its own
+    (see :func:`defenses._trained.sgd_rates`)."""
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,22 @@ def attacker_report(view: DefenderView) -> dict[str, Any] | None:
     return {"steps": scale.steps, "lrs": list(scale.lrs), "batch_size": scale.batch_size}
 
 
+def sgd_rates(model: nn.Module, view: DefenderView, batch: Any) -> tuple[tuple[float, ...], bool]:
+    """Learning rates for a simulated plain-SGD attacker, and whether they were calibrated: the task's measured
+    :attr:`~bench.contracts.AttackerScale.sgd_lrs`, else, for each of its Adam rates, the SGD rate whose first step
+    on ``batch`` moves the trainable weights as far as Adam's first step does (Adam's first update moves every
+    coordinate by about lr, a distance of lr·√P over P weights; SGD's moves lr·‖∇L‖): lr·√P / ‖∇L‖. SGD at Adam's
+    own rates (1e-3 on the tiny tiers) barely moves a model whose gradients are small."""
+    scale = attacker_of(view)
+    if scale.sgd_lrs:
+        return tuple(scale.sgd_lrs), False
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(view.harmful_loss(model, batch), params, allow_unused=True)
+    norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None))
+    count = sum(p.numel() for p in params)
+    return tuple(lr * math.sqrt(count) / max(norm, 1e-12) for lr in scale.lrs), True
+
+
 def batch_size_of(cfg: TrainedConfig, view: DefenderView) -> int:
     return cfg.batch_size or (view.attacker.batch_size if view.attacker else 8)
 

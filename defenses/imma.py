@@ -1,14 +1,15 @@
-"""``imma``: immunise a text-to-image model against one adaptation method by bi-level training of its cross-attention.
+"""``imma``: immunise a text-to-image model against one adaptation method by bi-level training of its attention.
 
 Paper: Zheng & Yeh 2024, "IMMA: Immunizing text-to-image Models against Malicious Adaptation", arXiv 2311.18815.
-Written from the paper: the official code's licence forbids reuse, and it was not read.
+Written from the paper: the official code's licence forbids reuse; it was read (amberyzheng/IMMA, ``train/`` and
+``scripts/``) only to check which parameters it trains and for how long, and no line of it is used.
 
 Threat model: the attacker adapts the released model to a forbidden style or concept with a known adaptation method
 (LoRA adapters, or DreamBooth's fine-tuning of the whole UNet) on a few forbidden images, with the denoising loss.
 IMMA trains one immunised model per adaptation method (``adapt``; presets ``lora`` and ``full``), using only the
 defender's split.
 
-Objective (the paper's bi-level problem): maximise over θ, the model's cross-attention, L(θ, φ*(θ)), where
+Objective (the paper's bi-level problem): maximise over θ, the model's attention projections, L(θ, φ*(θ)), where
 φ*(θ) = argmin_φ L(θ, φ) is the adaptation fitted to the forbidden images and L is the adaptation's denoising loss
 (the task's harmful loss on the defender's harmful stream). Solved by alternating steps, each outer step on fresh
 batches:
@@ -28,19 +29,26 @@ time). Adaptations (``adapt``):
 * ``full``: φ = a delta on every UNet weight (DreamBooth), zero at the start; the adapted weight is W + δ;
 * ``none``: the ``max`` preset, an ablation: no adaptation, the outer step alone (plain gradient ascent on L at θ).
 
-θ is found by structure: every parameter of the diffusers ``Attention`` modules that attend to the text
-(``is_cross_attention``: ``attn2`` of each transformer block); the rest of the UNet stays as released. The paper's
-objective has no retain term (it limits the damage by training only the cross-attention); ``retain_scale`` adds the
-task's benign denoising loss at θ (our addition, off by default).
+θ is found by structure (``immunise``): ``attention`` (the default, the official code's setting) is every
+attention projection, ``to_q``, ``to_k``, ``to_v`` and ``to_out`` (weights and biases) of every diffusers
+``Attention`` module, self- and cross-attention alike (the official scripts select the UNet parameters by these
+names, though they name the checkpoint after the cross-attention); ``cross-attention`` is every parameter of the
+modules that attend to the text only (``is_cross_attention``: ``attn2`` of each transformer block), the narrower
+reading of the paper's text and this module's default before issue 21. The rest of the UNet stays as released. The
+paper's objective has no retain term (it limits the damage by training only the attention); ``retain_scale`` adds
+the task's benign denoising loss at θ (our addition, off by default).
 
-Paper defaults (Stable Diffusion 1.4): lr_θ 1e-5, lr_φ 1e-4, 50 epochs × 20 images at batch 1 (1000 outer steps),
-gradient clip 1.0. Scaling rule to the tiny tier (next to :class:`ImmaConfig`): outer steps = ``steps_factor`` (1) ×
-the undefended steps-to-harm (``view.attacker.steps``: sd-style 60, sd-concept 160), at most ``max_steps``;
+Paper defaults (Stable Diffusion 1.4; ``scripts/run_lora.sh``): lr_θ 1e-5, lr_φ 1e-4, 50 epochs × 20 images at batch
+1, gradient clip 1.0; the 1000 batches alternate one inner and one outer step, so 500 outer steps (DreamBooth:
+``max_train_steps`` 1000, also 500 outer). Scaling rule to the tiny tier (next to :class:`ImmaConfig`): outer
+steps = ``steps_factor`` (1) × the undefended steps-to-harm (``view.attacker.steps``: sd-style 60, sd-concept 160),
+at most ``max_steps``;
 lr_φ = the smallest learning rate where undefended Adam harms fastest (``view.attacker.lrs``: 1e-3), lr_θ = lr_φ / 10
 (the paper's ratio; set ``lr`` and ``inner_lr`` follows it); batch = the attacker's batch size of forbidden images.
 Each outer step costs ``inner_steps`` + 1 forward-backward passes (+1 with the retain term).
 
-Measured on the tiny tiers (2-core machine shared with other jobs): the default (``lora``) trains in 31 s on
+Measured on the tiny tiers before issue 21 with ``immunise=cross-attention`` (then the only choice; the
+attention default is not measured yet), 2-core machine shared with other jobs: the default (``lora``) trains in 31 s on
 sd-style (60 outer steps) and 79 s on sd-concept (160). The objective rises during training, yet a fresh adaptation
 from the immunised weights is barely slowed: on sd-style, after 60 LoRA (Adam 1e-3) steps the forbidden images'
 loss is 0.2122 against 0.2118 from the released weights (full fine-tuning: 0.2000 against 0.2002), the same for
@@ -74,6 +82,7 @@ LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 """The attention projections LoRA adapts (diffusers' standard targets, as in the task's ``lora_targets``)."""
 
 Adapt = Literal["lora", "full", "none"]
+Immunise = Literal["attention", "cross-attention"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +93,13 @@ class ImmaConfig(AttackerScaledConfig):
     max_steps: int = 200
     """Cap of the ``steps=None`` rule (sd-concept's 160 undefended steps fit under it)."""
     lr: float | None = None
-    """lr_θ, the AdamW learning rate of the cross-attention; None: the rule, a tenth of the smallest of the task's
+    """lr_θ, the AdamW learning rate of θ (the attention); None: the rule, a tenth of the smallest of the task's
     undefended-attacker learning rates."""
     inner_lr: float | None = None
     """lr_φ, the Adam learning rate of the adaptation; None: 10 × lr_θ (the paper's ratio)."""
+    immunise: Immunise = "attention"
+    """θ: every attention projection (to_q, to_k, to_v, to_out of self- and cross-attention: the official code's
+    setting) or the cross-attention modules only (see the module docstring)."""
     adapt: Adapt = "lora"
     """The adaptation method immunised against: lora, full (DreamBooth) or none (plain ascent; the max preset)."""
     inner_steps: int = 1
@@ -116,6 +128,11 @@ class ImmaConfig(AttackerScaledConfig):
 def cross_attention(model: nn.Module) -> list[str]:
     """Names of the modules that attend to the text: diffusers ``Attention`` modules with ``is_cross_attention``."""
     return [name for name, module in model.named_modules() if getattr(module, "is_cross_attention", False) is True]
+
+
+def immunised_modules(model: nn.Module, immunise: Immunise) -> list[str]:
+    """The modules whose parameters are θ: the attention projections, or the cross-attention modules."""
+    return attention_projections(model) if immunise == "attention" else cross_attention(model)
 
 
 def attention_projections(model: nn.Module) -> list[str]:
@@ -195,7 +212,7 @@ class Adapted(nn.Module):
 
 @DEFENSES.register("imma")
 class Imma(Defense):
-    """IMMA: train cross-attention so that adapting the model to the forbidden concept fails (Zheng & Yeh 2024)."""
+    """IMMA: train the attention so that adapting the model to the forbidden concept fails (Zheng & Yeh 2024)."""
 
     Config = ImmaConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {
@@ -208,10 +225,11 @@ class Imma(Defense):
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: ImmaConfig, *,
               generator: torch.Generator) -> DefenseResult:
-        immunised = cross_attention(model)
+        immunised = immunised_modules(model, cfg.immunise)
         if not immunised:
-            raise PluginError("imma trains the model's cross-attention, and this model has none (no diffusers "
-                              "Attention module with is_cross_attention)")
+            raise PluginError(f"imma (immunise={cfg.immunise}) trains the model's attention, and this model has none "
+                              "(no diffusers Attention module with is_cross_attention, or no nn.Linear to_q, to_k, "
+                              "to_v, to_out.0 in one)")
         steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         inner_lr = cfg.inner_lr if cfg.inner_lr is not None else INNER_LR_RATIO * lr
         batch_size = batch_size_of(cfg, view)
@@ -258,7 +276,8 @@ class Imma(Defense):
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
         model.eval()
-        info = log.info(adapt=cfg.adapt, lr=lr, batch_size=batch_size, retain_scale=cfg.retain_scale,
+        info = log.info(adapt=cfg.adapt, immunise=cfg.immunise, lr=lr, batch_size=batch_size,
+                        retain_scale=cfg.retain_scale,
                         immunised_modules=immunised, adapted_params=len(adaptation.targets),
                         simulated_attacker={"adapt": cfg.adapt, "optimizer": "adam", "lr": inner_lr,
                                             "inner_steps": cfg.inner_steps, "reset_every": cfg.reset_every,

@@ -18,8 +18,12 @@ is restored to trainable when the defense returns, so attacks fine-tune the whol
 Paper defaults (zephyr-7b, 32 blocks, hidden 4096): ℓ = 7, c = 6.5, alpha = 1200, AdamW lr 5e-5, batch 4, 150-250
 batches. Scaled to any depth and width by rules written next to the config:
 
-* ℓ = round(7/32 · depth), at least 1 and at most the last block (the paper's 7 of 32; about depth/4): block 1 of
-  the tiny tier's 2 (its last: the steered state then passes only the final norm and the output map);
+* ℓ = round(7/32 · depth), at most the last block (the paper's 7 of 32; about depth/4, so 24 blocks read the
+  steered state after it): block 0 of the tiny tier's 2, whose output the last block still reads, and only block
+  0's MLP output map trains (ℓ−2..ℓ clipped at the first block). Before issue 21 the rule said "at least 1" and
+  steered the tiny tier's last block, whose state passes only the final norm and the output map: that scrambles
+  the outputs rather than a representation later layers must read, which is not what the paper scaled;
+  ``layer=1`` restores it;
 * c = ``steer_scale`` × the mean norm of the released model's layer-ℓ hidden states on the defender's harmful data
   (the proportional coefficient of Adaptive RMU, Dang et al. 2024, arXiv 2408.06223): a fixed c means nothing across
   models whose hidden norms differ by orders of magnitude (the paper itself used c = 300 for Mixtral);
@@ -32,16 +36,20 @@ batches. Scaled to any depth and width by rules written next to the config:
 Cost per step: a forward-backward on a harmful and on a benign batch, plus a forward of the frozen copy (which doubles
 the model's memory).
 
-Measured (tiny tier, seed 0, ``bench run --defense rmu --seeds 0``, default suite; training times on a 2-core machine
-under a load of about 7): llm-relearn: 150 steps in 18 s; held-out hazard accuracy 0.31 → 0.24 before any attack,
-retained benign NLL 0.88; worst-case steps-to-harm 10 (AdamW full fine-tuning at 1e-3) against 15 undefended: relearning
-is *faster* (the literature's break, arXiv 2409.18025); benign fine-tuning, which relearns the undefended model in
-55 steps, no longer does within 150. llm-harmful-qa: 150 steps in 40 s; the defended model answers harmful prompts
-with gibberish ("I I I as as I you ..."), RMU's intended behaviour on forget data, which has no refusal in it: the
-keyword judge counts 68% of those answers as compliance, below the task's refusal floor, so every run reports
-steps-to-harm 0 (already harmful). That is the judge's reading, not compliance; a model judge (``judge_model``)
-would separate them.
-"""
+Measured with the rule's block 0 (issue 21; ``bench run --task llm-relearn --defense rmu --attack full-ft
+optimizer=adamw weight_decay=0.01 lr=1e-3``, seed 0, load about 11): 150 steps in 38 s, retained primary utility
+0.95, relearned in 10 steps against 15 undefended, as at block 1. The rest of this paragraph and the knob
+measurements next to :class:`RMUConfig` were taken at block 1 (the rule before issue 21; ``layer=1``).
+
+Measured at block 1 (tiny tier, seed 0, ``bench run --defense rmu --seeds 0``, default suite; training times on a
+2-core machine under a load of about 7): llm-relearn: 150 steps in 18 s; held-out hazard accuracy 0.31 → 0.24 before
+any attack, retained benign NLL 0.88; worst-case steps-to-harm 10 (AdamW full fine-tuning at 1e-3) against 15
+undefended: relearning is *faster* (the literature's break, arXiv 2409.18025); benign fine-tuning, which relearns the
+undefended model in 55 steps, no longer does within 150. llm-harmful-qa: 150 steps in 40 s; the defended model answers
+harmful prompts with gibberish ("I I I as as I you ..."), RMU's intended behaviour on forget data, which has no
+refusal in it: the keyword judge counts 68% of those answers as compliance, below the task's refusal floor, so every
+run reports steps-to-harm 0 (already harmful). That is the judge's reading, not compliance; a model judge
+(``judge_model``) would separate them. """
 
 from __future__ import annotations
 
@@ -69,7 +77,7 @@ MLP_NAMES = ("mlp", "feed_forward", "ffn")
 class RMUConfig(AttackerScaledConfig):
     layer: int | None = None
     """Index of the steered block among the task's feature modules (0 = shallowest); None: the rule
-    round(7/32 · depth), at least 1, at most the last block."""
+    round(7/32 · depth), at most the last block (the tiny tier's 2 blocks: block 0)."""
     trained_blocks: int = 3
     """The MLP output maps of this many blocks, ending at the steered one, train (paper: ℓ−2..ℓ)."""
     steer_scale: float = 4.0
@@ -91,12 +99,12 @@ class RMUConfig(AttackerScaledConfig):
 
 
 def steered_layer(cfg: RMUConfig, depth: int) -> int:
-    """``cfg.layer``, else the rule: round(7/32 · depth), at least 1, at most the last block."""
+    """``cfg.layer``, else the rule: round(7/32 · depth), at most the last block."""
     if cfg.layer is not None:
         if cfg.layer >= depth:
             raise PluginError(f"rmu: layer {cfg.layer} is out of range; the model has {depth} blocks (0..{depth - 1})")
         return cfg.layer
-    return min(max(round(PAPER_LAYER / PAPER_DEPTH * depth), 1), depth - 1)
+    return min(round(PAPER_LAYER / PAPER_DEPTH * depth), depth - 1)
 
 
 def _is_linear(module: nn.Module) -> bool:

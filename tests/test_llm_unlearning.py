@@ -55,7 +55,7 @@ def test_rmu_steers_the_paper_layer_scaled_to_depth():
 
     cfg = RMUConfig()
     # the paper's 7 of 32; about a quarter of the depth, at least 1, never past the last block
-    assert [steered_layer(cfg, depth) for depth in (32, 30, 12, 2, 1)] == [7, 7, 3, 1, 0]
+    assert [steered_layer(cfg, depth) for depth in (32, 30, 12, 4, 2, 1)] == [7, 7, 3, 1, 0, 0]  # 2: not the last
     assert steered_layer(RMUConfig(layer=5), 6) == 5
     with pytest.raises(PluginError, match="out of range"):
         steered_layer(RMUConfig(layer=6), 6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,8 @@ from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
-from defenses.tar import output_head, plan
+from defenses._trained import TrainingLog
+from defenses.tar import _Trainer, output_head, plan, tamper_resistance_loss
 
 CPU = torch.device("cpu")
 
@@ -50,14 +52,33 @@ def test_config_and_presets_round_trip():
 def test_scaling_rule_follows_the_task_attacker(digits):
     cls = DEFENSES.get("tar")
     view = digits.defender_view()
+    # K follows the simulated optimizer's own undefended steps-to-harm: AdamW's 35 on vision-digits (Muon's 10 is the
+    # suite's fastest), capped at 16
+    assert view.attacker.steps == 10 and view.attacker.adam_steps == 35
     p = plan(cls.Config(), view, "logits")
-    assert p.inner_steps == view.attacker.steps and p.lrs == view.attacker.lrs
-    assert p.evaluations[-1] == p.inner_steps - 1 and abs(sum(p.weights) - 1) < 1e-9
+    assert p.inner_steps == 16 and p.lrs == view.attacker.lrs and p.lr == min(view.attacker.lrs)
+    assert p.evaluations == (3, 7, 11, 15) and p.weights[-1] == 1.0  # the reference's exp(λ(k−K+1))
+    assert p.weights == tuple(math.exp(4.0 * (k - 15) / 16) for k in p.evaluations)  # not normalised to sum 1
     assert list(p.weights) == sorted(p.weights)  # later (stronger) attacker states weigh more
-    assert p.passes_per_step == 10 + 3 + 2 and p.steps == round(400 / 15)
+    assert p.passes_per_step == 16 + 4 + 2 and p.steps == round(400 / 22)
+    fast = dataclasses.replace(view, attacker=AttackerScale(steps=10, lrs=(1e-3,), batch_size=16))
+    assert plan(cls.Config(), fast, "logits").inner_steps == 10  # no adam_steps: the task's steps
     slow = dataclasses.replace(view, attacker=AttackerScale(steps=60, lrs=(1e-3,), batch_size=16))
     assert plan(cls.Config(), slow, "logits").inner_steps == 16  # the cap: diffusion's 60 steps cost too much on CPU
     assert plan(cls.Config(tr_loss="inverse-ce"), view, "regression").tr_loss == "dos"
+
+
+def test_sophon_simulates_sgd_at_the_tasks_sgd_rates_and_keeps_its_lr_ratios(digits):
+    sophon = DEFENSES.resolve("tar.sophon")
+    cfg = build_config(sophon.cls.Config, sophon.preset_args, where="preset")
+    view = digits.defender_view()
+    p = plan(cfg, view, "logits")
+    assert p.lrs == view.attacker.sgd_lrs == (0.1, 0.3)  # not Adam's 1e-3..1e-2, at which SGD barely moves
+    assert p.inner_steps == 16  # SGD's own steps-to-harm (60), capped
+    assert p.natural_lr / p.lr == pytest.approx(5 / 3) and p.lr == min(view.attacker.lrs)  # classifier α:β = 3:5
+    diffusion = plan(cfg, dataclasses.replace(view, setting="generation"), "regression")
+    assert diffusion.natural_lr / diffusion.lr == pytest.approx(50)  # diffusion α:β = 0.1:5
+    assert diffusion.natural_lr == pytest.approx(5 / 3 * min(view.attacker.lrs))
 
 
 def test_deterministic_under_a_seed_and_records_its_attacker(digits):
@@ -68,7 +89,7 @@ def test_deterministic_under_a_seed_and_records_its_attacker(digits):
     assert any(not torch.equal(a, b) for a, b in zip(weights(first.model), weights(other.model)))
     info = first.info
     assert info["inner_attacker"] == {"optimizer": "adamw", "lrs": [1e-3, 1e-2], "steps": 2, "subsample": 1,
-                                      "reinit_head": None}
+                                      "reinit_head": None, "lrs_calibrated": False}
     # per outer step: 2 inner steps + 2 L_TR evaluations + retain + representation passes
     assert info["fb_passes"] == 3 * 6 and info["training_seconds"] > 0 and info["tr_loss"] == "entropy"
     assert [p["step"] for p in first.curve] == [1, 2, 3]
@@ -86,8 +107,8 @@ def test_sophon_preset_takes_natural_steps_with_inverse_cross_entropy(digits):
     result = train(digits, **args)
     assert result.info["tr_loss"] == "inverse-ce" and result.info["inner_attacker"]["optimizer"] == "sgd"
     assert "rep" not in result.curve[0] and result.info["fb_passes"] == 20 * (4 + 4 + 1)
-    attack = [p["attack"] for p in result.curve]
-    assert sum(attack[-5:]) > 1.2 * sum(attack[:5])  # the simulated attack ends further from the forbidden labels
+    tr = [p["tr"] for p in result.curve]
+    assert sum(tr[-5:]) < 0.9 * sum(tr[:5]), tr  # L_TR (inverse-ce) after the simulated SGD attack falls
 
 
 def test_reinit_head_finds_the_classifier_head(digits):
@@ -157,3 +178,96 @@ def test_auto_tamper_resistance_loss_follows_the_task_setting(setting, kind, exp
 
     view = dataclasses.replace(testing.tiny_view(), setting=setting)
     assert plan(DEFENSES.get("tar").Config(), view, kind).tr_loss == expected
+
+
+# --- objectives that must move the right way: each test fails when the sign of its key term flips ----------------
+def _trainer(task_model, view, cfg, seed=0):
+    p = plan(cfg, view, "logits")
+    log = TrainingLog("tar", 1, progress=False)
+    return _Trainer(task_model, view, cfg, p, torch.Generator().manual_seed(seed), log, base=None, head=None)
+
+
+def test_the_inner_loop_restores_the_weights_and_leaves_the_attacked_weights_gradient(digits):
+    cfg = DEFENSES.get("tar").Config(inner_steps=4, subsample=1, rep_scale=0.0)
+    model, view = copy.deepcopy(digits.model), digits.defender_view()
+    trainer = _trainer(model, view, cfg)
+    before = weights(model)
+    tr_batch = view.harmful[-1]  # the held-out x_tr (4 fixed batches: the last one)
+    trainer._tamper_resistance_gradient()
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(model)))  # θ restored after the simulated attack
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # The gradient was taken at the attacked weights θ′ (first order), where L_TR differs from its value at θ.
+    grad_at_theta = torch.autograd.grad(tamper_resistance_loss("entropy", model, view, tr_batch),
+                                        list(model.parameters()))
+    assert any(not torch.allclose(p.grad, cfg.tr_scale * g) for p, g in zip(model.parameters(), grad_at_theta))
+
+
+def test_sophon_adversary_moves_at_its_default_rates(digits):
+    # Sophon's simulated attacker is plain SGD. At the task's SGD rates (0.1, 0.3) it takes the forbidden labels'
+    # loss from 14.6 to about 1 in 16 steps (measured); at Adam's rates (1e-3) SGD barely moves (14.6 -> ~11).
+    sophon = DEFENSES.resolve("tar.sophon")
+    cfg = build_config(sophon.cls.Config, sophon.preset_args, where="preset")
+    seen: list[float] = []
+    view = digits.defender_view()
+
+    def recorded(model, batch, reduction="mean", _loss=view.harmful_loss):
+        out = _loss(model, batch, reduction=reduction)
+        seen.append(float(out.detach()))
+        return out
+
+    view = dataclasses.replace(view, harmful_loss=recorded)
+    for seed in range(3):  # each draws one of the two rates
+        seen.clear()
+        _trainer(copy.deepcopy(digits.model), view, cfg, seed)._tamper_resistance_gradient()
+        assert len(seen) == 16 and sum(seen[-3:]) / 3 < 0.25 * seen[0], seen
+
+
+def test_sophon_without_measured_sgd_rates_calibrates_them_to_adams_first_step(digits):
+    from defenses._trained import sgd_rates
+
+    view = digits.defender_view()
+    unmeasured = dataclasses.replace(view, attacker=dataclasses.replace(view.attacker, sgd_lrs=()))
+    rates, calibrated = sgd_rates(digits.model, unmeasured, view.harmful[0])
+    # measured: 0.009 and 0.09 (Adam: 1e-3, 1e-2), against the measured fastest SGD rates 0.1 and 0.3
+    assert calibrated and len(rates) == 2 and all(r > 5 * a for r, a in zip(rates, view.attacker.lrs))
+    assert sgd_rates(digits.model, view, view.harmful[0]) == ((0.1, 0.3), False)
+
+
+@pytest.fixture(scope="module")
+def chat(cache):
+    cls = TASKS.get("llm-harmful-qa")
+    return cls().build(cls.Config(**cls.smoke_args), tier="tiny", model=None, cache=cache, device=CPU, progress=False)
+
+
+@pytest.fixture(scope="module")
+def style(cache):
+    cls = TASKS.get("sd-style")
+    return cls().build(cls.Config(**cls.smoke_args), tier="tiny", model=None, cache=cache, device=CPU, progress=False)
+
+
+def test_chat_refusal_preference_trains_toward_the_refusal(chat):
+    # TAR's chat loss: on the held-out batch, the preference of the refusal over the compliance strengthens.
+    # Measured (smoke build, 10 steps): 0.67 -> 0.48; with the TR gradient's sign flipped it rises to 0.96.
+    view = chat.defender_view()
+    held_out = (view.harmful[-1], view.aligned[-1])
+
+    def preference(model):
+        with torch.no_grad():
+            return float(tamper_resistance_loss("refusal-preference", model, view, held_out))
+
+    result = train(chat, steps=6, inner_steps=2, subsample=1)
+    assert result.info["tr_loss"] == "refusal-preference" and result.info["tr_held_out_batches"] == 1
+    assert preference(result.model) < 0.9 * preference(chat.model)
+
+
+def test_diffusion_denial_of_service_trains_the_prediction_down(style):
+    # TAR's generation loss (Sophon's denial of service): the predicted noise on held-out forbidden images shrinks.
+    view = style.defender_view()
+
+    def dos(model):
+        with torch.no_grad():
+            return float(tamper_resistance_loss("dos", model, view, view.harmful[-1]))
+
+    result = train(style, steps=6, inner_steps=2, subsample=1)
+    assert result.info["tr_loss"] == "dos"
+    assert dos(result.model) < 0.9 * dos(style.model)
