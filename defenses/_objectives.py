@@ -61,20 +61,6 @@ def suppression(pred: Predictions, reduction: str = "mean") -> torch.Tensor:
     return negative_entropy(pred, reduction) if pred.kind == "logits" else denial_of_service(pred, reduction)
 
 
-def mmd_to_gaussian(rows: torch.Tensor, generator: torch.Generator, bandwidths=(1.0, 2.0, 4.0)) -> torch.Tensor:
-    """Squared MMD (Gaussian kernels at several bandwidths, relative to sqrt(D)) between ``rows`` (N, D) and as many
-    N(0, I) draws (RepNoise's noising term). The noise comes from ``generator``, so the loss is reproducible."""
-    x = rows.float()
-    noise = torch.randn(x.shape, generator=generator).to(x.device)
-    scale = x.shape[-1] ** 0.5
-
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        d2 = torch.cdist(a, b).pow(2)
-        return sum(torch.exp(-d2 / (2 * (bw * scale) ** 2)) for bw in bandwidths)
-
-    return kernel(x, x).mean() + kernel(noise, noise).mean() - 2 * kernel(x, noise).mean()
-
-
 def bounded_ascent(loss: torch.Tensor) -> torch.Tensor:
     """−log(1 + loss): minimising it raises a (non-negative) harmful loss with a gradient −∇loss / (1 + loss) that
     shrinks as the loss grows, so the defense's other terms dominate once the loss is high (RepNoise's and
