@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from bench.spec import DEFAULT_SUITE_LABEL
 from bench.metrics import Ratio, WorstCase, censored_median, resistance_ratio, worst_case
 from bench.results import read_metrics
 from leaderboard import cost, utility
@@ -34,7 +35,11 @@ from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.sources import RESULTS_SOURCE, load_all
 from leaderboard.utility import UTILITY_LIMITS
 
-TASK_KEYS = ["task", "tier", "model"]
+TASK_KEYS = ["task", "tier", "model", "task_settings", "suite"]
+"""What a worst case and a ratio are taken within: runs of other task settings (the task's resolved config) or of
+another attack suite (:func:`bench.planner.suite_label`) are never pooled with them (:func:`run_keys`)."""
+UNRECORDED_SETTINGS = ""
+"""``task_settings`` of runs written before the settings were recorded."""
 DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash", "source"]
 """A board row: a defense config on a task, from one source (``results`` or ``submission:<name>``,
 :mod:`leaderboard.sources`)."""
@@ -100,10 +105,21 @@ def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataF
             runs[f"{phase}_retained:{split}"] = g["value"].reindex(runs.index)
             runs[f"{phase}_retained_low:{split}"] = g["ci_low"].reindex(runs.index)
             runs[f"{phase}_retained_high:{split}"] = g["ci_high"].reindex(runs.index)
-    runs = runs.join(release_columns(metrics, runs.index))
+    runs = runs.join(release_columns(metrics, runs.index)).join(run_keys(metrics, runs.index))
     runs["primary_utility"] = utility.primary_utility(metrics).reindex(runs.index)
     runs["retained_after_attack"] = utility.retained_after_attack(runs)
     return runs.reset_index()
+
+
+def run_keys(metrics: pd.DataFrame, run_ids: pd.Index) -> pd.DataFrame:
+    """Per run: its ``suite`` and ``task_settings`` (canonical JSON of the task's config), from the rows the runner
+    writes (``released`` phase, the value in ``split``). Runs written before they were recorded: suite ``default``
+    (the leaderboard's sweeps used the default suites) and settings :data:`UNRECORDED_SETTINGS`."""
+    out = pd.DataFrame(index=run_ids)
+    for metric, missing in (("suite", DEFAULT_SUITE_LABEL), ("task_settings", UNRECORDED_SETTINGS)):
+        rows = metrics[(metrics["phase"] == "released") & (metrics["metric"] == metric)]
+        out[metric] = rows.drop_duplicates("run_id").set_index("run_id")["split"].reindex(run_ids).fillna(missing)
+    return out
 
 
 def utility_names(runs: pd.DataFrame) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from leaderboard.aggregate import released_already_harmful
-from leaderboard.ratios import BROKEN, REFERENCE, UNDETERMINED, interval_text
+from leaderboard.ratios import BROKEN, ONE_SEED, REFERENCE, UNDETERMINED, interval_text
 from leaderboard.release import release_text
 from leaderboard.sources import source_marker
 
@@ -99,6 +99,8 @@ def ratio_text(row: Mapping[str, Any], key: str = "ratio") -> str:
         return text
     if verdict == REFERENCE:
         return f"{text} (reference)"
+    if verdict == ONE_SEED:
+        return f"{text} (1 seed: no interval, no verdict)"
     interval = interval_text(_number(row, f"{base}_low{suffix}"), _number(row, f"{base}_high{suffix}"))
     return f"{text} {interval} {verdict}" if interval else f"{text} {verdict}"
 

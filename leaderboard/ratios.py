@@ -111,7 +111,9 @@ def worst_interval(intervals: Sequence[tuple[float, float, float, bool, bool, st
     verdicts = {i[5] for i in usable}
     if verdicts == {REFERENCE}:
         return value, low, high, REFERENCE
-    if ONE_SEED in verdicts and not (high < 1):
+    if LOSS in verdicts:  # one task's whole interval lies below 1: so does the minimum's
+        return value, low, high, LOSS
+    if ONE_SEED in verdicts:  # a task without an interval: nothing can be claimed about the minimum either
         return value, low, high, ONE_SEED
     return value, low, high, verdict(low, high, 2)
 

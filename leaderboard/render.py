@@ -17,6 +17,7 @@ from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value
 from leaderboard.ratios import METHOD
+from leaderboard.variants import mismatch_notes, missing_baseline_note, variant_text
 from leaderboard.schema import Schema, Table, load_schema
 
 def released_note(group: pd.DataFrame) -> str | None:
@@ -117,11 +118,27 @@ def sort_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
 
 
 def task_groups(board: pd.DataFrame):
-    """(title, task, rows) per (task, tier, model) of the board."""
-    for keys, group in board.groupby(["task", "tier", "model"], dropna=False, sort=True):
-        task, tier, model = keys
+    """(title, task, rows) per (task, tier, model, task settings, attack suite) of the board: runs of other settings
+    or another suite are other experiments (:mod:`leaderboard.variants`), each titled by what differs."""
+    keys = [k for k in ("task", "tier", "model", "task_settings", "suite") if k in board.columns]
+    for values, group in board.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, values))
+        task, tier, model = row["task"], row["tier"], row["model"]
         title = f"{task} ({tier}{', ' + str(model) if not isnan(model) else ''})"
-        yield title, str(task), group
+        variant = variant_text(str(task), row.get("task_settings", ""), row.get("suite", ""))
+        yield (f"{title} · {variant}" if variant else title), str(task), group
+
+
+def group_rows(frame: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` (runs, seeds, trials) that belong to a board group of :func:`task_groups`."""
+    first = group.iloc[0]
+    chosen = pd.Series(True, index=frame.index)
+    for key in ("task", "tier", "model", "task_settings", "suite"):
+        if key not in frame.columns or key not in group.columns:
+            continue
+        value = first[key]
+        chosen &= frame[key].isna() if isnan(value) else frame[key] == value
+    return frame[chosen]
 
 
 FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ while the model is still usable; "
@@ -156,6 +173,7 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
     parts = overview_markdown(board, schema, claims or {}) if board["task"].nunique() > 1 else []
+    parts += [f"**Note: {note}**\n" for note in mismatch_notes(board)]
     for title, task, group in task_groups(board):
         table = schema.table_for(task)
         cols = [c for c in columns(group, table) if details or not c.fold]
@@ -168,6 +186,9 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         for _, row in sort_rows(group, table).iterrows():
             parts.append("| " + " | ".join(md_cell(c.text(row)) for c in cols) + " |")
         parts.append("")
+        missing = missing_baseline_note(group)
+        if missing:
+            parts += [f"_{missing}_", ""]
         if figures and figures.get(title):
             parts += [figures[title], ""]
     parts.append(FOOTNOTE + ("" if details else " Detail columns: `--format md --details`, or the HTML site."))

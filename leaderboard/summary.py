@@ -11,7 +11,8 @@ import pandas as pd
 from leaderboard.aggregate import Aggregates, utility_names
 from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text
 from leaderboard.ratios import METHOD
-from leaderboard.render import family_table, released_note
+from leaderboard.render import family_table, group_rows, released_note, task_groups
+from leaderboard.variants import mismatch_notes, missing_baseline_note
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -35,14 +36,15 @@ def summary_text(aggregates: Aggregates) -> str:
     if board.empty:
         return "no runs."
     lines = []
-    for (task, tier), group in board.groupby(["task", "tier"], sort=True):
-        task_runs = runs[(runs["task"] == task) & (runs["tier"] == tier)]
+    lines += [f"NOTE: {note}" for note in mismatch_notes(board)]
+    for title, _, group in task_groups(board):
+        task_runs = group_rows(runs, group)
         probe = task_runs["purpose"] == "lr-probe"
         failed = task_runs["status"] != "success"
         n_probes, n_probe_failed = int(probe.sum()), int((probe & failed).sum())
         probes = f" (+{n_probes} LR-search probe runs, {n_probe_failed} failed)" if n_probes else ""
         seeds = sorted(task_runs["seed"].unique().tolist())
-        lines.append(f"{task} ({tier}) — {len(task_runs) - n_probes} attack runs, {int((~probe & failed).sum())} "
+        lines.append(f"{title} — {len(task_runs) - n_probes} attack runs, {int((~probe & failed).sum())} "
                      f"failed{probes}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} {seeds}")
         note = released_note(group)
         if note:
@@ -69,6 +71,9 @@ def summary_text(aggregates: Aggregates) -> str:
                     fmt_seconds(r.get("defended_defense_seconds"))]
             rows.append(row)
         lines += _table(headers, rows)
+        missing = missing_baseline_note(group)
+        if missing:
+            lines.append(missing)
         families = family_table(task_runs)
         if not families.empty:
             lines.append("")
