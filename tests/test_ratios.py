@@ -149,3 +149,49 @@ class Keep(Defense):
     def apply(self, model, view, cfg, *, generator):
         return DefenseResult(model=model)
 '''
+
+
+def test_runs_of_another_suite_or_other_task_settings_are_never_pooled(tmp_path):
+    three_seeds(tmp_path, "none", [20, 20, 20])
+    three_seeds(tmp_path, "d", [40, 40, 40])
+    # an ad-hoc --attack set would find d harmed at 5: pooled, d's worst case would drop to 5 and its ratio to 0.25
+    three_seeds(tmp_path, "d", [5, 5, 5], attack="adhoc", suite="adhoc(lr=0.1)")
+    # the same task with a changed budget: its own experiment too
+    three_seeds(tmp_path, "none", [8, 8, 8], attack="b", settings='{"budget": 30}')
+    data = build(tmp_path)
+    default = data.board[data.board["suite"] == "default"]
+    d = default[(default["defense_label"] == "d") & (default["task_settings"] == "")].iloc[0]
+    assert (d["worst_median"], d["ratio"], d["ratio_verdict"]) == (40, 2.0, GAIN)
+    adhoc = data.board[data.board["suite"] == "adhoc(lr=0.1)"].iloc[0]
+    assert adhoc["worst_median"] == 5 and math.isnan(adhoc["ratio"])  # no 'none' in that suite: no ratio
+    text = markdown(data.board)
+    assert "ran under 3 different task settings / attack suites" in text and "never pooled" in text
+    assert "### toy (tiny) · suite adhoc(lr=0.1) — 3 seeds" in text
+    assert "No 'none' runs under these task settings and attack suite" in text
+    assert "no 'none'" not in summary_text(data).split("toy (tiny) — ")[1].split("\n\n")[0].lower()
+
+
+def test_failed_runs_count_the_runs_n_runs_counts(tmp_path):
+    write_run(tmp_path, defense="d", seed=0, attack="a", steps=10)
+    write_run(tmp_path, defense="d", seed=0, attack="a", status="failed", family="f")
+    write_run(tmp_path, defense="d", seed=0, attack="a", status="failed", purpose="lr-probe", lr=1e-3)
+    d = row(build(tmp_path).board, "d")
+    assert (d["n_runs"], d["n_failed"], d["n_probe_runs"], d["n_probe_failed"]) == (2, 1, 1, 1)
+
+
+def test_a_suite_is_recorded_with_each_run_and_only_a_non_default_one_changes_the_run_id():
+    from bench.planner import spec_of, suite_label
+    from bench.spec import RunSpec, make_spec
+    from bench.suite import SuiteRequest
+
+    default = SuiteRequest(task="vision-digits", defense="none")
+    assert suite_label(default) == "default"
+    assert suite_label(SuiteRequest(task="vision-digits", defense="none", refine=False)) == "default(refine=false)"
+    adhoc = SuiteRequest(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 0.01})
+    assert suite_label(adhoc) == "full-ft(lr=0.01)"
+    args = dict(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 0.01})
+    plain = make_spec(**args)
+    assert spec_of(default, "none", {}, "full-ft", {"lr": 0.01}, seed=0).run_id == plain.run_id  # ids kept
+    mine = spec_of(adhoc, "none", {}, "full-ft", {"lr": 0.01}, seed=0)
+    assert mine.suite == "full-ft(lr=0.01)" and mine.run_id != plain.run_id
+    assert RunSpec.from_json(mine.to_json()) == mine and "suite=full-ft(lr=0.01)" in mine.canonical_name
