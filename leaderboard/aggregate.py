@@ -6,13 +6,18 @@
   whose attacked model kept at least 1 − L/100 of its primary utility, :mod:`leaderboard.utility`), outcome counts,
   the worst run's harm AUC and examples seen, the attacker's trials to break (:mod:`leaderboard.cost`), and the
   resistance ratio against ``none`` on the same seed (:func:`bench.metrics.resistance_ratio`, a bound when either
-  worst case is censored; none at all when the released model was already harmful, :func:`released_already_harmful`).
-* :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range), the retained
-  utility with a 95% CI over seeds, function preservation, parameters added and defense time.
+  worst case is censored; none at all when the released model was already harmful, :func:`released_already_harmful`,
+  or the defended model was broken at release, :mod:`leaderboard.release`).
+* :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range), the ratio with
+  its interval over seeds and verdict (:mod:`leaderboard.ratios`), the retained utility with a 95% CI over seeds,
+  function preservation, parameters added and defense time.
+
+Every worst case and ratio is taken within one (task, tier, model, task settings, attack suite): :data:`TASK_KEYS`.
 * :func:`cost_curves` — per (task, defense config, seed), the trials in the attacker's order with the best
   steps-to-harm so far (``Aggregates.trials``).
 
-Failed runs are counted (``n_failed``, and as trials that did not harm), never dropped.
+Failed runs are counted (``n_failed`` for attack runs, like ``n_runs``; ``n_probe_failed`` for LR-search probes; and
+as trials that did not harm), never dropped.
 """
 
 from __future__ import annotations
