@@ -45,7 +45,7 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
     """Small multiples of the probe harm curves h(t) of one task group (board rows ``group``): one panel per
     defense, its worst-case runs (one per seed; best blind attack solid, best white-box attack dashed) in colour
     beside ``none``'s in grey, every panel on the same log-step axis (step 0 drawn at the left edge: a symlog axis,
-    linear below 1) and the same harm scale, so no single long run hides the first steps. None without attack
+    linear up to the first probed step) and the same harm scale, so no single long run hides the first steps. None without attack
     runs."""
     from leaderboard.render import group_rows
 
@@ -58,6 +58,8 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
     probes = probes[probes["run_id"].isin(set(seeds[[c for c in ("blind_run_id", "adaptive_run_id")
                                                      if c in seeds]].stack().dropna()))]
     curves = {run_id: curve.sort_values("step") for run_id, curve in probes.groupby("run_id")}
+    positive = probes.loc[probes["step"] > 0, "step"]
+    linear_up_to = float(positive.min()) if len(positive) else 1.0  # step 0 and the first probe interval, linear
     baseline = seeds[seeds["defense_label"] == "none"]
     defenses = [d for d in sorted(seeds["defense_label"].unique()) if d != "none"] or ["none"]
     plt = pyplot()
@@ -77,7 +79,7 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
                     if curve is not None:
                         ax.step(curve["step"], curve["value"], where="post", color=colour, linestyle=style,
                                 linewidth=width, alpha=0.9)
-        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xscale("symlog", linthresh=linear_up_to, linscale=0.4)
         ax.set_title(_short(defense, 34), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, linewidth=0.5)
