@@ -60,6 +60,8 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
     curves = {run_id: curve.sort_values("step") for run_id, curve in probes.groupby("run_id")}
     positive = probes.loc[probes["step"] > 0, "step"]
     linear_up_to = float(positive.min()) if len(positive) else 1.0  # step 0 and the first probe interval, linear
+    last = float(probes["step"].max()) if len(probes) else 1.0
+    ticks = [0.0, linear_up_to] + [10.0 ** k for k in range(1, 8) if linear_up_to * 1.5 < 10.0 ** k <= last * 1.5]
     baseline = seeds[seeds["defense_label"] == "none"]
     defenses = [d for d in sorted(seeds["defense_label"].unique()) if d != "none"] or ["none"]
     plt = pyplot()
@@ -80,6 +82,7 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
                         ax.step(curve["step"], curve["value"], where="post", color=colour, linestyle=style,
                                 linewidth=width, alpha=0.9)
         ax.set_xscale("symlog", linthresh=linear_up_to, linscale=0.4)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])  # 0, the first probe, then decades: no crowded labels
         ax.set_title(_short(defense, 34), fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, linewidth=0.5)
