@@ -18,7 +18,8 @@ FOREST_CAPTION = ("Resistance ratio per defense with its 95% interval over seeds
                   "contains 1), loss (red); defenses broken at release have no ratio and are listed below")
 COST_CAPTION = "Attacker cost to break: best steps-to-harm found vs attack runs tried"
 PARETO_CAPTION = ("Utility vs. resistance: up and right is better; hollow markers are lower bounds (not harmed within "
-                  "budget); the grey line, where drawn, joins the Pareto front.")
+                  "budget); the grey line, where drawn, joins the Pareto front. Defenses broken at release are not "
+                  "drawn.")
 
 
 def png_bytes(fig) -> bytes:

@@ -195,3 +195,20 @@ def test_a_suite_is_recorded_with_each_run_and_only_a_non_default_one_changes_th
     mine = spec_of(adhoc, "none", {}, "full-ft", {"lr": 0.01}, seed=0)
     assert mine.suite == "full-ft(lr=0.01)" and mine.run_id != plain.run_id
     assert RunSpec.from_json(mine.to_json()) == mine and "suite=full-ft(lr=0.01)" in mine.canonical_name
+
+
+def test_the_figures_show_the_verdicts_and_leave_a_broken_defense_off_the_pareto_plot(tmp_path):
+    from leaderboard.forest import forest_png
+    from leaderboard.pareto import task_points
+    from leaderboard.render import default_schema
+
+    three_seeds(tmp_path, "none", [20, 20, 20])
+    three_seeds(tmp_path, "steady", [25, 30, 25])
+    for seed in range(3):
+        write_run(tmp_path, defense="nan-out", seed=seed, attack="a", steps=60, censored=True, drift=(math.nan, 0.0))
+    board = build(tmp_path).board
+    png = forest_png(board, "toy")
+    assert png is not None and png[:8] == b"\x89PNG\r\n\x1a\n"
+    points, _ = task_points(board, default_schema().table_for("toy"))
+    assert sorted(p.label for p in points) == ["none", "steady"]
+    assert forest_png(board[board["defense_label"] == "none"]) is None  # nothing but the reference: no plot
