@@ -359,7 +359,8 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
     rows.append(results.metric_row("summary", "wall_seconds", wall))
     # what the leaderboard keys rows by besides the task's name: never pool different suites or task settings
     rows.append(results.metric_row("released", "suite", None, split=spec.suite))
-    rows.append(results.metric_row("released", "task_settings", None, split=json.dumps(task_cfg, sort_keys=True, default=str)))
+    settings = json.dumps(task_cfg, sort_keys=True, default=str)
+    rows.append(results.metric_row("released", "task_settings", None, split=settings))
     results.write_run(directory, run_json, results.to_table(run_columns, rows))
     return RunResult(spec=spec, status=status, directory=directory, error=error, metrics=metrics, summary=summary)
 

@@ -14,8 +14,8 @@ from leaderboard.aggregate import Aggregates
 HARM_CAPTION = ("Harm vs. attacker steps, one panel per defense (blue) beside 'none' (grey), on a shared log-step "
                 "axis: each seed's strongest blind (solid) and white-box (dashed) attack run")
 FOREST_CAPTION = ("Resistance ratio per defense with its 95% interval over seeds: log scale, arrows where an end is "
-                  "open (down to 0 or up to ∞), sorted; colour and label give the verdict: gain (green), tie (grey, the interval "
-                  "contains 1), loss (red); defenses broken at release have no ratio and are listed below")
+                  "open (down to 0 or up to ∞), sorted; colour and label give the verdict: gain (green), tie "
+                  "(grey, the interval contains 1), loss (red); defenses broken at release have no ratio and are listed below")
 COST_CAPTION = "Attacker cost to break: best steps-to-harm found vs attack runs tried"
 PARETO_CAPTION = ("Utility vs. resistance: up and right is better; hollow markers are lower bounds (not harmed within "
                   "budget); the grey line, where drawn, joins the Pareto front. Defenses broken at release are not "
@@ -46,8 +46,8 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
     """Small multiples of the probe harm curves h(t) of one task group (board rows ``group``): one panel per
     defense, its worst-case runs (one per seed; best blind attack solid, best white-box attack dashed) in colour
     beside ``none``'s in grey, every panel on the same log-step axis (step 0 drawn at the left edge: a symlog axis,
-    linear up to the first probed step) and the same harm scale, so no single long run hides the first steps. None without attack
-    runs."""
+    linear up to the first probed step) and the same harm scale, so no single long run hides the first steps. None
+    without attack runs."""
     from leaderboard.render import group_rows
 
     if data.seeds.empty or group.empty:
