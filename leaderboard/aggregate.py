@@ -11,10 +11,10 @@
 * :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range), the ratio with
   its interval over seeds and verdict (:mod:`leaderboard.ratios`), the retained utility with a 95% CI over seeds,
   function preservation, parameters added and defense time.
-
-Every worst case and ratio is taken within one (task, tier, model, task settings, attack suite): :data:`TASK_KEYS`.
 * :func:`cost_curves` — per (task, defense config, seed), the trials in the attacker's order with the best
   steps-to-harm so far (``Aggregates.trials``).
+
+Every worst case and ratio is taken within one (task, tier, model, task settings, attack suite): :data:`TASK_KEYS`.
 
 Failed runs are counted (``n_failed`` for attack runs, like ``n_runs``; ``n_probe_failed`` for LR-search probes; and
 as trials that did not harm), never dropped.
