@@ -88,7 +88,23 @@ def suite_label(request) -> str:
         changes, name = dict(request.attack_args), request.attack
     if not changes:
         return name
-    return f"{name}({','.join(f'{k}={json.dumps(v, sort_keys=True)}' for k, v in sorted(changes.items()))})"
+    values = {k: _typed(v) for k, v in sorted(changes.items())}
+    return f"{name}({','.join(f'{k}={json.dumps(v, sort_keys=True)}' for k, v in values.items())})"
+
+
+def _typed(value: Any) -> Any:
+    """A command-line value as the number or boolean it spells, so that ``lr=1e-3`` and ``lr=0.001`` name one
+    suite (the configs themselves are typed by :func:`bench.config.build_config`)."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
 
 
 def sweep_waves(sweep: AttackSweep, make: Callable[..., RunSpec], *, refine: bool) -> Waves:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from leaderboard.figures import png_bytes, pyplot
 from leaderboard.ratios import BROKEN, GAIN, LOSS, REFERENCE
@@ -54,6 +55,9 @@ def forest_png(group: pd.DataFrame, title: str = "") -> bytes | None:
     ax.axvline(1.0, color="0.2", linewidth=0.8, linestyle=":")
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
+    ticks = [m * 10.0 ** e for e in range(-4, 5) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])  # plain numbers: "0.5", "2", not "5×10⁻¹"
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([_short(label) for label in rows["defense_label"]], fontsize=8)

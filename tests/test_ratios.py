@@ -189,6 +189,8 @@ def test_a_suite_is_recorded_with_each_run_and_only_a_non_default_one_changes_th
     assert suite_label(SuiteRequest(task="vision-digits", defense="none", refine=False)) == "default(refine=false)"
     adhoc = SuiteRequest(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 0.01})
     assert suite_label(adhoc) == "full-ft(lr=0.01)"
+    typed = SuiteRequest(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": "1e-2"})
+    assert suite_label(typed) == "full-ft(lr=0.01)"  # as typed on the command line: the same suite
     args = dict(task="vision-digits", defense="none", attack="full-ft", attack_args={"lr": 0.01})
     plain = make_spec(**args)
     assert spec_of(default, "none", {}, "full-ft", {"lr": 0.01}, seed=0).run_id == plain.run_id  # ids kept
