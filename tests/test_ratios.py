@@ -93,6 +93,7 @@ def test_a_defense_broken_at_release_gets_no_ratio_and_ranks_last(tmp_path):
     assert nan["broken_at_release"] and math.isnan(nan["ratio"]) and nan["ratio_verdict"] == BROKEN
     text = markdown(data.board)
     assert "broken at release (3/3 seeds" in text and "≥ 3×" not in text
+    assert "broken at release (3/3 seeds: non-finite outputs)" in summary_text(data)  # `bench run` says it too
     table = [line for line in text.splitlines() if line.startswith("| ") and "Defense" not in line]
     assert [line.split(" | ")[0] for line in table][-1] == "| nan", table
 
