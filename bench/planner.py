@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Mapping, Sequence
@@ -21,7 +22,7 @@ from bench.contracts import AttackSweep
 from bench.errors import ConfigError
 from bench.metrics import worst_case
 from bench.registry import TASKS
-from bench.spec import RunSpec, make_spec, resolve_plugin
+from bench.spec import DEFAULT_SUITE_LABEL, RunSpec, make_spec, resolve_plugin
 
 Waves = Generator[list[RunSpec], list["RunRecord"], None]
 
@@ -79,8 +80,40 @@ def defenses_of(request) -> list[tuple[str, Mapping[str, Any]]]:
 def spec_of(request, defense: str, defense_args, attack: str, attack_args, *, seed: int,
             purpose: str = "attack") -> RunSpec:
     return make_spec(task=request.task, defense=defense, attack=attack, tier=request.tier, model=request.model,
-                     seed=seed, purpose=purpose, task_args=request.task_args, defense_args=defense_args,
-                     attack_args=attack_args)
+                     seed=seed, purpose=purpose, suite=suite_label(request), task_args=request.task_args,
+                     defense_args=defense_args, attack_args=attack_args)
+
+
+def suite_label(request) -> str:
+    """The attack suite a request runs, as recorded with each of its runs (:attr:`bench.spec.RunSpec.suite`):
+    ``default`` for the task's default suite as it is; ``default(k=v,…)`` when attack args, an LR strategy
+    (``search``) or ``refine=False`` change it; the attack and its args for a single ``--attack``. The leaderboard
+    never pools worst cases over runs of different suites."""
+    if request.attack is None:
+        changes = {**dict(request.attack_args), **({"search": request.search} if request.search else {}),
+                   **({} if request.refine else {"refine": False})}
+        name = DEFAULT_SUITE_LABEL
+    else:
+        changes, name = dict(request.attack_args), request.attack
+    if not changes:
+        return name
+    values = {k: _typed(v) for k, v in sorted(changes.items())}
+    return f"{name}({','.join(f'{k}={json.dumps(v, sort_keys=True)}' for k, v in values.items())})"
+
+
+def _typed(value: Any) -> Any:
+    """A command-line value as the number or boolean it spells, so that ``lr=1e-3`` and ``lr=0.001`` name one
+    suite (the configs themselves are typed by :func:`bench.config.build_config`)."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
 
 
 def sweep_waves(sweep: AttackSweep, make: Callable[..., RunSpec], *, refine: bool) -> Waves:

@@ -368,10 +368,15 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "wall_seconds": wall,
         **peak_memory_mb(since_reset=peak_scoped),
         "official": session.official,
+        "suite": spec.suite,
         **(extra or {}),
     }
     directory = session.results_dir / spec.run_id
     rows.append(results.metric_row("summary", "wall_seconds", wall))
+    # what the leaderboard keys rows by besides the task's name: never pool different suites or task settings
+    rows.append(results.metric_row("released", "suite", None, split=spec.suite))
+    settings = json.dumps(task_cfg, sort_keys=True, default=str)
+    rows.append(results.metric_row("released", "task_settings", None, split=settings))
     results.write_run(directory, run_json, results.to_table(run_columns, rows))
     return RunResult(spec=spec, status=status, directory=directory, error=error, metrics=metrics, summary=summary)
 

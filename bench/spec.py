@@ -21,6 +21,8 @@ from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 SPEC_VERSION = 1
 TASK_DEFAULTED_ATTACK_FIELDS = ("budget", "eval_every", "batch_size")
 PURPOSES = ("attack", "lr-probe")
+DEFAULT_SUITE_LABEL = "default"
+"""The suite label of runs planned from a task's default attack suite with no changes (:attr:`RunSpec.suite`)."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,14 @@ class RunSpec:
     seed: int = 0
     purpose: str = "attack"
     """``attack`` for runs that count in the worst case; ``lr-probe`` for an LR search's short scouting runs."""
+    suite: str = DEFAULT_SUITE_LABEL
+    """The attack suite of the request that planned this run (:func:`bench.planner.suite_label`): the leaderboard
+    takes a worst case only over runs of one suite. ``default`` (the task's default suite) is left out of the JSON
+    and the run id, so that default-suite runs keep the ids they had before suites were recorded; any other suite
+    is part of the run's identity (an ad-hoc run is never reused as, or mistaken for, a default-suite run)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body = {
             "spec_version": SPEC_VERSION,
             "task": self.task.to_json(),
             "tier": self.tier,
@@ -90,6 +97,9 @@ class RunSpec:
             "seed": self.seed,
             "purpose": self.purpose,
         }
+        if self.suite != DEFAULT_SUITE_LABEL:
+            body["suite"] = self.suite
+        return body
 
     @property
     def run_id(self) -> str:
@@ -122,8 +132,9 @@ class RunSpec:
         """Readable identity: only the config values that differ from the plugin defaults are shown."""
         model = f",model={self.model}" if self.model else ""
         probe = ",lr-probe" if self.purpose != "attack" else ""
+        suite = f",suite={self.suite}" if self.suite != DEFAULT_SUITE_LABEL else ""
         return (f"{self.task.label}/{self.tier}{model}:defense={self.defense_label},"
-                f"attack={self.attack_label},seed={self.seed}{probe}")
+                f"attack={self.attack_label},seed={self.seed}{probe}{suite}")
 
     def stage_key(self, stage: Literal["released", "defended"]) -> str:
         """Content hash of the spec's part of what a stage depends on: the key under which a
@@ -159,6 +170,7 @@ class RunSpec:
             model=data.get("model"),
             seed=int(data.get("seed", 0)),
             purpose=data.get("purpose", "attack"),
+            suite=data.get("suite", DEFAULT_SUITE_LABEL),
             task_args=data["task"].get("args", {}),
             defense_args=data["defense"].get("args", {}),
             attack_args=data["attack"].get("args", {}),
@@ -215,6 +227,7 @@ def make_spec(
     model: str | None = None,
     seed: int = 0,
     purpose: str = "attack",
+    suite: str = "default",
     task_args: Mapping[str, Any] = {},
     defense_args: Mapping[str, Any] = {},
     attack_args: Mapping[str, Any] = {},
@@ -237,8 +250,10 @@ def make_spec(
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if purpose not in PURPOSES:
         raise ConfigError(f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
+    if not isinstance(suite, str) or not suite.strip():
+        raise ConfigError(f"suite must be a non-empty label, got {suite!r}")
     return RunSpec(task=task_spec, defense=defense_spec, attack=attack_spec, tier=tier, model=model, seed=seed,
-                   purpose=purpose)
+                   purpose=purpose, suite=suite)
 
 
 def _with_diff(part: PluginSpec, registry: Registry, task_defaults: Mapping[str, Any] = {}, ignore: tuple = (),

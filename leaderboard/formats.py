@@ -5,7 +5,10 @@ columns named after the key, so that one schema entry shows a value with its cen
 
 * ``steps``: ``<key>_censored`` ("> B" when the defense held to its budget B) and, for a key ``<p>_median``,
   ``<p>_low``/``<p>_high`` (the range over seeds);
-* ``ratio``: ``<key>_lower_bound``/``<key>_upper_bound`` ("≥"/"≤") and ``released_already_harmful`` ("n/a");
+* ``ratio``: ``<key>_lower_bound``/``<key>_upper_bound`` ("≥"/"≤"), ``<key>_low``/``<key>_high`` (the interval
+  over seeds) and ``<key>_verdict`` (gain / tie / loss ..., :mod:`leaderboard.ratios`), ``released_already_harmful``
+  ("n/a"); a verdict ``broken at release`` shows that status instead of a ratio, with ``n_broken_at_release``,
+  ``seeds`` and ``release_reason`` (:mod:`leaderboard.release`);
 * ``outcomes``: ``n_harmed``/``n_broken``/``n_resisted`` (the key is the column to sort by).
 
 A key may carry a suffix ``@<task>`` (the cross-task overview's per-task columns); companions carry the same suffix.
@@ -19,6 +22,8 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from leaderboard.aggregate import released_already_harmful
+from leaderboard.ratios import BROKEN, ONE_SEED, REFERENCE, UNDETERMINED, interval_text
+from leaderboard.release import release_text
 from leaderboard.sources import source_marker
 
 
@@ -26,6 +31,8 @@ def isnan(value: Any) -> bool:
     """Whether a cell holds no value (None, NA or NaN)."""
     if value is None or value is pd.NA:
         return True
+    if isinstance(value, str):  # a label such as "nan" or "inf" is text, not a missing number
+        return False
     try:
         return math.isnan(float(value))
     except (TypeError, ValueError):
@@ -75,10 +82,27 @@ def fmt_ratio(value: float, lower_bound: bool, upper_bound: bool = False) -> str
 
 
 def ratio_text(row: Mapping[str, Any], key: str = "ratio") -> str:
+    """A ratio cell: value with its censoring, its interval over seeds and its verdict, e.g. ``1.5× [1, 2] tie``;
+    the release status instead of a ratio for a defense broken at release."""
     base, suffix = split_suffix(key)
     if released_already_harmful(pd.Series({"released_already_harmful": row.get("released_already_harmful" + suffix)})):
         return "n/a (released model already harmful)"
-    return fmt_ratio(row.get(key), _flag(row, f"{base}_lower_bound{suffix}"), _flag(row, f"{base}_upper_bound{suffix}"))
+    verdict = row.get(f"{base}_verdict{suffix}")
+    verdict = "" if isnan(verdict) else str(verdict)
+    if verdict == BROKEN:
+        if isnan(row.get(f"n_broken_at_release{suffix}")):
+            return BROKEN
+        return release_text(row.get(f"n_broken_at_release{suffix}"), row.get(f"seeds{suffix}"),
+                            _text(row.get(f"release_reason{suffix}")).replace("—", "") or None)
+    text = fmt_ratio(row.get(key), _flag(row, f"{base}_lower_bound{suffix}"), _flag(row, f"{base}_upper_bound{suffix}"))
+    if text == "—" or not verdict or verdict == UNDETERMINED:  # "? (both > budget)" says it already
+        return text
+    if verdict == REFERENCE:
+        return f"{text} (reference)"
+    if verdict == ONE_SEED:
+        return f"{text} (1 seed: no interval, no verdict)"
+    interval = interval_text(_number(row, f"{base}_low{suffix}"), _number(row, f"{base}_high{suffix}"))
+    return f"{text} {interval} {verdict}" if interval else f"{text} {verdict}"
 
 
 def split_suffix(key: str) -> tuple[str, str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from leaderboard.aggregate import Aggregates
-from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
+from leaderboard.figures import COST_CAPTION, FOREST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
+from leaderboard.forest import forest_png
 from leaderboard.html import slug
 from leaderboard.pareto import pareto_png, task_points
 from leaderboard.render import md_cell, sort_rows, task_groups
@@ -31,19 +32,20 @@ def write_figures(data: Aggregates, schema: Schema, markdown_file: str | Path) -
     out: dict[str, str] = {}
     for title, task, group in task_groups(data.board):
         spec = schema.table_for(task)
-        tier, model = group["tier"].iloc[0], group["model"].iloc[0]
         stem = slug(title, "task")
         parts = []
         for plot in spec.plots:
-            if plot == "pareto":
+            if plot == "forest":
+                parts.append(_image(folder, f"{stem}-forest.png", forest_png(group, title), FOREST_CAPTION))
+            elif plot == "pareto":
                 points, utility = task_points(sort_rows(group, spec), spec)
                 png = pareto_png(points, title=f"{title}: utility vs. resistance", utility=utility) if points else None
                 legend = "; ".join(f"{p.number} = {md_cell(p.label)}" for p in points)
                 parts.append(_image(folder, f"{stem}-pareto.png", png, f"{PARETO_CAPTION} Markers: {legend}."))
             elif plot == "harm_curves":
-                parts.append(_image(folder, f"{stem}-harm.png", harm_curves(data, task, tier, model), HARM_CAPTION))
+                parts.append(_image(folder, f"{stem}-harm.png", harm_curves(data, group, title), HARM_CAPTION))
             elif plot == "cost_curve":
-                parts.append(_image(folder, f"{stem}-cost.png", cost_curve(data, task, tier, model), COST_CAPTION))
+                parts.append(_image(folder, f"{stem}-cost.png", cost_curve(data, group, title), COST_CAPTION))
         shown = [p for p in parts if p]
         if shown:
             out[title] = "\n\n".join(shown)

@@ -1,5 +1,6 @@
-"""The cross-task overview: one row per defense over every task it ran on, ranked by its worst resistance ratio,
-with its claims-ledger status (``leaderboard/claims/``)."""
+"""The cross-task overview: one row per defense over every task it ran on, ranked by the verdict of its worst
+resistance ratio (gain above tie above loss above broken at release, :data:`leaderboard.ratios.RANK`; rows with
+the same verdict are ties, listed by name), with its claims-ledger status (``leaderboard/claims/``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pandas as pd
 from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claim_of, claim_status
 from leaderboard.formats import isnan
+from leaderboard.ratios import RANK, worst_interval
 from leaderboard.render import task_groups, utility_metrics
 
-PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "released_already_harmful", "worst_median",
-            "worst_median_censored", "worst_low", "worst_high")
+PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "ratio_low", "ratio_high", "ratio_verdict",
+            "broken_at_release", "n_broken_at_release", "release_reason", "seeds", "released_already_harmful",
+            "worst_median", "worst_median_censored", "worst_low", "worst_high")
 """Board columns copied into the overview once per task, as ``<column>@<task>``."""
 
 
@@ -60,7 +63,8 @@ def overview(board: pd.DataFrame, claims: Mapping[str, Claim], primary: dict[str
                          if c in group and group[c].notna().any()), None)
         for _, r in group.iterrows():
             row = rows.setdefault(str(r["defense_label"]), {"defense_label": str(r["defense_label"]), "tasks": 0,
-                                                              "n_runs": 0, "n_failed": 0, "_ratios": []})
+                                                              "n_runs": 0, "n_failed": 0, "_ratios": [],
+                                                              "_intervals": []})
             row["tasks"] += 1
             row["n_runs"] += int(r.get("n_runs", 0) or 0)
             row["n_failed"] += int(r.get("n_failed", 0) or 0)
@@ -70,10 +74,19 @@ def overview(board: pd.DataFrame, claims: Mapping[str, Claim], primary: dict[str
             row[f"retained@{name}"] = r.get(retained) if retained else math.nan
             if not released_already_harmful(r) and not isnan(r.get("ratio")):
                 row["_ratios"].append((float(r["ratio"]), bool(r["ratio_lower_bound"]), bool(r["ratio_upper_bound"])))
+            if not released_already_harmful(r) and isinstance(r.get("ratio_verdict"), str) and r["ratio_verdict"]:
+                row["_intervals"].append((float(r["ratio"]), float(r.get("ratio_low", math.nan)),
+                                          float(r.get("ratio_high", math.nan)), bool(r["ratio_lower_bound"]),
+                                          bool(r["ratio_upper_bound"]), r["ratio_verdict"]))
     records = []
     for label, row in rows.items():
         value, lower, upper = worst_ratio(row.pop("_ratios"))
+        _, low, high, verdict = worst_interval(row.pop("_intervals"))
+        if verdict == "broken at release":
+            value, lower, upper = math.nan, False, False
         row.update({"worst_ratio": value, "worst_ratio_lower_bound": lower, "worst_ratio_upper_bound": upper,
+                    "worst_ratio_low": low, "worst_ratio_high": high, "worst_ratio_verdict": verdict,
+                    "worst_rank": RANK.get(verdict, math.nan),
                     "claim_status": claim_status(claim_of(label, claims))})
         records.append(row)
     frame = pd.DataFrame(records)

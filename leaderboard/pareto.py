@@ -29,9 +29,13 @@ class Point:
 
 def task_points(rows, spec) -> tuple[list[Point], str | None]:
     """One numbered point per row of a task's sorted board rows (worst-case median steps, retained utility of the
-    task's primary utility metric) and that metric's name; ([], None) when no row has a utility."""
+    task's primary utility metric) and that metric's name; ([], None) when no row has a utility. Rows broken at
+    release (:mod:`leaderboard.release`) are left out: their steps measure repair, not resistance, and would sit on
+    the front as if they resisted longest."""
     from leaderboard.render import isnan, utility_metrics
 
+    if "broken_at_release" in rows:
+        rows = rows[~rows["broken_at_release"].fillna(False).astype(bool)]
     utilities = utility_metrics(rows, spec.primary_utility)
     if not utilities:
         return [], None

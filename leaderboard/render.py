@@ -16,6 +16,8 @@ from bench.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value
+from leaderboard.ratios import METHOD
+from leaderboard.variants import mismatch_notes, missing_baseline_note, variant_text
 from leaderboard.schema import Schema, Table, load_schema
 
 def released_note(group: pd.DataFrame) -> str | None:
@@ -103,26 +105,57 @@ def columns(group: pd.DataFrame, table: Table | None = None, *, tasks: list[str]
 
 
 def sort_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
-    """``group`` in the table's declared order (rows without a value last; ties by defense label)."""
+    """``group`` in the table's declared order (rows without a value last; ties by defense label). A defense broken
+    at release (:mod:`leaderboard.release`) comes after every usable one, whatever its sort value."""
     key = table.sort.key
+    broken = group.get("broken_at_release", pd.Series(False, index=group.index)).fillna(False).astype(bool)
+    ordered = group.assign(_broken=broken.values)
     if key not in group.columns:
-        return group.sort_values("defense_label")
-    return group.sort_values([key, "defense_label"], ascending=[table.sort.direction == "lower", True],
-                             na_position="last")
+        return ordered.sort_values(["_broken", "defense_label"]).drop(columns="_broken")
+    return ordered.sort_values(["_broken", key, "defense_label"],
+                               ascending=[True, table.sort.direction == "lower", True],
+                               na_position="last").drop(columns="_broken")
 
 
 def task_groups(board: pd.DataFrame):
-    """(title, task, rows) per (task, tier, model) of the board."""
-    for keys, group in board.groupby(["task", "tier", "model"], dropna=False, sort=True):
-        task, tier, model = keys
+    """(title, task, rows) per (task, tier, model, task settings, attack suite) of the board: runs of other settings
+    or another suite are other experiments (:mod:`leaderboard.variants`), each titled by what differs."""
+    keys = [k for k in ("task", "tier", "model", "task_settings", "suite") if k in board.columns]
+    for values, group in board.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, values))
+        task, tier, model = row["task"], row["tier"], row["model"]
         title = f"{task} ({tier}{', ' + str(model) if not isnan(model) else ''})"
-        yield title, str(task), group
+        variant = variant_text(str(task), row.get("task_settings", ""), row.get("suite", ""))
+        yield (f"{title} · {variant}" if variant else title), str(task), group
+
+
+def group_rows(frame: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` (runs, seeds, trials) that belong to a board group of :func:`task_groups`."""
+    first = group.iloc[0]
+    chosen = pd.Series(True, index=frame.index)
+    for key in ("task", "tier", "model", "task_settings", "suite"):
+        if key not in frame.columns or key not in group.columns:
+            continue
+        value = first[key]
+        chosen &= frame[key].isna() if isnan(value) else frame[key] == value
+    return frame[chosen]
 
 
 FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ while the model is still usable; "
             "'> B' means not reached within the budget. Resistance ratio: '≥' is a lower bound (the defense "
-            "was not harmed within budget), '≤' an upper bound ('none' was not). Outcomes: harmed / broken "
+            "was not harmed within budget), '≤' an upper bound ('none' was not); " + METHOD + " 'broken at "
+            "release': the defended model was unusable (below the task's usable floor, or non-finite outputs) "
+            "before any attack, so no ratio is computed and it ranks last. Outcomes: harmed / broken "
             "(unusable or diverged without usable harm) / resisted.")
+
+
+def seeds_text(group: pd.DataFrame) -> str:
+    """How many seeds a task's rows ran: ``3 seeds``, or ``1–3 seeds`` when rows differ."""
+    seeds = group["seeds"].dropna().astype(int) if "seeds" in group else pd.Series(dtype=int)
+    if seeds.empty:
+        return "seeds unknown"
+    low, high = int(seeds.min()), int(seeds.max())
+    return f"{low} seed{'s' if low != 1 else ''}" if low == high else f"{low}–{high} seeds"
 
 
 def md_cell(text: str) -> str:
@@ -140,10 +173,11 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
     parts = overview_markdown(board, schema, claims or {}) if board["task"].nunique() > 1 else []
+    parts += [f"**Note: {note}**\n" for note in mismatch_notes(board)]
     for title, task, group in task_groups(board):
         table = schema.table_for(task)
         cols = [c for c in columns(group, table) if details or not c.fold]
-        parts.append(f"### {title}\n")
+        parts.append(f"### {title} — {seeds_text(group)}\n")
         note = released_note(group)
         if note:
             parts.append(f"**Warning: {note}**\n")
@@ -152,6 +186,9 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
         for _, row in sort_rows(group, table).iterrows():
             parts.append("| " + " | ".join(md_cell(c.text(row)) for c in cols) + " |")
         parts.append("")
+        missing = missing_baseline_note(group)
+        if missing:
+            parts += [f"_{missing}_", ""]
         if figures and figures.get(title):
             parts += [figures[title], ""]
     parts.append(FOOTNOTE + ("" if details else " Detail columns: `--format md --details`, or the HTML site."))
@@ -161,9 +198,19 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
     return "\n".join(parts) + "\n"
 
 
-OVERVIEW_NOTE = ("Each task cell: resistance ratio against `none` · worst-case steps-to-harm (median [range] over "
-                 "seeds) · retained primary utility (defended / released). '—': the defense does not apply to the "
-                 "task (or did not run on it). Rows ranked by the worst ratio over the tasks each defense ran on.")
+OVERVIEW_NOTE = ("Each task cell: resistance ratio against `none` [interval over seeds] and its verdict · worst-case "
+                 "steps-to-harm (median [range] over seeds) · retained primary utility (defended / released). '—': "
+                 "the defense does not apply to the task (or did not run on it). Rows ranked by the verdict of the "
+                 "worst ratio over the tasks each defense ran on (gain, then tie, then loss, then broken at "
+                 "release); rows with the same verdict are ties, listed by name.")
+
+
+def _named_groups(board: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The board's task groups under the names the overview uses (:func:`leaderboard.overview.task_names`)."""
+    from leaderboard.overview import task_names
+
+    names = task_names(board)
+    return {names[title]: group for title, _, group in task_groups(board)}
 
 
 def overview_markdown(board: pd.DataFrame, schema: Schema, claims: Mapping[str, Claim]) -> list[str]:
@@ -175,12 +222,14 @@ def overview_markdown(board: pd.DataFrame, schema: Schema, claims: Mapping[str, 
     primary = {task: schema.table_for(task).primary_utility for task in board["task"].unique()}
     frame, tasks = overview(board, claims, primary)
     frame = sort_rows(frame, schema.overview)
-    lines = ["### Overview\n", "| Defense | Paper's claim | Worst ratio | " + " | ".join(tasks) + " |",
+    seeds = {name: seeds_text(group) for name, group in _named_groups(board).items()}
+    headers = [f"{task} ({seeds[task]})" if task in seeds else task for task in tasks]
+    lines = ["### Overview\n", "| Defense | Paper's claim | Worst ratio | " + " | ".join(headers) + " |",
              "|" + "|".join("---" for _ in range(3 + len(tasks))) + "|"]
     for row in frame.to_dict("records"):
         cells = []
         for task in tasks:
-            if isnan(row.get(f"worst_median@{task}")):
+            if isnan(row.get(f"worst_median@{task}")) and isnan(row.get(f"ratio_verdict@{task}")):
                 cells.append("—")
                 continue
             steps = cell_text(row, f"worst_median@{task}", "steps")

@@ -21,9 +21,10 @@ from leaderboard.formats import FORMATS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
-PLOTS = ("harm_curves", "pareto", "cost_curve", "samples")
-"""Plot names a task table may list (the overview shows none): the harm-vs-step curves of each defense's worst
-attack, the utility-vs-resistance plot, the attacker's cumulative best harm vs trials, and the sample sheets."""
+PLOTS = ("forest", "harm_curves", "pareto", "cost_curve", "samples")
+"""Plot names a task table may list (the overview shows none): the forest plot of each defense's ratio with its
+interval (:mod:`leaderboard.forest`), small multiples of the harm-vs-step curves of each defense's worst attacks,
+the utility-vs-resistance plot, the attacker's cumulative best harm vs trials, and the sample sheets."""
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 

@@ -17,15 +17,17 @@ import pandas as pd
 
 from leaderboard.aggregate import Aggregates
 from leaderboard.defense_page import defense_body, first_error_line, read_run_infos
-from leaderboard.figures import cost_curve, harm_curves
+from leaderboard.figures import FOREST_CAPTION, cost_curve, harm_curves
+from leaderboard.forest import forest_png
 from leaderboard.formats import defense_name, isnan
 from leaderboard.html import ASSETS, esc, href, page, short_label, slug, table
 from leaderboard.claims import load_claims
 from leaderboard.overview import overview
 from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION
 from leaderboard.pareto import pareto_png, task_points
-from leaderboard.render import (FOOTNOTE, Column, columns, default_schema, family_table, released_note, sort_rows,
-                                task_groups)
+from leaderboard.render import (FOOTNOTE, Column, columns, default_schema, family_table, group_rows, released_note,
+                                sort_rows, task_groups)
+from leaderboard.variants import mismatch_notes, missing_baseline_note
 from leaderboard.samples import samples_sheets
 from leaderboard.schema import Schema
 
@@ -92,8 +94,12 @@ def _overview_body(title: str, board: pd.DataFrame, runs: pd.DataFrame, schema: 
     frame, tasks = overview(board, claims, primary)
     n_failed = int((runs["status"] != "success").sum())
     parts.append(f"<p class='lead'>{frame.shape[0]} defenses on {len(task_files)} task(s), {len(runs)} runs "
-                 f"({n_failed} failed, listed on each task's page). Ranked by each defense's worst resistance ratio "
-                 "over the tasks it ran on; click a header to sort, a defense for its claims, config and runs.</p>")
+                 f"({n_failed} failed, listed on each task's page). Ranked by the verdict of each defense's worst "
+                 "resistance ratio over the tasks it ran on (gain, tie, loss, broken at release; the same verdict "
+                 "is a tie, listed by name); click a header to sort, a defense for its claims, config and runs.</p>")
+    parts += [f"<p class='warning'>{esc(note)}</p>" for note in mismatch_notes(board)]
+    seeds = "; ".join(f"{t}: {_seeds(g)}" for t, _, g in task_groups(board))
+    parts.append(f"<p class='note'>Seeds per task: {esc(seeds)}.</p>")
     cols = columns(frame, schema.overview, tasks=tasks)
     frame = sort_rows(frame, schema.overview)
     parts.append(table("overview", cols, frame, links=defense_files.get))
@@ -111,26 +117,37 @@ def _task_body(title: str, task: str, group: pd.DataFrame, data: Aggregates, spe
     rows = sort_rows(group, spec)
     parts.append(table("board", columns(group, spec), rows, links=defense_files.get,
                        row_class=lambda r: "failed" if int(r.get("n_failed", 0) or 0) else ""))
+    missing = missing_baseline_note(group)
+    if missing:
+        parts.append(f"<p class='warning'>{esc(missing)}</p>")
     parts.append(f"<p class='note'>{esc(FOOTNOTE)}</p>")
-    tier, model = group["tier"].iloc[0], group["model"].iloc[0]
     stem = slug(title, "task")
     figures = []
     for plot in spec.plots:
-        if plot == "harm_curves":
-            figures.append(_figure(out, f"{stem}-harm.png", harm_curves(data, task, tier, model), HARM_CAPTION))
+        if plot == "forest":
+            figures.append(_figure(out, f"{stem}-forest.png", forest_png(group, title), FOREST_CAPTION))
+        elif plot == "harm_curves":
+            figures.append(_figure(out, f"{stem}-harm.png", harm_curves(data, group, title), HARM_CAPTION))
         elif plot == "pareto":
             figures.append(_pareto(out, f"{stem}-pareto.png", title, rows, spec, defense_files))
         elif plot == "cost_curve":
-            figures.append(_figure(out, f"{stem}-cost.png", cost_curve(data, task, tier, model), COST_CAPTION))
+            figures.append(_figure(out, f"{stem}-cost.png", cost_curve(data, group, title), COST_CAPTION))
     parts.append("<div class='plots'>" + "".join(figures) + "</div>")
+    tier = group["tier"].iloc[0]
     sheet = sheets.get(f"{task}-{tier}-samples.png".replace("/", "_"))
     if "samples" in spec.plots and sheet:
         parts.append(f"<h2>Samples</h2><figure><img src='img/{href(sheet.name)}' alt='sample sheets'><figcaption>"
                      "Before and after each defense's worst-case attack</figcaption></figure>")
-    task_runs = data.runs[(data.runs["task"] == task) & (data.runs["tier"] == tier)]
+    task_runs = group_rows(data.runs, group)
     parts.append(_families(task_runs, defense_files))
     parts.append(_failed(task_runs, infos, defense_files))
     return "".join(parts)
+
+
+def _seeds(group: pd.DataFrame) -> str:
+    from leaderboard.render import seeds_text
+
+    return seeds_text(group)
 
 
 def _figure(out: Path, name: str, png: bytes | None, caption: str) -> str:

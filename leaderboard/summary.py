@@ -10,7 +10,9 @@ import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
 from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text
-from leaderboard.render import family_table, released_note
+from leaderboard.ratios import METHOD
+from leaderboard.render import family_table, group_rows, released_note, task_groups
+from leaderboard.variants import mismatch_notes, missing_baseline_note
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -34,13 +36,16 @@ def summary_text(aggregates: Aggregates) -> str:
     if board.empty:
         return "no runs."
     lines = []
-    for (task, tier), group in board.groupby(["task", "tier"], sort=True):
-        task_runs = runs[(runs["task"] == task) & (runs["tier"] == tier)]
-        n_failed = int((task_runs["status"] != "success").sum())
-        n_probes = int((task_runs["purpose"] == "lr-probe").sum())
-        probes = f" (+{n_probes} LR-search probe runs)" if n_probes else ""
-        lines.append(f"{task} ({tier}) — {len(task_runs) - n_probes} attack runs{probes}, {n_failed} failed, "
-                     f"seeds {sorted(task_runs['seed'].unique().tolist())}")
+    lines += [f"NOTE: {note}" for note in mismatch_notes(board)]
+    for title, _, group in task_groups(board):
+        task_runs = group_rows(runs, group)
+        probe = task_runs["purpose"] == "lr-probe"
+        failed = task_runs["status"] != "success"
+        n_probes, n_probe_failed = int(probe.sum()), int((probe & failed).sum())
+        probes = f" (+{n_probes} LR-search probe runs, {n_probe_failed} failed)" if n_probes else ""
+        seeds = sorted(task_runs["seed"].unique().tolist())
+        lines.append(f"{title} — {len(task_runs) - n_probes} attack runs, {int((~probe & failed).sum())} "
+                     f"failed{probes}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} {seeds}")
         note = released_note(group)
         if note:
             lines.append(f"WARNING: {note}")
@@ -66,6 +71,9 @@ def summary_text(aggregates: Aggregates) -> str:
                     fmt_seconds(r.get("defended_defense_seconds"))]
             rows.append(row)
         lines += _table(headers, rows)
+        missing = missing_baseline_note(group)
+        if missing:
+            lines.append(missing)
         families = family_table(task_runs)
         if not families.empty:
             lines.append("")
@@ -78,7 +86,8 @@ def summary_text(aggregates: Aggregates) -> str:
             lines.append(f"FAILED {f['run_id']}: {f['defense_label']} / {f['attack_label']} (see `bench show {f['run_id']}`)")
         lines.append("")
     lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
-                 "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget). "
+                 "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget); " + METHOD +
+                 " 'broken at release': the defended model was unusable before any attack; no ratio. "
                  "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
                  "≤20% utility drop: the worst case over the attack runs whose attacked model kept at least 80% of "
                  "the task's primary utility ('—' = none did). retained: mean over seeds [95% CI over seeds; one "

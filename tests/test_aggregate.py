@@ -25,12 +25,14 @@ def write_run(results_dir: Path, *, defense: str, seed: int, attack: str, family
               examples: int | None = None, after: dict[str, float] | None = None,
               defended: dict[str, tuple[float, float, float] | float] | None = None, primary: str | None = "accuracy",
               drift: tuple[float, float] = (0.0, 1.0), params_added: float = 0.0, defense_seconds: float = 0.0,
-              already_harmful: bool = False, label: str | None = None) -> str:
+              already_harmful: bool = False, label: str | None = None, suite: str | None = None,
+              settings: str | None = None) -> str:
     """One run as the runner writes it, reduced to the rows the aggregation reads. ``after``: the post-attack
     retained utility per split; ``defended``: the defended model's retained utility per split (value, or
     (value, ci_low, ci_high)); ``primary``: the split of the runner's ``primary_utility`` row (None: not written);
-    ``drift``: (relative max |Δ output|, argmax agreement)."""
-    run_id = f"{defense}-{seed}-{family or attack}-{lr}-{purpose}"
+    ``drift``: (relative max |Δ output|, argmax agreement); ``suite``, ``settings``: the rows the runner writes
+    of the run's attack suite and task settings (None: not written, as by older versions)."""
+    run_id = f"{defense}-{seed}-{family or attack}-{lr}-{purpose}-{suite}-{settings}"
     config = {"lr": lr} if lr is not None else {}
     columns = {"run_id": run_id, "task": TASK, "tier": "tiny", "model": None, "defense": defense,
                "defense_label": label or defense, "defense_hash": defense, "attack": attack,
@@ -40,6 +42,8 @@ def write_run(results_dir: Path, *, defense: str, seed: int, attack: str, family
                "outcome": None if status != "success" else outcome or ("resisted" if censored else "harmed"),
                "diverged": False, "official": True}
     rows = [results.metric_row("summary", "wall_seconds", 1.0)]
+    rows += [results.metric_row("released", name, None, split=value)
+             for name, value in (("suite", suite), ("task_settings", settings)) if value is not None]
     if status == "success":
         if primary is not None:
             rows.append(results.metric_row("released", "primary_utility", 0.9, split=primary))

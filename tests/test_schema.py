@@ -23,7 +23,7 @@ def edited_schema(tmp_path, edit) -> str:
 
 def test_shipped_schema_declares_the_overview_and_a_default_task_table():
     schema = load_schema()
-    assert schema.overview.sort.key == "worst_ratio"
+    assert schema.overview.sort.key == "worst_rank"  # the verdict of the worst ratio (leaderboard.ratios.RANK)
     default = schema.table_for("a-third-party-task")
     assert default is schema.tasks["default"] and default.columns[0].key == "defense_label"
     assert schema.table_for("llm-harmful-qa").primary_utility == "benign_nll"

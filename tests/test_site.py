@@ -159,16 +159,19 @@ def test_other_formats_and_the_default_folder(results_dir, tmp_path, capsys):
     board_md = (tmp_path / "b.md").read_text()
     assert "| KL |" in board_md
     overview = board_md.split("### Overview\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    assert overview[0] == "| Defense | Paper's claim | Worst ratio | sd-like | vision-like |"
+    assert overview[0] == "| Defense | Paper's claim | Worst ratio | sd-like (1 seed) | vision-like (1 seed) |"
     assert len(overview) == 2 + 4
-    assert "| specdef | no known break, 1 own limitation | ≥ 3× | ≥ 3× · > 60 · 0.900 | 3.5× · 35 · 1.000 |" in overview
-    assert "| &lt;script>alert(1)&lt;/script> | — | 2.5× | — | 2.5× · 25 · 1.000 |" in overview  # no HTML tag opens
+    one = " (1 seed: no interval, no verdict)"  # every task ran one seed: no interval, so no gain or loss is claimed
+    assert (f"| specdef | no known break, 1 own limitation | ≥ 3×{one} | ≥ 3×{one} · > 60 · 0.900 | "
+            f"3.5×{one} · 35 · 1.000 |") in overview
+    assert f"| &lt;script>alert(1)&lt;/script> | — | 2.5×{one} | — | 2.5×{one} · 25 · 1.000 |" in overview  # no tag
     assert "<script>" not in board_md
     figures = tmp_path / "b-figures"
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", board_md)
     assert images and all((tmp_path / image).is_file() for image in images)  # every linked figure was written
     assert {p.name for p in figures.glob("*.png")} == {Path(i).name for i in images}
-    assert any("pareto" in i for i in images) and "Markers: 1 = specdef; 2 = &lt;script>" in board_md
+    assert any("pareto" in i for i in images) and any("forest" in i for i in images)
+    assert "Markers: 1 = specdef; 2 = &lt;script>" in board_md
     for fmt in ("csv", "parquet"):
         assert main(["leaderboard", "--results", str(copy), "--format", fmt]) == 0
     assert set(pd.read_parquet(copy / "leaderboard.parquet")["task"]) == {"vision-like", "sd-like"}
