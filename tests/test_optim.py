@@ -79,3 +79,30 @@ def test_clipping_and_warmup_change_the_attack(tmp_path, cache):
     plain = steps()
     assert steps(grad_clip=0.01) > plain  # tiny steps: slower to harm
     assert steps(warmup_steps=150) > plain
+
+
+def test_cpu_muon_is_torchs_update_with_a_float32_orthogonalisation():
+    from attacks._optim import CpuFloat32Muon, _newton_schulz_float32
+
+    torch.manual_seed(0)
+    weights = {name: nn.Parameter(torch.randn(48, 16)) for name in ("ours", "torch's")}
+    ours = CpuFloat32Muon([weights["ours"]], lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+    theirs = torch.optim.Muon([weights["torch's"]], lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
+    start = weights["ours"].detach().clone()
+    weights["torch's"].data.copy_(start)
+    for step in range(3):
+        grad = torch.randn(48, 16)
+        for name, optimizer in (("ours", ours), ("torch's", theirs)):
+            weights[name].grad = grad.clone()
+            optimizer.step()
+    moved = (weights["torch's"] - start).norm()
+    assert (weights["ours"] - weights["torch's"]).norm() < 0.02 * moved  # the same update, up to bfloat16 rounding
+    g = torch.randn(64, 32, dtype=torch.float64)
+    exact = _newton_schulz_float32(g.double(), (3.4445, -4.775, 2.0315), 5, 1e-7).double()
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    bf16 = _zeropower_via_newtonschulz(g.float(), (3.4445, -4.775, 2.0315), 5, 1e-7).double()
+    f32 = _newton_schulz_float32(g.float(), (3.4445, -4.775, 2.0315), 5, 1e-7).double()
+    assert (f32 - exact).abs().max() < (bf16 - exact).abs().max() / 10  # more precise, not another map
+    built = build_optimizer("muon", [nn.Parameter(torch.randn(4, 4))], lr=1e-3)
+    assert isinstance(built.optimizers[0], CpuFloat32Muon)
