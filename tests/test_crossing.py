@@ -111,7 +111,7 @@ def own_loop_attack(isolated_registries):
                 loss = task.attack_loss(model, next(batches))
                 loss.backward()
                 optimizer.step()
-                if monitor.after_step(model, step=step, loss=float(loss), examples=step * cfg.batch_size):
+                if monitor.after_step(model, step=step, loss=float(loss.detach()), examples=step * cfg.batch_size):
                     break
             return AttackReport()
 
