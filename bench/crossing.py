@@ -51,7 +51,7 @@ def optimizers_of(optimizer: Any) -> list[torch.optim.Optimizer]:
 @dataclass
 class TrainingState:
     """Everything the next optimizer steps depend on, copied to the CPU (so a snapshot never costs device memory):
-    parameters and buffers, optimizer states, the given generators' states (data, Hutchinson probes, ...) and the
+    trainable parameters and buffers, optimizer states, the given generators' states (data, Hutchinson probes, ...) and the
     global RNGs (torch CPU and CUDA, Python, NumPy). The data position is the loop's to keep (it records batches)."""
 
     step: int
@@ -88,7 +88,9 @@ class TrainingState:
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
-    return [*model.parameters(), *model.buffers()]
+    """What training can change: trainable parameters (frozen ones never move: a LoRA snapshot is the adapters)
+    and buffers (e.g. batch-norm statistics)."""
+    return [*(p for p in model.parameters() if p.requires_grad), *model.buffers()]
 
 
 def _generators(optimizer: Any, generators: Sequence[torch.Generator]) -> list[torch.Generator]:
