@@ -139,7 +139,9 @@ class ProbeMonitor:
             probe = self._measure(model)
             return probe, self._usable(probe), _reaches(probe, self.task.config.tau)
 
+        attack_probes = self.probe_seconds
         self.crossing, self.raw_crossing = self.tracker.resolve(losses, measure)
+        self.probe_seconds = attack_probes  # the replay's probes are part of its own cost (replay_seconds)
 
     def _stop(self, step: int) -> bool:
         self.stop_step = step
