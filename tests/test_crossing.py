@@ -49,6 +49,23 @@ def test_the_shared_loop_replays_its_run_bit_for_bit(optimizer, cache):
     testing.check_replay(monitor, model, f"full-ft with {optimizer}")
 
 
+def test_the_monitor_replays_then_leaves_the_model_in_its_final_state(cache):
+    """finish() replays the crossing's interval and restores the state the attack ended in (what the post-attack
+    evaluation measures): weights, optimizer and RNG as before the replay."""
+    from bench.monitor import ProbeMonitor
+
+    task = testing.smoke_task("vision-digits", cache)
+    model = copy.deepcopy(task.model).train()
+    monitor = ProbeMonitor(task=task, budget=100, eval_every=5, released_utility=task.probe(task.model).utility)
+    fine_tune(model, task, FineTuneConfig(lr=1e-2, budget=100, eval_every=5, batch_size=32),
+              generator=torch.Generator().manual_seed(0), monitor=monitor)
+    before, rng = [t.clone() for t in model.state_dict().values()], torch.get_rng_state()
+    monitor.finish(model)
+    assert monitor.crossing is not None and monitor.crossing.resolution == 1 and monitor.tracker.replay_steps > 0
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before))
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
 def test_check_replay_catches_a_trajectory_that_does_not_reproduce(cache):
     task = testing.smoke_task("vision-digits", cache)
     model = copy.deepcopy(task.model).train()
