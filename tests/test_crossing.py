@@ -13,7 +13,7 @@ from bench import testing
 from bench.contracts import Attack, AttackReport, Probe
 from bench.crossing import CrossingTracker
 from bench.metrics import Curve, attack_metrics
-from bench.registry import ATTACKS
+from bench.registry import ATTACKS, TASKS
 from bench.results import read_metrics
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -47,6 +47,17 @@ def test_the_shared_loop_replays_its_run_bit_for_bit(optimizer, cache):
     assert monitor.trajectory is not None and len(monitor.states) == 6
     assert not all(torch.equal(a, b) for a, b in zip(monitor.states[0], monitor.states[-1]))  # it did train
     testing.check_replay(monitor, model, f"full-ft with {optimizer}")
+
+
+@pytest.mark.parametrize("task_name", TASKS.names())
+def test_the_shared_loop_replays_bit_for_bit_on_every_task(task_name, cache):
+    """Every task's batches and losses (diffusion's timesteps and noise, LLM token batches) replay exactly."""
+    task = testing.smoke_task(task_name, cache)
+    model = copy.deepcopy(task.model).train()
+    monitor = testing.RecordingMonitor(budget=3, stop_at=4, keep_states=True)
+    fine_tune(model, task, FineTuneConfig(lr=1e-3, budget=3, eval_every=3, batch_size=4),
+              generator=torch.Generator().manual_seed(0), monitor=monitor)
+    testing.check_replay(monitor, model, f"full-ft on {task_name}")
 
 
 def test_the_monitor_replays_then_leaves_the_model_in_its_final_state(cache):
