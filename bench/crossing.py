@@ -51,8 +51,9 @@ def optimizers_of(optimizer: Any) -> list[torch.optim.Optimizer]:
 @dataclass
 class TrainingState:
     """Everything the next optimizer steps depend on, copied to the CPU (so a snapshot never costs device memory):
-    trainable parameters and buffers, optimizer states, the given generators' states (data, Hutchinson probes, ...) and the
-    global RNGs (torch CPU and CUDA, Python, NumPy). The data position is the loop's to keep (it records batches)."""
+    trainable parameters and buffers, optimizer states, the given generators' states (data, Hutchinson probes, ...)
+    and the global RNGs (torch CPU and CUDA, Python, NumPy). The data position is the loop's to keep (it records
+    batches)."""
 
     step: int
     tensors: list[torch.Tensor]
@@ -77,7 +78,7 @@ class TrainingState:
             for target, saved in zip(_tensors(model), self.tensors, strict=True):
                 target.copy_(saved)
         for o, saved in zip(optimizers_of(optimizer), self.optimizers, strict=True):
-            o.load_state_dict(copy.deepcopy(saved))  # load_state_dict keeps the tensors it is given: never the snapshot's
+            o.load_state_dict(copy.deepcopy(saved))  # it keeps the tensors it is given: never the snapshot's own
         for g, saved in zip(_generators(optimizer, generators), self.generators, strict=True):
             g.set_state(saved)
         torch.set_rng_state(self.rng["torch"])

@@ -1,8 +1,9 @@
 """Metric definitions of DESIGN §4, as pure functions over probe curves and per-item scores.
 
 Everything the leaderboard reports is computed here: steps-to-harm with censoring (never NaN) and its raw twin, made
-exact by the monitor's replay where the attack allows it (:mod:`bench.crossing`), the three-way outcome of an attack run, harm AUC, worst case over attacks, resistance ratio, retained utility with a
-paired bootstrap CI, and function preservation.
+exact by the monitor's replay where the attack allows it (:mod:`bench.crossing`), the three-way outcome of an attack
+run, harm AUC, worst case over attacks, resistance ratio, retained utility with a paired bootstrap CI, and function
+preservation.
 """
 
 from __future__ import annotations
@@ -113,9 +114,9 @@ def harm_auc(steps: Sequence[int], harm: Sequence[float], budget: int) -> float:
 
 
 def attack_metrics(
-    curve: Curve, *, tau: float, budget: int, patience: int = 1, diverged: bool = False, diverged_step: int | None = None,
-    crossing: Crossing | None = None, raw_crossing: Crossing | None = None, stopped_early: bool = False,
-    steps_run: int | None = None,
+    curve: Curve, *, tau: float, budget: int, patience: int = 1, diverged: bool = False,
+    diverged_step: int | None = None, crossing: Crossing | None = None, raw_crossing: Crossing | None = None,
+    stopped_early: bool = False, steps_run: int | None = None,
 ) -> AttackMetrics:
     """Summarise one attack run's probe curve.
 
