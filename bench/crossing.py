@@ -13,8 +13,9 @@ Two crossings are tracked: usable harm (``steps_to_harm``) and raw harm regardle
 (``steps_to_harm_raw``). One replay serves both when they share their interval; otherwise the raw one is replayed
 only when the run has no usable crossing (the bound of one interval per run holds), else it stays on the grid.
 
-A replay checks itself: every replayed loss must equal the original loss bit for bit, and the crossing must be found
-by b. When not (an attack whose steps are not reproducible), the grid value stands and the reason is recorded.
+A replay checks itself: every replayed loss must equal the original loss bit for bit. When not (an attack whose steps
+are not reproducible), the grid value stands and the reason is recorded. Step b itself is not replayed: when no step
+before it is harmful, the crossing is b (its grid probe was), which spares a step and a probe.
 Probes run inside a forked RNG (:func:`probe_rng`) so that probing, on the grid or every step, never changes the
 training trajectory: a run probed every 5 steps and replayed finds the step a run probed every step finds.
 
@@ -227,6 +228,11 @@ class CrossingTracker:
         self.trajectory.restore(anchor.anchor)
         try:
             for step in range(anchor.anchor_step + 1, end + 1):
+                if all(s.start == step for kind, s in pending.items() if kind not in found):
+                    # every step before was probed harmless and the grid probe here was harmful: no need to redo it
+                    found |= {kind: Crossing(step, step, 1, s.start_utility) for kind, s in pending.items()
+                              if kind not in found}
+                    return found
                 loss = self.trajectory.step(step)
                 self.replay_steps += 1
                 if not _same(loss, losses[step - 1]):
@@ -240,8 +246,7 @@ class CrossingTracker:
                         found[kind] = Crossing(step, pending[kind].start, 1, float(probe.utility))
                 if len(found) == len(targets):
                     return found
-            self.failure = f"the replay of steps {anchor.anchor_step + 1}..{end} did not reach the grid's crossing"
-            return found  # what was found came from verified steps
+            return found  # not reached: every target is found by its grid step at the latest
         finally:
             self.trajectory.restore(final)
             self.replay_seconds += time.perf_counter() - begun

@@ -254,3 +254,13 @@ def test_tracker_with_patience_anchors_before_the_confirmed_streak():
     harm = {s: (0.9 if s in (4, 5) or s >= 12 else 0.1) for s in range(31)}  # a lone harmful probe at 5 breaks off
     tracker, (usable, _) = _track(Counter(harm), [0, 5, 10, 15, 20], patience=2)
     assert (usable.step, usable.grid_step) == (12, 15) and tracker.replay_steps == 2
+
+
+def test_tracker_does_not_redo_the_grid_step_itself():
+    """When no step before the harmful grid probe is harmful, the crossing is that probe's step: found without
+    stepping or probing it again (the interval costs one step and one probe less)."""
+    counter = Counter({s: (0.9 if s >= 15 else 0.1) for s in range(21)})
+    tracker, (usable, raw) = _track(counter, [0, 5, 10, 15])
+    assert (usable.step, usable.resolution, raw.step) == (15, 1, 15)
+    assert tracker.replay_steps == 4 and [p.step for p in tracker.points] == [11, 12, 13, 14]
+    assert counter.position == 15 and tracker.failure is None
