@@ -2,14 +2,16 @@
 
 Attacks differ in what they train (all weights, adapters, restructured layers); the loop that draws the attacker's
 batches, applies warm-up and gradient clipping, steps the optimizer and reports to the runner's monitor is written
-once here.
+once here. It hands the monitor a :class:`~bench.contracts.Trajectory` (:class:`LoopTrajectory`), so every attack
+built on it gets exact crossings (:mod:`bench.crossing`): the loop keeps the batches the monitor may replay, and its
+steps are a function of the saved state and the batch alone.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from torch import nn
 from attacks._optim import OptimizerName, build_optimizer, clip_gradients, set_lr_scale, warmup_scale
 from bench.config import check
 from bench.contracts import AttackConfig, AttackReport, Monitor, TaskInstance
+from bench.crossing import TrainingState
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,10 +71,8 @@ def fine_tune(
     create_graph = getattr(optimizer, "needs_create_graph", False)
     if batches is None:
         batches = task.attack_batches(cfg.batch_size, generator)
-    model.train()
-    monitor.begin(model)
-    for step in range(1, cfg.budget + 1):
-        batch = next(batches)
+
+    def train_step(step: int, batch: Any) -> float:
         if cfg.warmup_steps:
             set_lr_scale(optimizer, base_lrs, warmup_scale(step, cfg.warmup_steps))
         optimizer.zero_grad(set_to_none=True)
@@ -86,6 +87,53 @@ def fine_tune(
                 loss.backward()
             clip_gradients(params, cfg.grad_clip)
             optimizer.step()
+        return value
+
+    trajectory = LoopTrajectory(model, optimizer, train_step, generators=[generator])
+    model.train()
+    monitor.begin(model, trajectory)
+    for step in range(1, cfg.budget + 1):
+        value = train_step(step, trajectory.draw(step, batches))
         if monitor.after_step(model, step=step, loss=value, examples=step * cfg.batch_size):
             break
     return AttackReport(params_trained=sum(p.numel() for p in params), params_added=params_added, info=info or {})
+
+
+class LoopTrajectory:
+    """The shared loop's :class:`~bench.contracts.Trajectory`: :class:`~bench.crossing.TrainingState` snapshots,
+    and the batches drawn since the oldest state the monitor may still replay from (the data position)."""
+
+    def __init__(self, model: nn.Module, optimizer: Any, train_step: Callable[[int, Any], float],
+                 generators: Sequence[torch.Generator] = ()):
+        self.model, self.optimizer, self.train_step = model, optimizer, train_step
+        self.generators = list(generators)
+        self.batches: dict[int, Any] = {}
+        self.windows: list[tuple[int, int | None]] | None = None
+        """Steps whose batches are kept (``None`` until the monitor says: every batch)."""
+        self.step_done = 0
+
+    def draw(self, step: int, batches: Iterator[Any]) -> Any:
+        """The batch of ``step`` from the stream, kept while a replay may need it."""
+        batch = next(batches)
+        self.step_done = step
+        if self.windows is None or any(lo < step and (hi is None or step <= hi) for lo, hi in self.windows):
+            self.batches[step] = batch
+        return batch
+
+    def save(self) -> TrainingState:
+        return TrainingState.capture(self.step_done, self.model, self.optimizer, self.generators)
+
+    def restore(self, state: TrainingState) -> None:
+        state.restore(self.model, self.optimizer, self.generators)
+        self.step_done = state.step
+
+    def step(self, step: int) -> float:
+        if step not in self.batches:
+            raise RuntimeError(f"step {step} cannot be replayed: its batch was not kept")
+        self.step_done = step
+        return self.train_step(step, self.batches[step])
+
+    def retain(self, windows: Sequence[tuple[int, int | None]]) -> None:
+        self.windows = list(windows)
+        self.batches = {s: b for s, b in self.batches.items()
+                        if any(lo < s and (hi is None or s <= hi) for lo, hi in self.windows)}

@@ -448,16 +448,43 @@ class Defense(abc.ABC):
 # ---------------------------------------------------------------------------------------------------------------
 # Attack
 # ---------------------------------------------------------------------------------------------------------------
+class Trajectory(Protocol):
+    """What an attack's training loop offers the monitor so that it can replay part of the run (exact crossing).
+
+    The monitor probes every ``eval_every`` steps; when a probe first crosses the harm threshold between probed
+    steps a and b, it restores the state it saved at a and replays a+1..b probing every step, to record the exact
+    step. A replay must be bit-identical to the original run on the same device (the conformance check
+    :func:`bench.testing.check_attack` verifies it). The shared loop (:func:`attacks._training.fine_tune`)
+    implements it; an attack with its own loop may pass one (see :class:`bench.crossing.TrainingState`) or none,
+    and its crossings are then read on the probe grid (recorded as ``crossing_resolution`` = the probe interval).
+    """
+
+    def save(self) -> Any:
+        """The state after the last completed step: weights, optimizer state, RNG states, data position."""
+
+    def restore(self, state: Any) -> None:
+        """Return to a state :meth:`save` returned."""
+
+    def step(self, step: int) -> float:
+        """Take optimizer step ``step`` again exactly as the run took it (the same batch); returns its loss."""
+
+    def retain(self, windows: Sequence[tuple[int, int | None]]) -> None:
+        """Keep only what replaying the steps of these ``(after, up_to]`` windows needs (``None``: still open)."""
+
+
 class Monitor(Protocol):
     """The runner's side of an attack: it probes, detects harm and divergence, and says when to stop."""
 
     budget: int
 
-    def begin(self, model: "nn.Module") -> None:
-        """Call once, after any restructuring and before the first optimizer step (probes step 0)."""
+    def begin(self, model: "nn.Module", trajectory: Trajectory | None = None) -> None:
+        """Call once, after any restructuring and before the first optimizer step (probes step 0). ``trajectory``:
+        the loop's replay handle, for exact crossings (None: crossings are read on the probe grid)."""
 
     def after_step(self, model: "nn.Module", *, step: int, loss: float, examples: int) -> bool:
-        """Call after every optimizer step; returns True when the attack must stop."""
+        """Call after every optimizer step; returns True when the attack must stop. An attack runs its whole budget
+        unless this says stop: a run that quits earlier is recorded ``stopped_early`` and censored at the steps it
+        ran, and the conformance check fails it."""
 
 
 @dataclass(frozen=True)

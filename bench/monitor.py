@@ -2,7 +2,10 @@
 
 An attack calls :meth:`ProbeMonitor.begin` once its model is ready (after any restructuring) and
 :meth:`ProbeMonitor.after_step` after each optimizer step; the return value says whether to stop. The attack never
-sees the harm threshold or the evaluation data.
+sees the harm threshold or the evaluation data. After the attack returns, the runner calls
+:meth:`ProbeMonitor.finish`, which replays the interval of a crossing step by step when the attack passed a
+:class:`~bench.contracts.Trajectory` (:mod:`bench.crossing`), and says whether the attack quit before its budget
+without being asked to (``stopped_early``).
 
 Probes are deterministic (DESIGN §2), so the step-0 probe of the model every attack on a defended stage starts from
 is measured once: a :class:`StartProbe` holds it, and a run whose attack begins from an identical model
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.contracts import Probe, TaskInstance
+from bench.contracts import Probe, TaskInstance, Trajectory
+from bench.crossing import Crossing, CrossingTracker, probe_rng
 from bench.errors import PluginError
 
 
@@ -62,6 +66,13 @@ class ProbeMonitor:
     examples: int = 0
     diverged_step: int | None = None
     probe_seconds: float = 0.0
+    stop_step: int | None = None
+    """The step after which the monitor asked the attack to stop (harm confirmed, divergence, budget reached)."""
+    crossing: Crossing | None = None
+    """The usable-harm crossing, set by :meth:`finish` (None: not reached)."""
+    raw_crossing: Crossing | None = None
+    """The crossing of harm >= tau regardless of utility, set by :meth:`finish`."""
+    tracker: CrossingTracker | None = None
     _started: bool = False
     _last_step: int = 0
     _harmful_run: int = 0
@@ -75,10 +86,16 @@ class ProbeMonitor:
     def steps_run(self) -> int:
         return self._last_step
 
-    def begin(self, model: nn.Module) -> None:
+    @property
+    def stopped_early(self) -> bool:
+        """The attack returned before its budget without the monitor asking it to stop (quitting is no reason)."""
+        return self._last_step < self.budget and self.stop_step is None
+
+    def begin(self, model: nn.Module, trajectory: Trajectory | None = None) -> None:
         if self._started:
             raise PluginError(f"attack {self.attack_name!r} called monitor.begin() twice")
         self._started = True
+        self.tracker = CrossingTracker(self.task.config.patience, trajectory)
         known = self.start if self.start is not None and self.start.matches(model) else None
         if known is not None and known.probe is not None:
             self._record(0, known.probe)
@@ -106,17 +123,40 @@ class ProbeMonitor:
         if not math.isfinite(loss) or blown_up or (probe_now and not _parameters_finite(model)):
             self.diverged_step = step
             self._probe(model, step)
-            return True
+            return self._stop(step)
         if probe_now and self._probe(model, step):
-            return True
-        return step >= self.budget
+            return self._stop(step)
+        return self._stop(step) if step >= self.budget else False
+
+    def finish(self, model: nn.Module) -> None:
+        """After the attack returned: find the exact crossings (replaying one interval where the attack's trajectory
+        allows; the model is left in its final state) and record them in :attr:`crossing` / :attr:`raw_crossing`."""
+        if self.tracker is None:
+            return
+        losses = self.losses
+
+        def measure(step: int) -> tuple[Probe, bool, bool]:
+            probe = self._measure(model)
+            return probe, self._usable(probe), _reaches(probe, self.task.config.tau)
+
+        attack_probes = self.probe_seconds
+        self.crossing, self.raw_crossing = self.tracker.resolve(losses, measure)
+        self.probe_seconds = attack_probes  # the replay's probes are part of its own cost (replay_seconds)
+
+    def _stop(self, step: int) -> bool:
+        self.stop_step = step
+        return True
 
     def _probe(self, model: nn.Module, step: int) -> bool:
         """Probe the model; returns True once harm is confirmed (``patience`` consecutive usable harmful probes)."""
+        return self._record(step, self._measure(model))
+
+    def _measure(self, model: nn.Module) -> Probe:
+        """The probe (and the task's confirmation when it looks harmful), in eval mode, outside the training RNGs."""
         start = time.perf_counter()
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), probe_rng(model):
             probe = self.task.probe(model)
             usable = self._usable(probe)
             if self._harmful(probe, usable):
@@ -126,20 +166,26 @@ class ProbeMonitor:
                     probe = Probe(confirmed.harm, confirmed.utility, confirmed.broken, extras)
         model.train(was_training)
         self.probe_seconds += time.perf_counter() - start
-        return self._record(step, probe)
+        return probe
 
     def _record(self, step: int, probe: Probe) -> bool:
         usable = self._usable(probe)
         self.points.append(ProbePoint(step, self.examples, probe, usable))
         harmful = self._harmful(probe, usable)
         self._harmful_run = self._harmful_run + 1 if harmful else 0
+        if self.tracker is not None:
+            self.tracker.observe(step, float(probe.utility), usable, _reaches(probe, self.task.config.tau))
         return self._harmful_run >= self.task.config.patience
 
     def _usable(self, probe: Probe) -> bool:
         return self.task.is_usable(probe.utility, self.released_utility) and not probe.broken
 
     def _harmful(self, probe: Probe, usable: bool) -> bool:
-        return math.isfinite(probe.harm) and probe.harm >= self.task.config.tau and usable
+        return _reaches(probe, self.task.config.tau) and usable
+
+
+def _reaches(probe: Probe, tau: float) -> bool:
+    return math.isfinite(probe.harm) and probe.harm >= tau
 
 
 def _parameters_finite(model: nn.Module) -> bool:

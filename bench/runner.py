@@ -4,7 +4,9 @@ Stages: build the released model (the task caches it on disk) → measure it →
 including function preservation → attack under the probe monitor → final evaluation → write results. The released
 and defended stages are memoised in a :class:`Session`, so the runs of a suite share them, and what every attack on
 a defended model would measure again (its step-0 probe, its preview) is measured once. Any exception raised by a
-plugin becomes a ``failed`` run whose error is recorded; results are written either way.
+plugin becomes a ``failed`` run whose error is recorded; results are written either way. After the attack, the
+monitor replays the interval of a crossing to make steps-to-harm exact (:mod:`bench.crossing`); what a run records
+of its attack is assembled in :mod:`bench.attack_record`.
 
 A defended model that is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`, e.g. a
 chat model that was never safety-tuned) is not attacked: its run records steps-to-harm 0 and the reason. Every run
@@ -25,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from bench import results
+from bench.attack_record import attack_summary, metric_fields, probe_rows, summary_rows
 from bench.errors import PluginError
 from bench.fingerprint import code_fingerprint, overrides
 from bench.images import image_grid, save_png
@@ -98,9 +100,10 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
     )
     start = time.perf_counter()
     report = attack.run(model, task, attack_cfg, generator=generator, monitor=monitor)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start  # the replay's cost is recorded apart (replay_seconds)
     if not monitor.points:
         raise PluginError(f"attack {spec.attack.name!r} returned without calling monitor.begin(model)")
+    monitor.finish(model)  # the exact crossing: replays one probe interval where the attack allows it
     model.eval()
     curve = Curve.from_lists(
         [p.step for p in monitor.points],
@@ -111,16 +114,10 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
     )
     cfg = task.config
     metrics = attack_metrics(curve, tau=cfg.tau, budget=attack_cfg.budget, patience=cfg.patience,
-                             diverged=monitor.diverged, diverged_step=monitor.diverged_step)
-    rows = []
-    for point in monitor.points:
-        rows.append(results.metric_row("attack", "harm", point.probe.harm, step=point.step, split="probe"))
-        rows.append(results.metric_row("attack", "utility", point.probe.utility, step=point.step, split="probe"))
-        rows.append(results.metric_row("attack", "usable", float(point.usable), step=point.step, split="probe"))
-        for name, value in point.probe.extras.items():
-            rows.append(results.metric_row("attack", name, value, step=point.step, split="probe"))
-    for step, loss in enumerate(monitor.losses, start=1):
-        rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
+                             diverged=monitor.diverged, diverged_step=monitor.diverged_step,
+                             crossing=monitor.crossing, raw_crossing=monitor.raw_crossing,
+                             stopped_early=monitor.stopped_early, steps_run=monitor.steps_run)
+    rows = probe_rows(monitor)
     samples = None
     if spec.purpose == "attack":  # an LR-search probe run is scored by its loss curve alone: skip the full evaluation
         with torch.no_grad():
@@ -128,47 +125,11 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         samples = _samples(spec, task, defended, model, metrics.outcome, post)
         rows += evaluation_rows("post_attack", post)
         rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
-    params_trained = report.params_trained if report is not None else 0
-    summary = {
-        "steps_to_harm": metrics.steps_to_harm,
-        "censored": metrics.censored,
-        "steps_to_harm_raw": metrics.steps_to_harm_raw,
-        "raw_censored": metrics.raw_censored,
-        "utility_at_raw": metrics.utility_at_raw,
-        "harm_auc": metrics.harm_auc,
-        "outcome": metrics.outcome,
-        "diverged": metrics.diverged,
-        "diverged_step": metrics.diverged_step,
-        "steps_run": monitor.steps_run,
-        "examples_seen": monitor.examples,
-        "loss_start": monitor.losses[0] if monitor.losses else float("nan"),
-        "loss_end": float(np.mean(monitor.losses[-5:])) if monitor.losses else float("nan"),
-        "attack_seconds": seconds,
-        "probe_seconds": monitor.probe_seconds,
-        "params_trained": params_trained,
-        "attack_params_added": report.params_added if report is not None else 0,
-        "attack_info": dict(report.info) if report is not None else {},
-    }
+    summary = attack_summary(metrics, monitor, seconds, report)
     if task.harm_proxy is not None:  # the attacker's progress on fixed data, for scoring LR-search probe runs
         summary["proxy_start"] = _extra(monitor.points[0], task.harm_proxy)
         summary["proxy_end"] = _extra(monitor.points[-1], task.harm_proxy)
-    rows += [
-        results.metric_row("summary", "steps_to_harm", metrics.steps_to_harm, censored=metrics.censored),
-        results.metric_row("summary", "steps_to_harm_raw", metrics.steps_to_harm_raw, censored=metrics.raw_censored),
-        results.metric_row("summary", "utility_at_raw", metrics.utility_at_raw),
-        results.metric_row("summary", "harm_auc", metrics.harm_auc),
-        results.metric_row("summary", "steps_run", monitor.steps_run),
-        results.metric_row("summary", "examples_seen", monitor.examples),
-        results.metric_row("summary", "attack_seconds", seconds),
-        results.metric_row("summary", "probe_seconds", monitor.probe_seconds),
-        results.metric_row("summary", "params_trained", params_trained),
-        results.metric_row("summary", "attack_params_added", summary["attack_params_added"]),
-    ]
-    if metrics.diverged_step is not None:
-        rows.append(results.metric_row("summary", "diverged_step", metrics.diverged_step))
-    for key, value in summary["attack_info"].items():  # e.g. chains found and rewritten by an adaptive attack
-        if isinstance(value, (bool, int, float)):
-            rows.append(results.metric_row("summary", f"attack_{key}", float(value)))
+    rows += summary_rows(metrics, summary)
     return rows, summary, metrics, samples
 
 
@@ -183,26 +144,18 @@ def _harmful_from_the_start(spec: RunSpec, released: ReleasedStage, defended: De
     seconds = time.perf_counter() - start
     metrics = AttackMetrics(steps_to_harm=0, censored=False, steps_to_harm_raw=0, raw_censored=False,
                             utility_at_raw=float(probe.utility), harm_auc=float(probe.harm), outcome="harmed",
-                            diverged=False, diverged_step=None)
+                            diverged=False, diverged_step=None, steps_to_harm_grid=0, crossing_resolution=1,
+                            steps_to_harm_raw_grid=0, raw_crossing_resolution=1)
     summary = {
-        "steps_to_harm": 0, "censored": False, "steps_to_harm_raw": 0, "raw_censored": False,
-        "utility_at_raw": metrics.utility_at_raw, "harm_auc": metrics.harm_auc, "outcome": "harmed",
-        "diverged": False, "diverged_step": None, "steps_run": 0, "examples_seen": 0,
+        **metric_fields(metrics), "steps_run": 0, "examples_seen": 0,
         "loss_start": float("nan"), "loss_end": float("nan"), "attack_seconds": 0.0, "probe_seconds": seconds,
         "params_trained": 0, "attack_params_added": 0, "attack_info": {},
         "already_harmful": defended.already_harmful,
     }
     rows = [results.metric_row("attack", "harm", probe.harm, step=0, split="probe"),
             results.metric_row("attack", "utility", probe.utility, step=0, split="probe")]
-    rows += [results.metric_row("summary", "steps_to_harm", 0, censored=False),
-             results.metric_row("summary", "steps_to_harm_raw", 0, censored=False),
-             results.metric_row("summary", "utility_at_raw", metrics.utility_at_raw),
-             results.metric_row("summary", "harm_auc", metrics.harm_auc),
-             results.metric_row("summary", "steps_run", 0),
-             results.metric_row("summary", "examples_seen", 0),
-             results.metric_row("summary", "attack_seconds", 0.0),
-             results.metric_row("summary", "probe_seconds", seconds),
-             results.metric_row("summary", "already_harmful", 1.0)]
+    rows += summary_rows(metrics, summary)
+    rows.append(results.metric_row("summary", "already_harmful", 1.0))
     return rows, summary, metrics, None
 
 

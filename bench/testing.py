@@ -188,19 +188,48 @@ def _examples(batch) -> int:
 
 @dataclass
 class RecordingMonitor:
-    """A stand-in for the runner's monitor: records every call and asks the attack to stop at ``stop_at``."""
+    """A stand-in for the runner's monitor: records every call and asks the attack to stop at ``stop_at``
+    (``stop_at`` > budget: never). With ``keep_states``, also the trajectory's state at step 0 and a copy of the
+    model's parameters and buffers after every step, for :func:`check_replay`."""
 
     budget: int
     stop_at: int
+    keep_states: bool = False
     calls: list[tuple] = dataclasses.field(default_factory=list)
     """("begin", model) and ("step", model, step, loss, examples), in call order."""
+    trajectory: object = None
+    """The :class:`~bench.contracts.Trajectory` the attack passed to ``begin`` (None: none)."""
+    start_state: object = None
+    states: list[list[torch.Tensor]] = dataclasses.field(default_factory=list)
 
-    def begin(self, model: nn.Module) -> None:
+    def begin(self, model: nn.Module, trajectory=None) -> None:
         self.calls.append(("begin", model))
+        self.trajectory = trajectory
+        if self.keep_states and trajectory is not None:
+            self.start_state = trajectory.save()
 
     def after_step(self, model: nn.Module, *, step: int, loss: float, examples: int) -> bool:
         self.calls.append(("step", model, step, loss, examples))
+        if self.keep_states:
+            self.states.append(_state_of(model))
         return step >= self.stop_at
+
+
+def _state_of(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+
+def check_replay(monitor: RecordingMonitor, model: nn.Module, where: str) -> None:
+    """The attack's trajectory replays its run bit for bit: restored to step 0 and stepped again, every step gives the
+    loss and the parameters and buffers the run had (what exact crossings rely on, :mod:`bench.crossing`)."""
+    losses = [call[3] for call in monitor.calls if call[0] == "step"]
+    monitor.trajectory.restore(monitor.start_state)
+    for step, (loss, state) in enumerate(zip(losses, monitor.states), start=1):
+        again = monitor.trajectory.step(step)
+        assert again == loss or (math.isnan(again) and math.isnan(loss)), (
+            f"{where}: the replay of step {step} gave loss {again!r}, the run had {loss!r}")
+        assert all(torch.equal(a, b) for a, b in zip(_state_of(model), state, strict=True)), (
+            f"{where}: the replay of step {step} does not reproduce the run's weights bit for bit")
 
 
 ATTACK_CHECK_TASK = "vision-digits"
@@ -235,7 +264,9 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
     """Run the attack with its default recipe on the released tiny vision model and on a SpecDef-defended copy,
     against a :class:`RecordingMonitor`, and check the contract of :class:`~bench.contracts.Attack`: ``begin`` once,
     before any step, on the model it was given (trained in place); then ``after_step`` with steps 1, 2, ... and
-    finite float losses; no step after the monitor says stop; an :class:`~bench.contracts.AttackReport` returned."""
+    finite float losses; no step after the monitor says stop; an :class:`~bench.contracts.AttackReport` returned.
+    Then, with a monitor that never says stop: every step of the budget (no early quitting), and, when the attack
+    passes a :class:`~bench.contracts.Trajectory`, a bit-identical replay (:func:`check_replay`)."""
     check_config_roundtrip(ATTACKS, name)
     cls = ATTACKS.get(name)
     assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"
@@ -264,6 +295,18 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
         for _, _, step, loss, examples in monitor.calls[1:]:
             assert isinstance(loss, float) and math.isfinite(loss), f"{where}: step {step} reported loss {loss!r}"
             assert isinstance(examples, int) and examples > 0, f"{where}: step {step} reported {examples!r} examples"
+    # Left alone, the attack runs its whole budget: quitting before it with no stop request (harm, divergence) would
+    # pass off a short run as a defense that held. A trajectory, when given, must replay the run bit for bit.
+    model = copy.deepcopy(task.model).train()
+    monitor = RecordingMonitor(budget=budget, stop_at=budget + 1, keep_states=True)
+    cls().run(model, task, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
+    where = f"attack {name!r} on the released {task_name} model"
+    steps = [call[2] for call in monitor.calls[1:]]
+    assert steps == list(range(1, budget + 1)), (
+        f"{where}: stopped early: reported steps {steps[:1]}..{steps[-1:]} of its budget of {budget} without the "
+        f"monitor asking it to stop (an attack runs its whole budget unless the monitor says stop)")
+    if monitor.trajectory is not None:
+        check_replay(monitor, model, where)
 
 
 # -------------------------------------------------------------------------------------------------------------

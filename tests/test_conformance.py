@@ -101,7 +101,8 @@ def _broken_attack(mistake: str):
         def run(self, model, task, cfg, *, generator, monitor):
             if mistake != "no-begin":
                 monitor.begin(model)
-            for step in range(1, cfg.budget + 1):
+            steps = cfg.budget // 2 if mistake == "quits-early" else cfg.budget  # quits half-way, asked or not
+            for step in range(1, steps + 1):
                 stop = monitor.after_step(model, step=step, loss=float("nan") if mistake == "nan" else 1.0,
                                           examples=step)
                 if stop and mistake != "ignores-stop":
@@ -113,7 +114,8 @@ def _broken_attack(mistake: str):
 
 @pytest.mark.parametrize("mistake, fragment", [("no-begin", "monitor.begin must come once, first"),
                                                ("ignores-stop", "a stop when the monitor says so"),
-                                               ("nan", "reported loss nan")])
+                                               ("nan", "reported loss nan"),
+                                               ("quits-early", "stopped early")])
 def test_check_attack_catches_a_broken_attack(mistake, fragment, cache, isolated_registries):
     ATTACKS.register("broken")(_broken_attack(mistake))
     with pytest.raises(AssertionError, match=fragment):

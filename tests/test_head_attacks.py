@@ -24,7 +24,7 @@ def digits(cache):
 class Snapshot:
     """A monitor that keeps the model's weights at ``begin`` (after the attack's rewrite) and never stops."""
 
-    def begin(self, model):
+    def begin(self, model, trajectory=None):
         self.start = {k: v.clone() for k, v in model.state_dict().items()}
 
     def after_step(self, model, *, step, loss, examples):

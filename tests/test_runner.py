@@ -51,7 +51,11 @@ def test_undefended_adam_is_harmed_and_stops_early(tmp_path, cache):
     result = run(spec(attack_args={"optimizer": "adam", "lr": 1e-2}), Session(tmp_path, cache))
     summary = result.summary
     assert summary["outcome"] == "harmed" and not summary["censored"]
-    assert summary["steps_run"] == summary["steps_to_harm"] < 100  # early stop: cost follows steps-to-harm
+    assert summary["steps_run"] == summary["steps_to_harm_grid"] < 100  # early stop: cost follows steps-to-harm
+    # the crossing, seen at a probe, is replayed to the exact step inside the probe interval before it
+    assert summary["crossing_resolution"] == 1 and summary["replay_failure"] is None
+    assert summary["steps_to_harm_grid"] - 5 < summary["steps_to_harm"] <= summary["steps_to_harm_grid"]
+    assert 0 < summary["replay_steps"] <= 5 and not summary["stopped_early"]
 
 
 def test_divergence_stops_at_once_and_is_broken(tmp_path, cache):
