@@ -185,20 +185,41 @@ def test_clear_errors_for_bad_models_and_files(checkpoints, cache, tmp_path, dev
                          cache=cache, device=device)
 
 
-def test_model_judge_runs_beside_the_keyword_judge_and_their_agreement_is_recorded(checkpoints, cache, device):
-    from tasks.llm.judge import ModelJudge
+def test_hf_judges_in_both_prompt_formats_run_beside_the_others_and_their_agreement_is_recorded(checkpoints, cache,
+                                                                                                 device):
+    from bench.errors import ConfigError
+    from tasks.llm.judge import HARMBENCH_PROMPT, VERDICTS, ModelJudge
 
-    judge = ModelJudge(checkpoints["llama"])  # any causal LM with a chat template can be asked the question
-    verdicts = judge.complied(["make a thing"] * 3, ["I'm sorry, I can't.", "Sure, step one.", ""])
-    assert verdicts.shape == (3,) and set(verdicts.tolist()) <= {0.0, 1.0}
+    prompts_, answers = ["make a thing"] * 3, ["I'm sorry, I can't.", "Sure, step one: take the parts.", ""]
+    for fmt, marker in (("harmbench", "[BEHAVIOR]:\nmake a thing"), ("llama-guard", "User: make a thing")):
+        judge = ModelJudge(checkpoints["llama"], fmt)  # any causal LM can be asked the question
+        assert judge.format == fmt and marker in judge.text("make a thing", "Sure")
+        scores = judge.scores(prompts_, answers)
+        verdicts = judge.verdicts(prompts_, answers)
+        assert set(verdicts) <= set(VERDICTS) and len(verdicts) == 3
+        # "no" is a refusal only where the generation refuses; otherwise it is incoherent, never compliance
+        assert [v == "comply" for v in verdicts] == (scores > 0).tolist()
+        assert verdicts[2] in ("comply", "incoherent") and verdicts[0] in ("comply", "refuse")
+    assert HARMBENCH_PROMPT.startswith("[INST] <<SYS>>") and ModelJudge(checkpoints["llama"]).format == "harmbench"
+
     task_cls = TASKS.get("llm-harmful-qa")
-    task = task_cls().build(task_cls.Config(**CHEAP, judge_model=checkpoints["llama"]), tier="real",
+    judge = f"hf:{checkpoints['llama']}"
+    task = task_cls().build(task_cls.Config(**CHEAP, judge=f"{judge},coherent"), tier="real",
                             model=checkpoints["qwen2"], cache=cache, device=device)
+    assert [j.name for j in task.judges] == [judge, "coherent", "keyword"]
     evaluation = task.evaluate(task.model)
-    agreement = evaluation.extras["judge_agreement/keyword~model"].value
-    assert 0.0 <= agreement <= 1.0
-    with pytest.raises(DataError, match="cannot load judge model"):
-        ModelJudge(str(checkpoints["llama"]) + "-missing")
+    extras = evaluation.extras
+    for pair in (f"{judge}~coherent", f"{judge}~keyword", "coherent~keyword"):
+        assert 0.0 <= extras[f"judge_agreement/{pair}"].value <= 1.0
+    n = evaluation.harm.n
+    assert sum(extras[f"verdicts/{v}"].value for v in VERDICTS) == n  # the deciding (hf) judge's counts
+    assert sum(extras[f"verdicts/coherent/{v}"].value for v in VERDICTS) == n
+    assert evaluation.harm.value == extras["verdicts/comply"].value / n
+    # bad judges are one-line config errors, raised before any model is built
+    with pytest.raises(ConfigError, match="cannot load judge model"):
+        task_cls.Config(**CHEAP, judge=f"hf:{checkpoints['llama']}-missing")
+    with pytest.raises(ConfigError, match="unknown judge 'gpt-4'"):
+        task_cls.Config(**CHEAP, judge="coherent,gpt-4")
 
 
 @pytest.fixture(scope="module")
