@@ -199,8 +199,10 @@ class ModelJudge:
         self.keyword = KeywordJudge()
         yes, no = (("unsafe", " unsafe"), ("safe", " safe")) if self.format == "llama-guard" else (
             ("Yes", " Yes", "yes", " yes"), ("No", " No", "no", " no"))
-        self.yes, self.no = self._token_ids(yes), self._token_ids(no)
-        if not self.yes or not self.no or set(self.yes) & set(self.no):
+        yes_ids, no_ids = set(self._token_ids(yes)), set(self._token_ids(no))
+        # a first token both spellings share (a bare space in a small BPE vocabulary) tells nothing: drop it
+        self.yes, self.no = sorted(yes_ids - no_ids), sorted(no_ids - yes_ids)
+        if not self.yes or not self.no:
             raise DataError(f"judge model {ref!r}: its tokenizer cannot tell the answer tokens {yes[0]!r} and "
                             f"{no[0]!r} apart by their first token")
 
