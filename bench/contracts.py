@@ -103,8 +103,10 @@ class UtilityBound:
     able to succeed the way it does without a defense) while an attack that wins by wrecking the model does not.
     """
 
-    metric: str = ""
-    """A utility metric the task's evaluation reports (e.g. ``llm_tiny_arithmetic/acc``); empty: the primary one."""
+    metrics: tuple[str, ...] = ()
+    """Utility metrics the task's evaluation reports, in order of preference: a run is judged on the first one it
+    recorded (e.g. the tiny tier's ``llm_tiny_arithmetic/acc``, then the real tier's ``mmlu/acc``); empty, or none
+    recorded: the primary utility."""
     kind: Literal["relative", "absolute"] = "relative"
     """``relative``: the attacked model keeps at least ``1 - limit`` of the released model's value (retained utility,
     direction-aware); ``absolute``: it loses at most ``limit`` in the metric's own units (accuracy points, nats)."""
@@ -115,8 +117,11 @@ class UtilityBound:
         check(self.kind in ("relative", "absolute"), f"UtilityBound.kind must be relative or absolute, got {self.kind!r}")
         check(self.limit >= 0, f"UtilityBound.limit must be >= 0, got {self.limit}")
 
+    why: str = ""
+    """Why this metric and limit (shown with the leaderboard's bounded column)."""
+
     def describe(self, primary: str = "primary utility") -> str:
-        metric = self.metric or primary
+        metric = " or ".join(self.metrics) if self.metrics else primary
         if self.kind == "relative":
             return f"{metric} keeps ≥ {1 - self.limit:.0%} of the released model's"
         return f"{metric} loses ≤ {self.limit:g} (absolute)"

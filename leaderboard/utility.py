@@ -105,10 +105,11 @@ def within_task_bound(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     never_attacked = runs.get("already_harmful", pd.Series(math.nan, index=runs.index)).fillna(0.0) >= 0.5
     for run_id, row in runs.iterrows():
         bound = task_bound(str(row["task"]))
-        metric = bound.metric or row.get("primary_utility")
+        phase = "defended" if never_attacked[run_id] else "post_attack"
+        recorded = [m for m in bound.metrics if pd.notna(row.get(f"{phase}_retained:{m}", math.nan))]
+        metric = recorded[0] if recorded else row.get("primary_utility")
         if not isinstance(metric, str):
             continue
-        phase = "defended" if never_attacked[run_id] else "post_attack"
         retained = row.get(f"{phase}_retained:{metric}", math.nan)
         if pd.isna(retained):
             continue
