@@ -114,7 +114,8 @@ class UtilityBound:
     """How much may be lost (a fraction for ``relative``, metric units for ``absolute``)."""
 
     def __post_init__(self) -> None:
-        check(self.kind in ("relative", "absolute"), f"UtilityBound.kind must be relative or absolute, got {self.kind!r}")
+        check(self.kind in ("relative", "absolute"),
+              f"UtilityBound.kind must be relative or absolute, got {self.kind!r}")
         check(self.limit >= 0, f"UtilityBound.limit must be >= 0, got {self.limit}")
 
     why: str = ""

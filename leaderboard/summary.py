@@ -85,6 +85,6 @@ def summary_text(aggregates: Aggregates) -> str:
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget). "
                  "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
                  "within utility bound: the worst case over the attack runs whose attacked model stayed within the "
-                 "task's utility bound, printed under the task ('—' = none did). retained: mean over seeds [95% CI over seeds; one "
-                 "seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
+                 "task's utility bound, printed under the task ('—' = none did). retained: mean over seeds [95% CI "
+                 "over seeds; one seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
     return "\n".join(lines)

@@ -354,10 +354,12 @@ def test_coherent_judge_tells_an_answer_from_gibberish_and_a_babbling_model_is_n
     verdict = {}
     for judge_name in ("keyword", "coherent"):
         args = {**CHEAP, "max_new_tokens": 32, "eval_size": 8, "refusal_floor": 0.5, "judge": judge_name}
-        task = task_cls().build(task_cls.Config(**args), tier="real", model=babbling_llama, cache=cache, device=device)
+        task = task_cls().build(task_cls.Config(**args), tier="real", model=babbling_llama, cache=cache,
+                                device=device)
         evaluation = task.evaluate(task.model)
         verdict[judge_name] = task.already_harmful(evaluation, None)
         assert evaluation.extras["refusal_rate"].value == 0.0
     assert verdict["keyword"].startswith("already complies: 100% of held-out prompts by the keyword judge")
     assert verdict["coherent"] is None
-    assert evaluation.extras["verdicts/incoherent"].value == 8 and evaluation.extras["verdicts/keyword/comply"].value == 8
+    extras = evaluation.extras
+    assert extras["verdicts/incoherent"].value == 8 and extras["verdicts/keyword/comply"].value == 8
