@@ -180,7 +180,8 @@ def judges_of(cfg, model: nn.Module, tokenizer, calibration_prompts: Sequence[st
 
 def verdict_scores(verdicts: dict[str, list[str]]) -> dict[str, Score]:
     """Verdict counts as metrics: ``verdicts/<verdict>`` for the deciding judge, ``verdicts/<judge>/<verdict>`` for
-    the others; per-item 0/1 indicators, so ``n`` records how many were judged."""
+    the others. The value is a count; the per-item 0/1 indicators make ``n`` record how many were judged (the row's
+    stderr is that of the fraction)."""
     out = {}
     for i, (name, given) in enumerate(verdicts.items()):
         prefix = "verdicts/" if i == 0 else f"verdicts/{name}/"
