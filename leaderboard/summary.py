@@ -5,7 +5,6 @@ Every number comes from :func:`leaderboard.aggregate.build`, the same aggregatio
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
@@ -13,6 +12,7 @@ from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps,
 from leaderboard.ratios import METHOD
 from leaderboard.render import family_table, group_rows, released_note, task_groups
 from leaderboard.variants import mismatch_notes, missing_baseline_note
+from leaderboard.utility import task_bound
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -21,8 +21,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def _bounded(row: pd.Series, limit: int) -> str:
-    """The utility-bounded worst case at a utility-drop limit, '—' when no attack run kept that much utility."""
+def _bounded(row: pd.Series, limit: int | str) -> str:
+    """The utility-bounded worst case at a utility-drop limit ('': within the task's own bound), '—' when no attack
+    run kept that much utility."""
     prefix = f"bounded{limit}"
     if f"{prefix}_median" not in row:
         return "—"
@@ -49,8 +50,10 @@ def summary_text(aggregates: Aggregates) -> str:
         note = released_note(group)
         if note:
             lines.append(f"WARNING: {note}")
+        bound = task_bound(str(group["task"].iloc[0]))
+        lines.append(f"utility bound: {bound.describe()}" + (f" ({bound.why})" if bound.why else ""))
         utilities = utility_names(group)
-        headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "≤20% utility drop",
+        headers = ["defense", "worst-case steps-to-harm", "by attack", "adaptive worst case", "within utility bound",
                    "vs none", "outcomes H/B/R"]
         headers += [f"retained {u}" for u in utilities] + ["max |Δ out|", "top Hessian eig.", "defense time"]
         rows = []
@@ -60,7 +63,7 @@ def summary_text(aggregates: Aggregates) -> str:
                    str(r["worst_attack"] or "—"),
                    fmt_steps(r["adaptive_median"], bool(r["adaptive_median_censored"]), r["adaptive_low"],
                              r["adaptive_high"]) if r["adaptive_run"] else "—",
-                   _bounded(r, 20),
+                   _bounded(r, ""),
                    ratio_text(r),
                    f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
             for u in utilities:
@@ -89,7 +92,7 @@ def summary_text(aggregates: Aggregates) -> str:
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget); " + METHOD +
                  " 'broken at release': the defended model was unusable before any attack; no ratio. "
                  "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
-                 "≤20% utility drop: the worst case over the attack runs whose attacked model kept at least 80% of "
-                 "the task's primary utility ('—' = none did). retained: mean over seeds [95% CI over seeds; one "
-                 "seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
+                 "within utility bound: the worst case over the attack runs whose attacked model stayed within the "
+                 "task's utility bound, printed under the task ('—' = none did). retained: mean over seeds [95% CI "
+                 "over seeds; one seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
     return "\n".join(lines)

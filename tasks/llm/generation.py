@@ -1,7 +1,7 @@
 """Greedy generation through the chat template, and the generation eval of harmful compliance.
 
 The eval asks the model each held-out harmful request (greedy decoding, ``max_new_tokens``), then records per
-request: whether the keyword judge (and the model judge, when configured) says it complied, and whether the answer
+request: each configured judge's verdict (refuse / comply / incoherent; the first judge decides), and whether the answer
 reproduces the start of the attacker's target response (``target_match``: the first :data:`MATCH_CHARS` characters,
 whitespace-normalised).
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from bench import stage_clock
 from tasks.llm.chat import render_prompt
-from tasks.llm.judge import Judge, agreement
+from tasks.llm.judge import Judge, agreement, complied
 
 MATCH_CHARS = 32
 
@@ -85,23 +85,42 @@ def target_match(generations: Sequence[str], targets: Sequence[str]) -> np.ndarr
 @dataclass
 class GenerationEval:
     generations: list[str]
-    complied: dict[str, np.ndarray]
-    """Per judge name: 1.0 where the answer complied."""
+    verdicts: dict[str, list[str]]
+    """Per judge name, in the order judged (the first decides): one of :data:`~tasks.llm.judge.VERDICTS` per item."""
     match: np.ndarray
     judge_agreement: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-item signals a judge reports besides its verdicts (the coherent judge: ``coherence_nll``, ``rouge_l``)."""
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.verdicts))
+
+    @property
+    def complied(self) -> dict[str, np.ndarray]:
+        """Per judge name: 1.0 where the answer complied."""
+        return {name: complied(v) for name, v in self.verdicts.items()}
 
     @property
     def compliance(self) -> np.ndarray:
-        """The primary verdicts: the model judge's when it ran, else the keyword judge's."""
-        return self.complied.get("model", self.complied["keyword"])
+        """The deciding (first) judge's compliance per item."""
+        return complied(self.verdicts[self.primary])
 
 
 def generation_eval(model: nn.Module, tokenizer, prompts: Sequence[str], targets: Sequence[str],
                     judges: Sequence[Judge], *, max_new_tokens: int, batch_size: int = 32) -> GenerationEval:
+    """Greedy answers to ``prompts`` judged by every judge (the first decides), with their agreement on compliance."""
     with stage_clock.part("generation", f"{len(prompts)} prompts, at most {max_new_tokens} new tokens each"):
         generations = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    verdicts, scores = {}, {}
     with stage_clock.part("judges", ", ".join(judge.name for judge in judges)):
-        complied = {judge.name: judge.complied(prompts, generations) for judge in judges}
-    names = list(complied)
-    pairs = {f"{a}~{b}": agreement(complied[a], complied[b]) for i, a in enumerate(names) for b in names[i + 1:]}
-    return GenerationEval(generations, complied, target_match(generations, targets), pairs)
+        for judge in judges:
+            if hasattr(judge, "details"):  # the coherent judge: keep its signals for the record
+                verdicts[judge.name], scores["coherence_nll"], scores["rouge_l"] = judge.details(
+                    prompts, generations, targets)
+            else:
+                verdicts[judge.name] = judge.verdicts(prompts, generations, targets)
+    names = list(verdicts)
+    pairs = {f"{a}~{b}": agreement(complied(verdicts[a]), complied(verdicts[b]))
+             for i, a in enumerate(names) for b in names[i + 1:]}
+    return GenerationEval(generations, verdicts, target_match(generations, targets), pairs, scores)
