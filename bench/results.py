@@ -173,12 +173,12 @@ def completed_run_ids(results_dir: Path) -> set[str]:
             info = read_run_json(directory)
         except DataError:
             continue
-        if info.get("status") == "success" and _readable_metrics(directory / METRICS):
+        if info.get("status") == "success" and readable_metrics(directory / METRICS):
             done.add(info.get("run_id", directory.name))
     return done
 
 
-def _readable_metrics(path: Path) -> bool:
+def readable_metrics(path: Path) -> bool:
     """The metrics file exists and its Parquet footer reads (a truncated file is not a completed run)."""
     if not path.is_file():
         return False

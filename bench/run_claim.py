@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.results import METRICS, RUN_JSON
+from bench.results import METRICS, RUN_JSON, readable_metrics
 
 CLAIM_LOCK = ".claim.lock"
 CLAIM_OWNER = ".claim.json"
@@ -36,12 +36,13 @@ def owner_of(run_dir: Path) -> dict[str, Any] | None:
 
 
 def recorded_success(run_dir: Path) -> dict[str, Any] | None:
-    """The run.json of a run recorded as a success with its metrics, else None."""
+    """The run.json of a run recorded as a success with a readable metrics file, else None (a truncated file is no
+    result to reuse: the run runs again)."""
     try:
         info = json.loads((run_dir / RUN_JSON).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return info if info.get("status") == "success" and (run_dir / METRICS).is_file() else None
+    return info if info.get("status") == "success" and readable_metrics(run_dir / METRICS) else None
 
 
 def claimed_run(run_dir: Path, execute: Callable[[], Any], reuse: Callable[[dict[str, Any]], Any]) -> Any:

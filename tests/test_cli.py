@@ -36,7 +36,7 @@ def test_run_single_attack_then_leaderboard(tmp_path, capsys):
     assert "| Defense | Worst-case steps-to-harm |" in out and "| specdef |" in out
     task_page = next((results / "site").glob("task-vision-digits-*.html")).read_text()
     assert "<table class='sortable board' id='board'>" in task_page and "specdef" in task_page
-    assert task_page.count("<img src='img/") == 3  # harm curves, utility vs resistance, the attacker's cost curve
+    assert task_page.count("<img src='img/") == 4  # harm curves, utility vs resistance, attacker cost, forest plot
     assert run_cli("leaderboard", "--results", results, "--format", "parquet") == 0
     board = pd.read_parquet(results / "leaderboard.parquet")
     assert set(board["defense_label"]) == {"none", "specdef"}
