@@ -316,6 +316,14 @@ class TaskInstance(abc.ABC):
     attack run (``proxy_start``, ``proxy_end``) and an LR search scores its short probe runs by it; None: they are
     scored by the attack's own training loss, which is noisy where batches are random (e.g. diffusion timesteps)."""
 
+    @property
+    def stage_portable(self) -> bool:
+        """Whether this task's measured stages may be reused on another device type (a stage built on a CPU read
+        by a GPU worker): true where the released model is the same wherever it was built (e.g. a tiny tier's,
+        trained once and cached) and a measurement's device-dependent rounding does not matter. The stage records
+        the device it was built on either way. False (the default): stages are keyed by device type."""
+        return False
+
     @abc.abstractmethod
     def attack_batches(self, batch_size: int, generator: "torch.Generator") -> Iterator[Any]:
         """An endless stream of the attacker's training batches (harmful data, plus replay where the task uses it)."""

@@ -21,7 +21,9 @@ What invalidates an entry (it is then simply not found, and rebuilt under a new 
   stage: also the defense and its config, the seed, and whether function drift is allowed);
 - the built task's provenance: its data and released-model identities (on the real tier, the weights' sha256, so a
   changed checkpoint behind the same ``--model`` path is a new key);
-- the device type the stage is measured on (``cpu``, ``cuda``);
+- the device type the stage is measured on (``cpu``, ``cuda``), unless the task declares its stages portable
+  (:attr:`~bench.contracts.TaskInstance.stage_portable`: the tiny tiers), so that a stage a CPU built is read by
+  GPU workers too (``entry.json`` records the device it was built on);
 - the code: the harness version and every source file of the ``bench`` package (but its CLI); every file in the
   directory of the task plugin's module (e.g. all of ``tasks/llm/``, data included), and of the defense plugin's
   (e.g. all of ``defenses/``; a plugin module outside any package, such as a ``--plugin`` file: that file; every

@@ -228,7 +228,8 @@ class Session:
         if stage == "defended":
             plugins += plugin_classes(DEFENSES.get(spec.defense.name))  # a composite: every part's code
             extra["allow_function_drift"] = self.allow_function_drift  # an allowed drift is stored, a refused one not
-        return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device.type,
+        device_key = "portable" if task.stage_portable else device.type  # (the entry records the device it was built on)
+        return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device_key,
                          cache_root=self.cache.root, extra=extra)
 
     def _memo(self, store: OrderedDict, key: str, build):

@@ -434,3 +434,20 @@ def test_a_read_checks_sizes_and_bench_cache_verify_rehashes(tmp_path, fresh_cac
     out = capsys.readouterr().out
     assert f"corrupt, discarded (rebuilt when next needed): {entry.name}" in out and ": 1 corrupt" in out
     assert not entry.exists() and main(["cache", "verify"]) == 0
+
+
+def test_a_portable_tiny_stage_is_keyed_without_its_device_and_records_where_it_was_built(tmp_path, fresh_cache):
+    spec = _spec("none")
+    session = Session(tmp_path, fresh_cache, progress=False)
+    task = session.released(spec).task
+    assert task.stage_portable  # the tiny tier declares it
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert session._disk_key(spec, "released", task, cpu) == session._disk_key(spec, "released", task, gpu)
+    entry = next(e.path for e in StageStore(fresh_cache).entries() if e.kind == "released")
+    assert json.loads((entry / ENTRY).read_text())["device"] == "cpu"  # where this one was built and measured
+
+    class Pinned(type(task)):  # a task whose stages are not portable: keyed by device type
+        stage_portable = False
+
+    task.__class__ = Pinned
+    assert session._disk_key(spec, "released", task, cpu) != session._disk_key(spec, "released", task, gpu)

@@ -170,6 +170,11 @@ PROBE_TIMESTEP_FRACTIONS = (0.15, 0.35, 0.55, 0.75)
 class DiffusionInstance(TaskInstance):
     """A text-to-image task (see the module docstring); ``model`` is the UNet."""
 
+    @property
+    def stage_portable(self) -> bool:
+        """The tiny tier's stages are portable (its released model is built once, from a config, and cached)."""
+        return self.tier == "tiny"
+
     utility_metric = "allowed_both_correct"
     utility_higher_is_better = True
     output_kind = "regression"

@@ -52,6 +52,11 @@ LLAMA_LORA_TARGETS = ("*q_proj", "*k_proj", "*v_proj", "*o_proj", "*gate_proj", 
 class LLMInstance(TaskInstance):
     """A causal LM task over encoded chat data (see the module docstring)."""
 
+    @property
+    def stage_portable(self) -> bool:
+        """The tiny tier's stages are portable (its released model is built once, from a config, and cached)."""
+        return self.tier == "tiny"
+
     defender_setting = "chat"
     """:attr:`DefenderView.setting` (a knowledge task overrides it)."""
 

@@ -56,6 +56,11 @@ def check_disjoint(splits: Mapping[str, np.ndarray]) -> None:
 class ClassificationInstance(TaskInstance):
     """Allowed-vs-forbidden classification over tensors (see module docstring)."""
 
+    @property
+    def stage_portable(self) -> bool:
+        """The tiny tier's stages are portable (its released model is built once, from a config, and cached)."""
+        return self.tier == "tiny"
+
     utility_metric = "allowed_accuracy"
     utility_higher_is_better = True
     output_kind = "logits"
