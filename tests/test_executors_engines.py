@@ -216,3 +216,36 @@ def test_slurm_options_reach_sbatch_and_slurm_kills_become_failed_runs(tmp_path,
     assert "limit (2 min)" in records[specs[0].run_id].error and "out of memory" in records[specs[1].run_id].error
     timed_out = read_run_json(session.results_dir / specs[0].run_id)
     assert timed_out["status"] == "failed" and timed_out["worker"]["state"] == "TIMEOUT"
+
+
+@pytest.mark.parametrize("engine", ["ray", "slurm"])
+def test_defenses_that_raise_exit_or_are_killed_fail_only_their_runs_on_each_engine(
+        tmp_path, cache, isolated_registries, monkeypatch, engine, request):
+    from bench.suite import run_suites
+    from test_failure_isolation import PLUGIN  # (pytest puts tests/ on the path)
+
+    if engine == "ray":
+        request.getfixturevalue("ray_local")
+        from bench.executors.ray import RayExecutor as Engine
+        kwargs = {}
+    else:
+        pytest.importorskip("submitit", reason="submitit is not installed")
+        from bench.executors.slurm import SlurmExecutor as Engine
+        kwargs = {"cluster": "local", "time_limit": 10}
+    plugin = tmp_path / "failing_defenses.py"
+    plugin.write_text(textwrap.dedent(PLUGIN))
+    load_plugin(str(plugin))
+    session = Session(tmp_path / "res", cache, progress=False)
+    executor = Engine(session, _options(session, cache, plugins=(str(plugin),)), **kwargs)
+    requests = [SuiteRequest(task="vision-digits", defense=name, attack="full-ft", seeds=(0,), task_args=FAST,
+                             attack_args={"optimizer": "adam", "lr": 1e-3}, baseline=name == "specdef")
+                for name in ("specdef", "raising-def", "exiting-def", "oom-def")]
+    _no_models_here(monkeypatch)
+    outcomes = run_suites(requests, session, executor=executor)
+    reports = dict(zip(("specdef", "raising-def", "exiting-def", "oom-def"), outcomes))
+    assert not reports["specdef"].failed and len(reports["specdef"].records) == 2  # none and specdef completed
+    for name in ("raising-def", "exiting-def", "oom-def"):
+        (record,) = reports[name].records
+        assert record.status == "failed", name
+        assert read_run_json(session.results_dir / record.spec.run_id)["status"] == "failed"
+    assert "raising-def failed on purpose" in reports["raising-def"].records[0].error
