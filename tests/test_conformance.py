@@ -36,8 +36,18 @@ def test_attack_conforms(name, cache):
 DEFENSE_TASKS, DEFENSE_MISFITS = testing.applicable_pairs(DEFENSES)
 ATTACK_TASKS, ATTACK_MISFITS = testing.applicable_pairs(ATTACKS)
 
+SLOW_TWINS = {"sd-concept": "sd-style"}
+"""Tasks whose plugin cross-product runs in the slow lane (``pytest -m slow``) because a twin runs the same code in
+CI: sd-concept and sd-style are one pipeline, instance and set of losses, differing only in their data and judge
+target (each task's own conformance, ``test_task_conforms``, still runs in CI)."""
 
-@pytest.mark.parametrize("defense, task", DEFENSE_TASKS)
+
+def _lane(pairs):
+    """The pairs as test parameters, those on a slow twin task marked ``slow``."""
+    return [pytest.param(*pair, marks=pytest.mark.slow) if pair[-1] in SLOW_TWINS else pair for pair in pairs]
+
+
+@pytest.mark.parametrize("defense, task", _lane(DEFENSE_TASKS))
 def test_every_defense_on_every_task(defense, task, cache, tmp_path):
     """Every defense on every task it applies to (bench.applicability)."""
     testing.check_defense_on_task(defense, task, cache, tmp_path)
@@ -79,7 +89,7 @@ ATTACKED_DEFENSES = ("none", "specdef")
 defense is covered by test_every_defense_on_every_task and its own attack runs)."""
 
 
-@pytest.mark.parametrize("attack, task", ATTACK_TASKS)
+@pytest.mark.parametrize("attack, task", _lane(ATTACK_TASKS))
 @pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
 def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}

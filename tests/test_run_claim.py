@@ -13,6 +13,7 @@ import threading
 import time
 
 import pandas as pd
+import pytest
 
 from bench.results import METRICS, RUN_JSON
 from bench.run_claim import CLAIM_LOCK, claimed_run, owner_of
@@ -82,6 +83,7 @@ def test_a_dead_workers_failure_never_overwrites_a_success_recorded_late(tmp_pat
     assert json.loads((run_dir / RUN_JSON).read_text())["status"] == "success"
 
 
+@pytest.mark.slow  # two whole `bench sweep` processes: the measurement of benchmarks/two_drivers.py
 def test_two_identical_sweeps_started_at_once_run_each_run_once_and_both_print_the_table(tmp_path):
     import importlib.util
     from pathlib import Path
