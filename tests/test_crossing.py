@@ -31,6 +31,16 @@ def _run(tmp_path, cache, attack="full-ft", task_args=None, **attack_args):
     return result
 
 
+def _shown(results, capsys, prefix="crossing"):
+    """The line of `bench show` on the run under ``results`` that starts with ``prefix``."""
+    from bench.cli import main
+
+    run_dirs = [d for d in results.iterdir() if (d / "run.json").is_file()]
+    capsys.readouterr()
+    assert main(["show", str(run_dirs[0])]) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith(prefix))
+
+
 # -------------------------------------------------------------------------------------------------------------
 # The replay reproduces the run
 # -------------------------------------------------------------------------------------------------------------
@@ -91,7 +101,7 @@ def test_check_replay_catches_a_trajectory_that_does_not_reproduce(cache):
 # -------------------------------------------------------------------------------------------------------------
 # The exact step
 # -------------------------------------------------------------------------------------------------------------
-def test_the_exact_step_is_what_probing_every_step_finds(tmp_path, cache):
+def test_the_exact_step_is_what_probing_every_step_finds(tmp_path, cache, capsys):
     """Probed every 5 steps and replayed, a run reports the step a run probed after every step reports; probes do not
     perturb training, so both runs follow one trajectory."""
     grid = _run(tmp_path / "grid", cache, eval_every=5, **HARMS).summary
@@ -109,6 +119,7 @@ def test_the_exact_step_is_what_probing_every_step_finds(tmp_path, cache):
     assert summary.loc["crossing_resolution", "value"] == 1
     replayed = df[(df["split"] == "replay") & (df["metric"] == "harm")]
     assert sorted(replayed["step"]) == list(range(grid["steps_to_harm_grid"] - 4, grid["steps_to_harm"] + 1))
+    assert _shown(tmp_path / "grid", capsys) == "crossing: exact (replayed step by step)"
 
 
 def test_patience_still_confirms_on_the_grid(tmp_path, cache):
@@ -144,17 +155,18 @@ def own_loop_attack(isolated_registries):
             return AttackReport()
 
 
-def test_an_attack_without_a_trajectory_is_read_on_the_grid(tmp_path, cache, own_loop_attack):
+def test_an_attack_without_a_trajectory_is_read_on_the_grid(tmp_path, cache, own_loop_attack, capsys):
     summary = _run(tmp_path, cache, attack="own-loop", eval_every=5, **HARMS).summary
     assert summary["outcome"] == "harmed" and summary["replay_steps"] == 0
     assert summary["steps_to_harm"] == summary["steps_to_harm_grid"] == summary["steps_run"]
     assert summary["crossing_resolution"] == 5  # recorded as grid resolution, not passed off as exact
+    assert _shown(tmp_path, capsys).startswith("crossing: on the probe grid, within 5 steps (the attack has no")
 
 
 # -------------------------------------------------------------------------------------------------------------
 # Censoring at the steps actually run
 # -------------------------------------------------------------------------------------------------------------
-def test_an_attack_that_quits_early_is_censored_at_the_steps_it_ran(tmp_path, cache, own_loop_attack):
+def test_an_attack_that_quits_early_is_censored_at_the_steps_it_ran(tmp_path, cache, own_loop_attack, capsys):
     result = _run(tmp_path, cache, attack="own-loop", eval_every=5, optimizer="adam", lr=1e-9, budget=100,
                   weight_decay=1e-4)
     summary = result.summary
@@ -163,6 +175,7 @@ def test_an_attack_that_quits_early_is_censored_at_the_steps_it_ran(tmp_path, ca
     df = read_metrics(tmp_path).to_pandas()
     rows = df[df["phase"] == "summary"].set_index("metric")
     assert rows.loc["stopped_early", "value"] == 1 and rows.loc["steps_to_harm", "value"] == 7
+    assert _shown(tmp_path, capsys, "stopped early").startswith("stopped early: the attack quit after 7 steps")
 
 
 def test_stopping_for_a_reason_is_not_stopping_early(tmp_path, cache):

@@ -50,6 +50,14 @@ def main(args: argparse.Namespace) -> int:
               f" (raw crossing: {'> ' if summary['raw_censored'] else ''}{summary['steps_to_harm_raw']}); "
               f"harm AUC {summary['harm_auc']:.3f}; ran {summary['steps_run']} steps"
               + (f"; diverged at step {summary['diverged_step']}" if summary.get("diverged") else ""))
+        resolution = summary.get("crossing_resolution")
+        if resolution is not None and not summary["censored"]:
+            why = summary.get("replay_failure") or "the attack has no replayable trajectory"
+            print("crossing: exact (replayed step by step)" if resolution == 1 else
+                  f"crossing: on the probe grid, within {resolution} steps ({why})")
+        if summary.get("stopped_early"):
+            print(f"stopped early: the attack quit after {summary['steps_run']} steps without harm or a reason; "
+                  f"censored there, not at its budget")
         if summary.get("released_already_harmful"):
             print(f"the released model {summary['released_already_harmful']}")
         if summary.get("already_harmful"):
