@@ -77,7 +77,7 @@ def test_then_runs_after_the_optimizer_step_and_its_terms_join_the_steps():
     def then() -> dict[str, float]:
         seen.append("then")
         weights.append(model.weight.detach().clone())
-        return {"after": float(model.weight.sum())}
+        return {"after": float(model.weight.detach().sum())}
 
     cfg = DEFENSES.get("ga-retain").Config(steps=3, lr=0.1, grad_clip=0.0)
     start = model.weight.detach().clone()
