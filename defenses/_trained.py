@@ -1,12 +1,12 @@
 """What every trained defense shares: its common config fields (and the rules that scale steps and learning rate
-by the task's attacker), its view checks, and its training loop (:func:`train_defense`) with its log.
+by the task's attacker), its view checks, and its training loop (:func:`train_defense`).
 
 A trained defense optimises the released model on the defender's split (:class:`~bench.contracts.DefenderView`).
 It writes only its objective (a step function); the loop around it, written once here, owns the outer optimizer
-(AdamW), the learning-rate schedule, gradient clipping, and the log. The log records what the leaderboard reports
-about it: the loss terms of every outer step (the report's :attr:`~bench.contracts.DefenseResult.curve`, which the
+(AdamW), the learning-rate schedule, gradient clipping and the record of what the leaderboard reports about the
+training: the loss terms of every outer step (the report's :attr:`~bench.contracts.DefenseResult.curve`, which the
 runner writes as Parquet rows of phase ``defense``), forward-backward passes, wall time, and the simulated attacker
-it trained against; it shows a progress bar and stops with a clear error when a loss becomes non-finite.
+it trained against; it shows a progress bar and stops with a clear error when a loss term becomes non-finite.
 """
 
 from __future__ import annotations
@@ -167,18 +167,25 @@ def train_defense(model: nn.Module, view: DefenderView, cfg: TrainedConfig, step
     Each outer step clears the gradients and calls ``step(i)`` (i = 1..steps), which leaves the gradient of the
     defense's objective in the parameters' ``.grad`` (by ``backward()``, or by assigning it) and returns its loss
     terms; the loop clips the gradient to ``cfg.grad_clip``, steps the optimizer and the schedule, runs ``then()``
-    (work after the optimizer step, e.g. Sophon's separate natural steps; its terms join the step's), and records
-    the terms and ``passes`` forward-backward passes in the :class:`TrainingLog`, which stops on a non-finite term.
+    (work after the optimizer step, e.g. Sophon's separate natural steps; its terms join the step's) and records the
+    terms, stopping with :class:`~bench.errors.TrainingDivergedError` when one is non-finite.
 
     ``cosine``: decay the learning rate along a cosine after a linear warm-up over this fraction of the steps
-    (:func:`cosine_schedule`); None: constant. The report: the model in eval mode, ``layers`` (default: the modules
-    that own a trainable parameter, :func:`changed_modules`), the log's info with ``info`` and its curve.
+    (:func:`cosine_schedule`); None: constant. ``passes``: forward-backward passes over one batch per step. The
+    report: the model in eval mode; ``layers`` (default: the modules that own a trainable parameter,
+    :func:`changed_modules`); info with the training time, passes, steps, the final terms and ``info``; the curve of
+    the terms per step.
     """
+    from tqdm.auto import tqdm
+
     params = [p for p in model.parameters() if p.requires_grad]  # AdamW: every paper's outer optimizer
     optimizer = torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
     schedule = cosine_schedule(optimizer, steps, cosine) if cosine is not None else None
+    curve: list[dict[str, float]] = []
+    start = time.perf_counter()
+    hidden = {} if view.progress else {"disable": True}  # (an explicit disable would override $TQDM_DISABLE)
     model.train()
-    with TrainingLog(name, steps, progress=view.progress) as log:
+    with tqdm(total=steps, desc=f"training {name}", unit="step", leave=False, **hidden) as bar:
         for i in range(1, steps + 1):
             optimizer.zero_grad(set_to_none=True)
             terms = step(i)
@@ -188,68 +195,27 @@ def train_defense(model: nn.Module, view: DefenderView, cfg: TrainedConfig, step
                 schedule.step()
             if then is not None:
                 terms = {**terms, **then()}
-            log.passes(passes)
-            log.record(i, **terms)
+            values = {key: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for key, v in terms.items()}
+            bad = [key for key, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingDivergedError(
+                    f"defense {name!r} diverged at training step {i}: {', '.join(bad)} = "
+                    f"{', '.join(str(values[key]) for key in bad)}; lower its lr (or its loss weights)")
+            curve.append({"step": float(i), **values})
+            bar.update(1)
+            bar.set_postfix({key: f"{v:.3g}" for key, v in list(values.items())[:3]}, refresh=False)
     model.eval()
+    final = {key: v for key, v in curve[-1].items() if key != "step"} if curve else {}
+    report = {"training_seconds": time.perf_counter() - start, "fb_passes": passes * len(curve), "steps": len(curve),
+              "final_losses": final, **(info or {})}
     return DefenseResult(model=model, layers=changed_modules(model) if layers is None else tuple(layers),
-                         info=log.info(**(info or {})), curve=log.curve)
+                         info=report, curve=curve)
 
 
 def changed_modules(model: nn.Module) -> tuple[str, ...]:
     """Names of the modules that own a trainable parameter (what a full-parameter trained defense changes)."""
     return tuple(name for name, module in model.named_modules()
                  if any(p.requires_grad for p in module.parameters(recurse=False)))
-
-
-class TrainingLog:
-    """The record of one defense's training (see the module docstring); use as a context manager around the loop."""
-
-    def __init__(self, defense: str, steps: int, *, progress: bool = True):
-        self.defense, self.steps, self.progress = defense, steps, progress
-        self.curve: list[dict[str, float]] = []
-        self.fb_passes = 0
-        self._start = time.perf_counter()
-        self._bar = None
-
-    def __enter__(self) -> "TrainingLog":
-        from tqdm.auto import tqdm
-
-        self._start = time.perf_counter()
-        hidden = {} if self.progress else {"disable": True}  # (an explicit disable would override $TQDM_DISABLE)
-        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False, **hidden)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def passes(self, n: int = 1) -> None:
-        """Count ``n`` forward-backward passes over one batch."""
-        self.fb_passes += n
-
-    def record(self, step: int, **terms: float | torch.Tensor) -> None:
-        """Record one outer step's loss terms; a non-finite term stops training with a clear error."""
-        values = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in terms.items()}
-        bad = [name for name, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDivergedError(
-                f"defense {self.defense!r} diverged at training step {step}: {', '.join(bad)} = "
-                f"{', '.join(str(values[b]) for b in bad)}; lower its lr (or its loss weights)")
-        self.curve.append({"step": float(step), **values})
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]}, refresh=False)
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self._start
-
-    def info(self, **extra: Any) -> dict[str, Any]:
-        """The report's info: training time, passes, steps, the final terms and ``extra`` (e.g. the simulated
-        attacker: optimizer, learning rates, steps). The curve goes to :attr:`DefenseResult.curve`."""
-        final = {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
-        return {"training_seconds": self.seconds, "fb_passes": self.fb_passes, "steps": len(self.curve),
-                "final_losses": final, **extra}
 
 
 def endless(view: DefenderView, part: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
