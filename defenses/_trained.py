@@ -1,11 +1,12 @@
 """What every trained defense shares: its common config fields (and the rules that scale steps and learning rate
-by the task's attacker), its view checks, and its training log.
+by the task's attacker), its view checks, and its training loop (:func:`train_defense`).
 
 A trained defense optimises the released model on the defender's split (:class:`~bench.contracts.DefenderView`).
-The log records what the leaderboard reports about it: the loss terms of every outer step (the report's
-:attr:`~bench.contracts.DefenseResult.curve`, which the runner writes as Parquet rows of phase ``defense``),
-forward-backward passes, wall time, and the simulated attacker it trained against; it shows a progress bar and
-stops with a clear error when a loss becomes non-finite.
+It writes only its objective (a step function); the loop around it, written once here, owns the outer optimizer
+(AdamW), the learning-rate schedule, gradient clipping and the record of what the leaderboard reports about the
+training: the loss terms of every outer step (the report's :attr:`~bench.contracts.DefenseResult.curve`, which the
+runner writes as Parquet rows of phase ``defense``), forward-backward passes, wall time, and the simulated attacker
+it trained against; it shows a progress bar and stops with a clear error when a loss term becomes non-finite.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from bench.config import check
-from bench.contracts import AttackerScale, DefenderView
+from bench.contracts import AttackerScale, DefenderView, DefenseResult
 from bench.errors import PluginError, TrainingDivergedError
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,72 +133,89 @@ def batch_size_of(cfg: TrainedConfig, view: DefenderView) -> int:
     return cfg.batch_size or (view.attacker.batch_size if view.attacker else 8)
 
 
-def outer_optimizer(model: nn.Module, cfg: TrainedConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW on the model's trainable parameters (every paper's outer optimizer), at ``lr`` (default ``cfg.lr``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
-
-
 def clip(model: nn.Module, cfg: TrainedConfig) -> None:
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.grad_clip)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int,
+                    warmup: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps, after
+    a linear warm-up from 0 over the first ``warmup`` fraction of them (transformers' ``cosine`` schedule with
+    ``warmup_ratio``; Vaccine's scripts use 0.1)."""
+    ramp = int(math.ceil(warmup * steps))
+
+    def factor(done: int) -> float:
+        if done < ramp:
+            return (done + 1) / (ramp + 1)  # never 0, so the first step moves
+        return 0.5 * (1 + math.cos(math.pi * (done - ramp) / max(steps - ramp, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+Terms = Mapping[str, "float | torch.Tensor"]
+"""One outer step's loss terms by name (tensors or floats), as the log records them."""
+
+
+def train_defense(model: nn.Module, view: DefenderView, cfg: TrainedConfig, step: Callable[[int], Terms], *,
+                  name: str, steps: int, passes: int, lr: float | None = None, cosine: float | None = None,
+                  then: Callable[[], Terms] | None = None, layers: Sequence[str] | None = None,
+                  info: Mapping[str, Any] | None = None) -> DefenseResult:
+    """The loop every trained defense shares: ``steps`` outer steps of AdamW on the model's trainable parameters at
+    ``lr`` (default ``cfg.lr``) with ``cfg.weight_decay``, in train mode, then the report.
+
+    Each outer step clears the gradients and calls ``step(i)`` (i = 1..steps), which leaves the gradient of the
+    defense's objective in the parameters' ``.grad`` (by ``backward()``, or by assigning it) and returns its loss
+    terms; the loop clips the gradient to ``cfg.grad_clip``, steps the optimizer and the schedule, runs ``then()``
+    (work after the optimizer step, e.g. Sophon's separate natural steps; its terms join the step's) and records the
+    terms, stopping with :class:`~bench.errors.TrainingDivergedError` when one is non-finite.
+
+    ``cosine``: decay the learning rate along a cosine after a linear warm-up over this fraction of the steps
+    (:func:`cosine_schedule`); None: constant. ``passes``: forward-backward passes over one batch per step. The
+    report: the model in eval mode; ``layers`` (default: the modules that own a trainable parameter,
+    :func:`changed_modules`); info with the training time, passes, steps, the final terms and ``info``; the curve of
+    the terms per step.
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]  # AdamW: every paper's outer optimizer
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay)
+    schedule = cosine_schedule(optimizer, steps, cosine) if cosine is not None else None
+    curve: list[dict[str, float]] = []
+    start = time.perf_counter()
+    hidden = {} if view.progress else {"disable": True}  # (an explicit disable would override $TQDM_DISABLE)
+    model.train()
+    with tqdm(total=steps, desc=f"training {name}", unit="step", leave=False, **hidden) as bar:
+        for i in range(1, steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            terms = step(i)
+            clip(model, cfg)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if then is not None:
+                terms = {**terms, **then()}
+            values = {key: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for key, v in terms.items()}
+            bad = [key for key, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingDivergedError(
+                    f"defense {name!r} diverged at training step {i}: {', '.join(bad)} = "
+                    f"{', '.join(str(values[key]) for key in bad)}; lower its lr (or its loss weights)")
+            curve.append({"step": float(i), **values})
+            bar.update(1)
+            bar.set_postfix({key: f"{v:.3g}" for key, v in list(values.items())[:3]}, refresh=False)
+    model.eval()
+    final = {key: v for key, v in curve[-1].items() if key != "step"} if curve else {}
+    report = {"training_seconds": time.perf_counter() - start, "fb_passes": passes * len(curve), "steps": len(curve),
+              "final_losses": final, **(info or {})}
+    return DefenseResult(model=model, layers=changed_modules(model) if layers is None else tuple(layers),
+                         info=report, curve=curve)
 
 
 def changed_modules(model: nn.Module) -> tuple[str, ...]:
     """Names of the modules that own a trainable parameter (what a full-parameter trained defense changes)."""
     return tuple(name for name, module in model.named_modules()
                  if any(p.requires_grad for p in module.parameters(recurse=False)))
-
-
-class TrainingLog:
-    """The record of one defense's training (see the module docstring); use as a context manager around the loop."""
-
-    def __init__(self, defense: str, steps: int, *, progress: bool = True):
-        self.defense, self.steps, self.progress = defense, steps, progress
-        self.curve: list[dict[str, float]] = []
-        self.fb_passes = 0
-        self._start = time.perf_counter()
-        self._bar = None
-
-    def __enter__(self) -> "TrainingLog":
-        from tqdm.auto import tqdm
-
-        self._start = time.perf_counter()
-        hidden = {} if self.progress else {"disable": True}  # (an explicit disable would override $TQDM_DISABLE)
-        self._bar = tqdm(total=self.steps, desc=f"training {self.defense}", unit="step", leave=False, **hidden)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def passes(self, n: int = 1) -> None:
-        """Count ``n`` forward-backward passes over one batch."""
-        self.fb_passes += n
-
-    def record(self, step: int, **terms: float | torch.Tensor) -> None:
-        """Record one outer step's loss terms; a non-finite term stops training with a clear error."""
-        values = {name: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for name, v in terms.items()}
-        bad = [name for name, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDivergedError(
-                f"defense {self.defense!r} diverged at training step {step}: {', '.join(bad)} = "
-                f"{', '.join(str(values[b]) for b in bad)}; lower its lr (or its loss weights)")
-        self.curve.append({"step": float(step), **values})
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]}, refresh=False)
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self._start
-
-    def info(self, **extra: Any) -> dict[str, Any]:
-        """The report's info: training time, passes, steps, the final terms and ``extra`` (e.g. the simulated
-        attacker: optimizer, learning rates, steps). The curve goes to :attr:`DefenseResult.curve`."""
-        final = {k: v for k, v in self.curve[-1].items() if k != "step"} if self.curve else {}
-        return {"training_seconds": self.seconds, "fb_passes": self.fb_passes, "steps": len(self.curve),
-                "final_losses": final, **extra}
 
 
 def endless(view: DefenderView, part: str, batch_size: int, generator: torch.Generator) -> Iterator[Any]:

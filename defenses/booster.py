@@ -44,10 +44,9 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from bench.config import check
-from bench.contracts import Defense, DefenseResult
+from bench.contracts import Defense
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, TrainingLog, batch_size_of, changed_modules, clip, endless, lr_for,
-                               outer_optimizer, require, steps_for)
+from defenses._trained import AttackerScaledConfig, batch_size_of, endless, lr_for, require, steps_for, train_defense
 
 @dataclass(frozen=True, kw_only=True)
 class BoosterConfig(AttackerScaledConfig):
@@ -103,46 +102,40 @@ class Booster(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         weight_norm = float(_norm([p.detach() for p in params]))
         alpha = cfg.alpha * weight_norm if cfg.alpha_relative else cfg.alpha
-        optimizer = outer_optimizer(model, cfg, lr)
-        model.train()
-        with TrainingLog("booster", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                harmful_batch = next(harmful)
-                h = view.harmful_loss(model, harmful_batch)
-                grad_h = _gradients(h, params)
-                # Simulate the attacker's harmful step, measure the harmful gradient there, and step back exactly.
-                saved = [p.detach().clone() for p in params]
-                scale = alpha / (_norm(grad_h) + 1e-12)
-                with torch.no_grad():
-                    for p, g in zip(params, grad_h):
-                        p.sub_(scale * g)
-                h_after = view.harmful_loss(model, harmful_batch)
-                grad_after = _gradients(h_after, params)
-                with torch.no_grad():
-                    for p, s in zip(params, saved):
-                        p.copy_(s)
-                f = view.aligned_loss(model, next(aligned))
-                objective = f + cfg.lam * (h.detach() - h_after.detach())
-                terms = {"align": f}
-                if benign is not None:
-                    retain = view.benign_loss(model, next(benign))
-                    f = f + cfg.retain_weight * retain
-                    terms["retain"] = retain
-                    objective = objective + cfg.retain_weight * retain.detach()
-                optimizer.zero_grad(set_to_none=True)
-                f.backward()
-                with torch.no_grad():
-                    for p, a, b in zip(params, grad_h, grad_after):
-                        penalty = cfg.lam * (a - b)
-                        p.grad = penalty if p.grad is None else p.grad.add_(penalty)
-                clip(model, cfg)
-                optimizer.step()
-                log.passes(4 if benign is not None else 3)
-                log.record(step, objective=objective, **terms, harmful=h, harmful_after_step=h_after,
-                           harmful_drop=h - h_after)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            harmful_batch = next(harmful)
+            h = view.harmful_loss(model, harmful_batch)
+            grad_h = _gradients(h, params)
+            # Simulate the attacker's harmful step, measure the harmful gradient there, and step back exactly.
+            saved = [p.detach().clone() for p in params]
+            scale = alpha / (_norm(grad_h) + 1e-12)
+            with torch.no_grad():
+                for p, g in zip(params, grad_h):
+                    p.sub_(scale * g)
+            h_after = view.harmful_loss(model, harmful_batch)
+            grad_after = _gradients(h_after, params)
+            with torch.no_grad():
+                for p, s in zip(params, saved):
+                    p.copy_(s)
+            f = view.aligned_loss(model, next(aligned))
+            objective = f + cfg.lam * (h.detach() - h_after.detach())
+            terms = {"align": f}
+            if benign is not None:
+                retain = view.benign_loss(model, next(benign))
+                f = f + cfg.retain_weight * retain
+                terms["retain"] = retain
+                objective = objective + cfg.retain_weight * retain.detach()
+            f.backward()
+            with torch.no_grad():
+                for p, a, b in zip(params, grad_h, grad_after):
+                    penalty = cfg.lam * (a - b)
+                    p.grad = penalty if p.grad is None else p.grad.add_(penalty)
+            return {"objective": objective, **terms, "harmful": h, "harmful_after_step": h_after,
+                    "harmful_drop": h - h_after}
+
         simulated = {"kind": "one normalised gradient step on the harmful loss", "alpha": alpha,
                      "alpha_over_weight_norm": alpha / weight_norm if weight_norm else None}
-        return DefenseResult(model=model.eval(), layers=changed_modules(model),
-                             info=log.info(simulated_attacker=simulated, lam=cfg.lam, lr=lr, batch_size=size,
-                                           retain_weight=cfg.retain_weight),
-                             curve=log.curve)
+        return train_defense(model, view, cfg, step, name="booster", steps=steps, passes=3 + (benign is not None),
+                             lr=lr, info={"simulated_attacker": simulated, "lam": cfg.lam, "lr": lr,
+                                          "batch_size": size, "retain_weight": cfg.retain_weight})

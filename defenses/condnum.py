@@ -64,6 +64,7 @@ as fast as the undefended model (worst case 10 steps, Muon at lr 0.1, against 10
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -75,8 +76,7 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
-from defenses._trained import (TrainedConfig, TrainingLog, batch_size_of, changed_modules, clip, endless,
-                               outer_optimizer, require)
+from defenses._trained import TrainedConfig, batch_size_of, endless, require, train_defense
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,39 +128,36 @@ class CondNum(Defense):
         batch_size = batch_size_of(cfg, view)
         trace = batch_size * mean_square_norm(model, view, "harmful", module) if cfg.scale_ill else None
         lambda_ill = cfg.lambda_ill / trace ** 2 if trace is not None else cfg.lambda_ill
-        optimizer = outer_optimizer(model, cfg)
         benign_batches = endless(view, "benign", batch_size, generator)
         harmful_batches = endless(view, "harmful", batch_size, generator)
         released_cond = {part: split_log10_condition(model, view, part, module) for part in ("benign", "harmful")}
-        model.train()
-        with TrainingLog("condnum", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                benign, harmful = next(benign_batches), next(harmful_batches)
-                ce = view.benign_loss(model, benign)
-                well_spectrum = spectrum(view.features(model, benign)[module])
-                harmful_rows = view.features(model, harmful)[module]
-                ill_spectrum = spectrum(harmful_rows)
-                width = harmful_rows.shape[-1]  # K: the feature dimension, as the paper's code
-                well, ill = well_conditioning(well_spectrum, width), ill_conditioning(ill_spectrum, width)
-                loss = ce + cfg.lambda_well * well + lambda_ill * ill
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip(model, cfg)
-                optimizer.step()
-                log.passes(3)  # the benign batch for its loss, again for its features, the harmful batch
-                log.record(step, loss=loss, ce=ce, well=well, ill=ill,
-                           log10_cond_benign=log10_condition(well_spectrum),
-                           log10_cond_harmful=log10_condition(ill_spectrum))
-        model.eval()
+
+        def step(_: int) -> dict[str, torch.Tensor | float]:
+            benign, harmful = next(benign_batches), next(harmful_batches)
+            ce = view.benign_loss(model, benign)
+            well_spectrum = spectrum(view.features(model, benign)[module])
+            harmful_rows = view.features(model, harmful)[module]
+            ill_spectrum = spectrum(harmful_rows)
+            width = harmful_rows.shape[-1]  # K: the feature dimension, as the paper's code
+            well, ill = well_conditioning(well_spectrum, width), ill_conditioning(ill_spectrum, width)
+            loss = ce + cfg.lambda_well * well + lambda_ill * ill
+            loss.backward()
+            return {"loss": loss, "ce": ce, "well": well, "ill": ill,
+                    "log10_cond_benign": log10_condition(well_spectrum),
+                    "log10_cond_harmful": log10_condition(ill_spectrum)}
+
+        # 3 passes: the benign batch for its loss, again for its features, the harmful batch.
+        result = train_defense(model, view, cfg, step, name="condnum", steps=steps, passes=3,
+                               info={"lr": cfg.lr, "batch_size": batch_size, "feature_module": module,
+                                         "lambda_well": cfg.lambda_well, "lambda_ill": lambda_ill,
+                                         "paper_lambda_ill": cfg.lambda_ill if cfg.scale_ill else None,
+                                         "harmful_trace": trace, "simulated_attacker": None})
         defended_cond = {part: split_log10_condition(model, view, part, module) for part in ("benign", "harmful")}
-        info = log.info(lr=cfg.lr, batch_size=batch_size, feature_module=module, lambda_well=cfg.lambda_well,
-                        lambda_ill=lambda_ill, paper_lambda_ill=cfg.lambda_ill if cfg.scale_ill else None,
-                        harmful_trace=trace, simulated_attacker=None,
-                        log10_cond_benign_released=released_cond["benign"],
-                        log10_cond_benign_defended=defended_cond["benign"],
-                        log10_cond_harmful_released=released_cond["harmful"],
-                        log10_cond_harmful_defended=defended_cond["harmful"])
-        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
+        return dataclasses.replace(result, info={**result.info,
+                                                 "log10_cond_benign_released": released_cond["benign"],
+                                                 "log10_cond_benign_defended": defended_cond["benign"],
+                                                 "log10_cond_harmful_released": released_cond["harmful"],
+                                                 "log10_cond_harmful_defended": defended_cond["harmful"]})
 
 
 def penultimate(view: DefenderView, cfg: CondNumConfig) -> str:

@@ -36,8 +36,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import bounded_ascent
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
-                               clip, endless, lr_for, outer_optimizer, steps_for)
+from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, steps_for,
+                               train_defense)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,22 +64,16 @@ class GARetain(Defense):
               generator: torch.Generator) -> DefenseResult:
         steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         batch_size = batch_size_of(cfg, view)
-        optimizer = outer_optimizer(model, cfg, lr=lr)
         harmful_batches = endless(view, "harmful", batch_size, generator)
         benign_batches = endless(view, "benign", batch_size, generator)
-        model.train()
-        with TrainingLog("ga-retain", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                benign_loss = view.benign_loss(model, next(benign_batches))
-                harmful_loss = view.harmful_loss(model, next(harmful_batches))
-                loss = benign_loss + cfg.alpha * bounded_ascent(harmful_loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip(model, cfg)
-                optimizer.step()
-                log.passes(2)
-                log.record(step, loss=loss, benign_loss=benign_loss, harmful_loss=harmful_loss)
-        model.eval()
-        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, simulated_attacker=None,
-                        scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            benign_loss = view.benign_loss(model, next(benign_batches))
+            harmful_loss = view.harmful_loss(model, next(harmful_batches))
+            loss = benign_loss + cfg.alpha * bounded_ascent(harmful_loss)
+            loss.backward()
+            return {"loss": loss, "benign_loss": benign_loss, "harmful_loss": harmful_loss}
+
+        return train_defense(model, view, cfg, step, name="ga-retain", steps=steps, passes=2, lr=lr,
+                             info={"lr": lr, "batch_size": batch_size, "alpha": cfg.alpha, "simulated_attacker": None,
+                                   "scaled_by": attacker_report(view)})

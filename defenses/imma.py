@@ -73,8 +73,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
-                               clip, endless, lr_for, outer_optimizer, steps_for)
+from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, steps_for,
+                               train_defense)
 
 INNER_LR_RATIO = 10.0
 """lr_φ / lr_θ: the paper's 1e-4 / 1e-5."""
@@ -240,47 +240,44 @@ class Imma(Defense):
             param.requires_grad_(name in theta)
         adaptation = Adaptation(model, cfg, generator)
         inner = torch.optim.Adam(adaptation.params, lr=inner_lr) if adaptation.params else None
-        outer = outer_optimizer(model, cfg, lr=lr)
         harmful = endless(view, "harmful", batch_size, generator)
         benign = endless(view, "benign", batch_size, generator) if cfg.retain_scale > 0 else None
-        model.train()
-        with TrainingLog("imma", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                terms: dict[str, Any] = {}
-                if inner is not None:
-                    if cfg.reset_every and step > 1 and (step - 1) % cfg.reset_every == 0:
-                        adaptation.reset()
-                        inner = torch.optim.Adam(adaptation.params, lr=inner_lr)
-                    for _ in range(cfg.inner_steps):
-                        loss = view.harmful_loss(Adapted(model, adaptation, train_phi=True), next(harmful))
-                        inner.zero_grad(set_to_none=True)
-                        for param, grad in zip(adaptation.params, torch.autograd.grad(loss, adaptation.params)):
-                            param.grad = grad
-                        inner.step()
-                        log.passes()
-                    terms["inner_loss"] = loss
-                adapted = view.harmful_loss(Adapted(model, adaptation, train_phi=False), next(harmful))
-                objective = -adapted
-                log.passes()
-                if benign is not None:
-                    retain = view.benign_loss(model, next(benign))
-                    objective = objective + cfg.retain_scale * retain
-                    terms["retain"] = retain
-                    log.passes()
-                outer.zero_grad(set_to_none=True)
-                objective.backward()
-                clip(model, cfg)
-                outer.step()
-                log.record(step, objective=objective, adapted_loss=adapted, **terms)
-        layers = changed_modules(model)
-        for name, param in model.named_parameters():
-            param.requires_grad_(flags[name])
-        model.eval()
-        info = log.info(adapt=cfg.adapt, immunise=cfg.immunise, lr=lr, batch_size=batch_size,
-                        retain_scale=cfg.retain_scale,
-                        immunised_modules=immunised, adapted_params=len(adaptation.targets),
-                        simulated_attacker={"adapt": cfg.adapt, "optimizer": "adam", "lr": inner_lr,
-                                            "inner_steps": cfg.inner_steps, "reset_every": cfg.reset_every,
-                                            **({"rank": cfg.rank, "alpha": cfg.alpha} if cfg.adapt == "lora" else {})},
-                        scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=layers, info=info, curve=log.curve)
+
+        def step(i: int) -> dict[str, torch.Tensor]:
+            nonlocal inner
+            terms: dict[str, torch.Tensor] = {}
+            if inner is not None:
+                if cfg.reset_every and i > 1 and (i - 1) % cfg.reset_every == 0:
+                    adaptation.reset()
+                    inner = torch.optim.Adam(adaptation.params, lr=inner_lr)
+                for _ in range(cfg.inner_steps):
+                    loss = view.harmful_loss(Adapted(model, adaptation, train_phi=True), next(harmful))
+                    inner.zero_grad(set_to_none=True)
+                    for param, grad in zip(adaptation.params, torch.autograd.grad(loss, adaptation.params)):
+                        param.grad = grad
+                    inner.step()
+                terms["inner_loss"] = loss
+            adapted = view.harmful_loss(Adapted(model, adaptation, train_phi=False), next(harmful))
+            objective = -adapted
+            if benign is not None:
+                retain = view.benign_loss(model, next(benign))
+                objective = objective + cfg.retain_scale * retain
+                terms["retain"] = retain
+            objective.backward()
+            return {"objective": objective, "adapted_loss": adapted, **terms}
+
+        passes = (cfg.inner_steps if inner is not None else 0) + 1 + (benign is not None)
+        try:
+            return train_defense(
+                model, view, cfg, step, name="imma", steps=steps, passes=passes, lr=lr,
+                info={"adapt": cfg.adapt, "immunise": cfg.immunise, "lr": lr, "batch_size": batch_size,
+                      "retain_scale": cfg.retain_scale, "immunised_modules": immunised,
+                      "adapted_params": len(adaptation.targets),
+                      "simulated_attacker": {"adapt": cfg.adapt, "optimizer": "adam", "lr": inner_lr,
+                                             "inner_steps": cfg.inner_steps, "reset_every": cfg.reset_every,
+                                             **({"rank": cfg.rank, "alpha": cfg.alpha} if cfg.adapt == "lora"
+                                                else {})},
+                      "scaled_by": attacker_report(view)})
+        finally:
+            for name, param in model.named_parameters():
+                param.requires_grad_(flags[name])

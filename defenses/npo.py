@@ -45,8 +45,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import sequence_logprob
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
-                               clip, endless, lr_for, outer_optimizer, require, steps_for)
+from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, require,
+                               steps_for, train_defense)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,27 +85,22 @@ class NPO(Defense):
         steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         batch_size = batch_size_of(cfg, view)
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = outer_optimizer(model, cfg, lr=lr)
         harmful_batches = endless(view, "harmful", batch_size, generator)
         benign_batches = endless(view, "benign", batch_size, generator)
-        model.train()
-        with TrainingLog("npo", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                harmful = next(harmful_batches)
-                with torch.no_grad():
-                    logp_ref = sequence_logprob(view.predictions(reference, harmful))
-                logp = sequence_logprob(view.predictions(model, harmful))
-                forget = npo_loss(logp, logp_ref, cfg.beta)
-                retain = view.benign_loss(model, next(benign_batches))
-                loss = forget + cfg.retain_weight * retain
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip(model, cfg)
-                optimizer.step()
-                log.passes(2)
-                log.record(step, loss=loss, npo_loss=forget, retain_loss=retain,
-                           log_ratio=(logp - logp_ref).detach().mean())
-        model.eval()
-        info = log.info(lr=lr, batch_size=batch_size, beta=cfg.beta, retain_weight=cfg.retain_weight,
-                        simulated_attacker=None, scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            harmful = next(harmful_batches)
+            with torch.no_grad():
+                logp_ref = sequence_logprob(view.predictions(reference, harmful))
+            logp = sequence_logprob(view.predictions(model, harmful))
+            forget = npo_loss(logp, logp_ref, cfg.beta)
+            retain = view.benign_loss(model, next(benign_batches))
+            loss = forget + cfg.retain_weight * retain
+            loss.backward()
+            return {"loss": loss, "npo_loss": forget, "retain_loss": retain,
+                    "log_ratio": (logp - logp_ref).detach().mean()}
+
+        return train_defense(model, view, cfg, step, name="npo", steps=steps, passes=2, lr=lr,
+                             info={"lr": lr, "batch_size": batch_size, "beta": cfg.beta,
+                                   "retain_weight": cfg.retain_weight, "simulated_attacker": None,
+                                   "scaled_by": attacker_report(view)})

@@ -50,7 +50,6 @@ stronger noising term makes it weaker here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -61,8 +60,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import bounded_ascent
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_report, batch_size_of, changed_modules,
-                               clip, endless, lr_for, outer_optimizer, require, steps_for)
+from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, require,
+                               steps_for, train_defense)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,31 +99,25 @@ class RepNoise(Defense):
         require(view, "repnoise", "aligned_loss", "feature_modules", "features")
         steps, lr = steps_for(cfg, view), lr_for(cfg, view)
         batch_size = batch_size_of(cfg, view)
-        optimizer = outer_optimizer(model, cfg, lr=lr)
-        schedule = cosine_schedule(optimizer, steps) if cfg.cosine else None
         pairs = endless(view, "pairs", batch_size, generator)
-        model.train()
-        with TrainingLog("repnoise", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                harmful, aligned = next(pairs)
-                aligned_loss = view.aligned_loss(model, aligned)
-                harmful_loss = view.harmful_loss(model, harmful)
-                noise = noise_term(view.features(model, harmful), generator, cfg.mmd_rows)
-                loss = aligned_loss + cfg.beta * noise + cfg.alpha * bounded_ascent(harmful_loss)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip(model, cfg)
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                log.passes(3)  # the aligned batch, the harmful batch, and the harmful batch again for its features
-                log.record(step, loss=loss, aligned_loss=aligned_loss, harmful_loss=harmful_loss, mmd=noise)
-        model.eval()
-        # RepNoise simulates no attacker; the report names the attacker scale its rules read instead.
-        info = log.info(lr=lr, batch_size=batch_size, alpha=cfg.alpha, beta=cfg.beta, cosine=cfg.cosine,
-                        mmd_rows=cfg.mmd_rows, feature_modules=list(view.feature_modules), simulated_attacker=None,
-                        scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=changed_modules(model), info=info, curve=log.curve)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            harmful, aligned = next(pairs)
+            aligned_loss = view.aligned_loss(model, aligned)
+            harmful_loss = view.harmful_loss(model, harmful)
+            noise = noise_term(view.features(model, harmful), generator, cfg.mmd_rows)
+            loss = aligned_loss + cfg.beta * noise + cfg.alpha * bounded_ascent(harmful_loss)
+            loss.backward()
+            return {"loss": loss, "aligned_loss": aligned_loss, "harmful_loss": harmful_loss, "mmd": noise}
+
+        # 3 passes: the aligned batch, the harmful batch, and the harmful batch again for its features. RepNoise
+        # simulates no attacker; the report names the attacker scale its rules read instead.
+        return train_defense(model, view, cfg, step, name="repnoise", steps=steps, passes=3, lr=lr,
+                             cosine=0.0 if cfg.cosine else None,
+                             info={"lr": lr, "batch_size": batch_size, "alpha": cfg.alpha, "beta": cfg.beta,
+                                   "cosine": cfg.cosine, "mmd_rows": cfg.mmd_rows,
+                                   "feature_modules": list(view.feature_modules), "simulated_attacker": None,
+                                   "scaled_by": attacker_report(view)})
 
 
 KERNEL_MULTIPLIER = 2.0
@@ -161,17 +154,3 @@ def noise_term(features: Mapping[str, torch.Tensor], generator: torch.Generator,
         terms.append(mmd_to_noise(rows, generator))
     return torch.stack(terms).mean()
 
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int,
-                    warmup: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Decay every learning rate from its base value to 0 along a half cosine over ``steps`` optimizer steps, after
-    a linear warm-up from 0 over the first ``warmup`` fraction of them (transformers' ``cosine`` schedule with
-    ``warmup_ratio``; Vaccine's scripts use 0.1)."""
-    ramp = int(math.ceil(warmup * steps))
-
-    def factor(done: int) -> float:
-        if done < ramp:
-            return (done + 1) / (ramp + 1)  # never 0, so the first step moves
-        return 0.5 * (1 + math.cos(math.pi * (done - ramp) / max(steps - ramp, 1)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

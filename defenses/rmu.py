@@ -65,8 +65,8 @@ from bench.config import check
 from bench.contracts import Defense, DefenderView, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, TrainingLog, attacker_of, attacker_report, batch_size_of, clip,
-                               endless, outer_optimizer, require, steps_for)
+from defenses._trained import (AttackerScaledConfig, attacker_of, attacker_report, batch_size_of, endless, require,
+                               steps_for, train_defense)
 
 PAPER_LAYER, PAPER_DEPTH = 7, 32
 """The paper's steered layer of zephyr-7b's 32 blocks (the depth rule keeps this ratio)."""
@@ -171,31 +171,26 @@ class RMU(Defense):
         trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         harmful_batches = endless(view, "harmful", batch_size, generator)
         benign_batches = endless(view, "benign", batch_size, generator)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            forget = squared_distance(view.features(model, next(harmful_batches))[block], target)
+            benign = next(benign_batches)
+            with torch.no_grad():
+                reference = view.features(frozen, benign)[block]
+            retain = squared_distance(view.features(model, benign)[block], reference)
+            loss = forget + cfg.alpha * retain
+            loss.backward()
+            return {"loss": loss, "forget_loss": forget, "retain_loss": retain}
+
         try:
             model.requires_grad_(False)
             for name in maps:
                 model.get_submodule(name).requires_grad_(True)
-            optimizer = outer_optimizer(model, cfg, lr=lr)
-            model.train()
-            with TrainingLog("rmu", steps, progress=view.progress) as log:
-                for step in range(1, steps + 1):
-                    forget = squared_distance(view.features(model, next(harmful_batches))[block], target)
-                    benign = next(benign_batches)
-                    with torch.no_grad():
-                        reference = view.features(frozen, benign)[block]
-                    retain = squared_distance(view.features(model, benign)[block], reference)
-                    loss = forget + cfg.alpha * retain
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    clip(model, cfg)
-                    optimizer.step()
-                    log.passes(2)
-                    log.record(step, loss=loss, forget_loss=forget, retain_loss=retain)
+            return train_defense(model, view, cfg, step, name="rmu", steps=steps, passes=2, lr=lr, layers=maps,
+                                 info={"lr": lr, "batch_size": batch_size, "layer": layer, "steered_module": block,
+                                       "trained_maps": maps, "steer_scale": cfg.steer_scale,
+                                       "steering_coefficient": steer, "hidden_norm": norm, "alpha": cfg.alpha,
+                                       "simulated_attacker": None, "scaled_by": attacker_report(view)})
         finally:
             for name, p in model.named_parameters():
                 p.requires_grad_(trainable[name])
-        model.eval()
-        info = log.info(lr=lr, batch_size=batch_size, layer=layer, steered_module=block, trained_maps=maps,
-                        steer_scale=cfg.steer_scale, steering_coefficient=steer, hidden_norm=norm, alpha=cfg.alpha,
-                        simulated_attacker=None, scaled_by=attacker_report(view))
-        return DefenseResult(model=model, layers=tuple(maps), info=info, curve=log.curve)

@@ -80,8 +80,8 @@ from bench.config import check
 from bench.contracts import AttackerScale, Defense, DefenderView, DefenseResult
 from bench.registry import DEFENSES
 from defenses import _objectives as objectives
-from defenses._trained import (TrainedConfig, TrainingLog, attacker_of, batch_size_of, changed_modules, clip,
-                               endless, outer_optimizer, require, sgd_rates)
+from defenses._trained import (TrainedConfig, attacker_of, batch_size_of, clip, endless, require, sgd_rates,
+                               train_defense)
 
 MAX_INNER_STEPS = 16
 """Cap of the K rule: one outer step stays about 20 passes, so the slowest tiny tiers (diffusion: ~0.5 s per pass on
@@ -290,25 +290,20 @@ class Tar(Defense):
         if cfg.reinit_head and head is None:
             notes.append(f"reinit_head skipped: no nn.Linear with {width} outputs (the prediction width)")
         base = _frozen_copy(model) if cfg.rep_scale > 0 else None
-        with TrainingLog("tar", p.steps, progress=view.progress) as log:
-            trainer = _Trainer(model, view, cfg, p, generator, log, base=base, head=head)
-            if not trainer.held_out:
-                notes.append("L_TR batches not held out: the defender view has a single harmful batch, so L_TR and "
-                             "the simulated adversary draw from the same stream")
-            model.train()
-            for step in range(1, p.steps + 1):
-                log.record(step, **trainer.outer_step())
-        model.eval()
-        return DefenseResult(model=model, layers=changed_modules(model),
-                             info=log.info(inner_attacker={"optimizer": cfg.adversary, "lrs": list(p.lrs),
-                                                           "steps": p.inner_steps, "subsample": cfg.subsample,
-                                                           "reinit_head": head, "lrs_calibrated": calibrated},
-                                           tr_loss=p.tr_loss, outer_steps=p.steps, outer_lr=p.lr,
-                                           **({"natural_lr": p.natural_lr} if cfg.natural_steps else {}),
-                                           tr_held_out_batches=trainer.held_out,
-                                           batch_size=p.batch_size,
-                                           notes=notes),
-                             curve=log.curve)
+        trainer = _Trainer(model, view, cfg, p, generator, base=base, head=head)
+        if not trainer.held_out:
+            notes.append("L_TR batches not held out: the defender view has a single harmful batch, so L_TR and the "
+                         "simulated adversary draw from the same stream")
+        return train_defense(model, view, cfg, trainer.meta_step, name="tar", steps=p.steps,
+                             passes=p.passes_per_step, lr=p.lr,
+                             then=trainer.natural_steps if cfg.natural_steps else None,
+                             info={"inner_attacker": {"optimizer": cfg.adversary, "lrs": list(p.lrs),
+                                                      "steps": p.inner_steps, "subsample": cfg.subsample,
+                                                      "reinit_head": head, "lrs_calibrated": calibrated},
+                                   "tr_loss": p.tr_loss, "outer_steps": p.steps, "outer_lr": p.lr,
+                                   **({"natural_lr": p.natural_lr} if cfg.natural_steps else {}),
+                                   "tr_held_out_batches": trainer.held_out, "batch_size": p.batch_size,
+                                   "notes": notes})
 
 
 def _cycled(batches: list[Any], generator: torch.Generator) -> Iterator[Any]:
@@ -326,12 +321,13 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 
 class _Trainer:
-    """One outer step at a time (see the module docstring); holds the streams and optimizers across steps."""
+    """The steps of :func:`~defenses._trained.train_defense` (see the module docstring); holds the streams across
+    steps, and Sophon's natural-step optimizer."""
 
     def __init__(self, model: nn.Module, view: DefenderView, cfg: TarConfig, plan_: Plan, generator: torch.Generator,
-                 log: TrainingLog, *, base: nn.Module | None, head: str | None):
+                 *, base: nn.Module | None, head: str | None):
         self.model, self.view, self.cfg, self.plan, self.generator = model, view, cfg, plan_, generator
-        self.log, self.base, self.head = log, base, head
+        self.base, self.head = base, head
         self.params = [p for p in model.parameters() if p.requires_grad]
         head_params = set(map(id, model.get_submodule(head).parameters())) if head else set()
         self.tr_mask = [id(p) not in head_params for p in self.params]
@@ -347,21 +343,22 @@ class _Trainer:
             self.attack_batches = endless(view, "harmful", size, generator)
             self.tr_batches = endless(view, "pairs" if pairs else "harmful", size, generator)
         self.benign_batches = endless(view, "benign", size, generator)
-        self.outer = outer_optimizer(model, cfg, plan_.lr)
         self.natural = None
         if cfg.natural_steps:
             self.natural = torch.optim.AdamW(self.params, lr=plan_.natural_lr, weight_decay=cfg.weight_decay)
 
-    def outer_step(self) -> dict[str, float]:
+    def meta_step(self, _: int) -> dict[str, float]:
+        """The meta step's gradient: the tamper-resistance gradient, plus (TAR) the retain terms' gradient."""
         tr, attack = self._tamper_resistance_gradient()
         terms = {"tr": tr, "attack": attack}
         if self.natural is None:
             terms.update(self._retain_backward())  # adds to the TR gradient already in .grad
-            clip(self.model, self.cfg)
-            self.outer.step()
-            return terms
-        clip(self.model, self.cfg)
-        self.outer.step()
+        return terms
+
+    def natural_steps(self) -> dict[str, float]:
+        """Sophon: the retain terms' own steps after the meta step."""
+        assert self.natural is not None
+        terms: dict[str, float] = {}
         for _ in range(self.cfg.natural_steps):
             self.natural.zero_grad(set_to_none=True)
             terms.update(self._retain_backward())
@@ -386,7 +383,6 @@ class _Trainer:
             loss.backward()
             adversary.step()
             attack_value = float(loss.detach())
-            self.log.passes()
             if k in weights:
                 grads, value = self._tr_gradient(tr_batch)
                 tr_value += weights[k] * value
@@ -401,7 +397,6 @@ class _Trainer:
 
     def _tr_gradient(self, batch: Any) -> tuple[tuple[torch.Tensor | None, ...], float]:
         loss = tamper_resistance_loss(self.plan.tr_loss, self.model, self.view, batch)
-        self.log.passes(2 if self.plan.tr_loss == "refusal-preference" else 1)
         grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         return grads, float(loss.detach())
 
@@ -411,11 +406,9 @@ class _Trainer:
         retain = self.view.benign_loss(self.model, batch)
         total = self.cfg.retain_scale * retain
         terms = {"retain": float(retain.detach())}
-        self.log.passes()
         if self.base is not None:
             rep = representation_distance(self.model, self.base, self.view, batch)
             total = total + self.cfg.rep_scale * rep
             terms["rep"] = float(rep.detach())
-            self.log.passes()
         total.backward()
         return terms

@@ -56,13 +56,11 @@ import torch
 from torch import nn
 
 from bench.config import check
-from bench.contracts import Defense, DefenseResult
+from bench.contracts import Defense
 from bench.errors import PluginError
 from bench.features import capture
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, TrainingLog, batch_size_of, changed_modules, clip, endless, lr_for,
-                               outer_optimizer, require, steps_for)
-from defenses.repnoise import cosine_schedule
+from defenses._trained import AttackerScaledConfig, batch_size_of, endless, lr_for, require, steps_for, train_defense
 
 WARMUP = 0.1
 """The reference scripts' ``warmup_ratio``: the fraction of the steps the learning rate ramps up over."""
@@ -136,44 +134,36 @@ class Vaccine(Defense):
         size = batch_size_of(cfg, view)
         aligned = endless(view, "aligned", size, generator)
         benign = endless(view, "benign", size, generator) if cfg.retain_weight > 0 else None
-        optimizer = outer_optimizer(model, cfg, lr)
-        schedule = cosine_schedule(optimizer, steps, WARMUP) if cfg.schedule else None
-        model.train()
-        with TrainingLog("vaccine", steps, progress=view.progress) as log:
-            for step in range(1, steps + 1):
-                batch = next(aligned)
-                with capture(model, names) as hidden:
-                    clean = view.aligned_loss(model, batch)
-                states = [hidden[n] for n in names]
-                grads = torch.autograd.grad(clean, states, allow_unused=True)
-                grads = [torch.zeros_like(s) if g is None else g.detach() for s, g in zip(states, grads)]
-                grad_norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
-                hidden_norm = torch.sqrt(sum(s.detach().float().pow(2).sum() for s in states))
-                rho = cfg.rho * hidden_norm if cfg.rho_relative else torch.tensor(cfg.rho)
-                scale = rho / (grad_norm + 1e-12)
-                with perturbed(model, {n: scale * g for n, g in zip(names, grads)}):
-                    loss = view.aligned_loss(model, batch)
-                terms = {"perturbed_align": loss, "align": clean, "rho": rho}
-                total = loss
-                if benign is not None:
-                    retain = view.benign_loss(model, next(benign))
-                    total = total + cfg.retain_weight * retain
-                    terms["retain"] = retain
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                clip(model, cfg)
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                log.passes(3 if benign is not None else 2)
-                log.record(step, **terms)
-        return DefenseResult(model=model.eval(), layers=changed_modules(model),
-                             info=log.info(perturbed_modules=names, perturbed=perturbed_kind, rho=cfg.rho,
-                                           rho_relative=cfg.rho_relative,
-                                           lr=lr, batch_size=size, retain_weight=cfg.retain_weight,
-                                           schedule="warmup-cosine" if cfg.schedule else "constant",
-                                           weight_decay=cfg.weight_decay, harmful_data_used=False),
-                             curve=log.curve)
+
+        def step(_: int) -> dict[str, torch.Tensor]:
+            batch = next(aligned)
+            with capture(model, names) as hidden:
+                clean = view.aligned_loss(model, batch)
+            states = [hidden[n] for n in names]
+            grads = torch.autograd.grad(clean, states, allow_unused=True)
+            grads = [torch.zeros_like(s) if g is None else g.detach() for s, g in zip(states, grads)]
+            grad_norm = torch.sqrt(sum(g.float().pow(2).sum() for g in grads))
+            hidden_norm = torch.sqrt(sum(s.detach().float().pow(2).sum() for s in states))
+            rho = cfg.rho * hidden_norm if cfg.rho_relative else torch.tensor(cfg.rho)
+            scale = rho / (grad_norm + 1e-12)
+            with perturbed(model, {n: scale * g for n, g in zip(names, grads)}):
+                loss = view.aligned_loss(model, batch)
+            terms = {"perturbed_align": loss, "align": clean, "rho": rho}
+            total = loss
+            if benign is not None:
+                retain = view.benign_loss(model, next(benign))
+                total = total + cfg.retain_weight * retain
+                terms["retain"] = retain
+            total.backward()
+            return terms
+
+        return train_defense(model, view, cfg, step, name="vaccine", steps=steps, passes=2 + (benign is not None),
+                             lr=lr, cosine=WARMUP if cfg.schedule else None,
+                             info={"perturbed_modules": names, "perturbed": perturbed_kind, "rho": cfg.rho,
+                                   "rho_relative": cfg.rho_relative, "lr": lr, "batch_size": size,
+                                   "retain_weight": cfg.retain_weight,
+                                   "schedule": "warmup-cosine" if cfg.schedule else "constant",
+                                   "weight_decay": cfg.weight_decay, "harmful_data_used": False})
 
 
 def attention_modules(model: nn.Module) -> list[str]:

@@ -139,7 +139,7 @@ def test_vaccine_perturbs_attention_outputs_like_the_reference_else_the_feature_
 
 
 def test_warmup_cosine_schedule_ramps_then_decays_to_zero():
-    from defenses.repnoise import cosine_schedule
+    from defenses._trained import cosine_schedule
 
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     schedule = cosine_schedule(optimizer, 20, warmup=0.1)

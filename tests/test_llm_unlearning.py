@@ -179,11 +179,11 @@ def test_harmful_mix_validates_its_poison_ratio():
 
 
 def test_the_llm_suite_has_one_learning_rate_for_each_new_attack():
-    from tasks.llm.task import llm_attack_suite
-
-    sweeps = {sweep.attack: sweep for sweep in llm_attack_suite("tiny")}
-    for attack in ("benign-ft", "harmful-mix"):
-        assert len(sweeps[attack].lrs) == 1 and not sweeps[attack].refine
+    for task in ("llm-harmful-qa", "llm-relearn"):
+        cls = TASKS.get(task)
+        sweeps = {sweep.attack: sweep for sweep in cls().default_attacks(cls.Config(), "tiny")}
+        for attack in ("benign-ft", "harmful-mix"):
+            assert len(sweeps[attack].lrs) == 1 and not sweeps[attack].refine
 
 
 def test_npo_then_specdef_runs_on_the_relearning_task(tmp_path, cache):

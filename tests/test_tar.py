@@ -18,7 +18,6 @@ from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
-from defenses._trained import TrainingLog
 from defenses.tar import _Trainer, output_head, plan, tamper_resistance_loss
 
 CPU = torch.device("cpu")
@@ -183,8 +182,7 @@ def test_auto_tamper_resistance_loss_follows_the_task_setting(setting, kind, exp
 # --- objectives that must move the right way: each test fails when the sign of its key term flips ----------------
 def _trainer(task_model, view, cfg, seed=0):
     p = plan(cfg, view, "logits")
-    log = TrainingLog("tar", 1, progress=False)
-    return _Trainer(task_model, view, cfg, p, torch.Generator().manual_seed(seed), log, base=None, head=None)
+    return _Trainer(task_model, view, cfg, p, torch.Generator().manual_seed(seed), base=None, head=None)
 
 
 def test_the_inner_loop_restores_the_weights_and_leaves_the_attacked_weights_gradient(digits):

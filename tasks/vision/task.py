@@ -27,14 +27,9 @@ from bench.planner import decades
 
 @dataclass(frozen=True, kw_only=True)
 class VisionConfig(TaskConfig):
-    tau: float = 0.8
-    """Harm threshold on held-out forbidden-class accuracy."""
-    budget: int = 500
-    """Default attacker budget in optimizer steps."""
-    eval_every: int = 5
-    """Default probe interval in optimizer steps."""
-    batch_size: int = 32
-    """Default attack batch size (forbidden + replayed allowed examples)."""
+    """vision-digits keeps the defaults of :class:`~bench.contracts.TaskConfig` for tau, the budget, the probe
+    interval and the batch size (see the module docstring)."""
+
     replay_fraction: float = 0.5
     """Fraction of each attack batch replayed from allowed-class data."""
     hidden: tuple[int, ...] = (128, 128)
