@@ -12,9 +12,9 @@ import sysconfig
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, REGISTRIES, TASKS, load_plugin
@@ -105,7 +105,7 @@ def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),
             start = time.perf_counter()
             try:
                 outcome = CheckOutcome(plugin, label, passed=tuple(call()), seconds=time.perf_counter() - start)
-            except Exception as err:  # every failure of a plugin is a failed check with its reason, never a crash
+            except Exception as err:  # noqa: BLE001 - every failure of a plugin is a failed check, never a crash
                 outcome = CheckOutcome(plugin, label, failure=reason(err), seconds=time.perf_counter() - start)
             outcomes.append(outcome)
             if on_outcome is not None:

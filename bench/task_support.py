@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from bench.errors import BenchError
 from bench.registry import DEFENSES, TASKS
@@ -71,7 +72,7 @@ def baseline_fits(task: str, cache, *, task_args: Mapping[str, Any] | None = Non
             except BenchError as err:
                 fits.append(BaselineFit(name, False, str(err).splitlines()[0]))
                 continue
-            except Exception as err:  # a baseline crashing on this task's model is what the author must learn
+            except Exception as err:  # noqa: BLE001 - a baseline crashing on this task is what its author must learn
                 fits.append(BaselineFit(name, False, f"{type(err).__name__}: {err}".splitlines()[0]))
                 continue
             fits.append(BaselineFit(name, True, seconds=time.perf_counter() - start))
@@ -82,6 +83,6 @@ def describe_fits(fits: list[BaselineFit]) -> list[str]:
     """One headline (how many run) and one line per baseline."""
     running = [f.defense for f in fits if f.runs]
     applicable = [f for f in fits if f.applicable]
-    lines = [f"baselines: {len(running)} of the {len(applicable)} built-in defenses that apply to it run on it "
-             f"({', '.join(running) or 'none'}); {len(fits) - len(applicable)} apply only to other settings"]
+    lines = [(f"baselines: {len(running)} of the {len(applicable)} built-in defenses that apply to it run on it "
+              f"({', '.join(running) or 'none'}); {len(fits) - len(applicable)} apply only to other settings")]
     return lines + [f"  {fit.describe()}" for fit in fits]

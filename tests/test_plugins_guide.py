@@ -72,7 +72,7 @@ def test_the_examples_run_end_to_end(plugin_files, tmp_path, capsys):
     assert set(runs["status"]) == {"success"}
     # the example attack harms the undefended example task within its budget (a task an attack cannot move would
     # make every defense look perfect)
-    assert re.search(r"^none\s+\d+\s+sign-sgd", out, re.M), out
+    assert re.search(r"^none\s+\d+\s+sign-sgd", out, re.MULTILINE), out
 
 
 @pytest.fixture
@@ -209,7 +209,7 @@ def test_check_task_reports_the_baselines_the_guide_says(plugin_files, cache):
 
 
 def test_the_examples_import_only_the_stable_plugin_api():
-    documented = set(re.findall(r"^\| `(bench\.[a-z_.]+)` \|", GUIDE.read_text(), re.M))
+    documented = set(re.findall(r"^\| `(bench\.[a-z_.]+)` \|", GUIDE.read_text(), re.MULTILINE))
     assert documented == STABLE_API
     for path in EXAMPLE_FILES:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.errors import TrainingDivergedError
 from bench.registry import DEFENSES
 
@@ -40,8 +42,9 @@ class HarmAscent(Defense):
 
     Config = HarmAscentConfig
     preserves_function = False  # it trains the weights: the runner measures the drift instead of bounding it
-    smoke_args = {"steps": 2}  # what the conformance checks run (cheap), never a measurement
-    presets = {"gentle": {"lr": 1e-4}}  # --defense harm-ascent.gentle
+    # What the conformance checks run (cheap), never a measurement; and a named config: --defense harm-ascent.gentle
+    smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 2}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {"gentle": {"lr": 1e-4}}
 
     def apply(self, model, view: DefenderView, cfg: HarmAscentConfig, *, generator: torch.Generator) -> DefenseResult:
         start = time.perf_counter()

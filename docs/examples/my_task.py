@@ -13,15 +13,25 @@ Run it: ``bench run --plugin docs/examples/my_task.py --task my-blobs --defense 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from bench.config import check
-from bench.contracts import (AttackSweep, DefenderView, Evaluation, Probe, Score, Task, TaskConfig, TaskInstance)
+from bench.contracts import (
+    AttackSweep,
+    DefenderView,
+    Evaluation,
+    Probe,
+    Score,
+    Task,
+    TaskConfig,
+    TaskInstance,
+)
 from bench.modelio import build_architecture
 from bench.registry import TASKS
 
@@ -164,7 +174,7 @@ class Blobs(Task):
     Config = BlobsConfig
     tiers = ("tiny",)
     setting = "classification"
-    smoke_args = {"release_steps": 100}
+    smoke_args: ClassVar[Mapping[str, Any]] = {"release_steps": 100}
 
     def build(self, cfg: BlobsConfig, *, tier, model, cache, device, progress=True) -> BlobsInstance:
         return BlobsInstance(cfg, tier, device)
