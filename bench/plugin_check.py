@@ -62,13 +62,15 @@ def load_plugins(sources: Sequence[str]) -> tuple[list[Plugin], list[CheckOutcom
 def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence[str] = ()
                 ) -> list[tuple[Plugin, str, Callable[[], list[str]]]]:
     """Every check to run, as (plugin, label, a call returning what passed). ``tasks``: the tasks to run defenses
-    and attacks on (default: the first task each applies to, vision-digits where it does: a tiny MLP)."""
+    and attacks on (default: the first task each applies to, vision-digits where it does: a tiny MLP; and the
+    tasks among ``plugins`` that they apply to)."""
     from bench import testing
     from bench.applicability import applies
     from bench.task_support import baseline_fits, describe_fits
 
     for task in tasks:
         TASKS.get(task)  # an unknown name is an error with suggestions, before anything runs
+    own_tasks = [p.name for p in plugins if p.kind == "task"]
     checks: list[tuple[Plugin, str, Callable[[], list[str]]]] = []
     for plugin in plugins:
         name, folder = plugin.name, workdir / f"{plugin.kind}-{plugin.name}"
@@ -81,7 +83,8 @@ def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence
             continue
         registry = DEFENSES if plugin.kind == "defense" else ATTACKS
         cls = registry.get(name)
-        targets = [t for t in tasks if applies(cls, TASKS.get(t))] if tasks else [testing.attack_check_task(cls)]
+        candidates = tasks or dict.fromkeys([testing.attack_check_task(cls), *own_tasks])
+        targets = [t for t in candidates if applies(cls, TASKS.get(t))]
         if tasks and not targets:
             raise ConfigError(f"{plugin.kind} {name!r} applies to none of the tasks given ({', '.join(tasks)})")
         if plugin.kind == "defense":

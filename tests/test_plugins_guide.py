@@ -55,7 +55,10 @@ def test_the_examples_pass_bench_check(plugin_files, capsys):
         assert line in out
     # each check says what it verified, not only "ok"
     assert "bit-identical under a seed" in out and "steps 1..3 with finite losses, stops when told" in out
-    assert "6 check(s) passed, 0 failed" in out and "FAIL" not in out
+    # the file's defense and attack also run on the file's task
+    assert "ok    defense harm-ascent: on my-blobs's defender view" in out
+    assert "ok    attack sign-sgd: monitor protocol on my-blobs" in out
+    assert "8 check(s) passed, 0 failed" in out and "FAIL" not in out
 
 
 def test_the_examples_run_end_to_end(plugin_files, tmp_path, capsys):

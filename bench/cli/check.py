@@ -18,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="run the conformance checks on the plugins a file registers", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", nargs="+", default=[], metavar="NAME",
-                   help="tasks to check defenses and attacks on (default: vision-digits, else the first they apply to)")
+                   help="tasks to check defenses and attacks on (default: vision-digits, else the first they apply to, and "
+                        "the tasks the checked files register)")
     p.set_defaults(loads_plugins=True)  # it imports the files itself: an import failure is a failed check
     return p
 
