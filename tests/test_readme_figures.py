@@ -45,7 +45,8 @@ def table(header_start: str) -> dict[str, dict[str, str]]:
     split on the dashes line's column spans."""
     lines = README.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    header, dashes = lines[start + 1], lines[start + 2]
+    start = next(i for i in range(start, len(lines)) if lines[i].startswith("defense "))  # the column headers
+    header, dashes = lines[start], lines[start + 1]
     spans = [m.span() for m in re.finditer(r"-+", dashes)]
     spans[-1] = (spans[-1][0], None)  # the last column runs to the end of the line
 
@@ -53,7 +54,7 @@ def table(header_start: str) -> dict[str, dict[str, str]]:
         return [line[a:b].strip() for a, b in spans]
 
     rows = {}
-    for line in lines[start + 3:]:
+    for line in lines[start + 2:]:
         if not line.strip() or line.startswith("```"):
             break
         row = cells(line)
