@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.errors import BenchError, ConfigError
@@ -66,7 +67,7 @@ def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence
     tasks among ``plugins`` that they apply to)."""
     from bench import testing
     from bench.applicability import applies
-    from bench.task_support import baseline_fits, describe_fits
+    from bench.testing import ATTACK_CHECK_TASK
 
     for task in tasks:
         TASKS.get(task)  # an unknown name is an error with suggestions, before anything runs
@@ -75,28 +76,37 @@ def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence
     for plugin in plugins:
         name, folder = plugin.name, workdir / f"{plugin.kind}-{plugin.name}"
         if plugin.kind == "task":
-            checks.append((plugin, "contract on the tiny tier", lambda n=name: testing.check_task(n, cache, baselines=False)))
+            checks.append((plugin, "contract on the tiny tier", partial(testing.check_task, name, cache, baselines=False)))
             checks.append((plugin, "full-ft attacks it (attack_batches, attack_loss, the monitor protocol)",
-                           lambda n=name: testing.check_attack("full-ft", cache, task=n)))
-            checks.append((plugin, "built-in baselines (default configs)",
-                           lambda n=name: describe_fits(baseline_fits(n, cache))))
+                           partial(testing.check_attack, "full-ft", cache, task=name)))
+            checks.append((plugin, "built-in baselines (default configs)", partial(_baselines, name, cache)))
             continue
-        registry = DEFENSES if plugin.kind == "defense" else ATTACKS
-        cls = registry.get(name)
-        candidates = tasks or dict.fromkeys([testing.attack_check_task(cls), *own_tasks])
-        targets = [t for t in candidates if applies(cls, TASKS.get(t))]
-        if tasks and not targets:
-            raise ConfigError(f"{plugin.kind} {name!r} applies to none of the tasks given ({', '.join(tasks)})")
+        cls = (DEFENSES if plugin.kind == "defense" else ATTACKS).get(name)
+        fitting = [t for t in TASKS.names() if applies(cls, TASKS.get(t))]
+        if tasks:
+            targets = [t for t in tasks if t in fitting]
+        else:  # vision-digits where it fits (a tiny MLP), else the first task that does; and the files' own tasks
+            first = ATTACK_CHECK_TASK if ATTACK_CHECK_TASK in fitting else next(
+                (t for t in fitting if t not in own_tasks), None)
+            targets = [t for t in dict.fromkeys([first, *own_tasks]) if t in fitting]
+        if not targets:
+            raise ConfigError(f"{plugin.kind} {name!r} applies to none of the tasks "
+                              f"{'given (' + ', '.join(tasks) + ')' if tasks else 'registered'}")
         if plugin.kind == "defense":
-            checks.append((plugin, "contract on a tiny MLP", lambda n=name, f=folder: testing.check_defense(n, f)))
+            checks.append((plugin, "contract on a tiny MLP", partial(testing.check_defense, name, folder)))
             for task in targets:
                 checks.append((plugin, f"on {task}'s defender view",
-                               lambda n=name, t=task, f=folder: testing.check_defense_on_task(n, t, cache, f / t)))
+                               partial(testing.check_defense_on_task, name, task, cache, folder / task)))
         else:
             for task in targets:
-                checks.append((plugin, f"monitor protocol on {task}",
-                               lambda n=name, t=task: testing.check_attack(n, cache, task=t)))
+                checks.append((plugin, f"monitor protocol on {task}", partial(testing.check_attack, name, cache, task=task)))
     return checks
+
+
+def _baselines(task: str, cache) -> list[str]:
+    from bench.task_support import baseline_fits, describe_fits
+
+    return describe_fits(baseline_fits(task, cache))
 
 
 def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),

@@ -248,3 +248,37 @@ def test_ls_verbose_shows_the_class_docstring_not_the_module_docstring(plugin_fi
     out = capsys.readouterr().out
     assert "described over two lines." in out
     assert "Module docstring" not in out and "Second paragraph" not in out
+
+
+def test_bench_check_runs_each_plugin_on_the_tasks_it_applies_to(plugin_files, tmp_path, cache):
+    """Planned without running: a modality-specific defense is checked on the first task of its setting, the
+    example defense on vision-digits and on the example task registered beside it; --task narrows to fitting tasks."""
+    from bench.errors import ConfigError
+    from bench.plugin_check import load_plugins, plan_checks
+
+    path = tmp_path / "chat_only.py"
+    path.write_text(textwrap.dedent('''
+        from dataclasses import dataclass
+        from bench.contracts import Defense, DefenseResult
+        from bench.registry import DEFENSES
+
+        @dataclass(frozen=True, kw_only=True)
+        class Cfg:
+            pass
+
+        @DEFENSES.register("chat-only")
+        class ChatOnly(Defense):
+            """Applies to chat tasks only."""
+            Config = Cfg
+            settings = frozenset({"chat"})
+            def apply(self, model, view, cfg, *, generator):
+                return DefenseResult(model=model)
+    '''))
+    plugins, failures = load_plugins([str(path), str(EXAMPLES / "my_task.py"), str(EXAMPLES / "my_defense.py")])
+    assert not failures
+    labels = {(p.name, label) for p, label, _ in plan_checks(plugins, cache, tmp_path)}
+    assert ("chat-only", "on llm-harmful-qa's defender view") in labels
+    assert not any(name == "chat-only" and "vision-digits" in label for name, label in labels)
+    assert {("harm-ascent", "on vision-digits's defender view"), ("harm-ascent", "on my-blobs's defender view")} <= labels
+    with pytest.raises(ConfigError, match="chat-only.*applies to none of the tasks given"):
+        plan_checks(plugins, cache, tmp_path, tasks=["vision-digits"])
