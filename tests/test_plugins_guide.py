@@ -163,6 +163,8 @@ def test_bench_check_on_a_plugin_that_does_not_register_is_a_failed_check_not_a_
     assert f"FAIL  plugin {path}: imports and registers its plugins" in captured.out
     assert "must be frozen" in captured.out
     assert run_cli("check") == 2 and "needs --plugin" in capsys.readouterr().err
+    assert run_cli("check", "--plugin", tmp_path / "typo.py") == 2
+    assert "plugin file not found" in capsys.readouterr().err
 
 
 def test_check_task_reports_the_baselines_the_guide_says(plugin_files, cache):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EPILOG = """examples:
   bench check --plugin docs/examples/my_defense.py
@@ -31,6 +32,9 @@ def main(args: argparse.Namespace) -> int:
 
     if not args.plugin:
         raise ConfigError("bench check needs --plugin FILE_OR_MODULE (the plugins to check)")
+    missing = [p for p in args.plugin if p.endswith(".py") and not Path(p).is_file()]
+    if missing:  # a typo in the path is bad input (exit 2), not a plugin failing its checks
+        raise ConfigError(f"plugin file not found: {', '.join(missing)}")
     plugins, outcomes = load_plugins(args.plugin)
     for outcome in outcomes:
         _print(outcome)
