@@ -12,7 +12,9 @@ Use them in a test file of your own package::
     def test_my_attack_conforms(tmp_path):
         testing.check_attack("my-attack", Cache(tmp_path))  # runs it on a tiny task model built into the cache
 
-The harness's own suite runs them over every registered name (tests/test_conformance.py).
+Each check raises ``AssertionError`` naming the plugin and what broke, or returns the list of what it checked
+(``bench check --plugin my.py`` runs them on every plugin a file registers and prints both). The harness's own
+suite runs them over every registered name (tests/test_conformance.py).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ def tiny_view(seed: int = 0) -> DefenderView:
                         attacker=AttackerScale(steps=2, lrs=(1e-2,), batch_size=16))
 
 
-def check_config_roundtrip(registry, name: str) -> None:
-    """The default config serialises to JSON-compatible values and rebuilds to an equal config."""
+def check_config_roundtrip(registry, name: str) -> list[str]:
+    """The default config serialises to JSON-compatible values and rebuilds to an equal config; presets bind."""
     cls = registry.get(name)
     cfg = cls.Config()
     rebuilt = build_config(cls.Config, config_to_dict(cfg), where=f"{registry.kind} {name!r}")
@@ -78,7 +80,8 @@ def check_config_roundtrip(registry, name: str) -> None:
     for preset in getattr(cls, "presets", {}):
         resolved = registry.resolve(f"{name}.{preset}")
         build_config(cls.Config, resolved.preset_args, where=f"preset {name}.{preset}")
-    assert dataclasses.is_dataclass(cfg)
+    presets = len(getattr(cls, "presets", {}))
+    return [f"config round-trips through JSON{f'; its {presets} preset(s) bind' if presets else ''}"]
 
 
 def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
@@ -87,14 +90,14 @@ def apply_defense(name: str, model: nn.Module, seed: int = 0) -> DefenseResult:
     return cls().apply(copy.deepcopy(model), tiny_view(seed), cfg, generator=torch.Generator().manual_seed(seed))
 
 
-def check_defense(name: str, tmp_path: Path) -> None:
+def check_defense(name: str, tmp_path: Path) -> list[str]:
     """On the tiny MLP and its random view, with the defense's ``smoke_args``: function preservation (where claimed),
     determinism under a seed, and save/reload of the defended model. A defense that declares ``settings`` (one
     modality) gets only the config round-trip here; :func:`check_defense_on_task` runs it on its tasks."""
     cls = DEFENSES.get(name)
-    check_config_roundtrip(DEFENSES, name)
+    passed = check_config_roundtrip(DEFENSES, name)
     if cls.settings:
-        return  # a modality-specific defense needs a task's model: check_defense_on_task covers it
+        return passed  # a modality-specific defense needs a task's model: check_defense_on_task covers it
     model = tiny_mlp()
     x = torch.randn(32, TINY_MLP_SIZES[0], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -105,6 +108,7 @@ def check_defense(name: str, tmp_path: Path) -> None:
     with torch.no_grad():
         out_a, out_b = first.model(x), second.model(x)
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0, msg=f"defense {name!r} is not deterministic under a seed")
+    passed.append("tiny MLP: apply returns a DefenseResult, bit-identical under a seed")
     if cls.preserves_function:
         scale = reference.abs().max().clamp_min(1e-6)
         worst = float((out_a - reference).abs().max() / scale)
@@ -112,18 +116,22 @@ def check_defense(name: str, tmp_path: Path) -> None:
             f"defense {name!r} claims function preservation but changed outputs by {worst:.3g} (relative) "
             f"> its preservation_tol {cls.preservation_tol}"
         )
+        passed.append(f"tiny MLP: outputs within preservation_tol {cls.preservation_tol:g} (max {worst:.3g})")
     directory = save_model(first.model, tmp_path / f"{name}-defended", architecture={"kind": "mlp", "sizes": list(TINY_MLP_SIZES)})
     reloaded = load_model(directory)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), out_a, rtol=0, atol=0, msg=f"defense {name!r} does not save/reload exactly")
+    return passed + ["tiny MLP: the defended model saves and reloads exactly"]
 
 
-def check_task(name: str, cache) -> None:
-    """The tiny tier builds, probes and evaluates, and its default attack suite is made of valid specs."""
+def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
+    """The tiny tier builds, probes and evaluates, its default attack suite is made of valid specs, its defender
+    view keeps its contract; with ``baselines``, also which built-in defenses run on it and why the others cannot
+    (:func:`bench.task_support.baseline_fits`: informational, a task need not serve every baseline)."""
     from bench.spec import make_spec
 
     task_cls = TASKS.get(name)
-    check_config_roundtrip(TASKS, name)
+    passed = check_config_roundtrip(TASKS, name)
     cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {name!r} smoke_args")
     instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     probe = instance.probe(instance.model)
@@ -138,10 +146,18 @@ def check_task(name: str, cache) -> None:
     assert instance.defender_view().setting == task_cls.setting, (
         f"task {name!r}: its DefenderView.setting {instance.defender_view().setting!r} differs from the task class's "
         f"setting {task_cls.setting!r}")
-    check_defender_view(name, instance)
+    passed += [f"tiny tier builds; probe (harm {probe.harm:.3g} < tau {cfg.tau:g}) and evaluation "
+               f"({instance.utility_metric}) run on the released model",
+               f"default attack suite: {len(task_cls().default_attacks(cfg, 'tiny'))} families, valid specs"]
+    passed += check_defender_view(name, instance)
+    if baselines:
+        from bench.task_support import baseline_fits, describe_fits
+
+        passed += describe_fits(baseline_fits(name, cache))
+    return passed
 
 
-def check_defender_view(name: str, instance) -> None:
+def check_defender_view(name: str, instance) -> list[str]:
     """The parts of the task's :class:`~bench.contracts.DefenderView` it provides keep their contract: per-example
     losses average to the batch loss's scale and have one value per example; aligned batches pair with harmful ones
     example by example; streams are reproducible under a generator; features and predictions have rows."""
@@ -176,6 +192,8 @@ def check_defender_view(name: str, instance) -> None:
         features = view.features(model, batch)
         assert list(features) == list(view.feature_modules) and all(f.ndim == 2 for f in features.values()), (
             f"task {name!r}: features must give (N, D) rows for each feature module, in order")
+    provided = [f for f in ("aligned", "stream", "features", "predictions", "attacker") if getattr(view, f) not in (None, ())]
+    return [f"defender view keeps its contract (optional parts provided: {', '.join(provided) or 'none'})"]
 
 
 def _examples(batch) -> int:
@@ -260,17 +278,18 @@ def applicable_pairs(registry, names: Sequence[str] | None = None) -> tuple[list
     return fits, misfits
 
 
-def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None:
+def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3, task: str | None = None) -> list[str]:
     """Run the attack with its default recipe on the released tiny vision model and on a SpecDef-defended copy,
     against a :class:`RecordingMonitor`, and check the contract of :class:`~bench.contracts.Attack`: ``begin`` once,
     before any step, on the model it was given (trained in place); then ``after_step`` with steps 1, 2, ... and
     finite float losses; no step after the monitor says stop; an :class:`~bench.contracts.AttackReport` returned.
     Then, with a monitor that never says stop: every step of the budget (no early quitting), and, when the attack
-    passes a :class:`~bench.contracts.Trajectory`, a bit-identical replay (:func:`check_replay`)."""
-    check_config_roundtrip(ATTACKS, name)
+    passes a :class:`~bench.contracts.Trajectory`, a bit-identical replay (:func:`check_replay`). ``task``: the
+    task to run it on (default: :func:`attack_check_task`)."""
+    passed = check_config_roundtrip(ATTACKS, name)
     cls = ATTACKS.get(name)
     assert cls.knowledge in ("blind", "white-box"), f"attack {name!r}: knowledge must be blind or white-box"
-    task_name = attack_check_task(cls)
+    task_name = task or attack_check_task(cls)
     task_cls = TASKS.get(task_name)
     task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {task_name!r}")
     task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
@@ -295,6 +314,7 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
         for _, _, step, loss, examples in monitor.calls[1:]:
             assert isinstance(loss, float) and math.isfinite(loss), f"{where}: step {step} reported loss {loss!r}"
             assert isinstance(examples, int) and examples > 0, f"{where}: step {step} reported {examples!r} examples"
+        passed.append(f"{task_name} ({label}): begin once, steps 1..{stop_at} with finite losses, stops when told")
     # Left alone, the attack runs its whole budget: quitting before it with no stop request (harm, divergence) would
     # pass off a short run as a defense that held. A trajectory, when given, must replay the run bit for bit.
     model = copy.deepcopy(task.model).train()
@@ -305,8 +325,11 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3) -> None
     assert steps == list(range(1, budget + 1)), (
         f"{where}: stopped early: reported steps {steps[:1]}..{steps[-1:]} of its budget of {budget} without the "
         f"monitor asking it to stop (an attack runs its whole budget unless the monitor says stop)")
+    passed.append(f"{task_name}: runs its whole budget of {budget} steps unless told to stop")
     if monitor.trajectory is not None:
         check_replay(monitor, model, where)
+        passed.append(f"{task_name}: its trajectory replays the run bit for bit (exact crossings)")
+    return passed
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -363,7 +386,7 @@ def smoke_task(task: str, cache):
     return task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"), progress=False)
 
 
-def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> None:
+def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[str]:
     """The defense (with its ``smoke_args``) on a tiny task's real defender view: deterministic under a seed (bit for
     bit), trains only on the defender split (the leak test), and its defended stage saves to and reloads from the
     on-disk stage cache with identical outputs."""
@@ -393,3 +416,5 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> None:
         out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)
     torch.testing.assert_close(out_again, out_first, rtol=0, atol=0,
                                msg=f"defense {name!r} on {task}: the defended stage does not reload exactly")
+    return [f"{task}: bit-identical under a seed; uses only the defender split (leak test)",
+            f"{task}: the defended stage saves to and reloads from the stage cache exactly"]

@@ -13,7 +13,7 @@ from typing import Sequence
 from bench import __version__
 from bench.errors import BenchError
 
-SUBCOMMANDS = ("run", "sweep", "compare", "ls", "show", "leaderboard", "submit", "validate", "cache", "tune")
+SUBCOMMANDS = ("run", "sweep", "compare", "ls", "show", "leaderboard", "submit", "validate", "check", "cache", "tune")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +22,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench.cli import cache, compare, leaderboard, ls, run, show, submit, sweep, tune, validate
+    from bench.cli import cache, check, compare, leaderboard, ls, run, show, submit, sweep, tune, validate
 
     parser = argparse.ArgumentParser(prog="bench", description="Benchmark harness for training-resistance defenses.")
     parser.add_argument("--version", action="version", version=f"bench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
-    for module in (run, sweep, compare, ls, show, leaderboard, submit, validate, cache, tune):
+    for module in (run, sweep, compare, ls, show, leaderboard, submit, validate, check, cache, tune):
         sp = module.add_parser(sub)
         _common(sp)
         sp.set_defaults(handler=module.main)
@@ -51,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from bench.registry import load_plugin
 
-        for plugin in args.plugin:
-            load_plugin(plugin)
+        if not getattr(args, "loads_plugins", False):  # bench check imports them itself, reporting failures
+            for plugin in args.plugin:
+                load_plugin(plugin)
         return int(args.handler(args) or 0)
     except BenchError as err:
         print(f"bench {args.command}: error: {err}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``bench ls {defenses,attacks,tasks} [pattern]``: registered plugins with summary and origin (``-v``: configs)."""
+"""``bench ls {defenses,attacks,tasks} [pattern]``: registered plugins with summary and origin (``-v``: the plugin
+class's docstring, its config fields and presets)."""
 
 from __future__ import annotations
 
@@ -35,10 +36,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"{line}\n    (cannot be loaded: {err})")
             continue
         print(f"{line}\n    origin: {registry.origin(name)}")
-        doc = (cls.__doc__ or "").strip()
-        module_doc = (__import__(cls.__module__, fromlist=['_']).__doc__ or "").strip()
-        if module_doc and module_doc != doc:
-            print("    " + module_doc.replace("\n", "\n    "))
+        about = first_paragraph(cls.__doc__)
+        if about and about != registry.summary(name):
+            print("    " + about.replace("\n", "\n    "))
         for field, type_name, default, help_text in describe_config(cls.Config):
             print(f"    {field} ({type_name}, default {default!r}): {help_text}")
         for preset, values in getattr(cls, "presets", {}).items():
@@ -50,3 +50,11 @@ def main(args: argparse.Namespace) -> int:
         if getattr(cls, "settings", None):  # bench.applicability: runs only on tasks of these settings
             print(f"    applies to: {', '.join(sorted(cls.settings))} tasks")
     return 0
+
+
+def first_paragraph(doc: str | None) -> str:
+    """The first paragraph of a docstring, dedented (the class's own description, not its module's)."""
+    import inspect
+
+    text = inspect.cleandoc(doc or "")
+    return text.split("\n\n", 1)[0].strip()
