@@ -25,10 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.contracts import UtilityBound
-from bench.metrics import Interval
-
-UTILITY_LIMITS = (5, 20, 50)
-"""Utility-drop limits L (percent) of the utility-bounded worst case: columns ``bounded{L}_*``."""
+from bench.metrics import UTILITY_LIMITS, Interval
 
 
 def primary_utility(metrics: pd.DataFrame) -> pd.Series:
