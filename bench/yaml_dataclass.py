@@ -51,19 +51,22 @@ def read_mapping(path: str | Path, what: str, keys: Sequence[str] = ()) -> dict[
     return data
 
 
-def unknown_keys(data: Mapping[Any, Any], keys: Sequence[str], where: str) -> list[str]:
+def unknown_keys(data: Mapping[Any, Any], keys: Sequence[str]) -> list[str]:
     """One line per key of ``data`` not in ``keys``, with a did-you-mean suggestion and the valid keys."""
     problems = []
     for key in data:
         if key not in keys:
             close = difflib.get_close_matches(str(key), list(keys), n=1, cutoff=0.7)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(keys)}")
+            problems.append(f"unknown key {key!r}.{hint} Valid keys: {', '.join(keys)}")
     return problems
 
 
 def build(cls: type, data: Any, where: str, *, parsers: Mapping[str, Parser] = {}) -> Any:
-    """An instance of dataclass ``cls`` from ``data``; a ConfigError lists every problem, one per line."""
+    """An instance of dataclass ``cls`` from ``data``; a ConfigError lists every problem, one per line.
+
+    ``where`` names the file (e.g. ``sweep file grid.yaml``); each problem names the key's path in it
+    (``tasks.default.columns[1] (worst_median): unknown key 'fomat'. Did you mean 'format'? ...``)."""
     problems: list[str] = []
     value = collect(cls, data, where, problems, parsers=parsers)
     if problems:
@@ -75,35 +78,67 @@ def collect(cls: type, data: Any, where: str, problems: list[str], *, parsers: M
             skip: Sequence[str] = ()) -> Any:
     """Like :func:`build`, but appends the problems to ``problems`` and returns None when there were any.
 
-    ``skip``: fields the file never sets (e.g. where an entry was read from), neither accepted nor required."""
+    ``parsers``: key → a function of the raw value (for a top-level field whose YAML form is not its type); ``skip``:
+    fields the file never sets (e.g. where an entry was read from), neither accepted nor required."""
+    return _collect(cls, data, _At(where, ""), problems, parsers, skip)
+
+
+class _At:
+    """A place in a file: the file (``where``) and the key path in it (``tasks.default.columns[1] (worst_median)``)."""
+
+    def __init__(self, where: str, path: str) -> None:
+        self.where, self.path = where, path
+
+    def key(self, key: Any) -> "_At":
+        return _At(self.where, f"{self.path}.{key}" if self.path else str(key))
+
+    def item(self, index: int, value: Any) -> "_At":
+        label = next((value[k] for k in _LABEL_KEYS if isinstance(value, Mapping) and isinstance(value.get(k), str)),
+                     None)  # an entry is easier to find by its key or name than by its index
+        return _At(self.where, f"{self.path}[{index}]" + (f" ({label})" if label else ""))
+
+    def says(self, message: str) -> str:
+        """A problem of the mapping at this place."""
+        return f"{self.where}: {self.path}: {message}" if self.path else f"{self.where}: {message}"
+
+    def must(self, message: str) -> str:
+        """A problem of the value at this place (``path must be ...``)."""
+        return f"{self.where}: {self.path} {message}"
+
+
+_LABEL_KEYS = ("key", "name")
+
+
+def _collect(cls: type, data: Any, at: _At, problems: list[str], parsers: Mapping[str, Parser] = {},
+             skip: Sequence[str] = ()) -> Any:
     if not isinstance(data, Mapping):
-        problems.append(f"{where}: expected a mapping with keys {', '.join(_keys(cls, skip))}, "
-                        f"got {type(data).__name__}")
+        problems.append(at.says(f"expected a mapping with keys {', '.join(_keys(cls, skip))}, "
+                                f"got {type(data).__name__}"))
         return None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
     hints = typing.get_type_hints(cls)
-    found = unknown_keys(data, list(fields), where)
-    found += [f"{where}: missing key {name!r}" for name, f in fields.items() if name not in data and _required(f)]
+    found = [at.says(line) for line in unknown_keys(data, list(fields))]
+    found += [at.says(f"missing key {name!r}") for name, f in fields.items() if name not in data and _required(f)]
     values = {}
     for key, value in data.items():
         if key not in fields:
             continue
-        try:
-            if key in parsers:
+        if key in parsers:
+            try:
                 values[key] = parsers[key](value)
-            else:
-                values[key] = _typed(value, hints[key], f"{where}: {key}", found)
-        except ConfigError as err:
-            found += [line if line.startswith(where) else f"{where}: {line}" for line in str(err).splitlines()]
+            except ConfigError as err:
+                found += [at.says(line) for line in str(err).splitlines()]
+        else:
+            values[key] = _typed(value, hints[key], at.key(key), found)
     if found:
         problems += found
         return None
     try:
         return cls(**values)
     except ConfigError as err:
-        problems += [f"{where}: {line}" for line in str(err).splitlines()]
+        problems += [at.says(line) for line in str(err).splitlines()]
     except (TypeError, ValueError) as err:
-        problems.append(f"{where}: {err}")
+        problems.append(at.says(str(err)))
     return None
 
 
@@ -115,17 +150,15 @@ def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _typed(value: Any, type_: Any, where: str, problems: list[str]) -> Any:
+def _typed(value: Any, type_: Any, at: _At, problems: list[str]) -> Any:
     """``value`` checked against ``type_`` (and converted: lists to tuples, mappings to dataclasses); a mismatch
     appends one line to ``problems`` and returns None."""
     error = _mismatch(value, type_)
     if error is None:
-        return _convert(value, type_, where, problems)
+        return _convert(value, type_, at, problems)
     hint = " (quote it, e.g. '2408.00761')" if error.startswith("a string") and isinstance(value, (int, float)) else ""
-    problems.append(f"{where} must be {error}, got {_shown(value)}{hint}")
+    problems.append(at.must(f"must be {error}, got {_shown(value)}{hint}"))
     return None
-
-
 def _shown(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
@@ -161,18 +194,18 @@ def _mismatch(value: Any, type_: Any) -> str | None:
     return None if isinstance(type_, type) and isinstance(value, type_) else getattr(type_, "__name__", str(type_))
 
 
-def _convert(value: Any, type_: Any, where: str, problems: list[str]) -> Any:
+def _convert(value: Any, type_: Any, at: _At, problems: list[str]) -> Any:
     origin, args = typing.get_origin(type_), typing.get_args(type_)
     if origin in (typing.Union, types.UnionType):
         option = next(o for o in args if _mismatch(value, o) is None)
-        return _convert(value, option, where, problems)
+        return _convert(value, option, at, problems)
     if origin is tuple and args:
         item_type = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
-        return tuple(_typed(item, item_type, f"{where}[{i}]", problems) for i, item in enumerate(value))
+        return tuple(_typed(item, item_type, at.item(i, item), problems) for i, item in enumerate(value))
     if origin in (dict, Mapping, typing.Mapping) and len(args) == 2:
-        return {key: _typed(item, args[1], f"{where}.{key}", problems) for key, item in value.items()}
+        return {key: _typed(item, args[1], at.key(key), problems) for key, item in value.items()}
     if dataclasses.is_dataclass(type_):
-        return collect(type_, value, where, problems)  # type: ignore[arg-type]
+        return _collect(type_, value, at, problems)  # type: ignore[arg-type]
     if type_ is float and isinstance(value, int):
         return float(value)
     return value
