@@ -19,6 +19,7 @@ as command-line strings, are built by :func:`bench.config.build_config` instead 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import types
@@ -31,6 +32,7 @@ import yaml
 from bench.errors import ConfigError, DataError
 
 Parser = Callable[[Any], Any]
+_MAPPINGS = (dict, collections.abc.Mapping, Mapping)
 
 
 def read_mapping(path: str | Path, what: str, keys: Sequence[str] = ()) -> dict[str, Any]:
@@ -75,12 +77,14 @@ def build(cls: type, data: Any, where: str, *, parsers: Mapping[str, Parser] = {
 
 
 def collect(cls: type, data: Any, where: str, problems: list[str], *, parsers: Mapping[str, Parser] = {},
-            skip: Sequence[str] = ()) -> Any:
+            skip: Sequence[str] = (), path: str = "", keep_valid: bool = False) -> Any:
     """Like :func:`build`, but appends the problems to ``problems`` and returns None when there were any.
 
-    ``parsers``: key → a function of the raw value (for a top-level field whose YAML form is not its type); ``skip``:
-    fields the file never sets (e.g. where an entry was read from), neither accepted nor required."""
-    return _collect(cls, data, _At(where, ""), problems, parsers, skip)
+    ``parsers``: key → a function of the raw value (for a field whose YAML form is not its type); ``skip``: fields
+    the file never sets (e.g. where an entry was read from), neither accepted nor required; ``path``: where ``data``
+    is in the file (``tasks[2]``); ``keep_valid``: build the instance from the valid keys anyway (the bad ones left
+    at their defaults) so that a caller can go on checking what depends on them; None only when that fails."""
+    return _collect(cls, data, _At(where, path), problems, parsers, skip, keep_valid)
 
 
 class _At:
@@ -110,7 +114,7 @@ _LABEL_KEYS = ("key", "name")
 
 
 def _collect(cls: type, data: Any, at: _At, problems: list[str], parsers: Mapping[str, Parser] = {},
-             skip: Sequence[str] = ()) -> Any:
+             skip: Sequence[str] = (), keep_valid: bool = False) -> Any:
     if not isinstance(data, Mapping):
         problems.append(at.says(f"expected a mapping with keys {', '.join(_keys(cls, skip))}, "
                                 f"got {type(data).__name__}"))
@@ -123,6 +127,7 @@ def _collect(cls: type, data: Any, at: _At, problems: list[str], parsers: Mappin
     for key, value in data.items():
         if key not in fields:
             continue
+        before = len(found)
         if key in parsers:
             try:
                 values[key] = parsers[key](value)
@@ -130,8 +135,10 @@ def _collect(cls: type, data: Any, at: _At, problems: list[str], parsers: Mappin
                 found += [at.says(line) for line in str(err).splitlines()]
         else:
             values[key] = _typed(value, hints[key], at.key(key), found)
-    if found:
-        problems += found
+        if len(found) > before:
+            values.pop(key, None)
+    problems += found
+    if found and not (keep_valid and all(name in values for name, f in fields.items() if _required(f))):
         return None
     try:
         return cls(**values)
@@ -179,7 +186,7 @@ def _mismatch(value: Any, type_: Any) -> str | None:
         return None if value in args else "one of " + ", ".join(repr(a) for a in args)
     if origin is tuple or type_ is tuple:
         return None if isinstance(value, (list, tuple)) else "a list"
-    if origin in (dict, Mapping) or type_ in (dict, Mapping) or origin is typing.Mapping:
+    if origin in _MAPPINGS or type_ in _MAPPINGS:
         return None if isinstance(value, Mapping) else "a mapping"
     if dataclasses.is_dataclass(type_):
         return None if isinstance(value, Mapping) else "a mapping"
@@ -202,7 +209,7 @@ def _convert(value: Any, type_: Any, at: _At, problems: list[str]) -> Any:
     if origin is tuple and args:
         item_type = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
         return tuple(_typed(item, item_type, at.item(i, item), problems) for i, item in enumerate(value))
-    if origin in (dict, Mapping, typing.Mapping) and len(args) == 2:
+    if origin in _MAPPINGS and len(args) == 2:
         return {key: _typed(item, args[1], at.key(key), problems) for key, item in value.items()}
     if dataclasses.is_dataclass(type_):
         return _collect(type_, value, at, problems)  # type: ignore[arg-type]
