@@ -34,9 +34,9 @@ from bench.applicability import NotApplicableError
 from bench.config import check_choice
 from bench.errors import BenchError, ConfigError
 from bench.experiment import SEARCHES, parse_seeds
+from bench.planner import Planner
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.spec import RunSpec, resolve_plugin
-from bench.planner import Planner
 from bench.suite import SuiteRequest
 from bench.yaml_dataclass import collect, read_mapping
 

@@ -46,8 +46,8 @@ from bench.errors import ConfigError
 from bench.metrics import UTILITY_LIMITS
 from bench.registry import DEFENSES, TASKS
 from bench.spec import make_spec, resolve_plugin
-from bench.tuning_record import BUDGET_RULE, RULE  # noqa: F401 - the rules this study applies
 from bench.sweep import DEFAULT_SUITE, Entry, Plan, Planned, Sweep, first_wave, plan
+from bench.tuning_record import BUDGET_RULE, RULE  # noqa: F401 - the rules this study applies
 
 REPORTED_SEEDS = (0, 1, 2)
 """The seeds the leaderboard reports: never used to select a config (that would be selecting on the test set)."""

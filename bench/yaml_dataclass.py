@@ -19,20 +19,20 @@ as command-line strings, are built by :func:`bench.config.build_config` instead 
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
 from bench.errors import ConfigError, DataError
 
 Parser = Callable[[Any], Any]
-_MAPPINGS = (dict, collections.abc.Mapping, Mapping)
+_MAPPINGS = (dict, Mapping, typing.Mapping)
 
 
 def read_mapping(path: str | Path, what: str, keys: Sequence[str] = ()) -> dict[str, Any]:
@@ -93,10 +93,10 @@ class _At:
     def __init__(self, where: str, path: str) -> None:
         self.where, self.path = where, path
 
-    def key(self, key: Any) -> "_At":
+    def key(self, key: Any) -> _At:
         return _At(self.where, f"{self.path}.{key}" if self.path else str(key))
 
-    def item(self, index: int, value: Any) -> "_At":
+    def item(self, index: int, value: Any) -> _At:
         label = next((value[k] for k in _LABEL_KEYS if isinstance(value, Mapping) and isinstance(value.get(k), str)),
                      None)  # an entry is easier to find by its key or name than by its index
         return _At(self.where, f"{self.path}[{index}]" + (f" ({label})" if label else ""))
