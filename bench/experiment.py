@@ -49,7 +49,9 @@ class ExperimentFile:
     search: Literal["grid", "lr-search"] | None = None
 
 
-_PARSERS = {**{part: (lambda value, part=part: _part(value, part)) for part in PARTS}, "seeds": lambda v: parse_seeds(v)}
+_PARSERS = {**{part: (lambda value, part=part: _part(value, part)) for part in PARTS},
+            "seeds": lambda value: parse_seeds(value)}
+"""How the keys whose YAML form is not their type are read (a plugin: ``name`` or ``{name:, args:}``)."""
 
 
 def load_experiment(path: str | Path) -> ExperimentFile:

@@ -1,8 +1,9 @@
 """Scoring, selection and the Parquet record of a tuning (:mod:`bench.tuning`), and what other code reads of it.
 
 * :func:`score` — one row per candidate from its validation runs, through the leaderboard's own aggregation
-  (:func:`leaderboard.aggregate.build`, which the caller runs: the leaderboard reads this module): worst case, utility-bounded worst case, ratio to ``none``, retained utility
-  and usability at release, defender cost (forward-backward passes, training seconds from the runs' reports).
+  (:func:`leaderboard.aggregate.build`, which the caller runs: the leaderboard reads this module): worst case,
+  utility-bounded worst case, ratio to ``none``, retained utility and usability at release, defender cost
+  (forward-backward passes, training seconds from the runs' reports).
 * :func:`select` — the declared rule (:data:`RULE`).
 * :func:`write` / :func:`read` / :func:`read_tunings` — ``<results>/tuning/<tune_id>.parquet``, one row per
   candidate with the tuning's spec, rule, selection, command, wall and CPU time on every row.
