@@ -16,6 +16,7 @@ Unknown keys anywhere are errors that name the key (typos never pass silently); 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -24,7 +25,7 @@ from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.spec import RunSpec, resolve_plugin
 from bench.suite import SuiteRequest, validate_request
-from bench.yaml_dataclass import build, read_mapping
+from bench.yaml_dataclass import Parser, build, read_mapping
 
 TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine", "search")
 SEARCHES = ("grid", "lr-search")
@@ -49,11 +50,6 @@ class ExperimentFile:
     search: Literal["grid", "lr-search"] | None = None
 
 
-_PARSERS = {**{part: (lambda value, part=part: _part(value, part)) for part in PARTS},
-            "seeds": lambda value: parse_seeds(value)}
-"""How the keys whose YAML form is not their type are read (a plugin: ``name`` or ``{name:, args:}``)."""
-
-
 def load_experiment(path: str | Path) -> ExperimentFile:
     """An experiment file (:class:`ExperimentFile`); every unknown key, ill-typed value and malformed plugin entry
     at once, and a sweep file given by mistake, are ConfigErrors."""
@@ -63,7 +59,10 @@ def load_experiment(path: str | Path) -> ExperimentFile:
     if is_sweep(data):
         raise ConfigError(f"{path} is a sweep file (it has tasks:/defenses:), not an experiment: run it with "
                           f"`bench sweep {path}`")
-    return build(ExperimentFile, data, "experiment file", parsers=_PARSERS)
+    # the keys whose YAML form is not their type: a plugin is ``name`` or ``{name:, args:}``; seeds may be "0,1,2"
+    parsers: dict[str, Parser] = {part: functools.partial(_part, where=part) for part in PARTS}
+    parsers["seeds"] = parse_seeds
+    return build(ExperimentFile, data, "experiment file", parsers=parsers)
 
 
 def _part(value: Any, where: str) -> tuple[str | None, dict[str, Any]]:

@@ -11,7 +11,7 @@ PLUGIN = ("NAME", "KEY=VALUE")
 
 def plugins(p: argparse.ArgumentParser, *, required: bool = False, attack: bool = True) -> None:
     """``--task``, ``--defense`` (and ``--attack``): a plugin name with its config values."""
-    default = None if required else []
+    default: list[str] | None = None if required else []
     p.add_argument("--task", nargs="+", required=required, default=default, metavar=PLUGIN,
                    help="task name and config values")
     p.add_argument("--defense", nargs="+", required=required, default=default, metavar=PLUGIN,
