@@ -192,3 +192,19 @@ def test_a_wellformed_claims_file_loads_and_a_contribution_needs_no_items(tmp_pa
     assert claim_status(load_claims(tmp_path)["mine"]) == "broken by 1"
     (tmp_path / "mine.yaml").write_text('defense: mine\npaper: "Me 2026"\nclaim: "It resists."\nsetting: "tiny"\n')
     assert claim_status(load_claims(tmp_path)["mine"]) == "no known break"
+
+
+def test_a_submitted_claims_file_is_checked_as_the_ledger_checks_its_own(tmp_path):
+    from bench.submit import _invalid_claims
+
+    path = tmp_path / "mine.yaml"
+    path.write_text('defense: mine\npaper: "Me 2026"\nclaim: "It resists."\nsetting: "tiny"\n')
+    assert _invalid_claims(path, "mine") == []
+    assert _invalid_claims(path, "other") == ["defense is 'mine', not 'other'"]
+    path.write_text('defense: mine\npapr: "Me 2026"\nclaim: 3\nsetting: "tiny"\n')
+    problems = _invalid_claims(path, "mine")
+    assert len(problems) == 3, problems  # every problem, each without the path (submit prefixes it)
+    assert any("unknown key 'papr'. Did you mean 'paper'?" in p for p in problems)
+    assert any("missing key 'paper'" in p for p in problems)
+    assert any("claim must be a string or null, got int 3" in p for p in problems)
+    assert not any(str(path) in p for p in problems)
