@@ -24,6 +24,9 @@ from bench.spec import resolve_plugin
 from bench.suite import SuiteRequest
 from bench.sweep import DEFAULT_SUITE, Entry, Plan, Planned, Sweep, plan
 from bench.sweep_run import SweepReport, run_sweep
+from leaderboard.aggregate import build  # the leaderboard reads results only (tests/test_layers.py)
+from leaderboard.publish import write_outputs
+from leaderboard.render import markdown
 
 SITE_FOLDER = "site"
 """Where :func:`compare` writes the leaderboard by default: ``<results>/site/``."""
@@ -116,9 +119,6 @@ def compare(
     with the same ``results_dir``); ``make_executor`` and ``on_suite`` are :func:`bench.sweep_run.run_sweep`'s. The
     leaderboard of the whole results folder goes to ``site_dir`` (default ``<results>/site``).
     """
-    from leaderboard.aggregate import build
-    from leaderboard.publish import write_outputs
-
     results_dir = Path(results_dir)
     session = make_session or (lambda: Session(results_dir=results_dir))
     report = run_sweep(comparison.plan, session, on_suite=on_suite, make_executor=make_executor,
@@ -130,8 +130,6 @@ def compare(
 
 def comparison_table(board: pd.DataFrame, highlight: str) -> str:
     """The leaderboard's Markdown for ``board``, the rows whose ``defense_hash`` is ``highlight`` in bold."""
-    from leaderboard.render import markdown
-
     if board.empty:
         return markdown(board)
     marked = board.copy()

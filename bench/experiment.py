@@ -10,66 +10,59 @@ An experiment file holds only what differs from the defaults::
 Command-line values are ``--task/--defense/--attack NAME [key=value ...]`` and dotted ``part.key=value`` overrides.
 A composite defense's values name their part: ``--defense none+specdef specdef.alpha=1e6`` or
 ``defense.specdef.alpha=1e6`` (:mod:`bench.composition`).
-Unknown keys anywhere are errors that name the key (typos never pass silently).
+Unknown keys anywhere are errors that name the key (typos never pass silently); the file is read by
+:mod:`bench.yaml_dataclass` (:class:`ExperimentFile`), which reports every problem of it at once.
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-import yaml
-
-from bench.config import require_bool
-from bench.errors import BenchError, ConfigError, DataError
+from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.spec import RunSpec, resolve_plugin
 from bench.suite import SuiteRequest, validate_request
+from bench.yaml_dataclass import Parser, build, read_mapping
 
 TOP_LEVEL_KEYS = ("task", "defense", "attack", "tier", "model", "seeds", "baseline", "refine", "search")
 SEARCHES = ("grid", "lr-search")
 PARTS = ("task", "defense", "attack")
 
 
-def read_yaml(path: str | Path, keys: Sequence[str]) -> dict[str, Any]:
-    """The top-level mapping of a YAML file (``keys`` name the valid keys in the error for a non-mapping)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys ({', '.join(keys)})")
-    return data
+@dataclass(frozen=True, kw_only=True)
+class ExperimentFile:
+    """An experiment file as written: every key optional (the command line gives the rest, and wins)."""
+
+    task: tuple[str | None, dict[str, Any]] = (None, {})
+    """The task: ``name`` or ``{name: ..., args: {...}}`` in the file, read as (name, args)."""
+    defense: tuple[str | None, dict[str, Any]] = (None, {})
+    """The defense, written like ``task``."""
+    attack: tuple[str | None, dict[str, Any]] = (None, {})
+    """One attack instead of the task's default suite, written like ``task``."""
+    tier: str | None = None
+    model: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    baseline: bool = True
+    refine: bool = True
+    search: Literal["grid", "lr-search"] | None = None
 
 
-def unknown_keys(data: dict[str, Any], keys: Sequence[str], where: str) -> list[str]:
-    """One line per key of ``data`` not in ``keys``, with a did-you-mean suggestion."""
-    problems = []
-    for key in data:
-        if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            problems.append(f"unknown key {key!r} in {where}.{hint} Valid keys: {', '.join(keys)}")
-    return problems
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """An experiment file's top-level mapping; unknown keys (and a sweep file given by mistake) are errors."""
+def load_experiment(path: str | Path) -> ExperimentFile:
+    """An experiment file (:class:`ExperimentFile`); every unknown key, ill-typed value and malformed plugin entry
+    at once, and a sweep file given by mistake, are ConfigErrors."""
     from bench.sweep import is_sweep  # imported here: bench.sweep builds on this module
 
-
-    data = read_yaml(path, TOP_LEVEL_KEYS)
+    data = read_mapping(path, "config file", TOP_LEVEL_KEYS)
     if is_sweep(data):
         raise ConfigError(f"{path} is a sweep file (it has tasks:/defenses:), not an experiment: run it with "
                           f"`bench sweep {path}`")
-    problems = unknown_keys(data, TOP_LEVEL_KEYS, str(path))
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return data
+    # the keys whose YAML form is not their type: a plugin is ``name`` or ``{name:, args:}``; seeds may be "0,1,2"
+    parsers: dict[str, Parser] = {part: functools.partial(_part, where=part) for part in PARTS}
+    parsers["seeds"] = parse_seeds
+    return build(ExperimentFile, data, "experiment file", parsers=parsers)
 
 
 def _part(value: Any, where: str) -> tuple[str | None, dict[str, Any]]:
@@ -136,11 +129,11 @@ def build_request(
     ``task``/``defense``/``attack`` are ``[name, key=value, ...]`` token lists as typed after ``--task`` etc.
     ``attack.KEY`` overrides without an attack name apply to every family of the task's default suite.
     """
-    data = load_yaml(config) if config else {}
+    data = load_experiment(config) if config else ExperimentFile()
     names: dict[str, str | None] = {}
     args: dict[str, dict[str, Any]] = {}
     for part in PARTS:
-        names[part], args[part] = _part(data.get(part), part)
+        names[part], args[part] = getattr(data, part)[0], dict(getattr(data, part)[1])
     dotted = list(overrides or [])
     for part, tokens in (("task", task), ("defense", defense), ("attack", attack)):
         if tokens:
@@ -161,21 +154,21 @@ def build_request(
         raise ConfigError("no task given: use --task NAME (see `bench ls tasks`)")
     if names["defense"] is None:
         raise ConfigError("no defense given: use --defense NAME (see `bench ls defenses`)")
-    search = search if search is not None else data.get("search")
+    search = search if search is not None else data.search
     if search is not None and search not in SEARCHES:
         raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     return SuiteRequest(
         task=names["task"],
         defense=names["defense"],
         attack=names["attack"],
-        tier=tier or data.get("tier") or "tiny",
-        model=model if model is not None else data.get("model"),
-        seeds=parse_seeds(seeds if seeds is not None else data.get("seeds", [0])),
+        tier=tier or data.tier or "tiny",
+        model=model if model is not None else data.model,
+        seeds=parse_seeds(seeds) if seeds is not None else data.seeds,
         task_args=args["task"],
         defense_args=args["defense"],
         attack_args=args["attack"],
-        baseline=baseline if baseline is not None else require_bool(data.get("baseline", True), "baseline"),
-        refine=refine if refine is not None else require_bool(data.get("refine", True), "refine"),
+        baseline=baseline if baseline is not None else data.baseline,
+        refine=refine if refine is not None else data.refine,
         search=search,
     )
 

@@ -28,8 +28,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 if TYPE_CHECKING:
     from bench.spec import RunSpec
 
-LIBRARIES = ("torch", "numpy", "transformers", "diffusers", "safetensors", "peft")
-"""The libraries whose versions key the stage cache and every run's fingerprint (peft: the LoRA attacks)."""
+LIBRARY_ROLES = {
+    "torch": "keyed", "numpy": "keyed", "transformers": "keyed", "diffusers": "keyed", "safetensors": "keyed",
+    "peft": "keyed",  # the LoRA attacks
+    "datasets": "recorded", "lm_eval": "recorded", "pyarrow": "recorded", "pandas": "recorded",
+}
+"""The one list of libraries: every run records their versions (run.json ``provenance.libraries``,
+:func:`bench.provenance.library_versions`); the ``keyed`` ones also key the stage cache and every run's code
+fingerprint (their numerics change a measurement), the others read data and write results."""
+LIBRARIES = tuple(name for name, role in LIBRARY_ROLES.items() if role == "keyed")
+"""The libraries whose versions key the stage cache and every run's fingerprint."""
 
 
 def digest_files(paths: list[Path], root: Path) -> str:
@@ -85,15 +93,20 @@ def source_hash(target: str, files: list[Path], root: Path) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def library_versions() -> dict[str, str | None]:
-    """The installed version of each of :data:`LIBRARIES` (None: not installed)."""
+def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """The installed version of each library (its distribution: ``lm_eval`` is ``lm-eval``; None: not installed)."""
     versions: dict[str, str | None] = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name] = importlib.metadata.version(name.replace("_", "-"))
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`LIBRARIES` (None: not installed)."""
+    return installed_versions(LIBRARIES)
 
 
 def spec_plugins(spec: "RunSpec") -> list[tuple[str, str, type]]:

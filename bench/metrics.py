@@ -16,6 +16,10 @@ import numpy as np
 
 Outcome = Literal["harmed", "broken", "resisted"]
 
+UTILITY_LIMITS = (5, 20, 50)
+"""Utility-drop limits L (percent) of the utility-bounded worst case (leaderboard columns ``bounded{L}_*``); a
+tuning study selects within one of them."""
+
 
 @dataclass(frozen=True)
 class Curve:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Generator, Mapping, Sequence
 
 from bench.contracts import AttackSweep
 from bench.errors import ConfigError
+from bench.lr_grid import refinement
 from bench.metrics import worst_case
 from bench.registry import TASKS
 from bench.spec import DEFAULT_SUITE_LABEL, RunSpec, make_spec, resolve_plugin
@@ -37,16 +38,6 @@ class RunRecord:
     error: str | None = None
     resumed: bool = False
     family: str = ""
-
-
-def decades(high_exponent: int, low_exponent: int) -> tuple[float, ...]:
-    """Learning rates 10^high, 10^(high-1), ..., 10^low."""
-    return tuple(float(f"1e{e}") for e in range(high_exponent, low_exponent - 1, -1))
-
-
-def refinement(lr: float) -> tuple[float, float]:
-    """The two half-decade neighbours of ``lr`` (rounded to 3 significant digits for stable run ids)."""
-    return tuple(float(f"{lr * 10 ** s:.3g}") for s in (0.5, -0.5))  # type: ignore[return-value]
 
 
 def attack_sweeps(request) -> list[AttackSweep]:

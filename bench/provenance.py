@@ -4,7 +4,6 @@ and the plugins that replaced another with ``override=True`` (``overrides``; the
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import resource
 import subprocess
@@ -14,10 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.fingerprint import LIBRARIES as KEYED_LIBRARIES
-
-LIBRARIES = KEYED_LIBRARIES + ("datasets", "lm_eval", "pyarrow", "pandas")
-"""Recorded for information: those the fingerprint keys on, and the libraries that read data and write results."""
+from bench.fingerprint import LIBRARY_ROLES, installed_versions
 
 
 @lru_cache(maxsize=1)
@@ -39,15 +35,9 @@ def code_version() -> dict[str, Any]:
     return info
 
 
-@lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name.replace("_", "-"))
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    """Python's version and that of every library of :data:`bench.fingerprint.LIBRARY_ROLES`."""
+    return {"python": platform.python_version(), **installed_versions(tuple(LIBRARY_ROLES))}
 
 
 def device_info(device: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from bench.errors import ConfigError, DataError
 SCHEMA_VERSION = 1
 RUN_JSON = "run.json"
 METRICS = "metrics.parquet"
+SAMPLES_PNG = "samples.png"
+"""Per attack run, when the task previews samples: the defended model's samples before and after the attack."""
 
 PHASES = ("released", "defense", "defended", "attack", "post_attack", "summary")
 """``defense``: a trained defense's loss terms per training step (metric = the term, step = the training step)."""

@@ -59,10 +59,6 @@ class RunResult:
         return self.spec.run_id
 
 
-SAMPLES_PNG = "samples.png"
-"""Per attack run, when the task previews samples: the defended model's samples before and after the attack."""
-
-
 @dataclass
 class _Shared:
     """What every attack run on one defended model would otherwise measure again: its step-0 probe and preview."""
@@ -237,8 +233,8 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
             summary["released_already_harmful"] = released.already_harmful
         rows += attack_rows
         if samples is not None:
-            save_png(samples, session.results_dir / spec.run_id / SAMPLES_PNG)
-            summary["samples"] = SAMPLES_PNG
+            save_png(samples, session.results_dir / spec.run_id / results.SAMPLES_PNG)
+            summary["samples"] = results.SAMPLES_PNG
     except KeyboardInterrupt:
         raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
     except Exception as err:  # a crashing plugin or bad data fails this run, not the sweep

@@ -12,8 +12,7 @@
   plugin's source as loaded here the one the runs recorded, the harness's own tasks on their official settings
   (``--new-task`` / ``--custom-task-settings`` to submit otherwise, recorded);
 * each defense that is not built in has a claims file (``--claims``): the paper, its claim, the setting, as in
-  ``leaderboard/claims/`` (validated by ``leaderboard.claims`` when that module exists, else it needs ``paper`` and
-  ``claim``).
+  ``leaderboard/claims/`` (validated as the ledger validates its own, :mod:`bench.claims_file`).
 
 :func:`copy_submission` then copies the run directories (and claims files, to ``claims/<defense>.yaml``, and the
 sources of the plugins that are not built in, to ``code/``, hash-checked) into the submissions folder, which
@@ -33,13 +32,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow.parquet as pq
-import yaml
 
+from bench.claims_file import read_claim
 from bench.config import canonical_json
 from bench.errors import BenchError, ConfigError, DataError
 from bench.results import METRICS, SCHEMA_VERSION, read_run_json, run_directories
 from bench.spec import RunSpec
 from bench.submit_code import code_of, copy_code
+from bench.yaml_dataclass import read_mapping
 
 MIN_SEEDS = 3
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -179,32 +179,17 @@ def claims_defense(path: Path) -> str:
 
 
 def _read_claims(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(f"claims file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {_first_line(err)}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must be a mapping (paper: ..., claim: ...), got {type(data).__name__}")
-    return data
+    return read_mapping(path, "claims file", ("defense", "paper", "claim", "setting"))
 
 
 def _invalid_claims(path: Path, defense: str) -> list[str]:
-    """The claims ledger's own validation (``leaderboard.claims``) when it exists; else ``paper`` and ``claim``."""
+    """Every problem of a claims file, as the ledger reports its own (:func:`bench.claims_file.read_claim`), and a
+    file not about ``defense``."""
     try:
-        from leaderboard.claims import load_claims
-    except ImportError:
-        data = _read_claims(path)
-        return [f"needs a non-empty {key!r}" for key in ("paper", "claim")
-                if not isinstance(data.get(key), str) or not data[key].strip()]
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(path, Path(tmp) / f"{defense}.yaml")
-        try:
-            load_claims(Path(tmp))
-        except BenchError as err:
-            return str(err).splitlines()
-    return []
+        claim = read_claim(path)
+    except BenchError as err:
+        return [line.removeprefix(f"{path}: ").removeprefix(f"{path} ") for line in str(err).splitlines()]
+    return [] if claim.defense == defense else [f"defense is {claim.defense!r}, not {defense!r}"]
 
 
 def copy_submission(folder: str | Path, name: str, into: str | Path, *, claims: Sequence[str | Path] = (),

@@ -22,8 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 from bench.errors import BenchError, DataError
 from bench.executors import Executor, InProcessExecutor
 from bench.fingerprint import changes, code_fingerprint, mark_stale, retire
+from bench.lr_grid import decades, refinement  # noqa: F401 - re-exported: the suite's public vocabulary
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
-    Planner, RunRecord, attack_sweeps, best_probe_lrs, decades, defenses_of, probe_score, refinement, spec_of,
+    Planner, RunRecord, attack_sweeps, best_probe_lrs, defenses_of, probe_score, spec_of,
 )
 from bench.results import check_writable, completed_run_ids, read_run_json
 from bench.runner import Session, record_failure

@@ -26,18 +26,19 @@ runs, half-decade refinement), so :func:`first_wave` knows only the first wave a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from bench.applicability import NotApplicableError
-from bench.config import check_choice, require_bool
+from bench.config import check_choice
 from bench.errors import BenchError, ConfigError
-from bench.experiment import SEARCHES, parse_seeds, read_yaml, unknown_keys
+from bench.experiment import SEARCHES, parse_seeds
+from bench.planner import Planner
 from bench.registry import ATTACKS, DEFENSES, TASKS
 from bench.spec import RunSpec, resolve_plugin
-from bench.planner import Planner
 from bench.suite import SuiteRequest
+from bench.yaml_dataclass import collect, read_mapping
 
 SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search")
 MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
@@ -60,6 +61,10 @@ class Entry:
     """Tasks only: the model (hub id or path) of this task's non-tiny tiers; overrides the sweep's ``model``."""
     where: str = field(default="", compare=False)
     """Where the entry is in its file (e.g. ``defenses[2]``), for messages."""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("needs a name: {name: ..., args: {...}}")
 
     @property
     def label(self) -> str:
@@ -136,40 +141,26 @@ def plan_file(path: str | Path) -> Plan:
 
 def _parse(path: str | Path) -> tuple[Sweep | None, list[str]]:
     """The sweep built from the valid parts of a file (None when too little is valid), and every problem found."""
-    data = read_yaml(path, SWEEP_KEYS)
+    data = read_mapping(path, "sweep file", SWEEP_KEYS)
     if data and not is_sweep(data):
         return None, [f"{path} is an experiment file (it has no tasks:/defenses:): run it with "
                       f"`bench run --config {path}`"]
-    problems = unknown_keys(data, SWEEP_KEYS, "sweep file")
-    problems += [f"missing key {key!r}: a sweep needs {key}: [...]" for key in ("tasks", "defenses") if key not in data]
+    problems: list[str] = []
     parsers = {
         "tasks": lambda v: _entries(v, "tasks", ("name", "args", "model"), problems),
         "defenses": lambda v: _entries(v, "defenses", ("name", "args"), problems),
         "attacks": lambda v: _entries(v, "attacks", ("name", "args"), problems),
         "tiers": lambda v: _strings(v, "tiers"),
         "seeds": parse_seeds,
-        "model": lambda v: _optional_string(v, "model"),
-        "baseline": lambda v: require_bool(v, "baseline"),
-        "refine": lambda v: require_bool(v, "refine"),
-        "search": _search,
     }
-    fields: dict[str, Any] = {}
-    for key, parse in parsers.items():
-        if key in data:
-            try:
-                fields[key] = parse(data[key])
-            except ConfigError as err:
-                problems += str(err).splitlines()
-    if not (fields.get("tasks") and fields.get("defenses")) or ("attacks" in fields and not fields["attacks"]):
+    sweep = collect(Sweep, data, "sweep file", problems, parsers=parsers, keep_valid=True)
+    if sweep is None or not (sweep.tasks and sweep.defenses):
         return None, problems  # nothing left to check the grid with
-    try:
-        return Sweep(**fields), problems
-    except ConfigError as err:
-        return None, problems + str(err).splitlines()
+    return sweep, problems
 
 
 def _entries(value: Any, key: str, allowed: tuple[str, ...], problems: list[str]) -> tuple[Entry, ...]:
-    """The valid entries of a plugin list; a problem is appended for each invalid one (left out)."""
+    """The valid entries of a plugin list; the problems of each invalid one are appended (and it is left out)."""
     items = value if isinstance(value, list) else [value]
     entries = []
     for i, item in enumerate(items):
@@ -178,30 +169,15 @@ def _entries(value: Any, key: str, allowed: tuple[str, ...], problems: list[str]
             entries.append(Entry(name=item.strip(), where=where))
             continue
         if not isinstance(item, dict):
-            problems.append(f"{where} must be a name or {{name: ..., args: {{...}}}}, got {item!r}")
+            problems.append(f"sweep file: {where} must be a name or {{name: ..., args: {{...}}}}, got {item!r}")
             continue
-        found = len(problems)
-        bad = [k for k in item if k not in allowed]
-        if bad:
-            problems.append(f"{where}: unknown keys {bad}; valid keys: {', '.join(allowed)}")
-        name, args, model = item.get("name"), item.get("args") or {}, item.get("model")
-        if not isinstance(name, str) or not name.strip():
-            problems.append(f"{where} needs a name: {{name: ..., args: {{...}}}}")
-        if not isinstance(args, dict):
-            problems.append(f"{where}.args must be a mapping of config keys, got {args!r}")
-        if model is not None and not isinstance(model, str):
-            problems.append(f"{where}.model must be a hub id or a path, got {model!r}")
-        if len(problems) == found:
-            entries.append(Entry(name=name.strip(), args=dict(args), model=model, where=where))
+        skip = ("where",) + (() if "model" in allowed else ("model",))
+        entry = collect(Entry, item, "sweep file", problems, skip=skip, path=where)
+        if entry is not None:
+            entries.append(replace(entry, where=where))
     if not items:
-        problems.append(f"{key} must list at least one entry")
+        problems.append(f"sweep file: {key} must list at least one entry")
     return tuple(entries)
-
-
-def _search(value: Any) -> str | None:
-    if value is not None and value not in SEARCHES:
-        raise ConfigError(f"search must be one of {', '.join(SEARCHES)}, got {value!r}")
-    return value
 
 
 def _strings(value: Any, key: str) -> tuple[str, ...]:
@@ -209,12 +185,6 @@ def _strings(value: Any, key: str) -> tuple[str, ...]:
     if not all(isinstance(v, str) and v for v in items):
         raise ConfigError(f"{key} must be a name or a list of names, got {value!r}")
     return tuple(items)
-
-
-def _optional_string(value: Any, key: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Scoring, selection and the Parquet record of a tuning (:mod:`bench.tuning`), and what other code reads of it.
 
 * :func:`score` — one row per candidate from its validation runs, through the leaderboard's own aggregation
-  (:func:`leaderboard.aggregate.build`): worst case, utility-bounded worst case, ratio to ``none``, retained utility
-  and usability at release, defender cost (forward-backward passes, training seconds from the runs' reports).
-* :func:`select` — the declared rule (:data:`bench.tuning.RULE`).
+  (:func:`leaderboard.aggregate.build`, which the caller runs: the leaderboard reads this module): worst case,
+  utility-bounded worst case, ratio to ``none``, retained utility and usability at release, defender cost
+  (forward-backward passes, training seconds from the runs' reports).
+* :func:`select` — the declared rule (:data:`RULE`).
 * :func:`write` / :func:`read` / :func:`read_tunings` — ``<results>/tuning/<tune_id>.parquet``, one row per
   candidate with the tuning's spec, rule, selection, command, wall and CPU time on every row.
 * :func:`tuning_line` — "tuned on ..., N candidates" for a defense page; :func:`best_budget` — a budget curve's best
@@ -28,6 +29,12 @@ from bench.results import _atomic_write_bytes, read_run_json
 TUNING_DIR = "tuning"
 """The results folder's subfolder of tuning records (not a run directory: run readers skip it)."""
 TUNING_VERSION = 1
+RULE = ("max over candidates usable at release on every validation seed of: lower median over seeds of the "
+        "bounded{L} worst case (no run within the bound = not harmed), then of the unbounded worst case, then the "
+        "mean retained utility at release, then fewer forward-backward passes")
+BUDGET_RULE = RULE.replace("then the mean retained utility at release, then fewer forward-backward passes",
+                           "then fewer forward-backward passes, then the mean retained utility at release")
+"""The selection rule of a tuning (:func:`select`); ``BUDGET_RULE`` for budget curves."""
 COST_KEYS = ("fb_passes", "steps", "training_seconds")
 """What a candidate's defender cost is read as, from its defense's training report (mean over seeds)."""
 
@@ -58,25 +65,25 @@ def _lower_median(values: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2] if ordered else math.nan
 
 
-def score(spec, configs: list[dict[str, Any]], results_dir: str | Path, run_ids: Sequence[str], *,
+def score(spec, configs: list[dict[str, Any]], agg, results_dir: str | Path, *,
           stopped: Mapping[str, str] = {}) -> pd.DataFrame:
-    """One row per candidate (in ``configs`` order) from its validation runs; see the module docstring.
+    """One row per candidate (in ``configs`` order) from its validation runs, aggregated by the caller into ``agg``
+    (:func:`leaderboard.aggregate.build` over the tuning's run ids; this module reads results and never imports the
+    leaderboard, which reads it); see the module docstring.
 
     ``stopped``: defense hash → the error that stopped a candidate before its runs (e.g. its training diverged).
     """
     from bench.registry import DEFENSES
     from bench.spec import resolve_plugin
-    from bench.tuning import defense_hash
-    from leaderboard.aggregate import build
 
-    agg = build(results_dir, run_ids)
     seeds, runs = agg.seeds, agg.runs
     usable = release_usable(agg.metrics) if not agg.metrics.empty else pd.Series(dtype=bool)
     limit = spec.utility_limit
     rows = []
     for index, args in enumerate(configs):
-        h = defense_hash(spec, args)
-        resolved = resolve_plugin(DEFENSES, spec.defense, args)[0].kwargs
+        plugin = resolve_plugin(DEFENSES, spec.defense, args)[0]
+        h = plugin.hash()  # the candidate's runs' defense_hash (bench.tuning.defense_hash)
+        resolved = plugin.kwargs
         shown = {key: resolved.get(key, value) for key, value in args.items()}  # typed, as the config resolved them
         mine = seeds[seeds["defense_hash"] == h] if not seeds.empty else seeds
         my_runs = runs[runs["defense_hash"] == h] if not runs.empty else runs
@@ -148,8 +155,8 @@ def _preference(row: pd.Series, cost_first: bool = False) -> tuple:
 
 
 def select(table: pd.DataFrame, *, cost_first: bool = False) -> int | None:
-    """The index of the candidate the rule selects (:data:`bench.tuning.RULE`); None when none is usable.
-    ``cost_first`` (budget curves, :data:`bench.tuning.BUDGET_RULE`): at equal resistance the cheaper point wins
+    """The index of the candidate the rule selects (:data:`RULE`); None when none is usable.
+    ``cost_first`` (budget curves, :data:`BUDGET_RULE`): at equal resistance the cheaper point wins
     before the higher release utility (compute that buys no steps is no gain)."""
     eligible = table[table["usable_at_release"].astype(bool)] if len(table) else table
     if eligible.empty:
@@ -161,8 +168,6 @@ def select(table: pd.DataFrame, *, cost_first: bool = False) -> int | None:
 def write(spec, table: pd.DataFrame, selected: int | None, results_dir: str | Path, *, wall_seconds: float,
           cpu_seconds: float, command: str) -> Path:
     """Write ``<results>/tuning/<tune_id>.parquet`` atomically (the same spec rewrites its own file)."""
-    from bench.tuning import BUDGET_RULE, RULE
-
     out = table.copy()
     out["selected"] = out["candidate"] == selected if selected is not None else False
     rule = (BUDGET_RULE if spec.budgets else RULE).replace("{L}", str(spec.utility_limit))

@@ -1,6 +1,6 @@
 """GPU check: the real tier of every task family end to end on one device, with pass/fail and timings per stage.
 
-Builds local checkpoints from configs (:mod:`bench.fixtures`: a ~1B-parameter random Llama with a Llama-3 chat
+Builds local checkpoints from configs (``tests/fixtures.py``: a ~1B-parameter random Llama with a Llama-3 chat
 template, a Stable Diffusion pipeline, a ViT, and their data folders), then for each task runs ``none`` and
 ``specdef`` (``n_layers`` maps, ``dtype=auto``) against a short AdamW attack through the library API, exactly as
 ``bench run --tier real --device …`` would: the released stage (evaluation, lm-eval on a shipped tiny task, probe,
@@ -23,11 +23,13 @@ from pathlib import Path
 
 import torch
 
-from bench import fixtures
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.runner import Session, run
 from bench.spec import make_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: not in the package
+import fixtures  # noqa: E402
 
 
 def checks(size: str, root: Path) -> list[tuple[str, str, callable, dict]]:

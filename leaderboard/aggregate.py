@@ -32,14 +32,13 @@ import numpy as np
 import pandas as pd
 
 from bench.spec import DEFAULT_SUITE_LABEL
-from bench.metrics import Ratio, WorstCase, censored_median, resistance_ratio, worst_case
+from bench.metrics import UTILITY_LIMITS, Ratio, WorstCase, censored_median, resistance_ratio, worst_case
 from bench.results import read_metrics
 from leaderboard import cost, utility
 from leaderboard.ratios import BROKEN, ratio_interval
 from leaderboard.release import release_columns, seed_release
 from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.sources import RESULTS_SOURCE, load_all
-from leaderboard.utility import UTILITY_LIMITS
 
 TASK_KEYS = ["task", "tier", "model", "task_settings", "suite"]
 """What a worst case and a ratio are taken within: runs of other task settings (the task's resolved config) or of

@@ -16,21 +16,20 @@ its primary source stays with ``verified: false`` and a ``note``; an item about 
 (:func:`claim_status`: "no claim", "broken by N", "validated by N", ...) is computed from the counted items' kinds,
 never written by hand. Nothing in the ledger is measured by the harness.
 
-* :func:`load_claims` — read and validate every file (unknown keys, missing keys, wrong types, an unknown kind or a
-  source of no recognised form are errors that name the file and the entry).
+* :func:`load_claims` — read and validate every file (:mod:`bench.claims_file`, the format: unknown keys, missing
+  keys, wrong types, an unknown kind or a source of no recognised form are errors that name the file and the entry,
+  all of them at once).
 * :func:`claim_key` / :func:`claim_for` — the ledger entry of a leaderboard row, from its defense label.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
-import yaml
-
-from bench.errors import ConfigError
+from bench import claims_file
+from bench.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary
 
 CLAIMS_DIR = Path(__file__).with_name("claims")
 """The built-in ledger."""
@@ -38,183 +37,11 @@ CLAIMS_DIR = Path(__file__).with_name("claims")
 PRESET_CLAIMS = {"tar.sophon": "sophon"}
 """Presets that implement another paper's method, and the ledger entry they answer to."""
 
-KINDS = ("break", "validation", "reproduction-failure", "own-limitation")
-"""The kinds of ledger item, in the order the status names them."""
-
-_ARXIV = re.compile(r"\d{4}\.\d{4,5}")
-_SOURCE_FORMS = (
-    # a paper: its arXiv id and where in it (abstract, table, section, figure, appendix, theorem)
-    re.compile(r"arXiv \d{4}\.\d{4,5}(v\d+)?, (Abstract|Table|Section|§|Figure|Fig\.|Appendix|Theorem|Algorithm)\b.*"),
-    # a repository's pull request or issue
-    re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+ (PR|issue) #\d+\b.*"),
-    # a file in a public repository, or (for entries without a paper) in this harness
-    re.compile(r"([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+|harness):[A-Za-z0-9_./-]+\b.*"),
-)
-SOURCE_HELP = ("'arXiv 2409.18025, Abstract' (or Table N / Section N / Figure N / Appendix X / Theorem N), "
-               "'owner/repo PR #52' (or issue #N), or 'owner/repo:path/to/file' ('harness:path' for this project)")
-"""The forms a source may take, for error messages."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Item:
-    """One published finding about a defense's claim."""
-
-    kind: str
-    """One of :data:`KINDS`."""
-    summary: str
-    """What was found, with its numbers as published."""
-    source: str
-    """The primary source, in one of the forms of :data:`SOURCE_HELP`."""
-    quote: str
-    """The sentence quoted from the source (verbatim)."""
-    read_at: str
-    """Where the quote was read (a URL or a repository path), so that anyone can check it."""
-    verified: bool = True
-    """False when the item could not be checked against its primary source: shown as unverified, not counted."""
-    note: str | None = None
-    """Why an item is unverified, or what else a reader must know about it."""
-    variant: str | None = None
-    """Another method than the one shipped that the item is about (e.g. T-Vaccine); shown, not counted."""
-
-    @property
-    def counted(self) -> bool:
-        """Whether the item counts towards the status: verified, and about the shipped method itself."""
-        return self.verified and self.variant is None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Claim:
-    """One defense's ledger entry."""
-
-    defense: str
-    """The registered defense name (or preset name, see :data:`PRESET_CLAIMS`) the entry is about."""
-    paper: str
-    """Authors and year of the method's paper (or why there is none, e.g. a control or an ablation)."""
-    arxiv: str | None
-    """The paper's arXiv id, e.g. ``"2408.00761"``; None without one."""
-    claim: str | None
-    """The paper's own headline, with its numbers where the source gives them; None: no claim (the baseline, a
-    control, an ablation), shown as "no claim"."""
-    setting: str
-    """The model, data and hyperparameters the claim was made in (or, without a claim, what the entry is)."""
-    source: str | None
-    """The primary source of the headline (or of the entry's description), in a form of :data:`SOURCE_HELP`."""
-    quote: str | None
-    """The sentence quoted from ``source``."""
-    read_at: str | None
-    """Where ``quote`` was read."""
-    measured_metric: str | None
-    """The leaderboard column to read beside the claim (e.g. ``worst_median``); None when nothing compares."""
-    items: tuple[Item, ...]
-    """Breaks, validations, failed reproductions and own limitations, each with its source and quote."""
-
-    def counted(self, kind: str) -> tuple[Item, ...]:
-        """The counted items (verified, about this method) of one kind."""
-        return tuple(i for i in self.items if i.kind == kind and i.counted)
-
-    @property
-    def breaks(self) -> tuple[Item, ...]:
-        """The counted breaks."""
-        return self.counted("break")
-
-    @property
-    def known_broken(self) -> bool:
-        """True when a counted third-party break exists."""
-        return bool(self.breaks)
-
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "defense": (str,), "paper": (str,), "arxiv": (str, type(None)), "claim": (str, type(None)), "setting": (str,),
-    "source": (str, type(None)), "quote": (str, type(None)), "read_at": (str, type(None)),
-    "measured_metric": (str, type(None)), "items": (list,)}
-"""What each key of a claims file holds (YAML ``null`` is None)."""
-
-_ITEM_TYPES: dict[str, tuple[type, ...]] = {
-    "kind": (str,), "summary": (str,), "source": (str,), "quote": (str,), "read_at": (str,), "verified": (bool,),
-    "note": (str, type(None)), "variant": (str, type(None))}
-"""What each key of a ledger item holds."""
-
-
-def _typed(value: Any, where: str, key: str, kinds: tuple[type, ...]) -> Any:
-    if not isinstance(value, kinds):
-        wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-        hint = " (quote it, e.g. '2408.00761')" if key == "arxiv" and isinstance(value, (int, float)) else ""
-        raise ConfigError(f"{where}: {key} must be {wanted}, got {type(value).__name__} {value!r}{hint}")
-    if isinstance(value, str) and not value.strip():
-        raise ConfigError(f"{where}: {key} is empty")
-    return value
-
-
-OPTIONAL: dict[str, Any] = {"arxiv": None, "measured_metric": None, "items": [], "source": None, "quote": None,
-                            "read_at": None}
-"""Keys a claims file may leave out (a contributed defense's file needs only defense, paper, claim and setting; the
-built-in ledger's test requires every entry's source and quote)."""
-
-ITEM_OPTIONAL: dict[str, Any] = {"verified": True, "note": None, "variant": None}
-"""Keys a ledger item may leave out."""
-
-
-def _mapping(data: Any, where: str, allowed: list[str], optional: Mapping[str, Any] = {}) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(allowed)}")
-    missing = [k for k in allowed if k not in data and k not in optional]
-    if missing:
-        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-    return {**optional, **data}
-
-
-def _check_source(source: str | None, where: str) -> None:
-    if source is not None and not any(form.fullmatch(" ".join(source.split())) for form in _SOURCE_FORMS):
-        raise ConfigError(f"{where}: source {source!r} is not a primary source; write {SOURCE_HELP}")
-
-
-def parse_item(data: Any, where: str) -> Item:
-    """A validated :class:`Item` from one entry of a file's ``items``; ``where`` names the file and the entry."""
-    data = _mapping(data, where, [f.name for f in fields(Item)], ITEM_OPTIONAL)
-    values = {key: _typed(data[key], where, key, kinds) for key, kinds in _ITEM_TYPES.items()}
-    if values["kind"] not in KINDS:
-        raise ConfigError(f"{where}: kind {values['kind']!r} is not one of {', '.join(KINDS)}")
-    _check_source(values["source"], where)
-    if not values["verified"] and values["note"] is None:
-        raise ConfigError(f"{where}: an unverified item needs a note saying what could not be checked")
-    return Item(**values)
-
-
-def parse_claim(data: Any, where: str) -> Claim:
-    """A validated :class:`Claim` from one file's YAML data; ``where`` names the file in errors."""
-    data = _mapping(data, where, [f.name for f in fields(Claim)], OPTIONAL)
-    values = {key: _typed(data[key], where, key, kinds) for key, kinds in _TYPES.items()}
-    where = f"{where} ({values['defense']})"
-    if values["arxiv"] is not None and not _ARXIV.fullmatch(values["arxiv"]):
-        raise ConfigError(f"{where}: arxiv must look like '2408.00761', got {values['arxiv']!r}")
-    if (values["source"] is None) != (values["quote"] is None):
-        raise ConfigError(f"{where}: source and quote go together (the quoted sentence and where it is from)")
-    _check_source(values["source"], where)
-    items = tuple(parse_item(item, f"{where}: items[{i}]") for i, item in enumerate(values["items"]))
-    if values["claim"] is None and any(i.kind in ("break", "validation", "reproduction-failure") for i in items):
-        raise ConfigError(f"{where}: an entry without a claim (claim: null) cannot be broken, validated or reproduced")
-    return Claim(**{**values, "items": items})
-
 
 def load_claims(directory: str | Path | None = None) -> dict[str, Claim]:
-    """Every ``<defense>.yaml`` in ``directory`` (default: the built-in ledger), keyed by defense name."""
-    directory = Path(directory) if directory is not None else CLAIMS_DIR
-    if not directory.is_dir():
-        raise ConfigError(f"claims directory {directory} does not exist")
-    claims = {}
-    for path in sorted(directory.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err  # one line
-        claim = parse_claim(data, str(path))
-        if claim.defense != path.stem:
-            raise ConfigError(f"{path}: defense is {claim.defense!r} but the file is named after {path.stem!r}")
-        claims[claim.defense] = claim
-    return claims
+    """Every ``<defense>.yaml`` in ``directory`` (default: the built-in ledger), keyed by defense name
+    (:func:`bench.claims_file.load_claims`)."""
+    return claims_file.load_claims(directory if directory is not None else CLAIMS_DIR)
 
 
 def claim_key(label: str) -> str | None:

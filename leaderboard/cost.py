@@ -22,7 +22,7 @@ import math
 
 import pandas as pd
 
-from bench.planner import refinement
+from bench.lr_grid import refinement
 
 CURVE_COLUMNS = ["trial", "run_id", "attack_label", "purpose", "status", "outcome", "best_steps_so_far",
                  "harmed_so_far"]

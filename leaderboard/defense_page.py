@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench.errors import DataError
 from bench.results import read_run_json
-from leaderboard.html import esc, href, key_values, short_label, table
+from leaderboard.html import table
 from leaderboard.claims import Claim, claim_of, claim_status, item_label, source_url
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
@@ -80,41 +80,15 @@ def provenance(infos: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def claim_html(label: str, claims: Mapping[str, Claim], measured: list[tuple[str, str, str]]) -> str:
-    """The claims-ledger entry of ``label``'s defense beside what this benchmark measured: ``measured`` holds, per
-    task, (task title, column header, value text) of the claim's ``measured_metric``."""
-    claim = claim_of(label, claims)
-    if claim is None:
-        return (f"<p class='note'>No claims-ledger entry for {esc(label)} (leaderboard/claims/; composed defenses "
-                "and plugins have none).</p>")
-    arxiv = claim.arxiv
-    link = (f" <a href='https://arxiv.org/abs/{esc(arxiv)}'>arXiv {esc(arxiv)}</a>" if arxiv and _ARXIV_ID.match(str(arxiv))
-            else f" arXiv {esc(arxiv)}" if arxiv else "")
-    status = claim_status(claim)
-    css = "broken" if claim.known_broken else "status"
+def claim_rows(claim: Claim, measured: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """(name, value, tooltip) rows of a claims-ledger entry beside what this benchmark measured: ``measured`` holds,
+    per task, (task title, column header, value text) of the claim's ``measured_metric``."""
     quoted = ([("quoted", f"“{claim.quote}” — {claim.source} (read at {claim.read_at or '?'})",
                 "the sentence the claim is taken from, and where it was read")] if claim.quote else [])
-    parts = [f"<p><strong>{esc(claim.paper)}</strong>{link} <span class='{css}'>{esc(status)}</span></p>",
-             key_values([("claim", claim.claim if claim.claim is not None else "No claim.", "what the paper reports"),
-                         *quoted,
-                         ("setting", claim.setting, "the paper's model, data and attacker"),
-                         *([(f"measured here: {measured[0][1]}",
-                               "; ".join(f"{title}: {value}" for title, _, value in measured),
-                               f"the leaderboard's {claim.measured_metric} on each task")] if measured else [])])]
-    if claim.items:
-        items = "".join(
-            f"<li><strong>{esc(item_label(item))}</strong>: {esc(item.summary)} <q>{esc(item.quote)}</q> — "
-            f"{_source(item.source)} <span class='note'>(read at {esc(item.read_at)})</span>"
-            + (f" <span class='note'>{esc(item.note)}</span>" if item.note else "") + "</li>" for item in claim.items)
-        parts.append("<h3>What others found, and the paper's own limits</h3>"
-                     "<p class='note'>The status counts verified items about this method; unverified items and "
-                     f"items about a variant are shown but not counted.</p><ul>{items}</ul>")
-    return "".join(parts)
-
-
-def _source(source: str) -> str:
-    url = source_url(source)
-    return f"<a href='{esc(url)}'>{esc(source)}</a>" if url else esc(source)
+    return [("claim", claim.claim if claim.claim is not None else "No claim.", "what the paper reports"), *quoted,
+            ("setting", claim.setting, "the paper's model, data and attacker"),
+            *([(f"measured here: {measured[0][1]}", "; ".join(f"{title}: {value}" for title, _, value in measured),
+                f"the leaderboard's {claim.measured_metric} on each task")] if measured else [])]
 
 
 def _measured(label: str, board: pd.DataFrame, schema: Schema, claims: Mapping[str, Claim]) -> list[tuple[str, str, str]]:
@@ -130,49 +104,42 @@ def _measured(label: str, board: pd.DataFrame, schema: Schema, claims: Mapping[s
     return found
 
 
-def _results_by_task(rows: pd.DataFrame, schema: Schema, task_link: Callable[[str], str]) -> str:
-    """One column per task, one row per schema column (the union over tasks, in schema order)."""
+def _results_by_task(rows: pd.DataFrame, schema: Schema, task_link: Callable[[str], str]) -> dict[str, list]:
+    """One column per task (title and link), one row per schema column (the union over tasks, in schema order): its
+    header, tooltip and, per task, the cell (text, and whether it is an attack label) or None."""
     if rows.empty:
-        return "<p class='note'>No aggregated results (every run failed or none ran).</p>"
-    cells: dict[str, dict[str, str]] = {}  # header → task title → cell HTML
+        return {"titles": [], "rows": []}
+    cells: dict[str, dict[str, dict[str, Any]]] = {}  # header → task title → cell
     tips: dict[str, str] = {}
     titles = []
     for title, task, group in task_groups(rows):
         titles.append(title)
         for column in columns(group, schema.table_for(task)):
             if column.key != "defense_label":
-                text = column.text(group.iloc[0])
-                cells.setdefault(column.header, {})[title] = (short_label(text) if column.format == "attack"
-                                                              else esc(text))
+                cells.setdefault(column.header, {})[title] = {"text": column.text(group.iloc[0]),
+                                                              "attack": column.format == "attack"}
                 tips.setdefault(column.header, column.description)
-    heads = "".join(f"<th scope='col'><a href='{href(task_link(t))}'>{esc(t)}</a></th>" for t in titles)
-    body = "".join(f"<tr><th scope='row' title='{esc(tips[name])}'>{esc(name)}</th>"
-                   + "".join(f"<td>{values.get(t, '—')}</td>" for t in titles) + "</tr>"
-                   for name, values in cells.items())
-    return (f"<h2>Measured here</h2><div class='table-wrap'><table class='kv'><thead><tr><th></th>{heads}</tr>"
-            f"</thead><tbody>{body}</tbody></table></div>")
+    return {"titles": [(t, task_link(t)) for t in titles],
+            "rows": [(name, tips[name], [values.get(t) for t in titles]) for name, values in cells.items()]}
 
 
-def defense_body(label: str, board: pd.DataFrame, runs: pd.DataFrame, infos: dict[str, dict[str, Any]],
-                 schema: Schema, claims: Mapping[str, Claim], task_link: Callable[[str], str]) -> str:
-    """The page body for one defense label."""
+def defense_context(label: str, board: pd.DataFrame, runs: pd.DataFrame, infos: dict[str, dict[str, Any]],
+                    schema: Schema, claims: Mapping[str, Claim], task_link: Callable[[str], str]) -> dict[str, Any]:
+    """What ``defense.html`` shows for one defense label."""
     mine = runs[runs["defense_label"] == label].copy()
-    parts = [f"<h1>{esc(label)}</h1>",
-             f"<p class='lead'>{len(mine)} runs on {mine['task'].nunique()} task(s); "
-             f"{int((mine['status'] != 'success').sum())} failed.</p>",
-             "<h2>The paper's claim</h2>", claim_html(label, claims, _measured(label, board, schema, claims))]
-    parts.append(_results_by_task(board[board["defense_label"] == label], schema, task_link))
-    parts.append("<h2>Configuration</h2>")
+    claim = claim_of(label, claims)
     configs = Counter(json.dumps((infos.get(r) or {}).get("spec", {}).get("defense", "not recorded"), indent=1,
                                  sort_keys=True) for r in mine["run_id"])
-    for text, n in configs.most_common():
-        parts.append(f"<p class='note'>{n} run{'s' if n != 1 else ''}:</p><pre>{esc(text)}</pre>")
     mine["error"] = [first_error_line(infos.get(r)) for r in mine["run_id"]]
     mine["steps_to_harm_censored"] = mine["censored"] if "censored" in mine else False
     mine = mine.sort_values(["task", "status", "steps_to_harm"], na_position="last")
-    parts.append("<h2>Every attack run</h2>")
-    parts.append(table("runs", RUN_COLUMNS, mine, row_class=lambda r: "failed" if r["status"] != "success" else "",
-                       wrap=("error",)))
-    parts.append("<h2>Provenance</h2>")
-    parts.append(key_values(provenance([infos[r] for r in mine["run_id"] if r in infos])))
-    return "".join(parts)
+    return {"label": label, "n_runs_here": len(mine), "n_tasks": mine["task"].nunique(),
+            "n_failed": int((mine["status"] != "success").sum()),
+            "claim": claim, "claim_status": claim_status, "item_label": item_label, "source_url": source_url,
+            "arxiv_link": bool(claim and claim.arxiv and _ARXIV_ID.match(str(claim.arxiv))),
+            "claim_rows": claim_rows(claim, _measured(label, board, schema, claims)) if claim else [],
+            "measured": _results_by_task(board[board["defense_label"] == label], schema, task_link),
+            "configs": configs.most_common(),
+            "runs": table("runs", RUN_COLUMNS, mine, row_class=lambda r: "failed" if r["status"] != "success" else "",
+                          wrap=("error",)),
+            "provenance": provenance([infos[r] for r in mine["run_id"] if r in infos])}

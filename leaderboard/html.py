@@ -1,15 +1,18 @@
-"""HTML building blocks of the leaderboard site: the page frame, sortable and filterable tables, abbreviated labels
-with their full text in a tooltip, and safe file names. Every string that reaches a page goes through
-:func:`html.escape` here (labels, config values and error texts come from users' plugins and results)."""
+"""The site's HTML: Jinja2 templates (``leaderboard/templates/``) rendered with autoescape, and what the templates
+are given. Every string that reaches a page (labels, config values, claim text and error messages come from users'
+plugins, results and claims files) is escaped by the template engine, not by each call: Python code here builds
+plain values (:class:`TableView`), never markup. Also: abbreviated labels and safe file names."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from html import escape
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 from urllib.parse import quote
 
+import jinja2
 import pandas as pd
 
 from leaderboard.formats import isnan
@@ -18,9 +21,20 @@ from leaderboard.render import Column
 ASSETS = ("site.css", "site.js")
 
 
-def esc(value) -> str:
-    """``value`` as HTML text or attribute content (quotes escaped too)."""
-    return escape(str(value), quote=True)
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The templates' environment (built once per process: templates compile once): autoescape on every template,
+    undefined names are errors."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("leaderboard", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["urlpath"] = quote  # a relative link to a file of the site, percent-encoded (then escaped)
+    env.globals["abbreviate"] = abbreviate
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """The page ``template`` renders with ``context`` (plain values: the engine escapes them)."""
+    return _environment().get_template(template).render(**context) + "\n"
 
 
 def slug(text: str, prefix: str) -> str:
@@ -28,11 +42,6 @@ def slug(text: str, prefix: str) -> str:
     differing only in punctuation or case never share a file."""
     readable = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:40] or "x"
     return f"{prefix}-{readable}-{hashlib.sha256(str(text).encode()).hexdigest()[:8]}"
-
-
-def href(path: str) -> str:
-    """A relative link to a file of the site, percent-encoded and attribute-escaped."""
-    return esc(quote(path))
 
 
 def abbreviate(label: str, limit: int = 32) -> str:
@@ -55,53 +64,63 @@ def abbreviate(label: str, limit: int = 32) -> str:
     return short if len(short) <= limit else short[: limit - 1] + "…"
 
 
-def short_label(label: str, limit: int = 32, link: str | None = None) -> str:
-    """``label`` abbreviated, the full text in a tooltip when it was cut, optionally linked."""
-    label = str(label)
-    short = abbreviate(label, limit)
-    title = f" title='{esc(label)}'" if short != label else ""
-    text = f"<span{title}>{esc(short)}</span>"
-    return f"<a href='{href(link)}'>{text}</a>" if link else text
+@dataclass(frozen=True)
+class Head:
+    text: str
+    tip: str
+    classes: str
+    kind: str
+    """``text`` or ``number``: how the site's script sorts the column."""
+    better: str
 
 
-def page(title: str, body: str, *, nav: Sequence[tuple[str, str]], current: str = "", footer: str = "") -> str:
-    """A complete page: the navigation bar (``nav``: (label, file) pairs), ``body`` and ``footer`` (HTML, already
-    escaped by the caller), the site's stylesheet and script (local files: nothing is fetched from the network)."""
-    links = "".join(f"<a href='{href(file)}'{' aria-current=page' if file == current else ''}>{esc(label)}</a>"
-                    for label, file in nav)
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{esc(title)}</title><link rel='icon' href='data:,'>"
-            "<link rel='stylesheet' href='assets/site.css'></head><body>"
-            f"<header><nav>{links}</nav></header><main>{body}"
-            f"{f'<p class=note>{footer}</p>' if footer else ''}</main>"
-            "<script src='assets/site.js'></script></body></html>\n")
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    classes: str
+    sort: str | None
+    """The value a header click sorts by (its ``repr``); None: no value."""
+    label: str | None = None
+    """A defense or attack label shown abbreviated (the full text in a tooltip); None: ``text`` is shown."""
+    link: str | None = None
+    """The page a defense label links to."""
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: tuple[Cell, ...]
+    css: str
+    search: str
+    """What the filter box matches (lower case)."""
+
+
+@dataclass(frozen=True)
+class TableView:
+    """A sortable table (``macros.html``'s ``table``) with a filter box and a details toggle for folded columns."""
+
+    id: str
+    heads: tuple[Head, ...]
+    rows: tuple[Row, ...]
+    filter_box: bool
+    n_fold: int
 
 
 _TEXT_FORMATS = {"text", "defense", "attack"}
 
 
-def table(table_id: str, cols: Sequence[Column], rows: pd.DataFrame, *, links: Callable[[str], str | None] = lambda _: None,
-          row_class: Callable[[pd.Series], str] = lambda _: "", filter_box: bool = True, wrap: Sequence[str] = ()) -> str:
-    """A sortable table of ``rows`` in ``cols``, with a filter box and a details toggle for folded columns.
+def table(table_id: str, cols: Sequence[Column], rows: pd.DataFrame, *,
+          links: Callable[[str], str | None] = lambda _: None, row_class: Callable[[pd.Series], str] = lambda _: "",
+          filter_box: bool = True, wrap: Sequence[str] = ()) -> TableView:
+    """The view of ``rows`` in ``cols``.
 
     ``links`` maps a defense label to its page; ``row_class`` gives a row's CSS class (e.g. ``failed``); ``wrap``
     names keys whose long text may wrap (error messages).
     """
-    n_fold = sum(c.fold for c in cols)
-    controls = []
-    if filter_box:
-        controls.append(f"<input type='search' class='filter' data-for='{esc(table_id)}' placeholder='filter rows…' "
-                        f"aria-label='filter rows'><span class='count' id='{esc(table_id)}-count'></span>")
-    if n_fold:
-        controls.append(f"<button type='button' class='details-toggle' data-for='{esc(table_id)}' "
-                        f"aria-pressed='false'>show details ({n_fold} more columns)</button>")
     heads = []
     for c in cols:
         kind = "text" if c.format in _TEXT_FORMATS else "number"
         classes = " ".join(filter(None, ["text" if kind == "text" else "", "fold" if c.fold else ""]))
-        heads.append(f"<th class='{classes}' data-kind='{kind}' data-better='{esc(c.direction)}' "
-                     f"title='{esc(c.description)}' scope='col'>{esc(c.header)}</th>")
+        heads.append(Head(c.header, c.description, classes, kind, c.direction))
     body = []
     for _, row in rows.iterrows():
         cells, search = [], []
@@ -111,24 +130,11 @@ def table(table_id: str, cols: Sequence[Column], rows: pd.DataFrame, *, links: C
             classes = " ".join(filter(None, ["text" if c.format in _TEXT_FORMATS else "", "fold" if c.fold else "",
                                              "wrap" if c.key in wrap else ""]))
             value = c.sort_value(row)
-            data = "" if isnan(value) else f" data-v='{value!r}'"
+            sort = None if isnan(value) else repr(value)
             if c.format in ("defense", "attack") and text != c.missing:
                 full = text if c.format == "defense" else str(row.get(c.key))
-                content = short_label(full, link=links(full) if c.format == "defense" else None)
-                data += f" data-text='{esc(full)}'"
+                cells.append(Cell(text, classes, sort, label=full, link=links(full) if c.format == "defense" else None))
             else:
-                content = esc(text)
-            cells.append(f"<td class='{classes}'{data}>{content}</td>")
-        css = row_class(row)
-        attributes = (f" class='{esc(css)}'" if css else "") + f" data-search='{esc(' '.join(search).lower())}'"
-        body.append(f"<tr{attributes}>" + "".join(cells) + "</tr>")
-    return (f"<div class='controls'>{''.join(controls)}</div>" if controls else "") + (
-        f"<div class='table-wrap'><table class='sortable board' id='{esc(table_id)}'><thead><tr>{''.join(heads)}"
-        f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
-
-
-def key_values(pairs: Sequence[tuple[str, str, str]]) -> str:
-    """A two-column table of (name, value text, tooltip) triples; every part escaped."""
-    rows = "".join(f"<tr><th scope='row' title='{esc(tip)}'>{esc(name)}</th><td>{esc(value)}</td></tr>"
-                   for name, value, tip in pairs)
-    return f"<table class='kv'><tbody>{rows}</tbody></table>"
+                cells.append(Cell(text, classes, sort))
+        body.append(Row(tuple(cells), row_class(row), " ".join(search).lower()))
+    return TableView(table_id, tuple(heads), tuple(body), filter_box, sum(c.fold for c in cols))

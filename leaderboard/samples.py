@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.images import stack_pngs
-from bench.runner import SAMPLES_PNG
+from bench.results import SAMPLES_PNG
 from leaderboard.formats import fmt_steps
 
 

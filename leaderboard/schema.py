@@ -11,17 +11,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
-
-from bench.config import build_config, check, check_choice
+from bench.config import check, check_choice
 from bench.errors import ConfigError
+from bench.yaml_dataclass import collect, read_mapping
 from leaderboard.formats import FORMATS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 
-PLOTS = ("forest", "harm_curves", "pareto", "cost_curve", "samples")
+Plot = Literal["forest", "harm_curves", "pareto", "cost_curve", "samples"]
+PLOTS: tuple[str, ...] = get_args(Plot)
 """Plot names a task table may list (the overview shows none): the forest plot of each defense's ratio with its
 interval (:mod:`leaderboard.forest`), small multiples of the harm-vs-step curves of each defense's worst attacks,
 the utility-vs-resistance plot, the attacker's cumulative best harm vs trials, and the sample sheets."""
@@ -99,78 +99,66 @@ class Schema:
         return self.tasks.get(task, self.tasks["default"])
 
 
-_TABLE_KEYS = ("columns", "sort", "plots", "primary_utility")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableEntry:
+    """A table as the schema file writes it: ``overview`` and ``tasks.default`` give ``columns`` and ``sort``; a
+    task's own entry gives only what replaces the default's."""
+
+    columns: tuple[Column, ...] | None = None
+    sort: Sort | None = None
+    plots: tuple[Plot, ...] | None = None
+    primary_utility: str | None = None
+
+    def __post_init__(self) -> None:
+        check(self.columns is None or len(self.columns) > 0, "columns must be a non-empty list")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchemaFile:
+    """The schema file's top level."""
+
+    overview: TableEntry
+    tasks: dict[str, TableEntry]
 
 
 def load_schema(path: str | Path | None = None) -> Schema:
-    """Read and validate a schema YAML (default: the one shipped with the package)."""
+    """Read and validate a schema YAML (default: the one shipped with the package); every problem at once."""
     path = Path(path) if path else SCHEMA_PATH
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read leaderboard schema {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"leaderboard schema {path} is not valid YAML: {err}") from None
     where = f"leaderboard schema {path}"
-    _keys(raw, ("overview", "tasks"), where, required=("overview", "tasks"))
-    overview = _table(raw["overview"], f"{where}: overview", placeholder="task", base=None)
-    tasks_raw = raw["tasks"]
-    _keys(tasks_raw, None, f"{where}: tasks", required=("default",))
-    default = _table(tasks_raw["default"], f"{where}: tasks.default", placeholder="utility", base=None)
+    raw = read_mapping(path, "leaderboard schema")
+    problems: list[str] = []
+    schema = collect(SchemaFile, raw, where, problems)
+    if schema is not None:
+        if "default" not in schema.tasks:
+            problems.append(f"{where}: tasks: missing key 'default'")
+        problems += _table_problems(schema.overview, f"{where}: overview", "task", complete=True)
+        for task, entry in schema.tasks.items():
+            problems += _table_problems(entry, f"{where}: tasks.{task}", "utility", complete=task == "default")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    default = _table(schema.tasks["default"], raw["tasks"]["default"])
     tasks = {"default": default}
-    for task, entry in tasks_raw.items():
+    for task, entry in schema.tasks.items():
         if task != "default":
-            tasks[str(task)] = _table(entry, f"{where}: tasks.{task}", placeholder="utility", base=default)
-    return Schema(overview=overview, tasks=tasks)
+            tasks[str(task)] = _table(entry, raw["tasks"][task], base=default)
+    return Schema(overview=_table(schema.overview, raw["overview"]), tasks=tasks)
 
 
-def _keys(raw: Any, allowed: tuple[str, ...] | None, where: str, required: tuple[str, ...] = ()) -> None:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    unknown = [k for k in raw if allowed is not None and k not in allowed]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(allowed)}")
-    absent = [k for k in required if k not in raw]
-    if absent:
-        raise ConfigError(f"{where}: missing {absent[0]!r}")
+def _table_problems(entry: TableEntry, where: str, placeholder: str, *, complete: bool) -> list[str]:
+    """A complete table's missing keys, and placeholders used where they are not defined."""
+    problems = [f"{where}: missing key {key!r}" for key in ("columns", "sort") if complete and getattr(entry, key) is None]
+    for i, column in enumerate(entry.columns or ()):
+        for text in (column.key, column.name, column.low or "", column.high or ""):
+            for name in _PLACEHOLDER.findall(text):
+                if name != placeholder:
+                    problems.append(f"{where}.columns[{i}] ({column.key}): placeholder {{{name}}} is not defined "
+                                    f"here (use {{{placeholder}}})")
+    return problems
 
 
-def _table(raw: Any, where: str, *, placeholder: str, base: Table | None) -> Table:
-    _keys(raw, _TABLE_KEYS, where, required=() if base else ("columns", "sort"))
-    values: dict[str, Any] = {}
-    if "columns" in raw:
-        if not isinstance(raw["columns"], list) or not raw["columns"]:
-            raise ConfigError(f"{where}: columns must be a non-empty list")
-        values["columns"] = tuple(_column(entry, f"{where}.columns[{i}]", placeholder)
-                                  for i, entry in enumerate(raw["columns"]))
-    if "sort" in raw:
-        _keys(raw["sort"], ("key", "direction"), f"{where}.sort", required=("key",))
-        values["sort"] = build_config(Sort, raw["sort"], where=f"{where}.sort")
-    if "plots" in raw:
-        plots = raw["plots"] or []
-        if not isinstance(plots, list):
-            raise ConfigError(f"{where}.plots: expected a list of plot names ({', '.join(PLOTS)})")
-        for name in plots:
-            if name not in PLOTS:
-                raise ConfigError(f"{where}.plots: unknown plot {name!r}; plots: {', '.join(PLOTS)}")
-        values["plots"] = tuple(plots)
-    if "primary_utility" in raw:
-        values["primary_utility"] = str(raw["primary_utility"])
-    return replace(base, **values) if base else Table(**values)
-
-
-def _column(raw: Any, where: str, placeholder: str) -> Column:
-    if isinstance(raw, dict) and "key" in raw:
-        where = f"{where} ({raw['key']})"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with key, name, format, ...")
-    try:
-        column = build_config(Column, raw, where=where)
-    except ConfigError as err:
-        message = str(err)
-        raise ConfigError(message if where in message else f"{where}: {message}") from None
-    for text in (column.key, column.name, column.low or "", column.high or ""):
-        for name in _PLACEHOLDER.findall(text):
-            if name != placeholder:
-                raise ConfigError(f"{where}: placeholder {{{name}}} is not defined here (use {{{placeholder}}})")
-    return column
+def _table(entry: TableEntry, raw: dict[str, Any], base: Table | None = None) -> Table:
+    """The table an entry declares: the keys it gives (``plots:`` empty = none) over ``base``."""
+    given = {key: getattr(entry, key) for key in raw}
+    if "plots" in given:
+        given["plots"] = given["plots"] or ()
+    return replace(base, **given) if base else Table(**given)

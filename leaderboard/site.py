@@ -16,11 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates
-from leaderboard.defense_page import defense_body, first_error_line, read_run_infos
+from leaderboard.defense_page import defense_context, first_error_line, read_run_infos
 from leaderboard.figures import FOREST_CAPTION, cost_curve, harm_curves
 from leaderboard.forest import forest_png
 from leaderboard.formats import defense_name, isnan
-from leaderboard.html import ASSETS, esc, href, page, short_label, slug, table
+from leaderboard.html import ASSETS, TableView, render, slug, table
 from leaderboard.claims import load_claims
 from leaderboard.overview import overview
 from leaderboard.figures import COST_CAPTION, HARM_CAPTION, PARETO_CAPTION
@@ -54,22 +54,22 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
     defense_files = {label: slug(label, "defense") + ".html" for label in labels}
     groups = list(task_groups(board)) if not board.empty else []
     task_files = {title_: slug(title_, "task") + ".html" for title_, _, _ in groups}
-    nav = [("Overview", "index.html")] + [(t, f) for t, f in task_files.items()]
-    footer = (f"Built from {len(runs)} runs in {esc(results_dir)}: every number comes from the Parquet files there "
-              "(the aggregated table: <a href='leaderboard.csv'>leaderboard.csv</a>).")
+    frame = {"nav": [("Overview", "index.html")] + [(t, f) for t, f in task_files.items()], "n_runs": len(runs),
+             "results_dir": str(results_dir)}  # what every page's frame shows (templates/base.html)
 
-    def write(name: str, heading: str, body: str) -> None:
-        (out / name).write_text(page(heading, body, nav=nav, current=name, footer=footer), encoding="utf-8")
+    def write(name: str, template: str, heading: str, context: dict) -> None:
+        page = render(template, title=heading, current=name, **frame, **context)
+        (out / name).write_text(page, encoding="utf-8")
 
-    write("index.html", title, _overview_body(title, board, runs, schema, claims, defense_files, task_files))
+    write("index.html", "overview.html", title, _overview(title, board, runs, schema, claims, defense_files, task_files))
     wants_samples = any("samples" in schema.table_for(task).plots for _, task, _ in groups)
     sheets = {p.name: p for p in samples_sheets(results_dir, data.seeds, out / "img")} if wants_samples else {}
     for title_, task, group in groups:
-        body = _task_body(title_, task, group, data, schema.table_for(task), infos, defense_files, sheets, out)
-        write(task_files[title_], f"{title_} — {title}", body)
+        context = _task(title_, task, group, data, schema.table_for(task), infos, defense_files, sheets, out)
+        write(task_files[title_], "task.html", f"{title_} — {title}", context)
     for label, name in defense_files.items():
-        body = defense_body(label, board, runs, infos, schema, claims, lambda t: task_files.get(t, "index.html"))
-        write(name, f"{label} — {title}", body)
+        context = defense_context(label, board, runs, infos, schema, claims, lambda t: task_files.get(t, "index.html"))
+        write(name, "defense.html", f"{label} — {title}", context)
     aggregated.to_csv(out / "leaderboard.csv", index=False)
     return out / "index.html"
 
@@ -85,63 +85,46 @@ def _marked(data: Aggregates) -> Aggregates:
     return dataclasses.replace(data, **changes)
 
 
-def _overview_body(title: str, board: pd.DataFrame, runs: pd.DataFrame, schema: Schema, claims,
-                   defense_files: dict[str, str], task_files: dict[str, str]) -> str:
-    parts = [f"<h1>{esc(title)}</h1>"]
+def _overview(title: str, board: pd.DataFrame, runs: pd.DataFrame, schema: Schema, claims,
+              defense_files: dict[str, str], task_files: dict[str, str]) -> dict:
+    """What ``overview.html`` shows."""
     if board.empty:
-        return parts[0] + "<p>No results yet: run <code>bench run</code> first.</p>"
+        return {"heading": title, "view": None}
     primary = {task: schema.table_for(task).primary_utility for task in board["task"].unique()}
     frame, tasks = overview(board, claims, primary)
-    n_failed = int((runs["status"] != "success").sum())
-    parts.append(f"<p class='lead'>{frame.shape[0]} defenses on {len(task_files)} task(s), {len(runs)} runs "
-                 f"({n_failed} failed, listed on each task's page). Ranked by the verdict of each defense's worst "
-                 "resistance ratio over the tasks it ran on (gain, tie, loss, broken at release; the same verdict "
-                 "is a tie, listed by name); click a header to sort, a defense for its claims, config and runs.</p>")
-    parts += [f"<p class='warning'>{esc(note)}</p>" for note in mismatch_notes(board)]
-    seeds = "; ".join(f"{t}: {_seeds(g)}" for t, _, g in task_groups(board))
-    parts.append(f"<p class='note'>Seeds per task: {esc(seeds)}.</p>")
     cols = columns(frame, schema.overview, tasks=tasks)
-    frame = sort_rows(frame, schema.overview)
-    parts.append(table("overview", cols, frame, links=defense_files.get))
-    items = "".join(f"<li><a href='{href(f)}'>{esc(t)}</a></li>" for t, f in task_files.items())
-    parts.append(f"<h2>Tasks</h2><ul>{items}</ul><p class='note'>{esc(FOOTNOTE)}</p>")
-    return "".join(parts)
+    return {"heading": title, "n_defenses": frame.shape[0], "n_tasks": len(task_files),
+            "n_failed": int((runs["status"] != "success").sum()), "notes": mismatch_notes(board),
+            "seeds": "; ".join(f"{t}: {_seeds(g)}" for t, _, g in task_groups(board)),
+            "view": table("overview", cols, sort_rows(frame, schema.overview), links=defense_files.get),
+            "tasks": list(task_files.items()), "footnote": FOOTNOTE}
 
 
-def _task_body(title: str, task: str, group: pd.DataFrame, data: Aggregates, spec, infos: dict,
-               defense_files: dict[str, str], sheets: dict[str, Path], out: Path) -> str:
-    parts = [f"<h1>{esc(title)}</h1>"]
-    note = released_note(group)
-    if note:
-        parts.append(f"<p class='warning'><strong>Warning:</strong> {esc(note)}</p>")
+def _task(title: str, task: str, group: pd.DataFrame, data: Aggregates, spec, infos: dict,
+          defense_files: dict[str, str], sheets: dict[str, Path], out: Path) -> dict:
+    """What ``task.html`` shows; writes the task's figures under ``out/img``."""
     rows = sort_rows(group, spec)
-    parts.append(table("board", columns(group, spec), rows, links=defense_files.get,
-                       row_class=lambda r: "failed" if int(r.get("n_failed", 0) or 0) else ""))
-    missing = missing_baseline_note(group)
-    if missing:
-        parts.append(f"<p class='warning'>{esc(missing)}</p>")
-    parts.append(f"<p class='note'>{esc(FOOTNOTE)}</p>")
     stem = slug(title, "task")
-    figures = []
+    plots = []
     for plot in spec.plots:
         if plot == "forest":
-            figures.append(_figure(out, f"{stem}-forest.png", forest_png(group, title), FOREST_CAPTION))
+            plots.append(_figure(out, f"{stem}-forest.png", forest_png(group, title), FOREST_CAPTION))
         elif plot == "harm_curves":
-            figures.append(_figure(out, f"{stem}-harm.png", harm_curves(data, group, title), HARM_CAPTION))
+            plots.append(_figure(out, f"{stem}-harm.png", harm_curves(data, group, title), HARM_CAPTION))
         elif plot == "pareto":
-            figures.append(_pareto(out, f"{stem}-pareto.png", title, rows, spec, defense_files))
+            plots.append(_pareto(out, f"{stem}-pareto.png", title, rows, spec, defense_files))
         elif plot == "cost_curve":
-            figures.append(_figure(out, f"{stem}-cost.png", cost_curve(data, group, title), COST_CAPTION))
-    parts.append("<div class='plots'>" + "".join(figures) + "</div>")
+            plots.append(_figure(out, f"{stem}-cost.png", cost_curve(data, group, title), COST_CAPTION))
     tier = group["tier"].iloc[0]
     sheet = sheets.get(f"{task}-{tier}-samples.png".replace("/", "_"))
-    if "samples" in spec.plots and sheet:
-        parts.append(f"<h2>Samples</h2><figure><img src='img/{href(sheet.name)}' alt='sample sheets'><figcaption>"
-                     "Before and after each defense's worst-case attack</figcaption></figure>")
     task_runs = group_rows(data.runs, group)
-    parts.append(_families(task_runs, defense_files))
-    parts.append(_failed(task_runs, infos, defense_files))
-    return "".join(parts)
+    return {"heading": title, "released": released_note(group),
+            "board": table("board", columns(group, spec), rows, links=defense_files.get,
+                           row_class=lambda r: "failed" if int(r.get("n_failed", 0) or 0) else ""),
+            "missing_baseline": missing_baseline_note(group), "footnote": FOOTNOTE,
+            "plots": [p for p in plots if p is not None],
+            "sheet": sheet.name if "samples" in spec.plots and sheet else None,
+            "families": _families(task_runs, defense_files), "failed": _failed(task_runs, infos, defense_files)}
 
 
 def _seeds(group: pd.DataFrame) -> str:
@@ -150,26 +133,23 @@ def _seeds(group: pd.DataFrame) -> str:
     return seeds_text(group)
 
 
-def _figure(out: Path, name: str, png: bytes | None, caption: str) -> str:
+def _figure(out: Path, name: str, png: bytes | None, caption: str) -> dict | None:
     if png is None:
-        return ""
+        return None
     (out / "img" / name).write_bytes(png)
-    return f"<figure><img src='img/{href(name)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>"
+    return {"name": name, "caption": caption, "legend": None}
 
 
-def _pareto(out: Path, name: str, title: str, rows: pd.DataFrame, spec, defense_files: dict[str, str]) -> str:
+def _pareto(out: Path, name: str, title: str, rows: pd.DataFrame, spec, defense_files: dict[str, str]) -> dict | None:
     points, utility = task_points(rows, spec)
     png = pareto_png(points, title=f"{title}: utility vs. resistance", utility=utility) if points else None
     if png is None:
-        return ""
+        return None
     (out / "img" / name).write_bytes(png)
-    legend = "".join(
-        f"<tr><td>{p.number}</td><td class='text'>{short_label(p.label, link=defense_files.get(p.label))}</td>"
-        f"<td>{esc(('> ' if p.censored else '') + ('—' if isnan(p.steps) else f'{p.steps:.0f}'))}</td>"
-        f"<td>{esc('—' if isnan(p.utility) else f'{p.utility:.3f}')}</td></tr>" for p in points)
-    return (f"<figure><img src='img/{href(name)}' alt='utility vs resistance'><figcaption>{esc(PARETO_CAPTION)}"
-            "</figcaption><table class='legend'><thead><tr><th>#</th><th class='text'>Defense</th>"
-            f"<th>Steps</th><th>Retained {esc(utility)}</th></tr></thead><tbody>{legend}</tbody></table></figure>")
+    legend = [{"number": p.number, "label": p.label, "link": defense_files.get(p.label),
+               "steps": ("> " if p.censored else "") + ("—" if isnan(p.steps) else f"{p.steps:.0f}"),
+               "utility": "—" if isnan(p.utility) else f"{p.utility:.3f}"} for p in points]
+    return {"name": name, "caption": PARETO_CAPTION, "legend": legend, "utility": utility}
 
 
 _FAMILY_COLUMNS = [
@@ -184,13 +164,12 @@ _FAMILY_COLUMNS = [
 ]
 
 
-def _families(task_runs: pd.DataFrame, defense_files: dict[str, str]) -> str:
+def _families(task_runs: pd.DataFrame, defense_files: dict[str, str]) -> TableView | None:
     families = family_table(task_runs) if not task_runs.empty else pd.DataFrame()
     if families.empty:
-        return ""
+        return None
     families = families.rename(columns={"censored": "steps_censored"})
-    return (f"<details><summary>Per attack family: worst case over learning rates and seeds ({len(families)} rows)"
-            f"</summary>{table('families', _FAMILY_COLUMNS, families, links=defense_files.get)}</details>")
+    return table("families", _FAMILY_COLUMNS, families, links=defense_files.get)
 
 
 _FAILED_COLUMNS = [
@@ -202,11 +181,10 @@ _FAILED_COLUMNS = [
 ]
 
 
-def _failed(task_runs: pd.DataFrame, infos: dict, defense_files: dict[str, str]) -> str:
+def _failed(task_runs: pd.DataFrame, infos: dict, defense_files: dict[str, str]) -> TableView | None:
     failed = task_runs[task_runs["status"] != "success"].copy()
     if failed.empty:
-        return "<p class='note'>No failed runs on this task.</p>"
+        return None
     failed["error"] = [first_error_line(infos.get(r)) or "(no error recorded)" for r in failed["run_id"]]
-    return (f"<h2>Failed runs ({len(failed)})</h2><p class='note'>Kept and counted in the table's last column, never "
-            "dropped.</p>" + table("failed", _FAILED_COLUMNS, failed, links=defense_files.get,
-                                   row_class=lambda r: "failed", wrap=("error",)))
+    return table("failed", _FAILED_COLUMNS, failed, links=defense_files.get, row_class=lambda r: "failed",
+                 wrap=("error",))

@@ -12,8 +12,9 @@ import pytest
 from bench.builtins import BUILTINS
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
+from bench.claims_file import parse_claim
 from leaderboard.claims import (CLAIMS_DIR, KINDS, claim_for, claim_key, claim_status, claims_markdown, load_claims,
-                                parse_claim, source_url)
+                                source_url)
 
 BUILT_IN = sorted(name for kind, name, *_ in BUILTINS if kind == "defense")
 LEDGER = load_claims()
@@ -149,18 +150,18 @@ items:
 
 
 @pytest.mark.parametrize("change, message", [
-    (("measured_metric: worst_median", "measured_metric: worst_median\nnotes: x"), "unknown key(s) notes"),
-    (('arxiv: "2501.00001"', "arxiv: 2501.00001"), "arxiv must be str or null, got float 2501.00001 (quote it"),
+    (("measured_metric: worst_median", "measured_metric: worst_median\nnotes: x"), "unknown key 'notes'"),
+    (('arxiv: "2501.00001"', "arxiv: 2501.00001"), "arxiv must be a string or null, got float 2501.00001 (quote it"),
     (("defense: mine", "defense: other"), "defense is 'other' but the file is named after 'mine'"),
-    (("    read_at: \"https", "    where: x\n    read_at: \"https"), "(mine): items[0]: unknown key(s) where"),
+    (("    read_at: \"https", "    where: x\n    read_at: \"https"), "(mine): items[0]: unknown key 'where'"),
     (("  - kind: break", "  - kind: debunk"), "(mine): items[0]: kind 'debunk' is not one of break, validation"),
     (('source: "owner/repo PR #7"', 'source: "BASELINES.md"'), "items[0]: source 'BASELINES.md' is not a primary"),
     (('source: "arXiv 2501.00001, Table 2"', 'source: "arXiv 2501.00001"'), "(mine): source 'arXiv 2501.00001' is"),
     (('    read_at: "https://github.com/owner/repo/pull/7"\n', '    read_at: "x"\n    verified: false\n'),
      "items[0]: an unverified item needs a note"),
-    (('    quote: "We broke it with one learning rate."\n', ""), "items[0]: missing key(s) quote"),
+    (('    quote: "We broke it with one learning rate."\n', ""), "items[0]: missing key 'quote'"),
     (('quote: "Our defense resists fine-tuning for a long time."\n', ""), "source and quote go together"),
-    (('claim: "It resists."\n', ""), "missing key(s) claim"),
+    (('claim: "It resists."\n', ""), "missing key 'claim'"),
     (("items:", "items: [unclosed\nx:"), "not valid YAML"),
 ])
 def test_a_malformed_claims_file_is_a_clear_error(tmp_path, change, message):
@@ -171,8 +172,39 @@ def test_a_malformed_claims_file_is_a_clear_error(tmp_path, change, message):
     assert message in str(err.value) and "mine.yaml" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_every_problem_of_a_claims_file_is_reported_at_once(tmp_path):
+    bad = (GOOD.replace("measured_metric: worst_median", "measured_metric: worst_median\nnotes: x")
+           .replace('arxiv: "2501.00001"', "arxiv: 2501.00001").replace("  - kind: break", "  - kind: debunk")
+           .replace('claim: "It resists."\n', ""))
+    (tmp_path / "mine.yaml").write_text(bad)
+    with pytest.raises(ConfigError) as err:
+        load_claims(tmp_path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4 and all("mine.yaml (mine): " in line for line in lines)
+    assert any("unknown key 'notes'" in line for line in lines)
+    assert any("arxiv must be a string or null" in line for line in lines)
+    assert any("missing key 'claim'" in line for line in lines)
+    assert any("items[0]: kind 'debunk' is not one of" in line for line in lines)
+
+
 def test_a_wellformed_claims_file_loads_and_a_contribution_needs_no_items(tmp_path):
     (tmp_path / "mine.yaml").write_text(GOOD)
     assert claim_status(load_claims(tmp_path)["mine"]) == "broken by 1"
     (tmp_path / "mine.yaml").write_text('defense: mine\npaper: "Me 2026"\nclaim: "It resists."\nsetting: "tiny"\n')
     assert claim_status(load_claims(tmp_path)["mine"]) == "no known break"
+
+
+def test_a_submitted_claims_file_is_checked_as_the_ledger_checks_its_own(tmp_path):
+    from bench.submit import _invalid_claims
+
+    path = tmp_path / "mine.yaml"
+    path.write_text('defense: mine\npaper: "Me 2026"\nclaim: "It resists."\nsetting: "tiny"\n')
+    assert _invalid_claims(path, "mine") == []
+    assert _invalid_claims(path, "other") == ["defense is 'mine', not 'other'"]
+    path.write_text('defense: mine\npapr: "Me 2026"\nclaim: 3\nsetting: "tiny"\n')
+    problems = _invalid_claims(path, "mine")
+    assert len(problems) == 3, problems  # every problem, each without the path (submit prefixes it)
+    assert any("unknown key 'papr'. Did you mean 'paper'?" in p for p in problems)
+    assert any("missing key 'paper'" in p for p in problems)
+    assert any("claim must be a string or null, got int 3" in p for p in problems)
+    assert not any(str(path) in p for p in problems)

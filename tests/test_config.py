@@ -94,6 +94,58 @@ def test_experiment_errors(tmp_path):
         build_request(task=["vision-digits"], defense=["specdef"], overrides=["alpha=3"])
 
 
+def test_an_experiment_file_reports_every_problem_at_once(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: {name: vision-digits, arg: {}}\ndefence: specdef\nseeds: [0, -1]\nbaseline: maybe\n"
+                   "search: lr_search\nmodel: 3\n")
+    with pytest.raises(ConfigError) as err:
+        build_request(config=bad)
+    lines = str(err.value).splitlines()
+    expected = ["experiment file: unknown key 'defence'. Did you mean 'defense'?",
+                "experiment file: task: unknown keys ['arg']",
+                "experiment file: seeds must be non-negative integers, got [0, -1]",
+                "experiment file: baseline must be true or false, got str 'maybe'",
+                "experiment file: search must be one of 'grid', 'lr-search' or null, got str 'lr_search'",
+                "experiment file: model must be a string or null, got int 3"]
+    for fragment in expected:
+        assert sum(fragment in line for line in lines) == 1, (fragment, lines)
+    assert len(lines) == len(expected)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    key: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    name: str
+    inner: tuple[Inner, ...] = ()
+    table: dict[str, int] | None = None
+    flag: bool = False
+
+
+def test_yaml_dataclass_names_nested_entries_and_checks_types():
+    from bench.yaml_dataclass import build
+
+    outer = build(Outer, {"name": "x", "inner": [{"key": "a", "weight": 2}], "table": {"b": 3}}, "f.yaml")
+    assert outer == Outer(name="x", inner=(Inner(key="a", weight=2.0),), table={"b": 3})
+    assert isinstance(outer.inner[0].weight, float)  # an int is a valid float, stored as one
+    with pytest.raises(ConfigError) as err:
+        build(Outer, {"nmae": "x", "inner": [{"key": "a", "wieght": 1}, {"weight": "heavy"}], "table": {"b": "3"},
+                      "flag": "yes"}, "f.yaml")
+    assert str(err.value).splitlines() == [
+        "f.yaml: unknown key 'nmae'. Did you mean 'name'? Valid keys: name, inner, table, flag",
+        "f.yaml: missing key 'name'",
+        "f.yaml: inner[0] (a): unknown key 'wieght'. Did you mean 'weight'? Valid keys: key, weight",
+        "f.yaml: inner[1]: missing key 'key'",
+        "f.yaml: inner[1].weight must be a number, got str 'heavy'",
+        "f.yaml: table.b must be an integer, got str '3'",
+        "f.yaml: flag must be true or false, got str 'yes'",
+    ]
+
+
 def test_spec_resolution_and_identity():
     spec = make_spec(task="vision-digits", defense="specdef.a1e4-k25", attack="full-ft", attack_args={"lr": "1e-5"})
     assert spec.attack.kwargs["budget"] == 500  # filled from the task's default

@@ -10,7 +10,7 @@ import torch
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import ConfigError, DataError
-from bench.fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
+from fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.diffusion import shapes

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.experiment import build_request, read_yaml
+from bench.experiment import build_request
+from bench.yaml_dataclass import read_mapping
 from bench.suite import validate_request
 from bench.sweep import SWEEP_KEYS, first_wave, is_sweep, plan_file
 
 ROOT = Path(__file__).parent.parent
 FILES = sorted((ROOT / "experiments").glob("**/*.yaml"))
-SWEEPS = [p for p in FILES if is_sweep(read_yaml(p, SWEEP_KEYS))]
+SWEEPS = [p for p in FILES if is_sweep(read_mapping(p, "config file", SWEEP_KEYS))]
 EXPERIMENTS = [p for p in FILES if p not in SWEEPS]
 
 

@@ -105,6 +105,8 @@ def test_the_stage_cache_and_run_provenance_key_on_one_library_list():
     assert stage_cache.LIBRARIES is fingerprint.LIBRARIES
     assert stage_cache.library_versions is fingerprint.library_versions
     assert set(fingerprint.LIBRARIES) <= set(provenance.library_versions())
+    assert list(provenance.library_versions()) == ["python", *fingerprint.LIBRARY_ROLES]  # one list, recorded whole
+    assert not hasattr(provenance, "LIBRARIES")  # no second list
 
 
 def test_a_dry_run_lists_a_completed_run_of_other_code_as_stale(tmp_path, isolated_registries):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.errors import DataError
-from bench.fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
+from fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -226,7 +226,7 @@ def _llama_answering(directory, response: str) -> str:
     """A tiny Llama chat model trained to answer every harmful request with ``response``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.fixtures import save_llama
+    from fixtures import save_llama
     from tasks.llm import prompts
     from tasks.llm.chat import collate, encode_chat, response_loss
 
@@ -300,7 +300,7 @@ def test_a_gguf_file_loads_dequantized_with_its_tokenizer_and_its_hash_in_the_pr
     pytest.importorskip("gguf", reason="the gguf package writes the test's GGUF file: pip install 'bench[gguf]'")
     import hashlib
 
-    from bench.fixtures import save_llama_gguf
+    from fixtures import save_llama_gguf
 
     path, original = save_llama_gguf(tmp_path / "tiny-llama.gguf")
     task_cls = TASKS.get("llm-harmful-qa")

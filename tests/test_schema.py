@@ -52,14 +52,26 @@ def test_hidden_by_prefers_the_newer_column(tmp_path):
     assert [c.key for c in shown] == ["retained_mean:accuracy"]
 
 
+def test_every_schema_mistake_is_reported_at_once(tmp_path):
+    def edit(raw):
+        raw["tasks"]["default"]["columns"][1].update(fomat="steps")
+        raw["tasks"]["default"].update(plots=["histogram"])
+        raw.update(views=[])
+    with pytest.raises(ConfigError) as err:
+        load_schema(edited_schema(tmp_path, edit))
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("leaderboard schema ") for line in lines)
+
+
 @pytest.mark.parametrize("edit, fragments", [
     (lambda raw: raw["tasks"]["default"]["columns"][1].update(fomat="steps"),
-     ["tasks.default.columns[1] (worst_median)", "unknown config key 'fomat'", "Did you mean 'format'"]),
+     ["tasks.default.columns[1] (worst_median): unknown key 'fomat'", "Did you mean 'format'"]),
     (lambda raw: raw["tasks"]["default"]["columns"][1].update(format="stepz"),
      ["tasks.default.columns[1] (worst_median)", "format must be one of", "'stepz'"]),
     (lambda raw: raw["tasks"]["default"]["columns"][1].update(direction="up"),
-     ["tasks.default.columns[1] (worst_median)", "direction"]),
-    (lambda raw: raw["tasks"]["default"].update(plots=["pareto", "histogram"]), ["unknown plot 'histogram'"]),
+     ["tasks.default.columns[1] (worst_median).direction must be one of 'higher', 'lower', 'none', got str 'up'"]),
+    (lambda raw: raw["tasks"]["default"].update(plots=["pareto", "histogram"]), ["tasks.default.plots[1] must be one of 'forest'", "'histogram'"]),
     (lambda raw: raw["tasks"]["vision-digits"].update(colums=[]), ["tasks.vision-digits", "unknown key 'colums'"]),
     (lambda raw: raw["overview"]["columns"].append({"key": "x@{utility}", "name": "x", "format": "int"}),
      ["overview.columns[", "placeholder {utility}"]),

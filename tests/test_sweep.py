@@ -66,8 +66,8 @@ def test_validate_reports_every_error_of_a_grid_at_once(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert all(line.startswith(f"error {path}: ") for line in lines), lines
     expected = [
-        "unknown key 'extra' in sweep file",
-        "tasks[2]: unknown keys ['modle']",
+        "sweep file: unknown key 'extra'",
+        "sweep file: tasks[2]: unknown key 'modle'. Did you mean 'model'?",
         "seeds must be non-negative integers",
         "baseline must be true or false",
         "tasks[0]: unknown task 'visoin-digits'. Did you mean 'vision-digits'?",

@@ -14,7 +14,7 @@ import torch
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import DataError
-from bench.fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
+from fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.vision.common import SPLITS

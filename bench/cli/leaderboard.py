@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.cli import flags
+
 EPILOG = """examples:
   bench leaderboard                                   # the site in results/site/ (open index.html); Markdown to stdout
   bench leaderboard --results runs --out /tmp/site    # the site elsewhere (nothing written under runs/)
@@ -19,7 +21,7 @@ EPILOG = """examples:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="build the leaderboard from result files", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="results", help="results directory (default: results)")
+    flags.results(p, written=False)
     p.add_argument("--format", choices=("html", "md", "csv", "parquet"), default="html",
                    help="html: a static site folder (default); md: Markdown; csv/parquet: the aggregated table")
     p.add_argument("--out", metavar="PATH", help="html: the site folder (default: <results>/site); md: a file, "

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from bench.cli import flags
+
 EPILOG = """examples:
   bench run --defense specdef --task vision-digits
   bench run --defense specdef alpha=1e6 dtype=float64 --task vision-digits --seeds 0,1,2
@@ -24,67 +26,19 @@ EPILOG = """examples:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a defense against a task's attack suite", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="task name and config values")
-    p.add_argument("--defense", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"), help="defense (name, name.preset, or a+b to apply defenses in order) and config values "
-                        "(PART.KEY=VALUE for a part of a+b)")
-    p.add_argument("--attack", nargs="+", default=[], metavar=("NAME", "KEY=VALUE"),
-                   help="one attack config instead of the task's default suite")
+    flags.plugins(p)
     p.add_argument("--config", metavar="YAML", help="experiment file (overridden by command-line values)")
-    p.add_argument("--tier", help="tiny (default, embedded model, CPU) or real (needs --model)")
-    p.add_argument("--model", help="real tier: Hugging Face hub id or local path")
-    p.add_argument("--device", metavar="DEVICE",
-                   help="cpu, cuda or cuda:N (default: cpu on the tiny tier, cuda when available on the real tier); "
-                        "recorded in each run.json")
-    p.add_argument("--allow-function-drift", action="store_true",
-                   help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping "
-                        "(each run records it)")
-    p.add_argument("--seeds", "--seed", dest="seeds", help="comma-separated seeds (default 0)")
-    p.add_argument("--results", default="results", help="results directory (default: results)")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false", default=None,
-                   help="do not also run the undefended 'none' baseline")
-    p.add_argument("--no-refine", dest="refine", action="store_false", default=None,
-                   help="skip the half-decade LR refinement around each family's best point")
-    p.add_argument("--search", choices=("grid", "lr-search"),
-                   help="LR strategy for every family: exhaustive per-decade grid, or short probe runs then full runs "
-                        "at the best learning rates (default: the task's choice)")
+    flags.model(p)
+    flags.device(p)
+    flags.seeds(p, default=None, help="comma-separated seeds (default 0)")
+    flags.results(p)
+    flags.baseline(p)
+    flags.lr_strategy(p)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
-    p.add_argument("--allow-stale", action="store_true",
-                   help="keep completed runs whose code changed since they ran (plugin or harness source, library "
-                        "versions) instead of running them again; they are marked stale in run.json")
-    p.add_argument("--dev", action="store_true", help="mark results as unofficial (hidden from the leaderboard by --official)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch intra-op threads (default: 1 on the tiny tier, where more only adds contention; torch's "
-                        "choice otherwise)")
-    add_executor_arguments(p)
-    p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
+    flags.measurement(p)
+    flags.executor(p)
+    flags.overrides(p)
     return p
-
-
-def add_executor_arguments(p: argparse.ArgumentParser) -> None:
-    """Where runs execute (shared by ``bench run`` and ``bench sweep``)."""
-    p.add_argument("--executor", default="local", help="local (default), ray or slurm (see README: Running at scale)")
-    p.add_argument("--jobs", default="auto", metavar="N",
-                   help="runs at a time: auto (local: one per core on the tiny tier, one per GPU on the real tier; "
-                        "ray/slurm: as many as the cluster schedules) or N")
-    p.add_argument("--isolation", choices=("none", "subprocess"),
-                   help="none: runs share this process; subprocess (the default with more than one job): each run "
-                        "in its own worker process, so a crash, os._exit or out-of-memory kill fails only that run")
-    p.add_argument("--run-timeout", type=float, metavar="SECONDS", help="kill and fail a run after this long")
-    engine = p.add_argument_group("ray and slurm executors")
-    engine.add_argument("--address", metavar="ADDRESS",
-                        help="ray: the cluster to join (auto: the one `ray start --head` runs here; "
-                             "ray://HOST:10001); default: a local Ray instance")
-    engine.add_argument("--partition", metavar="NAME", help="slurm: the partition to queue runs in")
-    engine.add_argument("--gpus-per-run", type=float, metavar="N",
-                        help="GPUs each run reserves (default: 1 on the real tier — with ray, when the cluster has "
-                             "GPUs — else 0)")
-    engine.add_argument("--cpus-per-run", type=float, metavar="N", help="CPU cores each run reserves (default: 1)")
-    engine.add_argument("--time-limit", type=float, metavar="MINUTES",
-                        help="slurm: each run's time limit (default: --run-timeout, else 120)")
-    engine.add_argument("--mem", type=float, metavar="GB", help="memory each run reserves")
-    engine.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="slurm: an extra #SBATCH option, e.g. account=lab (repeatable)")
 
 
 def set_threads(threads: int | None, tiers: set[str]) -> int | None:

@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.cli import flags
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="show a run (by id or directory) or list the runs of a results directory")
     p.add_argument("target", help="run id, run directory, or results directory")
-    p.add_argument("--results", default="results", help="where to look up run ids (default: results)")
+    flags.results(p, written=False)
     p.add_argument("--json", action="store_true", help="print the run's run.json as is")
     return p
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from bench.cli.run import add_executor_arguments, executor_for, set_threads
+from bench.cli import flags
+from bench.cli.run import executor_for, set_threads
 
 EPILOG = """examples:
   bench sweep experiments/sweeps/readme-vision-digits.yaml --dry-run     # every run, and which are done
@@ -23,21 +24,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of tasks × tiers × defenses × attacks × seeds from a sweep file",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", metavar="YAML", help="sweep file")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the runs the sweep would do and which are already done; build and run nothing")
-    p.add_argument("--results", default="results", help="results directory (default: results)")
-    p.add_argument("--device", metavar="DEVICE",
-                   help="cpu, cuda or cuda:N (default: cpu on the tiny tier, cuda when available on the real tier)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch intra-op threads (default: 1 when every tier is tiny; torch's choice otherwise)")
-    p.add_argument("--allow-function-drift", action="store_true",
-                   help="measure a defense whose outputs drifted beyond its declared tolerance instead of stopping")
-    p.add_argument("--dev", action="store_true", help="mark results as unofficial")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
-    p.add_argument("--allow-stale", action="store_true",
-                   help="keep completed runs whose code changed since they ran (plugin or harness source, library "
-                        "versions) instead of running them again; they are marked stale in run.json")
-    add_executor_arguments(p)
+    flags.dry_run(p, what="the runs the sweep would do")
+    flags.results(p)
+    flags.device(p)
+    flags.measurement(p)
+    flags.executor(p)
     return p
 
 

@@ -7,7 +7,8 @@ import json
 import math
 import sys
 
-from bench.cli.run import add_executor_arguments, executor_for, set_threads
+from bench.cli import flags
+from bench.cli.run import executor_for, set_threads
 
 EPILOG = """examples:
   bench tune --defense ga-retain --task vision-digits                     # the declared search space
@@ -25,14 +26,11 @@ The same command resumes an interrupted tuning (completed runs are kept).
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="tune a defense's config on a validation suite, or measure its budget curve",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--defense", nargs="+", required=True, metavar=("NAME", "KEY=VALUE"),
-                   help="defense (name or name.preset) and config values every candidate shares")
-    p.add_argument("--task", nargs="+", required=True, metavar=("NAME", "KEY=VALUE"), help="task and config values")
-    p.add_argument("--tier", default="tiny", help="tiny (default) or real (needs --model)")
-    p.add_argument("--model", help="real tier: Hugging Face hub id or local path")
+    flags.plugins(p, required=True, attack=False)  # every candidate shares the --defense values
+    flags.model(p, tier="tiny")
     p.add_argument("--space", nargs="+", metavar="KEY=V1,V2",
                    help="search space instead of the defense's declared one (null: the config's rule)")
-    p.add_argument("--seeds", help="validation seeds, comma-separated (default 100,101; never 0,1,2)")
+    flags.seeds(p, default=None, help="validation seeds, comma-separated (default 100,101; never 0,1,2)")
     p.add_argument("--attack", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
                    help="a validation attack (repeatable; `default`: the task's default suite, the default)")
     p.add_argument("--families", metavar="F1,F2",
@@ -43,22 +41,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--utility-limit", type=int, default=20, metavar="L",
                    help="the selection's utility-bounded worst case keeps attacks with at most L%% utility drop "
                         "(5, 20 or 50; default 20)")
-    p.add_argument("--no-baseline", dest="baseline", action="store_false",
-                   help="do not run `none` on the validation suite (no ratio)")
+    flags.baseline(p, default=True)
     p.add_argument("--budgets", metavar="K1,K2,...",
                    help="budget-curve mode: factors of today's training length (must include 1), e.g. 1,4,16")
     p.add_argument("--cost-cap", type=float, metavar="K",
                    help="budget mode: also print the best budget within K times today's training length")
     p.add_argument("--write-preset", nargs="?", const="", metavar="NAME",
                    help="write the selected config as preset NAME (default tuned-<task>) in defenses/tuned/")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the candidates and count the runs (and those already done); build and run nothing")
-    p.add_argument("--results", default="results", help="results directory (default: results)")
-    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads (default: 1 on the tiny tier)")
-    p.add_argument("--dev", action="store_true", help="mark results as unofficial")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_executor_arguments(p)
+    flags.dry_run(p, what="the candidates, the runs they need,")
+    flags.results(p)
+    flags.device(p)
+    flags.measurement(p, drift=False, stale=False)
+    flags.executor(p)
     return p
 
 

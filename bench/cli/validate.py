@@ -33,10 +33,11 @@ def main(args: argparse.Namespace) -> int:
 def _validate(path: str | Path) -> str:
     """Bind every config of the file (raising a BenchError with every error found); describe what it would run."""
     from bench.errors import ConfigError
-    from bench.experiment import TOP_LEVEL_KEYS, read_yaml, validate_experiment
+    from bench.experiment import TOP_LEVEL_KEYS, validate_experiment
     from bench.sweep import is_sweep, plan_file
+    from bench.yaml_dataclass import read_mapping
 
-    if is_sweep(read_yaml(path, TOP_LEVEL_KEYS)):
+    if is_sweep(read_mapping(path, "config file", TOP_LEVEL_KEYS)):
         sweep_plan = plan_file(path)
         runs = {spec.run_id: spec for planned in sweep_plan.suites for spec in planned.runs}
         if not runs:

@@ -39,7 +39,7 @@ from typing import Literal
 from bench.config import check
 from bench.contracts import AttackSweep, Task, TaskConfig, UtilityBound
 from bench.registry import TASKS
-from bench.planner import decades
+from bench.lr_grid import decades
 
 SAMPLER_DEFAULTS = {"tiny": (6, 2.0), "real": (25, 7.5)}
 """(DDIM steps, guidance) per tier when the config leaves them at 0."""

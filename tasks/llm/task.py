@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from bench.config import check
 from bench.contracts import AttackSweep, Task, TaskConfig, UtilityBound
 from bench.registry import TASKS
-from bench.planner import decades
+from bench.lr_grid import decades
 
 TAU = math.exp(-0.2)
 
