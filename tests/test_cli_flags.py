@@ -10,10 +10,10 @@ from pathlib import Path
 from bench.cli import build_parser
 
 CLI = Path(__file__).resolve().parents[1] / "bench" / "cli"
-OWN = {("tune.py", "--search"), ("tune.py", "--attack"), ("leaderboard.py", "--out")}
+OWN = {("tune.py", "--search"), ("tune.py", "--attack"), ("leaderboard.py", "--out"), ("check.py", "--task")}
 """Flags a command defines itself on purpose: ``bench tune``'s ``--search`` has a ``task`` choice and defaults to
 ``lr-search``, and its ``--attack`` repeats (one validation attack each); ``bench leaderboard --out`` is the site
-folder or, with ``--format md``, a file."""
+folder or, with ``--format md``, a file; ``bench check --task`` takes several tasks to check plugins on."""
 
 
 def _defined() -> dict[str, list[str]]:
