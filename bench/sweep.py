@@ -191,7 +191,7 @@ def _entries(value: Any, key: str, allowed: tuple[str, ...], problems: list[str]
             problems.append(f"{where}.args must be a mapping of config keys, got {args!r}")
         if model is not None and not isinstance(model, str):
             problems.append(f"{where}.model must be a hub id or a path, got {model!r}")
-        if len(problems) == found:
+        if len(problems) == found and isinstance(name, str):
             entries.append(Entry(name=name.strip(), args=dict(args), model=model, where=where))
     if not items:
         problems.append(f"{key} must list at least one entry")

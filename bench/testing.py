@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bench.config import build_config, config_to_dict
-from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions
+from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions, Trajectory
 from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -197,12 +197,12 @@ class RecordingMonitor:
     keep_states: bool = False
     calls: list[tuple] = dataclasses.field(default_factory=list)
     """("begin", model) and ("step", model, step, loss, examples), in call order."""
-    trajectory: object = None
+    trajectory: Trajectory | None = None
     """The :class:`~bench.contracts.Trajectory` the attack passed to ``begin`` (None: none)."""
     start_state: object = None
     states: list[list[torch.Tensor]] = dataclasses.field(default_factory=list)
 
-    def begin(self, model: nn.Module, trajectory=None) -> None:
+    def begin(self, model: nn.Module, trajectory: Trajectory | None = None) -> None:
         self.calls.append(("begin", model))
         self.trajectory = trajectory
         if self.keep_states and trajectory is not None:
@@ -223,6 +223,7 @@ def check_replay(monitor: RecordingMonitor, model: nn.Module, where: str) -> Non
     """The attack's trajectory replays its run bit for bit: restored to step 0 and stepped again, every step gives the
     loss and the parameters and buffers the run had (what exact crossings rely on, :mod:`bench.crossing`)."""
     losses = [call[3] for call in monitor.calls if call[0] == "step"]
+    assert monitor.trajectory is not None, f"{where}: the attack passed no trajectory to begin()"
     monitor.trajectory.restore(monitor.start_state)
     for step, (loss, state) in enumerate(zip(losses, monitor.states), start=1):
         again = monitor.trajectory.step(step)
@@ -253,7 +254,8 @@ def applicable_pairs(registry, names: Sequence[str] | None = None) -> tuple[list
     (:mod:`bench.applicability`), for parametrizing conformance tests."""
     from bench.applicability import applies
 
-    fits, misfits = [], []
+    fits: list[tuple[str, str]] = []
+    misfits: list[tuple[str, str]] = []
     for name in names if names is not None else registry.names():
         for task in TASKS.names():
             (fits if applies(registry.resolve(name).cls, TASKS.get(task)) else misfits).append((name, task))
