@@ -11,8 +11,13 @@ supports" is one grid.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bench.errors import ConfigError
 from bench.registry import TASKS
+
+if TYPE_CHECKING:
+    from bench.contracts import Task
 
 
 class NotApplicableError(ConfigError):
@@ -25,19 +30,19 @@ def applies(plugin_cls: type, task_cls: type) -> bool:
 
     setting = getattr(task_cls, "setting", None)
     for cls in plugin_classes(plugin_cls):
-        settings = getattr(cls, "settings", frozenset())
+        settings: frozenset[str] = getattr(cls, "settings", frozenset())
         if settings and setting not in settings:
             return False
     return True
 
 
-def check_applies(kind: str, name: str, plugin_cls: type, task: str, task_cls: type) -> None:
+def check_applies(kind: str, name: str, plugin_cls: type, task: str, task_cls: type[Task]) -> None:
     """Raise :class:`NotApplicableError` when ``plugin_cls`` (a ``kind`` named ``name``) does not apply to ``task``."""
     if applies(plugin_cls, task_cls):
         return
     from bench.composition import plugin_classes
 
-    wanted = sorted(set().union(*(getattr(cls, "settings", frozenset()) or set() for cls in plugin_classes(plugin_cls))))
+    wanted: list[str] = sorted(set[str]().union(*(getattr(cls, "settings", frozenset()) or set() for cls in plugin_classes(plugin_cls))))
     fitting = [t for t in TASKS.names() if applies(plugin_cls, TASKS.get(t))]
     raise NotApplicableError(
         f"{kind} {name!r} does not apply to task {task!r} (a {task_cls.setting or 'unspecified'} task): it applies to "

@@ -34,10 +34,10 @@ def probe_rows(monitor: ProbeMonitor) -> list[dict]:
         rows.append(results.metric_row("attack", "usable", float(point.usable), step=point.step, split="probe"))
         for name, value in point.probe.extras.items():
             rows.append(results.metric_row("attack", name, value, step=point.step, split="probe"))
-    for point in monitor.tracker.points if monitor.tracker is not None else ():
-        rows.append(results.metric_row("attack", "harm", point.probe.harm, step=point.step, split="replay"))
-        rows.append(results.metric_row("attack", "utility", point.probe.utility, step=point.step, split="replay"))
-        rows.append(results.metric_row("attack", "usable", float(point.usable), step=point.step, split="replay"))
+    for replayed in monitor.tracker.points if monitor.tracker is not None else ():
+        rows.append(results.metric_row("attack", "harm", replayed.probe.harm, step=replayed.step, split="replay"))
+        rows.append(results.metric_row("attack", "utility", replayed.probe.utility, step=replayed.step, split="replay"))
+        rows.append(results.metric_row("attack", "usable", float(replayed.usable), step=replayed.step, split="replay"))
     for step, loss in enumerate(monitor.losses, start=1):
         rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
     return rows

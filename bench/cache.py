@@ -181,7 +181,7 @@ class Cache:
 
     def entries(self, skip: Iterable[str] = ()) -> list[CacheEntry]:
         """The finished :meth:`get_or_build` entries (``<task>/<kind>/<key>``), except under the top-level ``skip``."""
-        found = []
+        found: list[CacheEntry] = []
         if not self.root.is_dir():
             return found
         for marker in sorted(self.root.rglob(COMPLETE)):

@@ -117,7 +117,7 @@ def part_seeds(generator: "torch.Generator", count: int) -> list[int]:
 
 
 @functools.lru_cache(maxsize=None)
-def composite_class(names: tuple[str, ...], classes: tuple[type, ...]) -> type:
+def composite_class(names: tuple[str, ...], classes: tuple[type[Defense], ...]) -> type:
     """The composite defense class of these part classes (one class per combination, so caches keyed by class hold)."""
     hints = [f"{name}: {cls.drift_hint}" for name, cls in zip(names, classes) if cls.drift_hint]
     label = SEPARATOR.join(names)
@@ -240,5 +240,5 @@ def _unknown_part(part: str, key: str, names: list[str], where: str) -> str:
             f"Write PART.KEY=VALUE with a part of {', '.join(names)}")
 
 
-def _fields(cls: type) -> set[str]:
+def _fields(cls: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.Config)}

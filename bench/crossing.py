@@ -78,10 +78,10 @@ class TrainingState:
         with torch.no_grad():
             for target, saved in zip(_tensors(model), self.tensors, strict=True):
                 target.copy_(saved)
-        for o, saved in zip(optimizers_of(optimizer), self.optimizers, strict=True):
-            o.load_state_dict(copy.deepcopy(saved))  # it keeps the tensors it is given: never the snapshot's own
-        for g, saved in zip(_generators(optimizer, generators), self.generators, strict=True):
-            g.set_state(saved)
+        for o, state in zip(optimizers_of(optimizer), self.optimizers, strict=True):
+            o.load_state_dict(copy.deepcopy(state))  # it keeps the tensors it is given: never the snapshot's own
+        for g, generator_state in zip(_generators(optimizer, generators), self.generators, strict=True):
+            g.set_state(generator_state)
         torch.set_rng_state(self.rng["torch"])
         random.setstate(self.rng["python"])
         np.random.set_state(self.rng["numpy"])
@@ -217,18 +217,19 @@ class CrossingTracker:
         return found.get("usable", usable), found.get("raw", raw)
 
     def _replay(self, targets: dict[str, _Streak], losses: Sequence[float], measure: Measure) -> dict[str, Crossing]:
-        found = {kind: Crossing(0, 0, 1, s.start_utility) for kind, s in targets.items() if s.start == 0}
+        starts = {kind: s.start for kind, s in targets.items() if s.start is not None}  # every target crossed the grid
+        found = {kind: Crossing(0, 0, 1, s.start_utility) for kind, s in targets.items() if starts[kind] == 0}
         pending = {kind: s for kind, s in targets.items() if kind not in found}  # these share their anchor
         anchor = next((s for s in pending.values() if s.anchor is not None), None)
         if not pending or self.trajectory is None or anchor is None:
             return found
-        end = max(s.start for s in pending.values())
+        end = max(starts[kind] for kind in pending)
         begun = time.perf_counter()
         final = self.trajectory.save()
         self.trajectory.restore(anchor.anchor)
         try:
             for step in range(anchor.anchor_step + 1, end + 1):
-                if all(s.start == step for kind, s in pending.items() if kind not in found):
+                if all(starts[kind] == step for kind in pending if kind not in found):
                     # every step before was probed harmless and the grid probe here was harmful: no need to redo it
                     found |= {kind: Crossing(step, step, 1, s.start_utility) for kind, s in pending.items()
                               if kind not in found}
@@ -243,7 +244,7 @@ class CrossingTracker:
                 self.points.append(ReplayPoint(step, probe, usable))
                 for kind, harmful in (("usable", usable and harm), ("raw", harm)):
                     if kind in pending and kind not in found and harmful:
-                        found[kind] = Crossing(step, pending[kind].start, 1, float(probe.utility))
+                        found[kind] = Crossing(step, starts[kind], 1, float(probe.utility))
                 if len(found) == len(targets):
                     return found
             return found  # not reached: every target is found by its grid step at the latest

@@ -146,7 +146,7 @@ def _largest_ritz_value(alphas: Sequence[float], betas: Sequence[float]) -> floa
     return float(np.linalg.eigvalsh(tridiagonal)[-1])
 
 
-def _hessian_vector_product(params: Vector, grads: Sequence[torch.Tensor]) -> Callable[[Vector], Vector]:
+def _hessian_vector_product(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> Callable[[Vector], Vector]:
     # A gradient that does not depend on the parameters (loss linear in them) has no graph: its Hessian rows are 0.
     live = [i for i, g in enumerate(grads) if g.requires_grad]
 
@@ -159,7 +159,7 @@ def _hessian_vector_product(params: Vector, grads: Sequence[torch.Tensor]) -> Ca
     return product
 
 
-def _random_unit(params: Vector, seed: int) -> Vector:
+def _random_unit(params: Sequence[torch.Tensor], seed: int) -> Vector:
     """A seeded Gaussian direction of unit norm, drawn in float32 on each parameter's device, then cast to its dtype."""
     generators: dict[torch.device, torch.Generator] = {}
     vector = []

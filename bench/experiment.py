@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from bench.errors import BenchError, ConfigError
-from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 from bench.spec import RunSpec, resolve_plugin
 from bench.suite import SuiteRequest, validate_request
 from bench.yaml_dataclass import Parser, build, read_mapping
@@ -180,7 +180,8 @@ def validate_experiment(config: str | Path) -> list[RunSpec]:
     every error found, one per line (the default attack suite is checked once the task is valid: the task decides it).
     """
     request = build_request(config=config)
-    parts = [(TASKS, request.task, request.task_args), (DEFENSES, request.defense, request.defense_args)]
+    parts: list[tuple[Registry[Any], str, Mapping[str, Any]]] = [
+        (TASKS, request.task, request.task_args), (DEFENSES, request.defense, request.defense_args)]
     if request.attack is not None:
         parts.append((ATTACKS, request.attack, request.attack_args))
     errors: list[BenchError] = []

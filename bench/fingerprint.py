@@ -157,7 +157,8 @@ def changes(recorded: Any, current: Mapping[str, Any]) -> list[str]:
         elif bool(old.get("overrides")) != bool(plugin["overrides"]):
             now = "an override" if plugin["overrides"] else "the registered plugin"
             reasons.append(f"{plugin['kind']} {plugin['name']!r} is now {now}")
-    libraries = recorded.get("libraries") if isinstance(recorded.get("libraries"), Mapping) else {}
+    recorded_libraries = recorded.get("libraries")
+    libraries = recorded_libraries if isinstance(recorded_libraries, Mapping) else {}
     for name, version in current["libraries"].items():
         if libraries.get(name) != version:
             reasons.append(f"{name} {libraries.get(name)} -> {version}")

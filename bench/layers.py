@@ -7,7 +7,7 @@ by structure and fuse, split or freeze their factors. :class:`MLP` is the tiny v
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 from torch import nn
@@ -36,17 +36,22 @@ class FactoredLinear(nn.Module):
         self.in_features = factors[0].in_features
         self.out_features = factors[-1].out_features
 
+    @property
+    def linears(self) -> list[nn.Linear]:
+        """The factors, F_1 first (typed: ``nn.ModuleList`` items are plain modules to a type checker)."""
+        return cast("list[nn.Linear]", list(self.factors))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        compute_dtype = self.factors[0].weight.dtype
-        h = x.to(compute_dtype)
+        factors = self.linears
+        h = x.to(factors[0].weight.dtype)
         if self._product_first(h):
             # (F_k ... F_1) x equals F_k(... F_1(x)) and autograd still trains every factor; it is only cheaper.
-            weight = self.factors[0].weight
-            for factor in self.factors[1:]:
+            weight = factors[0].weight
+            for factor in factors[1:]:
                 weight = factor.weight @ weight
             h = nn.functional.linear(h, weight)
         else:
-            for factor in self.factors:
+            for factor in factors:
                 h = factor(h.to(factor.weight.dtype))
         h = h.to(x.dtype)
         return h + self.bias.to(x.dtype) if self.bias is not None else h
@@ -58,7 +63,7 @@ class FactoredLinear(nn.Module):
         plain ``nn.Linear`` factors of one dtype without hooks (a LoRA-wrapped or hooked factor must run its own
         forward). In floating point the two orders round differently, by the same order of magnitude.
         """
-        factors = self.factors
+        factors = self.linears
         if len(factors) < 2 or any(type(f) is not nn.Linear or f._forward_hooks or f._forward_pre_hooks
                                    or f.weight.dtype != x.dtype for f in factors):
             return False
@@ -69,13 +74,14 @@ class FactoredLinear(nn.Module):
         return product < sequential
 
     def factor(self, role: str) -> nn.Linear:
-        return self.factors[self.roles.index(role)]
+        return self.linears[self.roles.index(role)]
 
     @torch.no_grad()
     def fused_weight(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The product ``F_k ... F_1`` as one (out, in) matrix."""
-        weight = self.factors[0].weight.to(dtype)
-        for factor in self.factors[1:]:
+        factors = self.linears
+        weight = factors[0].weight.to(dtype)
+        for factor in factors[1:]:
             weight = factor.weight.to(dtype) @ weight
         return weight
 
@@ -113,7 +119,7 @@ def linear_weight(module: nn.Module, name: str = "layer") -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return module.weight
     if is_conv1d(module):
-        return module.weight.t()
+        return cast(torch.Tensor, module.weight).t()
     raise TypeError(f"{name} is a {type(module).__name__}, not a linear map (nn.Linear or transformers' Conv1D)")
 
 

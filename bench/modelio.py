@@ -40,7 +40,10 @@ def _build_transformers(spec: Mapping[str, Any]) -> nn.Module:
     cls = getattr(transformers, spec["class"], None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise DataError(f"manifest names unknown transformers model class {spec['class']!r}")
-    config = cls.config_class.from_dict(dict(spec["config"]))
+    config_class = cls.config_class
+    if config_class is None:
+        raise DataError(f"transformers model class {spec['class']!r} declares no config class")
+    config = config_class.from_dict(dict(spec["config"]))
     model = cls(config)
     # config.to_dict() does not keep the attention kernel choice; eager attention matters for double backward
     # (Hessian-vector products), which fused SDPA kernels do not implement.
@@ -60,8 +63,9 @@ def weights_identity(model: nn.Module) -> str:
 
 def transformers_architecture(model: nn.Module) -> dict[str, Any]:
     """The manifest architecture of a transformers model (class, config and attention implementation)."""
-    return {"kind": "transformers", "class": type(model).__name__, "config": model.config.to_dict(),
-            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    config: Any = model.config
+    return {"kind": "transformers", "class": type(model).__name__, "config": config.to_dict(),
+            "attn_implementation": getattr(config, "_attn_implementation", None)}
 
 
 def _build_diffusers_unet(spec: Mapping[str, Any]) -> nn.Module:
@@ -91,7 +95,7 @@ def build_architecture(spec: Mapping[str, Any]) -> nn.Module:
     kind = spec.get("kind")
     if kind not in BUILDERS:
         raise DataError(f"unknown architecture kind {kind!r}; known: {', '.join(BUILDERS)}")
-    return BUILDERS[kind](spec)
+    return BUILDERS[str(kind)](spec)
 
 
 def structure_of(model: nn.Module) -> list[dict[str, Any]]:
@@ -178,6 +182,7 @@ def _match_dtypes(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Give each parameter and buffer the dtype its saved tensor has: the builders make float32 models, and a
     bfloat16 model must reload as bfloat16 (``load_state_dict`` alone would copy it into float32)."""
     for name, tensor in state.items():
+        current: torch.Tensor
         try:
             current = model.get_parameter(name)
         except AttributeError:

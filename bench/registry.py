@@ -29,9 +29,12 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast
 
 from bench.errors import PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    from bench.contracts import Attack, Defense, Task
 
 T = TypeVar("T")
 
@@ -56,7 +59,7 @@ class Resolved(Generic[T]):
     """A registry lookup: the plugin class, and the preset's config overrides when a ``name.preset`` was given."""
 
     name: str
-    cls: type
+    cls: type[T]
     preset: str | None
     preset_args: dict[str, Any]
     parts: tuple["Resolved", ...] = ()
@@ -134,7 +137,7 @@ class Registry(Generic[T]):
         if existing is not None:
             overrides = self._replaced(name, f"{'entry point ' + dist + ', ' if dist else ''}{target}", override)
         self._entries[name] = _Entry(name=name, lazy=target, summary=summary, dist=dist, builtin=builtin,
-                                     overrides=overrides, replaced_target=existing and _target_of(existing))
+                                     overrides=overrides, replaced_target=_target_of(existing) if existing else None)
 
     def _add_class(self, name: str, cls: type, summary: str | None, *, override: bool = False) -> None:
         existing = self._entries.get(name)
@@ -161,7 +164,7 @@ class Registry(Generic[T]):
         config = getattr(cls, "Config", None)
         if not (inspect.isclass(config) and dataclasses.is_dataclass(config)):
             raise PluginError(f"{self.kind} {name!r}: {cls.__qualname__}.Config must be a dataclass")
-        if not config.__dataclass_params__.frozen:
+        if not config.__dataclass_params__.frozen:  # type: ignore[attr-defined]  # set on every dataclass
             raise PluginError(f"{self.kind} {name!r}: {cls.__qualname__}.Config must be frozen (@dataclass(frozen=True))")
         if self._config_base_target is not None:
             config_base = _import_target(self._config_base_target)
@@ -213,11 +216,11 @@ class Registry(Generic[T]):
         self.discover()
         return name.split(".", 1)[0] in self._entries
 
-    def get(self, name: str) -> type:
+    def get(self, name: str) -> type[T]:
         """The plugin class registered under ``name`` (loading it if it is a placeholder)."""
         return self.resolve(name).cls
 
-    def resolve(self, name: str) -> Resolved:
+    def resolve(self, name: str) -> Resolved[T]:
         """Look up ``name`` or ``name.preset`` and return the class with the preset's config overrides (or, where
         this registry composes, the composite of ``a+b.preset+c``)."""
         self.discover()
@@ -240,11 +243,12 @@ class Registry(Generic[T]):
             raise UnknownNameError(self._unknown_message(name, choices, what=f"preset of {self.kind} {base!r}"))
         return Resolved(name=base, cls=cls, preset=preset, preset_args=dict(presets[preset]))
 
-    def _load(self, entry: _Entry) -> type:
+    def _load(self, entry: _Entry) -> type[T]:
         if entry.target is not None:
             return entry.target
         if entry.load_error is not None:
             raise PluginError(f"{self.kind} {entry.name!r} ({self._describe(entry)}) cannot be loaded: {entry.load_error}")
+        assert entry.lazy is not None  # an entry holds a class or the target that loads one
         try:
             obj = _import_target(entry.lazy)
         except Exception as err:  # any import-time failure of a plugin is reported as the plugin's failure
@@ -258,7 +262,7 @@ class Registry(Generic[T]):
             except PluginError as err:
                 entry.load_error = str(err)
                 raise
-        return entry.target
+        return cast("type[T]", entry.target)
 
     def summary(self, name: str) -> str:
         self.discover()
@@ -302,7 +306,7 @@ class Registry(Generic[T]):
             return f"entry point {entry.dist}, {entry.lazy}"
         if entry.target is not None:
             return f"{entry.target.__qualname__} at {_source_of(entry.target)}"
-        return entry.lazy
+        return entry.lazy or entry.name
 
     def _unknown_message(self, name: str, choices: list[str], what: str | None = None) -> str:
         what = what or self.kind
@@ -367,6 +371,8 @@ def load_plugin(path: str | Path) -> None:
         if module_name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(module_name, file)
+        if spec is None or spec.loader is None:
+            raise PluginError(f"plugin file {file} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         try:
@@ -393,12 +399,12 @@ def _builtins_of(kind: str) -> Callable[[], list[tuple[str, str, str]]]:
     return builtins
 
 
-DEFENSES: Registry = Registry("defense", "bench.contracts:Defense", "bench.defenses", _builtins_of("defense"),
+DEFENSES: Registry[Defense] = Registry("defense", "bench.contracts:Defense", "bench.defenses", _builtins_of("defense"),
                               composer="bench.composition:resolve_composite")
-ATTACKS: Registry = Registry(
+ATTACKS: Registry[Attack] = Registry(
     "attack", "bench.contracts:Attack", "bench.attacks", _builtins_of("attack"), config_base="bench.contracts:AttackConfig"
 )
-TASKS: Registry = Registry(
+TASKS: Registry[Task] = Registry(
     "task", "bench.contracts:Task", "bench.tasks", _builtins_of("task"), config_base="bench.contracts:TaskConfig"
 )
-REGISTRIES: dict[str, Registry] = {"defenses": DEFENSES, "attacks": ATTACKS, "tasks": TASKS}
+REGISTRIES: dict[str, Registry[Any]] = {"defenses": DEFENSES, "attacks": ATTACKS, "tasks": TASKS}

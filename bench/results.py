@@ -75,7 +75,7 @@ SCHEMA = pa.schema(
 def metric_row(
     phase: str,
     metric: str,
-    value: float,
+    value: float | None,
     *,
     step: int | None = None,
     split: str = "",
@@ -84,7 +84,7 @@ def metric_row(
     ci: tuple[float, float] | None = None,
     censored: bool | None = None,
 ) -> dict[str, Any]:
-    """One measurement, before the run-level columns are attached."""
+    """One measurement, before the run-level columns are attached (``value`` None: not measured, stored as NaN)."""
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}")
     return {

@@ -24,13 +24,14 @@ def first_line(err: BaseException) -> str:
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it) is an allocation failure: Python's, torch's (CPU or CUDA)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        text = str(err).lower()
-        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or "out of memory" in text \
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        text = str(link).lower()
+        if isinstance(link, MemoryError) or type(link).__name__ == "OutOfMemoryError" or "out of memory" in text \
                 or "can't allocate memory" in text or "cannot allocate memory" in text:
             return True
-        err = err.__cause__ or err.__context__
+        link = link.__cause__ or link.__context__
     return False
 
 

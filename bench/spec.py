@@ -18,6 +18,9 @@ from bench.config import build_config, canonical_json, config_to_dict, stable_ha
 from bench.errors import ConfigError
 from bench.registry import ATTACKS, DEFENSES, TASKS, Registry
 
+StageKind = Literal["released", "defended"]
+"""The two cached stages of a run: the released model and the defended one."""
+
 SPEC_VERSION = 1
 TASK_DEFAULTED_ATTACK_FIELDS = ("budget", "eval_every", "batch_size")
 PURPOSES = ("attack", "lr-probe")
@@ -136,7 +139,7 @@ class RunSpec:
         return (f"{self.task.label}/{self.tier}{model}:defense={self.defense_label},"
                 f"attack={self.attack_label},seed={self.seed}{probe}{suite}")
 
-    def stage_key(self, stage: Literal["released", "defended"]) -> str:
+    def stage_key(self, stage: StageKind) -> str:
         """Content hash of the spec's part of what a stage depends on: the key under which a
         :class:`~bench.stages.Session` memoises it in memory, and part of its on-disk key (:mod:`bench.stage_cache`
         adds the code versions, the task's provenance and the device)."""

@@ -145,6 +145,7 @@ class StageStore:
                     if problem is None:  # another process finished the same entry first: use it
                         return final
                     self.discard(final, problem)
+            assert error is not None  # every attempt failed: the last one set it
             raise error
         finally:
             if tmp.exists():
@@ -200,7 +201,7 @@ class StageStore:
 
     def entries(self) -> list[CacheEntry]:
         """The finished stage entries (temporary and trashed directories are not listed)."""
-        found = []
+        found: list[CacheEntry] = []
         if not self.root.is_dir():
             return found
         for path in sorted(self.root.iterdir()):

@@ -46,7 +46,7 @@ from bench.errors import ConfigError, DataError, FunctionDriftError, PluginError
 from bench.layers import count_parameters
 from bench.metrics import function_preservation, retained_utility
 from bench.registry import DEFENSES, TASKS
-from bench.spec import RunSpec
+from bench.spec import RunSpec, StageKind
 from bench.stage_cache import StageStore, stage_key
 from bench.stage_clock import StageClock, part
 
@@ -177,21 +177,23 @@ class Session:
         key = self._disk_key(spec, "released", task, device)
         if key is None:
             return _measure_released(task)
+        store = self._store
+        assert store is not None  # it made the key
 
         def read(path: Path) -> ReleasedStage:
             return ReleasedStage(task, **stage_codec.read_released(path), source="disk")
 
         def build() -> ReleasedStage:
             stage = _measure_released(task)
-            written = _write_stage(self._store, key, _entry_meta(spec, "released", device),
+            written = _write_stage(store, key, _entry_meta(spec, "released", device),
                                    lambda tmp: stage_codec.write_released(tmp, stage))
-            adopted = _read_stage(self._store, key, read) if written else None
+            adopted = _read_stage(store, key, read) if written else None
             if adopted is None:
                 return stage
             adopted.source = "built"  # read back, as every run uses exactly what other processes read; built here
             return adopted
 
-        return _read_or_build(self._store, key, read, build)
+        return _read_or_build(store, key, read, build)
 
     def _defended_stage(self, spec: RunSpec) -> DefendedStage:
         released = self.released(spec)  # builds the task (cheap on tiny); never the defense when it is on disk
@@ -199,6 +201,8 @@ class Session:
         key = self._disk_key(spec, "defended", released.task, device)
         if key is None:
             return _build_defended(spec, released, self.allow_function_drift, self.progress)
+        store = self._store
+        assert store is not None  # it made the key
 
         as_released = not DEFENSES.get(spec.defense.name).changes_weights
 
@@ -209,18 +213,18 @@ class Session:
         def build() -> DefendedStage:
             stage = _build_defended(spec, released, self.allow_function_drift, self.progress)
             task = released.task
-            written = _write_stage(self._store, key, _entry_meta(spec, "defended", device),
+            written = _write_stage(store, key, _entry_meta(spec, "defended", device),
                                    lambda tmp: stage_codec.write_defended(tmp, stage, task.architecture(),
                                                                           with_model=not as_released))
             if written is None:
                 return stage
             if as_released:  # its entry's model is a copy of the released one: nothing of the defense to round-trip
-                return _read_stage(self._store, key, read) or stage
-            return _adopt_written(self._store, key, stage, task, read, device)
+                return _read_stage(store, key, read) or stage
+            return _adopt_written(store, key, stage, task, read, device)
 
-        return _read_or_build(self._store, key, read, build)
+        return _read_or_build(store, key, read, build)
 
-    def _disk_key(self, spec: RunSpec, stage: str, task: TaskInstance, device: torch.device) -> str | None:
+    def _disk_key(self, spec: RunSpec, stage: StageKind, task: TaskInstance, device: torch.device) -> str | None:
         if self._store is None:
             return None
         plugins = [TASKS.get(spec.task.name)]
@@ -403,7 +407,7 @@ def _check_unchanged(spec: RunSpec, released: nn.Module, defended: nn.Module) ->
 # -------------------------------------------------------------------------------------------------------------
 # Stages on disk
 # -------------------------------------------------------------------------------------------------------------
-def _entry_meta(spec: RunSpec, stage: str, device: torch.device) -> dict[str, Any]:
+def _entry_meta(spec: RunSpec, stage: StageKind, device: torch.device) -> dict[str, Any]:
     """What ``bench cache ls`` shows of an entry."""
     meta: dict[str, Any] = {"kind": stage, "task": spec.task.label, "tier": spec.tier, "model": spec.model,
                             "device": device.type, "spec_key": spec.stage_key(stage)}

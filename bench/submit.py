@@ -82,7 +82,8 @@ def check_submission(folder: str | Path, claims: Sequence[str | Path] = (), *, n
         if version != str(SCHEMA_VERSION):
             bad[f"results schema version {version} (this bench reads {SCHEMA_VERSION}): rerun with this bench"
                 ].append(run_id)
-        provenance = info.get("provenance") if isinstance(info.get("provenance"), dict) else {}
+        recorded_provenance = info.get("provenance")
+        provenance = recorded_provenance if isinstance(recorded_provenance, dict) else {}
         for key, what in PROVENANCE_FIELDS:
             if not provenance.get(key):
                 bad[f"provenance lacks {what} (provenance.{key} in run.json)"].append(run_id)
@@ -94,8 +95,9 @@ def check_submission(folder: str | Path, claims: Sequence[str | Path] = (), *, n
             continue
         if spec.run_id != run_id:
             bad["run id differs from its spec's (written by another bench version, or edited)"].append(run_id)
-        key = (canonical_json(spec.task.identity()), spec.tier, spec.model, canonical_json(spec.defense.identity()))
-        group = groups.setdefault(key, _Group(spec, where=f"{spec.task.label} ({spec.tier}) × {spec.defense_label}"))
+        group_key = (canonical_json(spec.task.identity()), spec.tier, spec.model,
+                     canonical_json(spec.defense.identity()))
+        group = groups.setdefault(group_key, _Group(spec, where=f"{spec.task.label} ({spec.tier}) × {spec.defense_label}"))
         group.seeds.add(spec.seed)
     problems += [f"{len(ids)} run(s): {message}: {_ids(ids)}" for message, ids in bad.items()]
     for group in groups.values():

@@ -120,8 +120,11 @@ def _check_plugin(check: CodeCheck, kind: str, name: str, entries: Mapping[str, 
                               "own and rerun")
         return
     registry = REGISTRIES.get(f"{kind}s")
+    if registry is None:
+        check.problems.append(f"the runs record a plugin of unknown kind {kind!r} ({name!r})")
+        return
     try:
-        cls = registry.get(name)
+        cls: type = registry.get(name)
     except (BenchError, AttributeError) as err:
         why = str(err).splitlines()[0] if str(err) else type(err).__name__
         check.problems.append(f"{kind} {name!r} cannot be loaded here ({why}): pass its plugin file with --plugin FILE")
@@ -145,7 +148,9 @@ def _check_plugin(check: CodeCheck, kind: str, name: str, entries: Mapping[str, 
         check.problems.append(f"{kind} {name!r}: its source here ({info['origin']}, {now}) is not the code the runs "
                               f"recorded ({recorded.get('hash')}): pass the plugin file the runs were made with")
     else:
-        root, files = plugin_files(cls)
+        found = plugin_files(cls)
+        assert found is not None  # it has a version (now), so it has its source files
+        root, files = found
         check.sources.append(PluginSource(kind, name, now, f"{cls.__module__}:{cls.__qualname__}", root, tuple(files)))
         if kind == "task":
             check.new_tasks.append(name)

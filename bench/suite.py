@@ -145,8 +145,9 @@ def run_suites(
     finally:
         bar.close()
     for position, index in enumerate(live):
-        stopped.setdefault(index, pool.stopped.get(position))
-    return [stopped[i] or SuiteReport(planner.records_of(live.index(i)), rerun=pool.rerun, kept_stale=pool.kept_stale)
+        if position in pool.stopped:
+            stopped.setdefault(index, pool.stopped[position])
+    return [stopped.get(i) or SuiteReport(planner.records_of(live.index(i)), rerun=pool.rerun, kept_stale=pool.kept_stale)
             for i in range(len(requests))]
 
 
@@ -257,7 +258,7 @@ class _Pool:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         result = record_failure(spec, self.session, error, started_at=started_at, wall=0.0,
                                 details={"stage": "defended", "prepare_error": error})
-        return RunRecord(spec, "failed", {}, result.error, False, self.family_of.get(spec.run_id))
+        return RunRecord(spec, "failed", {}, result.error, False, self.family_of.get(spec.run_id, ""))
 
     def submittable(self, specs: list[RunSpec]) -> list[RunSpec]:
         """``specs`` less the runs whose stage failed to build; those are recorded as failed and fed to the planner
@@ -291,8 +292,8 @@ class _Pool:
             todo: list[RunSpec] = []
             for family, spec in planner.wave():
                 self.family_of[spec.run_id] = family
-                if planner.record_of(spec.run_id) is not None:  # this pool ran it already, for another family
-                    records[spec.run_id] = planner.record_of(spec.run_id)
+                if (ran := planner.record_of(spec.run_id)) is not None:  # this pool ran it already, for another family
+                    records[spec.run_id] = ran
                 elif self.reusable(spec):
                     records[spec.run_id] = self.resumed(spec)
                     self.finished(records[spec.run_id])

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from bench.config import build_config, config_to_dict
-from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions
+from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions, Trajectory
 from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
@@ -215,12 +215,12 @@ class RecordingMonitor:
     keep_states: bool = False
     calls: list[tuple] = dataclasses.field(default_factory=list)
     """("begin", model) and ("step", model, step, loss, examples), in call order."""
-    trajectory: object = None
+    trajectory: Trajectory | None = None
     """The :class:`~bench.contracts.Trajectory` the attack passed to ``begin`` (None: none)."""
     start_state: object = None
     states: list[list[torch.Tensor]] = dataclasses.field(default_factory=list)
 
-    def begin(self, model: nn.Module, trajectory=None) -> None:
+    def begin(self, model: nn.Module, trajectory: Trajectory | None = None) -> None:
         self.calls.append(("begin", model))
         self.trajectory = trajectory
         if self.keep_states and trajectory is not None:
@@ -241,6 +241,7 @@ def check_replay(monitor: RecordingMonitor, model: nn.Module, where: str) -> Non
     """The attack's trajectory replays its run bit for bit: restored to step 0 and stepped again, every step gives the
     loss and the parameters and buffers the run had (what exact crossings rely on, :mod:`bench.crossing`)."""
     losses = [call[3] for call in monitor.calls if call[0] == "step"]
+    assert monitor.trajectory is not None, f"{where}: the attack passed no trajectory to begin()"
     monitor.trajectory.restore(monitor.start_state)
     for step, (loss, state) in enumerate(zip(losses, monitor.states), start=1):
         again = monitor.trajectory.step(step)
@@ -271,7 +272,8 @@ def applicable_pairs(registry, names: Sequence[str] | None = None) -> tuple[list
     (:mod:`bench.applicability`), for parametrizing conformance tests."""
     from bench.applicability import applies
 
-    fits, misfits = [], []
+    fits: list[tuple[str, str]] = []
+    misfits: list[tuple[str, str]] = []
     for name in names if names is not None else registry.names():
         for task in TASKS.names():
             (fits if applies(registry.resolve(name).cls, TASKS.get(task)) else misfits).append((name, task))
@@ -292,16 +294,16 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3, task: s
     task_name = task or attack_check_task(cls)
     task_cls = TASKS.get(task_name)
     task_cfg = build_config(task_cls.Config, dict(task_cls.smoke_args), where=f"task {task_name!r}")
-    task = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
+    built = task_cls().build(task_cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     specdef = DEFENSES.get("specdef")
-    defended = specdef().apply(copy.deepcopy(task.model), task.defender_view(),
+    defended = specdef().apply(copy.deepcopy(built.model), built.defender_view(),
                                build_config(specdef.Config, ATTACK_CHECK_DEFENSE, where="defense 'specdef'"),
                                generator=torch.Generator().manual_seed(0)).model
     cfg = build_config(cls.Config, {"budget": budget, "eval_every": stop_at, "batch_size": 8}, where=f"attack {name!r}")
-    for label, released in (("released", task.model), ("SpecDef-defended", defended)):
+    for label, released in (("released", built.model), ("SpecDef-defended", defended)):
         model = copy.deepcopy(released).train()
         monitor = RecordingMonitor(budget=budget, stop_at=stop_at)
-        report = cls().run(model, task, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
+        report = cls().run(model, built, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
         where = f"attack {name!r} on the {label} {task_name} model"
         assert isinstance(report, AttackReport), f"{where}: run() returned {type(report).__name__}, not an AttackReport"
         kinds = [call[0] for call in monitor.calls]
@@ -317,9 +319,9 @@ def check_attack(name: str, cache, *, budget: int = 6, stop_at: int = 3, task: s
         passed.append(f"{task_name} ({label}): begin once, steps 1..{stop_at} with finite losses, stops when told")
     # Left alone, the attack runs its whole budget: quitting before it with no stop request (harm, divergence) would
     # pass off a short run as a defense that held. A trajectory, when given, must replay the run bit for bit.
-    model = copy.deepcopy(task.model).train()
+    model = copy.deepcopy(built.model).train()
     monitor = RecordingMonitor(budget=budget, stop_at=budget + 1, keep_states=True)
-    cls().run(model, task, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
+    cls().run(model, built, cfg, generator=torch.Generator().manual_seed(0), monitor=monitor)
     where = f"attack {name!r} on the released {task_name} model"
     steps = [call[2] for call in monitor.calls[1:]]
     assert steps == list(range(1, budget + 1)), (

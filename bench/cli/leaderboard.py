@@ -55,10 +55,10 @@ def main(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if not results.is_dir():
         raise DataError(f"results directory {results} does not exist (run `bench run` first)")
-    submissions = Path(args.submissions) if args.submissions else default_submissions_dir()
-    if args.submissions and not submissions.is_dir():
-        raise DataError(f"submissions folder {submissions} does not exist")
-    submissions = submissions if submissions.is_dir() else None
+    folder = Path(args.submissions) if args.submissions else default_submissions_dir()
+    if args.submissions and not folder.is_dir():
+        raise DataError(f"submissions folder {folder} does not exist")
+    submissions = folder if folder.is_dir() else None
     run_ids = None
     if args.sweep:
         from bench.sweep import plan_file

@@ -71,7 +71,7 @@ def spec_from_args(args: argparse.Namespace):
                  for key, values in parse_assignments(args.space, "--space").items()}
     attacks = tuple(Entry(name=name, args=parse_assignments(rest, f"--attack {name}"), where=f"--attack {name}")
                     for name, *rest in (args.attack or [[DEFAULT_SUITE]]))
-    budgets = ()
+    budgets: tuple[float, ...] = ()
     if args.budgets:
         try:
             budgets = tuple(float(b) for b in args.budgets.split(",") if b.strip())
@@ -142,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
 
         name = args.write_preset or f"tuned-{spec.task}"
         base = spec.defense.partition(".")[0]
-        layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **tuning.selected_args}
+        layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **(tuning.selected_args or {})}
         path = write_preset(base, name, layered, task=spec.task, tier=spec.tier,
                             command=command, tune_id=spec.tune_id,
                             selected_from=f"{len(tuning.table)} candidates; {tuning.table['rule'].iloc[0]}")

@@ -141,6 +141,7 @@ def make_executor(name: str, session, options, *, tier: str, jobs: int | str = "
     if run_timeout is not None and run_timeout <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {run_timeout}")
     if name == "local":
+        assert n is not None  # the local executor always resolves its job count
         isolation = isolation or ("subprocess" if n > 1 or run_timeout else "none")
         if isolation not in ("none", "subprocess"):
             raise ConfigError(f"--isolation must be none or subprocess, got {isolation!r}")

@@ -297,7 +297,7 @@ class _Worker:
         if not self._send(job):
             return None
         while b"\n" not in self._buffer:
-            if stop.is_set():
+            if stop.is_set() or self._results is None:  # (None: this worker was closed)
                 return None
             if deadline is not None and time.monotonic() > deadline:
                 return TIMED_OUT
