@@ -578,3 +578,14 @@ class Attack(abc.ABC):
         self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator", monitor: Monitor
     ) -> AttackReport:
         """Fine-tune ``model`` in place, reporting each optimizer step to ``monitor`` and stopping when it says so."""
+
+    def shared_run(
+        self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator"
+    ) -> Mapping[str, Any] | None:
+        """What makes this run the very trajectory of runs of *other* attacks on the same defended model, decided
+        before it starts from the model's structure (never from results): a JSON-able description that attacks
+        producing the same trajectory return alike (e.g. every adaptive attack's plain fine-tuning fallback on a
+        model without linear chains, :mod:`attacks._adaptive`), so the runner runs it once and records it for each
+        (:mod:`bench.shared_runs`). Must consume no randomness (``generator``'s state, torch's global one) and leave
+        ``model`` as it found it. None (the default): this run is its own."""
+        return None
