@@ -3,11 +3,20 @@
 Each adaptive attack restructures the model from its *structure* (see :mod:`attacks._structure`), checks on its own
 batch that the rewrite kept the function, records what it found, and then fine-tunes with the shared recipe. On a
 model without chains it says so (``fallback: true``) and fine-tunes plainly.
+
+That fallback is the same trajectory whichever adaptive attack takes it: with no chain found nothing is rewritten
+(no rewrite draws random numbers or adds parameters), and what follows is the shared loop with the shared recipe,
+fed by the same generator. :meth:`AdaptiveAttack.shared_run` says so before the run (from the model's structure), so
+the runner runs it once per recipe and records it for every adaptive family (:mod:`bench.shared_runs`; proved by
+``tests/test_shared_runs.py``). It is not the trajectory of ``full-ft`` with that recipe: the adaptive attack first
+draws the seed of its checking batch from the generator, which shifts the data stream.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -55,3 +64,37 @@ class AdaptiveAttack(Attack):
         info = {"chains_found": len(chains), "chains_rewritten": len(done), "rewritten": done, "skipped": skipped,
                 "fallback": not done}
         return fine_tune(model, task, cfg, generator=generator, monitor=monitor, params_added=added, info=info)
+
+    def shared_run(self, model: nn.Module, task: TaskInstance, cfg: FineTuneConfig, *,
+                   generator: torch.Generator) -> Mapping[str, Any] | None:
+        """The plain fine-tuning recipe when ``model`` has no linear chain (every adaptive attack then runs the same
+        trajectory, see the module docstring), else None. Traces the model as :meth:`run` will, on a copy of the
+        generator and with torch's random state restored, so the run that follows draws exactly what it would."""
+        if type(self).run is not AdaptiveAttack.run:  # a subclass with its own loop: its own trajectory
+            return None
+        with _restored_random_state(model):
+            outputs = output_probe(task, cfg.batch_size, _copy(generator))
+            was_training = model.training
+            model.eval()
+            try:
+                chains = find_chains(model, outputs)
+            finally:
+                model.train(was_training)
+        if chains:
+            return None
+        recipe = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(FineTuneConfig)}
+        return {"fallback": "adaptive attack without linear chains: plain fine-tuning", "recipe": recipe}
+
+
+def _copy(generator: torch.Generator) -> torch.Generator:
+    twin = torch.Generator(device=generator.device)
+    twin.set_state(generator.get_state())
+    return twin
+
+
+@contextlib.contextmanager
+def _restored_random_state(model: nn.Module) -> Iterator[None]:
+    """torch's global random state (CPU, and the model's CUDA device) as it was before the block."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield

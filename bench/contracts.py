@@ -425,6 +425,17 @@ class TaskInstance(abc.ABC):
         return utility <= factor * released_utility
 
 
+@dataclass(frozen=True)
+class StageIdentity:
+    """What identifies a task's measured stages without building the task (:meth:`Task.stage_identity`)."""
+
+    identity: Mapping[str, Any]
+    """JSON-able identities of what the built task depends on beyond its config and the source files of its plugin
+    (both always key a stage), e.g. an external dataset's library version; may be empty."""
+    portable: bool
+    """The built instance's :attr:`TaskInstance.stage_portable` (checked when the task is built)."""
+
+
 class Task(abc.ABC):
     """A plugin that builds :class:`TaskInstance` objects for a tier (the same for every run seed)."""
 
@@ -454,6 +465,16 @@ class Task(abc.ABC):
         The released model and the data splits do not depend on the run seed: the released model is one published
         artefact, and evaluation items stay fixed so that released and defended models are compared pairwise.
         """
+
+    @classmethod
+    def stage_identity(cls, cfg: Any, *, tier: str, model: str | None) -> StageIdentity | None:
+        """The stage-cache identity of the task built with ``cfg`` on ``tier``, known *without building it*, where the
+        built task is a function of its config, its plugin's source files and the fingerprinted libraries (a tiny
+        tier's released model is trained from a recipe and cached): a worker then looks a stage up, and a sweep
+        skips preparing the stages already on disk, without importing the task's libraries or loading its model.
+        None (the default; a real tier, whose released weights are hashed): stages are keyed by the built task's
+        :meth:`TaskInstance.provenance`."""
+        return None
 
     @abc.abstractmethod
     def default_attacks(self, cfg: Any, tier: str) -> list[AttackSweep]:
@@ -578,3 +599,14 @@ class Attack(abc.ABC):
         self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator", monitor: Monitor
     ) -> AttackReport:
         """Fine-tune ``model`` in place, reporting each optimizer step to ``monitor`` and stopping when it says so."""
+
+    def shared_run(
+        self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator"
+    ) -> Mapping[str, Any] | None:
+        """What makes this run the very trajectory of runs of *other* attacks on the same defended model, decided
+        before it starts from the model's structure (never from results): a JSON-able description that attacks
+        producing the same trajectory return alike (e.g. every adaptive attack's plain fine-tuning fallback on a
+        model without linear chains, :mod:`attacks._adaptive`), so the runner runs it once and records it for each
+        (:mod:`bench.shared_runs`). Must consume no randomness (``generator``'s state, torch's global one) and leave
+        ``model`` as it found it. None (the default): this run is its own."""
+        return None

@@ -167,15 +167,27 @@ def run_directories(results_dir: Path) -> list[Path]:
     return sorted(p.parent for p in results_dir.glob(f"*/{RUN_JSON}"))
 
 
+def successful_run(directory: Path) -> dict[str, Any] | None:
+    """The one answer to "is this run already done?": the run's ``run.json`` when it records a success and its
+    metrics file reads, else None (absent, failed, unreadable ``run.json``, or a missing or truncated metrics file:
+    no result to reuse, the run runs again). A sweep's resume (:func:`completed_run_ids`), a run's claim on its
+    directory (:mod:`bench.run_claim`) and the executors reading a worker's run back all decide with it."""
+    directory = Path(directory)
+    try:
+        info = json.loads((directory / RUN_JSON).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(info, dict) or info.get("status") != "success" or not readable_metrics(directory / METRICS):
+        return None
+    return info
+
+
 def completed_run_ids(results_dir: Path) -> set[str]:
-    """Runs whose ``run.json`` says ``success`` (and whose metrics file exists): a sweep skips these."""
+    """The runs under ``results_dir`` that :func:`successful_run` finds done: a sweep skips these."""
     done = set()
     for directory in run_directories(results_dir):
-        try:
-            info = read_run_json(directory)
-        except DataError:
-            continue
-        if info.get("status") == "success" and readable_metrics(directory / METRICS):
+        info = successful_run(directory)
+        if info is not None:
             done.add(info.get("run_id", directory.name))
     return done
 

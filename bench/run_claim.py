@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.results import METRICS, RUN_JSON, readable_metrics
+from bench.results import successful_run
 
 CLAIM_LOCK = ".claim.lock"
 CLAIM_OWNER = ".claim.json"
@@ -35,16 +35,6 @@ def owner_of(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def recorded_success(run_dir: Path) -> dict[str, Any] | None:
-    """The run.json of a run recorded as a success with a readable metrics file, else None (a truncated file is no
-    result to reuse: the run runs again)."""
-    try:
-        info = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return info if info.get("status") == "success" and readable_metrics(run_dir / METRICS) else None
-
-
 def claimed_run(run_dir: Path, execute: Callable[[], Any], reuse: Callable[[dict[str, Any]], Any]) -> Any:
     """``execute()`` the run while holding its claim, or ``reuse(run_json)`` when a process holding (or having held)
     the claim recorded it as a success meanwhile."""
@@ -57,7 +47,7 @@ def claimed_run(run_dir: Path, execute: Callable[[], Any], reuse: Callable[[dict
     except filelock.Timeout:
         _wait(lock, run_dir)
     try:
-        done = recorded_success(run_dir)
+        done = successful_run(run_dir)
         if done is not None:
             return reuse(done)
         (run_dir / CLAIM_OWNER).write_text(json.dumps({

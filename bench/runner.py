@@ -13,10 +13,15 @@ chat model that was never safety-tuned) is not attacked: its run records steps-t
 records the seconds of each part of the stages it used (``stage_seconds`` in run.json) and where each stage came
 from (``stage_source``: built, read from the disk cache, or already in memory from an earlier run), and the
 fingerprint of the code that made it (``fingerprint``, :mod:`bench.fingerprint`), which resume checks.
+
+A run whose attack says, before it starts, that it is the very trajectory of runs of other attacks (an adaptive
+attack's fallback on a model without linear chains) is run once per results folder; the others record its attack,
+marked ``reused_from`` (:mod:`bench.shared_runs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -29,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from bench import results
+from bench import results, shared_runs
 from bench.attack_record import attack_summary, metric_fields, probe_rows, summary_rows
 from bench.errors import PluginError
 from bench.fingerprint import code_fingerprint, overrides
@@ -210,42 +215,69 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
     defense_report: dict[str, Any] = {}
     task_provenance: dict[str, Any] = {}
     stages: dict[str, dict[str, Any]] = {}
-    try:
-        released = session.released(spec)
-        stages["released"] = session.stage_timing(released)
-        task_provenance = dict(released.task.provenance())
-        rows += released.rows
-        rows.append(primary_utility_row(released))
-        defended = session.defended(spec)
-        stages["defended"] = session.stage_timing(defended)
-        rows += defended.rows
-        defense_report = {
-            "layers": list(defended.report.layers),
-            "info": dict(defended.report.info),
-            "params_added": defended.params_added,
-            "seconds": defended.seconds,
-        }
-        if defended.already_harmful is None:
-            attack_rows, summary, metrics, samples = _attack(spec, released, defended)
-        else:
-            attack_rows, summary, metrics, samples = _harmful_from_the_start(spec, released, defended)
-        if released.already_harmful is not None:
-            summary["released_already_harmful"] = released.already_harmful
-        rows += attack_rows
-        if samples is not None:
-            save_png(samples, session.results_dir / spec.run_id / results.SAMPLES_PNG)
-            summary["samples"] = results.SAMPLES_PNG
-    except KeyboardInterrupt:
-        raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
-    except Exception as err:  # a crashing plugin or bad data fails this run, not the sweep
-        status = "failed"
-        error = f"{type(err).__name__}: {err}"
-        tb = traceback.format_exc()
-    return _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error, tb=tb,
-                   started_at=started_at, wall=time.perf_counter() - start, defense_report=defense_report,
-                   task_provenance=task_provenance, peak_scoped=peak_scoped,
-                   extra={"stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
-                          "stage_source": {name: stage["source"] for name, stage in stages.items()}})
+    shared_key: str | None = None
+    source = None
+    with contextlib.ExitStack() as held:  # a shared trajectory's lock, held until this run is recorded
+        try:
+            released = session.released(spec)
+            stages["released"] = session.stage_timing(released)
+            task_provenance = dict(released.task.provenance())
+            rows += released.rows
+            rows.append(primary_utility_row(released))
+            defended = session.defended(spec)
+            stages["defended"] = session.stage_timing(defended)
+            rows += defended.rows
+            defense_report = {
+                "layers": list(defended.report.layers),
+                "info": dict(defended.report.info),
+                "params_added": defended.params_added,
+                "seconds": defended.seconds,
+            }
+            samples = None
+            if defended.already_harmful is not None:
+                attack_rows, summary, metrics, samples = _harmful_from_the_start(spec, released, defended)
+            else:
+                shared_key = _shared_key(spec, session, released, defended)
+                if shared_key is not None:
+                    source = held.enter_context(shared_runs.claim(session.results_dir, shared_key))
+                if source is not None:  # the same trajectory, already run: recorded, not run again
+                    attack_rows, summary, metrics = shared_runs.reused_attack(source, session.results_dir / spec.run_id)
+                else:
+                    attack_rows, summary, metrics, samples = _attack(spec, released, defended)
+            if released.already_harmful is not None:
+                summary["released_already_harmful"] = released.already_harmful
+            rows += attack_rows
+            if samples is not None:
+                save_png(samples, session.results_dir / spec.run_id / results.SAMPLES_PNG)
+                summary["samples"] = results.SAMPLES_PNG
+        except KeyboardInterrupt:
+            raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
+        except Exception as err:  # a crashing plugin or bad data fails this run, not the sweep
+            status = "failed"
+            error = f"{type(err).__name__}: {err}"
+            tb = traceback.format_exc()
+        result = _record(spec, session, status=status, rows=rows, summary=summary, metrics=metrics, error=error,
+                         tb=tb, started_at=started_at, wall=time.perf_counter() - start,
+                         defense_report=defense_report, task_provenance=task_provenance, peak_scoped=peak_scoped,
+                         extra={"stage_seconds": {name: stage["seconds"] for name, stage in stages.items()},
+                                "stage_source": {name: stage["source"] for name, stage in stages.items()}})
+        if shared_key is not None and source is None and status == "success":
+            shared_runs.publish(session.results_dir, shared_key, spec.run_id)
+        return result
+
+
+def _shared_key(spec: RunSpec, session: Session, released: ReleasedStage, defended: DefendedStage) -> str | None:
+    """The key of the trajectory this run shares with runs of other attacks (:mod:`bench.shared_runs`), decided
+    from the defended model's structure before the attack starts; None: the run is its own."""
+    _, _, attack_cfg = spec.configs()
+    generator = torch.Generator().manual_seed(derive_seed(spec.seed, "attack-data"))  # as _attack's
+    description = ATTACKS.get(spec.attack.name)().shared_run(defended.model, released.task, attack_cfg,
+                                                             generator=generator)
+    if description is None:
+        return None
+    return shared_runs.shared_key(description, defended_stage=spec.stage_key("defended"), purpose=spec.purpose,
+                                  device=session.device_for(spec).type,
+                                  allow_function_drift=session.allow_function_drift)
 
 
 def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: str, wall: float,

@@ -19,8 +19,11 @@ What invalidates an entry (it is then simply not found, and rebuilt under a new 
 
 - the stage's part of the spec (:meth:`~bench.spec.RunSpec.stage_key`: task and its config, tier, model; defended
   stage: also the defense and its config, the seed, and whether function drift is allowed);
-- the built task's provenance: its data and released-model identities (on the real tier, the weights' sha256, so a
-  changed checkpoint behind the same ``--model`` path is a new key);
+- what the task is beyond its config and code: where the task can say so without being built
+  (:meth:`~bench.contracts.Task.stage_identity`, the tiny tiers: e.g. the version of a library whose bundled data it
+  reads), that identity, so a stage is looked up without building the task; else the built task's provenance: its
+  data and released-model identities (on the real tier, the weights' sha256, so a changed checkpoint behind the same
+  ``--model`` path is a new key);
 - the device type the stage is measured on (``cpu``, ``cuda``), unless the task declares its stages portable
   (:attr:`~bench.contracts.TaskInstance.stage_portable`: the tiny tiers), so that a stage a CPU built is read by
   GPU workers too (``entry.json`` records the device it was built on);

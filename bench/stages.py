@@ -9,7 +9,9 @@ stage's build is timed, and shown as it runs (:mod:`bench.stage_clock`).
 A stage is looked up in memory first, then in the on-disk stage cache (:mod:`bench.stage_cache`), and only then
 built and written there, so runs in other processes or on other machines sharing the cache directory reuse it: a
 cached defended stage is read back (the model with :mod:`bench.modelio`), never re-applied. The task itself is always
-built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself). A freshly built stage is written,
+built (:meth:`~bench.contracts.Task.build` caches a tiny released model itself), but a stage's key needs it only
+where its task cannot say what it is without being built (:meth:`~bench.contracts.Task.stage_identity`: the tiny
+tiers can), so a sweep skips the stages already on disk without building their tasks. A freshly built stage is written,
 then read back, so every run uses exactly what other processes read. That is also how a sweep with local workers
 prepares the defended stages in parallel: :meth:`Session.defended_to_prepare` names them (reading or building their
 released stages here), and the workers build them into the cache or find them there, for every run to read.
@@ -134,7 +136,8 @@ class Session:
     def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
         """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go
         to the on-disk cache (else none): what worker processes can build, or find already built, before the runs,
-        writing it where this session and every run read it, so that this process need not load it. Their released
+        writing it where this session and every run read it, so that this process need not load it. A stage already
+        on disk is not named where that is known without building its task (:meth:`on_disk`). Their released
         stages are built (or read) here first, with their progress shown: a released model's first build (minutes
         on the diffusion tiers) is visible, and done once, not in every worker; one that fails is left for the
         caller's own build to report."""
@@ -146,6 +149,8 @@ class Session:
             key = spec.stage_key("defended")
             if key not in seen and key not in self._defended:
                 seen.add(key)
+                if self.on_disk(spec):  # built already: each run's worker reads it; nothing to build, here or there
+                    continue
                 todo.append(spec)
                 try:
                     self.released(spec)
@@ -224,16 +229,37 @@ class Session:
 
         return _read_or_build(store, key, read, build)
 
-    def _disk_key(self, spec: RunSpec, stage: StageKind, task: TaskInstance, device: torch.device) -> str | None:
+    def on_disk(self, spec: RunSpec, stage: StageKind = "defended") -> bool:
+        """Whether ``spec``'s stage is in the on-disk cache, intact, decided without building its task where the
+        task's stages are keyed by :meth:`~bench.contracts.Task.stage_identity` (False where that needs the task)."""
+        if self._store is None:
+            return False
+        key = self._disk_key(spec, stage, None, self.device_for(spec))
+        return key is not None and self._store.read(key) is not None
+
+    def _disk_key(self, spec: RunSpec, stage: StageKind, task: TaskInstance | None, device: torch.device) -> str | None:
+        """The stage's on-disk key, or None: not cached on disk (or, with no ``task``, not known without it)."""
         if self._store is None:
             return None
-        plugins = [TASKS.get(spec.task.name)]
+        task_cls = TASKS.get(spec.task.name)
+        plugins = [task_cls]
         extra = {}
         if stage == "defended":
             plugins += plugin_classes(DEFENSES.get(spec.defense.name))  # a composite: every part's code
             extra["allow_function_drift"] = self.allow_function_drift  # an allowed drift is stored, a refused one not
-        device_key = "portable" if task.stage_portable else device.type  # (the entry records the device it was built on)
-        return stage_key(spec.stage_key(stage), plugins=plugins, provenance=task.provenance(), device=device_key,
+        identity = task_cls.stage_identity(spec.configs()[0], tier=spec.tier, model=spec.model)
+        if identity is not None:  # the config and the task's code say it all: no need to build the task
+            if task is not None and task.stage_portable != identity.portable:
+                raise PluginError(f"task {spec.task.name!r}: stage_identity says portable={identity.portable} but "
+                                  f"the built task's stage_portable is {task.stage_portable}")
+            provenance: Any = {"stage_identity": dict(identity.identity)}
+            portable = identity.portable
+        elif task is None:
+            return None
+        else:
+            provenance, portable = task.provenance(), task.stage_portable
+        device_key = "portable" if portable else device.type  # (the entry records the device it was built on)
+        return stage_key(spec.stage_key(stage), plugins=plugins, provenance=provenance, device=device_key,
                          cache_root=self.cache.root, extra=extra)
 
     def _memo(self, store: OrderedDict, key: str, build):

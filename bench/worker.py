@@ -149,6 +149,8 @@ def _prepare(spec_json: Mapping[str, Any], session) -> dict[str, Any]:
 
     try:
         spec = RunSpec.from_json(spec_json)
+        if session.on_disk(spec):  # built already (known without building the task): the run reads it
+            return {"prepared": True, "error": None}
         session.defended(spec)
     except Exception as err:  # noqa: BLE001 - see the docstring
         traceback.print_exc()

@@ -17,7 +17,7 @@ import torch
 from bench.cache import Cache, file_lock, lock_is_held
 from bench.cli import main
 from bench.errors import PluginError
-from bench.registry import DEFENSES
+from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
 from bench.stage_cache import ENTRY, StageStore, plugin_version
@@ -436,7 +436,8 @@ def test_a_read_checks_sizes_and_bench_cache_verify_rehashes(tmp_path, fresh_cac
     assert not entry.exists() and main(["cache", "verify"]) == 0
 
 
-def test_a_portable_tiny_stage_is_keyed_without_its_device_and_records_where_it_was_built(tmp_path, fresh_cache):
+def test_a_portable_tiny_stage_is_keyed_without_its_device_and_records_where_it_was_built(tmp_path, fresh_cache,
+                                                                                             monkeypatch):
     spec = _spec("none")
     session = Session(tmp_path, fresh_cache, progress=False)
     task = session.released(spec).task
@@ -450,4 +451,6 @@ def test_a_portable_tiny_stage_is_keyed_without_its_device_and_records_where_it_
         stage_portable = False
 
     task.__class__ = Pinned
+    # (and whose task plugin keys them by the built task's provenance, as a real tier does)
+    monkeypatch.setattr(TASKS.get(spec.task.name), "stage_identity", classmethod(lambda cls, cfg, **kw: None))
     assert session._disk_key(spec, "released", task, cpu) != session._disk_key(spec, "released", task, gpu)

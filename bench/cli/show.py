@@ -37,7 +37,8 @@ def main(args: argparse.Namespace) -> int:
             steps = summary.get("steps_to_harm")
             steps_text = "—" if steps is None else (f"> {steps}" if summary.get("censored") else str(steps))
             print(f"{info['run_id']}  {info['status']:<8} {str(info.get('outcome') or '—'):<9} "
-                  f"steps-to-harm {steps_text:<7} {info.get('canonical_name', '')}")
+                  f"steps-to-harm {steps_text:<7} {info.get('canonical_name', '')}"
+                  + (f"  (reused from {summary['reused_from']})" if summary.get("reused_from") else ""))
         return 0
     info = read_run_json(target)
     if args.json:
@@ -60,6 +61,12 @@ def main(args: argparse.Namespace) -> int:
         if summary.get("stopped_early"):
             print(f"stopped early: the attack quit after {summary['steps_run']} steps without harm or a reason; "
                   f"censored there, not at its budget")
+        if summary.get("reused_from"):
+            attack_info = summary.get("attack_info") or {}
+            why = " (the adaptive attack's plain fine-tuning fallback: no linear chains)" \
+                if attack_info.get("fallback") else ""
+            print(f"reused from run {summary['reused_from']}: the same trajectory{why}, run once and recorded for "
+                  f"each attack that shares it; its attack seconds are that run's")
         if summary.get("released_already_harmful"):
             print(f"the released model {summary['released_already_harmful']}")
         if summary.get("already_harmful"):

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.planner import RunRecord
-from bench.results import RUN_JSON, read_run_json
+from bench.errors import DataError
+from bench.results import METRICS, RUN_JSON, read_run_json, successful_run
 from bench.spec import RunSpec
 from bench.worker import WorkerOptions
 
@@ -72,13 +73,25 @@ def clear_previous(spec: RunSpec, options: WorkerOptions) -> Path:
 
 def read_back(spec: RunSpec, run_json: Path, *, wait: float = 0.0) -> RunRecord | None:
     """The record of a run that wrote its own run.json, or None when there is none (after waiting up to ``wait``
-    seconds for a shared file system to show it)."""
+    seconds for a shared file system to show it). A success is what :func:`bench.results.successful_run` says is
+    one: a run.json that says ``success`` beside a metrics file that does not read is a failed (``RunCorrupt``) run."""
     deadline = time.monotonic() + wait
     while not run_json.is_file():
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.5)
-    info = read_run_json(run_json.parent)
+    done = successful_run(run_json.parent)
+    if done is not None:
+        return RunRecord(spec, "success", done.get("summary") or {}, None)
+    try:
+        info = read_run_json(run_json.parent)
+    except DataError as err:
+        return RunRecord(spec, "failed", {}, f"RunCorrupt: {err}")
+    if not isinstance(info, dict):
+        return RunRecord(spec, "failed", {}, f"RunCorrupt: {run_json} does not hold a JSON object")
+    if info.get("status") == "success":  # a success whose metrics file does not read is no result: resume reruns it
+        return RunRecord(spec, "failed", info.get("summary") or {},
+                         f"RunCorrupt: {run_json.parent / METRICS} is missing or unreadable")
     return RunRecord(spec, info.get("status", "failed"), info.get("summary") or {}, info.get("error"))
 
 
@@ -93,10 +106,9 @@ def record_death(spec: RunSpec, session, error: str, *, started_at: str, wall: f
     """Write the ``failed`` run of a worker that died (or was stopped) before writing it; ``details`` go into its
     run.json under ``worker`` with the log's path and last lines. A success the run recorded meanwhile (a Ray task
     that finished just after its timeout, say) is kept and returned: a late result is never overwritten."""
-    from bench.run_claim import recorded_success
     from bench.runner import record_failure
 
-    done = recorded_success(Path(session.results_dir) / spec.run_id)
+    done = successful_run(Path(session.results_dir) / spec.run_id)
     if done is not None:
         return RunRecord(spec, "success", done.get("summary") or {}, None)
     result = record_failure(spec, session, error, started_at=started_at, wall=wall,

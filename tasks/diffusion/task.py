@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bench.config import check
-from bench.contracts import AttackSweep, Task, TaskConfig, UtilityBound
+from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
 from bench.registry import TASKS
 from bench.lr_grid import decades
 
@@ -165,6 +165,12 @@ class _DiffusionTask(Task):
                   "probe_samples": 3, "confirm_samples": 6, "sampler_steps": 2, "curvature_iters": 0}
     """Config overrides that make the tiny tier cheap enough for conformance tests (behaviour, not quality): the
     full recipe trains for ~3.5 min and every evaluation samples 100 images."""
+
+    @classmethod
+    def stage_identity(cls, cfg: DiffusionConfig, *, tier, model):
+        """The tiny tier is its config and this package's code (its shapes, captions and pipeline are generated
+        here): a stage is looked up without importing diffusers or loading the pipeline."""
+        return StageIdentity({}, portable=True) if tier == "tiny" else None
 
     def build(self, cfg: DiffusionConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.config import check
-from bench.contracts import AttackSweep, Task, TaskConfig, UtilityBound
+from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
 from bench.registry import TASKS
 from bench.lr_grid import decades
 
@@ -89,6 +89,20 @@ class VisionDigits(Task):
     attack, Muon at lr 0.1, harms in 10 steps keeping 0.70 of it; the 20% bound excluded it on all three seeds of the
     tiny leaderboard). 35% admits that attack and still excludes harm bought by keeping only 50-65% (the usable floor
     is 50%)."""
+
+    @classmethod
+    def stage_identity(cls, cfg: VisionConfig, *, tier, model):
+        """The tiny tier is its config, this package's code and scikit-learn's bundled digits (whose version keys
+        it): a stage is looked up without loading the model."""
+        if tier != "tiny":
+            return None
+        import importlib.metadata
+
+        try:
+            sklearn = importlib.metadata.version("scikit-learn")
+        except importlib.metadata.PackageNotFoundError:
+            sklearn = None
+        return StageIdentity({"dataset": "sklearn.datasets.load_digits", "scikit-learn": sklearn}, portable=True)
 
     def build(self, cfg: VisionConfig, *, tier, model, cache, device, progress=True):
         if tier == "tiny":
