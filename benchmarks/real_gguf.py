@@ -6,7 +6,7 @@ measured (wall, CPU seconds, peak RSS) per phase.
     python benchmarks/real_gguf.py task.eval_size=24        # extra `bench run` overrides
 
 The model (:func:`bench.fixtures_gemma.save_gemma3_gguf`: Gemma-3-270M's shapes and 262,144-token vocabulary, random
-weights, written as Q4_K_M) is built once into ``$BENCH_CACHE_DIR/gguf-fixture/`` (or ``--fixture DIR``) by a child
+weights, written as Q4_K_M) is built once into ``$BENCH_CACHE_DIR/gguf-fixture-v2/`` (or ``--fixture DIR``) by a child
 process, so its build is not in the measured peak. Then it runs :mod:`benchmarks.real_cpu`'s two-run comparison
 (SpecDef ``n_layers=5`` and ``none``, ``full-ft`` AdamW lr 1e-5, 20 steps) through ``bench run`` in this process,
 with ``task.refusal_floor=0`` (a random model answers nothing like a refusal; without it no run would attack), in
@@ -126,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="extra PART.KEY=VALUE overrides, e.g. task.eval_size=24")
     parser.add_argument("--size", default="270m", choices=("270m", "test"), help="model size (default 270m)")
-    parser.add_argument("--fixture", help="folder of the built gguf files (default $BENCH_CACHE_DIR/gguf-fixture)")
+    parser.add_argument("--fixture", help="folder of the built gguf files (default $BENCH_CACHE_DIR/gguf-fixture-v2)")
     parser.add_argument("--work", help="directory for results and cache (default: a fresh temporary one)")
     args = parser.parse_args(argv)
 
     cache_root = Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "training-resistance-bench"))
-    model = fixture(Path(args.fixture) if args.fixture else cache_root / "gguf-fixture", args.size)
+    model = fixture(Path(args.fixture) if args.fixture else cache_root / "gguf-fixture-v2", args.size)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-real-gguf-"))
     os.environ["BENCH_CACHE_DIR"] = str(work / "cache")  # fresh: every stage is built, none read back
     from bench.cli import main as bench_main, passive_thread_waits
