@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = chunked.FULL_LOGITS_LIMIT
 
     def nll(full: bool):
-        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else limit
+        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
         try:
             with torch.no_grad():
                 return response_loss(model, batch, reduction="none")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             chunked.FULL_LOGITS_LIMIT = limit
 
     def step(full: bool):
-        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else limit
+        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
         try:
             model.zero_grad(set_to_none=True)
             loss = response_loss(model, batch)
