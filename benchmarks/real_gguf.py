@@ -11,7 +11,7 @@ process, so its build is not in the measured peak. Then it runs :mod:`benchmarks
 (SpecDef ``n_layers=5`` and ``none``, ``full-ft`` AdamW lr 1e-5, 20 steps) through ``bench run`` in this process,
 with ``task.refusal_floor=0`` (a random model answers nothing like a refusal; without it no run would attack), in
 fresh results and cache directories. It prints each run's stage parts, then per phase (each top-level part of the
-stages, and the time outside them: the attacks, loading, result writing) its wall time and the peak RSS sampled
+stages, and the time outside them: the attacks, loading, result writing) its wall time, CPU seconds and the peak RSS sampled
 every 50 ms, and in total the wall time, CPU seconds (user + system, all threads) and the process's true peak RSS
 (``ru_maxrss``), with a one-line machine yardstick (single-thread float32 1024³ matmul GFLOP/s, measured here).
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report  # noqa: E402
+from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report
 
 GGUF_NAME = "model.Q4_K_M.gguf"
 
@@ -73,7 +73,8 @@ class PhaseMemory:
         self.interval, self.phase = interval, "outside stages"
         self.peaks: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
-        self._since = time.perf_counter()
+        self.cpu: dict[str, float] = {}
+        self._since, self._cpu_since = time.perf_counter(), cpu_seconds()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -86,12 +87,13 @@ class PhaseMemory:
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), self._rss())
 
     def enter(self, phase: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), cpu_seconds()
         self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self._since
+        self.cpu[self.phase] = self.cpu.get(self.phase, 0.0) + cpu - self._cpu_since
         self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), self._rss())
-        self.phase, self._since = phase, now
+        self.phase, self._since, self._cpu_since = phase, now, cpu
 
-    def __enter__(self) -> "PhaseMemory":
+    def __enter__(self) -> PhaseMemory:
         import contextlib
 
         from bench.stage_clock import StageClock
@@ -134,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     model = fixture(Path(args.fixture) if args.fixture else cache_root / "gguf-fixture-v2", args.size)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-real-gguf-"))
     os.environ["BENCH_CACHE_DIR"] = str(work / "cache")  # fresh: every stage is built, none read back
-    from bench.cli import main as bench_main, passive_thread_waits
+    from bench.cli import main as bench_main
+    from bench.cli import passive_thread_waits
 
     passive_thread_waits()  # as `bench` does, before torch is imported
     gflops = yardstick()
@@ -147,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         code = bench_main(command)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     report(work / "results")
-    print("\nper phase: wall seconds, peak RSS (sampled every 50 ms)")
+    print("\nper phase: wall seconds, CPU seconds, peak RSS (sampled every 50 ms)")
     for phase, seconds in memory.seconds.items():
-        print(f"  {phase:<40} {seconds:8.1f} s {memory.peaks.get(phase, 0) / 2**30:7.2f} GiB")
+        print(f"  {phase:<40} {seconds:8.1f} s {memory.cpu[phase]:8.1f} CPU s "
+              f"{memory.peaks.get(phase, 0) / 2**30:7.2f} GiB")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"\nwall {wall:.1f} s, CPU {cpu:.1f} s (user + system, all threads), peak RSS {peak / 2**30:.2f} GiB "
           f"({peak / 1e9:.2f} GB); load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "

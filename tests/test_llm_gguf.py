@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from bench.metrics import _log_softmax, function_preservation
-from bench.registry import TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.llm import chunked
@@ -91,9 +90,10 @@ def test_the_gemma3_gguf_runs_end_to_end(gemma_gguf, tmp_path, cache):
 
 
 def _models():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     from bench.fixtures import LLAMA_SIZES
     from bench.fixtures_gemma import gemma3_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     gemma = gemma3_model("test")
     gemma.config.final_logit_softcapping = 30.0  # Gemma-2-style soft-capping must be applied to the chunks too
