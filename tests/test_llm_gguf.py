@@ -134,6 +134,11 @@ def test_chunked_nll_equals_the_full_logits_nll_and_its_gradients(which, monkeyp
     for a, b in zip(chunk_grads, full_grads):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the reference outputs of function preservation: the logits at the real tokens
+        positions = attention.bool()
+        expected = model(input_ids=ids, attention_mask=attention).logits[positions].float()
+        rows = chunked.logits_at(model, ids, attention, positions, chunked.head_of(model))
+    torch.testing.assert_close(rows, expected, rtol=1e-5, atol=1e-5)
     # Hessian-vector products (the curvature diagnostic) go through the checkpointed chunks
     grads = torch.autograd.grad(response_loss(model, batch), params, create_graph=True)
     hv = torch.autograd.grad(sum((g * g.detach()).sum() for g in grads), params, allow_unused=True)

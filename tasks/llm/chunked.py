@@ -7,7 +7,8 @@ final hidden states at those positions, and applies the LM head (and the model's
 to at most :data:`CHUNK_ELEMENTS` logits at a time; under autograd each chunk is checkpointed, so its logits are
 recomputed in backward instead of kept. The result equals the full computation to float rounding (tested), not bit
 for bit, so :func:`tasks.llm.chat.token_nll` only takes this path when the full logits would exceed
-:data:`FULL_LOGITS_LIMIT` (never on the tiny tier, whose numbers stay identical).
+:data:`FULL_LOGITS_LIMIT` (never on the tiny tier, whose numbers stay identical). :func:`logits_at` does the same
+for the reference outputs of function preservation (the logits at given positions, without the padding's).
 """
 
 from __future__ import annotations
@@ -44,11 +45,37 @@ def head_of(model: nn.Module) -> tuple[nn.Module, nn.Module, float | None] | Non
     return decoder, head, getattr(config, "final_logit_softcapping", None)
 
 
-def _chunk_nll(head: nn.Module, softcap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _logits(head: nn.Module, softcap: float | None, hidden: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="none")
+    return logits
+
+
+def _chunk_nll(head: nn.Module, softcap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(_logits(head, softcap, hidden), targets, reduction="none")
+
+
+def _rows_per_chunk(model: nn.Module, head: nn.Module) -> int:
+    vocab = int(getattr(head, "out_features", 0) or model.config.vocab_size)
+    return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+@torch.no_grad()
+def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+              parts: tuple[nn.Module, nn.Module, float | None]) -> torch.Tensor:
+    """The float32 logits at ``positions`` (a (batch, length) bool mask), one row per position, computed in chunks:
+    the full (batch, length, vocabulary) tensor never exists, only the rows asked for."""
+    decoder, head, softcap = parts
+    rows = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[positions]
+    step = _rows_per_chunk(model, head)
+    out = None
+    for start in range(0, rows.shape[0], step):
+        chunk = _logits(head, softcap, rows[start:start + step])
+        if out is None:
+            out = chunk.new_empty((rows.shape[0], chunk.shape[-1]))
+        out[start:start + step] = chunk
+    return out if out is not None else rows.new_zeros((0, 0), dtype=torch.float32)
 
 
 def response_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
@@ -59,8 +86,7 @@ def response_nll(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
     mask = loss_mask.bool()
     rows, targets = hidden[mask], input_ids[:, 1:][mask]
-    vocab = int(getattr(head, "out_features", 0) or model.config.vocab_size)
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    step = _rows_per_chunk(model, head)
     pieces = []
     for start in range(0, rows.shape[0], step):
         chunk, chunk_targets = rows[start:start + step], targets[start:start + step]
