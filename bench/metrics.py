@@ -285,9 +285,9 @@ class Preservation:
     """Fraction of inputs with the same argmax (logits) — 1.0 for regression outputs."""
 
 
-PRESERVATION_ROWS = 256
+PRESERVATION_ROWS = 32
 """Output rows compared at a time: a 262k-vocabulary model's logits are 2 MiB a row in float64, and the comparison
-makes several temporaries of its chunk, never of the whole (each row's values and the reductions over rows are
+makes several temporaries of its chunk (about 0.5 GB for 32 rows), never of the whole (each row's values and the reductions over rows are
 computed exactly as on the whole array, so chunking changes no number)."""
 
 

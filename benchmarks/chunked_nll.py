@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=96)
     parser.add_argument("--rows", type=int, default=512, help="logit rows compared (function preservation)")
+    parser.add_argument("--preservation-vocab", type=int, default=262144, help="logit columns compared")
+    parser.add_argument("--only-preservation", action="store_true", help="skip the model measures (no model built)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -79,39 +81,41 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.llm import chunked
     from tasks.llm.chat import Batch, response_loss
 
-    model = gemma3_model("270m")
-    model.set_attn_implementation("eager")
-    vocab = model.config.vocab_size
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (args.batch, args.length), generator=generator)
-    loss_mask = torch.zeros(args.batch, args.length - 1)
-    loss_mask[:, args.length // 3:] = 1.0  # the response: the last two thirds, as in a chat exchange
-    batch = Batch(ids, torch.ones_like(ids), loss_mask, torch.full((args.batch,), 100.0))
-    limit = chunked.FULL_LOGITS_LIMIT
+    if not args.only_preservation:
+        model = gemma3_model("270m")
+        model.set_attn_implementation("eager")
+        vocab = model.config.vocab_size
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (args.batch, args.length), generator=generator)
+        loss_mask = torch.zeros(args.batch, args.length - 1)
+        loss_mask[:, args.length // 3:] = 1.0  # the response: the last two thirds, as in a chat exchange
+        batch = Batch(ids, torch.ones_like(ids), loss_mask, torch.full((args.batch,), 100.0))
+        limit = chunked.FULL_LOGITS_LIMIT
 
-    def nll(full: bool):
-        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
-        try:
-            with torch.no_grad():
-                return response_loss(model, batch, reduction="none")
-        finally:
-            chunked.FULL_LOGITS_LIMIT = limit
+        def nll(full: bool):
+            chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
+            try:
+                with torch.no_grad():
+                    return response_loss(model, batch, reduction="none")
+            finally:
+                chunked.FULL_LOGITS_LIMIT = limit
 
-    def step(full: bool):
-        chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
-        try:
-            model.zero_grad(set_to_none=True)
-            loss = response_loss(model, batch)
-            loss.backward()
-            grad = model.get_output_embeddings().weight.grad.detach().clone()
-            model.zero_grad(set_to_none=True)
-            return torch.cat([loss.detach().view(1), grad.view(-1)[:100000]])
-        finally:
-            chunked.FULL_LOGITS_LIMIT = limit
+        def step(full: bool):
+            chunked.FULL_LOGITS_LIMIT = 1 << 62 if full else 0  # 0: chunked at any size
+            try:
+                model.zero_grad(set_to_none=True)
+                loss = response_loss(model, batch)
+                loss.backward()
+                grad = model.get_output_embeddings().weight.grad.detach().clone()
+                model.zero_grad(set_to_none=True)
+                return torch.cat([loss.detach().view(1), grad.view(-1)[:100000]])
+            finally:
+                chunked.FULL_LOGITS_LIMIT = limit
 
     rng = np.random.default_rng(0)
-    released = rng.standard_normal((args.rows, vocab), dtype=np.float32) * 5
-    defended = released + rng.standard_normal((args.rows, vocab), dtype=np.float32) * 1e-3
+    shape = (args.rows, args.preservation_vocab)
+    released = rng.standard_normal(shape, dtype=np.float32) * 5
+    defended = released + rng.standard_normal(shape, dtype=np.float32) * 1e-3
 
     def preservation(old: bool):
         if old:
@@ -119,16 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         result = function_preservation(released, defended)
         return result.max_abs_diff, result.mean_divergence, result.agreement
 
-    print(f"Gemma-3-270M shapes, vocabulary {vocab}; batch {args.batch} × {args.length} tokens "
-          f"({int(loss_mask.sum())} response positions); {args.rows} output rows; {args.repeats} repeats, interleaved")
-    measures = {"evaluation NLL (no grad)": (nll, "full logits", "chunked"),
-                "attack step (loss + backward)": (step, "full logits", "chunked"),
-                "function preservation": (preservation, "whole array, float64", "row chunks")}
+    measures = {"function preservation": (preservation, "whole array, float64", "row chunks")}
+    if not args.only_preservation:
+        print(f"Gemma-3-270M shapes, vocabulary {vocab}; batch {args.batch} × {args.length} tokens "
+              f"({int(loss_mask.sum())} response positions); {args.repeats} repeats, interleaved")
+        measures = {"evaluation NLL (no grad)": (nll, "full logits", "chunked"),
+                    "attack step (loss + backward)": (step, "full logits", "chunked"), **measures}
+    print(f"function preservation on {shape[0]} × {shape[1]} float32 logits")
     for name, (fn, before_name, after_name) in measures.items():
         runs: dict[bool, list[tuple[float, int, object]]] = {True: [], False: []}
         for _ in range(args.repeats):
             for before in (True, False):
-                runs[before].append(measure(lambda: fn(before)))
+                runs[before].append(measure(lambda fn=fn, before=before: fn(before)))
         a, b = runs[True][0][2], runs[False][0][2]
         if isinstance(a, torch.Tensor):
             diff = float((a - b).abs().max())

@@ -168,7 +168,7 @@ def _whole_array_preservation(released, defended):
 
 def test_row_chunked_function_preservation_is_bit_identical_to_the_whole_array_one():
     rng = np.random.default_rng(0)
-    released = rng.standard_normal((700, 97)).astype(np.float32) * 4  # several chunks of 256 rows
+    released = rng.standard_normal((700, 97)).astype(np.float32) * 4  # several chunks of rows
     defended = released + rng.standard_normal(released.shape).astype(np.float32) * 1e-2
     defended[5, :] = released[5, ::-1]  # a row whose argmax moves
     expected = _whole_array_preservation(released.astype(np.float64), defended.astype(np.float64))
