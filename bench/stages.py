@@ -318,8 +318,11 @@ def _curvature_rows(phase: str, eigen: Eigen) -> list[dict[str, Any]]:
 
 
 def _outputs(task: TaskInstance, model: nn.Module) -> np.ndarray:
+    """The task's reference outputs at (at least) float32: float32 outputs stay float32, not doubled (a 262k
+    vocabulary's logits are GBs), as the comparison converts them exactly (:func:`bench.metrics.function_preservation`)."""
     with torch.no_grad():
-        return task.reference_outputs(model).detach().double().cpu().numpy()
+        outputs = task.reference_outputs(model).detach()
+        return outputs.to(torch.float64 if outputs.dtype == torch.float64 else torch.float32).cpu().numpy()
 
 
 def _build_task(spec: RunSpec, cache: Cache, device: torch.device, *, progress: bool) -> TaskInstance:
@@ -503,7 +506,8 @@ def check_preservation(spec: RunSpec, released_outputs: np.ndarray, max_abs_diff
     ``preservation_tol`` (relative to their scale), unless the drift is allowed; either way the relative drift is
     recorded, and an allowed drift is marked (``function_drift_allowed``) so the leaderboard can show it."""
     cls = DEFENSES.get(spec.defense.name)
-    scale = float(np.abs(released_outputs).max()) if released_outputs.size else 0.0
+    # the largest |value| without an |array| copy of the (possibly GB-sized) outputs
+    scale = max(float(released_outputs.max()), -float(released_outputs.min())) if released_outputs.size else 0.0
     relative = max_abs_diff / max(scale, 1e-12)
     rows = [results.metric_row("defended", "relative_abs_diff", relative, split="benign")]
     if not cls.preserves_function or relative <= cls.preservation_tol:

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tasks.llm import chunked
+
 FALLBACK_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
@@ -123,7 +125,16 @@ def logits_of(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def token_nll(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Per-position next-token NLL (float32), zero outside the response; shape (batch, length - 1)."""
+    """Per-position next-token NLL (float32), zero outside the response; shape (batch, length - 1).
+
+    When the full logits would be large (a big vocabulary times the batch's positions), the LM head runs in chunks
+    over the response positions only (:mod:`tasks.llm.chunked`: equal to float rounding, a fraction of the memory)."""
+    parts = chunked.head_of(model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+    if parts is not None and batch.input_ids.numel() * vocab > chunked.FULL_LOGITS_LIMIT:
+        device = next(model.parameters()).device
+        return chunked.response_nll(model, batch.input_ids.to(device), batch.attention_mask.to(device),
+                                    batch.loss_mask.to(device), parts)
     logits = logits_of(model, batch)[:, :-1].float()
     targets = batch.input_ids[:, 1:].to(logits.device)
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")

@@ -66,9 +66,10 @@ def context_length(model: nn.Module) -> int | None:
 
 
 def _end_of_turn_ids(tokenizer) -> list[int]:
-    """Chat templates end a turn with their own marker (Llama-3 ``<|eot_id|>``, ChatML ``<|im_end|>``)."""
+    """Chat templates end a turn with their own marker (Llama-3 ``<|eot_id|>``, ChatML ``<|im_end|>``, Gemma
+    ``<end_of_turn>``)."""
     ids = []
-    for marker in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>"):
+    for marker in ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "<end_of_turn>"):
         token_id = tokenizer.convert_tokens_to_ids(marker)
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
             ids.append(token_id)

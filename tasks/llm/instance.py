@@ -37,6 +37,7 @@ from bench.errors import PluginError
 from bench.features import capture, rows_of, transformer_blocks
 from bench.modelio import transformers_architecture
 from bench.replay import replay_draws
+from tasks.llm import chunked
 from tasks.llm.chat import Batch, Encoded, collate, logits_of, nll_per_char, response_loss
 from tasks.llm.generation import context_length
 from tasks.llm.utility import LMEvalSuite
@@ -223,6 +224,11 @@ class LLMInstance(TaskInstance):
 
     def reference_outputs(self, model: nn.Module) -> torch.Tensor:
         batch = self._device_batch(model, self.batch(self.parts["eval_benign"][:REFERENCE_ITEMS]))
+        parts = chunked.head_of(model)
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+        if parts is not None and batch.input_ids.numel() * vocab > chunked.FULL_LOGITS_LIMIT:  # a big vocabulary
+            positions = batch.attention_mask.bool()
+            return chunked.logits_at(model, batch.input_ids, batch.attention_mask, positions, parts).cpu()
         logits = logits_of(model, batch).float()
         return logits[batch.attention_mask.bool()].cpu()  # (real tokens, vocab): padding positions are not outputs
 
