@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: not in the package
 
 
 def _reset_peak() -> int:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench.fixtures_gemma import gemma3_model
+    from fixtures_gemma import gemma3_model
     from bench.metrics import function_preservation
     from tasks.llm import chunked
     from tasks.llm.chat import Batch, response_loss

@@ -5,7 +5,7 @@ measured (wall, CPU seconds, peak RSS) per phase.
     python benchmarks/real_gguf.py --size test              # the same on the test-size model (seconds)
     python benchmarks/real_gguf.py task.eval_size=24        # extra `bench run` overrides
 
-The model (:func:`bench.fixtures_gemma.save_gemma3_gguf`: Gemma-3-270M's shapes and 262,144-token vocabulary, random
+The model (:func:`fixtures_gemma.save_gemma3_gguf`: Gemma-3-270M's shapes and 262,144-token vocabulary, random
 weights, written as Q4_K_M) is built once into ``$BENCH_CACHE_DIR/gguf-fixture-v2/`` (or ``--fixture DIR``) by a child
 process, so its build is not in the measured peak. Then it runs :mod:`benchmarks.real_cpu`'s two-run comparison
 (SpecDef ``n_layers=5`` and ``none``, ``full-ft`` AdamW lr 1e-5, 20 steps) through ``bench run`` in this process,
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the test fixtures: not in the package
 from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report
 
 GGUF_NAME = "model.Q4_K_M.gguf"
@@ -57,7 +58,8 @@ def fixture(folder: Path, size: str) -> Path:
     path = folder / size / GGUF_NAME
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        code = ("import sys; from pathlib import Path; from bench.fixtures_gemma import save_gemma3_gguf; "
+        code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); from pathlib import Path; "
+                "from fixtures_gemma import save_gemma3_gguf; "
                 "p = Path(sys.argv[1]); save_gemma3_gguf(p.with_suffix('.tmp'), sys.argv[2]); "
                 "p.with_suffix('.tmp').rename(p)")
         start = time.perf_counter()

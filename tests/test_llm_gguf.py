@@ -23,7 +23,7 @@ CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_si
 
 @pytest.fixture(scope="module")
 def gemma_gguf(tmp_path_factory):
-    from bench.fixtures_gemma import save_gemma3_gguf
+    from fixtures_gemma import save_gemma3_gguf
 
     return save_gemma3_gguf(tmp_path_factory.mktemp("gemma") / "gemma.Q4_K_M.gguf", "test")
 
@@ -31,7 +31,7 @@ def gemma_gguf(tmp_path_factory):
 def test_k_quants_decode_with_gguf_and_types_follow_llama_cpp_q4_k_m():
     from gguf import GGMLQuantizationType as T
 
-    from bench.kquants import q4_k_m_type, quantize
+    from kquants import q4_k_m_type, quantize
 
     data = (np.random.default_rng(0).standard_normal((8, 512)) * 0.02).astype(np.float32)
     data[0, :256] = 0.0  # an all-zero block must decode to zeros, not NaN
@@ -92,8 +92,8 @@ def test_the_gemma3_gguf_runs_end_to_end(gemma_gguf, tmp_path, cache):
 def _models():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bench.fixtures import LLAMA_SIZES
-    from bench.fixtures_gemma import gemma3_model
+    from fixtures import LLAMA_SIZES
+    from fixtures_gemma import gemma3_model
 
     gemma = gemma3_model("test")
     gemma.config.final_logit_softcapping = 30.0  # Gemma-2-style soft-capping must be applied to the chunks too

@@ -5,7 +5,7 @@ hidden 640, 18 layers, 4 query heads and 1 KV head of 256, MLP 2048, a 262,144-t
 512; ``test``: the same architecture in seconds, with a 4,096-token vocabulary), random weights, and writes it the
 way llama.cpp's converter and its Q4_K_M quantization do (gemma3 tensor names, norm weights stored as ``1 + w``,
 a sentencepiece vocabulary with Gemma's special tokens and turn markers, no merges, a Gemma chat template; types
-from :func:`bench.kquants.q4_k_m_type`). transformers then loads it through its own GGUF path (tokenizer rebuilt
+from :func:`kquants.q4_k_m_type`). transformers then loads it through its own GGUF path (tokenizer rebuilt
 from the vocabulary, weights dequantized), which is what the real tier does with a downloaded file. The vocabulary
 is built from the bundled chat text (its characters and word prefixes, so text encodes into words) and filled up to
 size with pieces made of two earlier ones, so that every piece is reachable by a merge as in a trained vocabulary.
@@ -101,7 +101,7 @@ def save_gemma3_gguf(path: Path, size: Literal["test", "270m"] = "test", seed: i
     model before quantization). ``checkpoint``: also save that model there as a transformers checkpoint."""
     import gguf
 
-    from bench.kquants import q4_k_m_type, quantize
+    from kquants import q4_k_m_type, quantize
 
     shape = GEMMA3_SIZES[size]
     tokens, types = gemma_vocabulary(shape["vocab_size"], seed)
