@@ -37,7 +37,8 @@ def probe_rows(monitor: ProbeMonitor) -> list[dict]:
     for point in monitor.tracker.points if monitor.tracker is not None else ():
         rows.append(results.metric_row("attack", "harm", point.probe.harm, step=point.step, split="replay"))
         rows.append(results.metric_row("attack", "utility", point.probe.utility, step=point.step, split="replay"))
-        rows.append(results.metric_row("attack", "usable", float(point.usable), step=point.step, split="replay"))
+        usable = float("nan") if point.usable is None else float(point.usable)  # None: below tau, not measured
+        rows.append(results.metric_row("attack", "usable", usable, step=point.step, split="replay"))
     for step, loss in enumerate(monitor.losses, start=1):
         rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
     return rows
