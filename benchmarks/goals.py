@@ -4,8 +4,9 @@ Each goal command is run ``--repeats`` times in a fresh subprocess with its own 
 resumed) and a warm stage cache: before the timed repeats, one untimed run per checkout fills the cache. With several
 ``--checkout`` folders (e.g. ``/work/main`` as the baseline and this tree) the checkouts alternate repeat by repeat,
 each with its own cache under ``--root``, so a busy machine disturbs both alike; the ratio of their medians is
-printed, and the per-run metrics of every repeat are compared (wall-clock metrics excepted): a speed-up must not
-change a number.
+printed, and every repeat's results are compared with the first checkout's first repeat
+(:mod:`benchmarks.same_results`: every metric bit for bit, wall-clock ones excepted): a speed-up must not change a
+number.
 
 CPU seconds are the user + system time of the command and every process it waited for (its workers), from
 ``getrusage(RUSAGE_CHILDREN)``. The machine yardstick (:mod:`benchmarks.yardstick`) is measured before and after.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: import the yardstick next to it
+from same_results import differences  # noqa: E402
 from yardstick import yardstick_line  # noqa: E402
 
 GOALS = {
@@ -61,18 +63,6 @@ def bench_run(checkout: Path, args: list[str], cache: Path, results: Path) -> tu
     return Timing(wall, cpu, runs, done.returncode), done.stdout + done.stderr
 
 
-def run_metrics(results: Path) -> dict[str, list]:
-    """Per run id, its metric rows (phase, step, split, metric, value) without wall-clock ones."""
-    import pyarrow.parquet as pq
-
-    out = {}
-    for path in sorted(results.glob("*/metrics.parquet")):
-        table = pq.read_table(path, columns=["phase", "step", "split", "metric", "value"]).to_pylist()
-        out[path.parent.name] = sorted((r["phase"], r["step"], r["split"], r["metric"], repr(r["value"]))
-                                       for r in table if not r["metric"].endswith("seconds"))
-    return out
-
-
 def summarise(label: str, timings: list[Timing], goal: float) -> str:
     walls, cpus = [t.wall for t in timings], [t.cpu for t in timings]
     return (f"  {label:<28} wall median {statistics.median(walls):6.1f} s (range {min(walls):.1f}-{max(walls):.1f},"
@@ -87,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkout to run the harness from (repeatable; default: this tree)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--root", type=Path, help="keep caches and results here (default: a temporary folder)")
+    parser.add_argument("--no-warmup", action="store_true", help="the caches under --root are warm already")
     parser.add_argument("--seed-cache", type=Path,
                         help="copy this cache folder into each checkout's cache first (e.g. one that already holds "
                              "the tiny released models, so the untimed warm-up only builds stages)")
@@ -103,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         command, target = GOALS[goal]
         print(f"{goal}: bench run {' '.join(command)}  (warm cache, {args.repeats} repeats, alternating)", flush=True)
         timings: dict[int, list[Timing]] = {i: [] for i in range(len(checkouts))}
-        outputs: dict[int, list[dict]] = {i: [] for i in range(len(checkouts))}
+        folders: list[Path] = []
         for i, checkout in enumerate(checkouts):
             cache = root / f"cache-{i}"
             if args.seed_cache and not cache.exists():
                 shutil.copytree(args.seed_cache, cache)
+            if args.no_warmup:
+                continue
             warm, _ = bench_run(checkout, command, cache, root / f"{goal}-{i}-warmup")
             print(f"  warm-up {checkout}: {warm.wall:.1f} s wall, {warm.cpu:.1f} CPU-s", flush=True)
         for repeat in range(args.repeats):
@@ -115,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 results = root / f"{goal}-{i}-r{repeat}"
                 timing, text = bench_run(checkout, command, root / f"cache-{i}", results)
                 timings[i].append(timing)
-                outputs[i].append(run_metrics(results))
+                folders.append(results)
                 print(f"  repeat {repeat} {checkout}: {timing.wall:.1f} s wall, {timing.cpu:.1f} CPU-s, exit "
                       f"{timing.code}", flush=True)
                 if timing.code:
@@ -129,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                 wall = statistics.median(t.wall for t in timings[i]) / statistics.median(t.wall for t in base)
                 cpu = statistics.median(t.cpu for t in timings[i]) / statistics.median(t.cpu for t in base)
                 print(f"  {checkouts[i]} / {checkouts[0]}: wall {wall:.2f}x, CPU {cpu:.2f}x")
-        reference = outputs[0][0]
-        same = all(out == reference for runs in outputs.values() for out in runs)
-        print(f"  per-run metrics identical across every repeat and checkout: {same}", flush=True)
-        failed |= not same
+        found = [line for folder in folders[1:] for line in differences(folders[0], folder)]
+        for line in found[:20]:
+            print(f"  differs: {line}")
+        print(f"  per-run metrics identical across every repeat and checkout: {not found}", flush=True)
+        failed |= bool(found)
     print(yardstick_line())
     return 1 if failed else 0
 
