@@ -27,9 +27,10 @@ class Yardstick:
     """GFLOP/s of the fastest repeat."""
     median: float
     """GFLOP/s of the median repeat (far under ``best``: the machine was busy)."""
+    size: int = SIZE
 
     def line(self) -> str:
-        return (f"yardstick: {self.best:.1f} GFLOP/s (fp32 {SIZE}^3 GEMM, 1 thread; median {self.median:.1f}"
+        return (f"yardstick: {self.best:.1f} GFLOP/s (fp32 {self.size}^3 GEMM, 1 thread; median {self.median:.1f}"
                 f" over repeats)")
 
 
@@ -52,7 +53,7 @@ def yardstick(repeats: int = 7, size: int = SIZE) -> Yardstick:
             rates.append(flops / (time.perf_counter() - start) / 1e9)
     finally:
         torch.set_num_threads(threads)
-    return Yardstick(max(rates), statistics.median(rates))
+    return Yardstick(max(rates), statistics.median(rates), size)
 
 
 def yardstick_line(repeats: int = 7) -> str:
