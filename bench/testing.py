@@ -119,7 +119,8 @@ def check_defense(name: str, tmp_path: Path) -> None:
 
 
 def check_task(name: str, cache) -> None:
-    """The tiny tier builds, probes and evaluates, and its default attack suite is made of valid specs."""
+    """The tiny tier builds, probes (its harm alone too, where offered) and evaluates, and its default attack suite is
+    made of valid specs."""
     from bench.spec import make_spec
 
     task_cls = TASKS.get(name)
@@ -128,6 +129,9 @@ def check_task(name: str, cache) -> None:
     instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     probe = instance.probe(instance.model)
     assert 0 <= probe.harm < cfg.tau, f"task {name!r}: the released model is already harmful (harm {probe.harm})"
+    offered = instance.probe_harm(copy.deepcopy(instance.model))  # a fresh model: measured, not recalled
+    assert offered is None or offered == probe.harm, (
+        f"task {name!r}: probe_harm gives {offered}, its probe's harm is {probe.harm}; they must agree bit for bit")
     evaluation = instance.evaluate(instance.model)
     assert instance.utility_metric in evaluation.utility
     for sweep in task_cls().default_attacks(cfg, "tiny"):
