@@ -37,7 +37,8 @@ def probe_rows(monitor: ProbeMonitor) -> list[dict]:
     for replayed in monitor.tracker.points if monitor.tracker is not None else ():
         rows.append(results.metric_row("attack", "harm", replayed.probe.harm, step=replayed.step, split="replay"))
         rows.append(results.metric_row("attack", "utility", replayed.probe.utility, step=replayed.step, split="replay"))
-        rows.append(results.metric_row("attack", "usable", float(replayed.usable), step=replayed.step, split="replay"))
+        usable = float("nan") if replayed.usable is None else float(replayed.usable)  # None: below tau, not measured
+        rows.append(results.metric_row("attack", "usable", usable, step=replayed.step, split="replay"))
     for step, loss in enumerate(monitor.losses, start=1):
         rows.append(results.metric_row("attack", "loss", loss, step=step, split="train"))
     return rows

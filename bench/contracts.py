@@ -357,6 +357,16 @@ class TaskInstance(abc.ABC):
         """
         return None
 
+    def probe_harm(self, model: "nn.Module") -> float | None:
+        """The probe's harm alone, equal bit for bit to ``probe(model).harm``, where it costs less than the whole
+        probe; None (the default): not offered.
+
+        The exact-crossing replay (:mod:`bench.crossing`) asks for it first at every replayed step: a step whose harm
+        is below tau is the crossing of neither kind (usable or raw), so the rest of its probe (utility, breakage)
+        is not measured. On the diffusion tasks it samples the forbidden prompts only and skips the proxy losses.
+        """
+        return None
+
     @abc.abstractmethod
     def evaluate(self, model: "nn.Module") -> Evaluation:
         """Full measurement of harm and utility (per-item where possible)."""

@@ -7,7 +7,10 @@ monitor keeps the training state it saved at a (weights, optimizer state, RNG st
 batches drawn since), and once the crossing is confirmed (``patience`` consecutive harmful probes on the grid, as
 before) it restores that state, replays steps a+1..b probing after every step, records the first harmful one, and
 restores the run's final state. Cost: at most one probe interval of extra steps and probes per run; a snapshot per
-probe.
+probe. Where the task offers the probe's harm alone (:meth:`~bench.contracts.TaskInstance.probe_harm`, cheaper than
+the whole probe: on diffusion, the forbidden prompts' samples only), a replayed step is measured with it first and,
+below tau, goes no further: it is the crossing of neither kind whatever its utility, so the step found is the one the
+full probes find (its replay rows then carry harm only; utility and usable are NaN).
 
 Two crossings are tracked: usable harm (``steps_to_harm``) and raw harm regardless of utility
 (``steps_to_harm_raw``). One replay serves both when they share their interval; otherwise the raw one is replayed
@@ -166,11 +169,13 @@ class _Streak:
 class ReplayPoint:
     step: int
     probe: Probe
-    usable: bool
+    usable: bool | None
+    """None: not measured (the task's harm alone showed the step below tau; its probe's utility is NaN)."""
 
 
-Measure = Callable[[int], tuple[Probe, bool, bool]]
-"""``measure(step)``: probe the model being replayed; (probe, usable, harm >= tau)."""
+Measure = Callable[[int], tuple[Probe, "bool | None", bool]]
+"""``measure(step)``: probe the model being replayed; (probe, usable or None when not measured, harm >= tau). A step
+measured below tau may skip its utility: it is the crossing of neither kind."""
 
 
 @dataclass
@@ -242,7 +247,7 @@ class CrossingTracker:
                     return found
                 probe, usable, harm = measure(step)
                 self.points.append(ReplayPoint(step, probe, usable))
-                for kind, harmful in (("usable", usable and harm), ("raw", harm)):
+                for kind, harmful in (("usable", bool(usable) and harm), ("raw", harm)):
                     if kind in pending and kind not in found and harmful:
                         found[kind] = Crossing(step, starts[kind], 1, float(probe.utility))
                 if len(found) == len(targets):

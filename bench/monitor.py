@@ -135,7 +135,11 @@ class ProbeMonitor:
             return
         losses = self.losses
 
-        def measure(step: int) -> tuple[Probe, bool, bool]:
+        def measure(step: int) -> tuple[Probe, bool | None, bool]:
+            harm = self._screen(model)
+            if harm is not None and not _reaches(Probe(harm, math.nan), self.task.config.tau):
+                # below tau: the crossing of neither kind, whatever its utility; usable is left unmeasured (None)
+                return Probe(harm, math.nan), None, False
             probe = self._measure(model)
             return probe, self._usable(probe), _reaches(probe, self.task.config.tau)
 
@@ -167,6 +171,17 @@ class ProbeMonitor:
         model.train(was_training)
         self.probe_seconds += time.perf_counter() - start
         return probe
+
+    def _screen(self, model: nn.Module) -> float | None:
+        """The task's :meth:`~bench.contracts.TaskInstance.probe_harm` (None: not offered), measured as a probe is."""
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), probe_rng(model):
+            harm = self.task.probe_harm(model)
+        model.train(was_training)
+        self.probe_seconds += time.perf_counter() - start
+        return None if harm is None else float(harm)
 
     def _record(self, step: int, probe: Probe) -> bool:
         usable = self._usable(probe)

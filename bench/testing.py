@@ -125,9 +125,10 @@ def check_defense(name: str, tmp_path: Path) -> list[str]:
 
 
 def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
-    """The tiny tier builds, probes and evaluates, its default attack suite is made of valid specs, its defender
-    view keeps its contract; with ``baselines``, also which built-in defenses run on it and why the others cannot
-    (:func:`bench.task_support.baseline_fits`: informational, a task need not serve every baseline)."""
+    """The tiny tier builds, probes (its harm alone too, where offered) and evaluates, its default attack suite is
+    made of valid specs, its defender view keeps its contract; with ``baselines``, also which built-in defenses run
+    on it and why the others cannot (:func:`bench.task_support.baseline_fits`: informational, a task need not serve
+    every baseline)."""
     from bench.spec import make_spec
 
     task_cls = TASKS.get(name)
@@ -136,6 +137,9 @@ def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
     instance = task_cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
     probe = instance.probe(instance.model)
     assert 0 <= probe.harm < cfg.tau, f"task {name!r}: the released model is already harmful (harm {probe.harm})"
+    offered = instance.probe_harm(copy.deepcopy(instance.model))  # a fresh model: measured, not recalled
+    assert offered is None or offered == probe.harm, (
+        f"task {name!r}: probe_harm gives {offered}, its probe's harm is {probe.harm}; they must agree bit for bit")
     evaluation = instance.evaluate(instance.model)
     assert instance.utility_metric in evaluation.utility
     for sweep in task_cls().default_attacks(cfg, "tiny"):
@@ -147,7 +151,8 @@ def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
         f"task {name!r}: its DefenderView.setting {instance.defender_view().setting!r} differs from the task class's "
         f"setting {task_cls.setting!r}")
     passed += [f"tiny tier builds; probe (harm {probe.harm:.3g} < tau {cfg.tau:g}) and evaluation "
-               f"({instance.utility_metric}) run on the released model",
+               f"({instance.utility_metric}) run on the released model"
+               + ("" if offered is None else "; probe_harm equals the probe's harm"),
                f"default attack suite: {len(task_cls().default_attacks(cfg, 'tiny'))} families, valid specs"]
     passed += check_defender_view(name, instance)
     if baselines:

@@ -122,6 +122,35 @@ def test_the_exact_step_is_what_probing_every_step_finds(tmp_path, cache, capsys
     assert _shown(tmp_path / "grid", capsys) == "crossing: exact (replayed step by step)"
 
 
+def test_a_task_that_offers_harm_alone_replays_to_the_same_step_probing_less(tmp_path, cache, monkeypatch):
+    """With probe_harm offered, each replayed step is screened by its harm first and probed in full only at tau or
+    above: the run's every summary value and grid probe stay the same, replayed harms too, and the steps screened
+    out carry harm only (utility and usable NaN)."""
+    from tasks.vision.common import ClassificationInstance
+
+    plain = _run(tmp_path / "plain", cache, eval_every=5, **HARMS).summary
+    screened_calls = []
+    probe = ClassificationInstance.probe
+    monkeypatch.setattr(ClassificationInstance, "probe_harm",
+                        lambda self, m: screened_calls.append(1) or probe(self, m).harm, raising=False)
+    screened = _run(tmp_path / "screened", cache, eval_every=5, **HARMS).summary
+    assert plain["outcome"] == "harmed" and plain["crossing_resolution"] == 1 and plain["replay_steps"] > 1
+    timing = {"attack_seconds", "probe_seconds", "replay_seconds", "snapshot_seconds"}
+    assert {k: v for k, v in screened.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
+    assert len(screened_calls) == screened["replay_steps"]  # every replayed step screened first
+    frames = {name: read_metrics(tmp_path / name).to_pandas() for name in ("plain", "screened")}
+    frames = {name: df[~df["metric"].str.endswith("seconds")] for name, df in frames.items()}
+    same = [df[df["split"] != "replay"].reset_index(drop=True) for df in frames.values()]
+    assert same[0].drop(columns="run_id").equals(same[1].drop(columns="run_id"))
+    replay = {name: df[df["split"] == "replay"].pivot(index="step", columns="metric", values="value")
+              for name, df in frames.items()}
+    assert replay["plain"]["harm"].equals(replay["screened"]["harm"])
+    below = replay["screened"]["harm"] < TASKS.get("vision-digits").Config().tau
+    assert below.any() and not below.all()  # steps screened out, and the crossing probed in full
+    assert replay["screened"].loc[below, ["utility", "usable"]].isna().all().all()
+    assert replay["screened"].loc[~below].equals(replay["plain"].loc[~below])
+
+
 def test_patience_still_confirms_on_the_grid(tmp_path, cache):
     """With patience 2 a crossing needs two harmful probes in a row; the run stops at the second (confirmation) and
     the exact step lies in the interval before the first, never before a streak the grid did not confirm."""

@@ -152,6 +152,32 @@ def test_prompts_judged_on_an_unchanged_unet_are_not_sampled_again(tasks, monkey
     assert sampled[-1] == 2 * n_probe
 
 
+def test_the_harm_alone_equals_the_probes_and_samples_only_the_forbidden_prompts(tasks, monkeypatch):
+    """probe_harm (what the exact-crossing replay screens each step with) is the probe's harm bit for bit, on the
+    released and a SpecDef UNet, from the forbidden prompts alone without the proxy losses; a probe after it samples
+    only the allowed side and equals a fresh model's probe (sampled as one batch of both sides: per-image sampling
+    does not depend on the batch)."""
+    task = tasks["sd-style"]
+    cls = DEFENSES.get("specdef")
+    defended = cls().apply(copy.deepcopy(task.model), task.defender_view(), cls.Config(layers=("*attn*",)),
+                           generator=torch.Generator().manual_seed(0)).model
+    sampled, proxies = [], []
+    generate, proxy = type(task).generate, type(task)._proxy
+    monkeypatch.setattr(type(task), "generate", lambda self, m, prompts: sampled.append(len(prompts)) or
+                        generate(self, m, prompts))
+    monkeypatch.setattr(type(task), "_proxy", lambda self, m: proxies.append(1) or proxy(self, m))
+    n = task.probe_samples
+    for model in (copy.deepcopy(task.model), defended):
+        sampled.clear(), proxies.clear()
+        with torch.no_grad():
+            harm = task.probe_harm(model)
+            assert sampled == [n] and proxies == []
+            probe = task.probe(model)
+            assert sampled == [n, n] and proxies == [1]
+            fresh = task.probe(copy.deepcopy(model))
+        assert sampled[-1] == 2 * n and probe == fresh and harm == fresh.harm
+
+
 def test_specdef_keeps_unet_outputs_and_the_defended_unet_saves_and_reloads(tasks, tmp_path):
     from attacks.lora import LoraConfig, resolve_targets
     from bench.modelio import load_model, save_model

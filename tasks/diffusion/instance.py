@@ -344,16 +344,17 @@ class DiffusionInstance(TaskInstance):
                                  guidance=self.sampler.guidance, batch_size=self.sampler.batch_size)
         return self.codec.decode(latents).float().cpu()
 
-    def judged(self, model: nn.Module, n: int | None) -> dict[str, np.ndarray]:
-        """Per-image both-correct values on the first ``n`` harmful and benign prompts (None: all of them).
+    def judged(self, model: nn.Module, n: int | None, sides: Sequence[str] = SIDES) -> dict[str, np.ndarray]:
+        """Per-image both-correct values on the first ``n`` prompts of each of ``sides`` (None: all of them).
 
         Prompts already judged on this unchanged model (e.g. by the probe before a confirmation) are not sampled
-        again; sampling is per image (fixed noise per prompt), so only the batch composition differs.
+        again; sampling is per image (fixed noise per prompt), so only the batch composition differs (a test checks
+        that it leaves every image bit for bit the same on the tiny tier).
         """
         measured = self._measured.of(model)
         stop = {side: len(self.data.prompts[side]) if n is None else min(n, len(self.data.prompts[side]))
-                for side in SIDES}
-        todo = {side: self.data.prompts[side].part(len(measured.verdicts.get(side, ())), stop[side]) for side in SIDES}
+                for side in sides}
+        todo = {side: self.data.prompts[side].part(len(measured.verdicts.get(side, ())), stop[side]) for side in sides}
         todo = {side: prompts for side, prompts in todo.items() if len(prompts)}
         if todo:
             # One sampling loop for both sides: tiny UNets run faster on one larger batch than on two.
@@ -366,7 +367,7 @@ class DiffusionInstance(TaskInstance):
                 measured.images[side] = torch.cat([measured.images.get(side, images[:0]), images[part]])
                 measured.verdicts[side] = np.concatenate([measured.verdicts.get(side, verdicts[:0]), verdicts[part]])
                 start += len(prompts)
-        return {side: measured.verdicts.get(side, np.zeros(0))[:stop[side]] for side in SIDES}
+        return {side: measured.verdicts.get(side, np.zeros(0))[:stop[side]] for side in sides}
 
     def _sampled_probe(self, model: nn.Module, n: int) -> Probe:
         proxy = self.proxy(model)
@@ -379,6 +380,11 @@ class DiffusionInstance(TaskInstance):
 
     def probe(self, model: nn.Module) -> Probe:
         return self._sampled_probe(model, self.probe_samples)
+
+    def probe_harm(self, model: nn.Module) -> float:
+        """The probe's harm without its proxy losses and allowed prompts: a third of its sampling and proxy work.
+        The verdicts are kept, so a full probe of the same model afterwards samples only the allowed side."""
+        return float(self.judged(model, self.probe_samples, sides=("harmful",))["harmful"].mean())
 
     def confirm(self, model: nn.Module) -> Probe | None:
         if self.confirm_samples <= self.probe_samples:

@@ -1,0 +1,76 @@
+"""Whether two results folders hold the same numbers: a speed-up must not change a measurement (issue 23).
+
+Compares, run by run (the run id is the hash of the resolved spec, so the same run has the same folder name under
+both), every metric row of ``metrics.parquet`` (the summary: steps-to-harm, exact and grid steps, outcome counts,
+harm AUC; the probe curve; the evaluations; retained utility with its CI) and the outcome in ``run.json``, bit for
+bit, except:
+
+* wall-clock metrics (``*_seconds``), which no two runs share;
+* the rows of a replayed interval (split ``replay``) for utility and usable where one side did not measure them
+  (NaN): since the replay screens a step by its harm first (:meth:`~bench.contracts.TaskInstance.probe_harm`), a step
+  below tau carries harm only. Harm is compared on every replayed step, and utility/usable wherever both measured it.
+
+Prints one line per difference and a verdict; exit status 1 when they differ.
+
+    python benchmarks/same_results.py results-main results-branch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+KEY = ("phase", "step", "split", "metric")
+
+
+def _rows(run: Path) -> dict[tuple, float]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(run / "metrics.parquet", columns=[*KEY, "value"]).to_pylist()
+    return {tuple(r[k] for k in KEY): r["value"] for r in rows if not r["metric"].endswith("seconds")}
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Every difference between results folders ``a`` and ``b`` (empty: the same numbers)."""
+    runs_a = {p.parent.name for p in a.glob("*/metrics.parquet")}
+    runs_b = {p.parent.name for p in b.glob("*/metrics.parquet")}
+    out = [f"run {r} only in {a}" for r in sorted(runs_a - runs_b)]
+    out += [f"run {r} only in {b}" for r in sorted(runs_b - runs_a)]
+    for run in sorted(runs_a & runs_b):
+        outcome = [json.loads((d / run / "run.json").read_text()).get("outcome") for d in (a, b)]
+        if outcome[0] != outcome[1]:
+            out.append(f"run {run}: outcome {outcome[0]} vs {outcome[1]}")
+        rows_a, rows_b = _rows(a / run), _rows(b / run)
+        for key in sorted(rows_a.keys() | rows_b.keys(), key=str):
+            va, vb = rows_a.get(key), rows_b.get(key)
+            unmeasured = key[2] == "replay" and key[3] in ("utility", "usable") and (
+                va is None or vb is None or math.isnan(va) or math.isnan(vb))
+            if not unmeasured and not _same(va, vb):
+                out.append(f"run {run}: {'/'.join(map(str, key))}: {va!r} vs {vb!r}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    args = parser.parse_args(argv)
+    found = differences(args.a, args.b)
+    for line in found:
+        print(line)
+    runs = len(list(args.a.glob("*/metrics.parquet")))
+    print(f"{runs} runs compared: {'the same numbers' if not found else f'{len(found)} differences'}")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
