@@ -214,7 +214,19 @@ def test_ls_lists_every_kind(capsys):
     assert "applies to: generation tasks" in capsys.readouterr().out
 
 
-def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
+def _two_family_suite(self, cfg, tier):
+    """A default suite of two families of three learning rates (the real one has ~130 runs): `--search` decides how
+    each is searched."""
+    from bench.contracts import AttackSweep
+
+    return [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3), family="adam"),
+            AttackSweep("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd")]
+
+
+def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys, monkeypatch):
+    from tasks.vision.task import VisionDigits
+
+    monkeypatch.setattr(VisionDigits, "default_attacks", _two_family_suite)  # the CLI flag's effect, not the suite's
     code = run_cli("run", "--defense", "none", "--task", "vision-digits", "--results", tmp_path, "--quiet",
                    "--search", "lr-search", "--no-refine", "--jobs", "1", "task.budget=30", "task.curvature_iters=0",
                    "task.bootstrap=0")
@@ -222,7 +234,7 @@ def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
     assert code == 0 and "LR-search probe runs" in out
     runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
     probes, full = runs[runs["purpose"] == "lr-probe"], runs[runs["purpose"] == "attack"]
-    assert len(probes) > len(full) > 0
+    assert len(probes) == 6 and len(full) == 4  # every rate probed, the best 2 (keep) of each family run in full
     assert run_cli("leaderboard", "--results", tmp_path, "--format", "parquet") == 0
     board = pd.read_parquet(tmp_path / "leaderboard.parquet").iloc[0]
     assert board["n_runs"] == len(full) and board["n_probe_runs"] == len(probes)
