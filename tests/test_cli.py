@@ -111,7 +111,7 @@ def test_html_escapes_user_strings(tmp_path, capsys, isolated_registries):
     results = tmp_path / "results"
     assert run_cli("run", "--plugin", plugin, "--defense", "evil-defense", "note=<script>alert(1)</script>",
                    "--task", "vision-digits", "--attack", "full-ft", "--results", results, "--quiet",
-                   "--no-baseline", *QUICK) == 0
+                   "--no-baseline", "--jobs", "1", *QUICK) == 0
     capsys.readouterr()
     assert run_cli("leaderboard", "--results", results) == 0
     html = next((results / "site").glob("defense-evil-defense-*.html")).read_text()  # the config value's page
