@@ -22,8 +22,13 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory) -> Cache:
-    """One cache for the whole test session, so each tiny released model is built once."""
-    root = tmp_path_factory.mktemp("bench-cache")
+    """One cache for the whole test session, so each tiny released model is built once. Under pytest-xdist
+    (``-n``) the workers share it: the cache's entry locks let one worker build what another then reads."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is <run's basetemp>/popen-gwN
+        root = tmp_path_factory.getbasetemp().parent / "bench-cache"
+        root.mkdir(exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp("bench-cache")
     os.environ["BENCH_CACHE_DIR"] = str(root)
     return Cache(root)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import textwrap
 
 import pandas as pd
@@ -19,11 +22,31 @@ def run_cli(*argv):
     return main([str(a) for a in argv])
 
 
-def test_run_single_attack_then_leaderboard(tmp_path, capsys):
+SINGLE = ("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam", "lr=1e-2",
+          "--quiet", "--jobs", "1", *QUICK)
+"""One attack on specdef and (by default) its baseline: the run the tests of a results folder start from."""
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, cache):
+    """``bench run SINGLE`` once for this module: its exit code, its output and its results folder, which each test
+    copies (tests write to the folder)."""
+    results = tmp_path_factory.mktemp("single") / "results"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_cli(*SINGLE, "--results", results)
+    return code, out.getvalue(), results
+
+
+def _copy_of(single_run, tmp_path):
     results = tmp_path / "results"
-    code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
-                   "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
-    out = capsys.readouterr().out
+    shutil.copytree(single_run[2], results)
+    return results
+
+
+def test_run_single_attack_then_leaderboard(tmp_path, capsys, single_run):
+    code, out, _ = single_run
+    results = _copy_of(single_run, tmp_path)
     assert code == 0
     assert "worst-case steps-to-harm" in out and "specdef" in out and "none" in out
     table = read_metrics(results)
@@ -51,8 +74,10 @@ def test_run_single_attack_then_leaderboard(tmp_path, capsys):
 
 
 def test_default_suite_end_to_end(tmp_path, capsys):
+    # --no-baseline: the suite's ~130 runs once, not twice (test_run_single_attack_then_leaderboard shows the
+    # baseline runs by default; the suite is the same code for either defense)
     code = run_cli("run", "--defense", "specdef", "--task", "vision-digits", "--results", tmp_path, "--quiet",
-                   "--no-refine", "task.budget=20", "task.curvature_iters=0", "task.bootstrap=0")
+                   "--no-refine", "--no-baseline", "task.budget=20", "task.curvature_iters=0", "task.bootstrap=0")
     out = capsys.readouterr().out
     assert code == 0
     assert "per attack family" in out and "full-ft(optimizer=sgd)" in out and "adaptive-collapse" in out
@@ -60,7 +85,8 @@ def test_default_suite_end_to_end(tmp_path, capsys):
     from tasks.vision.task import VisionConfig, VisionDigits
 
     sweeps = VisionDigits().default_attacks(VisionConfig(), "tiny")
-    assert len(runs) == 2 * sum(len(s.lrs) for s in sweeps)  # none + specdef, every per-decade point of every family
+    assert set(runs["defense"]) == {"specdef"}
+    assert len(runs) == sum(len(s.lrs) for s in sweeps)  # every per-decade point of every family
     assert set(runs["knowledge"]) == {"blind", "white-box"}
     assert runs["attack_family"].nunique() == len(sweeps)
 
@@ -85,7 +111,7 @@ def test_html_escapes_user_strings(tmp_path, capsys, isolated_registries):
     results = tmp_path / "results"
     assert run_cli("run", "--plugin", plugin, "--defense", "evil-defense", "note=<script>alert(1)</script>",
                    "--task", "vision-digits", "--attack", "full-ft", "--results", results, "--quiet",
-                   "--no-baseline", *QUICK) == 0
+                   "--no-baseline", "--jobs", "1", *QUICK) == 0
     capsys.readouterr()
     assert run_cli("leaderboard", "--results", results) == 0
     html = next((results / "site").glob("defense-evil-defense-*.html")).read_text()  # the config value's page
@@ -188,7 +214,19 @@ def test_ls_lists_every_kind(capsys):
     assert "applies to: generation tasks" in capsys.readouterr().out
 
 
-def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
+def _two_family_suite(self, cfg, tier):
+    """A default suite of two families of three learning rates (the real one has ~130 runs): `--search` decides how
+    each is searched."""
+    from bench.contracts import AttackSweep
+
+    return [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3), family="adam"),
+            AttackSweep("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd")]
+
+
+def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys, monkeypatch):
+    from tasks.vision.task import VisionDigits
+
+    monkeypatch.setattr(VisionDigits, "default_attacks", _two_family_suite)  # the CLI flag's effect, not the suite's
     code = run_cli("run", "--defense", "none", "--task", "vision-digits", "--results", tmp_path, "--quiet",
                    "--search", "lr-search", "--no-refine", "--jobs", "1", "task.budget=30", "task.curvature_iters=0",
                    "task.bootstrap=0")
@@ -196,7 +234,7 @@ def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys):
     assert code == 0 and "LR-search probe runs" in out
     runs = read_metrics(tmp_path).to_pandas().drop_duplicates("run_id")
     probes, full = runs[runs["purpose"] == "lr-probe"], runs[runs["purpose"] == "attack"]
-    assert len(probes) > len(full) > 0
+    assert len(probes) == 6 and len(full) == 4  # every rate probed, the best 2 (keep) of each family run in full
     assert run_cli("leaderboard", "--results", tmp_path, "--format", "parquet") == 0
     board = pd.read_parquet(tmp_path / "leaderboard.parquet").iloc[0]
     assert board["n_runs"] == len(full) and board["n_probe_runs"] == len(probes)
@@ -276,12 +314,10 @@ def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
             check_usable_floor(task)
 
 
-def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys, monkeypatch):
-    results = tmp_path / "results"
-    argv = ("run", "--defense", "specdef", "--task", "vision-digits", "--attack", "full-ft", "optimizer=adam",
-            "lr=1e-2", "--results", results, "--quiet", "--jobs", "1", *QUICK)
-    assert run_cli(*argv) == 0
-    capsys.readouterr()
+def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path, capsys, monkeypatch, single_run):
+    assert single_run[0] == 0
+    results = _copy_of(single_run, tmp_path)
+    argv = (*SINGLE, "--results", results)
     from bench.results import CorruptRunWarning, completed_run_ids
 
     done = completed_run_ids(results)

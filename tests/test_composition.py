@@ -233,7 +233,9 @@ def fresh_cache(tmp_path, cache):
     spec = make_spec(task="vision-digits", defense="none", attack="full-ft", task_args=TASK_ARGS)
     Session(tmp_path / "warm", cache, stage_cache=False, progress=False).released(spec)
     root = tmp_path / "cache"
-    shutil.copytree(cache.root / "vision-digits", root / "vision-digits")
+    # (the session cache may be shared with other pytest-xdist workers: skip their unfinished ".<entry>.<random>"
+    # temporary entries, which can vanish mid-copy)
+    shutil.copytree(cache.root / "vision-digits", root / "vision-digits", ignore=shutil.ignore_patterns(".*.*"))
     return Cache(root)
 
 

@@ -206,7 +206,7 @@ def test_bench_run_writes_before_and_after_samples_for_each_defense(tmp_path, ca
     results = tmp_path / "results"
     code = main(["run", "--task", "sd-concept", *(f"{k}={v}" for k, v in FAST.items()), "--defense", "specdef",
                  "--attack", "full-ft", "budget=3", "eval_every=3", "batch_size=4", "lr=1e-4",
-                 "--results", str(results), "--quiet"])
+                 "--results", str(results), "--quiet", "--jobs", "1"])  # (workers: test_executors)
     out = capsys.readouterr().out
     assert code == 0
     per_run = sorted(results.glob("*/samples.png"))

@@ -31,7 +31,9 @@ def fresh_cache(tmp_path, cache):
     """A cache with no stages, holding a copy of the session cache's tiny vision-digits model (so nothing retrains)."""
     Session(tmp_path / "warm", cache, stage_cache=False, progress=False).released(_spec("none"))
     root = tmp_path / "cache"
-    shutil.copytree(cache.root / "vision-digits", root / "vision-digits")
+    # (the session cache may be shared with other pytest-xdist workers: skip their unfinished ".<entry>.<random>"
+    # temporary entries, which can vanish mid-copy)
+    shutil.copytree(cache.root / "vision-digits", root / "vision-digits", ignore=shutil.ignore_patterns(".*.*"))
     return Cache(root)
 
 
