@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -47,6 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("grid", "lr-search"),
                    help="LR strategy for every family: exhaustive per-decade grid, or short probe runs then full runs "
                         "at the best learning rates (default: the task's choice)")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="run every attack run to its end: no bound pruning (by default a run stops once it can no "
+                        "longer lower any reported worst case, recorded as pruned at that step)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
     p.add_argument("--allow-stale", action="store_true",
                    help="keep completed runs whose code changed since they ran (plugin or harness source, library "
@@ -142,6 +146,8 @@ def main(args: argparse.Namespace) -> int:
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
                             baseline=args.baseline, refine=args.refine, search=args.search)
+    if args.exhaustive:
+        request = dataclasses.replace(request, exhaustive=True)
     threads = set_threads(args.threads, {request.tier})
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)

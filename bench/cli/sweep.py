@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -37,6 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--allow-stale", action="store_true",
                    help="keep completed runs whose code changed since they ran (plugin or harness source, library "
                         "versions) instead of running them again; they are marked stale in run.json")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="run every attack run to its end: no bound pruning (as `exhaustive: true` in the file)")
     add_executor_arguments(p)
     return p
 
@@ -45,6 +48,10 @@ def main(args: argparse.Namespace) -> int:
     from bench.sweep import plan_file
 
     sweep_plan = plan_file(args.file)
+    if getattr(args, "exhaustive", False):  # (bench compare shares this module's runner, not this flag)
+        sweep_plan = dataclasses.replace(sweep_plan, suites=tuple(
+            dataclasses.replace(p, request=dataclasses.replace(p.request, exhaustive=True))
+            for p in sweep_plan.suites))
     if args.dry_run:
         return print_dry_run(sweep_plan, args.results)
     return _run(sweep_plan, args)
