@@ -37,7 +37,8 @@ from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
 from bench.provenance import peak_memory_mb, provenance, reset_peak_memory
-from bench.registry import ATTACKS
+from bench.pruning import utility_standing
+from bench.registry import ATTACKS, TASKS
 from bench.run_claim import claimed_run
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
