@@ -102,6 +102,7 @@ class Bounds:
         self._best: dict[tuple, dict[str, _Bound]] = {}
         self._seen: set[str] = set()
         self._knowledge: dict[tuple[str, str], str] = {}
+        self._undefended: dict[tuple, int] = {}  # (task, seed, suite, family, attack config) -> none's steps
         self._lock = threading.Lock()  # fed in the caller's thread, asked in a local executor's slot threads
 
     def _table(self, spec: RunSpec) -> str:
@@ -123,6 +124,8 @@ class Bounds:
         if summary.get("censored", True) or summary.get("steps_to_harm") is None:
             return
         steps = int(summary["steps_to_harm"])
+        if spec.defense.name == "none":
+            self._undefended[_config_key(spec, family)] = steps
         tables = [ALL, self._table(spec), f"family:{family}"]
         retained = summary.get("retained_after_attack")
         if _finite(retained):
@@ -145,6 +148,13 @@ class Bounds:
         steps = max(best[t].steps for t in tables)
         return steps, tuple(sorted({best[t].run_id for t in tables}))
 
+    def rank(self, spec: RunSpec, family: str) -> float:
+        """The order to start runs in, lowest first (ties keep the planner's order): the steps at which the
+        undefended model, attacked with the same config (family, learning rate) on the same task and seed, harmed;
+        a run likely to harm fast sets bounds early, and the runs after it are capped sooner. Unknown: inf."""
+        with self._lock:
+            return float(self._undefended.get(_config_key(spec, family), math.inf))
+
     def capped(self, spec: RunSpec, family: str) -> RunSpec:
         """``spec`` with the cap it gets if it starts now (unchanged when nothing bounds it, when its budget comes
         first, for LR-search probes, and with ``exhaustive``)."""
@@ -155,6 +165,10 @@ class Bounds:
         if found is None or (isinstance(budget, (int, float)) and found[0] >= budget):
             return dataclasses.replace(spec, stop_at=None, bound_by=())
         return dataclasses.replace(spec, stop_at=found[0], bound_by=found[1])
+
+
+def _config_key(spec: RunSpec, family: str) -> tuple:
+    return spec.stage_key("released"), spec.seed, spec.suite, family, spec.attack.hash()
 
 
 def pruned(summary: Mapping[str, Any]) -> bool:

@@ -248,6 +248,10 @@ class _Pool:
             return spec
         return self.bounds.capped(spec, self.family_of.get(spec.run_id, ""))
 
+    def rank(self, spec: RunSpec) -> float:
+        """Which waiting run starts first (lowest; :meth:`bench.pruning.Bounds.rank`): likely fast ones."""
+        return self.bounds.rank(spec, self.family_of.get(spec.run_id, ""))
+
     def is_exhaustive(self, spec: RunSpec) -> bool:
         return any(self.exhaustive[i] for i in self.planner.owners(spec.run_id) if i < len(self.exhaustive))
 
@@ -332,7 +336,7 @@ class _Pool:
 
         self.computes_in_workers = bool(getattr(executor, "computes_in_workers", False))
         first = self.capped(self.submittable(self.prepared(self.todo(self.planner.start()), executor)), executor)
-        starts = {"start": self.start} if getattr(executor, "starts", False) else {}
+        starts = {"start": self.start, "rank": self.rank} if getattr(executor, "starts", False) else {}
         for record in executor.submit(first, more=more, **starts):
             self.finished(record)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from bench.planner import RunRecord
 from bench.pruning import Bounds, utility_tables

@@ -35,9 +35,10 @@ class Executor(Protocol):
     # ``callback(record)`` returns runs that became ready because of it (an LR search's full runs, refinement), which
     # the executor runs in the same call (the in-process and local executors; the caller then has no wave barrier).
 
-    # Optional: ``starts = True`` and ``submit(specs, more=..., start=callback)``: ``start(spec)`` returns the spec to
-    # run in its place, called as the run starts (bound pruning caps it then, :mod:`bench.pruning`, with the bound
-    # known at that moment rather than when it was queued).
+    # Optional: ``starts = True`` and ``submit(specs, more=..., start=callback, rank=callback)``: ``start(spec)``
+    # returns the spec to run in its place, called as the run starts (bound pruning caps it then, :mod:`bench.pruning`,
+    # with the bound known at that moment rather than when it was queued); among runs otherwise equal, the one with
+    # the lowest ``rank(spec)`` at that moment starts first (likely fast attacks, which set the bounds).
 
     # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
     # (the local executor starts its workers then, so their startup overlaps the preparation).
@@ -57,11 +58,14 @@ class InProcessExecutor:
         self.session = session
 
     def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
-               start: Callable[[RunSpec], RunSpec] | None = None) -> Iterator[RunRecord]:
+               start: Callable[[RunSpec], RunSpec] | None = None,
+               rank: Callable[[RunSpec], float] | None = None) -> Iterator[RunRecord]:
         from bench.runner import run
 
         todo = collections.deque(specs)
         while todo:
+            if rank is not None:  # the lowest rank now, the earliest among equals
+                todo.rotate(-min(range(len(todo)), key=lambda i: (rank(todo[i]), i)))
             spec = todo.popleft()
             if start is not None:
                 spec = start(spec)

@@ -109,10 +109,12 @@ class LocalExecutor:
         return outcomes
 
     def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
-               start: Callable[[RunSpec], RunSpec] | None = None) -> Iterator[RunRecord]:
+               start: Callable[[RunSpec], RunSpec] | None = None,
+               rank: Callable[[RunSpec], float] | None = None) -> Iterator[RunRecord]:
         """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring);
-        ``start(spec)``, called in a worker slot's thread as a run is taken, gives the spec to run in its place."""
-        pending = RunQueue(specs, gating_first=more is not None)
+        ``start(spec)``, called in a worker slot's thread as a run is taken, gives the spec to run in its place;
+        ``rank`` orders the runs the queue holds as equal (:class:`RunQueue`)."""
+        pending = RunQueue(specs, gating_first=more is not None, rank=rank)
         if more is None:
             pending.close()  # nothing will be added: a slot with nothing left to take ends
         finished: queue.Queue = queue.Queue()
