@@ -123,8 +123,8 @@ def run_suites(
     executor finish (they are recorded like any other run).
 
     Unless a request is ``exhaustive``, its runs are pruned at the bound (:mod:`bench.pruning`): a run that starts
-    once every worst case it could lower has a harmed run stops where it no longer can. A resumed pruned run is kept while the runs
-    that set its bound stand (completed by the current code); ``exhaustive`` runs it again in full.
+    once every worst case it could lower has a harmed run stops where it no longer can. A resumed pruned run is kept
+    while the runs that set its bound stand (completed by the current code); ``exhaustive`` runs it again in full.
     """
     from tqdm.auto import tqdm
 

@@ -94,7 +94,8 @@ def summary_text(aggregates: Aggregates) -> str:
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget); " + METHOD +
                  " 'broken at release': the defended model was unusable before any attack; no ratio. "
                  "H/B/R = harmed / broken / resisted attack runs; +N pruned: runs stopped once they could no longer "
-                 "lower a worst case (every worst case shown is exact; --exhaustive runs them out). adaptive worst case: over white-box attacks only. "
+                 "lower a worst case (every worst case shown is exact; --exhaustive runs them out). "
+                 "adaptive worst case: over white-box attacks only. "
                  "within utility bound: the worst case over the attack runs whose attacked model stayed within the "
                  "task's utility bound, printed under the task ('—' = none did). retained: mean over seeds [95% CI "
                  "over seeds; one seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.planner import RunRecord
 from bench.pruning import Bounds, utility_tables
 from bench.runner import Session, run
@@ -96,7 +98,8 @@ def _reported(results, run_ids):
     columns = ["defense_label", "seed", "worst_steps", "worst_censored", "worst_run_id", "worst_harm_auc",
                "adaptive_steps", "adaptive_censored", "adaptive_run_id", "blind_steps", "blind_run_id", "ratio",
                "ratio_lower_bound", "ratio_upper_bound",
-               *[c for c in seeds.columns if c.startswith("bounded") and c.endswith(("_steps", "_censored", "_run_id"))]]
+               *[c for c in seeds.columns
+                 if c.startswith("bounded") and c.endswith(("_steps", "_censored", "_run_id"))]]
     return seeds.sort_values(["defense_label", "seed"])[columns].reset_index(drop=True)
 
 
@@ -135,3 +138,17 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
     assert not any(r.summary.get("pruned_at_bound") is not None for r in out.records)
     for record in out.records:
         assert record.summary["steps_to_harm"] == full[record.spec.run_id]["steps_to_harm"]
+
+
+def test_a_sweep_file_turns_pruning_off_with_exhaustive(tmp_path):
+    from bench.errors import ConfigError
+    from bench.sweep import plan_file
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("tasks: [vision-digits]\ndefenses: [specdef]\nexhaustive: true\n")
+    assert all(planned.request.exhaustive for planned in plan_file(path).suites)
+    path.write_text("tasks: [vision-digits]\ndefenses: [specdef]\n")
+    assert not any(planned.request.exhaustive for planned in plan_file(path).suites)  # pruning is the default
+    path.write_text("tasks: [vision-digits]\ndefenses: [specdef]\nexhaustive: maybe\n")
+    with pytest.raises(ConfigError, match="exhaustive"):
+        plan_file(path)

@@ -59,7 +59,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"stopped early: the attack quit after {summary['steps_run']} steps without harm or a reason; "
                   f"censored there, not at its budget")
         if summary.get("pruned_at_bound") is not None:
-            print(f"pruned at the bound: stopped at step {summary['pruned_at_bound']} (bound {summary.get('prune_bound')}, "
+            print(f"pruned at the bound: stopped at step {summary['pruned_at_bound']} "
+                  f"(bound {summary.get('prune_bound')}, "
                   f"set by {', '.join(summary.get('bound_by') or []) or '—'}): a crossing still to come could lower "
                   f"no worst case; censored there, outcome unknown (--exhaustive runs it out)")
         if summary.get("released_already_harmful"):
