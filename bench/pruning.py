@@ -148,12 +148,14 @@ class Bounds:
         steps = max(best[t].steps for t in tables)
         return steps, tuple(sorted({best[t].run_id for t in tables}))
 
-    def rank(self, spec: RunSpec, family: str) -> float:
-        """The order to start runs in, lowest first (ties keep the planner's order): the steps at which the
-        undefended model, attacked with the same config (family, learning rate) on the same task and seed, harmed;
-        a run likely to harm fast sets bounds early, and the runs after it are capped sooner. Unknown: inf."""
+    def rank(self, spec: RunSpec, family: str) -> tuple[bool, float]:
+        """The order to start runs in, lowest first (ties keep the planner's order): the undefended model's runs
+        first (they are the prior of every other defense's), then the steps at which the undefended model, attacked
+        with the same config (family, learning rate) on the same task and seed, harmed: a run likely to harm fast
+        sets bounds early, and the runs after it are capped sooner (unknown: inf)."""
         with self._lock:
-            return float(self._undefended.get(_config_key(spec, family), math.inf))
+            steps = float(self._undefended.get(_config_key(spec, family), math.inf))
+        return spec.defense.name != "none", steps
 
     def capped(self, spec: RunSpec, family: str) -> RunSpec:
         """``spec`` with the cap it gets if it starts now (unchanged when nothing bounds it, when its budget comes

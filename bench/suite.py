@@ -248,7 +248,7 @@ class _Pool:
             return spec
         return self.bounds.capped(spec, self.family_of.get(spec.run_id, ""))
 
-    def rank(self, spec: RunSpec) -> float:
+    def rank(self, spec: RunSpec) -> tuple[bool, float]:
         """Which waiting run starts first (lowest; :meth:`bench.pruning.Bounds.rank`): likely fast ones."""
         return self.bounds.rank(spec, self.family_of.get(spec.run_id, ""))
 

@@ -59,7 +59,7 @@ class InProcessExecutor:
 
     def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
                start: Callable[[RunSpec], RunSpec] | None = None,
-               rank: Callable[[RunSpec], float] | None = None) -> Iterator[RunRecord]:
+               rank: Callable[[RunSpec], tuple] | None = None) -> Iterator[RunRecord]:
         from bench.runner import run
 
         todo = collections.deque(specs)

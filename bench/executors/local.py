@@ -110,7 +110,7 @@ class LocalExecutor:
 
     def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
                start: Callable[[RunSpec], RunSpec] | None = None,
-               rank: Callable[[RunSpec], float] | None = None) -> Iterator[RunRecord]:
+               rank: Callable[[RunSpec], tuple] | None = None) -> Iterator[RunRecord]:
         """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring);
         ``start(spec)``, called in a worker slot's thread as a run is taken, gives the spec to run in its place;
         ``rank`` orders the runs the queue holds as equal (:class:`RunQueue`)."""

@@ -23,7 +23,7 @@ class RunQueue:
     worker takes one goes first (bound pruning's likely-fast runs, :mod:`bench.pruning`), then one on a held stage."""
 
     def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False,
-                 rank: Callable[[RunSpec], float] | None = None):
+                 rank: Callable[[RunSpec], tuple] | None = None):
         self._gating_first = gating_first
         self._rank = rank
         self._entries: list[tuple[tuple[bool, float, int], str, RunSpec]] = []
