@@ -81,6 +81,7 @@ def metric_fields(metrics: AttackMetrics) -> dict[str, Any]:
         "diverged": metrics.diverged,
         "diverged_step": metrics.diverged_step,
         "stopped_early": metrics.stopped_early,
+        "pruned_at_bound": metrics.pruned_at_bound,
     }
 
 
@@ -93,6 +94,8 @@ def summary_rows(metrics: AttackMetrics, summary: dict[str, Any]) -> list[dict]:
         results.metric_row("summary", "harm_auc", metrics.harm_auc),
         results.metric_row("summary", "stopped_early", float(metrics.stopped_early)),
     ]
+    if metrics.pruned_at_bound is not None:
+        rows.append(results.metric_row("summary", "pruned_at_bound", float(metrics.pruned_at_bound)))
     rows += [results.metric_row("summary", name, summary[name]) for name in SUMMARY_COUNTS
              if summary.get(name) is not None]
     for name in ("steps_run", "examples_seen", "attack_seconds", "probe_seconds", "replay_steps", "replay_seconds",

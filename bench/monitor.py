@@ -73,6 +73,11 @@ class ProbeMonitor:
     raw_crossing: Crossing | None = None
     """The crossing of harm >= tau regardless of utility, set by :meth:`finish`."""
     tracker: CrossingTracker | None = None
+    stop_at: int | None = None
+    """Bound pruning (:mod:`bench.pruning`): stop at the first probe step at or past this one where no harmful streak
+    is under way; any crossing still to come would then lie past the bound, where it cannot change a worst case."""
+    pruned_step: int | None = None
+    """The step at which the run was stopped at the bound (None: not pruned)."""
     _started: bool = False
     _last_step: int = 0
     _harmful_run: int = 0
@@ -126,7 +131,15 @@ class ProbeMonitor:
             return self._stop(step)
         if probe_now and self._probe(model, step):
             return self._stop(step)
+        if probe_now and self._past_bound(step):
+            self.pruned_step = step
+            return self._stop(step)
         return self._stop(step) if step >= self.budget else False
+
+    def _past_bound(self, step: int) -> bool:
+        """Whether the run can stop at the bound here: at or past ``stop_at``, before its budget, and with no harmful
+        probe in a row still waiting for its confirmation (a streak begun before the bound may yet confirm there)."""
+        return self.stop_at is not None and self.stop_at <= step < self.budget and self._harmful_run == 0
 
     def finish(self, model: nn.Module) -> None:
         """After the attack returned: find the exact crossings (replaying one interval where the attack's trajectory

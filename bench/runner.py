@@ -42,7 +42,8 @@ from bench.images import image_grid, save_png
 from bench.metrics import AttackMetrics, Curve, attack_metrics
 from bench.monitor import ProbeMonitor, StartProbe
 from bench.provenance import peak_memory_mb, provenance, reset_peak_memory
-from bench.registry import ATTACKS
+from bench.pruning import utility_standing
+from bench.registry import ATTACKS, TASKS
 from bench.run_claim import claimed_run
 from bench.spec import RunSpec
 from bench.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
@@ -98,6 +99,7 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         released_utility=released.probe.utility,
         attack_name=spec.attack.name,
         start=_shared(defended).start,
+        stop_at=spec.stop_at,
     )
     start = time.perf_counter()
     report = attack.run(model, task, attack_cfg, generator=generator, monitor=monitor)
@@ -117,7 +119,8 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
     metrics = attack_metrics(curve, tau=cfg.tau, budget=attack_cfg.budget, patience=cfg.patience,
                              diverged=monitor.diverged, diverged_step=monitor.diverged_step,
                              crossing=monitor.crossing, raw_crossing=monitor.raw_crossing,
-                             stopped_early=monitor.stopped_early, steps_run=monitor.steps_run)
+                             stopped_early=monitor.stopped_early, steps_run=monitor.steps_run,
+                             pruned_step=monitor.pruned_step)
     rows = probe_rows(monitor)
     samples = None
     if spec.purpose == "attack":  # an LR-search probe run is scored by its loss curve alone: skip the full evaluation
@@ -125,8 +128,13 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
             post = task.evaluate(model)
         samples = _samples(spec, task, defended, model, metrics.outcome, post)
         rows += evaluation_rows("post_attack", post)
-        rows += retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
+        retained = retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
+        rows += retained
     summary = attack_summary(metrics, monitor, seconds, report)
+    if spec.purpose == "attack":  # which utility-bounded worst cases this run can bound (bench.pruning)
+        summary.update(utility_standing(retained, released, post, TASKS.get(spec.task.name).utility_bound))
+    if spec.stop_at is not None:
+        summary.update(prune_bound=spec.stop_at, bound_by=list(spec.bound_by))
     if task.harm_proxy is not None:  # the attacker's progress on fixed data, for scoring LR-search probe runs
         summary["proxy_start"] = _extra(monitor.points[0], task.harm_proxy)
         summary["proxy_end"] = _extra(monitor.points[-1], task.harm_proxy)

@@ -88,6 +88,14 @@ class RunSpec:
     takes a worst case only over runs of one suite. ``default`` (the task's default suite) is left out of the JSON
     and the run id, so that default-suite runs keep the ids they had before suites were recorded; any other suite
     is part of the run's identity (an ad-hoc run is never reused as, or mistaken for, a default-suite run)."""
+    stop_at: int | None = None
+    """Bound pruning (:mod:`bench.pruning`): the attack stops at the first probe step at or past this one where no
+    harmful streak is under way, recorded as censored there (``pruned_at_bound``). How far a run goes, not what it
+    is: left out of the run id (a pruned run and its exhaustive twin share one directory) and out of the JSON when
+    None."""
+    bound_by: tuple[str, ...] = ()
+    """With ``stop_at``: the runs whose harm set that bound (a resumed sweep keeps the pruned run only while they
+    still stand). Left out of the run id, like ``stop_at``."""
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -102,12 +110,17 @@ class RunSpec:
         }
         if self.suite != DEFAULT_SUITE_LABEL:
             body["suite"] = self.suite
+        if self.stop_at is not None:
+            body["stop_at"] = self.stop_at
+            body["bound_by"] = list(self.bound_by)
         return body
 
     @property
     def run_id(self) -> str:
         """A short hash of the canonical JSON of the resolved spec (presets are labels, not part of identity)."""
         body = self.to_json()
+        body.pop("stop_at", None)
+        body.pop("bound_by", None)
         for part in ("task", "defense", "attack"):
             body[part] = getattr(self, part).identity()
         return stable_hash(body, length=16)
@@ -165,7 +178,7 @@ class RunSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RunSpec":
         """Rebuild (and re-validate) a spec written by :meth:`to_json`."""
-        return make_spec(
+        spec = make_spec(
             task=_label(data["task"]),
             defense=_label(data["defense"]),
             attack=_label(data["attack"]),
@@ -178,6 +191,10 @@ class RunSpec:
             defense_args=data["defense"].get("args", {}),
             attack_args=data["attack"].get("args", {}),
         )
+        stop_at = data.get("stop_at")
+        if stop_at is None:
+            return spec
+        return dataclasses.replace(spec, stop_at=int(stop_at), bound_by=tuple(data.get("bound_by", ())))
 
 
 def _label(part: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from bench.lr_grid import decades, refinement  # noqa: F401 - re-exported: the s
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
     Planner, RunRecord, attack_sweeps, best_probe_lrs, defenses_of, probe_score, spec_of,
 )
+from bench.pruning import Bounds, pruned
 from bench.results import check_writable, completed_run_ids, read_run_json
 from bench.runner import Session, record_failure
 from bench.spec import RunSpec
@@ -67,6 +68,9 @@ class SuiteRequest:
     """Override every family's LR strategy ("grid" or "lr-search"); None keeps the task's choice."""
     families: tuple[str, ...] = ()
     """Only these families of the task's default suite (by :attr:`AttackSweep.family`); empty: every family."""
+    exhaustive: bool = False
+    """Run every attack run to its end: no bound pruning (:mod:`bench.pruning`), so each family's and each run's
+    own figures are exact, not only the worst cases."""
 
 
 def validate_request(request: SuiteRequest) -> list[RunSpec]:
@@ -118,6 +122,10 @@ def run_suites(
     the runs wave by wave. A run shared by several requests (the ``none`` baseline) runs once. A request stopped by
     bad input found while building a later run's stage runs nothing more, but its runs already handed to the
     executor finish (they are recorded like any other run).
+
+    Unless a request is ``exhaustive``, its runs are pruned at the bound (:mod:`bench.pruning`): a run that starts
+    once every worst case it could lower has a harmed run stops where it no longer can. A resumed pruned run is kept
+    while the runs that set its bound stand (completed by the current code); ``exhaustive`` runs it again in full.
     """
     from tqdm.auto import tqdm
 
@@ -136,7 +144,8 @@ def run_suites(
     done = completed_run_ids(session.results_dir) if resume else set()
     bar = tqdm(total=planner.estimate(), desc=f"{requests[live[0]].task} runs", unit="run",
                disable=not session.progress)
-    pool = _Pool(planner, session, done, bar=bar, on_run=on_run, allow_stale=allow_stale)
+    pool = _Pool(planner, session, done, bar=bar, on_run=on_run, allow_stale=allow_stale,
+                 exhaustive=[requests[i].exhaustive for i in live])
     try:
         if getattr(executor, "streams", False):
             pool.stream(executor)
@@ -155,9 +164,16 @@ class _Pool:
     """The runs of one :class:`Planner`: resumed ones read back, the rest prepared and handed to an executor."""
 
     def __init__(self, planner: Planner, session: Session, done: set[str], *, bar,
-                 on_run: Callable[[RunRecord], None] | None, allow_stale: bool = False):
+                 on_run: Callable[[RunRecord], None] | None, allow_stale: bool = False,
+                 exhaustive: Sequence[bool] = ()):
         self.planner, self.session, self.done, self.bar, self.on_run = planner, session, done, bar, on_run
         self.allow_stale = allow_stale
+        self.bounds = Bounds()
+        self.exhaustive = list(exhaustive)
+        """Per request of the planner: whether it turned pruning off (a run any exhaustive request owns is never
+        capped)."""
+        self.pruned_rerun: list[str] = []
+        """Resumed pruned runs run again (in full with ``exhaustive``, else because a run that bounded them changed)."""
         self.rerun: dict[str, list[str]] = {}
         self.kept_stale: dict[str, list[str]] = {}
         self.family_of: dict[str, str] = {}
@@ -171,6 +187,7 @@ class _Pool:
         """The executor's workers build every stage (local workers, Ray, Slurm): this process builds none."""
 
     def finished(self, record: RunRecord) -> None:
+        self.bounds.feed(record, self.family_of.get(record.spec.run_id, ""))
         self.bar.update(1)
         self.bar.set_postfix_str(f"{record.spec.defense_label} {record.spec.attack_label}"[:60])
         if self.on_run is not None:
@@ -200,7 +217,45 @@ class _Pool:
         if reasons:
             self.kept_stale[spec.run_id] = reasons
         mark_stale(directory, reasons)
+        if not self.keeps_pruned(spec, directory):
+            self.pruned_rerun.append(spec.run_id)
+            self.done.discard(spec.run_id)
+            retire(directory)
+            return False
         return True
+
+    def keeps_pruned(self, spec: RunSpec, directory) -> bool:
+        """Whether a completed run is a result to keep as far as pruning goes: it was not pruned; or it was, this
+        sweep prunes, and every run that set its bound is completed by the current code (deterministic: the same
+        results, so its bound still holds)."""
+        info = read_run_json(directory)
+        if not pruned(info.get("summary") or {}):
+            return True
+        if self.is_exhaustive(spec):
+            return False
+        for run_id in (info.get("spec") or {}).get("bound_by", ()):
+            if run_id not in self.done:
+                return False
+            try:
+                other = read_run_json(self.session.results_dir / run_id)
+                if changes(other.get("fingerprint"), code_fingerprint(RunSpec.from_json(other["spec"]))):
+                    return False
+            except (BenchError, KeyError):
+                return False
+        return True
+
+    def start(self, spec: RunSpec) -> RunSpec:
+        """``spec`` as it starts now: capped at the bound its worst cases have reached (:mod:`bench.pruning`)."""
+        if self.is_exhaustive(spec):
+            return spec
+        return self.bounds.capped(spec, self.family_of.get(spec.run_id, ""))
+
+    def rank(self, spec: RunSpec) -> tuple[bool, float]:
+        """Which waiting run starts first (lowest; :meth:`bench.pruning.Bounds.rank`): likely fast ones."""
+        return self.bounds.rank(spec, self.family_of.get(spec.run_id, ""))
+
+    def is_exhaustive(self, spec: RunSpec) -> bool:
+        return any(self.exhaustive[i] for i in self.planner.owners(spec.run_id) if i < len(self.exhaustive))
 
     def todo(self, ready: list[tuple[str, RunSpec]]) -> list[RunSpec]:
         """The specs of ``ready`` that must run: completed ones are read back and fed (which may make more ready)."""
@@ -278,12 +333,18 @@ class _Pool:
     def stream(self, executor) -> None:
         def more(record: RunRecord) -> list[RunSpec]:
             record.family = self.family_of[record.spec.run_id]
-            return self.submittable(self.prepared(self.todo(self.planner.feed(record))))
+            self.bounds.feed(record, record.family)  # (before the runs it makes ready start)
+            return self.capped(self.submittable(self.prepared(self.todo(self.planner.feed(record)))), executor)
 
         self.computes_in_workers = bool(getattr(executor, "computes_in_workers", False))
-        first = self.submittable(self.prepared(self.todo(self.planner.start()), executor))
-        for record in executor.submit(first, more=more):
+        first = self.capped(self.submittable(self.prepared(self.todo(self.planner.start()), executor)), executor)
+        starts = {"start": self.start, "rank": self.rank} if getattr(executor, "starts", False) else {}
+        for record in executor.submit(first, more=more, **starts):
             self.finished(record)
+
+    def capped(self, specs: list[RunSpec], executor) -> list[RunSpec]:
+        """``specs`` capped now, for an executor that cannot cap each run as it starts (``starts``)."""
+        return specs if getattr(executor, "starts", False) else [self.start(s) for s in specs]
 
     def lockstep(self, executor) -> None:
         planner = self.planner
@@ -310,7 +371,7 @@ class _Pool:
             stopped = [s for s in todo if s.run_id not in runnable and s.run_id not in records]
             for spec in stopped:  # its requests stopped: their families end here
                 records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
-            for record in executor.submit([s for s in todo if s.run_id in runnable]):
+            for record in executor.submit([self.start(s) for s in todo if s.run_id in runnable]):
                 record.family = self.family_of[record.spec.run_id]
                 records[record.spec.run_id] = record
                 self.finished(record)

@@ -12,7 +12,7 @@ A YAML file is a *sweep file* when its top level has any of the plural keys ``ta
 
 Keys (unknown ones are errors; see :class:`Sweep` for each): ``tasks`` and ``defenses`` (required), ``tiers``
 (default ``[tiny]``), ``attacks`` (default ``default``), ``seeds`` (default ``[0]``), ``model``, ``baseline``,
-``refine``, ``search``. A plugin entry is ``name`` (or ``name.preset``) or ``{name: ..., args: {...}}``; a task entry
+``refine``, ``search``, ``exhaustive``. A plugin entry is ``name`` (or ``name.preset``) or ``{name: ..., args: {...}}``; a task entry
 may also carry its own ``model:`` for the tiers other than ``tiny``. A composite defense ``a+b`` takes each part's
 values under the part's name (``{name: none+specdef, args: {specdef: {alpha: 1.0e+6}}}``, :mod:`bench.composition`). In ``attacks`` the name ``default`` stands for
 each task's default suite, and its ``args`` apply to every family of that suite.
@@ -40,7 +40,8 @@ from bench.spec import RunSpec, resolve_plugin
 from bench.suite import SuiteRequest
 from bench.yaml_dataclass import collect, read_mapping
 
-SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search")
+SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search",
+              "exhaustive")
 MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
 DEFAULT_SUITE = "default"
 """The attack entry that stands for each task's default attack suite."""
@@ -95,6 +96,9 @@ class Sweep:
     """Add half-decade refinement runs around each LR family's best point."""
     search: str | None = None
     """Override every family's LR strategy (``grid`` or ``lr-search``); None keeps each task's choice."""
+    exhaustive: bool = False
+    """Run every attack run to its end (no bound pruning, :mod:`bench.pruning`): per-family figures and each run's
+    own outcome exact, at the cost of the runs pruning would have stopped."""
 
     def __post_init__(self) -> None:
         problems = [f"{key} must list at least one entry" for key in ("tasks", "defenses", "attacks", "tiers", "seeds")
@@ -234,7 +238,7 @@ def expand(sweep: Sweep) -> list[tuple[str, tuple[Entry, Entry, Entry], SuiteReq
                         task=task.name, defense=defense.name, tier=tier, model=model, seeds=sweep.seeds,
                         attack=None if suite else attack.name, task_args=dict(task.args),
                         defense_args=dict(defense.args), attack_args=dict(attack.args), baseline=False,
-                        refine=sweep.refine, search=sweep.search)
+                        refine=sweep.refine, search=sweep.search, exhaustive=sweep.exhaustive)
                     label = "none (baseline)" if defense is baseline else defense.label
                     where = f"{task.label} ({tier}) × {label} × {attack.label}"
                     out.append((where, (task, defense, attack), request))

@@ -168,7 +168,7 @@ def per_seed(runs: pd.DataFrame, trials: pd.DataFrame | None = None) -> pd.DataF
         record["worst_examples_seen"] = _first(worst_run, "examples_seen")
         record["adaptive_run"] = bool((group["knowledge"] == "white-box").any())
         outcomes = group.loc[group["status"] == "success", "outcome"].value_counts()
-        for outcome in ("harmed", "broken", "resisted"):
+        for outcome in ("harmed", "broken", "resisted", "pruned"):  # pruned: stopped at the bound (bench.pruning)
             record[f"n_{outcome}"] = int(outcomes.get(outcome, 0))
         # n_runs and n_failed count the same runs (attack runs); failed LR-search probes are counted apart
         record["n_runs"] = len(group)
@@ -261,7 +261,7 @@ def per_defense(seeds: pd.DataFrame) -> pd.DataFrame:
             record[f"{prefix}_attack"] = attacks.mode().iloc[0] if len(attacks) else None
         record["adaptive_run"] = bool(group["adaptive_run"].any())
         record.update(_ratio_record(group, reference=record["defense_label"] == "none"))
-        for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_runs", "n_failed", "n_probe_runs",
+        for column in ["harm_auc_max", "n_harmed", "n_broken", "n_resisted", "n_pruned", "n_runs", "n_failed", "n_probe_runs",
                        "n_probe_failed"]:
             record[column] = group[column].sum() if column.startswith("n_") else group[column].mean()
         for column in group.columns:

@@ -9,7 +9,8 @@ columns named after the key, so that one schema entry shows a value with its cen
   over seeds) and ``<key>_verdict`` (gain / tie / loss ..., :mod:`leaderboard.ratios`), ``released_already_harmful``
   ("n/a"); a verdict ``broken at release`` shows that status instead of a ratio, with ``n_broken_at_release``,
   ``seeds`` and ``release_reason`` (:mod:`leaderboard.release`);
-* ``outcomes``: ``n_harmed``/``n_broken``/``n_resisted`` (the key is the column to sort by).
+* ``outcomes``: ``n_harmed``/``n_broken``/``n_resisted`` (the key is the column to sort by), then ``+N pruned``
+  for runs stopped at the bound (:mod:`bench.pruning`).
 
 A key may carry a suffix ``@<task>`` (the cross-task overview's per-task columns); companions carry the same suffix.
 """
@@ -160,7 +161,13 @@ def _text(value: Any) -> str:
 def _outcomes(row: Mapping[str, Any], key: str, low: str | None, high: str | None) -> str:
     _, suffix = split_suffix(key)
     counts = [row.get(f"n_{o}{suffix}") for o in ("harmed", "broken", "resisted")]
-    return "—" if any(isnan(c) for c in counts) else "/".join(str(int(c)) for c in counts)
+    return "—" if any(isnan(c) for c in counts) else "/".join(str(int(c)) for c in counts) + pruned_text(
+        row.get(f"n_pruned{suffix}"))
+
+
+def pruned_text(count: Any) -> str:
+    """`` +N pruned`` for the runs stopped at the bound (their own outcome unknown, :mod:`bench.pruning`), else ''."""
+    return "" if isnan(count) or not count else f" +{int(count)} pruned"
 
 
 def defense_name(row: Mapping[str, Any], key: str = "defense_label") -> str:

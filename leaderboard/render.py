@@ -250,6 +250,6 @@ def family_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append({"defense": defense, "family": family, "steps": best.steps_to_harm, "censored": best.censored,
                      "attack": group.iloc[best.index]["attack_label"], "runs": len(group),
                      "harmed": int(counts.get("harmed", 0)), "broken": int(counts.get("broken", 0)),
-                     "resisted": int(counts.get("resisted", 0))})
+                     "resisted": int(counts.get("resisted", 0)), "pruned": int(counts.get("pruned", 0))})
     return pd.DataFrame(rows)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
-from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, ratio_text
+from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, pruned_text, ratio_text
 from leaderboard.ratios import METHOD
 from leaderboard.render import family_table, group_rows, released_note, task_groups
 from leaderboard.variants import mismatch_notes, missing_baseline_note
@@ -65,7 +65,8 @@ def summary_text(aggregates: Aggregates) -> str:
                              r["adaptive_high"]) if r["adaptive_run"] else "—",
                    _bounded(r, ""),
                    ratio_text(r),
-                   f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"]
+                   f"{int(r['n_harmed'])}/{int(r['n_broken'])}/{int(r['n_resisted'])}"
+                   + pruned_text(r.get("n_pruned"))]
             for u in utilities:
                 low, high = r.get(f"retained_low:{u}"), r.get(f"retained_high:{u}")
                 ci = f" [{fmt_fraction(low)}, {fmt_fraction(high)}]" if pd.notna(low) and pd.notna(high) else ""
@@ -81,8 +82,9 @@ def summary_text(aggregates: Aggregates) -> str:
         if not families.empty:
             lines.append("")
             lines.append("per attack family (worst case over learning rates and seeds):")
-            fam_rows = [[f["defense"], f["family"], fmt_steps(f["steps"], bool(f["censored"])), str(f["attack"]),
-                         f"{f['harmed']}/{f['broken']}/{f['resisted']}"] for _, f in families.iterrows()]
+            fam_rows = [[f["defense"], f["family"], family_steps(f), str(f["attack"]),
+                         f"{f['harmed']}/{f['broken']}/{f['resisted']}" + pruned_text(f.get("pruned"))]
+                        for _, f in families.iterrows()]
             lines += ["  " + x for x in _table(["defense", "family", "steps-to-harm", "best config", "H/B/R"], fam_rows)]
         failed = task_runs[task_runs["status"] != "success"]
         for _, f in failed.head(5).iterrows():
@@ -91,8 +93,19 @@ def summary_text(aggregates: Aggregates) -> str:
     lines.append("steps-to-harm: attacker steps until harm >= tau while the model stays usable; '> B' = not within "
                  "budget B. vs none: '≥' / '≤' = a bound (the defense / none was not harmed within budget); " + METHOD +
                  " 'broken at release': the defended model was unusable before any attack; no ratio. "
-                 "H/B/R = harmed / broken / resisted attack runs. adaptive worst case: over white-box attacks only. "
+                 "H/B/R = harmed / broken / resisted attack runs; +N pruned: runs stopped once they could no longer "
+                 "lower a worst case (every worst case shown is exact; --exhaustive runs them out). "
+                 "adaptive worst case: over white-box attacks only. "
                  "within utility bound: the worst case over the attack runs whose attacked model stayed within the "
                  "task's utility bound, printed under the task ('—' = none did). retained: mean over seeds [95% CI "
                  "over seeds; one seed: bootstrap CI over items]. defense time: seconds to apply (train) the defense, mean over seeds.")
     return "\n".join(lines)
+
+
+def family_steps(family) -> str:
+    """A family's worst case; ``≥ s (pruned)`` when it is censored and some of its runs were stopped at the bound
+    (their own crossing, if any, lies past ``s``: a bound, not the family's exact figure)."""
+    if bool(family["censored"]) and family.get("pruned", 0):
+        return f"≥ {int(family['steps'])} (pruned)"
+    return fmt_steps(family["steps"], bool(family["censored"]))
+

@@ -85,6 +85,13 @@ def measurement(p: argparse.ArgumentParser, *, drift: bool = True, stale: bool =
                             "versions) instead of running them again; they are marked stale in run.json")
 
 
+def exhaustive(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exhaustive", action="store_true",
+                   help="run every attack run to its end: no bound pruning (by default a run stops once it can no "
+                        "longer lower any reported worst case, recorded as pruned at that step; in a sweep file: "
+                        "`exhaustive: true`)")
+
+
 def overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="PART.KEY=VALUE", help="dotted overrides, e.g. defense.alpha=1e6")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -34,6 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     flags.results(p)
     flags.baseline(p)
     flags.lr_strategy(p)
+    flags.exhaustive(p)
     p.add_argument("--no-resume", dest="resume", action="store_false", help="re-run runs already completed")
     flags.measurement(p)
     flags.executor(p)
@@ -96,6 +98,8 @@ def main(args: argparse.Namespace) -> int:
     request = build_request(config=args.config, task=args.task, defense=args.defense, attack=args.attack,
                             overrides=args.overrides, tier=args.tier, model=args.model, seeds=args.seeds,
                             baseline=args.baseline, refine=args.refine, search=args.search)
+    if args.exhaustive:
+        request = dataclasses.replace(request, exhaustive=True)
     threads = set_threads(args.threads, {request.tier})
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)

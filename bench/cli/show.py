@@ -67,6 +67,11 @@ def main(args: argparse.Namespace) -> int:
                 if attack_info.get("fallback") else ""
             print(f"reused from run {summary['reused_from']}: the same trajectory{why}, run once and recorded for "
                   f"each attack that shares it; its attack seconds are that run's")
+        if summary.get("pruned_at_bound") is not None:
+            print(f"pruned at the bound: stopped at step {summary['pruned_at_bound']} "
+                  f"(bound {summary.get('prune_bound')}, "
+                  f"set by {', '.join(summary.get('bound_by') or []) or '—'}): a crossing still to come could lower "
+                  f"no worst case; censored there, outcome unknown (--exhaustive runs it out)")
         if summary.get("released_already_harmful"):
             print(f"the released model {summary['released_already_harmful']}")
         if summary.get("already_harmful"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -28,6 +29,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     flags.results(p)
     flags.device(p)
     flags.measurement(p)
+    flags.exhaustive(p)
     flags.executor(p)
     return p
 
@@ -36,6 +38,10 @@ def main(args: argparse.Namespace) -> int:
     from bench.sweep import plan_file
 
     sweep_plan = plan_file(args.file)
+    if getattr(args, "exhaustive", False):  # (bench compare shares this module's runner, not this flag)
+        sweep_plan = dataclasses.replace(sweep_plan, suites=tuple(
+            dataclasses.replace(p, request=dataclasses.replace(p.request, exhaustive=True))
+            for p in sweep_plan.suites))
     if args.dry_run:
         return print_dry_run(sweep_plan, args.results)
     return _run(sweep_plan, args)

@@ -35,6 +35,11 @@ class Executor(Protocol):
     # ``callback(record)`` returns runs that became ready because of it (an LR search's full runs, refinement), which
     # the executor runs in the same call (the in-process and local executors; the caller then has no wave barrier).
 
+    # Optional: ``starts = True`` and ``submit(specs, more=..., start=callback, rank=callback)``: ``start(spec)``
+    # returns the spec to run in its place, called as the run starts (bound pruning caps it then, :mod:`bench.pruning`,
+    # with the bound known at that moment rather than when it was queued); among runs otherwise equal, the one with
+    # the lowest ``rank(spec)`` at that moment starts first (likely fast attacks, which set the bounds).
+
     # Optional: ``prestart(specs)``, a hint that ``specs`` come next, called before the caller prepares their stages
     # (the local executor starts its workers then, so their startup overlaps the preparation).
     # Optional: ``prepare(specs) -> set of stage keys``, called next: build (or find) the defended stages ``specs`` need
@@ -47,17 +52,23 @@ class InProcessExecutor:
     """Runs specs one after another in this process through ``session`` (stages shared in memory)."""
 
     streams = True
+    starts = True
 
     def __init__(self, session):
         self.session = session
 
-    def submit(self, specs: Sequence[RunSpec],
-               more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
+    def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
+               start: Callable[[RunSpec], RunSpec] | None = None,
+               rank: Callable[[RunSpec], tuple] | None = None) -> Iterator[RunRecord]:
         from bench.runner import run
 
         todo = collections.deque(specs)
         while todo:
+            if rank is not None:  # the lowest rank now, the earliest among equals
+                todo.rotate(-min(range(len(todo)), key=lambda i: (rank(todo[i]), i)))
             spec = todo.popleft()
+            if start is not None:
+                spec = start(spec)
             result = run(spec, self.session)
             record = RunRecord(spec, result.status, result.summary, result.error)
             if more is not None:

@@ -48,6 +48,7 @@ class LocalExecutor:
     """Runs specs in ``jobs`` long-lived worker processes (see the module docstring)."""
 
     streams = True
+    starts = True
     computes_in_workers = True
     """The sweep's own process builds no stage: workers do (:meth:`prepare`, then each run)."""
 
@@ -107,16 +108,19 @@ class LocalExecutor:
             self._halt(threads, stop)
         return outcomes
 
-    def submit(self, specs: Sequence[RunSpec],
-               more: Callable[[RunRecord], Sequence[RunSpec]] | None = None) -> Iterator[RunRecord]:
-        """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring)."""
-        pending = RunQueue(specs, gating_first=more is not None)
+    def submit(self, specs: Sequence[RunSpec], more: Callable[[RunRecord], Sequence[RunSpec]] | None = None,
+               start: Callable[[RunSpec], RunSpec] | None = None,
+               rank: Callable[[RunSpec], tuple] | None = None) -> Iterator[RunRecord]:
+        """Run ``specs``, and the runs ``more(record)`` returns for each finished one (see the module docstring);
+        ``start(spec)``, called in a worker slot's thread as a run is taken, gives the spec to run in its place;
+        ``rank`` orders the runs the queue holds as equal (:class:`RunQueue`)."""
+        pending = RunQueue(specs, gating_first=more is not None, rank=rank)
         if more is None:
             pending.close()  # nothing will be added: a slot with nothing left to take ends
         finished: queue.Queue = queue.Queue()
         stop = threading.Event()
         slots = self.jobs if more is not None else min(self.jobs, len(specs))
-        threads = [threading.Thread(target=self._slot, args=(slot, pending, finished, stop), daemon=True,
+        threads = [threading.Thread(target=self._slot, args=(slot, pending, finished, stop, start), daemon=True,
                                     name=f"local-worker-{slot}") for slot in range(slots if specs else 0)]
         for thread in threads:
             thread.start()
@@ -155,13 +159,16 @@ class LocalExecutor:
             _kill_all(self._workers, self._lock)
 
     # -- one worker slot -----------------------------------------------------------------------------------------
-    def _slot(self, slot: int, pending: RunQueue, finished: queue.Queue, stop: threading.Event) -> None:
+    def _slot(self, slot: int, pending: RunQueue, finished: queue.Queue, stop: threading.Event,
+              start: Callable[[RunSpec], RunSpec] | None = None) -> None:
         try:
             while not stop.is_set():
                 worker = self._workers.get(slot)
                 spec = pending.take(worker.stages if worker else [], stop)
                 if spec is None:
                     return
+                if start is not None:
+                    spec = start(spec)
                 record = self._run(slot, spec, stop)
                 if record is not None:
                     finished.put(record)

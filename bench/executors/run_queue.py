@@ -4,7 +4,7 @@ next, and how a worker waits for runs that a streaming caller adds later."""
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bench.spec import RunSpec
 
@@ -19,10 +19,13 @@ class RunQueue:
     the search picks wait for them, and among runs as long, those added later (a family's next runs) go before those
     already waiting: a family's chain of runs (probes, full runs, refinement) is its critical path, so the runs that
     extend it start while the others fill the cores. Until :meth:`close`, a worker with nothing to take waits for
-    :meth:`add`."""
+    :meth:`add`. With ``rank``, among the runs of the first priority the lowest ``rank(spec)`` at the moment a
+    worker takes one goes first (bound pruning's likely-fast runs, :mod:`bench.pruning`), then one on a held stage."""
 
-    def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False):
+    def __init__(self, specs: Sequence[RunSpec], *, gating_first: bool = False,
+                 rank: Callable[[RunSpec], tuple] | None = None):
         self._gating_first = gating_first
+        self._rank = rank
         self._entries: list[tuple[tuple[bool, float, int], str, RunSpec]] = []
         self._added = 0
         self._ready = threading.Condition()
@@ -52,12 +55,15 @@ class RunQueue:
                     return None
                 self._ready.wait(POLL_S)
             first = self._entries[0][0]
-            for i, (priority, stage, _) in enumerate(self._entries):
-                if priority != first:
-                    break
-                if stage in held:
+            candidates = [i for i, (priority, _, _) in enumerate(self._entries) if priority == first]
+            if self._rank is not None:
+                ranks = {i: self._rank(self._entries[i][2]) for i in candidates}
+                lowest = min(ranks.values())
+                candidates = [i for i in candidates if ranks[i] == lowest]
+            for i in candidates:
+                if self._entries[i][1] in held:
                     return self._entries.pop(i)[2]
-            return self._entries.pop(0)[2]
+            return self._entries.pop(candidates[0])[2]
 
 
 def budget_of(spec: RunSpec) -> float:
