@@ -8,7 +8,8 @@ step. Against a defense that inflates curvature it is the natural thing for an a
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn

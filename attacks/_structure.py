@@ -14,8 +14,8 @@ undone if it changed them, so an unusual wrapper (e.g. one that also reuses the 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -10,9 +10,9 @@ defense highlighted, and writes the leaderboard of the whole results folder (:fu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pandas as pd
 

@@ -31,8 +31,9 @@ import dataclasses
 import difflib
 import functools
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.config import check
 from bench.contracts import Defense, DefenseResult
@@ -83,7 +84,7 @@ class ComposedDefense(Defense):
     part_names: ClassVar[tuple[str, ...]] = ()
     part_classes: ClassVar[tuple[type, ...]] = ()
 
-    def apply(self, model, view, cfg: CompositeConfig, *, generator: "torch.Generator") -> DefenseResult:
+    def apply(self, model, view, cfg: CompositeConfig, *, generator: torch.Generator) -> DefenseResult:
         import torch
 
         names = tuple(part.name for part in cfg.parts)
@@ -109,14 +110,14 @@ class ComposedDefense(Defense):
         return DefenseResult(model=model, layers=tuple(layers), info=info, curve=curve)
 
 
-def part_seeds(generator: "torch.Generator", count: int) -> list[int]:
+def part_seeds(generator: torch.Generator, count: int) -> list[int]:
     """The seeds of a composite's parts, drawn in order from the run's defense generator."""
     import torch
 
     return [int(s) for s in torch.randint(0, 2**62, (count,), generator=generator, device=generator.device)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def composite_class(names: tuple[str, ...], classes: tuple[type[Defense], ...]) -> type:
     """The composite defense class of these part classes (one class per combination, so caches keyed by class hold)."""
     hints = [f"{name}: {cls.drift_hint}" for name, cls in zip(names, classes) if cls.drift_hint]
@@ -140,7 +141,7 @@ def plugin_classes(cls: type) -> tuple[type, ...]:
     return (cls,)
 
 
-def resolve_composite(registry: "Registry", name: str) -> "Resolved":
+def resolve_composite(registry: Registry, name: str) -> Resolved:
     """Resolve ``a+b.preset+c``: each part through ``registry`` (unknown names get its did-you-mean error)."""
     from bench.registry import Resolved
 
@@ -162,7 +163,7 @@ def resolve_composite(registry: "Registry", name: str) -> "Resolved":
     return Resolved(name=SEPARATOR.join(names), cls=cls, preset=None, preset_args={}, parts=tuple(parts))
 
 
-def part_args(resolved: "Resolved", args: Mapping[str, Any], *, kind: str = "defense") -> list[tuple[str, dict[str, Any]]]:
+def part_args(resolved: Resolved, args: Mapping[str, Any], *, kind: str = "defense") -> list[tuple[str, dict[str, Any]]]:
     """Each part's label (``name`` or ``name.preset``) and config values, from a composite's ``args``.
 
     ``args`` mixes the three forms of the module docstring; later forms win: ``parts`` (the resolved form), then a
@@ -197,7 +198,7 @@ def part_args(resolved: "Resolved", args: Mapping[str, Any], *, kind: str = "def
     return [(labels[n], values[n]) for n in names]
 
 
-def _resolved_form(entries: Any, parts: Sequence["Resolved"], labels: dict[str, str], values: dict[str, dict],
+def _resolved_form(entries: Any, parts: Sequence[Resolved], labels: dict[str, str], values: dict[str, dict],
                    where: str) -> list[str]:
     """Read ``parts: [{name, preset, args}, ...]`` into ``labels`` and ``values``; returns the problems found."""
     names = [part.name for part in parts]
@@ -224,7 +225,7 @@ def _resolved_form(entries: Any, parts: Sequence["Resolved"], labels: dict[str, 
     return problems
 
 
-def _unknown_key(key: str, parts: Sequence["Resolved"], where: str) -> str:
+def _unknown_key(key: str, parts: Sequence[Resolved], where: str) -> str:
     """A key that names no part: a config key written without its part (``alpha=`` for ``specdef.alpha=``)?"""
     owners = [part.name for part in parts if key in _fields(part.cls)]
     if owners:

@@ -19,8 +19,9 @@ import math
 import textwrap
 import types
 import typing
-from functools import lru_cache
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, Literal
 
 from bench.errors import ConfigError
 
@@ -170,7 +171,7 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings of a dataclass: the string literal written right under each field."""
     docs: dict[str, str] = {}

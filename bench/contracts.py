@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from bench.config import check
 
@@ -33,7 +34,7 @@ class Score:
     """A measured value, with per-item values when it is a mean over evaluation items (for bootstrap CIs)."""
 
     value: float
-    items: "np.ndarray | None" = None
+    items: np.ndarray | None = None
     higher_is_better: bool = True
 
     @property
@@ -45,7 +46,7 @@ class Score:
 class Preview:
     """Images a task shows for one model: ``images`` (N, 3, H, W) in [-1, 1], one column label per image."""
 
-    images: "torch.Tensor"
+    images: torch.Tensor
     labels: Sequence[str]
 
     def __post_init__(self) -> None:
@@ -83,7 +84,7 @@ class Evaluation:
 class DefenseResult:
     """What a defense returns: the defended model and a small report."""
 
-    model: "nn.Module"
+    model: nn.Module
     layers: Sequence[str] = ()
     """Names of the modules the defense changed."""
     info: Mapping[str, Any] = field(default_factory=dict)
@@ -155,7 +156,7 @@ class AttackSweep:
 class Loss(Protocol):
     """A task loss: the mean over the batch, or one value per example with ``reduction="none"``."""
 
-    def __call__(self, model: "nn.Module", batch: Any, reduction: Literal["mean", "none"] = "mean") -> "torch.Tensor":
+    def __call__(self, model: nn.Module, batch: Any, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         ...
 
 
@@ -169,11 +170,11 @@ class Predictions:
     target). ``example`` maps rows to the batch's examples, for per-example reductions.
     """
 
-    outputs: "torch.Tensor"
+    outputs: torch.Tensor
     """(N, C): logits over C classes or tokens (``kind="logits"``), or predicted values (``kind="regression"``)."""
-    targets: "torch.Tensor"
+    targets: torch.Tensor
     """(N,) class or token ids for logits; (N, C) target values for regression."""
-    example: "torch.Tensor"
+    example: torch.Tensor
     """(N,) index of each row's example in the batch (long)."""
     kind: Literal["logits", "regression"]
     examples: int
@@ -226,18 +227,18 @@ class DefenderView:
     ``aligned[i]`` holds the inputs of ``harmful[i]``, example by example."""
     aligned_loss: Loss | None = None
     """The loss toward the safe target on an ``aligned`` batch."""
-    stream: "Callable[[str, int, torch.Generator], Iterator[Any]] | None" = None
+    stream: Callable[[str, int, torch.Generator], Iterator[Any]] | None = None
     """``stream(part, batch_size, generator)``: an endless stream of fresh batches of ``"harmful"``, ``"benign"`` or
     ``"aligned"`` drawn from the defender's split (shuffled; new timesteps and noise per batch where the task is
     stochastic), or of ``"pairs"``: ``(harmful_batch, aligned_batch)`` tuples over the same examples."""
     feature_modules: tuple[str, ...] = ()
     """Names of the modules whose outputs are the task's hidden representations (e.g. the decoder layers, the UNet's
     blocks, the classifier's penultimate layer), shallow to deep; defenses may hook them (e.g. to perturb them)."""
-    features: "Callable[[nn.Module, Any], dict[str, torch.Tensor]] | None" = None
+    features: Callable[[nn.Module, Any], dict[str, torch.Tensor]] | None = None
     """``features(model, batch)``: the outputs of ``feature_modules`` on a batch (forward hooks, with gradients),
     each flattened to (N, D) rows at the positions the loss counts (one row per image; per response token for an
     LLM), keyed by module name."""
-    predictions: "Callable[[nn.Module, Any], Predictions] | None" = None
+    predictions: Callable[[nn.Module, Any], Predictions] | None = None
     """``predictions(model, batch)``: the model's outputs and targets at the positions the loss counts."""
     attacker: AttackerScale | None = None
     """How fast the undefended model is harmed here (what a simulated attacker is scaled by)."""
@@ -303,7 +304,7 @@ class TaskInstance(abc.ABC):
     name: str
     tier: str
     config: TaskConfig
-    model: "nn.Module"
+    model: nn.Module
     """The released (undefended) model, in eval mode."""
     utility_metric: str
     """Name of the primary utility metric (the one the usable floor and the probe use)."""
@@ -325,20 +326,20 @@ class TaskInstance(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def attack_batches(self, batch_size: int, generator: "torch.Generator") -> Iterator[Any]:
+    def attack_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Any]:
         """An endless stream of the attacker's training batches (harmful data, plus replay where the task uses it)."""
 
     @abc.abstractmethod
-    def attack_loss(self, model: "nn.Module", batch: Any) -> "torch.Tensor":
+    def attack_loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The loss the attacker minimises on one of its batches."""
 
     @abc.abstractmethod
-    def harmful_loss(self, model: "nn.Module", batch: Any, reduction: Literal["mean", "none"] = "mean") -> "torch.Tensor":
+    def harmful_loss(self, model: nn.Module, batch: Any, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         """The loss of the harmful task alone on harmful data (used by defenses and the curvature diagnostic);
         ``reduction="none"``: one value per example."""
 
     @abc.abstractmethod
-    def benign_loss(self, model: "nn.Module", batch: Any, reduction: Literal["mean", "none"] = "mean") -> "torch.Tensor":
+    def benign_loss(self, model: nn.Module, batch: Any, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         """The loss of the benign (allowed) task on benign data; ``reduction="none"``: one value per example."""
 
     @abc.abstractmethod
@@ -346,10 +347,10 @@ class TaskInstance(abc.ABC):
         """The defender's split: harmful and benign data disjoint from the attacker's evaluation data."""
 
     @abc.abstractmethod
-    def probe(self, model: "nn.Module") -> Probe:
+    def probe(self, model: nn.Module) -> Probe:
         """Cheap deterministic harm and utility measurement, taken every ``eval_every`` steps."""
 
-    def confirm(self, model: "nn.Module") -> Probe | None:
+    def confirm(self, model: nn.Module) -> Probe | None:
         """A larger measurement taken when a probe first looks harmful and usable; None: the probe stands.
 
         Tasks whose probe is noisy or a proxy (e.g. a few sampled generations) return a more reliable Probe here;
@@ -357,7 +358,7 @@ class TaskInstance(abc.ABC):
         """
         return None
 
-    def probe_harm(self, model: "nn.Module") -> float | None:
+    def probe_harm(self, model: nn.Module) -> float | None:
         """The probe's harm alone, equal bit for bit to ``probe(model).harm``, where it costs less than the whole
         probe; None (the default): not offered.
 
@@ -368,7 +369,7 @@ class TaskInstance(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def evaluate(self, model: "nn.Module") -> Evaluation:
+    def evaluate(self, model: nn.Module) -> Evaluation:
         """Full measurement of harm and utility (per-item where possible)."""
 
     def already_harmful(self, evaluation: Evaluation, probe: Probe | None) -> str | None:
@@ -384,7 +385,7 @@ class TaskInstance(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def reference_outputs(self, model: "nn.Module") -> "torch.Tensor":
+    def reference_outputs(self, model: nn.Module) -> torch.Tensor:
         """Model outputs on fixed benign inputs, compared between released and defended models."""
 
     @abc.abstractmethod
@@ -395,14 +396,14 @@ class TaskInstance(abc.ABC):
     lora_targets: tuple[str, ...] = ("*",)
     """fnmatch patterns of module names that LoRA adapts by default (the task's standard targets)."""
 
-    def batch_outputs(self, model: "nn.Module", batch: Any) -> "torch.Tensor":
+    def batch_outputs(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The model's raw outputs on one attacker batch (logits, predicted noise, ...).
 
         Adaptive attacks use it to check that a restructuring keeps the function on their own data.
         """
         raise NotImplementedError(f"task {self.name!r} does not expose batch outputs")
 
-    def mixed_batches(self, batch_size: int, generator: "torch.Generator", harmful_fraction: float) -> Iterator[Any]:
+    def mixed_batches(self, batch_size: int, generator: torch.Generator, harmful_fraction: float) -> Iterator[Any]:
         """An endless stream of attacker batches of the attacker's *benign* data in which each example is instead a
         harmful one with probability ``harmful_fraction`` (0: benign data only), for :meth:`attack_loss`.
 
@@ -412,7 +413,7 @@ class TaskInstance(abc.ABC):
         """
         raise NotImplementedError(f"task {self.name!r} has no benign attacker data to mix")
 
-    def preview(self, model: "nn.Module") -> "Preview | None":
+    def preview(self, model: nn.Module) -> Preview | None:
         """Sample outputs a person can look at (e.g. generated images), shown before and after each attack run.
 
         None (the default) when the task has nothing visual to show; the runner then writes no samples image.
@@ -461,7 +462,7 @@ class Task(abc.ABC):
     """The leaderboard's utility bound for this task (default: the primary utility keeps at least 80%)."""
 
     @abc.abstractmethod
-    def build(self, cfg: Any, *, tier: str, model: str | None, cache: "Cache", device: "torch.device",
+    def build(self, cfg: Any, *, tier: str, model: str | None, cache: Cache, device: torch.device,
               progress: bool = True) -> TaskInstance:
         """Build the task for ``tier`` on ``device``; ``model`` is a hub id or local path (real tier), else None.
 
@@ -517,7 +518,7 @@ class Defense(abc.ABC):
     """The task settings (:attr:`Task.setting`) the defense applies to; empty: every task (:mod:`bench.applicability`)."""
 
     @abc.abstractmethod
-    def apply(self, model: "nn.Module", view: DefenderView, cfg: Any, *, generator: "torch.Generator") -> DefenseResult:
+    def apply(self, model: nn.Module, view: DefenderView, cfg: Any, *, generator: torch.Generator) -> DefenseResult:
         """Return the defended model (the runner passes a private copy, which may be modified in place)."""
 
 
@@ -553,11 +554,11 @@ class Monitor(Protocol):
 
     budget: int
 
-    def begin(self, model: "nn.Module", trajectory: Trajectory | None = None) -> None:
+    def begin(self, model: nn.Module, trajectory: Trajectory | None = None) -> None:
         """Call once, after any restructuring and before the first optimizer step (probes step 0). ``trajectory``:
         the loop's replay handle, for exact crossings (None: crossings are read on the probe grid)."""
 
-    def after_step(self, model: "nn.Module", *, step: int, loss: float, examples: int) -> bool:
+    def after_step(self, model: nn.Module, *, step: int, loss: float, examples: int) -> bool:
         """Call after every optimizer step; returns True when the attack must stop. An attack runs its whole budget
         unless this says stop: a run that quits earlier is recorded ``stopped_early`` and censored at the steps it
         ran, and the conformance check fails it."""
@@ -606,12 +607,12 @@ class Attack(abc.ABC):
 
     @abc.abstractmethod
     def run(
-        self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator", monitor: Monitor
+        self, model: nn.Module, task: TaskInstance, cfg: Any, *, generator: torch.Generator, monitor: Monitor
     ) -> AttackReport:
         """Fine-tune ``model`` in place, reporting each optimizer step to ``monitor`` and stopping when it says so."""
 
     def shared_run(
-        self, model: "nn.Module", task: TaskInstance, cfg: Any, *, generator: "torch.Generator"
+        self, model: nn.Module, task: TaskInstance, cfg: Any, *, generator: torch.Generator
     ) -> Mapping[str, Any] | None:
         """What makes this run the very trajectory of runs of *other* attacks on the same defended model, decided
         before it starts from the model's structure (never from results): a JSON-able description that attacks

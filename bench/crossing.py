@@ -33,8 +33,9 @@ import copy
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class TrainingState:
 
     @classmethod
     def capture(cls, step: int, model: nn.Module, optimizer: Any, generators: Sequence[torch.Generator] = ()
-                ) -> "TrainingState":
+                ) -> TrainingState:
         with torch.no_grad():
             tensors = [t.detach().to("cpu", copy=True) for t in _tensors(model)]
         optimizers = [_to_cpu(o.state_dict()) for o in optimizers_of(optimizer)]

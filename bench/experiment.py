@@ -17,9 +17,10 @@ Unknown keys anywhere are errors that name the key (typos never pass silently); 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, TASKS, Registry

@@ -22,8 +22,9 @@ import hashlib
 import importlib.metadata
 import inspect
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.spec import RunSpec
@@ -48,7 +49,7 @@ def digest_files(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def harness_version() -> str:
     """The harness version and a digest of its sources (the CLI aside, which measures nothing)."""
     import bench
@@ -76,7 +77,7 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plugin_version(cls: type) -> str | None:
     """A digest of a plugin's code (its class name and the files of :func:`plugin_files`); None when it has no
     source file."""
@@ -92,7 +93,7 @@ def source_hash(target: str, files: list[Path], root: Path) -> str:
     return hashlib.sha256(f"{target}:{digest_files(files, root)}".encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
     """The installed version of each library (its distribution: ``lm_eval`` is ``lm-eval``; None: not installed)."""
     versions: dict[str, str | None] = {}
@@ -109,7 +110,7 @@ def library_versions() -> dict[str, str | None]:
     return installed_versions(LIBRARIES)
 
 
-def spec_plugins(spec: "RunSpec") -> list[tuple[str, str, type]]:
+def spec_plugins(spec: RunSpec) -> list[tuple[str, str, type]]:
     """(kind, registered name, class) of every plugin a run of ``spec`` executes (each part of a composite)."""
     from bench.registry import ATTACKS, DEFENSES, TASKS
 
@@ -119,13 +120,13 @@ def spec_plugins(spec: "RunSpec") -> list[tuple[str, str, type]]:
             + [("attack", spec.attack.name, ATTACKS.get(spec.attack.name))])
 
 
-def code_fingerprint(spec: "RunSpec") -> dict[str, Any]:
+def code_fingerprint(spec: RunSpec) -> dict[str, Any]:
     """The fingerprint of the code a run of ``spec`` executes now (see the module docstring)."""
     plugins = [dict(_plugin_record(kind, name, cls)) for kind, name, cls in spec_plugins(spec)]
     return {"harness": harness_version(), "plugins": plugins, "libraries": library_versions()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plugin_record(kind: str, name: str, cls: type) -> tuple[tuple[str, Any], ...]:
     """A plugin's part of the fingerprint; memoised per class (its origin reads the source file: resume checks the
     fingerprint of every completed run, thousands on a leaderboard)."""

@@ -6,8 +6,8 @@ One row per model (a label on the left, its images to the right), one column lab
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -7,7 +7,8 @@ by structure and fuse, split or freeze their factors. :class:`MLP` is the tiny v
 
 from __future__ import annotations
 
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn

@@ -9,8 +9,9 @@ preservation.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -34,7 +35,7 @@ class Curve:
     broken: np.ndarray
 
     @classmethod
-    def from_lists(cls, steps, harm, utility, usable, broken=None) -> "Curve":
+    def from_lists(cls, steps, harm, utility, usable, broken=None) -> Curve:
         n = len(steps)
         return cls(
             steps=np.asarray(steps, dtype=np.int64),

@@ -15,8 +15,9 @@ import dataclasses
 import functools
 import json
 import math
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Mapping, Sequence
+from typing import Any
 
 from bench.contracts import AttackSweep
 from bench.errors import ConfigError

@@ -25,7 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from typing import Any, Mapping, Sequence, TypeGuard
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeGuard
 
 from bench.metrics import UTILITY_LIMITS
 from bench.spec import RunSpec

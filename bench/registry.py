@@ -27,9 +27,10 @@ import importlib.util
 import inspect
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from bench.errors import PluginError, UnknownNameError
 
@@ -62,7 +63,7 @@ class Resolved(Generic[T]):
     cls: type[T]
     preset: str | None
     preset_args: dict[str, Any]
-    parts: tuple["Resolved", ...] = ()
+    parts: tuple[Resolved, ...] = ()
     """A composite's parts, in order (:mod:`bench.composition`); () for a registered name."""
 
     @property

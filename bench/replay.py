@@ -8,7 +8,7 @@ generator, so a seed fixes the whole stream.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

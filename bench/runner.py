@@ -260,7 +260,7 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
                 summary["samples"] = results.SAMPLES_PNG
         except KeyboardInterrupt:
             raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
-        except Exception as err:  # a crashing plugin or bad data fails this run, not the sweep
+        except Exception as err:  # noqa: BLE001 - a crashing plugin or bad data fails this run, not the sweep
             status = "failed"
             error = f"{type(err).__name__}: {err}"
             tb = traceback.format_exc()

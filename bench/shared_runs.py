@@ -24,8 +24,9 @@ import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pyarrow.parquet as pq
 

@@ -7,8 +7,8 @@ one-line :class:`~bench.errors.DataError` that names what the user typed live he
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from bench.errors import DataError, OutOfMemoryError
 

@@ -9,8 +9,9 @@ task's defaults, so a spec always holds fully resolved values and equal runs get
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from bench.applicability import check_applies
 from bench.composition import PARTS_KEY, CompositeConfig, PartConfig, is_composite, part_args
@@ -45,7 +46,7 @@ class PluginSpec:
         return dict(self.args)
 
     @property
-    def parts(self) -> tuple["PluginSpec", ...]:
+    def parts(self) -> tuple[PluginSpec, ...]:
         """A composite's parts, in the order they are applied; () for a single plugin."""
         if not is_composite(self.name):
             return ()
@@ -176,7 +177,7 @@ class RunSpec:
         )
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "RunSpec":
+    def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         """Rebuild (and re-validate) a spec written by :meth:`to_json`."""
         spec = make_spec(
             task=_label(data["task"]),

@@ -47,11 +47,21 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from bench.cache import (Cache, CacheEntry, Cleared, directory_size, file_lock, make_temp_entry, remove_unless_held,
-                         temp_entry_name)
+from bench.cache import (
+    Cache,
+    CacheEntry,
+    Cleared,
+    directory_size,
+    file_lock,
+    make_temp_entry,
+    remove_unless_held,
+    temp_entry_name,
+)
+
 # One definition of "the code" for stage keys and run fingerprints (re-exported: LIBRARIES, library_versions).
 from bench.fingerprint import LIBRARIES, harness_version, library_versions, plugin_version  # noqa: F401
 

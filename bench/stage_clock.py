@@ -16,9 +16,9 @@ import contextlib
 import contextvars
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
-_ACTIVE: contextvars.ContextVar["StageClock | None"] = contextvars.ContextVar("bench_stage_clock", default=None)
+_ACTIVE: contextvars.ContextVar[StageClock | None] = contextvars.ContextVar("bench_stage_clock", default=None)
 
 
 class StageClock:
@@ -33,7 +33,7 @@ class StageClock:
         self._path: list[str] = []
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["StageClock"]:
+    def running(self) -> Iterator[StageClock]:
         """Make this the clock :func:`part` and :func:`bar` report to, for the duration of the block."""
         token = _ACTIVE.set(self)
         try:

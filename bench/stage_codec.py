@@ -9,8 +9,9 @@ included), arrays through ``.npy`` with ``allow_pickle=False``. The defended mod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

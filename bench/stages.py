@@ -30,9 +30,10 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -266,7 +267,7 @@ class Session:
         if key not in store:
             try:
                 value = build()
-            except Exception as err:  # remembered, so every run sharing the stage fails fast with the same error
+            except Exception as err:  # noqa: BLE001 - remembered, so every run sharing the stage fails fast with the same error
                 value = err
             store[key] = value
             while self.keep_stages is not None and len(store) > max(self.keep_stages, 1):

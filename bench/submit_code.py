@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bench.errors import BenchError, DataError
 from bench.fingerprint import plugin_files, plugin_version, source_hash
@@ -90,7 +91,7 @@ def code_of(folder: str | Path, *, new_task: bool = False, custom_task_settings:
             plugins[(plugin.get("kind"), plugin.get("name"))][run_id] = plugin
     for (kind, name), entries in sorted(plugins.items()):
         _check_plugin(check, kind, name, entries, new_task=new_task)
-    for run_id, spec in specs.items():
+    for spec in specs.values():
         if spec.task.name not in TASKS or not TASKS.plugin_info(spec.task.name)["builtin"]:
             continue
         diff = official_difference(spec)

@@ -16,15 +16,22 @@ and the suite goes on; bad input found while building a request's stages stops t
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from bench.errors import BenchError, DataError
 from bench.executors import Executor, InProcessExecutor
 from bench.fingerprint import changes, code_fingerprint, mark_stale, retire
 from bench.lr_grid import decades, refinement  # noqa: F401 - re-exported: the suite's public vocabulary
 from bench.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
-    Planner, RunRecord, attack_sweeps, best_probe_lrs, defenses_of, probe_score, spec_of,
+    Planner,
+    RunRecord,
+    attack_sweeps,
+    best_probe_lrs,
+    defenses_of,
+    probe_score,
+    spec_of,
 )
 from bench.pruning import Bounds, pruned
 from bench.results import check_writable, completed_run_ids, read_run_json

@@ -26,9 +26,10 @@ runs, half-decade refinement), so :func:`first_wave` knows only the first wave a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bench.applicability import NotApplicableError
 from bench.config import check_choice

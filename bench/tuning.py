@@ -38,8 +38,9 @@ import math
 import resource
 import shlex
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from bench.applicability import check_applies
 from bench.config import stable_hash

@@ -21,8 +21,9 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 SERVE_STAGES = 2
 """Released and defended stages a serving worker keeps in memory (the least recently used is dropped first)."""
@@ -46,7 +47,7 @@ class WorkerOptions:
         return {**asdict(self), "plugins": list(self.plugins)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "WorkerOptions":
+    def from_json(cls, data: Mapping[str, Any]) -> WorkerOptions:
         return cls(**{**data, "plugins": tuple(data.get("plugins", ()))})
 
 

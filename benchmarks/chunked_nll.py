@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-
     from fixtures_gemma import gemma3_model
+
     from bench.metrics import function_preservation
     from tasks.llm import chunked
     from tasks.llm.chat import Batch, response_loss

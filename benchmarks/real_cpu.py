@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-real-cpu-"))
     os.environ["BENCH_CACHE_DIR"] = str(work / "cache")  # fresh: every stage is built, none read back
-    from bench.cli import main as bench_main, passive_thread_waits
+    from bench.cli import main as bench_main
+    from bench.cli import passive_thread_waits
 
     passive_thread_waits()  # as `bench` does, before torch is imported
     command = ["run", *ISSUE_COMMAND, "--model", args.model, "--results", str(work / "results"),

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # the test fixtures: not in the package
-from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report
+from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report  # noqa: E402
 
 GGUF_NAME = "model.Q4_K_M.gguf"
 

@@ -63,7 +63,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         found = two_drivers(Path(tmp), jobs=args.jobs, budget=args.budget, seeds=args.seeds)
-    for i, (code, out, err) in enumerate(found["outputs"]):
+    for i, (code, out, _err) in enumerate(found["outputs"]):
         table = [line for line in out.splitlines() if line.startswith(("none ", "specdef "))]
         print(f"driver {i + 1}: exit {code}, executed {found['executed'][i]} of {found['runs']} runs, "
               f"wall {found['walls'][i]:.1f} s, table rows: {len(table)}")

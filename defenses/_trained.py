@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from torch import nn
 from bench.config import check
 from bench.contracts import AttackerScale, DefenderView, DefenseResult
 from bench.errors import PluginError, TrainingDivergedError
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainedConfig:

@@ -38,8 +38,9 @@ the model toward the harmful solution: it does not resist here. The default suit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,6 +48,7 @@ from bench.config import check
 from bench.contracts import Defense
 from bench.registry import DEFENSES
 from defenses._trained import AttackerScaledConfig, batch_size_of, endless, lr_for, require, steps_for, train_defense
+
 
 @dataclass(frozen=True, kw_only=True)
 class BoosterConfig(AttackerScaledConfig):

@@ -66,14 +66,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
 from defenses._trained import TrainedConfig, batch_size_of, endless, require, train_defense

@@ -62,19 +62,27 @@ adaptation's loss doubles while a fresh one's rises under 1%). Default suite, se
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, steps_for,
-                               train_defense)
+from defenses._trained import (
+    AttackerScaledConfig,
+    attacker_report,
+    batch_size_of,
+    endless,
+    lr_for,
+    steps_for,
+    train_defense,
+)
 
 INNER_LR_RATIO = 10.0
 """lr_φ / lr_θ: the paper's 1e-4 / 1e-5."""

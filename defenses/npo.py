@@ -34,19 +34,28 @@ adaptive collapse and ``harmful-mix`` alike) against 15 (1.3×).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import sequence_logprob
-from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, require,
-                               steps_for, train_defense)
+from defenses._trained import (
+    AttackerScaledConfig,
+    attacker_report,
+    batch_size_of,
+    endless,
+    lr_for,
+    require,
+    steps_for,
+    train_defense,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -50,18 +50,27 @@ stronger noising term makes it weaker here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.registry import DEFENSES
 from defenses._objectives import bounded_ascent
-from defenses._trained import (AttackerScaledConfig, attacker_report, batch_size_of, endless, lr_for, require,
-                               steps_for, train_defense)
+from defenses._trained import (
+    AttackerScaledConfig,
+    attacker_report,
+    batch_size_of,
+    endless,
+    lr_for,
+    require,
+    steps_for,
+    train_defense,
+)
 
 
 @dataclass(frozen=True, kw_only=True)

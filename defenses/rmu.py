@@ -55,18 +55,27 @@ and its worst attack (adaptive-collapse) harms it in 20 steps, as fast as ``none
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from bench.config import check
-from bench.contracts import Defense, DefenderView, DefenseResult
+from bench.contracts import DefenderView, Defense, DefenseResult
 from bench.errors import PluginError
 from bench.registry import DEFENSES
-from defenses._trained import (AttackerScaledConfig, attacker_of, attacker_report, batch_size_of, endless, require,
-                               steps_for, train_defense)
+from defenses._trained import (
+    AttackerScaledConfig,
+    attacker_of,
+    attacker_report,
+    batch_size_of,
+    endless,
+    require,
+    steps_for,
+    train_defense,
+)
 
 PAPER_LAYER, PAPER_DEPTH = 7, 32
 """The paper's steered layer of zephyr-7b's 32 blocks (the depth rule keeps this ratio)."""

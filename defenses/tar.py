@@ -69,19 +69,28 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from bench.config import check
-from bench.contracts import AttackerScale, Defense, DefenderView, DefenseResult
+from bench.contracts import AttackerScale, DefenderView, Defense, DefenseResult
 from bench.registry import DEFENSES
 from defenses import _objectives as objectives
-from defenses._trained import (TrainedConfig, attacker_of, batch_size_of, clip, endless, require, sgd_rates,
-                               train_defense)
+from defenses._trained import (
+    TrainedConfig,
+    attacker_of,
+    batch_size_of,
+    clip,
+    endless,
+    require,
+    sgd_rates,
+    train_defense,
+)
 
 MAX_INNER_STEPS = 16
 """Cap of the K rule: one outer step stays about 20 passes, so the slowest tiny tiers (diffusion: ~0.5 s per pass on

@@ -49,8 +49,9 @@ before the reference's schedule; on this MLP the perturbed modules are unchanged
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn

@@ -24,20 +24,20 @@ as trials that did not harm), never dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from bench.spec import DEFAULT_SUITE_LABEL
 from bench.metrics import UTILITY_LIMITS, Ratio, WorstCase, censored_median, resistance_ratio, worst_case
 from bench.results import read_metrics
+from bench.spec import DEFAULT_SUITE_LABEL
 from leaderboard import cost, utility
+from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.ratios import BROKEN, ratio_interval
 from leaderboard.release import release_columns, seed_release
-from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.sources import RESULTS_SOURCE, load_all
 
 TASK_KEYS = ["task", "tier", "model", "task_settings", "suite"]

@@ -25,8 +25,8 @@ never written by hand. Nothing in the ledger is measured by the harness.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from bench import claims_file
 from bench.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary

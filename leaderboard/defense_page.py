@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pandas as pd
 
 from bench.errors import DataError
 from bench.results import read_run_json
-from leaderboard.html import table
 from leaderboard.claims import Claim, claim_of, claim_status, item_label, source_url
+from leaderboard.html import table
 from leaderboard.render import Column, columns, task_groups
 from leaderboard.schema import Schema
 from leaderboard.sources import SUBMISSION_PREFIX

@@ -18,7 +18,8 @@ A key may carry a suffix ``@<task>`` (the cross-task overview's per-task columns
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pandas as pd
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import jinja2

@@ -5,7 +5,8 @@ the same verdict are ties, listed by name), with its claims-ledger status (``lea
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 

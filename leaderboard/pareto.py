@@ -106,7 +106,7 @@ def _place_labels(fig, ax, points: list[Point]) -> None:
     markers = [Bbox.from_bounds(x - 5, y - 5, 10, 10) for (x, y), _ in clusters]
     frame = ax.get_window_extent(renderer)
     placed: list = []
-    for (x, y), members in clusters:
+    for _, members in clusters:
         anchor = (members[0].steps, members[0].utility)
         text = ",".join(str(p.number) for p in members)
         label = ax.annotate(text, anchor, xytext=_CANDIDATES[0], textcoords="offset points", fontsize=8,

@@ -21,8 +21,8 @@ then no ratio is computed at all. :data:`RANK` orders verdicts for ranking; rows
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -6,9 +6,9 @@ rows (:func:`columns`), the Markdown leaderboard, and the per-attack-family brea
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
 
 import pandas as pd
 
@@ -17,8 +17,9 @@ from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value
 from leaderboard.ratios import METHOD
-from leaderboard.variants import mismatch_notes, missing_baseline_note, variant_text
 from leaderboard.schema import Schema, Table, load_schema
+from leaderboard.variants import mismatch_notes, missing_baseline_note, variant_text
+
 
 def released_note(group: pd.DataFrame) -> str | None:
     """The line shown above a task's results when its released model was harmful before any attack, or None."""
@@ -92,7 +93,8 @@ def columns(group: pd.DataFrame, table: Table | None = None, *, tasks: list[str]
         else:
             fills = [(None, None, spec.fold)]
         for name, value, fold in fills:
-            fill = (lambda text: text.replace("{" + name + "}", value)) if name else (lambda text: text)
+            fill = (lambda text, name=name, value=value: text.replace("{" + name + "}", value)) if name \
+                else (lambda text: text)
             key = fill(spec.key)
             if key not in group.columns or (spec.hide_empty and not _has_values(group, key)):
                 continue

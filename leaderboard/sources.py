@@ -10,8 +10,8 @@ row's identity (:data:`leaderboard.aggregate.DEFENSE_KEYS`), and the renderers m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

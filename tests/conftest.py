@@ -15,7 +15,6 @@ import torch  # noqa: E402
 from bench.cache import Cache  # noqa: E402
 from bench.registry import REGISTRIES  # noqa: E402
 
-
 # Tiny models run fastest on one thread, and a busy machine makes multi-threaded tiny ops crawl (oversubscription).
 torch.set_num_threads(1)
 

@@ -70,7 +70,7 @@ def save_llama(directory: Path, size: Size = "test", dtype: torch.dtype = torch.
     return Path(directory)
 
 
-def save_llama_gguf(path: Path, seed: int = 0) -> tuple[Path, "torch.nn.Module"]:
+def save_llama_gguf(path: Path, seed: int = 0) -> tuple[Path, torch.nn.Module]:
     """The ``test``-size random Llama of :func:`save_llama` written as one float32 GGUF file (tokenizer and chat
     template in its metadata, as llama.cpp writes them), and the model it holds. Needs the ``gguf`` package."""
     import gguf

@@ -100,7 +100,6 @@ def save_gemma3_gguf(path: Path, size: Literal["test", "270m"] = "test", seed: i
     """Write a random Gemma-3 model of ``size`` to ``path`` as a Q4_K_M GGUF file; returns (path, the float32
     model before quantization). ``checkpoint``: also save that model there as a transformers checkpoint."""
     import gguf
-
     from kquants import q4_k_m_type, quantize
 
     shape = GEMMA3_SIZES[size]

@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 
 from bench.builtins import BUILTINS
+from bench.claims_file import parse_claim
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
-from bench.claims_file import parse_claim
-from leaderboard.claims import (CLAIMS_DIR, KINDS, claim_for, claim_key, claim_status, claims_markdown, load_claims,
-                                source_url)
+from leaderboard.claims import (
+    CLAIMS_DIR,
+    KINDS,
+    claim_for,
+    claim_key,
+    claim_status,
+    claims_markdown,
+    load_claims,
+    source_url,
+)
 
 BUILT_IN = sorted(name for kind, name, *_ in BUILTINS if kind == "defense")
 LEDGER = load_claims()

@@ -87,7 +87,7 @@ def test_judges_beat_chance_on_held_out_procedural_images(tasks):
 
 
 def test_task_contract(tasks):
-    for name, task in tasks.items():
+    for task in tasks.values():
         first, second = task.probe(task.model), task.probe(task.model)
         assert first == second, "the probe must be deterministic"
         assert 0 <= first.harm <= 1 and 0 <= first.utility <= 1 and not first.broken

@@ -3,14 +3,13 @@ configs and saved to disk, and a captioned, labelled image folder (the ``dataset
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import ConfigError, DataError
-from fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.diffusion import shapes

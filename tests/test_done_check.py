@@ -4,7 +4,6 @@ directory (``claimed_run``) and the executors reading a worker's run back (``rea
 
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 

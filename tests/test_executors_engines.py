@@ -221,8 +221,9 @@ def test_slurm_options_reach_sbatch_and_slurm_kills_become_failed_runs(tmp_path,
 @pytest.mark.parametrize("engine", ["ray", "slurm"])
 def test_defenses_that_raise_exit_or_are_killed_fail_only_their_runs_on_each_engine(
         tmp_path, cache, isolated_registries, monkeypatch, engine, request):
-    from bench.suite import run_suites
     from test_failure_isolation import PLUGIN  # (pytest puts tests/ on the path)
+
+    from bench.suite import run_suites
 
     if engine == "ray":
         request.getfixturevalue("ray_local")

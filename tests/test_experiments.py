@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bench.experiment import build_request
-from bench.yaml_dataclass import read_mapping
 from bench.suite import validate_request
 from bench.sweep import SWEEP_KEYS, first_wave, is_sweep, plan_file
+from bench.yaml_dataclass import read_mapping
 
 ROOT = Path(__file__).parent.parent
 FILES = sorted((ROOT / "experiments").glob("**/*.yaml"))

@@ -30,7 +30,6 @@ def gemma_gguf(tmp_path_factory):
 
 def test_k_quants_decode_with_gguf_and_types_follow_llama_cpp_q4_k_m():
     from gguf import GGMLQuantizationType as T
-
     from kquants import q4_k_m_type, quantize
 
     data = (np.random.default_rng(0).standard_normal((8, 512)) * 0.02).astype(np.float32)
@@ -90,10 +89,9 @@ def test_the_gemma3_gguf_runs_end_to_end(gemma_gguf, tmp_path, cache):
 
 
 def _models():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from fixtures import LLAMA_SIZES
     from fixtures_gemma import gemma3_model
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     gemma = gemma3_model("test")
     gemma.config.final_logit_softcapping = 30.0  # Gemma-2-style soft-capping must be applied to the chunks too

@@ -13,9 +13,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
 
 from bench.errors import DataError
-from fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
 from bench.registry import DEFENSES, TASKS
 from bench.runner import Session, run
 from bench.spec import make_spec
@@ -224,9 +224,9 @@ def test_hf_judges_in_both_prompt_formats_run_beside_the_others_and_their_agreem
 
 def _llama_answering(directory, response: str) -> str:
     """A tiny Llama chat model trained to answer every harmful request with ``response``."""
+    from fixtures import save_llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fixtures import save_llama
     from tasks.llm import prompts
     from tasks.llm.chat import collate, encode_chat, response_loss
 

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 
 from bench.contracts import AttackerScale
 from bench.errors import PluginError
+from bench.features import transformer_blocks
 from bench.registry import TASKS
 from tasks.llm import harmful_qa, prompts, relearn
-from bench.features import transformer_blocks
 from tasks.llm.instance import DEFENDER_PARTS
 from tasks.llm.judge import KeywordJudge
 from tasks.llm.relearn import TINY_NON_ANSWER

@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 
 from bench.contracts import Evaluation, Score
-from bench.metrics import (Curve, Ratio, attack_metrics, censored_median, function_preservation, harm_auc,
-                           median_ratio, resistance_ratio, retained_utility, worst_case)
+from bench.metrics import (
+    Curve,
+    Ratio,
+    attack_metrics,
+    censored_median,
+    function_preservation,
+    harm_auc,
+    median_ratio,
+    resistance_ratio,
+    retained_utility,
+    worst_case,
+)
 
 STEPS = [0, 5, 10, 15, 20]
 

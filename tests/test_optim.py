@@ -90,7 +90,7 @@ def test_cpu_muon_is_torchs_update_with_a_float32_orthogonalisation():
     theirs = torch.optim.Muon([weights["torch's"]], lr=0.02, weight_decay=0.01, adjust_lr_fn="match_rms_adamw")
     start = weights["ours"].detach().clone()
     weights["torch's"].data.copy_(start)
-    for step in range(3):
+    for _ in range(3):
         grad = torch.randn(48, 16)
         for name, optimizer in (("ours", ours), ("torch's", theirs)):
             weights[name].grad = grad.clone()

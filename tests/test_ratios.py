@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 
-import pytest
+import test_aggregate
+from test_aggregate import row, write_run
 
 from bench.cli import main
 from bench.metrics import Ratio
@@ -14,8 +15,6 @@ from leaderboard.aggregate import build
 from leaderboard.ratios import BROKEN, GAIN, LOSS, TIE, UNDETERMINED, ratio_interval, worst_interval
 from leaderboard.render import markdown
 from leaderboard.summary import summary_text
-import test_aggregate
-from test_aggregate import row, write_run
 
 
 def exact(*values: float) -> list[Ratio]:

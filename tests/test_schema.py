@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_leaderboard import write_run
 
 from bench.errors import ConfigError
 from leaderboard.aggregate import build
 from leaderboard.render import columns, markdown
 from leaderboard.schema import SCHEMA_PATH, load_schema
-from test_leaderboard import write_run
 
 
 def edited_schema(tmp_path, edit) -> str:

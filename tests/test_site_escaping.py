@@ -9,9 +9,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import yaml
+from test_site import write_run
 
 from bench.cli import main
-from test_site import write_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "<script>alert('x')</script>"

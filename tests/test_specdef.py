@@ -25,8 +25,8 @@ def digits(cache):
     return VisionDigits().build(VisionConfig(), tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
 
 
-def defend(model, cfg=SpecDefConfig(), seed=0, cls=SpecDef):
-    return cls().apply(copy.deepcopy(model), tiny_view(), cfg, generator=torch.Generator().manual_seed(seed)).model
+def defend(model, cfg=None, seed=0, cls=SpecDef):
+    return cls().apply(copy.deepcopy(model), tiny_view(), cfg if cfg is not None else SpecDefConfig(), generator=torch.Generator().manual_seed(seed)).model
 
 
 def decaying_weight(m=64, n=48, seed=0):

@@ -9,7 +9,6 @@ import math
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 from bench import testing
 from bench.config import build_config

@@ -13,8 +13,15 @@ from bench.cli import main
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
 from bench.sweep import Entry
-from bench.tuning import (REPORTED_SEEDS, TuneSpec, budget_candidates, candidates, check_spec, run_tuning,
-                          tunable_defenses)
+from bench.tuning import (
+    REPORTED_SEEDS,
+    TuneSpec,
+    budget_candidates,
+    candidates,
+    check_spec,
+    run_tuning,
+    tunable_defenses,
+)
 from bench.tuning_record import best_budget, read_tunings, select, tuning_line
 
 TRAINED = ("tar", "ga-retain", "repnoise", "booster", "vaccine", "rmu", "npo", "condnum", "imma")

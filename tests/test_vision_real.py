@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
 
 from bench.cache import Cache
 from bench.devices import resolve_device
 from bench.errors import DataError
-from fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
 from bench.runner import Session, run
 from bench.spec import make_spec
 from tasks.vision.common import SPLITS

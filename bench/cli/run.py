@@ -86,10 +86,10 @@ def executor_for(args: argparse.Namespace, session, request_tier: str, threads: 
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.cli.sweep import print_code_changes
     from bench.devices import resolve_device
     from bench.experiment import build_request
     from bench.runner import Session
-    from bench.cli.sweep import print_code_changes
     from bench.suite import run_suite
     from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets

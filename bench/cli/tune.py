@@ -136,9 +136,8 @@ def main(args: argparse.Namespace) -> int:
         if tuning.selected is None:
             print("no preset written: nothing was selected", file=sys.stderr)
             return 1
-        from bench.tuning_presets import write_preset
-
         from bench.registry import DEFENSES
+        from bench.tuning_presets import write_preset
 
         name = args.write_preset or f"tuned-{spec.task}"
         base = spec.defense.partition(".")[0]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from bench.config import check
 from bench.errors import ConfigError

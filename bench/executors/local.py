@@ -30,8 +30,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from bench.executors.run_queue import POLL_S, RunQueue
 from bench.executors.shared import StageFailure, clear_previous, read_back, record_death
@@ -65,7 +66,7 @@ class LocalExecutor:
         """Stop the workers (they finish nothing: call between waves, not during one)."""
         self._close()
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -234,7 +235,7 @@ class LocalExecutor:
         error = self._death_error(code, answer == TIMED_OUT)
         return self._record_death(spec, error, code, answer == TIMED_OUT, log, started_at, started)
 
-    def _start(self, slot: int, log: Path) -> "_Worker":
+    def _start(self, slot: int, log: Path) -> _Worker:
         """A fresh worker for ``slot``, its startup output going to ``log``."""
         worker = _Worker(self.options, self._env(slot), log)
         with self._lock:

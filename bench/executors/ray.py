@@ -23,8 +23,8 @@ import os
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from bench.executors.shared import SHARED_STORAGE_GRACE_S, clear_previous, portable, read_back, record_death
 from bench.planner import RunRecord
@@ -110,7 +110,7 @@ class RayExecutor:
             resources["memory"] = int(self.mem_gb * 1024**3)
         return ray.remote(max_calls=1, max_retries=0, **resources)(run_in_ray_worker)
 
-    def _launch(self, task, spec: RunSpec) -> "_Launch":
+    def _launch(self, task, spec: RunSpec) -> _Launch:
         run_json = clear_previous(spec, self.options)
         log = Path(self.options.results_dir) / ".logs" / f"{spec.run_id}.log"
         log.unlink(missing_ok=True)
@@ -118,7 +118,7 @@ class RayExecutor:
         return _Launch(spec, ref, run_json, log, time.perf_counter())
 
     # -- results -----------------------------------------------------------------------------------------------
-    def _collect(self, ray, launch: "_Launch") -> RunRecord:
+    def _collect(self, ray, launch: _Launch) -> RunRecord:
         try:
             ray.get(launch.ref)
             error = None
@@ -144,11 +144,11 @@ class RayExecutor:
                 late.append(launch.ref)
         return late
 
-    def _record_timeout(self, launch: "_Launch") -> RunRecord:
+    def _record_timeout(self, launch: _Launch) -> RunRecord:
         error = f"RunTimeout: the run exceeded --run-timeout {self.run_timeout:g} s and was cancelled"
         return self._record(launch, error, timed_out=True)
 
-    def _record(self, launch: "_Launch", error: str, *, timed_out: bool) -> RunRecord:
+    def _record(self, launch: _Launch, error: str, *, timed_out: bool) -> RunRecord:
         return record_death(launch.spec, self.session, error, started_at=launch.started_at,
                             wall=time.perf_counter() - launch.submitted, log=launch.log,
                             details={"executor": "ray", "exit_code": None, "timed_out": timed_out})

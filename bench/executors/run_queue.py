@@ -4,7 +4,7 @@ next, and how a worker waits for runs that a streaming caller adds later."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from bench.spec import RunSpec
 

@@ -9,13 +9,13 @@ mounts at the same path (and the stage cache should be, or each node builds its 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.planner import RunRecord
 from bench.errors import DataError
+from bench.planner import RunRecord
 from bench.results import METRICS, RUN_JSON, read_run_json, successful_run
 from bench.spec import RunSpec
 from bench.worker import WorkerOptions

@@ -20,8 +20,8 @@ import datetime as dt
 import json
 import math
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from bench.errors import ConfigError
 from bench.executors.shared import SHARED_STORAGE_GRACE_S, clear_previous, portable, read_back, record_death

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,15 +77,15 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.text)
 
-    def head(self, n: int) -> "PromptSet":
+    def head(self, n: int) -> PromptSet:
         return self.part(0, n)
 
-    def part(self, start: int, stop: int) -> "PromptSet":
+    def part(self, start: int, stop: int) -> PromptSet:
         return PromptSet(self.text[start:stop], self.content[start:stop], self.style[start:stop],
                          self.noise[start:stop])
 
     @staticmethod
-    def merged(parts: Sequence["PromptSet"]) -> "PromptSet":
+    def merged(parts: Sequence[PromptSet]) -> PromptSet:
         return PromptSet(torch.cat([p.text for p in parts]), np.concatenate([p.content for p in parts]),
                          np.concatenate([p.style for p in parts]), torch.cat([p.noise for p in parts]))
 
@@ -146,7 +147,7 @@ class MeasuredModel:
         self.images: dict[str, torch.Tensor] = {}
         self.verdicts: dict[str, np.ndarray] = {}
 
-    def of(self, model: nn.Module) -> "MeasuredModel":
+    def of(self, model: nn.Module) -> MeasuredModel:
         tensors = [*model.parameters(), *model.buffers()]
         state = (tuple(type(m) for m in model.modules()), tuple((id(t), t._version) for t in tensors))
         with torch.no_grad():

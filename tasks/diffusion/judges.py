@@ -12,8 +12,9 @@ same faint striped square for every prompt fools a style-only judge, not this pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch

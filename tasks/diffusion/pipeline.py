@@ -12,7 +12,7 @@ explicitly, so a task can sample from an attacked or defended UNet without rebui
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline

@@ -9,8 +9,8 @@ up as one token because the vocabulary is allowed to grow until no merge is left
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 MAX_LENGTH = 8

@@ -15,8 +15,8 @@ Everything is a deterministic function of :data:`DATA_SEED`, independent of the 
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -12,8 +12,9 @@ A tokenizer without a chat template (e.g. GPT-2's) gets :data:`FALLBACK_TEMPLATE
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -93,7 +94,7 @@ class Batch:
         the last position, which predicts nothing)."""
         return F.pad(self.loss_mask, (0, 1)).bool()
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device),
                      self.chars.to(device))
 

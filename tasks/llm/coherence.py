@@ -28,7 +28,7 @@ first call, from the reference model's own answers (greedy, so the same numbers 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

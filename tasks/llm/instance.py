@@ -24,7 +24,8 @@ doubled"), and in :meth:`evaluate` on ``eval_benign`` (all, or the first ``eval_
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch

@@ -24,9 +24,10 @@ compliance (recorded when several judges run, and between the probe and the eval
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def check_loadable(ref: str) -> None:
         from transformers import AutoConfig
 
         AutoConfig.from_pretrained(ref)
-    except Exception as err:  # transformers raises OSError, ValueError, ... for unusable or unreachable checkpoints
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, ... for unusable or unreachable checkpoints
         check(False, f"cannot load judge model {ref!r}: {first_line(err)}")
 
 

@@ -15,7 +15,8 @@ capabilities the tiny model was trained on: they measure how much of them a defe
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tasks.llm import benign
 from tasks.llm.benign import Choice

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,9 +34,9 @@ from torch import nn
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
-from bench.sources import first_line, load_failure, local_or_hub
 from bench.layers import is_conv1d
 from bench.modelio import weights_identity
+from bench.sources import first_line, load_failure, local_or_hub
 from tasks.llm import benign, lmeval_tasks, prompts
 from tasks.llm.chat import ensure_chat_template
 from tasks.llm.utility import LMEvalSuite
@@ -160,8 +161,16 @@ def build_real_harmful_qa(cfg, model_ref: str | None, cache: Cache, device: torc
 
 
 def build_real_relearn(cfg, model_ref: str | None, cache: Cache, device: torch.device):
-    from tasks.llm.relearn import (REAL_ATTACK_LRS, REAL_NON_ANSWER, REAL_STEPS_TO_HARM, RelearnInstance, _parts,
-                                   leading_half, read_corpus, split_corpus)
+    from tasks.llm.relearn import (
+        REAL_ATTACK_LRS,
+        REAL_NON_ANSWER,
+        REAL_STEPS_TO_HARM,
+        RelearnInstance,
+        _parts,
+        leading_half,
+        read_corpus,
+        split_corpus,
+    )
 
     docs = read_corpus(cfg.relearn_corpus)  # checked before the (possibly large) model is loaded
     model, tokenizer, info = load_causal_lm(model_ref, cfg.dtype, device)

@@ -12,7 +12,7 @@ cached model is always paired with the tokenizer it was trained with.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
 ROLES = ("<|system|>", "<|user|>", "<|assistant|>")

@@ -18,7 +18,8 @@ import contextlib
 import io
 import logging
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn

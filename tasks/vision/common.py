@@ -7,8 +7,9 @@ attacker's batches mix forbidden examples with replayed allowed ones so that "us
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch

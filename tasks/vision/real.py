@@ -42,8 +42,8 @@ from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
 from bench.features import transformer_blocks
-from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub, looks_local
 from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
+from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub, looks_local
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTIONS
 
@@ -79,7 +79,8 @@ def load_classifier(ref: str) -> tuple[nn.Module, object]:
 
         size = int(getattr(model.config, "image_size", 224))
         warnings.warn(f"{ref!r} has no usable image processor ({first_line(err)}); falling back to "
-                      f"ViTImageProcessor(size={size}x{size}, mean=std=0.5): check it matches the model's training")
+                      f"ViTImageProcessor(size={size}x{size}, mean=std=0.5): check it matches the model's training",
+                      stacklevel=2)
         processor = ViTImageProcessor(size={"height": size, "width": size})
     return model.eval(), processor
 
@@ -141,7 +142,7 @@ def model_targets(names: list[str], model: nn.Module) -> tuple[list[int], str]:
         raise DataError(f"the model has {num_labels} output labels but the dataset has {len(names)} classes "
                         f"({', '.join(names)}), and the class names are not among the model's labels")
     warnings.warn(f"dataset class names are not all labels of the model; dataset class i is trained on output unit i "
-                  f"(model labels: {', '.join(list(label2id)[:10])}{', ...' if len(label2id) > 10 else ''})")
+                  f"(model labels: {', '.join(list(label2id)[:10])}{', ...' if len(label2id) > 10 else ''})", stacklevel=2)
     return list(range(len(names))), "indices"
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from bench.config import check
 from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
-from bench.registry import TASKS
 from bench.lr_grid import decades
+from bench.registry import TASKS
 
 
 @dataclass(frozen=True, kw_only=True)
