@@ -294,7 +294,7 @@ def test_experiment_booleans_are_strict(tmp_path, capsys, key):
     path = tmp_path / "quoted.yaml"  # bool("false") is True: a quoted false must not silently mean true
     path.write_text(f"task: vision-digits\ndefense: specdef\n{key}: 'false'\n")
     assert run_cli("validate", path) == 2
-    assert f"{key} must be true or false, got 'false'" in capsys.readouterr().out
+    assert f"{key} must be true or false, got str 'false'" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("higher, factor, ok", [(True, 0.5, True), (True, 2.0, False), (False, 2.0, True),
