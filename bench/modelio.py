@@ -41,7 +41,7 @@ def _build_transformers(spec: Mapping[str, Any]) -> nn.Module:
     cls = getattr(transformers, spec["class"], None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise DataError(f"manifest names unknown transformers model class {spec['class']!r}")
-    config_class = cls.config_class
+    config_class = getattr(cls, "config_class", None)
     if config_class is None:
         raise DataError(f"transformers model class {spec['class']!r} declares no config class")
     config = config_class.from_dict(dict(spec["config"]))
