@@ -134,11 +134,14 @@ def sweep_run_ids(plan: Plan, results_dir: str | Path) -> tuple[list[str], int]:
     return found, missing
 
 
-def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[str, RunSpec] = {}) -> dict[str, str]:
+def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[str, RunSpec] = {}, *,
+               exhaustive: bool = False) -> dict[str, str]:
     """``done`` (completed: a sweep skips it), ``stale`` (completed by code other than the current: a sweep runs it
-    again, unless --allow-stale; known for the runs whose spec is in ``specs``), ``failed`` (recorded as failed: a
-    sweep runs it again) or ``todo``."""
+    again, unless --allow-stale; known for the runs whose spec is in ``specs``), ``pruned`` (with ``exhaustive``
+    only: completed but stopped at the bound, so an exhaustive sweep runs it in full), ``failed`` (recorded as
+    failed: a sweep runs it again) or ``todo``."""
     from bench.fingerprint import changes, code_fingerprint
+    from bench.pruning import pruned
 
     results_dir = Path(results_dir)
     done = completed_run_ids(results_dir)
@@ -147,6 +150,8 @@ def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[s
         if run_id in done and run_id in specs and changes(read_run_json(results_dir / run_id).get("fingerprint"),
                                                           code_fingerprint(specs[run_id])):
             states[run_id] = "stale"
+        elif run_id in done and exhaustive and pruned(read_run_json(results_dir / run_id).get("summary") or {}):
+            states[run_id] = "pruned"
         elif run_id in done:
             states[run_id] = "done"
         elif (results_dir / run_id / RUN_JSON).is_file() and _recorded_failed(results_dir / run_id):

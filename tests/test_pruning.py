@@ -132,6 +132,14 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
     assert all(r.resumed for r in again.records)  # nothing runs again
     assert sorted(again.run_ids) == sorted(pruned.run_ids)
 
+    # what a dry run shows: the pruned runs are done for a pruning sweep, and to be run in full for an exhaustive one
+    from bench.sweep_run import run_states
+
+    ids = [r.spec.run_id for r in pruned.records]
+    assert set(run_states(tmp_path / "pruned", ids).values()) == {"done"}
+    states = run_states(tmp_path / "pruned", ids, exhaustive=True)
+    assert {i for i, state in states.items() if state == "pruned"} == {r.spec.run_id for r in stopped}
+
     out = run_suite(_quick_suite(monkeypatch, exhaustive=True), Session(tmp_path / "pruned", cache, progress=False))
     rerun = {r.spec.run_id for r in out.records if not r.resumed}
     assert rerun == {r.spec.run_id for r in stopped}  # exactly the pruned runs, now in full

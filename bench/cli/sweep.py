@@ -52,11 +52,12 @@ def print_dry_run(sweep_plan, results: str) -> int:
     from bench.sweep_run import run_states
 
     listed: set[str] = set()
-    counts = {"done": 0, "stale": 0, "failed": 0, "todo": 0}
+    counts = {"done": 0, "stale": 0, "pruned": 0, "failed": 0, "todo": 0}
     later = 0
     for index, planned in enumerate(sweep_plan.suites, 1):
         print(f"suite {index}/{len(sweep_plan.suites)}: {planned.where}, seeds {list(planned.request.seeds)}")
-        states = run_states(results, [spec.run_id for spec in planned.runs], {s.run_id: s for s in planned.runs})
+        states = run_states(results, [spec.run_id for spec in planned.runs], {s.run_id: s for s in planned.runs},
+                            exhaustive=planned.request.exhaustive)
         for spec in planned.runs:
             if spec.run_id in listed:
                 continue  # also in an earlier suite: it runs (or resumes) once
@@ -72,6 +73,7 @@ def print_dry_run(sweep_plan, results: str) -> int:
     print(f"\n{len(sweep_plan.suites)} suites; {len(listed)} runs known before any result: "
           f"{counts['done']} done, {counts['todo']} to run, {counts['failed']} failed before (run again), "
           f"{counts['stale']} stale (their code changed: run again, or kept with --allow-stale); "
+          + (f"{counts['pruned']} pruned at the bound (run in full: --exhaustive); " if counts["pruned"] else "") +
           f"results in {results}/")
     if later:
         print(f"only the first wave is known: up to {later} more run(s) are chosen from its results (full runs at "
