@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from yardstick import yardstick  # the one machine yardstick, next to this script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -27,25 +29,6 @@ REPORTED = ["worst_steps", "worst_censored", "worst_attack", "worst_run_id", "ad
             "adaptive_run_id", "blind_steps", "blind_censored", "blind_run_id", "worst_harm_auc", "ratio",
             "ratio_lower_bound", "ratio_upper_bound"]
 """Per-seed columns that pruning must leave as they are (with the ``bounded*`` worst cases, added below)."""
-
-
-def yardstick() -> float:
-    """Single-thread float32 1024³ matmul throughput in GFLOP/s (best of 5), to compare machines."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    torch.set_num_threads(threads)
-    return 2 * 1024 ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def _cpu() -> float:
@@ -87,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"yardstick: {yardstick():.1f} GFLOP/s (single-thread float32 1024^3 matmul)")
+    print(yardstick().line())
     with tempfile.TemporaryDirectory() as warm:  # the released model and its stages, once, outside the timing
         from bench.runner import Session
         from bench.suite import SuiteRequest, run_suite

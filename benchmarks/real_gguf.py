@@ -31,26 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # the test fixtures: not in the package
 from real_cpu import ISSUE_COMMAND, ISSUE_OVERRIDES, cpu_seconds, report  # noqa: E402
+from yardstick import yardstick  # noqa: E402  (the one machine yardstick, next to this script)
 
 GGUF_NAME = "model.Q4_K_M.gguf"
-
-
-def yardstick() -> float:
-    """Single-thread float32 1024³ GEMM GFLOP/s (best of 3), the issue's machine yardstick."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * 1024 ** 3 / best / 1e9
 
 
 def fixture(folder: Path, size: str) -> Path:
@@ -142,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cli import passive_thread_waits
 
     passive_thread_waits()  # as `bench` does, before torch is imported
-    gflops = yardstick()
+    gflops = yardstick().best
     command = ["run", *ISSUE_COMMAND, "--model", str(model), "--results", str(work / "results"),
                *ISSUE_OVERRIDES, "task.refusal_floor=0", *args.overrides]
     print("bench " + " ".join(command), flush=True)

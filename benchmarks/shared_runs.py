@@ -18,25 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from yardstick import yardstick  # the one machine yardstick, next to this script
+
 FAMILIES = ("adaptive-collapse", "adaptive-freeze", "adaptive-inject", "adaptive-split")
 TIMINGS = {"attack_seconds", "probe_seconds", "replay_seconds", "snapshot_seconds", "wall_seconds", "reused_from"}
-
-
-def yardstick() -> float:
-    """Single-thread float32 1024^3 GEMM GFLOP/s (torch), the machine's one-line measure."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return 2 * 1024**3 / best / 1e9
 
 
 def attack_values(directory: Path):
@@ -77,7 +62,7 @@ def main() -> int:
     specs = [make_spec(task="vision-digits", defense="none", attack=family, task_args=quick,
                        attack_args={"optimizer": "adam", "lr": float(lr), "budget": args.budget})
              for lr in args.lrs.split(",") for family in FAMILIES]
-    print(f"yardstick: {yardstick():.0f} GFLOP/s (single-thread float32 1024^3 GEMM, torch)")
+    print(yardstick().line())
     print(f"{len(specs)} runs: {len(FAMILIES)} adaptive families x {len(args.lrs.split(','))} learning rates on "
           f"vision-digits/none, budget {args.budget}")
     measured: dict[str, list[tuple[int, float, float]]] = {"alone": [], "shared": []}

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from yardstick import yardstick  # the one machine yardstick, next to this script
+
 CHILD = r"""
 import sys, json
 mode, task, defense = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -59,23 +61,6 @@ else:
              for d in ("none", defense) for s in (0, 1, 2)]
     print(json.dumps({"named": len(session.defended_to_prepare(specs))}))
 """
-
-
-def yardstick() -> float:
-    """Single-thread float32 1024^3 GEMM GFLOP/s (torch), the machine's one-line measure."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    torch.set_num_threads(threads)
-    return 2 * 1024**3 / best / 1e9
 
 
 def child(mode: str, task: str, defense: str, env: dict) -> tuple[float, float, dict]:
@@ -115,7 +100,7 @@ def main() -> int:
         env = {**os.environ, "BENCH_CACHE_DIR": str(root), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                               os.environ.get("PYTHONPATH", "")])}
-        print(f"yardstick: {yardstick():.0f} GFLOP/s (single-thread float32 1024^3 GEMM, torch)")
+        print(yardstick().line())
         for task in args.tasks.split(","):
             warm(task, args.defense, env)
             for what in ("lookup", "prepare"):
