@@ -7,7 +7,7 @@ model without chains it says so (``fallback: true``) and fine-tunes plainly.
 That fallback is the same trajectory whichever adaptive attack takes it: with no chain found nothing is rewritten
 (no rewrite draws random numbers or adds parameters), and what follows is the shared loop with the shared recipe,
 fed by the same generator. :meth:`AdaptiveAttack.shared_run` says so before the run (from the model's structure), so
-the runner runs it once per recipe and records it for every adaptive family (:mod:`bench.shared_runs`; proved by
+the runner runs it once per recipe and records it for every adaptive family (:mod:`bench.run.shared_runs`; proved by
 ``tests/test_shared_runs.py``). It is not the trajectory of ``full-ft`` with that recipe: the adaptive attack first
 draws the seed of its checking batch from the generator, which shifts the data stream.
 """

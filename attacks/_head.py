@@ -1,7 +1,7 @@
 """Finding a classifier's head by structure, for the attacks that retrain or replace it (``linear-probe``,
 ``head-reinit``).
 
-The head is the last linear map (an ``nn.Linear``, or a reparameterised :class:`~bench.layers.FactoredLinear` as a
+The head is the last linear map (an ``nn.Linear``, or a reparameterised :class:`~bench.toolkit.layers.FactoredLinear` as a
 whole) whose output *is* the model's class logits, found by tracing one forward pass on an attacker batch: never by a
 module name, so it works on an MLP, a transformers classifier and a defended model alike.
 """
@@ -16,7 +16,7 @@ from torch import nn
 from attacks._adaptive import output_probe
 from bench.contracts import TaskInstance
 from bench.errors import PluginError
-from bench.layers import FactoredLinear
+from bench.toolkit.layers import FactoredLinear
 
 
 def find_head(model: nn.Module, task: TaskInstance, attack: str, generator: torch.Generator) -> str:

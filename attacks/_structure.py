@@ -3,7 +3,7 @@
 Reparameterization defenses store one linear map as several (SpecDef: ``C @ W̃``). An informed attacker finds such
 chains by *structure*, not by the defense's name, so the same attacks hit defenses that others submit:
 
-* :class:`~bench.layers.FactoredLinear` modules are chains by construction;
+* :class:`~bench.toolkit.layers.FactoredLinear` modules are chains by construction;
 * any other pair of ``nn.Linear`` modules where the second consumes exactly the output tensor of the first is found
   by tracing one forward pass with hooks, whatever module wraps them.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.layers import FactoredLinear, set_submodule
+from bench.toolkit.layers import FactoredLinear, set_submodule
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Attacks differ in what they train (all weights, adapters, restructured layers); the loop that draws the attacker's
 batches, applies warm-up and gradient clipping, steps the optimizer and reports to the runner's monitor is written
 once here. It hands the monitor a :class:`~bench.contracts.Trajectory` (:class:`LoopTrajectory`), so every attack
-built on it gets exact crossings (:mod:`bench.crossing`): the loop keeps the batches the monitor may replay, and its
+built on it gets exact crossings (:mod:`bench.toolkit.crossing`): the loop keeps the batches the monitor may replay, and its
 steps are a function of the saved state and the batch alone.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 from attacks._optim import OptimizerName, build_optimizer, clip_gradients, set_lr_scale, warmup_scale
 from bench.config import check
 from bench.contracts import AttackConfig, AttackReport, Monitor, TaskInstance
-from bench.crossing import TrainingState
+from bench.toolkit.crossing import TrainingState
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +101,7 @@ def fine_tune(
 
 
 class LoopTrajectory:
-    """The shared loop's :class:`~bench.contracts.Trajectory`: :class:`~bench.crossing.TrainingState` snapshots,
+    """The shared loop's :class:`~bench.contracts.Trajectory`: :class:`~bench.toolkit.crossing.TrainingState` snapshots,
     and the batches drawn since the oldest state the monitor may still replay from (the data position)."""
 
     def __init__(self, model: nn.Module, optimizer: Any, train_step: Callable[[int, Any], float],

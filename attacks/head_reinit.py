@@ -14,8 +14,8 @@ from typing import ClassVar
 from attacks._head import find_head, fresh_linear
 from attacks._training import FineTuneConfig, fine_tune
 from bench.contracts import Attack
-from bench.layers import set_submodule
 from bench.registry import ATTACKS
+from bench.toolkit.layers import set_submodule
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,8 +25,8 @@ from attacks._training import FineTuneConfig, fine_tune
 from bench.config import check
 from bench.contracts import Attack
 from bench.errors import ConfigError
-from bench.layers import FactoredLinear, is_conv1d
 from bench.registry import ATTACKS
+from bench.toolkit.layers import FactoredLinear, is_conv1d
 
 
 @dataclass(frozen=True, kw_only=True)

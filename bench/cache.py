@@ -1,5 +1,5 @@
 """On-disk cache for expensive, deterministic artefacts (the tiny tiers' released models and judges, and the runs'
-measured stages: :mod:`bench.stage_cache`).
+measured stages: :mod:`bench.run.stage_cache`).
 
 The root is ``$BENCH_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/training-resistance-bench`` (``~/.cache/...``).
 Entries are directories built into a temporary name and renamed into place, so a crash or a concurrent builder never

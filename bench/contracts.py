@@ -136,7 +136,7 @@ class AttackSweep:
     ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
     runs (``probe_steps``) at every learning rate, scores them by the relative decrease of the task's harm proxy
     (:attr:`TaskInstance.harm_proxy`; else of the attack loss), ranks runs that end broken below the others and
-    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.suite.probe_score`).
+    drops diverged ones, and runs the full budget only at the ``keep`` best (see :func:`bench.plan.planner.probe_score`).
     Either way, ``refine`` then adds half-decade points around the best full run.
     """
 
@@ -362,7 +362,7 @@ class TaskInstance(abc.ABC):
         """The probe's harm alone, equal bit for bit to ``probe(model).harm``, where it costs less than the whole
         probe; None (the default): not offered.
 
-        The exact-crossing replay (:mod:`bench.crossing`) asks for it first at every replayed step: a step whose harm
+        The exact-crossing replay (:mod:`bench.toolkit.crossing`) asks for it first at every replayed step: a step whose harm
         is below tau is the crossing of neither kind (usable or raw), so the rest of its probe (utility, breakage)
         is not measured. On the diffusion tasks it samples the forbidden prompts only and skips the proxy losses.
         """
@@ -455,7 +455,7 @@ class Task(abc.ABC):
     tiers: ClassVar[tuple[str, ...]] = ("tiny",)
     setting: ClassVar[Literal["classification", "knowledge", "chat", "generation"] | None] = None
     """The kind of task (the :attr:`DefenderView.setting` its instances report): defenses and attacks that declare
-    ``settings`` run only on tasks of those settings (:mod:`bench.applicability`)."""
+    ``settings`` run only on tasks of those settings (:mod:`bench.core.applicability`)."""
     smoke_args: ClassVar[Mapping[str, Any]] = {}
     """Config overrides for a cheap, functional tiny build (conformance tests and CI; never for measurements)."""
     utility_bound: ClassVar[UtilityBound] = UtilityBound()
@@ -468,7 +468,7 @@ class Task(abc.ABC):
 
         The instance's models (released model, judges) and any data they consume live on ``device``, or its batches
         are moved there by the loss and measurement code: every task honours the run's device policy
-        (:mod:`bench.devices`). Tiny tiers build (and cache) their released model on the CPU, then move it.
+        (:mod:`bench.run.devices`). Tiny tiers build (and cache) their released model on the CPU, then move it.
 
         ``progress``: whether to show progress bars while building (e.g. training a tiny released model); the runner
         passes False under ``bench run --quiet``.
@@ -515,7 +515,7 @@ class Defense(abc.ABC):
     """Config overrides for a cheap, functional run (conformance tests and CI; never for measurements), e.g. a few
     training steps for a trained defense."""
     settings: ClassVar[frozenset[str]] = frozenset()
-    """The task settings (:attr:`Task.setting`) the defense applies to; empty: every task (:mod:`bench.applicability`)."""
+    """The task settings (:attr:`Task.setting`) the defense applies to; empty: every task (:mod:`bench.core.applicability`)."""
 
     @abc.abstractmethod
     def apply(self, model: nn.Module, view: DefenderView, cfg: Any, *, generator: torch.Generator) -> DefenseResult:
@@ -532,7 +532,7 @@ class Trajectory(Protocol):
     steps a and b, it restores the state it saved at a and replays a+1..b probing every step, to record the exact
     step. A replay must be bit-identical to the original run on the same device (the conformance check
     :func:`bench.testing.check_attack` verifies it). The shared loop (:func:`attacks._training.fine_tune`)
-    implements it; an attack with its own loop may pass one (see :class:`bench.crossing.TrainingState`) or none,
+    implements it; an attack with its own loop may pass one (see :class:`bench.toolkit.crossing.TrainingState`) or none,
     and its crossings are then read on the probe grid (recorded as ``crossing_resolution`` = the probe interval).
     """
 
@@ -596,7 +596,7 @@ class Attack(abc.ABC):
     Config: ClassVar[type] = AttackConfig
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     settings: ClassVar[frozenset[str]] = frozenset()
-    """The task settings (:attr:`Task.setting`) the attack applies to; empty: every task (:mod:`bench.applicability`)."""
+    """The task settings (:attr:`Task.setting`) the attack applies to; empty: every task (:mod:`bench.core.applicability`)."""
     knowledge: ClassVar[Literal["blind", "white-box"]] = "blind"
     """Attacker knowledge recorded in the threat model: blind recipes or defense-aware (white-box adaptive)."""
 
@@ -618,6 +618,7 @@ class Attack(abc.ABC):
         before it starts from the model's structure (never from results): a JSON-able description that attacks
         producing the same trajectory return alike (e.g. every adaptive attack's plain fine-tuning fallback on a
         model without linear chains, :mod:`attacks._adaptive`), so the runner runs it once and records it for each
-        (:mod:`bench.shared_runs`). Must consume no randomness (``generator``'s state, torch's global one) and leave
+        (:mod:`bench.run.shared_runs`). Must consume no randomness (``generator``'s state, torch's global one) and leave
         ``model`` as it found it. None (the default): this run is its own."""
         return None
+

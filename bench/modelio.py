@@ -1,9 +1,9 @@
 """Saving and loading (defended) models: safetensors weights plus a JSON manifest of any structural change.
 
 A defender publishes the defended model, so every defense's output must round-trip (weights keep their dtypes); the
-harness's stage cache (:mod:`bench.stage_cache`) stores defended models this way too. The manifest records how to
+harness's stage cache (:mod:`bench.run.stage_cache`) stores defended models this way too. The manifest records how to
 rebuild the base architecture (from an allow-list of builders: no code named in a file is ever imported) and which
-submodules were replaced by harness layers such as :class:`~bench.layers.FactoredLinear`. Weights are loaded with
+submodules were replaced by harness layers such as :class:`~bench.toolkit.layers.FactoredLinear`. Weights are loaded with
 safetensors only (never pickle).
 """
 
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.errors import DataError
-from bench.layers import MLP, FactoredLinear, set_submodule
+from bench.toolkit.layers import MLP, FactoredLinear, set_submodule
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"

@@ -1,11 +1,11 @@
 """Plugin registries: one generic :class:`Registry` and its three instances DEFENSES, ATTACKS, TASKS.
 
 Plugins register by decorator, by lazy ``"module:Attr"`` target (the harness's own plugins, see
-:mod:`bench.builtins`), by entry point (groups ``bench.defenses`` / ``bench.attacks`` / ``bench.tasks``) or by
+:mod:`bench.core.builtins`), by entry point (groups ``bench.defenses`` / ``bench.attacks`` / ``bench.tasks``) or by
 loading a Python file (``--plugin path.py``). Lazy targets and entry points stay placeholders until a plugin is
 asked for, so listing plugins never imports torch and a broken third-party package cannot break ``bench ls``;
 asking for the broken plugin raises a :class:`PluginError`. A registry may also resolve composite names
-(``a+b``, defenses only: :mod:`bench.composition`), which are built on demand and never listed.
+(``a+b``, defenses only: :mod:`bench.core.composition`), which are built on demand and never listed.
 
 No silent shadowing: a name is registered once, whoever registers it and in whatever order. The built-in names
 are reserved before any registration (every ``register`` call first runs :meth:`Registry.discover`), so a plugin
@@ -50,7 +50,7 @@ class _Entry:
     dist: str | None = None  # "package==version" for entry points
     summary: str = ""
     load_error: str | None = None
-    builtin: bool = False  # one of the harness's own plugins (bench.builtins), not replaced
+    builtin: bool = False  # one of the harness's own plugins (bench.core.builtins), not replaced
     overrides: str | None = None  # the origin of the plugin this one replaced with override=True
     replaced_target: str | None = None  # that plugin's "module:Attr"
 
@@ -64,7 +64,7 @@ class Resolved(Generic[T]):
     preset: str | None
     preset_args: dict[str, Any]
     parts: tuple[Resolved, ...] = ()
-    """A composite's parts, in order (:mod:`bench.composition`); () for a registered name."""
+    """A composite's parts, in order (:mod:`bench.core.composition`); () for a registered name."""
 
     @property
     def label(self) -> str:
@@ -236,7 +236,7 @@ class Registry(Generic[T]):
             return Resolved(name=base, cls=cls, preset=None, preset_args={})
         presets = getattr(cls, "presets", {})
         if preset not in presets and self.kind == "defense":  # presets written by `bench tune --write-preset`
-            from bench.tuning_presets import tuned_preset_args
+            from bench.core.tuning_presets import tuned_preset_args
 
             presets = {**tuned_preset_args(base), **presets}
         if preset not in presets:
@@ -393,7 +393,7 @@ def load_plugin(path: str | Path) -> None:
 
 def _builtins_of(kind: str) -> Callable[[], list[tuple[str, str, str]]]:
     def builtins() -> list[tuple[str, str, str]]:
-        from bench.builtins import BUILTINS
+        from bench.core.builtins import BUILTINS
 
         return [(name, target, summary) for k, name, target, summary in BUILTINS if k == kind]
 
@@ -401,7 +401,7 @@ def _builtins_of(kind: str) -> Callable[[], list[tuple[str, str, str]]]:
 
 
 DEFENSES: Registry[Defense] = Registry("defense", "bench.contracts:Defense", "bench.defenses", _builtins_of("defense"),
-                              composer="bench.composition:resolve_composite")
+                              composer="bench.core.composition:resolve_composite")
 ATTACKS: Registry[Attack] = Registry(
     "attack", "bench.contracts:Attack", "bench.attacks", _builtins_of("attack"), config_base="bench.contracts:AttackConfig"
 )

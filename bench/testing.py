@@ -31,9 +31,9 @@ from torch import nn
 
 from bench.config import build_config, config_to_dict
 from bench.contracts import AttackerScale, AttackReport, DefenderView, DefenseResult, Predictions, Trajectory
-from bench.layers import MLP
 from bench.modelio import load_model, save_model
 from bench.registry import ATTACKS, DEFENSES, TASKS
+from bench.toolkit.layers import MLP
 
 TINY_MLP_SIZES = (16, 32, 32, 6)
 
@@ -45,7 +45,7 @@ def tiny_mlp(seed: int = 0) -> nn.Module:
 
 def tiny_view(seed: int = 0) -> DefenderView:
     """A full defender view over random data for the tiny MLP (enough for every defense, trained ones included)."""
-    from bench.features import capture, rows_of
+    from bench.toolkit.features import capture, rows_of
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, TINY_MLP_SIZES[0], generator=g)
@@ -127,9 +127,9 @@ def check_defense(name: str, tmp_path: Path) -> list[str]:
 def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
     """The tiny tier builds, probes (its harm alone too, where offered) and evaluates, its default attack suite is
     made of valid specs, its defender view keeps its contract; with ``baselines``, also which built-in defenses run
-    on it and why the others cannot (:func:`bench.task_support.baseline_fits`: informational, a task need not serve
+    on it and why the others cannot (:func:`bench.check.task_support.baseline_fits`: informational, a task need not serve
     every baseline)."""
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
 
     task_cls = TASKS.get(name)
     passed = check_config_roundtrip(TASKS, name)
@@ -156,7 +156,7 @@ def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
                f"default attack suite: {len(task_cls().default_attacks(cfg, 'tiny'))} families, valid specs"]
     passed += check_defender_view(name, instance)
     if baselines:
-        from bench.task_support import baseline_fits, describe_fits
+        from bench.check.task_support import baseline_fits, describe_fits
 
         passed += describe_fits(baseline_fits(name, cache))
     return passed
@@ -244,7 +244,7 @@ def _state_of(model: nn.Module) -> list[torch.Tensor]:
 
 def check_replay(monitor: RecordingMonitor, model: nn.Module, where: str) -> None:
     """The attack's trajectory replays its run bit for bit: restored to step 0 and stepped again, every step gives the
-    loss and the parameters and buffers the run had (what exact crossings rely on, :mod:`bench.crossing`)."""
+    loss and the parameters and buffers the run had (what exact crossings rely on, :mod:`bench.toolkit.crossing`)."""
     losses = [call[3] for call in monitor.calls if call[0] == "step"]
     assert monitor.trajectory is not None, f"{where}: the attack passed no trajectory to begin()"
     monitor.trajectory.restore(monitor.start_state)
@@ -265,7 +265,7 @@ find, at an alpha mild enough that a default recipe keeps finite losses."""
 
 def attack_check_task(cls: type) -> str:
     """The task :func:`check_attack` runs an attack class on: the vision task, or the first it applies to."""
-    from bench.applicability import applies
+    from bench.core.applicability import applies
 
     if applies(cls, TASKS.get(ATTACK_CHECK_TASK)):
         return ATTACK_CHECK_TASK
@@ -274,8 +274,8 @@ def attack_check_task(cls: type) -> str:
 
 def applicable_pairs(registry, names: Sequence[str] | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``(applicable, not applicable)`` (plugin, task) pairs of a defense or attack registry
-    (:mod:`bench.applicability`), for parametrizing conformance tests."""
-    from bench.applicability import applies
+    (:mod:`bench.core.applicability`), for parametrizing conformance tests."""
+    from bench.core.applicability import applies
 
     fits: list[tuple[str, str]] = []
     misfits: list[tuple[str, str]] = []
@@ -397,8 +397,8 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[s
     """The defense (with its ``smoke_args``) on a tiny task's real defender view: deterministic under a seed (bit for
     bit), trains only on the defender split (the leak test), and its defended stage saves to and reloads from the
     on-disk stage cache with identical outputs."""
-    from bench.spec import make_spec
-    from bench.stages import Session
+    from bench.core.spec import make_spec
+    from bench.run.stages import Session
 
     cls = DEFENSES.get(name)
     cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")

@@ -56,7 +56,7 @@ def measure(fn) -> tuple[float, int, object]:
 
 def old_function_preservation(released, defended):
     """The whole-array comparison as it was before (float64 copies of everything)."""
-    from bench.metrics import _log_softmax
+    from bench.core.metrics import _log_softmax
 
     r, d = np.asarray(released, dtype=np.float64), np.asarray(defended, dtype=np.float64)
     max_abs = float(np.max(np.abs(r - d)))
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from fixtures_gemma import gemma3_model
 
-    from bench.metrics import function_preservation
+    from bench.core.metrics import function_preservation
     from tasks.llm import chunked
     from tasks.llm.chat import Batch, response_loss
 

@@ -1,4 +1,4 @@
-"""Time the curvature diagnostic (:func:`bench.curvature.top_hessian_eigenvalue`) on a randomly initialised Llama.
+"""Time the curvature diagnostic (:func:`bench.run.curvature.top_hessian_eigenvalue`) on a randomly initialised Llama.
 
 Builds a ``LlamaForCausalLM`` from a config (no download): ``--size 1b`` is a Llama-3.2-1B-shaped model with a
 32k vocabulary (hidden 2048, 16 layers, intermediate 8192, 32 heads, 8 key/value heads: 1.1e9 parameters),
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from bench.curvature import top_hessian_eigenvalue
+from bench.run.curvature import top_hessian_eigenvalue
 
 SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=256, num_attention_heads=4,

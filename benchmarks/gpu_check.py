@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 
 from bench.cache import Cache
-from bench.devices import resolve_device
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run.devices import resolve_device
+from bench.run.runner import run
+from bench.run.stages import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixtures: not in the package
 import fixtures  # noqa: E402

@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from attacks._optim import build_optimizer
-    from bench.layers import FactoredLinear
-    from bench.spec import make_spec
-    from bench.stages import Session
+    from bench.core.spec import make_spec
+    from bench.run.stages import Session
+    from bench.toolkit.layers import FactoredLinear
 
     torch.set_num_threads(1)
     product_first = FactoredLinear._product_first

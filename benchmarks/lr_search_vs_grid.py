@@ -20,9 +20,10 @@ from collections import defaultdict
 
 import torch
 
-from bench.metrics import worst_case
-from bench.runner import Session
-from bench.suite import SuiteRequest, run_suite
+from bench.core.metrics import worst_case
+from bench.exec.suite_run import run_suite
+from bench.plan.request import SuiteRequest
+from bench.run.stages import Session
 from tasks.vision.task import VisionDigits
 
 

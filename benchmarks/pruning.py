@@ -37,8 +37,9 @@ def _cpu() -> float:
 
 
 def run_mode(args, results: Path, exhaustive: bool) -> dict:
-    from bench.runner import Session
-    from bench.suite import SuiteRequest, run_suite
+    from bench.exec.suite_run import run_suite
+    from bench.plan.request import SuiteRequest
+    from bench.run.stages import Session
 
     request = SuiteRequest(task=args.task, defense=args.defense, seeds=tuple(args.seeds), exhaustive=exhaustive)
     cpu, wall = _cpu(), time.perf_counter()
@@ -72,8 +73,9 @@ def main() -> None:
     torch.set_num_threads(1)
     print(yardstick().line())
     with tempfile.TemporaryDirectory() as warm:  # the released model and its stages, once, outside the timing
-        from bench.runner import Session
-        from bench.suite import SuiteRequest, run_suite
+        from bench.exec.suite_run import run_suite
+        from bench.plan.request import SuiteRequest
+        from bench.run.stages import Session
 
         run_suite(SuiteRequest(task=args.task, defense=args.defense, seeds=tuple(args.seeds), families=(),
                                attack="full-ft", attack_args={"budget": 5}), Session(Path(warm), progress=False))

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: Path) -> None:
-    from bench.stage_clock import describe
+    from bench.toolkit.stage_clock import describe
 
     for path in sorted(results.glob("*/run.json")):
         info = json.loads(path.read_text())

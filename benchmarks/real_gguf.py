@@ -81,7 +81,7 @@ class PhaseMemory:
     def __enter__(self) -> PhaseMemory:
         import contextlib
 
-        from bench.stage_clock import StageClock
+        from bench.toolkit.stage_clock import StageClock
 
         original, memory = StageClock.part, self
 

@@ -1,4 +1,4 @@
-"""Runner overhead: ``bench.runner.run`` vs a bare PyTorch loop doing the same attack steps without probes.
+"""Runner overhead: ``bench.run.runner.run`` vs a bare PyTorch loop doing the same attack steps without probes.
 
 Both sides run N Adam steps of full fine-tuning on the tiny ``vision-digits`` task (defense ``none``) from the same
 released model, the same ``task.attack_batches`` stream (the bare loop starts from the generator state the runner's
@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.cache import Cache
-from bench.results import METRICS
-from bench.runner import Session, derive_seed, run
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run.results import METRICS
+from bench.run.runner import run
+from bench.run.stages import Session, derive_seed
 
 
 def make_run_spec(steps: int, eval_every: int | None, lr: float, seed: int):

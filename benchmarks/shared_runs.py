@@ -1,4 +1,4 @@
-"""The adaptive fallback run once (bench.shared_runs): the four adaptive families on an undefended model, each in its
+"""The adaptive fallback run once (bench.run.shared_runs): the four adaptive families on an undefended model, each in its
 own results folder (nothing to share: what every run cost before issue 23) and all in one folder (shared), with
 identical per-run results checked.
 
@@ -34,7 +34,8 @@ def attack_values(directory: Path):
 
 
 def sweep(folder: Path, specs, *, shared: bool, cache) -> tuple[int, float, float]:
-    from bench.runner import Session, run
+    from bench.run.runner import run
+    from bench.run.stages import Session
 
     sessions = {}
     cpu, wall = time.process_time(), time.perf_counter()
@@ -55,7 +56,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     from bench.cache import Cache
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
 
     cache = Cache()
     quick = {"curvature_iters": 0, "bootstrap": 0}

@@ -181,7 +181,7 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 def apply_benchmark(args, spectrum: str) -> list[str]:
     """SpecDef's apply on ``args.apply`` Llama-8B-shaped maps, per SVD method: wall time, SVD share, accuracy."""
-    from bench.layers import count_parameters
+    from bench.toolkit.layers import count_parameters
     from defenses import specdef
     from defenses.specdef import SpecDef, SpecDefConfig
 

@@ -6,7 +6,7 @@ issue 23) and keyed by the task's config and code alone (:meth:`bench.contracts.
 Each measurement is a fresh Python process (as a worker is), timed from outside: wall seconds and CPU seconds
 (user + system of the child). ``lookup``: is a run's defended stage on disk? Before: build the task (import its
 libraries, load its released model) to key the stage by its provenance; after: key it from config and code.
-``prepare``: :meth:`bench.stages.Session.defended_to_prepare` over a 3-seed specdef+none request on a warm cache (what
+``prepare``: :meth:`bench.run.stages.Session.defended_to_prepare` over a 3-seed specdef+none request on a warm cache (what
 the driver of ``--jobs N`` does before handing stages to workers); before: every stage named (its task built here,
 then built or read again in a worker), after: the stages on disk skipped. The modes run interleaved, so the ratios
 are paired; other processes on the machine disturb the walls (read the CPU seconds and the ranges). A private copy
@@ -33,17 +33,17 @@ CHILD = r"""
 import sys, json
 mode, task, defense = sys.argv[1], sys.argv[2], sys.argv[3]
 from bench.cache import Cache
-from bench.spec import make_spec
-from bench.stages import Session
+from bench.core.spec import make_spec
+from bench.run.stages import Session
 session = Session("unused-results", Cache(), progress=False)
 quick = {"curvature_iters": 0, "bootstrap": 0}
 if mode.startswith("lookup"):
     spec = make_spec(task=task, defense=defense, attack="full-ft", task_args=quick)
     if mode == "lookup-before":  # what a worker did before: build the task to key the stage by its provenance
         from bench.registry import TASKS
-        from bench.stages import _build_task
-        from bench.stage_cache import stage_key
-        from bench.composition import plugin_classes
+        from bench.run.stages import _build_task
+        from bench.run.stage_cache import stage_key
+        from bench.core.composition import plugin_classes
         from bench.registry import DEFENSES
         device = session.device_for(spec)
         built = _build_task(spec, session.cache, device, progress=False)
@@ -76,7 +76,7 @@ def child(mode: str, task: str, defense: str, env: dict) -> tuple[float, float, 
 
 def warm(task: str, defense: str, env: dict) -> None:
     """Build the stages the measurements look up (once, in a child using the private cache)."""
-    code = ("from bench.cache import Cache\nfrom bench.spec import make_spec\nfrom bench.stages import Session\n"
+    code = ("from bench.cache import Cache\nfrom bench.core.spec import make_spec\nfrom bench.run.stages import Session\n"
             "s = Session('unused-results', Cache(), progress=False)\n"
             f"for d in ('none', {defense!r}):\n    for seed in (0, 1, 2):\n"
             f"        s.defended(make_spec(task={task!r}, defense=d, attack='full-ft', seed=seed, "

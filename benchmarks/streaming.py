@@ -3,7 +3,7 @@ and as one streamed pool of runs (how it runs now), both with ``--jobs N`` local
 
 *Waves*: each request of the sweep in turn, each with its own executor, each family's next runs (an LR search's full
 runs, refinement) only after every run of the current wave of that suite has finished. *Streaming*: every request of
-the task in one :func:`bench.suite.run_suites` pool, each family's next runs queued as soon as its own finish. Prints
+the task in one :func:`bench.exec.suite_run.run_suites` pool, each family's next runs queued as soon as its own finish. Prints
 the wall time of each and the ratio measured in this one run, and checks that every run's metrics are identical
 (wall-clock metrics excepted). A first, untimed pass fills the stage cache (defense training is not what is compared).
 
@@ -22,7 +22,7 @@ from parallel import metrics  # (benchmarks/parallel.py: the same per-run compar
 
 
 def requests(args):
-    from bench.suite import SuiteRequest
+    from bench.plan.request import SuiteRequest
 
     task_args = dict(kv.split("=", 1) for kv in args.task_args.split())
     task_args = {k: float(v) if "." in v or "e" in v else int(v) for k, v in task_args.items()}
@@ -31,8 +31,8 @@ def requests(args):
 
 
 def executor(session, cache_root: str, jobs: int, streams: bool):
-    from bench.executors.local import LocalExecutor
-    from bench.worker import WorkerOptions
+    from bench.exec.local import LocalExecutor
+    from bench.exec.worker import WorkerOptions
 
     options = WorkerOptions(results_dir=str(session.results_dir), cache_root=cache_root, threads=1)
     made = LocalExecutor(session, options, jobs=jobs)
@@ -41,8 +41,8 @@ def executor(session, cache_root: str, jobs: int, streams: bool):
 
 
 def timed(mode: str, results: Path, cache, args) -> float:
-    from bench.runner import Session
-    from bench.suite import run_suite, run_suites
+    from bench.exec.suite_run import run_suite, run_suites
+    from bench.run.stages import Session
 
     start = time.perf_counter()
     if mode == "waves":

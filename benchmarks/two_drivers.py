@@ -1,5 +1,5 @@
 """Two identical sweeps started at once on one results folder: how many runs each driver executed, and their wall
-times. Run claims (:mod:`bench.run_claim`) should make every run execute once and both drivers print the full table.
+times. Run claims (:mod:`bench.run.run_claim`) should make every run execute once and both drivers print the full table.
 
     python benchmarks/two_drivers.py [--jobs 1] [--budget 30] [--seeds 0,1]
 

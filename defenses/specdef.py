@@ -34,8 +34,8 @@ from torch import nn
 
 from bench.config import check
 from bench.contracts import Defense, DefenseResult
-from bench.layers import FactoredLinear, linear_weight, set_submodule
 from bench.registry import DEFENSES
+from bench.toolkit.layers import FactoredLinear, linear_weight, set_submodule
 from defenses._selection import select_layers
 from defenses._spectral import specdef_maps, top_k_left_singular
 

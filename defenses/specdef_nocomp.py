@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from bench.contracts import Defense, DefenseResult
-from bench.layers import linear_weight
 from bench.registry import DEFENSES
+from bench.toolkit.layers import linear_weight
 from defenses._selection import select_layers
 from defenses._spectral import specdef_maps, top_k_left_singular
 from defenses.specdef import SpectralInflationConfig

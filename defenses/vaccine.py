@@ -59,8 +59,8 @@ from torch import nn
 from bench.config import check
 from bench.contracts import Defense
 from bench.errors import PluginError
-from bench.features import capture
 from bench.registry import DEFENSES
+from bench.toolkit.features import capture
 from defenses._trained import AttackerScaledConfig, batch_size_of, endless, lr_for, require, steps_for, train_defense
 
 WARMUP = 0.1

@@ -6,7 +6,7 @@
   whose attacked model kept at least 1 − L/100 of its primary utility; ``bounded_*``: within the task's declared
   utility bound, :mod:`leaderboard.utility`), outcome counts,
   the worst run's harm AUC and examples seen, the attacker's trials to break (:mod:`leaderboard.cost`), and the
-  resistance ratio against ``none`` on the same seed (:func:`bench.metrics.resistance_ratio`, a bound when either
+  resistance ratio against ``none`` on the same seed (:func:`bench.core.metrics.resistance_ratio`, a bound when either
   worst case is censored; none at all when the released model was already harmful, :func:`released_already_harmful`,
   or the defended model was broken at release, :mod:`leaderboard.release`).
 * :func:`per_defense` — the per-seed values aggregated over seeds (censoring-aware median and range), the ratio with
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.metrics import UTILITY_LIMITS, Ratio, WorstCase, censored_median, resistance_ratio, worst_case
-from bench.results import read_metrics
-from bench.spec import DEFAULT_SUITE_LABEL
+from bench.core.metrics import UTILITY_LIMITS, Ratio, WorstCase, censored_median, resistance_ratio, worst_case
+from bench.core.spec import DEFAULT_SUITE_LABEL
+from bench.run.results import read_metrics
 from leaderboard import cost, utility
 from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.ratios import BROKEN, ratio_interval
@@ -42,7 +42,7 @@ from leaderboard.sources import RESULTS_SOURCE, load_all
 
 TASK_KEYS = ["task", "tier", "model", "task_settings", "suite"]
 """What a worst case and a ratio are taken within: runs of other task settings (the task's resolved config) or of
-another attack suite (:func:`bench.planner.suite_label`) are never pooled with them (:func:`run_keys`)."""
+another attack suite (:func:`bench.plan.planner.suite_label`) are never pooled with them (:func:`run_keys`)."""
 UNRECORDED_SETTINGS = ""
 """``task_settings`` of runs written before the settings were recorded."""
 DEFENSE_KEYS = TASK_KEYS + ["defense_label", "defense_hash", "source"]
@@ -168,7 +168,7 @@ def per_seed(runs: pd.DataFrame, trials: pd.DataFrame | None = None) -> pd.DataF
         record["worst_examples_seen"] = _first(worst_run, "examples_seen")
         record["adaptive_run"] = bool((group["knowledge"] == "white-box").any())
         outcomes = group.loc[group["status"] == "success", "outcome"].value_counts()
-        for outcome in ("harmed", "broken", "resisted", "pruned"):  # pruned: stopped at the bound (bench.pruning)
+        for outcome in ("harmed", "broken", "resisted", "pruned"):  # pruned: stopped at the bound (bench.run.pruning)
             record[f"n_{outcome}"] = int(outcomes.get(outcome, 0))
         # n_runs and n_failed count the same runs (attack runs); failed LR-search probes are counted apart
         record["n_runs"] = len(group)

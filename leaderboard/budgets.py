@@ -1,11 +1,11 @@
 """Budget curves on the leaderboard: does more defender compute buy attacker steps? (issue 21, item 2)
 
-Reads the budget-curve records ``bench tune --budgets 1,4,16`` writes (:func:`bench.tuning_record.read_tunings`,
+Reads the budget-curve records ``bench tune --budgets 1,4,16`` writes (:func:`bench.run.tuning_record.read_tunings`,
 ``mode == "budget"``) and draws one figure per task: left, the validation worst case (steps to harm, lower median
 over seeds) against the defender's forward-backward passes, one line per defense; right, the retained primary
 utility at release, with the task's usable floor. Hollow markers: the point is not usable at release (its
 resistance is not a gain) or its worst case is censored (a lower bound). The leaderboard row's choice of budget
-within a cost cap is :func:`bench.tuning_record.best_budget`.
+within a cost cap is :func:`bench.run.tuning_record.best_budget`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ BUDGET_CAPTION = ("Defender budget curves: validation worst case (left) and reta
 
 def budget_points(results_dir: str | Path) -> pd.DataFrame:
     """Every budget-curve point recorded under ``results_dir`` (latest curve per defense, task and tier)."""
-    from bench.tuning_record import read_tunings
+    from bench.run.tuning_record import read_tunings
 
     points = read_tunings(results_dir, mode="budget")
     if points.empty:

@@ -16,7 +16,7 @@ its primary source stays with ``verified: false`` and a ``note``; an item about 
 (:func:`claim_status`: "no claim", "broken by N", "validated by N", ...) is computed from the counted items' kinds,
 never written by hand. Nothing in the ledger is measured by the harness.
 
-* :func:`load_claims` — read and validate every file (:mod:`bench.claims_file`, the format: unknown keys, missing
+* :func:`load_claims` — read and validate every file (:mod:`bench.core.claims_file`, the format: unknown keys, missing
   keys, wrong types, an unknown kind or a source of no recognised form are errors that name the file and the entry,
   all of them at once).
 * :func:`claim_key` / :func:`claim_for` — the ledger entry of a leaderboard row, from its defense label.
@@ -28,8 +28,8 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from bench import claims_file
-from bench.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary
+from bench.core import claims_file
+from bench.core.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary
 
 CLAIMS_DIR = Path(__file__).with_name("claims")
 """The built-in ledger."""
@@ -40,7 +40,7 @@ PRESET_CLAIMS = {"tar.sophon": "sophon"}
 
 def load_claims(directory: str | Path | None = None) -> dict[str, Claim]:
     """Every ``<defense>.yaml`` in ``directory`` (default: the built-in ledger), keyed by defense name
-    (:func:`bench.claims_file.load_claims`)."""
+    (:func:`bench.core.claims_file.load_claims`)."""
     return claims_file.load_claims(directory if directory is not None else CLAIMS_DIR)
 
 

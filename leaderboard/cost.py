@@ -1,11 +1,11 @@
 """The attacker's cost to break a defense, counted in attack runs (trials): LR-search probes, full runs, refinement.
 
-An attacker who follows the harness's own search runs the planner's waves (:class:`bench.planner.Planner`) in order:
+An attacker who follows the harness's own search runs the planner's waves (:class:`bench.plan.planner.Planner`) in order:
 the LR-search probe runs, then the full runs (the whole grid, or the learning rates the probes picked), then the
 half-decade refinement around the best full run. The results record which runs were made, not when, so
 :func:`trial_order` rebuilds that order from what each run records: its wave (a probe; a full run of a family that
 probed first; a refinement point, i.e. a learning rate that is a half-decade neighbour of another full run's,
-:func:`bench.planner.refinement`), then blind families before white-box ones (every default suite lists them so),
+:func:`bench.plan.planner.refinement`), then blind families before white-box ones (every default suite lists them so),
 families by name, learning rates from high to low (the order of every default grid). Within one wave the planner
 may run its runs in parallel, so that last part is a convention, not a record.
 
@@ -22,7 +22,7 @@ import math
 
 import pandas as pd
 
-from bench.lr_grid import refinement
+from bench.core.lr_grid import refinement
 
 CURVE_COLUMNS = ["trial", "run_id", "attack_label", "purpose", "status", "outcome", "best_steps_so_far",
                  "harmed_so_far"]

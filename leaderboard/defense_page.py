@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import DataError
-from bench.results import read_run_json
+from bench.run.results import read_run_json
 from leaderboard.claims import Claim, claim_of, claim_status, item_label, source_url
 from leaderboard.html import table
 from leaderboard.render import Column, columns, task_groups

@@ -10,7 +10,7 @@ columns named after the key, so that one schema entry shows a value with its cen
   ("n/a"); a verdict ``broken at release`` shows that status instead of a ratio, with ``n_broken_at_release``,
   ``seeds`` and ``release_reason`` (:mod:`leaderboard.release`);
 * ``outcomes``: ``n_harmed``/``n_broken``/``n_resisted`` (the key is the column to sort by), then ``+N pruned``
-  for runs stopped at the bound (:mod:`bench.pruning`).
+  for runs stopped at the bound (:mod:`bench.run.pruning`).
 
 A key may carry a suffix ``@<task>`` (the cross-task overview's per-task columns); companions carry the same suffix.
 """
@@ -74,7 +74,7 @@ def fmt_fraction(value: Any) -> str:
 
 
 def fmt_ratio(value: float, lower_bound: bool, upper_bound: bool = False) -> str:
-    """A resistance ratio with its censoring (:class:`bench.metrics.Ratio`): "≥ 2×" when the defense held to its
+    """A resistance ratio with its censoring (:class:`bench.core.metrics.Ratio`): "≥ 2×" when the defense held to its
     budget, "≤ 0.5×" when ``none`` did, "?" when both did (undetermined)."""
     if isnan(value):
         return "—"
@@ -167,7 +167,7 @@ def _outcomes(row: Mapping[str, Any], key: str, low: str | None, high: str | Non
 
 
 def pruned_text(count: Any) -> str:
-    """`` +N pruned`` for the runs stopped at the bound (their own outcome unknown, :mod:`bench.pruning`), else ''."""
+    """`` +N pruned`` for the runs stopped at the bound (their own outcome unknown, :mod:`bench.run.pruning`), else ''."""
     return "" if isnan(count) or not count else f" +{int(count)} pruned"
 
 

@@ -1,7 +1,7 @@
 """A resistance ratio with its interval over seeds, and the verdict it supports (issue 22.2).
 
 The ratio of a defense on a task is the median over seeds of the per-seed ratios (worst-case steps-to-harm of the
-defense / that of ``none`` on the same seed, :func:`bench.metrics.resistance_ratio`). Its interval is a 95%
+defense / that of ``none`` on the same seed, :func:`bench.core.metrics.resistance_ratio`). Its interval is a 95%
 percentile bootstrap over seeds of that median (:data:`RESAMPLES` resamples of the seeds with replacement, a fixed
 generator seed, so the same results always give the same interval). With 2 to 5 seeds the 2.5% and 97.5% points
 are the smallest and largest per-seed ratio: the interval is then the range over seeds.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.metrics import Ratio, median_ratio
+from bench.core.metrics import Ratio, median_ratio
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -47,7 +47,7 @@ class RatioInterval:
     """A ratio over seeds: the point value with its censoring, the interval and the verdict."""
 
     ratio: Ratio
-    """The median of the per-seed ratios (:func:`bench.metrics.median_ratio`)."""
+    """The median of the per-seed ratios (:func:`bench.core.metrics.median_ratio`)."""
     low: float
     """Lower end of the interval (0 when a ``none`` that held can make the ratio arbitrarily small)."""
     high: float

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import pandas as pd
 
-from bench.metrics import worst_case
+from bench.core.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value

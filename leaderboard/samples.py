@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.images import stack_pngs
-from bench.results import SAMPLES_PNG
+from bench.run.results import SAMPLES_PNG
+from bench.toolkit.images import stack_pngs
 from leaderboard.formats import fmt_steps
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from bench.config import check, check_choice
+from bench.core.yaml_dataclass import collect, read_mapping
 from bench.errors import ConfigError
-from bench.yaml_dataclass import collect, read_mapping
 from leaderboard.formats import FORMATS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")

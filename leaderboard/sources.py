@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results import read_metrics, run_directories
+from bench.run.results import read_metrics, run_directories
 
 RESULTS_SOURCE = "results"
 SUBMISSION_PREFIX = "submission:"

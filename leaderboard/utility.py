@@ -3,7 +3,7 @@
 * :func:`primary_utility` — per run, the task's primary utility metric (the one its usable floor and probe use).
 * :func:`retained_after_attack` — per run, the attacked model's retained primary utility (post-attack utility over
   the released model's); a run that never attacked (the defended model was harmful from the start) keeps the defended
-  model's. The utility-bounded worst case (:data:`bench.metrics.UTILITY_LIMITS`) keeps only the runs where this is
+  model's. The utility-bounded worst case (:data:`bench.core.metrics.UTILITY_LIMITS`) keeps only the runs where this is
   at least
   ``1 - L/100``: TamperBench's "harm maximised subject to a utility drop of at most L%" (BASELINES.md).
 * :func:`within_task_bound` — per run, whether the attacked model stays within its task's declared
@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.contracts import UtilityBound
-from bench.metrics import Interval
+from bench.core.metrics import Interval
 
 
 def primary_utility(metrics: pd.DataFrame) -> pd.Series:

@@ -41,7 +41,7 @@ def _session_cache_env(cache):
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     """Where real-tier tests run: the device policy's default for the real tier (CUDA when available, else CPU)."""
-    from bench.devices import resolve_device
+    from bench.run.devices import resolve_device
 
     return resolve_device(None, "real")
 

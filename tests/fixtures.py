@@ -206,7 +206,7 @@ def make_captioned_folder(directory: Path, per_pair: int = 8) -> Path:
     """Procedural images of every (content, style) pair with a metadata.jsonl of captions and labels."""
     from PIL import Image
 
-    from bench.images import to_uint8
+    from bench.toolkit.images import to_uint8
     from tasks.diffusion import shapes
 
     directory.mkdir(parents=True)

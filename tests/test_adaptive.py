@@ -10,8 +10,8 @@ from torch import nn
 
 from attacks._structure import collapse, find_chains, freeze_tail, inject, rewrite_checked, split_first
 from attacks.lora import LoraConfig, resolve_targets
-from bench.layers import MLP, FactoredLinear
 from bench.testing import tiny_view
+from bench.toolkit.layers import MLP, FactoredLinear
 from defenses.specdef import SpecDef, SpecDefConfig
 
 X = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
@@ -194,8 +194,9 @@ def test_lora_merge_matches_the_adapter_model():
 def test_adaptive_attacks_record_what_they_found(attack, rewritten, tmp_path, cache):
     import pyarrow.parquet as pq
 
-    from bench.runner import Session, run
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
+    from bench.run.runner import run
+    from bench.run.stages import Session
 
     session = Session(tmp_path, cache)
     for defense, expected in (("specdef", rewritten), ("none", 0)):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import results
+from bench.run import results
 from leaderboard.aggregate import build
 from leaderboard.summary import summary_text
 

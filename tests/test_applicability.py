@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.applicability import NotApplicableError, applies
 from bench.cli import main
 from bench.contracts import Defense, DefenseResult
+from bench.core.applicability import NotApplicableError, applies
+from bench.core.spec import make_spec
+from bench.plan.sweep import load_sweep, plan
 from bench.registry import DEFENSES, TASKS
-from bench.spec import make_spec
-from bench.sweep import load_sweep, plan
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from bench import testing
+from bench.core.spec import make_spec
 from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
-from bench.results import read_metrics
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.results import read_metrics
+from bench.run.runner import run
+from bench.run.stages import Session
 from defenses.vaccine import perturbed
 
 NAMES = ("booster", "vaccine")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.builtins import BUILTINS
-from bench.claims_file import parse_claim
+from bench.core.builtins import BUILTINS
+from bench.core.claims_file import parse_claim
 from bench.errors import ConfigError
 from bench.registry import DEFENSES
 from leaderboard.claims import (
@@ -203,7 +203,7 @@ def test_a_wellformed_claims_file_loads_and_a_contribution_needs_no_items(tmp_pa
 
 
 def test_a_submitted_claims_file_is_checked_as_the_ledger_checks_its_own(tmp_path):
-    from bench.submit import _invalid_claims
+    from bench.apps.submit import _invalid_claims
 
     path = tmp_path / "mine.yaml"
     path.write_text('defense: mine\npaper: "Me 2026"\nclaim: "It resists."\nsetting: "tiny"\n')

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.results import SCHEMA, read_metrics
+from bench.run.results import SCHEMA, read_metrics
 
 QUICK = ["task.budget=30", "task.curvature_iters=0", "task.bootstrap=50"]
 
@@ -303,7 +303,7 @@ def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
     from types import SimpleNamespace
 
     from bench.errors import ConfigError
-    from bench.stages import check_usable_floor
+    from bench.run.stages import check_usable_floor
 
     task = SimpleNamespace(name="t", utility_metric="nll", utility_higher_is_better=higher,
                            config=SimpleNamespace(usable_factor=factor))
@@ -318,7 +318,7 @@ def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path,
     assert single_run[0] == 0
     results = _copy_of(single_run, tmp_path)
     argv = (*SINGLE, "--results", results)
-    from bench.results import CorruptRunWarning, completed_run_ids
+    from bench.run.results import CorruptRunWarning, completed_run_ids
 
     done = completed_run_ids(results)
     victim = sorted(done)[0]
@@ -334,7 +334,7 @@ def test_a_truncated_run_is_skipped_with_a_warning_and_rerun_on_resume(tmp_path,
 
     import pyarrow.parquet as pq  # reading some runs opens only their files, not the folder's whole history
 
-    from bench import results as results_module
+    from bench.run import results as results_module
 
     opened, real_read = [], pq.read_table
     monkeypatch.setattr(results_module.pq, "read_table", lambda path, *a, **k: opened.append(path) or real_read(path))

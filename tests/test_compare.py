@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.apps.compare import default_baselines
 from bench.cli import main
-from bench.compare import default_baselines
 
 QUICK = ["task.budget=30", "task.curvature_iters=0", "task.bootstrap=50"]
 

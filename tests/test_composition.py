@@ -14,15 +14,15 @@ import torch
 from bench import testing
 from bench.cache import Cache
 from bench.cli import main
-from bench.composition import ComposedDefense, part_seeds, plugin_classes
+from bench.core.composition import ComposedDefense, part_seeds, plugin_classes
+from bench.core.spec import RunSpec, make_spec
 from bench.errors import ConfigError, UnknownNameError
-from bench.experiment import build_request
+from bench.plan.experiment import build_request
+from bench.plan.sweep import plan_file
 from bench.registry import DEFENSES, load_plugin
-from bench.results import read_metrics
-from bench.runner import Session
-from bench.spec import RunSpec, make_spec
-from bench.stage_cache import StageStore
-from bench.sweep import plan_file
+from bench.run.results import read_metrics
+from bench.run.stage_cache import StageStore
+from bench.run.stages import Session
 
 QUICK = ["task.budget=20", "task.curvature_iters=0", "task.bootstrap=0"]
 TASK_ARGS = {"curvature_iters": 0, "bootstrap": 0, "budget": 20}

@@ -8,9 +8,9 @@ from typing import Literal
 import pytest
 
 from bench.config import build_config, config_to_dict, field_docs
+from bench.core.spec import RunSpec, make_spec
 from bench.errors import ConfigError, DataError
-from bench.experiment import build_request
-from bench.spec import RunSpec, make_spec
+from bench.plan.experiment import build_request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +127,7 @@ class Outer:
 
 
 def test_yaml_dataclass_names_nested_entries_and_checks_types():
-    from bench.yaml_dataclass import build
+    from bench.core.yaml_dataclass import build
 
     outer = build(Outer, {"name": "x", "inner": [{"key": "a", "weight": 2}], "table": {"b": 3}}, "f.yaml")
     assert outer == Outer(name="x", inner=(Inner(key="a", weight=2.0),), table={"b": 3})

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bench import testing
+from bench.core.spec import make_spec
 from bench.registry import ATTACKS, DEFENSES, TASKS
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.runner import run
+from bench.run.stages import Session
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
@@ -52,14 +53,14 @@ def _lane(pairs):
 
 @pytest.mark.parametrize("defense, task", _lane(DEFENSE_TASKS))
 def test_every_defense_on_every_task(defense, task, cache, tmp_path):
-    """Every defense on every task it applies to (bench.applicability)."""
+    """Every defense on every task it applies to (bench.core.applicability)."""
     testing.check_defense_on_task(defense, task, cache, tmp_path)
 
 
 @pytest.mark.parametrize("kind, name, task", [("defense", *pair) for pair in DEFENSE_MISFITS]
                          + [("attack", *pair) for pair in ATTACK_MISFITS] or [pytest.param("", "", "", marks=pytest.mark.skip("every plugin applies to every task"))])
 def test_a_plugin_on_a_task_it_does_not_apply_to_is_a_clear_error(kind, name, task):
-    from bench.applicability import NotApplicableError
+    from bench.core.applicability import NotApplicableError
 
     args = {"defense": name, "attack": "full-ft"} if kind == "defense" else {"defense": "none", "attack": name}
     with pytest.raises(NotApplicableError, match=f"{kind} {name!r} does not apply to task {task!r}"):

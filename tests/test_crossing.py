@@ -1,4 +1,4 @@
-"""Exact crossing by replay (bench.crossing) and censoring at the steps actually run (stopped_early)."""
+"""Exact crossing by replay (bench.toolkit.crossing) and censoring at the steps actually run (stopped_early)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from attacks._optim import OPTIMIZERS
 from attacks._training import FineTuneConfig, fine_tune
 from bench import testing
 from bench.contracts import Attack, AttackReport, Probe
-from bench.crossing import CrossingTracker
-from bench.metrics import Curve, attack_metrics
+from bench.core.metrics import Curve, attack_metrics
+from bench.core.spec import make_spec
 from bench.registry import ATTACKS, TASKS
-from bench.results import read_metrics
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.results import read_metrics
+from bench.run.runner import run
+from bench.run.stages import Session
+from bench.toolkit.crossing import CrossingTracker
 
 FAST = {"curvature_iters": 0, "bootstrap": 0}
 HARMS = {"optimizer": "adam", "lr": 1e-2, "budget": 100}
@@ -73,7 +74,7 @@ def test_the_shared_loop_replays_bit_for_bit_on_every_task(task_name, cache):
 def test_the_monitor_replays_then_leaves_the_model_in_its_final_state(cache):
     """finish() replays the crossing's interval and restores the state the attack ended in (what the post-attack
     evaluation measures): weights, optimizer and RNG as before the replay."""
-    from bench.monitor import ProbeMonitor
+    from bench.run.monitor import ProbeMonitor
 
     task = testing.smoke_task("vision-digits", cache)
     model = copy.deepcopy(task.model).train()

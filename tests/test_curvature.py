@@ -10,8 +10,8 @@ from torch import nn
 
 from bench.config import build_config
 from bench.contracts import TaskConfig
-from bench.curvature import top_hessian_eigenvalue
 from bench.errors import ConfigError
+from bench.run.curvature import top_hessian_eigenvalue
 
 
 class Quadratic(nn.Module):

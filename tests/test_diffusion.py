@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.core.spec import make_spec
 from bench.registry import DEFENSES, TASKS
-from bench.spec import make_spec
 from tasks.diffusion import shapes
 from tasks.diffusion.task import DiffusionConfig
 

@@ -8,10 +8,11 @@ import torch
 from fixtures import SD_CONTENTS, SD_STYLES, make_captioned_folder, save_sd_pipeline
 
 from bench.cache import Cache
-from bench.devices import resolve_device
+from bench.core.spec import make_spec
 from bench.errors import ConfigError, DataError
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.devices import resolve_device
+from bench.run.runner import run
+from bench.run.stages import Session
 from tasks.diffusion import shapes
 from tasks.diffusion.task import DiffusionConfig
 

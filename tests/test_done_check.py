@@ -1,16 +1,16 @@
 """One answer to "is this run already done?": a sweep's resume (``completed_run_ids``), a run's claim on its
 directory (``claimed_run``) and the executors reading a worker's run back (``read_back``) all ask
-:func:`bench.results.successful_run`, so they agree on every state a run directory can be in."""
+:func:`bench.run.results.successful_run`, so they agree on every state a run directory can be in."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from bench.executors.shared import read_back
-from bench.results import METRICS, RUN_JSON, completed_run_ids, successful_run
-from bench.run_claim import claimed_run
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.exec.shared import read_back
+from bench.run.results import METRICS, RUN_JSON, completed_run_ids, successful_run
+from bench.run.run_claim import claimed_run
 
 
 def _metrics(run_dir, *, truncated=False):

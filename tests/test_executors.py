@@ -19,14 +19,15 @@ import pytest
 import torch
 
 from bench.contracts import AttackSweep
-from bench.executors.local import LocalExecutor
-from bench.planner import Planner, RunRecord, sweep_waves
+from bench.core.spec import make_spec
+from bench.exec.local import LocalExecutor
+from bench.exec.suite_run import run_suite
+from bench.exec.worker import WorkerOptions
+from bench.plan.planner import Planner, RunRecord, sweep_waves
+from bench.plan.request import SuiteRequest
 from bench.registry import load_plugin
-from bench.results import completed_run_ids, read_run_json
-from bench.runner import Session
-from bench.spec import make_spec
-from bench.suite import SuiteRequest, run_suite
-from bench.worker import WorkerOptions
+from bench.run.results import completed_run_ids, read_run_json
+from bench.run.stages import Session
 
 FAST = {"budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 0}
 
@@ -200,7 +201,7 @@ def test_sigkilled_sweep_resumes_to_every_run_exactly_once(tmp_path, cache):
     before = {run_id: read_run_json(results / run_id)["started_at"] for run_id in completed_run_ids(results)}
     # (runs of 80 steps at a learning rate that never harms, so that workers kept warm cannot finish them all)
     assert 2 <= len(before) < 12, "the sweep should be killed mid-way"
-    time.sleep(2.5)  # orphaned workers notice their parent is gone and exit (bench.worker)
+    time.sleep(2.5)  # orphaned workers notice their parent is gone and exit (bench.exec.worker)
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = completed_run_ids(results)
     assert len(done) == 12
@@ -231,7 +232,7 @@ def test_workers_serve_run_after_run_across_waves_and_a_dead_one_is_replaced(bad
 
 
 def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
-    from bench.executors.run_queue import RunQueue
+    from bench.exec.run_queue import RunQueue
 
     short, long_none, long_specdef = _spec(1e-3, budget=5), _spec(1e-3, budget=50), make_spec(
         task="vision-digits", defense="specdef", attack="full-ft", task_args=FAST,
@@ -244,7 +245,7 @@ def test_the_longest_runs_go_first_and_a_worker_keeps_to_its_stage():
 
 
 def test_streaming_takes_lr_probes_first_then_a_familys_next_runs_and_waits_for_runs_added_later():
-    from bench.executors.run_queue import RunQueue
+    from bench.exec.run_queue import RunQueue
 
     stop = threading.Event()
     probe, waiting, short = _spec(1e-3, purpose="lr-probe", budget=5), _spec(1e-2, budget=50), _spec(1e-1, budget=5)
@@ -336,7 +337,7 @@ def test_workers_build_a_waves_defended_stages_once_each_and_report_a_failed_one
         raise AssertionError("the sweep's process applied a defense")
 
     with LocalExecutor(session, options, jobs=2) as executor, pytest.MonkeyPatch.context() as patch:
-        patch.setattr("bench.stages._build_defended", refuse)  # the workers apply every defense
+        patch.setattr("bench.run.stages._build_defended", refuse)  # the workers apply every defense
         parallel = run_suite(request, session, executor=executor)
         failing = dataclasses.replace(request, defense="no-layer", defense_args={})
         with pytest.raises(DataError, match="matches no layer"):

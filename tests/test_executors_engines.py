@@ -11,15 +11,16 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
+from bench.core.spec import make_spec
 from bench.errors import ConfigError
-from bench.executors import EngineOptions, make_executor
-from bench.executors.shared import portable
+from bench.exec.executors import EngineOptions, make_executor
+from bench.exec.shared import portable
+from bench.exec.suite_run import run_suite
+from bench.exec.worker import WorkerOptions
+from bench.plan.request import SuiteRequest
 from bench.registry import load_plugin
-from bench.results import completed_run_ids, read_metrics, read_run_json
-from bench.runner import Session
-from bench.spec import make_spec
-from bench.suite import SuiteRequest, run_suite
-from bench.worker import WorkerOptions
+from bench.run.results import completed_run_ids, read_metrics, read_run_json
+from bench.run.stages import Session
 
 FAST = {"budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 0}
 
@@ -79,11 +80,11 @@ def _no_models_here(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the driver loaded a model")
 
-    monkeypatch.setattr("bench.stages._build_task", refuse)
+    monkeypatch.setattr("bench.run.stages._build_task", refuse)
 
 
 def test_ray_runs_give_the_same_results_as_one_process(tmp_path, cache, ray_local, monkeypatch):
-    from bench.executors.ray import RayExecutor
+    from bench.exec.ray import RayExecutor
 
     request = SuiteRequest(task="vision-digits", defense="specdef", attack="full-ft", seeds=(0,), task_args=FAST,
                            attack_args={"optimizer": "adam", "lr": 1e-3})
@@ -99,7 +100,7 @@ def test_ray_runs_give_the_same_results_as_one_process(tmp_path, cache, ray_loca
 
 
 def test_a_run_whose_ray_worker_exits_fails_alone(tmp_path, cache, ray_local, isolated_registries, monkeypatch):
-    from bench.executors.ray import RayExecutor
+    from bench.exec.ray import RayExecutor
 
     plugin = _exit_plugin(tmp_path)
     monkeypatch.chdir(tmp_path)  # the plugin is given relative to here; the Ray worker gets its absolute path
@@ -117,7 +118,7 @@ def test_a_run_whose_ray_worker_exits_fails_alone(tmp_path, cache, ray_local, is
 
 def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cache, isolated_registries, monkeypatch):
     pytest.importorskip("submitit", reason="submitit is not installed: pip install 'training-resistance-bench[slurm]'")
-    from bench.executors.slurm import SlurmExecutor
+    from bench.exec.slurm import SlurmExecutor
 
     plugin = _exit_plugin(tmp_path)
     session = Session(tmp_path / "res", cache, progress=False)
@@ -140,7 +141,7 @@ def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cac
 
 def test_a_slurm_sweep_completes_with_a_driver_that_cannot_load_a_model(tmp_path, cache, monkeypatch):
     pytest.importorskip("submitit", reason="submitit is not installed: pip install 'training-resistance-bench[slurm]'")
-    from bench.executors.slurm import SlurmExecutor
+    from bench.exec.slurm import SlurmExecutor
 
     request = SuiteRequest(task="vision-digits", defense="specdef", attack="full-ft", seeds=(0,), task_args=FAST,
                            attack_args={"optimizer": "adam", "lr": 1e-3})
@@ -223,15 +224,15 @@ def test_defenses_that_raise_exit_or_are_killed_fail_only_their_runs_on_each_eng
         tmp_path, cache, isolated_registries, monkeypatch, engine, request):
     from test_failure_isolation import PLUGIN  # (pytest puts tests/ on the path)
 
-    from bench.suite import run_suites
+    from bench.exec.suite_run import run_suites
 
     if engine == "ray":
         request.getfixturevalue("ray_local")
-        from bench.executors.ray import RayExecutor as Engine
+        from bench.exec.ray import RayExecutor as Engine
         kwargs = {}
     else:
         pytest.importorskip("submitit", reason="submitit is not installed")
-        from bench.executors.slurm import SlurmExecutor as Engine
+        from bench.exec.slurm import SlurmExecutor as Engine
         kwargs = {"cluster": "local", "time_limit": 10}
     plugin = tmp_path / "failing_defenses.py"
     plugin.write_text(textwrap.dedent(PLUGIN))

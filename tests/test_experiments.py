@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.experiment import build_request
-from bench.suite import validate_request
-from bench.sweep import SWEEP_KEYS, first_wave, is_sweep, plan_file
-from bench.yaml_dataclass import read_mapping
+from bench.core.yaml_dataclass import read_mapping
+from bench.plan.experiment import build_request
+from bench.plan.request import validate_request
+from bench.plan.sweep import SWEEP_KEYS, first_wave, is_sweep, plan_file
 
 ROOT = Path(__file__).parent.parent
 FILES = sorted((ROOT / "experiments").glob("**/*.yaml"))

@@ -121,7 +121,7 @@ def test_a_defense_that_hangs_while_prepared_is_stopped_at_the_run_timeout(tmp_p
 ])
 def test_loader_failures_are_classified(raised, kind, fragment):
     from bench.errors import BenchError
-    from bench.sources import load_failure
+    from bench.toolkit.sources import load_failure
 
     error = load_failure(raised, "causal LM 'm'")
     assert type(error).__name__ == kind and fragment in str(error)
@@ -131,7 +131,7 @@ def test_loader_failures_are_classified(raised, kind, fragment):
 def test_torchs_out_of_memory_error_is_recognised_through_its_cause():
     import torch
 
-    from bench.sources import is_out_of_memory
+    from bench.toolkit.sources import is_out_of_memory
 
     try:
         try:

@@ -9,9 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bench import fingerprint, provenance, stage_cache
-from bench.fingerprint import changes, code_fingerprint, resume_lines
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run import fingerprint, provenance, stage_cache
+from bench.run.fingerprint import changes, code_fingerprint, resume_lines
 
 PLUGIN = textwrap.dedent('''
     from dataclasses import dataclass
@@ -110,8 +110,8 @@ def test_the_stage_cache_and_run_provenance_key_on_one_library_list():
 
 
 def test_a_dry_run_lists_a_completed_run_of_other_code_as_stale(tmp_path, isolated_registries):
-    from bench import results
-    from bench.sweep_run import run_states
+    from bench.exec.sweep_run import run_states
+    from bench.run import results
 
     spec, other = _spec(), make_spec(task="vision-digits", defense="none", attack="full-ft", seed=1)
     for run, fp in ((spec, code_fingerprint(spec)), (other, {**code_fingerprint(other), "harness": "0.0+old"})):

@@ -10,8 +10,8 @@ from torch import nn
 
 from attacks._head import find_head
 from bench.errors import PluginError
-from bench.layers import FactoredLinear
 from bench.registry import ATTACKS, DEFENSES
+from bench.toolkit.layers import FactoredLinear
 from tasks.vision.task import VisionConfig, VisionDigits
 
 

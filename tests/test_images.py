@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench.contracts import Preview
 from bench.errors import ConfigError
-from bench.images import LEFT, TOP, image_grid, save_png, stack_pngs, to_uint8
+from bench.toolkit.images import LEFT, TOP, image_grid, save_png, stack_pngs, to_uint8
 
 
 def test_to_uint8_maps_the_unit_range_and_clips():

@@ -4,7 +4,7 @@ static site built from Parquet without torch, the runner or the planner imported
 The layers, bottom to top:
 
 * **core** — the plugin API and the result readers (:data:`READABLE`, and the rest of ``bench``'s helpers): never
-  imports the leaderboard or a plugin package (the registry names built-in plugins by string, ``bench.builtins``);
+  imports the leaderboard or a plugin package (the registry names built-in plugins by string, ``bench.core.builtins``);
 * **plugins** (``tasks``, ``defenses``, ``attacks``) → core only: never the engine, the applications or the
   leaderboard (:data:`ENGINE`, :data:`APPLICATIONS`);
 * **leaderboard** → only :data:`READABLE`: it reads results and never imports the runner, the planner or torch;
@@ -27,16 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "leaderboard", "tasks", "defenses", "attacks")
 PLUGINS = ("tasks", "defenses", "attacks")
 
-READABLE = {"bench.errors", "bench.config", "bench.yaml_dataclass", "bench.registry", "bench.contracts",
-            "bench.spec", "bench.metrics", "bench.results", "bench.images", "bench.lr_grid", "bench.claims_file",
-            "bench.tuning_record"}
+READABLE = {"bench.errors", "bench.config", "bench.registry", "bench.contracts", "bench.core.yaml_dataclass",
+            "bench.core.spec", "bench.core.metrics", "bench.core.lr_grid", "bench.core.claims_file",
+            "bench.toolkit.images", "bench.run.results", "bench.run.tuning_record"}
 """What of ``bench`` the leaderboard may import: errors, configs, the registry (a task's declared utility bound and
 defaults, resolved lazily), the spec's labels, the metrics and the result and record readers."""
-ENGINE_PREFIXES = ("bench.runner", "bench.stages", "bench.planner", "bench.suite", "bench.sweep", "bench.sweep_run",
-                   "bench.experiment", "bench.executors", "bench.worker", "bench.stage_cache")
+ENGINE_PREFIXES = ("bench.run.runner", "bench.run.stages", "bench.run.stage_cache", "bench.plan", "bench.exec")
 """What runs experiments: plugins and the leaderboard never import it."""
-APPLICATIONS = ("bench.cli", "bench.compare", "bench.tuning")
+APPLICATIONS = ("bench.cli", "bench.apps")
 """Modules (and packages) of ``bench`` above both the engine and the leaderboard."""
+PLUGIN_API = ("bench.contracts", "bench.registry", "bench.config", "bench.errors", "bench.cache", "bench.modelio")
+"""The plugin API (the guide's imports, apart from ``bench.testing``, which plugin authors' tests use)."""
+LAYERS = {  # bench's subpackages, bottom to top: each imports only its own layer and those below it
+    "base": ("bench.core", "bench.toolkit", "bench._moved", *PLUGIN_API),
+    "run": ("bench.run",),
+    "plan": ("bench.plan",),
+    "exec": ("bench.exec",),
+    "check": ("bench.check", "bench.testing"),
+    "apps": ("bench.apps",),
+    "cli": ("bench.cli", "bench.__main__"),
+}
+RANK = {"base": 0, "run": 1, "plan": 2, "exec": 3, "check": 3, "apps": 4, "cli": 5}
+"""exec and check share a rank: neither imports the other."""
 
 
 def _module_names() -> dict[str, Path]:
@@ -94,7 +106,7 @@ def _violations(sources, allowed) -> list[str]:
 def test_the_graph_reads_every_package():
     assert {_package(m) for m in MODULES} == set(PACKAGES)
     assert "leaderboard.aggregate" in GRAPH["bench.cli.run"]  # a function-local import is seen
-    assert "bench.results" in GRAPH["leaderboard.aggregate"]
+    assert "bench.run.results" in GRAPH["leaderboard.aggregate"]
 
 
 def test_the_leaderboard_imports_only_the_result_reading_part_of_bench():
@@ -126,16 +138,41 @@ def test_only_the_applications_import_the_leaderboard():
 
 
 def test_bench_imports_no_plugin_package():
-    """Built-in plugins are registered by ``"module:Attr"`` strings (``bench.builtins``), never imported."""
+    """Built-in plugins are registered by ``"module:Attr"`` strings (``bench.core.builtins``), never imported."""
     def allowed(src, dst):
         return _package(dst) not in PLUGINS
     assert _violations([m for m in MODULES if _package(m) == "bench"], allowed) == []
 
 
-def test_plugins_import_the_core_only():
+def test_plugins_import_the_plugin_api_the_core_and_the_toolkit_only():
     def allowed(src, dst):
-        return _package(dst) != "leaderboard" and not _within(dst, ENGINE_PREFIXES + APPLICATIONS)
+        return _package(dst) != "bench" or _layer(dst) == "base"
     assert _violations([m for m in MODULES if _package(m) in PLUGINS], allowed) == []
+
+
+def _layer(module: str) -> str:
+    if module == "bench":
+        return "base"
+    for layer, prefixes in LAYERS.items():
+        if _within(module, prefixes):
+            return layer
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it")
+
+
+def test_bench_subpackages_import_downwards_only():
+    """base (plugin API, core, toolkit) <- run <- plan <- exec, check <- apps <- cli: a module imports its own layer
+    and the layers below it, never one above or beside it."""
+    def allowed(src, dst):
+        if _package(dst) != "bench":
+            return True
+        a, b = _layer(src), _layer(dst)
+        return a == b or RANK[b] < RANK[a]
+    assert _violations([m for m in MODULES if _package(m) == "bench"], allowed) == []
+
+
+def test_every_bench_module_lives_in_a_subpackage_or_the_plugin_api():
+    top = sorted(m for m in MODULES if m.count(".") == 1 and (ROOT / "bench" / (m.split(".")[1] + ".py")).is_file())
+    assert top == sorted({"bench.__main__", "bench._moved", "bench.testing", *PLUGIN_API})
 
 
 def test_no_import_cycle_crosses_packages():
@@ -187,7 +224,7 @@ from bench.cli import main
 assert main(["leaderboard", "--results", str(root / "results"), "--out", str(root / "site")]) == 0
 assert (root / "site" / "index.html").is_file()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "diffusers")
-               or m in ("bench.runner", "bench.planner", "bench.stages"))
+               or m in ("bench.run.runner", "bench.plan.planner", "bench.run.stages"))
 print("IMPORTED", heavy)
 """
 
@@ -197,3 +234,40 @@ def test_the_site_builds_from_parquet_without_torch_the_runner_or_the_planner(tm
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "IMPORTED []" in proc.stdout, proc.stdout
+
+
+OLD_LAYOUT_PLUGIN = '''
+"""A plugin written against the flat layout: bench.layers, bench.spec, and AttackSweep, as the old README showed."""
+from bench.contracts import AttackSweep
+from bench.layers import count_parameters
+from bench.spec import RunSpec
+import torch
+
+n = count_parameters(torch.nn.Linear(3, 2))
+family = AttackSweep("full-ft", {"optimizer": "adam"}, (1e-3,), family="adam")
+'''
+
+
+def test_a_plugin_written_against_the_flat_layout_still_runs_and_is_told_the_new_paths(tmp_path):
+    """Moved modules answer at their old paths (the same module object) with a FutureWarning naming the new path."""
+    plugin = tmp_path / "old_plugin.py"
+    plugin.write_text(OLD_LAYOUT_PLUGIN)
+    script = (f"import runpy, sys\nns = runpy.run_path({str(plugin)!r})\n"
+              "import bench.layers, bench.toolkit.layers, bench.contracts\n"
+              "assert bench.layers is bench.toolkit.layers\n"
+              "assert ns['n'] == 8 and type(ns['family']) is bench.contracts.AttackSweep\n"
+              "assert ns['RunSpec'] is sys.modules['bench.core.spec'].RunSpec\nprint('RAN')")
+    proc = subprocess.run([sys.executable, "-W", "always::FutureWarning", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RAN" in proc.stdout
+    for old, new in (("bench.layers", "bench.toolkit.layers"), ("bench.spec", "bench.core.spec")):
+        assert f"{old} moved to {new}" in proc.stderr
+    assert "old_plugin.py" in proc.stderr  # the warning points at the plugin's import line
+
+
+def test_every_old_path_resolves_to_an_existing_module():
+    from bench._moved import MOVED
+    for old, new in MOVED.items():
+        assert new in MODULES, f"{old} -> {new}: no such module"
+        assert old not in MODULES, f"{old} exists again: remove it from MOVED"

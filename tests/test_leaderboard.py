@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
+from bench.run import results
 from leaderboard.aggregate import build
 from leaderboard.render import columns, markdown
 from leaderboard.summary import summary_text

@@ -136,7 +136,7 @@ def test_lm_eval_utility_on_the_in_memory_model_offline(smoke):
 def test_curvature_batch_is_small_short_and_measurable(smoke, monkeypatch):
     import dataclasses
 
-    from bench.curvature import top_hessian_eigenvalue
+    from bench.run.curvature import top_hessian_eigenvalue
 
     task = smoke["llm-harmful-qa"]
     monkeypatch.setattr(task, "config", dataclasses.replace(task.config, curvature_batch_size=3, curvature_max_length=12))

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import _log_softmax, function_preservation
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.core.metrics import _log_softmax, function_preservation
+from bench.core.spec import make_spec
+from bench.run.runner import run
+from bench.run.stages import Session
 from tasks.llm import chunked
 from tasks.llm.chat import Batch, response_loss, token_nll
 

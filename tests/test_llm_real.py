@@ -15,11 +15,12 @@ import pytest
 import torch
 from fixtures import LLAMA3_MARKERS, LLAMA3_TEMPLATE, QWEN_MARKERS, QWEN_TEMPLATE, chat_tokenizer
 
+from bench.core.spec import make_spec
 from bench.errors import DataError
 from bench.registry import DEFENSES, TASKS
-from bench.runner import Session, run
-from bench.spec import make_spec
-from bench.stage_cache import StageStore
+from bench.run.runner import run
+from bench.run.stage_cache import StageStore
+from bench.run.stages import Session
 from tasks.llm.harmful_qa import REAL_STEPS_TO_HARM
 
 RELEARN_CHEAP = {"lm_eval_tasks": ["llm_tiny_arithmetic"], "lm_eval_limit": 8, "probe_size": 8, "curvature_iters": 0,

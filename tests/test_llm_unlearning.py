@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from bench.config import build_config, config_to_dict
+from bench.core.spec import make_spec
 from bench.errors import ConfigError, PluginError
 from bench.registry import ATTACKS, DEFENSES, TASKS
-from bench.results import read_metrics
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.results import read_metrics
+from bench.run.runner import run
+from bench.run.stages import Session
 
 
 @pytest.fixture(scope="module")

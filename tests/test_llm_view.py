@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from bench.contracts import AttackerScale
 from bench.errors import PluginError
-from bench.features import transformer_blocks
 from bench.registry import TASKS
+from bench.toolkit.features import transformer_blocks
 from tasks.llm import harmful_qa, prompts, relearn
 from tasks.llm.instance import DEFENDER_PARTS
 from tasks.llm.judge import KeywordJudge

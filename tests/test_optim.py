@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from attacks._optim import AdaHessian, OptimizerPair, build_optimizer, clip_gradients, warmup_scale
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run.runner import run
+from bench.run.stages import Session
 
 
 def regression_problem(seed=0):

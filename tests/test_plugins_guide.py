@@ -14,7 +14,7 @@ import pytest
 
 from bench.cli import main
 from bench.registry import REGISTRIES
-from bench.results import read_metrics
+from bench.run.results import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -171,8 +171,8 @@ def test_check_task_reports_the_baselines_the_guide_says(plugin_files, cache):
     """check_task on the example task names the baselines that run and why each other cannot; the guide's table of
     what each built-in defense needs agrees with what happens on a task that provides only the required parts."""
     from bench import testing
+    from bench.check.task_support import baseline_fits, builtin_defenses
     from bench.registry import load_plugin
-    from bench.task_support import baseline_fits, builtin_defenses
 
     load_plugin(EXAMPLES / "my_task.py")
     fits = {fit.defense: fit for fit in baseline_fits("my-blobs", cache)}
@@ -255,8 +255,8 @@ def test_ls_verbose_shows_the_class_docstring_not_the_module_docstring(plugin_fi
 def test_bench_check_runs_each_plugin_on_the_tasks_it_applies_to(plugin_files, tmp_path, cache):
     """Planned without running: a modality-specific defense is checked on the first task of its setting, the
     example defense on vision-digits and on the example task registered beside it; --task narrows to fitting tasks."""
+    from bench.check.plugin_check import load_plugins, plan_checks
     from bench.errors import ConfigError
-    from bench.plugin_check import load_plugins, plan_checks
 
     path = tmp_path / "chat_only.py"
     path.write_text(textwrap.dedent('''

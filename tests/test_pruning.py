@@ -1,4 +1,4 @@
-"""Bound pruning (bench.pruning): which runs get a cap, how a capped run stops and is recorded, and that a pruned
+"""Bound pruning (bench.run.pruning): which runs get a cap, how a capped run stops and is recorded, and that a pruned
 suite reports exactly the worst cases of the exhaustive one, resumes consistently, and --exhaustive runs it all."""
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ import json
 
 import pytest
 
-from bench.planner import RunRecord
-from bench.pruning import Bounds, utility_tables
-from bench.runner import Session, run
-from bench.spec import RunSpec, make_spec
-from bench.suite import SuiteRequest, run_suite
+from bench.core.spec import RunSpec, make_spec
+from bench.exec.suite_run import run_suite
+from bench.plan.planner import RunRecord
+from bench.plan.request import SuiteRequest
+from bench.run.pruning import Bounds, utility_tables
+from bench.run.runner import run
+from bench.run.stages import Session
 
 FAST = {"curvature_iters": 0, "bootstrap": 0}
 
@@ -133,7 +135,7 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
     assert sorted(again.run_ids) == sorted(pruned.run_ids)
 
     # what a dry run shows: the pruned runs are done for a pruning sweep, and to be run in full for an exhaustive one
-    from bench.sweep_run import run_states
+    from bench.exec.sweep_run import run_states
 
     ids = [r.spec.run_id for r in pruned.records]
     assert set(run_states(tmp_path / "pruned", ids).values()) == {"done"}
@@ -150,7 +152,7 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
 
 def test_a_sweep_file_turns_pruning_off_with_exhaustive(tmp_path):
     from bench.errors import ConfigError
-    from bench.sweep import plan_file
+    from bench.plan.sweep import plan_file
 
     path = tmp_path / "grid.yaml"
     path.write_text("tasks: [vision-digits]\ndefenses: [specdef]\nexhaustive: true\n")

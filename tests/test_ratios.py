@@ -10,7 +10,7 @@ import test_aggregate
 from test_aggregate import row, write_run
 
 from bench.cli import main
-from bench.metrics import Ratio
+from bench.core.metrics import Ratio
 from leaderboard.aggregate import build
 from leaderboard.ratios import BROKEN, GAIN, LOSS, TIE, UNDETERMINED, ratio_interval, worst_interval
 from leaderboard.render import markdown
@@ -180,9 +180,9 @@ def test_failed_runs_count_the_runs_n_runs_counts(tmp_path):
 
 
 def test_a_suite_is_recorded_with_each_run_and_only_a_non_default_one_changes_the_run_id():
-    from bench.planner import spec_of, suite_label
-    from bench.spec import RunSpec, make_spec
-    from bench.suite import SuiteRequest
+    from bench.core.spec import RunSpec, make_spec
+    from bench.plan.planner import spec_of, suite_label
+    from bench.plan.request import SuiteRequest
 
     default = SuiteRequest(task="vision-digits", defense="none")
     assert suite_label(default) == "default"

@@ -31,8 +31,8 @@ def quoted(pattern: str) -> re.Match:
 
 def plan_sizes(task: str, defense: str, baselines=(), **request) -> tuple[int, int, int]:
     """(attack runs, LR-search probe runs) known before any result, and the most runs chosen from results."""
-    from bench.compare import plan_comparison
-    from bench.suite import SuiteRequest
+    from bench.apps.compare import plan_comparison
+    from bench.plan.request import SuiteRequest
 
     comparison = plan_comparison(SuiteRequest(task=task, defense=defense, **request), baselines=baselines)
     specs = {spec.run_id: spec for planned in comparison.plan.suites for spec in planned.runs}
@@ -86,7 +86,7 @@ def test_bench_run_counts_match_the_planner():
 def test_bench_compare_dry_run_counts_match_the_planner(tmp_path):
     """The README's compare example: its own weight-noise plugin (loaded from the README's code block) against
     every baseline on vision-digits, seeds 0,1,2."""
-    from bench.compare import default_baselines
+    from bench.apps.compare import default_baselines
     from bench.registry import DEFENSES, TASKS, load_plugin
 
     plugin = tmp_path / "my_defense.py"
@@ -107,8 +107,8 @@ def test_bench_compare_dry_run_counts_match_the_planner(tmp_path):
 @pytest.fixture(scope="module")
 def vision_stages(cache, tmp_path_factory):
     """The released and SpecDef-defended vision-digits stages, with the task's and SpecDef's defaults."""
-    from bench.spec import make_spec
-    from bench.stages import Session
+    from bench.core.spec import make_spec
+    from bench.run.stages import Session
 
     session = Session(tmp_path_factory.mktemp("stages"), cache, progress=False, stage_cache=False)
     spec = make_spec(task="vision-digits", defense="specdef", attack="full-ft")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.errors import ConfigError, DataError
-from bench.replay import replay_draws, replay_split
+from bench.toolkit.replay import replay_draws, replay_split
 
 
 @pytest.mark.parametrize("batch_size, fraction, expected", [

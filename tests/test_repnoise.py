@@ -151,8 +151,9 @@ def test_clear_errors_when_the_view_lacks_what_is_needed(digits):
 def test_curve_rows_reach_metrics_parquet(name, tmp_path, cache):
     import pyarrow.parquet as pq
 
-    from bench.runner import Session, run
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
+    from bench.run.runner import run
+    from bench.run.stages import Session
 
     smoke = dict(DEFENSES.get(name).smoke_args)
     spec = make_spec(task="vision-digits", defense=name, attack="full-ft",

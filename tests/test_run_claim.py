@@ -15,8 +15,8 @@ import time
 import pandas as pd
 import pytest
 
-from bench.results import METRICS, RUN_JSON
-from bench.run_claim import CLAIM_LOCK, claimed_run, owner_of
+from bench.run.results import METRICS, RUN_JSON
+from bench.run.run_claim import CLAIM_LOCK, claimed_run, owner_of
 
 
 def _record_success(run_dir, value):
@@ -69,9 +69,9 @@ def test_the_claim_of_a_process_that_died_is_taken_over_at_once(tmp_path):
 
 
 def test_a_dead_workers_failure_never_overwrites_a_success_recorded_late(tmp_path, cache):
-    from bench.executors.shared import record_death
-    from bench.runner import Session
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
+    from bench.exec.shared import record_death
+    from bench.run.stages import Session
 
     session = Session(tmp_path, cache, progress=False)
     spec = make_spec(task="vision-digits", defense="none", attack="full-ft")
@@ -104,9 +104,10 @@ def test_each_run_records_its_own_peak_memory_in_a_reused_process(tmp_path, cach
     import torch
 
     from attacks.full_ft import FullFineTune
+    from bench.core.spec import make_spec
     from bench.registry import ATTACKS
-    from bench.runner import Session, run
-    from bench.spec import make_spec
+    from bench.run.runner import run
+    from bench.run.stages import Session
 
     @ATTACKS.register("hungry-ft")
     class HungryFineTune(FullFineTune):
@@ -133,8 +134,8 @@ def test_each_run_records_its_own_peak_memory_in_a_reused_process(tmp_path, cach
 
 
 def test_a_stage_evicted_from_memory_does_not_lend_its_memory_source_to_a_new_one(tmp_path, cache, monkeypatch):
-    from bench import stages
-    from bench.runner import Session
+    from bench.run import stages
+    from bench.run.stages import Session
 
     class Stage:
         def __init__(self):

@@ -11,11 +11,15 @@ import pytest
 
 from bench.cache import Cache
 from bench.contracts import Attack, AttackConfig, Defense
+from bench.core.lr_grid import refinement
+from bench.core.spec import make_spec
+from bench.exec.suite_run import run_suite
+from bench.plan.planner import best_probe_lrs
+from bench.plan.request import SuiteRequest
 from bench.registry import ATTACKS, DEFENSES
-from bench.results import SCHEMA, read_metrics
-from bench.runner import Session, run
-from bench.spec import make_spec
-from bench.suite import SuiteRequest, best_probe_lrs, refinement, run_suite
+from bench.run.results import SCHEMA, read_metrics
+from bench.run.runner import run
+from bench.run.stages import Session
 
 FAST = {"curvature_iters": 0, "bootstrap": 100}
 
@@ -268,14 +272,14 @@ def test_a_crossing_must_survive_the_tasks_confirmation(tmp_path, cache, monkeyp
 
 
 def _probe_record(lr, **summary):
-    from bench.suite import RunRecord
+    from bench.plan.planner import RunRecord
 
     full = {"outcome": "resisted", "diverged": False, "harm_auc": 0.0, "loss_start": 1.0, "loss_end": 1.0, **summary}
     return RunRecord(spec(attack_args={"lr": lr, "budget": 10}), "success", full)
 
 
 def test_lr_search_scores_probes_by_the_harm_proxy_and_demotes_broken_ones():
-    from bench.suite import probe_score
+    from bench.plan.planner import probe_score
 
     # the training loss says 1e-4 (noise), the task's harm proxy says 1e-3
     probes = [_probe_record(1e-3, loss_end=0.95, proxy_start=2.0, proxy_end=1.0),
@@ -331,8 +335,8 @@ def test_same_model_needs_equal_structure_and_weights():
 
     import torch
 
-    from bench.layers import MLP
-    from bench.monitor import same_model
+    from bench.run.monitor import same_model
+    from bench.toolkit.layers import MLP
 
     model = MLP([4, 8, 2])
     twin = copy.deepcopy(model)

@@ -1,4 +1,4 @@
-"""Runs that are one trajectory are run once (bench.shared_runs): first the proof that every adaptive attack's
+"""Runs that are one trajectory are run once (bench.run.shared_runs): first the proof that every adaptive attack's
 fallback on a model without linear chains is the same trajectory (bit-identical metrics, seeded), then that a
 results folder runs it once and records it for each family, marked ``reused_from``, and that a chained model's runs,
 a changed code fingerprint and a stale source are never shared."""
@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bench.results import METRICS, RUN_JSON, read_run_json, rewrite_run_json
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run.results import METRICS, RUN_JSON, read_run_json, rewrite_run_json
+from bench.run.runner import run
+from bench.run.stages import Session
 
 FAMILIES = ("adaptive-collapse", "adaptive-freeze", "adaptive-inject", "adaptive-split")
 QUICK = {"curvature_iters": 0, "bootstrap": 0}

@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
+from bench.run import results
 
 EVIL = "<script>alert(1)</script>"
 LONG_ATTACK = "full-ft(lr=0.0001,optimizer=adamw,weight_decay=0.01)"

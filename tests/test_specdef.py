@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from bench.errors import ConfigError
-from bench.layers import MLP, FactoredLinear
 from bench.modelio import load_model, read_manifest, save_model
 from bench.testing import tiny_view
+from bench.toolkit.layers import MLP, FactoredLinear
 from defenses._selection import select_layers
 from defenses._spectral import VALUE_TOL, _subspace_iteration, principal_angle, specdef_maps, top_k_left_singular
 from defenses.specdef import SpecDef, SpecDefConfig, compensated_linear
@@ -165,7 +165,7 @@ def test_nocomp_ablation_changes_the_outputs(digits):
 
 
 def test_nocomp_config_has_only_the_fields_it_uses():
-    from bench.spec import make_spec
+    from bench.core.spec import make_spec
 
     # dtype and trainable_compensation do nothing without a compensation map: accepting them would give one model
     # several run ids (and several leaderboard rows)
@@ -246,8 +246,8 @@ def test_presets_name_every_linear_map_and_the_papers_five_layers():
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from bench.core.spec import make_spec
     from bench.registry import DEFENSES
-    from bench.spec import make_spec
 
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))

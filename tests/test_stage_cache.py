@@ -16,11 +16,12 @@ import torch
 
 from bench.cache import Cache, file_lock, lock_is_held
 from bench.cli import main
+from bench.core.spec import make_spec
 from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
-from bench.runner import Session, run
-from bench.spec import make_spec
-from bench.stage_cache import ENTRY, StageStore, plugin_version
+from bench.run.runner import run
+from bench.run.stage_cache import ENTRY, StageStore, plugin_version
+from bench.run.stages import Session
 from defenses.specdef import SpecDef
 
 TASK_ARGS = {"curvature_iters": 5, "bootstrap": 100, "budget": 20}
@@ -74,11 +75,11 @@ def _assert_same(a, b):
 
 def test_a_miss_builds_and_writes_a_hit_reads_without_applying_and_results_are_identical(
         tmp_path, fresh_cache, counted, monkeypatch):
-    import bench.stages
+    import bench.run.stages
 
     measured = []
-    original = bench.stages._measure_released
-    monkeypatch.setattr(bench.stages, "_measure_released", lambda task: measured.append(1) or original(task))
+    original = bench.run.stages._measure_released
+    monkeypatch.setattr(bench.run.stages, "_measure_released", lambda task: measured.append(1) or original(task))
     spec = _spec()
     in_memory = run(spec, Session(tmp_path / "memory", fresh_cache, progress=False, stage_cache=False))
     assert in_memory.status == "success" and len(counted) == 1
@@ -178,7 +179,7 @@ def test_a_corrupt_entry_is_detected_deleted_and_rebuilt(tmp_path, fresh_cache, 
     entry = next(e.path for e in store.entries() if e.kind == "defended")
     corrupt(entry)
     assert store.problem(entry) is not None
-    with caplog.at_level(logging.WARNING, logger="bench.stage_cache"):
+    with caplog.at_level(logging.WARNING, logger="bench.run.stage_cache"):
         again = Session(tmp_path, fresh_cache, progress=False).defended(spec)
     assert len(counted) == 2  # rebuilt: the corrupt entry was not used
     assert "discarding entry" in caplog.text and entry.name in caplog.text
@@ -192,7 +193,7 @@ def test_a_corrupt_released_entry_is_rebuilt(tmp_path, fresh_cache, caplog):
     store = StageStore(fresh_cache)
     entry = next(e.path for e in store.entries() if e.kind == "released")
     (entry / "outputs.npy").write_bytes(b"\x93NUMPY")
-    with caplog.at_level(logging.WARNING, logger="bench.stage_cache"):
+    with caplog.at_level(logging.WARNING, logger="bench.run.stage_cache"):
         again = Session(tmp_path, fresh_cache, progress=False).released(spec)
     assert "outputs.npy does not have its recorded size" in caplog.text and store.problem(entry) is None
     assert np.array_equal(again.outputs, first.outputs) and _timeless(again.rows) == _timeless(first.rows)
@@ -296,8 +297,8 @@ def test_plugin_code_is_part_of_the_key(tmp_path, monkeypatch):
 
 
 def test_a_model_reloads_in_the_dtype_it_was_saved_in(tmp_path):
-    from bench.layers import MLP
     from bench.modelio import load_model, save_model
+    from bench.toolkit.layers import MLP
 
     model = MLP([4, 8, 3]).to(torch.bfloat16)
     reloaded = load_model(save_model(model, tmp_path / "m", architecture={"kind": "mlp", "sizes": [4, 8, 3]}))
@@ -416,7 +417,7 @@ def test_a_lock_that_cannot_be_taken_is_an_error_not_an_unlocked_build(tmp_path)
 
 
 def test_a_read_checks_sizes_and_bench_cache_verify_rehashes(tmp_path, fresh_cache, counted, monkeypatch, capsys):
-    from bench import stage_cache
+    from bench.run import stage_cache
 
     spec = _spec()
     Session(tmp_path, fresh_cache, progress=False).defended(spec)

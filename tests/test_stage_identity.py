@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.runner import Session
-from bench.spec import make_spec
+from bench.core.spec import make_spec
+from bench.run.stages import Session
 
 QUICK = {"curvature_iters": 0, "bootstrap": 0}
 
@@ -19,7 +19,7 @@ def _refuse(*args, **kwargs):
 def test_a_stage_on_disk_is_found_without_building_the_task(tmp_path, cache, monkeypatch):
     spec = make_spec(task="vision-digits", defense="none", attack="full-ft", seed=5, task_args=QUICK)
     fresh = Session(tmp_path, cache, progress=False)
-    monkeypatch.setattr("bench.stages._build_task", _refuse)
+    monkeypatch.setattr("bench.run.stages._build_task", _refuse)
     assert not fresh.on_disk(spec)  # (a seed no other test builds)
     monkeypatch.undo()
     builder = Session(tmp_path, cache, progress=False)
@@ -28,7 +28,7 @@ def test_a_stage_on_disk_is_found_without_building_the_task(tmp_path, cache, mon
     device = builder.device_for(spec)
     assert builder._disk_key(spec, "defended", task, device) == builder._disk_key(spec, "defended", None, device)
     looker = Session(tmp_path, cache, progress=False)
-    monkeypatch.setattr("bench.stages._build_task", _refuse)
+    monkeypatch.setattr("bench.run.stages._build_task", _refuse)
     assert looker.on_disk(spec)
     assert looker.defended_to_prepare([spec]) == []  # nothing to build, and nothing built here to say so
     other_seed = make_spec(task="vision-digits", defense="none", attack="full-ft", seed=6, task_args=QUICK)
@@ -38,7 +38,7 @@ def test_a_stage_on_disk_is_found_without_building_the_task(tmp_path, cache, mon
 def test_a_task_without_an_identity_is_keyed_by_its_built_provenance(tmp_path, cache, monkeypatch):
     spec = make_spec(task="llm-harmful-qa", defense="none", attack="full-ft", task_args=QUICK)
     session = Session(tmp_path, cache, progress=False)
-    monkeypatch.setattr("bench.stages._build_task", _refuse)
+    monkeypatch.setattr("bench.run.stages._build_task", _refuse)
     assert session._disk_key(spec, "defended", None, session.device_for(spec)) is None
     assert not session.on_disk(spec)  # unknown without building: the sweep prepares it as before
 

@@ -8,11 +8,11 @@ import json
 import pandas as pd
 import pytest
 
-from bench import results
 from bench.cli import main
-from bench.fingerprint import code_fingerprint
-from bench.suite import SuiteRequest
-from bench.sweep import first_wave
+from bench.plan.request import SuiteRequest
+from bench.plan.sweep import first_wave
+from bench.run import results
+from bench.run.fingerprint import code_fingerprint
 from leaderboard.aggregate import build
 from leaderboard.sources import load_all
 
@@ -138,7 +138,7 @@ def test_a_run_submitted_twice_counts_once(tmp_path, plugin):
     assert build(local, sources=tmp_path / "submissions").board["worst_median"].tolist() == [20]
 
 
-# -- the code a submission carries (bench.submit_code) ------------------------------------------------------------
+# -- the code a submission carries (bench.apps.submit_code) ------------------------------------------------------------
 def _edit_fingerprints(folder, specs, edit):
     for spec in specs:
         path = folder / spec.run_id / "run.json"
@@ -179,7 +179,7 @@ def test_a_plugin_source_that_is_not_the_runs_or_a_modified_builtin_is_refused(t
                                                       p["kind"] == "task").update(hash="1111111111111111"))
     recorded = json.loads((folder / specs[0].run_id / "run.json").read_text())["fingerprint"]
     plugin.write_text(plugin.read_text() + "# edited after the runs\n")
-    from bench.fingerprint import plugin_version
+    from bench.run.fingerprint import plugin_version
 
     plugin_version.cache_clear()  # (a new `bench submit` process hashes the file as it is now)
     assert _submit(folder, into, "--claims", claims) == 2

@@ -11,9 +11,9 @@ import pytest
 from bench.cli import main
 from bench.contracts import AttackSweep
 from bench.errors import ConfigError
-from bench.results import SCHEMA, read_metrics
-from bench.sweep import expand, load_sweep, plan, plan_file
-from bench.sweep_run import sweep_run_ids
+from bench.exec.sweep_run import sweep_run_ids
+from bench.plan.sweep import expand, load_sweep, plan, plan_file
+from bench.run.results import SCHEMA, read_metrics
 
 QUICK_TASK = "{name: vision-digits, args: {budget: 20, curvature_iters: 0, bootstrap: 0}}"
 

@@ -13,10 +13,11 @@ import torch
 from bench import testing
 from bench.config import build_config
 from bench.contracts import AttackerScale, DefenderView, Predictions
+from bench.core.spec import make_spec
 from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.runner import run
+from bench.run.stages import Session
 from defenses.tar import _Trainer, output_head, plan, tamper_resistance_loss
 
 CPU = torch.device("cpu")

@@ -9,11 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench.cli import main
-from bench.errors import ConfigError
-from bench.registry import DEFENSES
-from bench.sweep import Entry
-from bench.tuning import (
+from bench.apps.tuning import (
     REPORTED_SEEDS,
     TuneSpec,
     budget_candidates,
@@ -22,7 +18,11 @@ from bench.tuning import (
     run_tuning,
     tunable_defenses,
 )
-from bench.tuning_record import best_budget, read_tunings, select, tuning_line
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.plan.sweep import Entry
+from bench.registry import DEFENSES
+from bench.run.tuning_record import best_budget, read_tunings, select, tuning_line
 
 TRAINED = ("tar", "ga-retain", "repnoise", "booster", "vaccine", "rmu", "npo", "condnum", "imma")
 FAST_ATTACK = (Entry(name="full-ft", args={"optimizer": "muon", "lr": 0.1, "budget": 10}),)
@@ -37,7 +37,7 @@ def test_every_trained_defense_declares_a_search_space_over_its_own_config_keys(
 
 
 def test_families_cut_the_default_validation_suite():
-    from bench.tuning import plan_tuning
+    from bench.apps.tuning import plan_tuning
 
     spec = TuneSpec(defense="ga-retain", task="vision-digits", space={"alpha": (1.0, 2.0)}, seeds=(100,))
     every = plan_tuning(spec, candidates(spec))
@@ -141,7 +141,7 @@ def test_tuning_runs_records_selects_resumes_and_writes_a_preset(tmp_path, monke
 
 
 def test_budget_curve_mode_trains_at_multiples_of_todays_steps(tmp_path):
-    from bench.runner import Session
+    from bench.run.stages import Session
     from leaderboard.budgets import budget_figure, budget_points
 
     spec = TuneSpec(defense="ga-retain", task="vision-digits", base_args={"steps": 10}, seeds=(100,),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
 from bench.contracts import UtilityBound
 from bench.registry import TASKS
+from bench.run import results
 from leaderboard import utility
 from leaderboard.aggregate import build
 

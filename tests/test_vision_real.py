@@ -13,10 +13,11 @@ import torch
 from fixtures import VISION_CLASSES, VISION_MODEL_LABELS, make_class_folder, save_vit
 
 from bench.cache import Cache
-from bench.devices import resolve_device
+from bench.core.spec import make_spec
 from bench.errors import DataError
-from bench.runner import Session, run
-from bench.spec import make_spec
+from bench.run.devices import resolve_device
+from bench.run.runner import run
+from bench.run.stages import Session
 from tasks.vision.common import SPLITS
 from tasks.vision.task import VisionConfig
 
@@ -110,7 +111,7 @@ def test_released_model_is_cached_and_round_trips(fixtures, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(first.forward(first.model, x), second.forward(second.model, x), rtol=0, atol=0)
     assert first.architecture()["class"] == "ViTForImageClassification"
-    from bench.curvature import top_hessian_eigenvalue  # double backward must work on the reloaded model
+    from bench.run.curvature import top_hessian_eigenvalue  # double backward must work on the reloaded model
 
     batch = first.curvature_batch()
     eigen = top_hessian_eigenvalue(first.model, lambda m: first.harmful_loss(m, batch), iters=2)

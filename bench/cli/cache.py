@@ -42,7 +42,7 @@ def _size(n: float) -> str:
 def main(args: argparse.Namespace) -> int:
     from bench.cache import Cache
     from bench.errors import ConfigError
-    from bench.stage_cache import cache_entries, clear_cache
+    from bench.run.stage_cache import cache_entries, clear_cache
 
     cache = Cache(args.cache_dir)
     entries = cache_entries(cache)
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{len(entries)} entries, {_size(sum(e.size for e in entries))} in {cache.root}")
         return 0
     if args.action == "verify":
-        from bench.stage_cache import StageStore
+        from bench.run.stage_cache import StageStore
 
         corrupt = StageStore(cache).verify()
         for path, problem in corrupt:

@@ -1,5 +1,5 @@
 """``bench check --plugin FILE``: the conformance checks on every plugin the file registers (logic in
-:mod:`bench.plugin_check`). Exit 0 when every check passes, 1 when one fails (each failure listed with its reason)."""
+:mod:`bench.check.plugin_check`). Exit 0 when every check passes, 1 when one fails (each failure listed with its reason)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.cache import Cache
+    from bench.check.plugin_check import load_plugins, run_checks
     from bench.errors import ConfigError
-    from bench.plugin_check import load_plugins, run_checks
 
     if not args.plugin:
         raise ConfigError("bench check needs --plugin FILE_OR_MODULE (the plugins to check)")

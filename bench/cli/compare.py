@@ -39,9 +39,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from bench.apps.compare import compare, plan_comparison
     from bench.cli.sweep import print_code_changes, print_dry_run, print_problems, run_planned
-    from bench.compare import compare, plan_comparison
-    from bench.experiment import build_request
+    from bench.plan.experiment import build_request
 
     request = build_request(task=args.task, defense=args.defense, attack=args.attack, overrides=args.overrides,
                             tier=args.tier, model=args.model, seeds=args.seeds, refine=args.refine,

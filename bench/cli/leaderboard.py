@@ -61,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     submissions = folder if folder.is_dir() else None
     run_ids = None
     if args.sweep:
-        from bench.sweep import plan_file
-        from bench.sweep_run import sweep_run_ids
+        from bench.exec.sweep_run import sweep_run_ids
+        from bench.plan.sweep import plan_file
 
         run_ids, missing = sweep_run_ids(plan_file(args.sweep), results)
         if missing:

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"    tiers: {', '.join(cls.tiers)}")
         if getattr(cls, "setting", None):
             print(f"    setting: {cls.setting}")
-        if getattr(cls, "settings", None):  # bench.applicability: runs only on tasks of these settings
+        if getattr(cls, "settings", None):  # bench.core.applicability: runs only on tasks of these settings
             print(f"    applies to: {', '.join(sorted(cls.settings))} tasks")
     return 0
 

@@ -66,8 +66,8 @@ def set_threads(threads: int | None, tiers: set[str]) -> int | None:
 def executor_for(args: argparse.Namespace, session, request_tier: str, threads: int | None):
     """The executor the command line asks for, with the worker options every run shares."""
     from bench.errors import ConfigError
-    from bench.executors import EngineOptions, make_executor
-    from bench.worker import WorkerOptions
+    from bench.exec.executors import EngineOptions, make_executor
+    from bench.exec.worker import WorkerOptions
 
     options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(session.cache.root),
                             device=session.device, threads=threads, plugins=tuple(args.plugin),
@@ -87,10 +87,10 @@ def executor_for(args: argparse.Namespace, session, request_tier: str, threads: 
 
 def main(args: argparse.Namespace) -> int:
     from bench.cli.sweep import print_code_changes
-    from bench.devices import resolve_device
-    from bench.experiment import build_request
-    from bench.runner import Session
-    from bench.suite import run_suite
+    from bench.exec.suite_run import run_suite
+    from bench.plan.experiment import build_request
+    from bench.run.devices import resolve_device
+    from bench.run.stages import Session
     from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets
     from leaderboard.summary import summary_text

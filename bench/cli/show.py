@@ -19,8 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.errors import DataError
-    from bench.results import METRICS, RUN_JSON, read_run_json, run_directories
-    from bench.stage_clock import describe
+    from bench.run.results import METRICS, RUN_JSON, read_run_json, run_directories
+    from bench.toolkit.stage_clock import describe
 
     target = Path(args.target)
     if not target.exists():

@@ -38,8 +38,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bench.apps.submit import check_name, check_submission, copy_submission, pr_commands
     from bench.errors import ConfigError
-    from bench.submit import check_name, check_submission, copy_submission, pr_commands
     from leaderboard.sources import default_submissions_dir
 
     check_name(args.name)

@@ -15,7 +15,7 @@ EPILOG = """examples:
   bench sweep experiments/sweeps/readme-vision-digits.yaml --results results/readme
   bench validate experiments/sweeps/*.yaml                               # every error of every grid at once
 
-A sweep file has plural keys (tasks, tiers, defenses, attacks, seeds); see bench/sweep.py for the schema.
+A sweep file has plural keys (tasks, tiers, defenses, attacks, seeds); see bench/plan/sweep.py for the schema.
 Completed runs in the results folder are skipped, so the same command resumes an interrupted sweep.
 """
 MAX_FAILED_SHOWN = 20
@@ -35,7 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.sweep import plan_file
+    from bench.plan.sweep import plan_file
 
     sweep_plan = plan_file(args.file)
     if getattr(args, "exhaustive", False):  # (bench compare shares this module's runner, not this flag)
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
 
 def print_dry_run(sweep_plan, results: str) -> int:
     """List every run of a plan known before any result, with its state in `results` (done, failed, todo)."""
-    from bench.sweep_run import run_states
+    from bench.exec.sweep_run import run_states
 
     listed: set[str] = set()
     counts = {"done": 0, "stale": 0, "pruned": 0, "failed": 0, "todo": 0}
@@ -87,7 +87,7 @@ def print_not_applicable(sweep_plan) -> None:
 
 
 def _run(sweep_plan, args: argparse.Namespace) -> int:
-    from bench.sweep_run import run_sweep
+    from bench.exec.sweep_run import run_sweep
     from leaderboard.aggregate import build
     from leaderboard.samples import samples_sheets
     from leaderboard.summary import summary_text
@@ -114,8 +114,8 @@ def run_planned(sweep_plan, args: argparse.Namespace, execute):
     """Run a planned sweep with the command line's session, device, thread and executor options (``bench sweep``,
     ``bench compare``): ``execute(make_session=, on_suite=, make_executor=)`` runs it. Returns its report, or None
     after Ctrl-C (completed runs are kept)."""
-    from bench.devices import resolve_device
-    from bench.runner import Session
+    from bench.run.devices import resolve_device
+    from bench.run.stages import Session
 
     tiers = {planned.request.tier for planned in sweep_plan.suites}
     threads = set_threads(args.threads, tiers)
@@ -141,7 +141,7 @@ def run_planned(sweep_plan, args: argparse.Namespace, execute):
 
 def print_code_changes(report) -> None:
     """Say how many completed runs ran again (or were kept, marked stale) because their code changed, and why."""
-    from bench.fingerprint import resume_lines
+    from bench.run.fingerprint import resume_lines
 
     for line in resume_lines(report.rerun, report.kept_stale):
         print(line)

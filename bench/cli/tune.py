@@ -1,4 +1,4 @@
-"""``bench tune``: select a defense's config on a validation suite, or measure its budget curve (bench.tuning)."""
+"""``bench tune``: select a defense's config on a validation suite, or measure its budget curve (bench.apps.tuning)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ EPILOG = """examples:
 
 Candidates are trained and attacked on validation seeds (never the reported 0,1,2) and the validation attacks
 (default: the task's default suite with the LR search, no refinement). Selection: among candidates usable at release
-on every seed, the best utility-bounded worst case (see bench/tuning.py). Records: <results>/tuning/*.parquet.
+on every seed, the best utility-bounded worst case (see bench/apps/tuning.py). Records: <results>/tuning/*.parquet.
 The same command resumes an interrupted tuning (completed runs are kept).
 """
 
@@ -57,11 +57,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def spec_from_args(args: argparse.Namespace):
-    """The :class:`bench.tuning.TuneSpec` a command line asks for (bad input: a ConfigError)."""
+    """The :class:`bench.apps.tuning.TuneSpec` a command line asks for (bad input: a ConfigError)."""
+    from bench.apps.tuning import VALIDATION_SEEDS, TuneSpec
     from bench.errors import ConfigError
-    from bench.experiment import parse_assignments, parse_seeds
-    from bench.sweep import DEFAULT_SUITE, Entry
-    from bench.tuning import VALIDATION_SEEDS, TuneSpec
+    from bench.plan.experiment import parse_assignments, parse_seeds
+    from bench.plan.sweep import DEFAULT_SUITE, Entry
 
     defense, *defense_args = args.defense
     task, *task_args = args.task
@@ -92,9 +92,9 @@ def _value(text: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    from bench.devices import resolve_device
-    from bench.runner import Session
-    from bench.tuning import check_spec, run_tuning, tune_command
+    from bench.apps.tuning import check_spec, run_tuning, tune_command
+    from bench.run.devices import resolve_device
+    from bench.run.stages import Session
 
     spec = spec_from_args(args)
     check_spec(spec)  # bad input stops here, before any model is built
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(tuning.table))
     print(f"\nrule: {tuning.table['rule'].iloc[0]}")
     if spec.budgets and args.cost_cap is not None:
-        from bench.tuning_record import best_budget
+        from bench.run.tuning_record import best_budget
 
         best = best_budget(tuning.table, args.cost_cap)
         print(f"best budget within {args.cost_cap:g}x: " + ("none usable" if best is None else
@@ -136,8 +136,8 @@ def main(args: argparse.Namespace) -> int:
         if tuning.selected is None:
             print("no preset written: nothing was selected", file=sys.stderr)
             return 1
+        from bench.core.tuning_presets import write_preset
         from bench.registry import DEFENSES
-        from bench.tuning_presets import write_preset
 
         name = args.write_preset or f"tuned-{spec.task}"
         base = spec.defense.partition(".")[0]
@@ -154,8 +154,8 @@ def main(args: argparse.Namespace) -> int:
 def print_dry_run(spec, results: str) -> int:
     """The candidates and how many runs the tuning takes (known before any result, and at most later), with how
     many are already done in ``results``."""
-    from bench.sweep_run import run_states
-    from bench.tuning import budget_candidates, candidates, plan_tuning
+    from bench.apps.tuning import budget_candidates, candidates, plan_tuning
+    from bench.exec.sweep_run import run_states
 
     if spec.budgets:  # the steps each factor means are read from the 1x model once it is trained
         steps = spec.base_args.get("steps")
@@ -197,6 +197,6 @@ def _num(value, fmt: str = "{:.3f}") -> str:
 
 
 def _score(key: float) -> str:
-    from bench.tuning_record import _steps
+    from bench.run.tuning_record import _steps
 
     return "—" if isinstance(key, float) and math.isnan(key) else _steps(key)

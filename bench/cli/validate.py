@@ -1,7 +1,7 @@
 """``bench validate``: check experiment and sweep files without running them, reporting every error found, one per line.
 
 A file whose top level has a plural key (``tasks``, ``tiers``, ``defenses``, ``attacks``) is a sweep file
-(:mod:`bench.sweep`); any other is an experiment file (:mod:`bench.experiment`).
+(:mod:`bench.plan.sweep`); any other is an experiment file (:mod:`bench.plan.experiment`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def main(args: argparse.Namespace) -> int:
 
 def _validate(path: str | Path) -> str:
     """Bind every config of the file (raising a BenchError with every error found); describe what it would run."""
+    from bench.core.yaml_dataclass import read_mapping
     from bench.errors import ConfigError
-    from bench.experiment import TOP_LEVEL_KEYS, validate_experiment
-    from bench.sweep import is_sweep, plan_file
-    from bench.yaml_dataclass import read_mapping
+    from bench.plan.experiment import TOP_LEVEL_KEYS, validate_experiment
+    from bench.plan.sweep import is_sweep, plan_file
 
     if is_sweep(read_mapping(path, "config file", TOP_LEVEL_KEYS)):
         sweep_plan = plan_file(path)

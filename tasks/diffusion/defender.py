@@ -34,7 +34,7 @@ from torch import nn
 
 from bench.contracts import DefenderView, Predictions
 from bench.errors import PluginError
-from bench.features import capture, rows_of
+from bench.toolkit.features import capture, rows_of
 from tasks.diffusion.instance import Batch, DiffusionInstance, ImageSet
 
 ALIGNED_NOISE_SEED = 9

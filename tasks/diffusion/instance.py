@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Preview, Probe, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
-from bench.replay import replay_draws
+from bench.toolkit.replay import replay_draws
 from tasks.diffusion.judges import Judge, both_correct
 from tasks.diffusion.pipeline import compute_dtype, sample_latents, target_of
 

@@ -33,7 +33,7 @@ from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import ConfigError, DataError
 from bench.modelio import weights_identity
-from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub
+from bench.toolkit.sources import first_line, load_failure, load_pooled_dataset, local_or_hub
 from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
 from tasks.diffusion.release import use_math_attention
 from tasks.diffusion.tiny import unet_architecture

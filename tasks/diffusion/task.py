@@ -38,7 +38,7 @@ from typing import Literal
 
 from bench.config import check
 from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
-from bench.lr_grid import decades
+from bench.core.lr_grid import decades
 from bench.registry import TASKS
 
 SAMPLER_DEFAULTS = {"tiny": (6, 2.0), "real": (25, 7.5)}

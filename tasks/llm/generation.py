@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import stage_clock
+from bench.toolkit import stage_clock
 from tasks.llm.chat import render_prompt
 from tasks.llm.judge import Judge, agreement, complied
 

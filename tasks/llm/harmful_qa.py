@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import stage_clock
 from bench.cache import Cache
 from bench.contracts import AttackerScale, Evaluation, Probe, Score
+from bench.toolkit import stage_clock
 from tasks.llm import benign, lmeval_tasks, prompts
 from tasks.llm.chat import encode_chat, encode_text
 from tasks.llm.coherence import CoherentJudge

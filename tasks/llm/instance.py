@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import stage_clock
 from bench.config import check
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
-from bench.features import capture, rows_of, transformer_blocks
 from bench.modelio import transformers_architecture
-from bench.replay import replay_draws
+from bench.toolkit import stage_clock
+from bench.toolkit.features import capture, rows_of, transformer_blocks
+from bench.toolkit.replay import replay_draws
 from tasks.llm import chunked
 from tasks.llm.chat import Batch, Encoded, collate, logits_of, nll_per_char, response_loss
 from tasks.llm.generation import context_length

@@ -86,7 +86,7 @@ def check_loadable(ref: str) -> None:
     """A cheap check, before any run, that ``hf:<ref>`` can be loaded: its config resolves (a local folder, or a hub
     id in the local cache when offline). A ConfigError of one line otherwise."""
     from bench.config import check
-    from bench.sources import first_line, looks_local
+    from bench.toolkit.sources import first_line, looks_local
 
     if looks_local(ref):
         check((Path(ref).expanduser() / "config.json").is_file(),
@@ -184,7 +184,7 @@ class ModelJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from bench.errors import DataError
-        from bench.sources import first_line
+        from bench.toolkit.sources import first_line
 
         self.name = f"hf:{ref}"
         self.format = fmt if fmt != "auto" else ("llama-guard" if "guard" in ref.lower() else "harmbench")

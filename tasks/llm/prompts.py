@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import DataError
-from bench.sources import first_line
+from bench.toolkit.sources import first_line
 
 DATA_DIR = Path(__file__).parent / "data"
 HARMBENCH_FILE = DATA_DIR / "harmbench_behaviors_standard.txt"

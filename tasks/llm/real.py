@@ -34,9 +34,9 @@ from torch import nn
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
-from bench.layers import is_conv1d
 from bench.modelio import weights_identity
-from bench.sources import first_line, load_failure, local_or_hub
+from bench.toolkit.layers import is_conv1d
+from bench.toolkit.sources import first_line, load_failure, local_or_hub
 from tasks.llm import benign, lmeval_tasks, prompts
 from tasks.llm.chat import ensure_chat_template
 from tasks.llm.utility import LMEvalSuite

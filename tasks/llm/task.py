@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from bench.config import check
 from bench.contracts import AttackSweep, Task, TaskConfig, UtilityBound
-from bench.lr_grid import decades
+from bench.core.lr_grid import decades
 from bench.registry import TASKS
 
 TAU = math.exp(-0.2)

@@ -26,7 +26,7 @@ from torch import nn
 
 from bench.contracts import Score
 from bench.errors import DataError
-from bench.sources import first_line
+from bench.toolkit.sources import first_line
 
 BOOTSTRAP_ITERS = 100
 """Passed to lm-eval: mean metrics get their closed-form stderr; only bootstrappable aggregates resample."""

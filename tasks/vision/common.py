@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Predictions, Probe, Score, TaskConfig, TaskInstance
-from bench.features import capture, rows_of
-from bench.replay import replay_draws
+from bench.toolkit.features import capture, rows_of
+from bench.toolkit.replay import replay_draws
 
 Forward = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 

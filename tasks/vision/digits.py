@@ -19,8 +19,8 @@ import torch
 
 from bench.cache import Cache
 from bench.contracts import AttackerScale
-from bench.layers import MLP
 from bench.modelio import load_model, save_model
+from bench.toolkit.layers import MLP
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 
 ALLOWED = (0, 1, 2, 3, 4)

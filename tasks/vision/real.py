@@ -41,9 +41,9 @@ from torch import nn
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from bench.errors import DataError
-from bench.features import transformer_blocks
 from bench.modelio import load_model, save_model, transformers_architecture, weights_identity
-from bench.sources import first_line, load_failure, load_pooled_dataset, local_or_hub, looks_local
+from bench.toolkit.features import transformer_blocks
+from bench.toolkit.sources import first_line, load_failure, load_pooled_dataset, local_or_hub, looks_local
 from tasks.vision.common import SPLITS, ClassificationInstance, Split, check_disjoint, train_classifier
 from tasks.vision.digits import ALLOWED_FRACTIONS, DATA_SEED, FORBIDDEN_FRACTIONS
 

@@ -1,0 +1,83 @@
+"""Tuned presets: a tuning's selected config, committed as a named preset of its defense with the command that
+reproduces it.
+
+``bench tune ... --write-preset`` writes ``defenses/tuned/<defense>.yaml`` (one file per defense, so concurrent
+tunings of different defenses never touch the same file)::
+
+    tuned-vision-digits:                 # the preset: `--defense ga-retain.tuned-vision-digits`
+      args: {alpha: 2.0, lr: null}
+      task: vision-digits                # what it was tuned on: a preset is a label, its values apply anywhere
+      tier: tiny
+      command: bench tune --defense ga-retain --task vision-digits --seeds 100,101 ...
+      tuning: 3f2a...                    # the tune_id of the record under <results>/tuning/
+      selected_from: 3 candidates (validation seeds 100,101; rule ...)
+
+The registry merges these with the class's own ``presets`` (class presets win on a name clash), so a tuned preset
+works wherever ``name.preset`` does; its values are checked like any config (unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError
+
+PRESET_KEYS = ("args", "task", "tier", "command", "tuning", "selected_from")
+
+
+def tuned_dir() -> Path:
+    """Where tuned presets live: ``$BENCH_TUNED_PRESETS`` when set (tests), else the checkout's defenses/tuned/."""
+    override = os.environ.get("BENCH_TUNED_PRESETS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "defenses" / "tuned"
+
+
+def preset_file(defense: str) -> Path:
+    return tuned_dir() / f"{defense}.yaml"
+
+
+def load_tuned(defense: str) -> dict[str, dict[str, Any]]:
+    """The tuned presets of ``defense`` (name → record); {} when none were written."""
+    path = preset_file(defense)
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and isinstance(v.get("args", {}), dict)
+                                             for v in data.values()):
+        raise ConfigError(f"{path}: expected `preset-name: {{args: {{...}}, command: ...}}` entries")
+    for name, record in data.items():
+        unknown = sorted(set(record) - set(PRESET_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: preset {name!r} has unknown keys {unknown}; "
+                              f"valid keys: {', '.join(PRESET_KEYS)}")
+    return data
+
+
+def tuned_preset_args(defense: str) -> dict[str, dict[str, Any]]:
+    """Preset name → config values, as the registry layers them."""
+    return {name: dict(record.get("args") or {}) for name, record in load_tuned(defense).items()}
+
+
+def write_preset(defense: str, name: str, args: Mapping[str, Any], *, task: str, tier: str, command: str,
+                 tune_id: str, selected_from: str) -> Path:
+    """Add (or replace) preset ``name`` of ``defense``; returns the file written."""
+    if not name or "." in name or "+" in name:
+        raise ConfigError(f"preset name must be non-empty without '.' or '+', got {name!r}")
+    records = load_tuned(defense)
+    records[name] = {"args": json.loads(json.dumps(dict(args), default=str)), "task": task, "tier": tier,
+                     "command": command, "tuning": tune_id, "selected_from": selected_from}
+    path = preset_file(defense)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("# Written by `bench tune --write-preset` (bench/core/tuning_presets.py); rerun its command to "
+                   "reproduce.\n" + yaml.safe_dump(records, sort_keys=True, allow_unicode=True))
+    os.replace(tmp, path)
+    return path
