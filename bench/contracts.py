@@ -130,7 +130,7 @@ class UtilityBound:
 
 
 @dataclass(frozen=True)
-class AttackSweep:
+class AttackFamily:
     """One family of the default attack suite: an attack, its fixed args, and the learning rates to sweep.
 
     ``search="grid"`` runs every learning rate with the full budget. ``search="lr-search"`` first runs short probe
@@ -488,7 +488,7 @@ class Task(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def default_attacks(self, cfg: Any, tier: str) -> list[AttackSweep]:
+    def default_attacks(self, cfg: Any, tier: str) -> list[AttackFamily]:
         """The attack suite ``bench run`` uses when no ``--attack`` is given."""
 
 
@@ -622,3 +622,12 @@ class Attack(abc.ABC):
         ``model`` as it found it. None (the default): this run is its own."""
         return None
 
+
+def __getattr__(name: str) -> Any:
+    """``AttackSweep``, the old name of :class:`AttackFamily`, still resolves, with a FutureWarning."""
+    if name == "AttackSweep":
+        import warnings
+
+        warnings.warn("bench.contracts.AttackSweep was renamed AttackFamily", FutureWarning, stacklevel=2)
+        return AttackFamily
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -217,10 +217,10 @@ def test_ls_lists_every_kind(capsys):
 def _two_family_suite(self, cfg, tier):
     """A default suite of two families of three learning rates (the real one has ~130 runs): `--search` decides how
     each is searched."""
-    from bench.contracts import AttackSweep
+    from bench.contracts import AttackFamily
 
-    return [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3), family="adam"),
-            AttackSweep("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd")]
+    return [AttackFamily("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3), family="adam"),
+            AttackFamily("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd")]
 
 
 def test_lr_search_records_probe_runs_outside_the_worst_case(tmp_path, capsys, monkeypatch):

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bench.contracts import AttackSweep
+from bench.contracts import AttackFamily
 from bench.core.spec import make_spec
 from bench.exec.local import LocalExecutor
 from bench.exec.suite_run import run_suite
 from bench.exec.worker import WorkerOptions
-from bench.plan.planner import Planner, RunRecord, sweep_waves
+from bench.plan.planner import Planner, RunRecord, family_waves
 from bench.plan.request import SuiteRequest
 from bench.registry import load_plugin
 from bench.run.results import completed_run_ids, read_run_json
@@ -43,8 +43,8 @@ def _record(spec, steps, censored=False, **summary):
 
 
 def test_grid_waves_then_refinement_around_the_best_learning_rate():
-    sweep = AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3))
-    program = sweep_waves(sweep, lambda args, purpose="attack": _spec(args["lr"], purpose), refine=True)
+    sweep = AttackFamily("full-ft", {"optimizer": "adam"}, (1e-1, 1e-2, 1e-3))
+    program = family_waves(sweep, lambda args, purpose="attack": _spec(args["lr"], purpose), refine=True)
     grid = next(program)
     assert [s.attack.kwargs["lr"] for s in grid] == [1e-1, 1e-2, 1e-3]
     refine = program.send([_record(grid[0], 50), _record(grid[1], 10), _record(grid[2], 100, censored=True)])
@@ -54,10 +54,10 @@ def test_grid_waves_then_refinement_around_the_best_learning_rate():
 
 
 def test_lr_search_waves_probe_then_run_the_best_probes_in_full():
-    sweep = AttackSweep("full-ft", {"optimizer": "adam"}, (1e-2, 1e-3, 1e-4), search="lr-search", keep=1,
+    sweep = AttackFamily("full-ft", {"optimizer": "adam"}, (1e-2, 1e-3, 1e-4), search="lr-search", keep=1,
                         probe_steps=10, refine=False)
     make = lambda args, purpose="attack": _spec(args["lr"], purpose, args.get("budget"))  # noqa: E731
-    program = sweep_waves(sweep, make, refine=True)
+    program = family_waves(sweep, make, refine=True)
     probes = next(program)
     assert {s.purpose for s in probes} == {"lr-probe"} and all(s.attack.kwargs["budget"] == 10 for s in probes)
     summaries = [{"loss_start": 1.0, "loss_end": end, "outcome": "resisted"} for end in (0.9, 0.2, 0.95)]

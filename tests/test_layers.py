@@ -255,7 +255,7 @@ def test_a_plugin_written_against_the_flat_layout_still_runs_and_is_told_the_new
     script = (f"import runpy, sys\nns = runpy.run_path({str(plugin)!r})\n"
               "import bench.layers, bench.toolkit.layers, bench.contracts\n"
               "assert bench.layers is bench.toolkit.layers\n"
-              "assert ns['n'] == 8 and type(ns['family']) is bench.contracts.AttackSweep\n"
+              "assert ns['n'] == 8 and type(ns['family']) is bench.contracts.AttackFamily\n"
               "assert ns['RunSpec'] is sys.modules['bench.core.spec'].RunSpec\nprint('RAN')")
     proc = subprocess.run([sys.executable, "-W", "always::FutureWarning", "-c", script], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
@@ -264,6 +264,7 @@ def test_a_plugin_written_against_the_flat_layout_still_runs_and_is_told_the_new
     for old, new in (("bench.layers", "bench.toolkit.layers"), ("bench.spec", "bench.core.spec")):
         assert f"{old} moved to {new}" in proc.stderr
     assert "old_plugin.py" in proc.stderr  # the warning points at the plugin's import line
+    assert "AttackSweep was renamed AttackFamily" in proc.stderr
 
 
 def test_every_old_path_resolves_to_an_existing_module():

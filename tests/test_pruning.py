@@ -83,12 +83,12 @@ def test_a_capped_run_stops_at_the_first_probe_past_the_bound_and_says_why(tmp_p
 
 
 def _quick_suite(monkeypatch, **kw) -> SuiteRequest:
-    from bench.contracts import AttackSweep
+    from bench.contracts import AttackFamily
     from tasks.vision.task import VisionDigits
 
     lrs = (1e-1, 1e-2, 1e-3, 1e-5)
-    sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
-              AttackSweep("adaptive-collapse", {"optimizer": "adam"}, lrs, family="collapse")]
+    sweeps = [AttackFamily("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
+              AttackFamily("adaptive-collapse", {"optimizer": "adam"}, lrs, family="collapse")]
     monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
     return SuiteRequest(task="vision-digits", defense="specdef", task_args={**FAST, "budget": 60}, **kw)
 

@@ -168,12 +168,12 @@ def _small_request(**kw):
 
 
 def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
-    from bench.contracts import AttackSweep
+    from bench.contracts import AttackFamily
     from tasks.vision.task import VisionDigits
 
     lrs = (1e-1, 1e-2, 1e-3)
-    sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
-              AttackSweep("full-ft", {"optimizer": "sgd"}, lrs, family="sgd", search="lr-search", probe_steps=10, keep=1)]
+    sweeps = [AttackFamily("full-ft", {"optimizer": "adam"}, lrs, family="adam"),
+              AttackFamily("full-ft", {"optimizer": "sgd"}, lrs, family="sgd", search="lr-search", probe_steps=10, keep=1)]
     monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
     session = Session(tmp_path, cache, progress=False)
     report = run_suite(_small_request(), session)
@@ -200,7 +200,7 @@ def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
 
 
 def test_resumed_suite_builds_only_what_unfinished_runs_need(tmp_path, cache, monkeypatch, isolated_registries):
-    from bench.contracts import AttackSweep, DefenseResult
+    from bench.contracts import AttackFamily, DefenseResult
     from tasks.vision.task import VisionDigits
 
     applied, built = [], []
@@ -215,7 +215,7 @@ def test_resumed_suite_builds_only_what_unfinished_runs_need(tmp_path, cache, mo
 
     original_build = VisionDigits.build
     monkeypatch.setattr(VisionDigits, "build", lambda self, *a, **kw: built.append(1) or original_build(self, *a, **kw))
-    sweeps = [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-2,), family="adam")]  # one LR, then its refinement
+    sweeps = [AttackFamily("full-ft", {"optimizer": "adam"}, (1e-2,), family="adam")]  # one LR, then its refinement
     monkeypatch.setattr(VisionDigits, "default_attacks", lambda self, cfg, tier: sweeps)
     request = SuiteRequest(task="vision-digits", defense="counting-defense", task_args={**FAST, "budget": 20},
                            baseline=False)

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from bench.cli import main
-from bench.contracts import AttackSweep
+from bench.contracts import AttackFamily
 from bench.errors import ConfigError
 from bench.exec.sweep_run import sweep_run_ids
 from bench.plan.sweep import expand, load_sweep, plan, plan_file
@@ -109,10 +109,10 @@ def test_bad_grid_stops_bench_sweep_before_any_run(tmp_path, capsys):
 
 def _small_suite(self, cfg, tier):
     """A default suite with one family of each kind, so a real sweep of it takes seconds."""
-    return [AttackSweep("full-ft", {"optimizer": "adam"}, (1e-1, 1e-3), family="adam"),
-            AttackSweep("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd", search="lr-search",
+    return [AttackFamily("full-ft", {"optimizer": "adam"}, (1e-1, 1e-3), family="adam"),
+            AttackFamily("full-ft", {"optimizer": "sgd"}, (1e-1, 1e-2, 1e-3), family="sgd", search="lr-search",
                         probe_steps=5, keep=1),
-            AttackSweep("adaptive-collapse", {"optimizer": "adam", "lr": 1e-2}, (), family="collapse")]
+            AttackFamily("adaptive-collapse", {"optimizer": "adam", "lr": 1e-2}, (), family="collapse")]
 
 
 def _dry_run(path, results, capsys) -> tuple[str, dict[str, str]]:

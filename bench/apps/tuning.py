@@ -80,7 +80,7 @@ class TuneSpec:
     attacks: tuple[Entry, ...] = (Entry(name=DEFAULT_SUITE),)
     """The validation attacks: ``default`` (the task's default suite) and/or named attacks with their args."""
     families: tuple[str, ...] = ()
-    """Only these families of the task's default suite (``AttackSweep.family``, e.g. ``muon``); empty: all."""
+    """Only these families of the task's default suite (``AttackFamily.family``, e.g. ``muon``); empty: all."""
     search: str | None = "lr-search"
     """LR strategy of the default suite's families (``lr-search``: probes, then full runs at the best 2 rates)."""
     refine: bool = False
@@ -145,10 +145,10 @@ def check_spec(spec: TuneSpec) -> None:
     task_name = spec.task.partition(".")[0]
     check_applies("defense", spec.defense, resolved.cls, spec.task, TASKS.get(task_name))
     if spec.families:
-        from bench.plan.planner import attack_sweeps
+        from bench.plan.planner import attack_families
         from bench.plan.request import SuiteRequest
 
-        attack_sweeps(SuiteRequest(task=spec.task, defense="none", tier=spec.tier, task_args=spec.task_args,
+        attack_families(SuiteRequest(task=spec.task, defense="none", tier=spec.tier, task_args=spec.task_args,
                                    families=tuple(spec.families)))  # unknown families: an error naming the suite's
     if spec.budgets:
         keys = [f.name for f in dataclasses.fields(resolved.cls.Config)]

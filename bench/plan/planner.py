@@ -1,6 +1,6 @@
 """The pure planner: a suite request becomes waves of :class:`~bench.core.spec.RunSpec` objects.
 
-Each attack family of each (defense, seed) is a small program written as a generator (:func:`sweep_waves`): it
+Each attack family of each (defense, seed) is a small program written as a generator (:func:`family_waves`): it
 yields a wave of specs and receives their finished records — an LR grid is one wave; an LR search is probes, then
 full runs at the best probes; half-decade refinement around the best full run is one more wave. The
 :class:`Planner` advances every family of one or more requests, either in lockstep (a wave holds the runs of all
@@ -19,7 +19,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.contracts import AttackSweep
+from bench.contracts import AttackFamily
 from bench.core.lr_grid import refinement
 from bench.core.metrics import worst_case
 from bench.core.spec import DEFAULT_SUITE_LABEL, RunSpec, make_spec, resolve_plugin
@@ -41,10 +41,10 @@ class RunRecord:
     family: str = ""
 
 
-def attack_sweeps(request) -> list[AttackSweep]:
+def attack_families(request) -> list[AttackFamily]:
     """The attack families a request runs: the single given attack (no LR search), or the task's default suite."""
     if request.attack is not None:
-        return [AttackSweep(request.attack, dict(request.attack_args), lrs=(), refine=False, family=request.attack)]
+        return [AttackFamily(request.attack, dict(request.attack_args), lrs=(), refine=False, family=request.attack)]
     _, task_cfg = resolve_plugin(TASKS, request.task, request.task_args)
     suite = TASKS.get(request.task.partition(".")[0])().default_attacks(task_cfg, request.tier)
     # Attack args given on the command line without --attack apply to every family of the default suite.
@@ -108,7 +108,7 @@ def _typed(value: Any) -> Any:
     return value
 
 
-def sweep_waves(family: AttackSweep, make: Callable[..., RunSpec], *, refine: bool) -> Waves:
+def family_waves(family: AttackFamily, make: Callable[..., RunSpec], *, refine: bool) -> Waves:
     """One family: a single run, or an LR grid / LR search followed by half-decade refinement around the best."""
     if not family.lrs:
         yield [make(dict(family.args))]
@@ -144,17 +144,17 @@ class Planner:
     def __init__(self, request, *more_requests):
         self.request = request
         self.requests = (request, *more_requests)
-        self.families = attack_sweeps(request)
+        self.families = attack_families(request)
         self._programs: list[tuple[str, Waves]] = []
         self._owner: list[int] = []  # program -> the index of the request it belongs to
         for index, req in enumerate(self.requests):
-            families = self.families if index == 0 else attack_sweeps(req)
+            families = self.families if index == 0 else attack_families(req)
             for defense, defense_args in defenses_of(req):
                 for seed in req.seeds:
                     for family in families:
                         make = functools.partial(spec_of, req, defense, defense_args, family.attack, seed=seed)
                         self._programs.append((family.family or family.attack,
-                                               sweep_waves(family, make, refine=req.refine)))
+                                               family_waves(family, make, refine=req.refine)))
                         self._owner.append(index)
         self._pending: list[list[RunSpec]] = [self._advance(program, None) for _, program in self._programs]
         self._members: list[dict[str, None]] = [{} for _ in self.requests]  # request -> its run ids, in order
@@ -260,7 +260,7 @@ class Planner:
         total = 0
         for req in self.requests:
             per_family = [max(len(s.lrs), 1) + (min(s.keep, len(s.lrs)) if s.search == "lr-search" else 0)
-                         + (2 if s.refine and s.lrs and req.refine else 0) for s in attack_sweeps(req)]
+                         + (2 if s.refine and s.lrs and req.refine else 0) for s in attack_families(req)]
             for defense, defense_args in defenses_of(req):
                 for seed in req.seeds:
                     key = (req.task, repr(sorted(req.task_args.items())), req.tier, req.model, defense,

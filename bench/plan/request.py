@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.core.spec import RunSpec
-from bench.plan.planner import attack_sweeps, defenses_of, spec_of
+from bench.plan.planner import attack_families, defenses_of, spec_of
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class SuiteRequest:
     search: str | None = None
     """Override every family's LR strategy ("grid" or "lr-search"); None keeps the task's choice."""
     families: tuple[str, ...] = ()
-    """Only these families of the task's default suite (by :attr:`AttackSweep.family`); empty: every family."""
+    """Only these families of the task's default suite (by :attr:`AttackFamily.family`); empty: every family."""
     exhaustive: bool = False
     """Run every attack run to its end: no bound pruning (:mod:`bench.run.pruning`), so each family's and each run's
     own figures are exact, not only the worst cases."""
@@ -41,7 +41,7 @@ def validate_request(request: SuiteRequest) -> list[RunSpec]:
     """Build the first spec of every attack family, defense and seed, so configuration errors surface before any run."""
     specs = []
     for defense, defense_args in defenses_of(request):
-        for family in attack_sweeps(request):
+        for family in attack_families(request):
             args = dict(family.args)
             if family.lrs:
                 args["lr"] = family.lrs[0]

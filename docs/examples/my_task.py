@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from bench.config import check
 from bench.contracts import (
-    AttackSweep,
+    AttackFamily,
     DefenderView,
     Evaluation,
     Probe,
@@ -179,6 +179,6 @@ class Blobs(Task):
     def build(self, cfg: BlobsConfig, *, tier, model, cache, device, progress=True) -> BlobsInstance:
         return BlobsInstance(cfg, tier, device)
 
-    def default_attacks(self, cfg: BlobsConfig, tier: str) -> list[AttackSweep]:
-        return [AttackSweep("full-ft", {"optimizer": "adam"}, lrs=(1e-2, 1e-3), family="adam"),
-                AttackSweep("full-ft", {"optimizer": "sgd"}, lrs=(1e-1, 1e-2), family="sgd")]
+    def default_attacks(self, cfg: BlobsConfig, tier: str) -> list[AttackFamily]:
+        return [AttackFamily("full-ft", {"optimizer": "adam"}, lrs=(1e-2, 1e-3), family="adam"),
+                AttackFamily("full-ft", {"optimizer": "sgd"}, lrs=(1e-1, 1e-2), family="sgd")]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bench.config import check
-from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
+from bench.contracts import AttackFamily, StageIdentity, Task, TaskConfig, UtilityBound
 from bench.core.lr_grid import decades
 from bench.registry import TASKS
 
@@ -181,7 +181,7 @@ class _DiffusionTask(Task):
 
         return build_real(cfg, self.kind, model, cache, name=self.name, device=device)
 
-    def default_attacks(self, cfg: DiffusionConfig, tier: str) -> list[AttackSweep]:
+    def default_attacks(self, cfg: DiffusionConfig, tier: str) -> list[AttackFamily]:
         # Every run here costs seconds to minutes, so AdamW scouts one learning rate per decade with short runs
         # (SpecDef moves the usable Adam LR to about lr/alpha: 1e-7 at alpha = 1e4) and runs the budget only at the
         # best one. LoRA, text-encoder, collapse and freeze run at the rate that harms the undefended model fastest:
@@ -189,18 +189,18 @@ class _DiffusionTask(Task):
         scout = decades(-3, -7) if tier == "tiny" else decades(-3, -10)
         lr = 1e-3 if tier == "tiny" else 1e-5
         return [
-            AttackSweep("full-ft", {"optimizer": "adamw", "weight_decay": 0.01}, scout, family="adamw",
+            AttackFamily("full-ft", {"optimizer": "adamw", "weight_decay": 0.01}, scout, family="adamw",
                         search="lr-search", probe_steps=10, keep=1, refine=False),
-            AttackSweep("lora", {"optimizer": "adam"}, (lr,), family="lora", refine=False),
+            AttackFamily("lora", {"optimizer": "adam"}, (lr,), family="lora", refine=False),
             # DreamBooth's attacker also tunes the text encoder: one optimizer and rate for both, as DreamBooth does.
             # Measured (seed 0): the fastest attack on the undefended sd-style model (40 steps, against 60 for the
             # others); on sd-concept it breaks the model before harming it.
-            AttackSweep("text-encoder", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="text-encoder",
+            AttackFamily("text-encoder", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="text-encoder",
                         refine=False),
             # white-box (defense-aware) families
-            AttackSweep("adaptive-collapse", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="collapse",
+            AttackFamily("adaptive-collapse", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="collapse",
                         refine=False),
-            AttackSweep("adaptive-freeze", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="freeze",
+            AttackFamily("adaptive-freeze", {"optimizer": "adamw", "weight_decay": 0.01}, (lr,), family="freeze",
                         refine=False),
         ]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.config import check
-from bench.contracts import AttackSweep, StageIdentity, Task, TaskConfig, UtilityBound
+from bench.contracts import AttackFamily, StageIdentity, Task, TaskConfig, UtilityBound
 from bench.core.lr_grid import decades
 from bench.registry import TASKS
 
@@ -113,7 +113,7 @@ class VisionDigits(Task):
 
         return build_real(cfg, model, cache, device, progress=progress)
 
-    def default_attacks(self, cfg: VisionConfig, tier: str) -> list[AttackSweep]:
+    def default_attacks(self, cfg: VisionConfig, tier: str) -> list[AttackFamily]:
         # One point per decade, far below the usual 1e-5..1e-3: SpecDef-like defenses rescale the usable LR to
         # about lr/alpha (Adam) or lr/alpha² (SGD), and a narrow grid would report them as unbreakable. The tiny
         # tier is cheap enough to run every point in full; the real tier scouts with short LR-search probes.
@@ -121,7 +121,7 @@ class VisionDigits(Task):
         adaptive = decades(-1, -10)
 
         def sweep(attack, args, lrs, family):
-            return AttackSweep(attack, args, lrs, family=family, search=search)
+            return AttackFamily(attack, args, lrs, family=family, search=search)
 
         return [
             sweep("full-ft", {"optimizer": "sgd"}, decades(0, -13), "sgd"),
@@ -135,8 +135,8 @@ class VisionDigits(Task):
             # defense and seed, and the wide grids of the families above already find rescaled learning rates.
             # The decades are where undefended Adam harms fastest on the tiny tier (measured, budget 500): the
             # probe at 0.1-0.3 (a head alone tolerates large steps), the re-initialised head at 1e-2-1e-3.
-            AttackSweep("linear-probe", {"optimizer": "adam"}, decades(0, -3), family="linear-probe", search="grid"),
-            AttackSweep("head-reinit", {"optimizer": "adam"}, decades(-1, -4), family="head-reinit", search="grid"),
+            AttackFamily("linear-probe", {"optimizer": "adam"}, decades(0, -3), family="linear-probe", search="grid"),
+            AttackFamily("head-reinit", {"optimizer": "adam"}, decades(-1, -4), family="head-reinit", search="grid"),
             # white-box (defense-aware) families
             sweep("lora", {"optimizer": "adam", "targets": "all-linear", "factors": "first"}, adaptive, "lora-no-comp"),
             sweep("adaptive-collapse", {"optimizer": "adam"}, adaptive, "collapse"),
