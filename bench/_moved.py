@@ -93,7 +93,8 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def _importer_level() -> int:
     """The stack level of the first frame outside the import machinery: the ``import`` statement that used the old
     name, so the warning points at the plugin's line."""
-    frame, level = sys._getframe(1), 1
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and (frame.f_code.co_filename.startswith("<frozen importlib")
                                  or frame.f_code.co_filename == __file__):
         frame, level = frame.f_back, level + 1

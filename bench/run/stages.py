@@ -46,10 +46,11 @@ from bench.core.metrics import function_preservation, retained_utility
 from bench.core.spec import RunSpec, StageKind
 from bench.errors import ConfigError, DataError, FunctionDriftError, PluginError
 from bench.registry import DEFENSES, TASKS
-from bench.run import results, stage_clock, stage_codec
+from bench.run import results, stage_codec
 from bench.run.curvature import Eigen, top_hessian_eigenvalue
 from bench.run.devices import resolve_device
 from bench.run.stage_cache import StageStore, stage_key
+from bench.toolkit import stage_clock
 from bench.toolkit.layers import count_parameters
 from bench.toolkit.stage_clock import StageClock, part
 
