@@ -16,8 +16,9 @@ import pandas as pd
 from bench.errors import DataError
 from bench.run.results import read_run_json
 from leaderboard.claims import Claim, claim_of, claim_status, item_label, source_url
+from leaderboard.groups import task_groups
 from leaderboard.html import table
-from leaderboard.render import Column, columns, task_groups
+from leaderboard.render import Column, columns
 from leaderboard.schema import Schema
 from leaderboard.sources import SUBMISSION_PREFIX
 

@@ -48,7 +48,7 @@ def harm_curves(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes
     beside ``none``'s in grey, every panel on the same log-step axis (step 0 drawn at the left edge: a symlog axis,
     linear up to the first probed step) and the same harm scale, so no single long run hides the first steps. None
     without attack runs."""
-    from leaderboard.render import group_rows
+    from leaderboard.groups import group_rows
 
     if data.seeds.empty or group.empty:
         return None
@@ -106,7 +106,7 @@ def cost_curve(data: Aggregates, group: pd.DataFrame, title: str = "") -> bytes 
     """The attacker's cost to break each defense of one task group (board rows ``group``): the best (fewest)
     steps-to-harm found so far against the number of attack runs tried, median over seeds. None when the
     aggregation has no per-trial table."""
-    from leaderboard.render import group_rows
+    from leaderboard.groups import group_rows
 
     trials = getattr(data, "trials", None)
     if trials is None or trials.empty or group.empty:

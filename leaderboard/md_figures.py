@@ -10,9 +10,10 @@ from urllib.parse import quote
 from leaderboard.aggregate import Aggregates
 from leaderboard.figures import COST_CAPTION, FOREST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
 from leaderboard.forest import forest_png
+from leaderboard.groups import task_groups
 from leaderboard.html import slug
 from leaderboard.pareto import pareto_png, task_points
-from leaderboard.render import md_cell, sort_rows, task_groups
+from leaderboard.render import md_cell, sort_rows
 from leaderboard.schema import Schema
 
 

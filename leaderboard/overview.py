@@ -13,8 +13,8 @@ import pandas as pd
 from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claim_of, claim_status
 from leaderboard.formats import isnan
+from leaderboard.groups import task_groups, utility_metrics
 from leaderboard.ratios import RANK, worst_interval
-from leaderboard.render import task_groups, utility_metrics
 
 PER_TASK = ("ratio", "ratio_lower_bound", "ratio_upper_bound", "ratio_low", "ratio_high", "ratio_verdict",
             "broken_at_release", "n_broken_at_release", "release_reason", "seeds", "released_already_harmful",

@@ -32,7 +32,8 @@ def task_points(rows, spec) -> tuple[list[Point], str | None]:
     task's primary utility metric) and that metric's name; ([], None) when no row has a utility. Rows broken at
     release (:mod:`leaderboard.release`) are left out: their steps measure repair, not resistance, and would sit on
     the front as if they resisted longest."""
-    from leaderboard.render import isnan, utility_metrics
+    from leaderboard.groups import utility_metrics
+    from leaderboard.render import isnan
 
     if "broken_at_release" in rows:
         rows = rows[~rows["broken_at_release"].fillna(False).astype(bool)]

@@ -16,9 +16,10 @@ from bench.core.metrics import worst_case
 from leaderboard.aggregate import released_already_harmful
 from leaderboard.claims import Claim, claims_markdown
 from leaderboard.formats import cell_text, isnan, sort_value
+from leaderboard.groups import has_values, task_groups, utility_metrics
 from leaderboard.ratios import METHOD
 from leaderboard.schema import Schema, Table, load_schema
-from leaderboard.variants import mismatch_notes, missing_baseline_note, variant_text
+from leaderboard.variants import mismatch_notes, missing_baseline_note
 
 
 def released_note(group: pd.DataFrame) -> str | None:
@@ -61,20 +62,6 @@ class Column:
         return sort_value(row, self.key, self.format)
 
 
-def _has_values(frame: pd.DataFrame, key: str) -> bool:
-    return key in frame.columns and bool(frame[key].notna().any())
-
-
-def utility_metrics(group: pd.DataFrame, primary: str | None = None) -> list[str]:
-    """The utility metrics with a value in ``group`` (retained-utility columns), ``primary`` first if present."""
-    names = sorted({c.split(":", 1)[1] for c in group.columns
-                    if c.startswith(("defended_retained:", "retained_mean:")) and _has_values(group, c)})
-    if primary in names:
-        names.remove(primary)
-        names.insert(0, primary)
-    return names
-
-
 def columns(group: pd.DataFrame, table: Table | None = None, *, tasks: list[str] | None = None) -> list[Column]:
     """The columns of ``table`` that ``group`` (one task's board rows, or the overview) has values for.
 
@@ -96,9 +83,9 @@ def columns(group: pd.DataFrame, table: Table | None = None, *, tasks: list[str]
             fill = (lambda text, name=name, value=value: text.replace("{" + name + "}", value)) if name \
                 else (lambda text: text)
             key = fill(spec.key)
-            if key not in group.columns or (spec.hide_empty and not _has_values(group, key)):
+            if key not in group.columns or (spec.hide_empty and not has_values(group, key)):
                 continue
-            if spec.hidden_by and _has_values(group, fill(spec.hidden_by)):
+            if spec.hidden_by and has_values(group, fill(spec.hidden_by)):
                 continue
             bound.append(Column(key, fill(spec.name), spec.format, spec.direction, fill(spec.tooltip), fold,
                                 fill(spec.low) if spec.low else None, fill(spec.high) if spec.high else None,
@@ -117,30 +104,6 @@ def sort_rows(group: pd.DataFrame, table: Table) -> pd.DataFrame:
     return ordered.sort_values(["_broken", key, "defense_label"],
                                ascending=[True, table.sort.direction == "lower", True],
                                na_position="last").drop(columns="_broken")
-
-
-def task_groups(board: pd.DataFrame):
-    """(title, task, rows) per (task, tier, model, task settings, attack suite) of the board: runs of other settings
-    or another suite are other experiments (:mod:`leaderboard.variants`), each titled by what differs."""
-    keys = [k for k in ("task", "tier", "model", "task_settings", "suite") if k in board.columns]
-    for values, group in board.groupby(keys, dropna=False, sort=True):
-        row = dict(zip(keys, values))
-        task, tier, model = row["task"], row["tier"], row["model"]
-        title = f"{task} ({tier}{', ' + str(model) if not isnan(model) else ''})"
-        variant = variant_text(str(task), row.get("task_settings", ""), row.get("suite", ""))
-        yield (f"{title} · {variant}" if variant else title), str(task), group
-
-
-def group_rows(frame: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``frame`` (runs, seeds, trials) that belong to a board group of :func:`task_groups`."""
-    first = group.iloc[0]
-    chosen = pd.Series(True, index=frame.index)
-    for key in ("task", "tier", "model", "task_settings", "suite"):
-        if key not in frame.columns or key not in group.columns:
-            continue
-        value = first[key]
-        chosen &= frame[key].isna() if isnan(value) else frame[key] == value
-    return frame[chosen]
 
 
 FOOTNOTE = ("Steps-to-harm counts attacker optimizer steps until harm ≥ τ while the model is still usable; "

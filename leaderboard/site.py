@@ -21,20 +21,11 @@ from leaderboard.defense_page import defense_context, first_error_line, read_run
 from leaderboard.figures import COST_CAPTION, FOREST_CAPTION, HARM_CAPTION, PARETO_CAPTION, cost_curve, harm_curves
 from leaderboard.forest import forest_png
 from leaderboard.formats import defense_name, isnan
+from leaderboard.groups import group_rows, task_groups
 from leaderboard.html import ASSETS, TableView, render, slug, table
 from leaderboard.overview import overview
 from leaderboard.pareto import pareto_png, task_points
-from leaderboard.render import (
-    FOOTNOTE,
-    Column,
-    columns,
-    default_schema,
-    family_table,
-    group_rows,
-    released_note,
-    sort_rows,
-    task_groups,
-)
+from leaderboard.render import FOOTNOTE, Column, columns, default_schema, family_table, released_note, sort_rows
 from leaderboard.samples import samples_sheets
 from leaderboard.schema import Schema
 from leaderboard.variants import mismatch_notes, missing_baseline_note

@@ -9,8 +9,9 @@ import pandas as pd
 
 from leaderboard.aggregate import Aggregates, utility_names
 from leaderboard.formats import fmt_float, fmt_fraction, fmt_seconds, fmt_steps, pruned_text, ratio_text
+from leaderboard.groups import group_rows, task_groups
 from leaderboard.ratios import METHOD
-from leaderboard.render import family_table, group_rows, released_note, task_groups
+from leaderboard.render import family_table, released_note
 from leaderboard.utility import task_bound
 from leaderboard.variants import mismatch_notes, missing_baseline_note
 

@@ -43,48 +43,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def set_threads(threads: int | None, tiers: set[str]) -> int | None:
-    """Set torch's intra-op threads for this process (its workers get the same); returns the number set, if any.
-
-    Default: 1 when every tier is tiny — tiny models gain nothing from a second thread, and on a busy machine the
-    spin-waiting of several threads made each step up to 100x slower (measured); torch's choice otherwise.
-    """
-    if threads is None:
-        threads = 1 if tiers == {"tiny"} else None
-    if threads is None:
-        return None
-    if threads < 1:
-        from bench.errors import ConfigError
-
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-    return threads
-
-
-def executor_for(args: argparse.Namespace, session, request_tier: str, threads: int | None):
-    """The executor the command line asks for, with the worker options every run shares."""
-    from bench.errors import ConfigError
-    from bench.exec.executors import EngineOptions, make_executor
-    from bench.exec.worker import WorkerOptions
-
-    options = WorkerOptions(results_dir=str(session.results_dir), cache_root=str(session.cache.root),
-                            device=session.device, threads=threads, plugins=tuple(args.plugin),
-                            official=session.official, allow_function_drift=session.allow_function_drift)
-    params = []
-    for item in args.slurm_param:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--slurm-param must be KEY=VALUE, got {item!r}")
-        params.append((key.strip(), value))
-    engine = EngineOptions(address=args.address, partition=args.partition, gpus_per_run=args.gpus_per_run,
-                           cpus_per_run=args.cpus_per_run, time_limit=args.time_limit, mem_gb=args.mem,
-                           slurm_params=tuple(params))
-    return make_executor(args.executor, session, options, tier=request_tier, jobs=args.jobs,
-                         isolation=args.isolation, run_timeout=args.run_timeout, engine=engine)
-
-
 def main(args: argparse.Namespace) -> int:
     from bench.cli.sweep import print_code_changes
     from bench.exec.suite_run import run_suite
@@ -100,11 +58,11 @@ def main(args: argparse.Namespace) -> int:
                             baseline=args.baseline, refine=args.refine, search=args.search)
     if args.exhaustive:
         request = dataclasses.replace(request, exhaustive=True)
-    threads = set_threads(args.threads, {request.tier})
+    threads = flags.set_threads(args.threads, {request.tier})
     session = Session(results_dir=args.results, official=not args.dev, device=args.device,
                       allow_function_drift=args.allow_function_drift, progress=not args.quiet)
     resolve_device(args.device, request.tier)  # a bad or unavailable --device stops here, before any model is built
-    executor = executor_for(args, session, request.tier, threads)
+    executor = flags.executor_for(args, session, request.tier, threads)
     start = time.perf_counter()
     try:
         report = run_suite(request, session, executor=executor, resume=args.resume, allow_stale=args.allow_stale)

@@ -8,7 +8,6 @@ import sys
 import time
 
 from bench.cli import flags
-from bench.cli.run import executor_for, set_threads
 
 EPILOG = """examples:
   bench sweep experiments/sweeps/readme-vision-digits.yaml --dry-run     # every run, and which are done
@@ -118,7 +117,7 @@ def run_planned(sweep_plan, args: argparse.Namespace, execute):
     from bench.run.stages import Session
 
     tiers = {planned.request.tier for planned in sweep_plan.suites}
-    threads = set_threads(args.threads, tiers)
+    threads = flags.set_threads(args.threads, tiers)
     for tier in sorted(tiers):
         resolve_device(args.device, tier)  # a bad or unavailable --device stops here, before any model is built
 
@@ -132,7 +131,7 @@ def run_planned(sweep_plan, args: argparse.Namespace, execute):
 
     try:
         return execute(make_session=make_session, on_suite=announce, allow_stale=args.allow_stale,
-                       make_executor=lambda session, tier: executor_for(args, session, tier, threads))
+                       make_executor=lambda session, tier: flags.executor_for(args, session, tier, threads))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)

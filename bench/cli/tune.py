@@ -8,7 +8,6 @@ import math
 import sys
 
 from bench.cli import flags
-from bench.cli.run import executor_for, set_threads
 
 EPILOG = """examples:
   bench tune --defense ga-retain --task vision-digits                     # the declared search space
@@ -100,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
     check_spec(spec)  # bad input stops here, before any model is built
     if args.dry_run:
         return print_dry_run(spec, args.results)
-    threads = set_threads(args.threads, {spec.tier})
+    threads = flags.set_threads(args.threads, {spec.tier})
     resolve_device(args.device, spec.tier)
 
     def make_session() -> Session:
@@ -113,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     command = tune_command(spec)
     try:
         tuning = run_tuning(spec, make_session, on_suite=announce, command=command,
-                            make_executor=lambda session, tier: executor_for(args, session, tier, threads))
+                            make_executor=lambda session, tier: flags.executor_for(args, session, tier, threads))
     except KeyboardInterrupt:
         print(f"\ninterrupted: completed runs are kept in {args.results}/; run the same command again to resume.",
               file=sys.stderr)

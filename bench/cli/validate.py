@@ -34,8 +34,8 @@ def _validate(path: str | Path) -> str:
     """Bind every config of the file (raising a BenchError with every error found); describe what it would run."""
     from bench.core.yaml_dataclass import read_mapping
     from bench.errors import ConfigError
-    from bench.plan.experiment import TOP_LEVEL_KEYS, validate_experiment
-    from bench.plan.sweep import is_sweep, plan_file
+    from bench.plan.experiment import TOP_LEVEL_KEYS, is_sweep, validate_experiment
+    from bench.plan.sweep import plan_file
 
     if is_sweep(read_mapping(path, "config file", TOP_LEVEL_KEYS)):
         sweep_plan = plan_file(path)

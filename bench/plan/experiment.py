@@ -51,11 +51,18 @@ class ExperimentFile:
     search: Literal["grid", "lr-search"] | None = None
 
 
+SWEEP_MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
+"""A YAML file with any of these (plural) keys is a sweep file (:mod:`bench.plan.sweep`), not an experiment."""
+
+
+def is_sweep(data: Mapping[str, Any]) -> bool:
+    """Whether a YAML file's top-level mapping is a sweep file rather than an experiment."""
+    return any(key in data for key in SWEEP_MARKER_KEYS)
+
+
 def load_experiment(path: str | Path) -> ExperimentFile:
     """An experiment file (:class:`ExperimentFile`); every unknown key, ill-typed value and malformed plugin entry
     at once, and a sweep file given by mistake, are ConfigErrors."""
-    from bench.plan.sweep import is_sweep  # imported here: bench.plan.sweep builds on this module
-
     data = read_mapping(path, "config file", TOP_LEVEL_KEYS)
     if is_sweep(data):
         raise ConfigError(f"{path} is a sweep file (it has tasks:/defenses:), not an experiment: run it with "

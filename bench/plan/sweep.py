@@ -36,21 +36,15 @@ from bench.core.applicability import NotApplicableError
 from bench.core.spec import RunSpec, resolve_plugin
 from bench.core.yaml_dataclass import collect, read_mapping
 from bench.errors import BenchError, ConfigError
-from bench.plan.experiment import SEARCHES, parse_seeds
+from bench.plan.experiment import SEARCHES, is_sweep, parse_seeds
 from bench.plan.planner import Planner
 from bench.plan.request import SuiteRequest
 from bench.registry import ATTACKS, DEFENSES, TASKS
 
 SWEEP_KEYS = ("tasks", "tiers", "defenses", "attacks", "seeds", "model", "baseline", "refine", "search",
               "exhaustive")
-MARKER_KEYS = ("tasks", "tiers", "defenses", "attacks")
 DEFAULT_SUITE = "default"
 """The attack entry that stands for each task's default attack suite."""
-
-
-def is_sweep(data: Mapping[str, Any]) -> bool:
-    """Whether a YAML file's top-level mapping is a sweep file (it has a plural key) rather than an experiment."""
-    return any(key in data for key in MARKER_KEYS)
 
 
 @dataclass(frozen=True, kw_only=True)
