@@ -119,3 +119,27 @@ def test_a_dry_run_lists_a_completed_run_of_other_code_as_stale(tmp_path, isolat
                                                   "fingerprint": fp}, results.to_table({"run_id": run.run_id}, []))
     states = run_states(tmp_path, [spec.run_id, other.run_id], {s.run_id: s for s in (spec, other)})
     assert states == {spec.run_id: "done", other.run_id: "stale"}
+
+
+def test_a_tuned_preset_is_config_not_code_of_its_defense_package(tmp_path, monkeypatch):
+    """Writing ``defenses/tuned/<d>.yaml`` (``bench tune --write-preset``) must not make every built-in defense's
+    results and stages stale: the presets folder is left out of the package's digest, the package's code is not."""
+    package = tmp_path / "mydefs"
+    (package / "tuned").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("X = 1\n")
+    (package / "noop.py").write_text(PLUGIN.replace("my-noop", "my-noop-packaged"))
+    (package / "tuned" / "my-noop-packaged.yaml").write_text("tuned-x:\n  args: {}\n")
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(package / "tuned"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bench.registry import REGISTRIES
+    state = REGISTRIES["defenses"].snapshot()
+    try:
+        import importlib
+        cls = importlib.import_module("mydefs.noop").Noop
+        root, files = fingerprint.plugin_files(cls)
+        assert {p.relative_to(root).as_posix() for p in files} == {"__init__.py", "helper.py", "noop.py"}
+    finally:
+        REGISTRIES["defenses"].restore(state)
+        sys.modules.pop("mydefs.noop", None)
+        sys.modules.pop("mydefs", None)

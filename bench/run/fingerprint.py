@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.core.tuning_presets import tuned_dir
+
 if TYPE_CHECKING:
     from bench.core.spec import RunSpec
 
@@ -69,7 +71,11 @@ def plugin_files(cls: type) -> tuple[Path, list[Path]] | None:
         return None
     folder = file.parent
     if "." in cls.__module__:  # part of a package: its helpers (defenses/_spectral.py) and data files count too
-        return folder, sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder)))
+        # Tuned presets (defenses/tuned/) are configs, not code: a run's config hash already holds a preset's values,
+        # and writing one preset must not make every defense's results and stages stale.
+        presets = tuned_dir().resolve()
+        return folder, sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p.relative_to(folder))
+                              and not p.resolve().is_relative_to(presets))
     return folder, [file]
 
 
