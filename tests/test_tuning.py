@@ -155,3 +155,12 @@ def test_budget_curve_mode_trains_at_multiples_of_todays_steps(tmp_path):
     fig = budget_figure(points, "vision-digits")
     assert len(fig.axes) == 2 and fig.axes[0].get_lines()
     assert budget_figure(points, "sd-style") is None
+
+
+def test_tuned_presets_live_in_the_checkouts_defenses_folder(monkeypatch):
+    """Without the override, ``--write-preset`` writes beside the built-in defenses, where the registry reads."""
+    from pathlib import Path
+
+    from bench.core.tuning_presets import tuned_dir
+    monkeypatch.delenv("BENCH_TUNED_PRESETS", raising=False)
+    assert tuned_dir() == Path(__file__).resolve().parents[1] / "defenses" / "tuned"

@@ -34,7 +34,7 @@ PRESET_KEYS = ("args", "task", "tier", "command", "tuning", "selected_from")
 def tuned_dir() -> Path:
     """Where tuned presets live: ``$BENCH_TUNED_PRESETS`` when set (tests), else the checkout's defenses/tuned/."""
     override = os.environ.get("BENCH_TUNED_PRESETS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "defenses" / "tuned"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "defenses" / "tuned"
 
 
 def preset_file(defense: str) -> Path:
