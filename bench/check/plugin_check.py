@@ -3,7 +3,8 @@
 A plugin author runs ``bench check --plugin my.py`` before any measurement. It imports the file, finds what it
 registered (new names, or names it replaced with ``override=True``), runs each plugin kind's checks and reports every
 check: what passed, or why it failed. Every check runs even after one fails, so one call lists every problem. A task
-also gets the built-in baselines that can run on it (:mod:`bench.check.task_support`), which is information, not a failure.
+also gets the built-in baselines that can run on it (:mod:`bench.check.task_support`): one of another setting or
+missing a part of the view is information; one that applies and fails with another error fails the check.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence
 
 
 def _baselines(task: str, cache) -> list[str]:
-    from bench.check.task_support import baseline_fits, describe_fits
+    from bench.check.task_support import baseline_fits, check_fits
 
-    return describe_fits(baseline_fits(task, cache))
+    return check_fits(baseline_fits(task, cache))
 
 
 def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),
