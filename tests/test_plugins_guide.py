@@ -59,6 +59,16 @@ def test_the_examples_pass_bench_check(plugin_files, capsys):
     assert "ok    defense harm-ascent: on my-blobs's defender view" in out
     assert "ok    attack sign-sgd: monitor protocol on my-blobs" in out
     assert "8 check(s) passed, 0 failed" in out and "FAIL" not in out
+    # the guide's sample output of `bench check --plugin docs/examples/my_task.py` is what the command prints today
+    # (timings aside; its header and count lines are those of a check of that file alone)
+    sample = GUIDE.read_text().split("$ bench check --plugin docs/examples/my_task.py\n")[1].split("```")[0]
+    shown = [line for line in sample.splitlines()
+             if line.strip() != "..." and not line.startswith(("checking ", "3 check(s) passed"))]
+    assert len(shown) >= 15
+    timeless = lambda text: re.sub(r"\(\d+\.\d s\)", "(_ s)", text)  # noqa: E731
+    printed = set(timeless(out).splitlines())
+    for line in shown:
+        assert timeless(line) in printed, f"the guide shows a line bench check no longer prints: {line!r}"
 
 
 def test_the_examples_run_end_to_end(plugin_files, tmp_path, capsys):
