@@ -346,3 +346,20 @@ def test_bench_check_fails_a_task_on_which_the_applicable_baselines_crash(plugin
     assert re.search(r"none: FAILS: TypeError: .* \(at .*broken_blobs\.py:\d+, in reference_outputs\)", out), out
     assert re.search(r"imma: cannot run: not applicable", out), out
     assert "2 check(s) passed, 1 failed" in out
+
+
+def test_a_failure_reason_names_the_plugins_line_not_the_harness(tmp_path):
+    """An error raised inside the harness on the plugin's behalf (here bench.config.check) is reported at the plugin's
+    own line, the one its author can fix."""
+    import importlib.util
+
+    from bench.check.reasons import reason
+
+    path = tmp_path / "validating.py"
+    path.write_text("from bench.config import check\n\n\ndef validate():\n    check(False, 'lr must be positive')\n")
+    spec = importlib.util.spec_from_file_location("validating_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(Exception) as caught:
+        module.validate()
+    assert reason(caught.value) == f"ConfigError: lr must be positive (at {path}:5, in validate)"

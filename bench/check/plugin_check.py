@@ -9,15 +9,14 @@ missing a part of the view is information; one that applies and fails with anoth
 
 from __future__ import annotations
 
-import sysconfig
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.check.reasons import reason
 from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, REGISTRIES, TASKS, load_plugin
 
@@ -125,19 +124,3 @@ def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),
             if on_outcome is not None:
                 on_outcome(outcome)
     return outcomes
-
-
-def reason(err: BaseException) -> str:
-    """Why a check failed: the assertion's message; for another error its type, message and the innermost line of
-    code outside the harness and torch that raised it (the plugin's own line, where it is one)."""
-    if isinstance(err, AssertionError) and str(err):
-        return str(err)
-    text = f"{type(err).__name__}: {err}"
-    root = Path(__file__).resolve().parent.parent
-    skipped = [root / package for package in ("bench", "attacks", "defenses", "tasks")]
-    skipped += [Path(p).resolve() for key, p in sysconfig.get_paths().items() if key in ("stdlib", "purelib", "platlib")]
-    for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        path = Path(frame.filename).resolve()
-        if not any(folder == path or folder in path.parents for folder in skipped):
-            return f"{text} (at {frame.filename}:{frame.lineno}, in {frame.name})"
-    return text

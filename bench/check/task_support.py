@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.check.reasons import reason
 from bench.errors import PluginError
 from bench.registry import DEFENSES, TASKS
 
@@ -104,8 +105,6 @@ def states_a_need(err: BaseException, defense: type) -> bool:
 
 def crash_reason(err: BaseException) -> str:
     """The error's first line, naming the plugin's own line of code where it raised (as ``bench check`` does)."""
-    from bench.check.plugin_check import reason
-
     return reason(err).splitlines()[0]
 
 
