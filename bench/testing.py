@@ -127,8 +127,9 @@ def check_defense(name: str, tmp_path: Path) -> list[str]:
 def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
     """The tiny tier builds, probes (its harm alone too, where offered) and evaluates, its default attack suite is
     made of valid specs, its defender view keeps its contract; with ``baselines``, also which built-in defenses run
-    on it and why the others cannot (:func:`bench.check.task_support.baseline_fits`: informational, a task need not serve
-    every baseline)."""
+    on it and why the others cannot (:func:`bench.check.task_support.baseline_fits`): a baseline of another setting or
+    one that names a part of the view the task lacks is information (a task need not serve every baseline); one that
+    applies and fails with another error fails the check (:func:`bench.check.task_support.check_fits`)."""
     from bench.core.spec import make_spec
 
     task_cls = TASKS.get(name)
@@ -156,9 +157,9 @@ def check_task(name: str, cache, *, baselines: bool = True) -> list[str]:
                f"default attack suite: {len(task_cls().default_attacks(cfg, 'tiny'))} families, valid specs"]
     passed += check_defender_view(name, instance)
     if baselines:
-        from bench.check.task_support import baseline_fits, describe_fits
+        from bench.check.task_support import baseline_fits, check_fits
 
-        passed += describe_fits(baseline_fits(name, cache))
+        passed += check_fits(baseline_fits(name, cache))
     return passed
 
 

@@ -59,6 +59,16 @@ def test_the_examples_pass_bench_check(plugin_files, capsys):
     assert "ok    defense harm-ascent: on my-blobs's defender view" in out
     assert "ok    attack sign-sgd: monitor protocol on my-blobs" in out
     assert "8 check(s) passed, 0 failed" in out and "FAIL" not in out
+    # the guide's sample output of `bench check --plugin docs/examples/my_task.py` is what the command prints today
+    # (timings aside; its header and count lines are those of a check of that file alone)
+    sample = GUIDE.read_text().split("$ bench check --plugin docs/examples/my_task.py\n")[1].split("```")[0]
+    shown = [line for line in sample.splitlines()
+             if line.strip() != "..." and not line.startswith(("checking ", "3 check(s) passed"))]
+    assert len(shown) >= 15
+    timeless = lambda text: re.sub(r"\(\d+\.\d s\)", "(_ s)", text)  # noqa: E731
+    printed = set(timeless(out).splitlines())
+    for line in shown:
+        assert timeless(line) in printed, f"the guide shows a line bench check no longer prints: {line!r}"
 
 
 def test_the_examples_run_end_to_end(plugin_files, tmp_path, capsys):
@@ -284,3 +294,72 @@ def test_bench_check_runs_each_plugin_on_the_tasks_it_applies_to(plugin_files, t
     assert {("harm-ascent", "on vision-digits's defender view"), ("harm-ascent", "on my-blobs's defender view")} <= labels
     with pytest.raises(ConfigError, match="chat-only.*applies to none of the tasks given"):
         plan_checks(plugins, cache, tmp_path, tasks=["vision-digits"])
+
+
+def test_the_example_task_caches_its_released_model(plugin_files, tmp_path):
+    """The guide's worked use of `Cache.get_or_build`: the released model is trained once per key (every config value
+    it depends on), read back bit for bit on the next build, and a changed release config trains another one."""
+    import torch
+
+    from bench.cache import Cache
+    from bench.config import build_config
+    from bench.registry import TASKS, load_plugin
+
+    load_plugin(EXAMPLES / "my_task.py")
+    cls, cache = TASKS.get("my-blobs"), Cache(tmp_path / "cache")
+
+    def build(**args):
+        cfg = build_config(cls.Config, {"release_steps": 20, **args}, where="test")
+        return cls().build(cfg, tier="tiny", model=None, cache=cache, device=torch.device("cpu"))
+
+    first, again = build(), build()
+    entries = sorted(p.parent.relative_to(cache.root).as_posix() for p in cache.root.rglob(".complete"))
+    assert entries == ["my-blobs/tiny/v1/dim16-hidden32-per64-steps20"]
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert not first.model.training
+    other = build(release_steps=21)  # another recipe: another entry, another model
+    assert len(list(cache.root.rglob(".complete"))) == 2
+    assert not torch.equal(other.model.state_dict()["net.0.weight"], first.model.state_dict()["net.0.weight"])
+    # the released model is one artefact: the global RNG's state before the build does not change it
+    torch.manual_seed(123)
+    fresh = cls().build(build_config(cls.Config, {"release_steps": 20}, where="test"), tier="tiny", model=None,
+                        cache=Cache(tmp_path / "other-cache"), device=torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.model.state_dict().values(), first.model.state_dict().values()))
+
+
+def test_bench_check_fails_a_task_on_which_the_applicable_baselines_crash(plugin_files, tmp_path, capsys):
+    """A baseline that applies to a task but fails on it with the task's own error is a failed check naming the error
+    and the task's line (0 of 9 baselines running is not 'ok'); baselines of other settings stay information."""
+    source = (EXAMPLES / "my_task.py").read_text()
+    good = 'return model(self.splits["eval_benign"][0])'
+    assert source.count(good) == 1 and source.count('"my-blobs"') >= 2
+    path = tmp_path / "broken_blobs.py"
+    path.write_text(source.replace('"my-blobs"', '"broken-blobs"').replace(
+        good, 'return model(*self.splits["eval_benign"])  # a bug: forward gets the labels too'))
+    code = run_cli("check", "--plugin", path)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "ok    task broken-blobs: contract on the tiny tier" in out  # the contract check never calls it
+    assert "FAIL  task broken-blobs: built-in baselines (default configs)" in out
+    assert "9 built-in defense(s) that apply to this task fail on it with an error" in out
+    assert re.search(r"none: FAILS: TypeError: .* \(at .*broken_blobs\.py:\d+, in reference_outputs\)", out), out
+    assert re.search(r"imma: cannot run: not applicable", out), out
+    assert "2 check(s) passed, 1 failed" in out
+
+
+def test_a_failure_reason_names_the_plugins_line_not_the_harness(tmp_path):
+    """An error raised inside the harness on the plugin's behalf (here bench.config.check) is reported at the plugin's
+    own line, the one its author can fix."""
+    import importlib.util
+
+    from bench.check.reasons import reason
+
+    path = tmp_path / "validating.py"
+    path.write_text("from bench.config import check\n\n\ndef validate():\n    check(False, 'lr must be positive')\n")
+    spec = importlib.util.spec_from_file_location("validating_plugin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(Exception) as caught:
+        module.validate()
+    assert reason(caught.value) == f"ConfigError: lr must be positive (at {path}:5, in validate)"

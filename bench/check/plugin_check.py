@@ -3,20 +3,20 @@
 A plugin author runs ``bench check --plugin my.py`` before any measurement. It imports the file, finds what it
 registered (new names, or names it replaced with ``override=True``), runs each plugin kind's checks and reports every
 check: what passed, or why it failed. Every check runs even after one fails, so one call lists every problem. A task
-also gets the built-in baselines that can run on it (:mod:`bench.check.task_support`), which is information, not a failure.
+also gets the built-in baselines that can run on it (:mod:`bench.check.task_support`): one of another setting or
+missing a part of the view is information; one that applies and fails with another error fails the check.
 """
 
 from __future__ import annotations
 
-import sysconfig
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.check.reasons import reason
 from bench.errors import BenchError, ConfigError
 from bench.registry import ATTACKS, DEFENSES, REGISTRIES, TASKS, load_plugin
 
@@ -104,9 +104,9 @@ def plan_checks(plugins: Sequence[Plugin], cache, workdir: Path, tasks: Sequence
 
 
 def _baselines(task: str, cache) -> list[str]:
-    from bench.check.task_support import baseline_fits, describe_fits
+    from bench.check.task_support import baseline_fits, check_fits
 
-    return describe_fits(baseline_fits(task, cache))
+    return check_fits(baseline_fits(task, cache))
 
 
 def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),
@@ -124,19 +124,3 @@ def run_checks(plugins: Sequence[Plugin], cache, tasks: Sequence[str] = (),
             if on_outcome is not None:
                 on_outcome(outcome)
     return outcomes
-
-
-def reason(err: BaseException) -> str:
-    """Why a check failed: the assertion's message; for another error its type, message and the innermost line of
-    code outside the harness and torch that raised it (the plugin's own line, where it is one)."""
-    if isinstance(err, AssertionError) and str(err):
-        return str(err)
-    text = f"{type(err).__name__}: {err}"
-    root = Path(__file__).resolve().parent.parent
-    skipped = [root / package for package in ("bench", "attacks", "defenses", "tasks")]
-    skipped += [Path(p).resolve() for key, p in sysconfig.get_paths().items() if key in ("stdlib", "purelib", "platlib")]
-    for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        path = Path(frame.filename).resolve()
-        if not any(folder == path or folder in path.parents for folder in skipped):
-            return f"{text} (at {frame.filename}:{frame.lineno}, in {frame.name})"
-    return text
