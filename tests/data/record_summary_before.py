@@ -1,9 +1,14 @@
 """Record run summaries of fixed-seed runs (tests/data/summary_before.json, recorded from main at e28d317, before
 RunSummary): `python tests/data/record_summary_before.py tests/data/summary_before.json`. tests/test_summary.py runs the
 same cases and compares."""
-import dataclasses, json, sys, tempfile
+import dataclasses
+import json
+import sys
+import tempfile
 from pathlib import Path
+
 import pyarrow.parquet as pq
+
 from bench.cache import Cache
 from bench.runner import Session, run
 from bench.spec import make_spec
