@@ -8,11 +8,13 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 
 from bench.cache import Cache
 from bench.runner import Session, run
 from bench.spec import make_spec
 
+torch.set_num_threads(1)  # as tests/conftest.py: float sums depend on the thread count
 FAST = {"curvature_iters": 0, "bootstrap": 100}
 def spec(defense="none", attack_args=None, purpose="attack"):
     return make_spec(task="vision-digits", defense=defense, attack="full-ft", seed=0, task_args=FAST,
