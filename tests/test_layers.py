@@ -29,7 +29,7 @@ PLUGINS = ("tasks", "defenses", "attacks")
 
 READABLE = {"bench.errors", "bench.config", "bench.yaml_dataclass", "bench.registry", "bench.contracts",
             "bench.spec", "bench.metrics", "bench.results", "bench.images", "bench.lr_grid", "bench.claims_file",
-            "bench.tuning_record"}
+            "bench.tuning_record", "bench.summary"}
 """What of ``bench`` the leaderboard may import: errors, configs, the registry (a task's declared utility bound and
 defaults, resolved lazily), the spec's labels, the metrics and the result and record readers."""
 ENGINE_PREFIXES = ("bench.runner", "bench.stages", "bench.planner", "bench.suite", "bench.sweep", "bench.sweep_run",

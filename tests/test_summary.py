@@ -229,3 +229,17 @@ def test_cost_falls_back_to_rebuilt_waves_for_rows_without_one():
     })
     order = cost.trial_order(rows.iloc[::-1])  # no ``wave`` column at all: rows written before waves were
     assert list(order["run_id"]) == ["p", "f", "r"]
+
+
+def test_an_executor_reads_a_summary_it_cannot_type_back_as_a_corrupt_run(tmp_path):
+    from bench.executors.shared import read_back
+    from bench.results import METRICS, RUN_JSON
+
+    spec = _spec()
+    run_dir = tmp_path / spec.run_id
+    run_dir.mkdir()
+    pd.DataFrame({"x": [1.0]}).to_parquet(run_dir / METRICS)
+    (run_dir / RUN_JSON).write_text(json.dumps({"status": "success", "summary": {"steps_to_harm": 1, "v": 2}}))
+    record = read_back(spec, run_dir / RUN_JSON)
+    assert record is not None and record.status == "failed" and record.summary == RunSummary()
+    assert record.error == "RunCorrupt: run summary: unknown key 'v'"

@@ -83,7 +83,10 @@ def read_back(spec: RunSpec, run_json: Path, *, wait: float = 0.0) -> RunRecord 
         time.sleep(0.5)
     done = successful_run(run_json.parent)
     if done is not None:
-        return RunRecord(spec, "success", RunSummary.from_json(done.get("summary")), None)
+        try:
+            return RunRecord(spec, "success", RunSummary.from_json(done.get("summary")), None)
+        except DataError as err:  # written by other code: no result this code can use; resume reruns it
+            return RunRecord(spec, "failed", RunSummary(), f"RunCorrupt: {err}")
     try:
         info = read_run_json(run_json.parent)
     except DataError as err:
