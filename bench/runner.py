@@ -365,7 +365,7 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
     directory = session.results_dir / spec.run_id
     rows.append(results.metric_row("summary", "wall_seconds", wall))
     if spec.wave is not None:  # the attacker's order of trials (leaderboard.cost) reads it
-        rows.append(results.metric_row("summary", "wave", spec.wave, split=spec.wave_kind))
+        rows.append(results.metric_row("summary", "wave", spec.wave, split=spec.wave_kind or ""))
     # what the leaderboard keys rows by besides the task's name: never pool different suites or task settings
     rows.append(results.metric_row("released", "suite", None, split=spec.suite))
     settings = json.dumps(task_cfg, sort_keys=True, default=str)

@@ -136,7 +136,7 @@ def test_a_task_that_offers_harm_alone_replays_to_the_same_step_probing_less(tmp
     screened = _run(tmp_path / "screened", cache, eval_every=5, **HARMS).summary
     assert plain.outcome == "harmed" and plain.crossing_resolution == 1 and plain.replay_steps > 1
     timing = {"attack_seconds", "probe_seconds", "replay_seconds", "snapshot_seconds"}
-    assert {k: v for k, v in screened.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
+    assert {k: v for k, v in screened.to_json().items() if k not in timing} == {k: v for k, v in plain.to_json().items() if k not in timing}
     assert len(screened_calls) == screened.replay_steps  # every replayed step screened first
     frames = {name: read_metrics(tmp_path / name).to_pandas() for name in ("plain", "screened")}
     frames = {name: df[~df["metric"].str.endswith("seconds")] for name, df in frames.items()}

@@ -25,8 +25,8 @@ from bench.registry import load_plugin
 from bench.results import completed_run_ids, read_run_json
 from bench.runner import Session
 from bench.spec import make_spec
-from bench.summary import RunSummary
 from bench.suite import SuiteRequest, run_suite
+from bench.summary import RunSummary
 from bench.worker import WorkerOptions
 
 FAST = {"budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 0}

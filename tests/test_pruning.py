@@ -11,8 +11,8 @@ from bench.planner import RunRecord
 from bench.pruning import Bounds, utility_tables
 from bench.runner import Session, run
 from bench.spec import RunSpec, make_spec
-from bench.summary import RunSummary, UtilityStanding
 from bench.suite import SuiteRequest, run_suite
+from bench.summary import RunSummary, UtilityStanding
 
 FAST = {"curvature_iters": 0, "bootstrap": 0}
 

@@ -15,8 +15,8 @@ from bench.registry import ATTACKS, DEFENSES
 from bench.results import SCHEMA, read_metrics
 from bench.runner import Session, run
 from bench.spec import make_spec
-from bench.summary import RunSummary
 from bench.suite import SuiteRequest, best_probe_lrs, refinement, run_suite
+from bench.summary import RunSummary
 
 FAST = {"curvature_iters": 0, "bootstrap": 100}
 

@@ -17,8 +17,8 @@ from bench.errors import DataError
 from bench.results import read_run_json, run_directories
 from bench.runner import Session, run
 from bench.spec import make_spec
-from bench.summary import ATTACK_FIELDS, RunSummary, UtilityStanding
 from bench.suite import SuiteRequest, run_suite
+from bench.summary import ATTACK_FIELDS, RunSummary, UtilityStanding
 
 BEFORE = json.loads((Path(__file__).parent / "data" / "summary_before.json").read_text())
 """Summaries of fixed-seed runs recorded by tests/data/record_summary_before.py from main, before RunSummary."""
