@@ -171,7 +171,7 @@ def test_the_attack_record_is_written_whole_and_the_rest_only_when_set():
     assert standing == {"retained_after_attack": None, "within_utility_bound": None}
 
 
-def test_every_run_of_a_short_sweep_validates_and_records_its_wave(tmp_path, cache, monkeypatch):
+def test_every_run_of_a_short_sweep_validates_and_records_its_wave(tmp_path, cache, monkeypatch, capsys):
     """An LR search (probes, full runs, refinement) and a grid, on two defenses; every run.json validates through
     RunSummary.from_json, records the wave the planner gave it, and the attacker's trial order reads it."""
     from bench.contracts import AttackSweep
@@ -203,6 +203,12 @@ def test_every_run_of_a_short_sweep_validates_and_records_its_wave(tmp_path, cac
     assert seen == {"probe", "full", "refinement"}
     records = {r.spec.run_id: r for r in report.records}
     assert all(r.summary.wave == r.spec.wave for r in records.values())
+    refined = next(r for r in records.values() if r.summary.wave_kind == "refinement" and r.family == "adam")
+    from bench.cli import main
+
+    capsys.readouterr()
+    assert main(["show", refined.spec.run_id, "--results", str(tmp_path)]) == 0
+    assert "planned in wave 1 of its attack family (refinement)" in capsys.readouterr().out
 
     runs = aggregate.load_runs(aggregate.load_metrics(tmp_path))
     assert runs["wave"].notna().all()
