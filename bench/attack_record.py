@@ -1,7 +1,8 @@
-"""What the runner records of one attack run: its summary (run.json) and its metric rows (metrics.parquet).
+"""What the runner records of one attack run: its summary (run.json, a :class:`~bench.summary.RunSummary` built by
+:func:`bench.summary.build_summary`) and its metric rows (metrics.parquet).
 
 Kept apart from :mod:`bench.runner` so that an attacked run and a run on an already-harmful model (never attacked)
-write the same summary fields, and the runner stays a sequence of stages.
+write the same summary fields and rows, and the runner stays a sequence of stages.
 
 Fields beyond the curve's (see :class:`~bench.metrics.AttackMetrics`): ``steps_to_harm_grid`` and
 ``crossing_resolution`` (1 when ``steps_to_harm`` is exact, else the probe interval), their raw twins,

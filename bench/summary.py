@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
 from collections.abc import Mapping
@@ -228,8 +227,3 @@ def _typed(name: str, value: Any) -> Any:
             return value
     expected = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
     raise DataError(f"run summary: {name!r} must be {expected}, got {value!r}")
-
-
-def is_nan(value: float | None) -> bool:
-    """Whether a recorded float is missing or NaN."""
-    return value is None or math.isnan(value)

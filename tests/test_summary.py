@@ -249,3 +249,26 @@ def test_an_executor_reads_a_summary_it_cannot_type_back_as_a_corrupt_run(tmp_pa
     record = read_back(spec, run_dir / RUN_JSON)
     assert record is not None and record.status == "failed" and record.summary == RunSummary()
     assert record.error == "RunCorrupt: run summary: unknown key 'v'"
+
+
+def test_a_model_harmful_from_the_start_is_summarised_by_the_same_builder(tmp_path, cache, monkeypatch):
+    """Not attacked: the same attack record as an attacked run (the fields drifted when it had its own builder),
+    the replay fields None (nothing was trained) and no replay rows in metrics.parquet."""
+    from tasks.vision.common import ClassificationInstance
+
+    monkeypatch.setattr(ClassificationInstance, "already_harmful", lambda self, evaluation, probe: "says so (test)")
+    spec = make_spec(task="vision-digits", defense="none", attack="full-ft", seed=0,
+                     task_args={**FAST, "bootstrap": 101},  # its own stages: the harm check runs when they are built
+                     attack_args={"optimizer": "adam", "lr": 1e-2, "budget": 20})
+    result = run(spec, Session(tmp_path, cache, progress=False))
+    info = read_run_json(tmp_path / spec.run_id)
+    summary = result.summary
+    assert result.status == "success" and summary.outcome == "harmed" and summary.steps_to_harm == 0
+    assert summary.already_harmful == summary.released_already_harmful == "says so (test)"
+    assert (summary.replay_steps, summary.replay_seconds, summary.params_trained) == (None, None, 0)
+    assert set(info["summary"]) == {*ATTACK_FIELDS, "already_harmful", "released_already_harmful"}
+    assert _text(RunSummary.from_json(info["summary"]).to_json()) == _text(info["summary"])
+    df = pq.read_table(tmp_path / spec.run_id / "metrics.parquet").to_pandas()
+    metrics = set(df[df["phase"] == "summary"]["metric"])
+    assert {"steps_to_harm", "steps_run", "params_trained", "already_harmful"} <= metrics
+    assert not metrics & {"replay_steps", "replay_seconds", "snapshot_seconds"}
