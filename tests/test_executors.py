@@ -117,6 +117,9 @@ def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, cache):
     assert sorted(sequential.run_ids) == sorted(parallel.run_ids) and not parallel.failed
     for run_id in sequential.run_ids:
         assert _values(tmp_path / "one", run_id).equals(_values(tmp_path / "two", run_id)), run_id
+        # the planner's wave travels with the spec to the worker, which records it (a single attack: wave 0, full)
+        summary = read_run_json(tmp_path / "two" / run_id)["summary"]
+        assert (summary["wave"], summary["wave_kind"]) == (0, "full"), run_id
 
 
 def _values(folder, run_id):
