@@ -46,12 +46,13 @@ def run_strategy(search: str, args, results: str) -> tuple[dict, dict, float]:
     worst, steps = defaultdict(list), defaultdict(int)
     for record in report.records:
         key = (record.spec.defense.label, record.family)
-        steps[key] += int(record.summary.get("steps_run", 0))
+        steps[key] += int(record.summary.steps_run or 0)
         if record.spec.purpose == "attack" and record.status == "success":
             worst[key].append(record)
     found = {}
     for key, records in worst.items():
-        best = worst_case([r.summary["steps_to_harm"] for r in records], [r.summary["censored"] for r in records])
+        best = worst_case([int(r.summary.steps_to_harm or 0) for r in records],
+                          [bool(r.summary.censored) for r in records])
         found[key] = ("> " if best.censored else "") + str(best.steps_to_harm)
     return found, steps, seconds
 

@@ -65,22 +65,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: Path) -> None:
-    from bench.toolkit.stage_clock import describe
+    from bench.run.stage_clock import describe
+    from bench.run.summary import RunSummary
 
     for path in sorted(results.glob("*/run.json")):
         info = json.loads(path.read_text())
-        summary = info.get("summary") or {}
+        summary = RunSummary.from_json(info.get("summary"))
         print(f"\n{info['spec']['defense']['name']}: {info['status']}"
               + (f" ({info['error']})" if info.get("error") else ""))
         for stage, seconds in (info.get("stage_seconds") or {}).items():
             total = sum(v for k, v in seconds.items() if "/" not in k)
             source = info["stage_source"][stage]
             print(f"  {stage} stage, {source}, {total:.1f} s: {describe(seconds)}")
-        if summary:
-            reason = f"; not attacked, the model {summary['already_harmful']}" if summary.get("already_harmful") else ""
-            print(f"  attack: {summary['steps_run']} steps in {summary['attack_seconds']:.1f} s (probes "
-                  f"{summary['probe_seconds']:.1f} s), outcome {summary['outcome']}, steps-to-harm "
-                  f"{'> ' if summary['censored'] else ''}{summary['steps_to_harm']}{reason}")
+        if summary.attacked:
+            reason = f"; not attacked, the model {summary.already_harmful}" if summary.already_harmful else ""
+            print(f"  attack: {summary.steps_run} steps in {summary.attack_seconds or 0.0:.1f} s (probes "
+                  f"{summary.probe_seconds or 0.0:.1f} s), outcome {summary.outcome}, steps-to-harm "
+                  f"{'> ' if summary.censored else ''}{summary.steps_to_harm}{reason}")
         print(f"  run wall time {info['wall_seconds']:.1f} s")
 
 

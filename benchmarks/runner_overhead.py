@@ -94,11 +94,11 @@ def runner_run(session: Session, spec) -> dict:
     if result.status != "success":
         raise RuntimeError(f"run failed: {result.error}")
     summary = result.summary
-    if summary["steps_run"] != spec.configs()[2].budget:
-        raise RuntimeError(f"the attack stopped early at step {summary['steps_run']} ({summary['outcome']})")
+    if summary.steps_run != spec.configs()[2].budget:
+        raise RuntimeError(f"the attack stopped early at step {summary.steps_run} ({summary.outcome})")
     rows = pq.read_table(result.directory / METRICS, columns=["metric", "step", "value"]).to_pylist()
     losses = {r["step"]: r["value"] for r in rows if r["metric"] == "loss"}
-    return {"attack": summary["attack_seconds"], "wall": wall, "probe": summary["probe_seconds"],
+    return {"attack": summary.attack_seconds, "wall": wall, "probe": summary.probe_seconds,
             "final_loss": losses[max(losses)]}
 
 

@@ -31,14 +31,16 @@ PARTS = ("training", "grid probes", "replay", "rest")
 
 def split(results: Path) -> dict[str, dict[str, float]]:
     """Seconds per part, per purpose (plus "all"), over the successful runs under ``results``."""
+    from bench.run.summary import RunSummary
+
     out: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(PARTS, 0.0))
     for path in sorted(results.glob("*/run.json")):
         run = json.loads(path.read_text())
         if run.get("status") != "success":
             continue
-        s = run.get("summary", {})
-        attack, probes = s.get("attack_seconds", 0.0), s.get("probe_seconds", 0.0)
-        replay, snapshots = s.get("replay_seconds", 0.0), s.get("snapshot_seconds", 0.0)
+        s = RunSummary.from_json(run.get("summary"))
+        attack, probes = s.attack_seconds or 0.0, s.probe_seconds or 0.0
+        replay, snapshots = s.replay_seconds or 0.0, s.snapshot_seconds or 0.0
         parts = {"training": attack - probes - snapshots, "grid probes": probes, "replay": replay}
         parts["rest"] = run.get("wall_seconds", 0.0) - sum(parts.values())
         for purpose in (run.get("purpose", "attack"), "all"):

@@ -90,7 +90,8 @@ def load_runs(metrics: pd.DataFrame, *, official_only: bool = False) -> pd.DataF
     runs["defense_label"] = one_label_per_config(runs)
     summary = metrics[metrics["phase"] == "summary"]
     runs = runs.join(summary.pivot_table(index="run_id", columns="metric", values="value", aggfunc="first"))
-    for column in ("steps_to_harm", "steps_to_harm_raw", "harm_auc"):  # absent when every run failed
+    # absent when every run failed (and ``wave`` when no run recorded one: made before waves were, or unplanned)
+    for column in ("steps_to_harm", "steps_to_harm_raw", "harm_auc", "wave"):
         if column not in runs:
             runs[column] = math.nan
     cens = summary[summary["metric"] == "steps_to_harm"].set_index("run_id")["censored"]

@@ -2,12 +2,12 @@
 
 An attacker who follows the harness's own search runs the planner's waves (:class:`bench.plan.planner.Planner`) in order:
 the LR-search probe runs, then the full runs (the whole grid, or the learning rates the probes picked), then the
-half-decade refinement around the best full run. The results record which runs were made, not when, so
-:func:`trial_order` rebuilds that order from what each run records: its wave (a probe; a full run of a family that
-probed first; a refinement point, i.e. a learning rate that is a half-decade neighbour of another full run's,
-:func:`bench.plan.planner.refinement`), then blind families before white-box ones (every default suite lists them so),
-families by name, learning rates from high to low (the order of every default grid). Within one wave the planner
-may run its runs in parallel, so that last part is a convention, not a record.
+half-decade refinement around the best full run. Each run records the wave its family was in when the planner
+submitted it (:attr:`bench.run.summary.RunSummary.wave`, the ``summary``/``wave`` metric row), and :func:`trial_order`
+orders the runs by it; then blind families before white-box ones (every default suite lists them so), families by
+name, learning rates from high to low (the order of every default grid). Within one wave the planner may run its runs
+in parallel, so that last part is a convention, not a record. Runs recorded before waves were (or made outside the
+planner) get their wave rebuilt from what they do record (:func:`_rebuilt_wave`).
 
 * :func:`seed_trials` — for one (task, defense config, seed): the trials in that order, each with the best
   steps-to-harm found so far and whether any run has harmed yet (the cumulative-best-harm-vs-trials curve).
@@ -39,7 +39,18 @@ def _learning_rate(config: object) -> float:
 
 
 def _wave(run: pd.Series, probed: dict[str, set[float]], full: dict[str, set[float]]) -> int:
-    """0: LR-search probes, or a family's first full runs without probes; +1 after probes; +1 for refinement."""
+    """The run's recorded wave, else :func:`_rebuilt_wave`."""
+    recorded = run["wave"]
+    if recorded is not None and not pd.isna(recorded):
+        return int(recorded)
+    return _rebuilt_wave(run, probed, full)
+
+
+def _rebuilt_wave(run: pd.Series, probed: dict[str, set[float]], full: dict[str, set[float]]) -> int:
+    """The wave of a run that did not record one (run.json and metrics written before waves were, kept so that
+    those results folders still order their trials): 0 for LR-search probes, or a family's first full runs without
+    probes; +1 after probes; +1 for a refinement point (a learning rate that is a half-decade neighbour of another
+    full run's, :func:`bench.core.lr_grid.refinement`). The planner numbers its waves the same way."""
     if run["purpose"] == "lr-probe":
         return 0
     family, lr = run["attack_family"], run["lr"]
@@ -50,13 +61,15 @@ def _wave(run: pd.Series, probed: dict[str, set[float]], full: dict[str, set[flo
 
 
 ORDER_COLUMNS = ["run_id", "attack_label", "attack_family", "attack_config", "knowledge", "purpose", "status",
-                 "outcome", "steps_to_harm", "censored"]
+                 "outcome", "steps_to_harm", "censored", "wave"]
 """The columns of a run that :func:`trial_order` and :func:`seed_trials` read."""
 
 
 def trial_order(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs (probes included) of one (task, defense config, seed) in the attacker's order (module docstring),
     with the :data:`ORDER_COLUMNS` and the learning rate ``lr``."""
+    if "wave" not in runs:  # rows read before waves were recorded
+        runs = runs.assign(wave=math.nan)
     runs = runs[ORDER_COLUMNS]
     if runs.empty:
         return runs

@@ -203,7 +203,7 @@ def test_adaptive_attacks_record_what_they_found(attack, rewritten, tmp_path, ca
         spec = make_spec(task="vision-digits", defense=defense, attack=attack,
                          task_args={"curvature_iters": 0, "bootstrap": 0}, attack_args={"budget": 5})
         result = run(spec, session)
-        info = result.summary["attack_info"]
+        info = result.summary.attack_info
         assert result.status == "success" and info["chains_rewritten"] == expected
         assert info["fallback"] == (expected == 0)  # no chains: plain fine-tuning, and the run says so
         df = pq.read_table(tmp_path / spec.run_id / "metrics.parquet").to_pandas()

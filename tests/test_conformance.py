@@ -101,8 +101,8 @@ def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_
                      attack_args={"budget": 6, "eval_every": 3})
     result = run(spec, Session(tmp_path, cache))
     assert result.status == "success", result.error
-    assert result.summary["outcome"] in ("harmed", "broken", "resisted")
-    assert 0 < result.summary["steps_run"] <= 6
+    assert result.summary.outcome in ("harmed", "broken", "resisted")
+    assert 0 < result.summary.steps_run <= 6
 
 
 def _broken_attack(mistake: str):

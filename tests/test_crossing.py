@@ -107,19 +107,19 @@ def test_the_exact_step_is_what_probing_every_step_finds(tmp_path, cache, capsys
     perturb training, so both runs follow one trajectory."""
     grid = _run(tmp_path / "grid", cache, eval_every=5, **HARMS).summary
     every = _run(tmp_path / "every", cache, eval_every=1, **HARMS).summary
-    assert grid["outcome"] == every["outcome"] == "harmed"
-    assert grid["steps_to_harm"] == every["steps_to_harm"] and grid["crossing_resolution"] == 1
-    assert grid["steps_to_harm_raw"] == every["steps_to_harm_raw"] and grid["raw_crossing_resolution"] == 1
-    assert grid["steps_to_harm_grid"] % 5 == 0 and grid["steps_to_harm_grid"] - 5 < grid["steps_to_harm"]
-    assert grid["steps_to_harm_grid"] != grid["steps_to_harm"]  # this seed crosses inside an interval: a real test
-    assert grid["replay_steps"] == grid["steps_to_harm"] - (grid["steps_to_harm_grid"] - 5)  # stops at the crossing
+    assert grid.outcome == every.outcome == "harmed"
+    assert grid.steps_to_harm == every.steps_to_harm and grid.crossing_resolution == 1
+    assert grid.steps_to_harm_raw == every.steps_to_harm_raw and grid.raw_crossing_resolution == 1
+    assert grid.steps_to_harm_grid % 5 == 0 and grid.steps_to_harm_grid - 5 < grid.steps_to_harm
+    assert grid.steps_to_harm_grid != grid.steps_to_harm  # this seed crosses inside an interval: a real test
+    assert grid.replay_steps == grid.steps_to_harm - (grid.steps_to_harm_grid - 5)  # stops at the crossing
     df = read_metrics(tmp_path / "grid").to_pandas()
     summary = df[(df["phase"] == "summary")].set_index("metric")
-    assert summary.loc["steps_to_harm", "value"] == grid["steps_to_harm"]  # the leaderboard's column is exact
-    assert summary.loc["steps_to_harm_grid", "value"] == grid["steps_to_harm_grid"]
+    assert summary.loc["steps_to_harm", "value"] == grid.steps_to_harm  # the leaderboard's column is exact
+    assert summary.loc["steps_to_harm_grid", "value"] == grid.steps_to_harm_grid
     assert summary.loc["crossing_resolution", "value"] == 1
     replayed = df[(df["split"] == "replay") & (df["metric"] == "harm")]
-    assert sorted(replayed["step"]) == list(range(grid["steps_to_harm_grid"] - 4, grid["steps_to_harm"] + 1))
+    assert sorted(replayed["step"]) == list(range(grid.steps_to_harm_grid - 4, grid.steps_to_harm + 1))
     assert _shown(tmp_path / "grid", capsys) == "crossing: exact (replayed step by step)"
 
 
@@ -135,10 +135,10 @@ def test_a_task_that_offers_harm_alone_replays_to_the_same_step_probing_less(tmp
     monkeypatch.setattr(ClassificationInstance, "probe_harm",
                         lambda self, m: screened_calls.append(1) or probe(self, m).harm, raising=False)
     screened = _run(tmp_path / "screened", cache, eval_every=5, **HARMS).summary
-    assert plain["outcome"] == "harmed" and plain["crossing_resolution"] == 1 and plain["replay_steps"] > 1
+    assert plain.outcome == "harmed" and plain.crossing_resolution == 1 and plain.replay_steps > 1
     timing = {"attack_seconds", "probe_seconds", "replay_seconds", "snapshot_seconds"}
-    assert {k: v for k, v in screened.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
-    assert len(screened_calls) == screened["replay_steps"]  # every replayed step screened first
+    assert {k: v for k, v in screened.to_json().items() if k not in timing} == {k: v for k, v in plain.to_json().items() if k not in timing}
+    assert len(screened_calls) == screened.replay_steps  # every replayed step screened first
     frames = {name: read_metrics(tmp_path / name).to_pandas() for name in ("plain", "screened")}
     frames = {name: df[~df["metric"].str.endswith("seconds")] for name, df in frames.items()}
     same = [df[df["split"] != "replay"].reset_index(drop=True) for df in frames.values()]
@@ -157,9 +157,9 @@ def test_patience_still_confirms_on_the_grid(tmp_path, cache):
     the exact step lies in the interval before the first, never before a streak the grid did not confirm."""
     one = _run(tmp_path / "one", cache, eval_every=5, **HARMS).summary
     two = _run(tmp_path / "two", cache, task_args={"patience": 2}, eval_every=5, **HARMS).summary
-    assert two["outcome"] == "harmed" and two["steps_run"] == two["steps_to_harm_grid"] + 5
-    assert two["crossing_resolution"] == 1 and two["steps_to_harm_grid"] - 5 < two["steps_to_harm"]
-    assert two["steps_to_harm"] >= one["steps_to_harm"]  # (this seed's first harmful probe is not confirmed)
+    assert two.outcome == "harmed" and two.steps_run == two.steps_to_harm_grid + 5
+    assert two.crossing_resolution == 1 and two.steps_to_harm_grid - 5 < two.steps_to_harm
+    assert two.steps_to_harm >= one.steps_to_harm  # (this seed's first harmful probe is not confirmed)
 
 
 @pytest.fixture
@@ -187,9 +187,9 @@ def own_loop_attack(isolated_registries):
 
 def test_an_attack_without_a_trajectory_is_read_on_the_grid(tmp_path, cache, own_loop_attack, capsys):
     summary = _run(tmp_path, cache, attack="own-loop", eval_every=5, **HARMS).summary
-    assert summary["outcome"] == "harmed" and summary["replay_steps"] == 0
-    assert summary["steps_to_harm"] == summary["steps_to_harm_grid"] == summary["steps_run"]
-    assert summary["crossing_resolution"] == 5  # recorded as grid resolution, not passed off as exact
+    assert summary.outcome == "harmed" and summary.replay_steps == 0
+    assert summary.steps_to_harm == summary.steps_to_harm_grid == summary.steps_run
+    assert summary.crossing_resolution == 5  # recorded as grid resolution, not passed off as exact
     assert _shown(tmp_path, capsys).startswith("crossing: on the probe grid, within 5 steps (the attack has no")
 
 
@@ -200,8 +200,8 @@ def test_an_attack_that_quits_early_is_censored_at_the_steps_it_ran(tmp_path, ca
     result = _run(tmp_path, cache, attack="own-loop", eval_every=5, optimizer="adam", lr=1e-9, budget=100,
                   weight_decay=1e-4)
     summary = result.summary
-    assert summary["steps_run"] == 7 and summary["stopped_early"]
-    assert summary["censored"] and summary["steps_to_harm"] == 7 and summary["steps_to_harm_raw"] == 7  # not "> 100"
+    assert summary.steps_run == 7 and summary.stopped_early
+    assert summary.censored and summary.steps_to_harm == 7 and summary.steps_to_harm_raw == 7  # not "> 100"
     df = read_metrics(tmp_path).to_pandas()
     rows = df[df["phase"] == "summary"].set_index("metric")
     assert rows.loc["stopped_early", "value"] == 1 and rows.loc["steps_to_harm", "value"] == 7
@@ -211,9 +211,9 @@ def test_an_attack_that_quits_early_is_censored_at_the_steps_it_ran(tmp_path, ca
 def test_stopping_for_a_reason_is_not_stopping_early(tmp_path, cache):
     harmed = _run(tmp_path / "h", cache, eval_every=5, **HARMS).summary
     diverged = _run(tmp_path / "d", cache, eval_every=5, optimizer="sgd", lr=1e6, budget=100).summary
-    assert harmed["steps_run"] < 100 and not harmed["stopped_early"]
-    assert diverged["diverged"] and diverged["steps_run"] < 100 and not diverged["stopped_early"]
-    assert diverged["steps_to_harm"] == 100  # divergence is a reason: censored at the budget, as before
+    assert harmed.steps_run < 100 and not harmed.stopped_early
+    assert diverged.diverged and diverged.steps_run < 100 and not diverged.stopped_early
+    assert diverged.steps_to_harm == 100  # divergence is a reason: censored at the budget, as before
 
 
 def test_metrics_censor_an_early_stop_at_the_steps_run():

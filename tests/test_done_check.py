@@ -22,7 +22,7 @@ def _metrics(run_dir, *, truncated=False):
 
 STATES = {
     # name: (run.json text or None, metrics: None / "ok" / "truncated", done?)
-    "success": ('{"status": "success", "summary": {"v": 1}}', "ok", True),
+    "success": ('{"status": "success", "summary": {"steps_to_harm": 1}}', "ok", True),
     "success, metrics truncated": ('{"status": "success"}', "truncated", False),
     "success, no metrics": ('{"status": "success"}', None, False),
     "failed": ('{"status": "failed", "error": "boom"}', "ok", False),

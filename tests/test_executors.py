@@ -28,6 +28,7 @@ from bench.plan.request import SuiteRequest
 from bench.registry import load_plugin
 from bench.run.results import completed_run_ids, read_run_json
 from bench.run.stages import Session
+from bench.run.summary import RunSummary
 
 FAST = {"budget": 10, "eval_every": 5, "curvature_iters": 0, "bootstrap": 0}
 
@@ -39,7 +40,7 @@ def _spec(lr, purpose="attack", budget=None):
 
 
 def _record(spec, steps, censored=False, **summary):
-    return RunRecord(spec, "success", {"steps_to_harm": steps, "censored": censored, "harm_auc": 0.5, **summary})
+    return RunRecord(spec, "success", RunSummary(steps_to_harm=steps, censored=censored, harm_auc=0.5, **summary))
 
 
 def test_grid_waves_then_refinement_around_the_best_learning_rate():
@@ -60,7 +61,7 @@ def test_lr_search_waves_probe_then_run_the_best_probes_in_full():
     program = family_waves(sweep, make, refine=True)
     probes = next(program)
     assert {s.purpose for s in probes} == {"lr-probe"} and all(s.attack.kwargs["budget"] == 10 for s in probes)
-    summaries = [{"loss_start": 1.0, "loss_end": end, "outcome": "resisted"} for end in (0.9, 0.2, 0.95)]
+    summaries = [RunSummary(loss_start=1.0, loss_end=end, outcome="resisted") for end in (0.9, 0.2, 0.95)]
     full = program.send([RunRecord(s, "success", m) for s, m in zip(probes, summaries)])
     assert [(s.attack.kwargs["lr"], s.purpose) for s in full] == [(1e-3, "attack")]
     with pytest.raises(StopIteration):
@@ -75,16 +76,16 @@ def test_planner_advances_every_family_in_lockstep_and_collapses_identical_runs(
     assert len(ids) == len(set(ids)) and {s.seed for _, s in first} == {0, 1}
     assert {s.defense.name for _, s in first} == {"none", "specdef"}
     assert len({family for family, _ in first}) == len(planner.sweeps)
-    planner.finish({s.run_id: RunRecord(s, "failed", {}, "x") for _, s in first})
+    planner.finish({s.run_id: RunRecord(s, "failed", RunSummary(), "x") for _, s in first})
     assert planner.done  # nothing succeeded: no refinement to do
 
 
 def _fake_record(spec):
     """A finished run whose result depends on its learning rate only (probes score by loss progress)."""
     exponent = math.log10(spec.attack.kwargs.get("lr", 1e-3))
-    return RunRecord(spec, "success", {"steps_to_harm": int(20 * abs(exponent + 2.5)) + 5, "censored": False,
-                                       "harm_auc": 0.5, "loss_start": 1.0, "loss_end": 0.5 + 0.1 * abs(exponent + 3),
-                                       "outcome": "resisted"})
+    return RunRecord(spec, "success", RunSummary(steps_to_harm=int(20 * abs(exponent + 2.5)) + 5, censored=False,
+                                                 harm_auc=0.5, loss_start=1.0, loss_end=0.5 + 0.1 * abs(exponent + 3),
+                                                 outcome="resisted"))
 
 
 def test_streaming_planner_runs_what_lockstep_runs_in_any_finishing_order_and_shared_runs_once():
@@ -117,6 +118,9 @@ def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, cache):
     assert sorted(sequential.run_ids) == sorted(parallel.run_ids) and not parallel.failed
     for run_id in sequential.run_ids:
         assert _values(tmp_path / "one", run_id).equals(_values(tmp_path / "two", run_id)), run_id
+        # the planner's wave travels with the spec to the worker, which records it (a single attack: wave 0, full)
+        summary = read_run_json(tmp_path / "two" / run_id)["summary"]
+        assert (summary["wave"], summary["wave_kind"]) == (0, "full"), run_id
 
 
 def _values(folder, run_id):

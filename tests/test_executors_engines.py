@@ -131,7 +131,7 @@ def test_submitit_local_cluster_runs_a_wave_and_records_a_dead_job(tmp_path, cac
     # The job's summary is the one its run wrote (read back from the shared results folder), not a default.
     recorded = read_metrics(session.results_dir).to_pandas()
     steps = recorded[(recorded.run_id == specs[0].run_id) & (recorded.metric == "steps_to_harm")].value
-    assert len(steps) == 1 and records["full-ft"].summary["steps_to_harm"] == steps.iloc[0]
+    assert len(steps) == 1 and records["full-ft"].summary.steps_to_harm == steps.iloc[0]
     assert records["exit-attack"].status == "failed" and "JobDied" in records["exit-attack"].error
     failed = read_run_json(session.results_dir / specs[1].run_id)
     assert failed["worker"]["executor"] == "slurm" and "about to exit" in failed["worker"]["log_tail"]

@@ -279,10 +279,10 @@ def test_a_released_model_that_already_complies_is_reported_as_such_never_as_a_d
         result = run(spec, session)
         assert result.status == "success", result.error
         summary = result.summary
-        assert (summary["steps_to_harm"], summary["censored"], summary["steps_run"]) == (0, False, 0)  # not attacked
-        assert summary["outcome"] == "harmed"
-        assert summary["released_already_harmful"].startswith("already complies: ")
-        assert summary["already_harmful"].startswith("already complies: ")
+        assert (summary.steps_to_harm, summary.censored, summary.steps_run) == (0, False, 0)  # not attacked
+        assert summary.outcome == "harmed"
+        assert summary.released_already_harmful.startswith("already complies: ")
+        assert summary.already_harmful.startswith("already complies: ")
     df = pq.read_table(result.directory / "metrics.parquet").to_pandas()
     released = df[df["phase"] == "released"].set_index("metric")
     assert released.loc["already_harmful", "value"] == 1.0 and released.loc["refusal_rate", "value"] < 0.5

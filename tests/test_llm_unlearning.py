@@ -193,7 +193,7 @@ def test_npo_then_specdef_runs_on_the_relearning_task(tmp_path, cache):
                      attack_args={"budget": 6, "eval_every": 3}, defense_args={"npo.steps": 3, "npo.lr": 1e-3})
     result = run(spec, Session(tmp_path, cache, progress=False))
     assert result.status == "success", result.error
-    assert result.summary["outcome"] in ("harmed", "broken", "resisted")
+    assert result.summary.outcome in ("harmed", "broken", "resisted")
     rows = read_metrics(tmp_path).to_pandas()
     curve = rows[rows["phase"] == "defense"]
     assert {"npo/npo_loss", "npo/retain_loss", "npo/log_ratio"} <= set(curve["metric"])

@@ -75,7 +75,7 @@ def test_clipping_and_warmup_change_the_attack(tmp_path, cache):
                          attack_args={"optimizer": "sgd", "lr": 0.3, "budget": 200, **kw})
         result = run(spec, Session(tmp_path, cache))
         assert result.status == "success"
-        return result.summary["steps_to_harm"]
+        return result.summary.steps_to_harm
 
     plain = steps()
     assert steps(grad_clip=0.01) > plain  # tiny steps: slower to harm

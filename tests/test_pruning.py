@@ -14,6 +14,7 @@ from bench.plan.request import SuiteRequest
 from bench.run.pruning import Bounds, utility_tables
 from bench.run.runner import run
 from bench.run.stages import Session
+from bench.run.summary import RunSummary, UtilityStanding
 
 FAST = {"curvature_iters": 0, "bootstrap": 0}
 
@@ -24,8 +25,8 @@ def _spec(lr: float, *, attack: str = "full-ft", seed: int = 0, budget: int = 10
 
 
 def _harmed(spec: RunSpec, steps: int, retained: float = 1.0, within: bool = True) -> RunRecord:
-    return RunRecord(spec, "success", {"steps_to_harm": steps, "censored": False, "retained_after_attack": retained,
-                                       "within_utility_bound": within})
+    return RunRecord(spec, "success", RunSummary(steps_to_harm=steps, censored=False,
+                                                 utility=UtilityStanding(retained, within)))
 
 
 def test_a_run_is_capped_only_once_every_worst_case_it_could_lower_has_a_bound():
@@ -57,8 +58,8 @@ def test_a_run_is_capped_only_once_every_worst_case_it_could_lower_has_a_bound()
 def test_the_bound_only_falls_and_ignores_failed_censored_and_probe_runs():
     bounds = Bounds()
     bounds.feed(_harmed(_spec(1e-1), 50), "adam")
-    bounds.feed(RunRecord(_spec(1e-2), "failed", {}), "adam")
-    bounds.feed(RunRecord(_spec(1e-3), "success", {"steps_to_harm": 100, "censored": True}), "adam")
+    bounds.feed(RunRecord(_spec(1e-2), "failed", RunSummary()), "adam")
+    bounds.feed(RunRecord(_spec(1e-3), "success", RunSummary(steps_to_harm=100, censored=True)), "adam")
     bounds.feed(_harmed(_spec(1e-4, purpose="lr-probe"), 5), "adam")
     assert bounds.capped(_spec(1e-6), "adam").stop_at == 50
     bounds.feed(_harmed(_spec(1e-5), 30), "adam")
@@ -112,21 +113,22 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
     pruned = run_suite(_quick_suite(monkeypatch), Session(tmp_path / "pruned", cache, progress=False))
     assert not exhaustive.failed and not pruned.failed
     assert sorted(exhaustive.run_ids) == sorted(pruned.run_ids)  # the same runs planned, refinement included
-    assert not any(r.summary.get("pruned_at_bound") is not None for r in exhaustive.records)
-    stopped = [r for r in pruned.records if r.summary.get("pruned_at_bound") is not None]
+    assert not any(r.summary.pruned_at_bound is not None for r in exhaustive.records)
+    stopped = [r for r in pruned.records if r.summary.pruned_at_bound is not None]
     assert stopped, "nothing was pruned: the test no longer exercises pruning"
     full = {r.spec.run_id: r.summary for r in exhaustive.records}
     for record in pruned.records:
         mine, theirs = record.summary, full[record.spec.run_id]
-        if mine.get("pruned_at_bound") is None:  # every run that was not pruned is the exhaustive run, bit for bit
-            assert {k: mine[k] for k in ("steps_to_harm", "censored", "harm_auc", "outcome")} == \
-                   {k: theirs[k] for k in ("steps_to_harm", "censored", "harm_auc", "outcome")}
+        if mine.pruned_at_bound is None:  # every run that was not pruned is the exhaustive run, bit for bit
+            assert (mine.steps_to_harm, mine.censored, mine.harm_auc, mine.outcome) == \
+                   (theirs.steps_to_harm, theirs.censored, theirs.harm_auc, theirs.outcome)
         else:  # a pruned run would have harmed, if at all, strictly after its bound
-            assert mine["pruned_at_bound"] >= mine["prune_bound"] and mine["outcome"] == "pruned"
-            assert theirs["censored"] or theirs["steps_to_harm"] > mine["prune_bound"]
+            assert mine.prune_bound is not None and mine.pruned_at_bound >= mine.prune_bound
+            assert mine.outcome == "pruned"
+            assert theirs.censored or theirs.steps_to_harm > mine.prune_bound
     pd.testing.assert_frame_equal(_reported(tmp_path / "all", exhaustive.run_ids),
                                   _reported(tmp_path / "pruned", pruned.run_ids))
-    steps = {name: sum(r.summary["steps_run"] for r in report.records)
+    steps = {name: sum(r.summary.steps_run for r in report.records)
              for name, report in (("all", exhaustive), ("pruned", pruned))}
     assert steps["pruned"] < steps["all"]
 
@@ -145,9 +147,9 @@ def test_pruning_reports_the_exhaustive_worst_cases_resumes_and_exhaustive_runs_
     out = run_suite(_quick_suite(monkeypatch, exhaustive=True), Session(tmp_path / "pruned", cache, progress=False))
     rerun = {r.spec.run_id for r in out.records if not r.resumed}
     assert rerun == {r.spec.run_id for r in stopped}  # exactly the pruned runs, now in full
-    assert not any(r.summary.get("pruned_at_bound") is not None for r in out.records)
+    assert not any(r.summary.pruned_at_bound is not None for r in out.records)
     for record in out.records:
-        assert record.summary["steps_to_harm"] == full[record.spec.run_id]["steps_to_harm"]
+        assert record.summary.steps_to_harm == full[record.spec.run_id].steps_to_harm
 
 
 def test_a_sweep_file_turns_pruning_off_with_exhaustive(tmp_path):

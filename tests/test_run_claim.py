@@ -21,7 +21,7 @@ from bench.run.run_claim import CLAIM_LOCK, claimed_run, owner_of
 
 def _record_success(run_dir, value):
     pd.DataFrame({"x": [value]}).to_parquet(run_dir / METRICS)
-    (run_dir / RUN_JSON).write_text(json.dumps({"status": "success", "summary": {"value": value}}))
+    (run_dir / RUN_JSON).write_text(json.dumps({"status": "success", "summary": {"outcome": value}}))
 
 
 def test_a_run_claimed_by_another_is_waited_for_and_reused_not_run_again(tmp_path):
@@ -42,7 +42,7 @@ def test_a_run_claimed_by_another_is_waited_for_and_reused_not_run_again(tmp_pat
     claimed_run(run_dir, lambda: executed.append("second"), lambda info: reused.append(("second", info)))
     thread.join()
     assert executed == ["first"]
-    assert reused == [("second", {"status": "success", "summary": {"value": "first"}})]
+    assert reused == [("second", {"status": "success", "summary": {"outcome": "first"}})]
     assert owner_of(run_dir)["pid"] == os.getpid()
 
 
@@ -79,7 +79,7 @@ def test_a_dead_workers_failure_never_overwrites_a_success_recorded_late(tmp_pat
     run_dir.mkdir()
     _record_success(run_dir, "late")  # e.g. a Ray task that finished just after the driver's timeout
     record = record_death(spec, session, "RunTimeout: over 10 s", started_at="t", wall=10.0, log=None, details={})
-    assert record.status == "success" and record.summary == {"value": "late"}
+    assert record.status == "success" and record.summary.outcome == "late"
     assert json.loads((run_dir / RUN_JSON).read_text())["status"] == "success"
 
 

@@ -20,6 +20,7 @@ from bench.registry import ATTACKS, DEFENSES
 from bench.run.results import SCHEMA, read_metrics
 from bench.run.runner import run
 from bench.run.stages import Session
+from bench.run.summary import RunSummary
 
 FAST = {"curvature_iters": 0, "bootstrap": 100}
 
@@ -48,31 +49,31 @@ def test_run_writes_complete_results(tmp_path, cache):
     primary = df[df["metric"] == "primary_utility"].iloc[0]  # what the leaderboard's utility bound reads
     assert (primary["phase"], primary["split"], primary["value"]) == ("released", "allowed_accuracy", released)
     steps = df[(df["phase"] == "summary") & (df["metric"] == "steps_to_harm")].iloc[0]
-    assert steps["value"] == result.summary["steps_to_harm"] and steps["censored"] == result.summary["censored"]
+    assert steps["value"] == result.summary.steps_to_harm and steps["censored"] == result.summary.censored
 
 
 def test_undefended_adam_is_harmed_and_stops_early(tmp_path, cache):
     result = run(spec(attack_args={"optimizer": "adam", "lr": 1e-2}), Session(tmp_path, cache))
     summary = result.summary
-    assert summary["outcome"] == "harmed" and not summary["censored"]
-    assert summary["steps_run"] == summary["steps_to_harm_grid"] < 100  # early stop: cost follows steps-to-harm
+    assert summary.outcome == "harmed" and not summary.censored
+    assert summary.steps_run == summary.steps_to_harm_grid < 100  # early stop: cost follows steps-to-harm
     # the crossing, seen at a probe, is replayed to the exact step inside the probe interval before it
-    assert summary["crossing_resolution"] == 1 and summary["replay_failure"] is None
-    assert summary["steps_to_harm_grid"] - 5 < summary["steps_to_harm"] <= summary["steps_to_harm_grid"]
-    assert 0 < summary["replay_steps"] <= 5 and not summary["stopped_early"]
+    assert summary.crossing_resolution == 1 and summary.replay_failure is None
+    assert summary.steps_to_harm_grid - 5 < summary.steps_to_harm <= summary.steps_to_harm_grid
+    assert 0 < summary.replay_steps <= 5 and not summary.stopped_early
 
 
 def test_divergence_stops_at_once_and_is_broken(tmp_path, cache):
     result = run(spec(defense="specdef", attack_args={"optimizer": "sgd", "lr": 1.0}), Session(tmp_path, cache))
     summary = result.summary
-    assert summary["diverged"] and summary["outcome"] == "broken" and summary["censored"]
-    assert summary["steps_run"] <= 5 and summary["steps_to_harm"] == 100
+    assert summary.diverged and summary.outcome == "broken" and summary.censored
+    assert summary.steps_run <= 5 and summary.steps_to_harm == 100
 
 
 def test_tiny_learning_rate_is_resisted_and_censored(tmp_path, cache):
     result = run(spec(attack_args={"optimizer": "adam", "lr": 1e-9}), Session(tmp_path, cache))
-    assert result.summary["outcome"] == "resisted" and result.summary["steps_to_harm"] == 100
-    assert result.summary["censored"]
+    assert result.summary.outcome == "resisted" and result.summary.steps_to_harm == 100
+    assert result.summary.censored
 
 
 def _values(directory):
@@ -183,7 +184,7 @@ def test_suite_sweeps_refines_and_resumes(tmp_path, cache, monkeypatch):
         adam = [r.spec.attack.kwargs["lr"] for r in mine if r.family == "adam"]
         assert adam[:3] == list(lrs) and len(adam) == 5  # the grid, then two half-decade refinement points
         best = min((r for r in mine if r.family == "adam" and r.spec.attack.kwargs["lr"] in lrs),
-                   key=lambda r: (r.summary["steps_to_harm"], -r.summary["harm_auc"]))
+                   key=lambda r: (r.summary.steps_to_harm, -r.summary.harm_auc))
         assert set(adam[3:]) == set(refinement(best.spec.attack.kwargs["lr"]))
         sgd = [r for r in mine if r.family == "sgd"]
         probes = [r for r in sgd if r.spec.purpose == "lr-probe"]
@@ -221,7 +222,7 @@ def test_resumed_suite_builds_only_what_unfinished_runs_need(tmp_path, cache, mo
                            baseline=False)
 
     def outcomes(report):
-        return [(r.spec.run_id, json.dumps(r.summary, sort_keys=True, default=str)) for r in report.records]
+        return [(r.spec.run_id, json.dumps(r.summary.to_json(), sort_keys=True, default=str)) for r in report.records]
 
     first = run_suite(request, Session(tmp_path, cache, progress=False))
     assert len(first.records) == 3 and not first.failed and (len(applied), len(built)) == (1, 1)
@@ -265,7 +266,7 @@ def test_a_crossing_must_survive_the_tasks_confirmation(tmp_path, cache, monkeyp
     monkeypatch.setattr(ClassificationInstance, "confirm", refuse)
     s = spec(attack_args={"optimizer": "adam", "lr": 1e-2, "budget": 60})
     result = run(s, Session(tmp_path, cache))
-    assert calls and result.summary["outcome"] == "resisted" and result.summary["censored"]
+    assert calls and result.summary.outcome == "resisted" and result.summary.censored
     df = pq.read_table(tmp_path / s.run_id / "metrics.parquet").to_pandas()
     quick = df[df["metric"] == "quick_harm"]["value"]
     assert len(quick) == len(calls) and (quick >= 0.8).all()  # the quick probes that crossed are kept
@@ -275,7 +276,7 @@ def _probe_record(lr, **summary):
     from bench.plan.planner import RunRecord
 
     full = {"outcome": "resisted", "diverged": False, "harm_auc": 0.0, "loss_start": 1.0, "loss_end": 1.0, **summary}
-    return RunRecord(spec(attack_args={"lr": lr, "budget": 10}), "success", full)
+    return RunRecord(spec(attack_args={"lr": lr, "budget": 10}), "success", RunSummary(**full))
 
 
 def test_lr_search_scores_probes_by_the_harm_proxy_and_demotes_broken_ones():

@@ -37,7 +37,7 @@ def _attack_rows(directory):
 
 
 def _without_timings(summary):
-    return {k: v for k, v in summary.items() if k not in TIMINGS | {"reused_from"}}
+    return {k: v for k, v in summary.to_json().items() if k not in TIMINGS | {"reused_from"}}
 
 
 def test_every_adaptive_fallback_is_the_same_trajectory(tmp_path, cache):
@@ -46,8 +46,8 @@ def test_every_adaptive_fallback_is_the_same_trajectory(tmp_path, cache):
     for attack in FAMILIES:
         folder = tmp_path / attack
         result = run(_spec(attack), Session(folder, cache))
-        assert result.status == "success" and result.summary["attack_info"]["fallback"]
-        assert "reused_from" not in result.summary  # alone in its folder: nothing to share
+        assert result.status == "success" and result.summary.attack_info["fallback"]
+        assert result.summary.reused_from is None  # alone in its folder: nothing to share
         recorded[attack] = (_attack_rows(folder / result.run_id), _without_timings(result.summary))
     first_rows, first_summary = recorded[FAMILIES[0]]
     assert first_summary["steps_run"] > 0 and len(first_rows) > 20
@@ -69,7 +69,7 @@ def test_a_folder_runs_the_fallback_once_and_records_it_for_each_family(tmp_path
     assert all(r.status == "success" for r in results)
     assert len(calls) == 1  # one trajectory trained, four recorded
     source = results[0].run_id
-    assert "reused_from" not in results[0].summary
+    assert results[0].summary.reused_from is None
     for result in results[1:]:
         info = read_run_json(tmp_path / result.run_id)
         assert info["summary"]["reused_from"] == source and info["spec"]["attack"]["name"] != "adaptive-collapse"
@@ -100,12 +100,12 @@ def test_other_recipes_and_chained_models_are_not_shared(tmp_path, cache):
     session = Session(tmp_path, cache)
     base = run(_spec("adaptive-collapse"), session)
     other_lr = run(_spec("adaptive-freeze", lr=1e-3), session)  # another recipe: another trajectory
-    assert "reused_from" not in other_lr.summary
+    assert other_lr.summary.reused_from is None
     other_seed = run(make_spec(task="vision-digits", defense="none", attack="adaptive-freeze", seed=1,
                                task_args=QUICK, attack_args=RECIPE), session)
-    assert "reused_from" not in other_seed.summary
+    assert other_seed.summary.reused_from is None
     chained = [run(_spec(attack, defense="specdef"), session) for attack in FAMILIES[:2]]
-    assert all(r.summary["attack_info"]["chains_rewritten"] > 0 and "reused_from" not in r.summary for r in chained)
+    assert all(r.summary.attack_info["chains_rewritten"] > 0 and r.summary.reused_from is None for r in chained)
     assert base.status == "success"
 
 
@@ -139,7 +139,7 @@ def test_a_source_made_by_other_code_is_not_reused(tmp_path, cache, spoil):
         info["stale"] = True
     rewrite_run_json(tmp_path / first.run_id, info)
     second = run(_spec("adaptive-freeze"), session)
-    assert second.status == "success" and "reused_from" not in second.summary  # ran itself...
+    assert second.status == "success" and second.summary.reused_from is None  # ran itself...
     third = run(_spec("adaptive-inject"), session)
-    assert third.summary["reused_from"] == second.run_id  # ...and is the key's source now
+    assert third.summary.reused_from == second.run_id  # ...and is the key's source now
     assert (tmp_path / second.run_id / RUN_JSON).is_file()

@@ -51,7 +51,7 @@ def test_end_to_end_specdef_run(fixtures, tmp_path):
                      task_args={"dataset": str(folder), **FAST}, attack_args={"lr": 1e-3})
     result = run(spec, Session(results_dir=tmp_path / "res", cache=Cache(tmp_path / "cache")))
     assert result.status == "success", result.error
-    assert result.metrics is not None and result.summary["steps_run"] >= 1
+    assert result.metrics is not None and result.summary.steps_run >= 1
     info = json.loads((tmp_path / "res" / spec.run_id / "run.json").read_text())
     provenance = info["task_provenance"]
     assert provenance["model_weights_sha256"] and provenance["dataset_sha256"]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.cli import flags
+
+if TYPE_CHECKING:
+    from bench.run.summary import RunSummary
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -20,7 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import DataError
     from bench.run.results import METRICS, RUN_JSON, read_run_json, run_directories
-    from bench.toolkit.stage_clock import describe
+    from bench.run.stage_clock import describe
+    from bench.run.summary import RunSummary
 
     target = Path(args.target)
     if not target.exists():
@@ -33,12 +39,12 @@ def main(args: argparse.Namespace) -> int:
             raise DataError(f"{target} holds no runs")
         for directory in runs:
             info = read_run_json(directory)
-            summary = info.get("summary") or {}
-            steps = summary.get("steps_to_harm")
-            steps_text = "—" if steps is None else (f"> {steps}" if summary.get("censored") else str(steps))
+            summary = RunSummary.from_json(info.get("summary"))
+            steps = summary.steps_to_harm
+            steps_text = "—" if steps is None else (f"> {steps}" if summary.censored else str(steps))
             print(f"{info['run_id']}  {info['status']:<8} {str(info.get('outcome') or '—'):<9} "
                   f"steps-to-harm {steps_text:<7} {info.get('canonical_name', '')}"
-                  + (f"  (reused from {summary['reused_from']})" if summary.get("reused_from") else ""))
+                  + (f"  (reused from {summary.reused_from})" if summary.reused_from else ""))
         return 0
     info = read_run_json(target)
     if args.json:
@@ -46,36 +52,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"run {info['run_id']}: {info.get('canonical_name')}")
     print(f"status: {info['status']}" + (f" — {info['error']}" if info.get("error") else ""))
-    summary = info.get("summary") or {}
-    if summary:
-        steps = summary["steps_to_harm"]
-        print(f"outcome: {summary['outcome']}; steps-to-harm: {'> ' if summary['censored'] else ''}{steps}"
-              f" (raw crossing: {'> ' if summary['raw_censored'] else ''}{summary['steps_to_harm_raw']}); "
-              f"harm AUC {summary['harm_auc']:.3f}; ran {summary['steps_run']} steps"
-              + (f"; diverged at step {summary['diverged_step']}" if summary.get("diverged") else ""))
-        resolution = summary.get("crossing_resolution")
-        if resolution is not None and not summary["censored"]:
-            why = summary.get("replay_failure") or "the attack has no replayable trajectory"
-            print("crossing: exact (replayed step by step)" if resolution == 1 else
-                  f"crossing: on the probe grid, within {resolution} steps ({why})")
-        if summary.get("stopped_early"):
-            print(f"stopped early: the attack quit after {summary['steps_run']} steps without harm or a reason; "
-                  f"censored there, not at its budget")
-        if summary.get("reused_from"):
-            attack_info = summary.get("attack_info") or {}
-            why = " (the adaptive attack's plain fine-tuning fallback: no linear chains)" \
-                if attack_info.get("fallback") else ""
-            print(f"reused from run {summary['reused_from']}: the same trajectory{why}, run once and recorded for "
-                  f"each attack that shares it; its attack seconds are that run's")
-        if summary.get("pruned_at_bound") is not None:
-            print(f"pruned at the bound: stopped at step {summary['pruned_at_bound']} "
-                  f"(bound {summary.get('prune_bound')}, "
-                  f"set by {', '.join(summary.get('bound_by') or []) or '—'}): a crossing still to come could lower "
-                  f"no worst case; censored there, outcome unknown (--exhaustive runs it out)")
-        if summary.get("released_already_harmful"):
-            print(f"the released model {summary['released_already_harmful']}")
-        if summary.get("already_harmful"):
-            print(f"not attacked: the defended model {summary['already_harmful']}; steps-to-harm 0")
+    summary = RunSummary.from_json(info.get("summary"))
+    if summary.attacked:
+        _print_attack(summary)
+    if summary.wave is not None:
+        print(f"planned in wave {summary.wave} of its attack family ({summary.wave_kind})")
     threat = info.get("threat_model") or {}
     print("threat model: " + ", ".join(f"{k}={v}" for k, v in threat.items()))
     for stage, seconds in (info.get("stage_seconds") or {}).items():
@@ -98,3 +79,36 @@ def main(args: argparse.Namespace) -> int:
     if info.get("traceback"):
         print("\n" + info["traceback"])
     return 0
+
+
+def _print_attack(summary: RunSummary) -> None:
+    """The attack's record: outcome, steps-to-harm, crossing, and why the run stopped where it did."""
+    censored = "> " if summary.censored else ""
+    raw_censored = "> " if summary.raw_censored else ""
+    auc = math.nan if summary.harm_auc is None else summary.harm_auc
+    print(f"outcome: {summary.outcome}; steps-to-harm: {censored}{summary.steps_to_harm}"
+          f" (raw crossing: {raw_censored}{summary.steps_to_harm_raw}); "
+          f"harm AUC {auc:.3f}; ran {summary.steps_run} steps"
+          + (f"; diverged at step {summary.diverged_step}" if summary.diverged else ""))
+    resolution = summary.crossing_resolution
+    if resolution is not None and not summary.censored:
+        why = summary.replay_failure or "the attack has no replayable trajectory"
+        print("crossing: exact (replayed step by step)" if resolution == 1 else
+              f"crossing: on the probe grid, within {resolution} steps ({why})")
+    if summary.stopped_early:
+        print(f"stopped early: the attack quit after {summary.steps_run} steps without harm or a reason; "
+              f"censored there, not at its budget")
+    if summary.reused_from:
+        why = " (the adaptive attack's plain fine-tuning fallback: no linear chains)" \
+            if (summary.attack_info or {}).get("fallback") else ""
+        print(f"reused from run {summary.reused_from}: the same trajectory{why}, run once and recorded for "
+              f"each attack that shares it; its attack seconds are that run's")
+    if summary.pruned_at_bound is not None:
+        print(f"pruned at the bound: stopped at step {summary.pruned_at_bound} "
+              f"(bound {summary.prune_bound}, "
+              f"set by {', '.join(summary.bound_by or ()) or '—'}): a crossing still to come could lower "
+              f"no worst case; censored there, outcome unknown (--exhaustive runs it out)")
+    if summary.released_already_harmful:
+        print(f"the released model {summary.released_already_harmful}")
+    if summary.already_harmful:
+        print(f"not attacked: the defended model {summary.already_harmful}; steps-to-harm 0")

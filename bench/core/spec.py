@@ -97,6 +97,13 @@ class RunSpec:
     bound_by: tuple[str, ...] = ()
     """With ``stop_at``: the runs whose harm set that bound (a resumed sweep keeps the pruned run only while they
     still stand). Left out of the run id, like ``stop_at``."""
+    wave: int | None = None
+    """The planner's wave of this run's attack family when it submitted the run (0 first: the LR-search probes, or
+    the grid; then the full runs the probes picked; then refinement), recorded in the run's summary
+    (:attr:`bench.run.summary.RunSummary.wave`). When the run is made, not what it is: left out of the run id, and out
+    of the JSON when None, like ``stop_at``."""
+    wave_kind: str | None = None
+    """With ``wave``: its kind, ``probe``, ``full`` or ``refinement`` (:data:`bench.run.summary.WAVE_KINDS`)."""
 
     def to_json(self) -> dict[str, Any]:
         body = {
@@ -114,14 +121,17 @@ class RunSpec:
         if self.stop_at is not None:
             body["stop_at"] = self.stop_at
             body["bound_by"] = list(self.bound_by)
+        if self.wave is not None:
+            body["wave"] = self.wave
+            body["wave_kind"] = self.wave_kind
         return body
 
     @property
     def run_id(self) -> str:
         """A short hash of the canonical JSON of the resolved spec (presets are labels, not part of identity)."""
         body = self.to_json()
-        body.pop("stop_at", None)
-        body.pop("bound_by", None)
+        for key in ("stop_at", "bound_by", "wave", "wave_kind"):  # how far and when a run goes, not what it is
+            body.pop(key, None)
         for part in ("task", "defense", "attack"):
             body[part] = getattr(self, part).identity()
         return stable_hash(body, length=16)
@@ -192,6 +202,9 @@ class RunSpec:
             defense_args=data["defense"].get("args", {}),
             attack_args=data["attack"].get("args", {}),
         )
+        wave = data.get("wave")
+        if wave is not None:
+            spec = dataclasses.replace(spec, wave=int(wave), wave_kind=data.get("wave_kind"))
         stop_at = data.get("stop_at")
         if stop_at is None:
             return spec

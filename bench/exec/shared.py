@@ -19,6 +19,7 @@ from bench.errors import DataError
 from bench.exec.worker import WorkerOptions
 from bench.plan.planner import RunRecord
 from bench.run.results import METRICS, RUN_JSON, read_run_json, successful_run
+from bench.run.summary import RunSummary
 
 LOG_LINES = 40
 """Lines of a dead run's log kept in its failed run.json (as the local executor keeps)."""
@@ -82,17 +83,23 @@ def read_back(spec: RunSpec, run_json: Path, *, wait: float = 0.0) -> RunRecord 
         time.sleep(0.5)
     done = successful_run(run_json.parent)
     if done is not None:
-        return RunRecord(spec, "success", done.get("summary") or {}, None)
+        try:
+            return RunRecord(spec, "success", RunSummary.from_json(done.get("summary")), None)
+        except DataError as err:  # written by other code: no result this code can use; resume reruns it
+            return RunRecord(spec, "failed", RunSummary(), f"RunCorrupt: {err}")
     try:
         info = read_run_json(run_json.parent)
     except DataError as err:
-        return RunRecord(spec, "failed", {}, f"RunCorrupt: {err}")
+        return RunRecord(spec, "failed", RunSummary(), f"RunCorrupt: {err}")
     if not isinstance(info, dict):
-        return RunRecord(spec, "failed", {}, f"RunCorrupt: {run_json} does not hold a JSON object")
+        return RunRecord(spec, "failed", RunSummary(), f"RunCorrupt: {run_json} does not hold a JSON object")
+    try:
+        summary = RunSummary.from_json(info.get("summary"))
+    except DataError as err:
+        return RunRecord(spec, "failed", RunSummary(), f"RunCorrupt: {err}")
     if info.get("status") == "success":  # a success whose metrics file does not read is no result: resume reruns it
-        return RunRecord(spec, "failed", info.get("summary") or {},
-                         f"RunCorrupt: {run_json.parent / METRICS} is missing or unreadable")
-    return RunRecord(spec, info.get("status", "failed"), info.get("summary") or {}, info.get("error"))
+        return RunRecord(spec, "failed", summary, f"RunCorrupt: {run_json.parent / METRICS} is missing or unreadable")
+    return RunRecord(spec, info.get("status", "failed"), summary, info.get("error"))
 
 
 def log_tail(path: Path | None) -> str:
@@ -110,7 +117,7 @@ def record_death(spec: RunSpec, session, error: str, *, started_at: str, wall: f
 
     done = successful_run(Path(session.results_dir) / spec.run_id)
     if done is not None:
-        return RunRecord(spec, "success", done.get("summary") or {}, None)
+        return RunRecord(spec, "success", RunSummary.from_json(done.get("summary")), None)
     result = record_failure(spec, session, error, started_at=started_at, wall=wall,
                             details={**details, "log": str(log) if log else None, "log_tail": log_tail(log)})
-    return RunRecord(spec, result.status, {}, error)
+    return RunRecord(spec, result.status, result.summary, error)

@@ -19,16 +19,26 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bench.core.lr_grid import decades, refinement  # noqa: F401 - re-exported: the suite's public vocabulary
 from bench.core.spec import RunSpec
 from bench.errors import BenchError, DataError
 from bench.exec.executors import Executor, InProcessExecutor
-from bench.plan.planner import Planner, RunRecord
+from bench.plan.planner import (  # noqa: F401 - re-exported: the suite's public vocabulary
+    Planner,
+    RunRecord,
+    attack_families,
+    best_probe_lrs,
+    defenses_of,
+    probe_score,
+    spec_of,
+)
 from bench.plan.request import SuiteRequest, validate_request
 from bench.run.fingerprint import changes, code_fingerprint, mark_stale, retire
 from bench.run.pruning import Bounds, pruned
 from bench.run.results import check_writable, completed_run_ids, read_run_json
 from bench.run.runner import record_failure
 from bench.run.stages import Session
+from bench.run.summary import RunSummary
 
 
 @dataclass
@@ -157,7 +167,8 @@ class _Pool:
 
     def resumed(self, spec: RunSpec) -> RunRecord:
         info = read_run_json(self.session.results_dir / spec.run_id)
-        return RunRecord(spec, "success", info.get("summary", {}), None, True, self.family_of[spec.run_id])
+        return RunRecord(spec, "success", RunSummary.from_json(info.get("summary")), None, True,
+                         self.family_of[spec.run_id])
 
     def reusable(self, spec: RunSpec) -> bool:
         """Whether ``spec``'s completed run is read back instead of run: completed, and made by the current code
@@ -191,7 +202,7 @@ class _Pool:
         sweep prunes, and every run that set its bound is completed by the current code (deterministic: the same
         results, so its bound still holds)."""
         info = read_run_json(directory)
-        if not pruned(info.get("summary") or {}):
+        if not pruned(RunSummary.from_json(info.get("summary"))):
             return True
         if self.is_exhaustive(spec):
             return False
@@ -275,7 +286,7 @@ class _Pool:
         started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         result = record_failure(spec, self.session, error, started_at=started_at, wall=0.0,
                                 details={"stage": "defended", "prepare_error": error})
-        return RunRecord(spec, "failed", {}, result.error, False, self.family_of.get(spec.run_id, ""))
+        return RunRecord(spec, "failed", result.summary, result.error, False, self.family_of.get(spec.run_id, ""))
 
     def submittable(self, specs: list[RunSpec]) -> list[RunSpec]:
         """``specs`` less the runs whose stage failed to build; those are recorded as failed and fed to the planner
@@ -332,7 +343,7 @@ class _Pool:
                     self.finished(record)
             stopped = [s for s in todo if s.run_id not in runnable and s.run_id not in records]
             for spec in stopped:  # its requests stopped: their families end here
-                records[spec.run_id] = RunRecord(spec, "failed", {}, "stopped", False, self.family_of[spec.run_id])
+                records[spec.run_id] = RunRecord(spec, "failed", RunSummary(), "stopped", False, self.family_of[spec.run_id])
             for record in executor.submit([self.start(s) for s in todo if s.run_id in runnable]):
                 record.family = self.family_of[record.spec.run_id]
                 records[record.spec.run_id] = record

@@ -14,6 +14,7 @@ from bench.plan.planner import RunRecord
 from bench.plan.sweep import Plan, Planned
 from bench.run.results import RUN_JSON, completed_run_ids, read_run_json
 from bench.run.stages import Session
+from bench.run.summary import RunSummary
 
 
 @dataclass
@@ -130,7 +131,7 @@ def sweep_run_ids(plan: Plan, results_dir: str | Path) -> tuple[list[str], int]:
                 missing += 1
                 continue
             found.append(spec.run_id)
-            ready += planner.feed(RunRecord(spec, info.get("status", "failed"), info.get("summary") or {},
+            ready += planner.feed(RunRecord(spec, info.get("status", "failed"), RunSummary.from_json(info.get("summary")),
                                             info.get("error"), True, family))
     return found, missing
 
@@ -151,7 +152,7 @@ def run_states(results_dir: str | Path, run_ids: Iterable[str], specs: Mapping[s
         if run_id in done and run_id in specs and changes(read_run_json(results_dir / run_id).get("fingerprint"),
                                                           code_fingerprint(specs[run_id])):
             states[run_id] = "stale"
-        elif run_id in done and exhaustive and pruned(read_run_json(results_dir / run_id).get("summary") or {}):
+        elif run_id in done and exhaustive and pruned(RunSummary.from_json(read_run_json(results_dir / run_id).get("summary"))):
             states[run_id] = "pruned"
         elif run_id in done:
             states[run_id] = "done"

@@ -25,6 +25,7 @@ from bench.core.metrics import worst_case
 from bench.core.spec import DEFAULT_SUITE_LABEL, RunSpec, make_spec, resolve_plugin
 from bench.errors import ConfigError
 from bench.registry import TASKS
+from bench.run.summary import RunSummary, WaveKind
 
 Waves = Generator[list[RunSpec], list["RunRecord"], None]
 
@@ -35,7 +36,7 @@ class RunRecord:
 
     spec: RunSpec
     status: str
-    summary: dict[str, Any]
+    summary: RunSummary
     error: str | None = None
     resumed: bool = False
     family: str = ""
@@ -109,23 +110,33 @@ def _typed(value: Any) -> Any:
 
 
 def family_waves(family: AttackFamily, make: Callable[..., RunSpec], *, refine: bool) -> Waves:
-    """One family: a single run, or an LR grid / LR search followed by half-decade refinement around the best."""
+    """One family: a single run, or an LR grid / LR search followed by half-decade refinement around the best.
+
+    Each spec carries its wave (numbered from 0 within the family, :attr:`bench.core.spec.RunSpec.wave`) and the wave's
+    kind, which its run records (:attr:`bench.run.summary.RunSummary.wave`) for the attacker's order of trials."""
     if not family.lrs:
-        yield [make(dict(family.args))]
+        yield _in_wave([make(dict(family.args))], 0, "full")
         return
+    wave = 0
     if family.search == "lr-search":
-        probes = yield [make({**family.args, "lr": lr, "budget": family.probe_steps}, purpose="lr-probe")
-                        for lr in family.lrs]
-        full = yield [make({**family.args, "lr": lr}) for lr in best_probe_lrs(probes, family.keep)]
+        probes = yield _in_wave([make({**family.args, "lr": lr, "budget": family.probe_steps}, purpose="lr-probe")
+                                 for lr in family.lrs], wave, "probe")
+        wave += 1
+        full = yield _in_wave([make({**family.args, "lr": lr}) for lr in best_probe_lrs(probes, family.keep)],
+                              wave, "full")
     else:
-        full = yield [make({**family.args, "lr": lr}) for lr in family.lrs]
+        full = yield _in_wave([make({**family.args, "lr": lr}) for lr in family.lrs], wave, "full")
     best_lr = best_lr_of(full) if family.refine and refine else None
     if best_lr is None:
         return
     tried = {r.spec.attack.kwargs["lr"] for r in full}
     extra = [make({**family.args, "lr": lr}) for lr in refinement(best_lr) if lr not in tried]
     if extra:
-        yield extra
+        yield _in_wave(extra, wave + 1, "refinement")
+
+
+def _in_wave(specs: list[RunSpec], wave: int, kind: WaveKind) -> list[RunSpec]:
+    return [dataclasses.replace(spec, wave=wave, wave_kind=kind) for spec in specs]
 
 
 class Planner:
@@ -272,7 +283,7 @@ class Planner:
         return total
 
 
-def probe_score(summary: dict[str, Any]) -> tuple[int, float]:
+def probe_score(summary: RunSummary) -> tuple[int, float]:
     """How promising a short LR-search probe run is, as ``(rank, progress)``; tuples compare higher-is-better.
 
     ``rank``: 2 harmed, 1 ended usable, 0 ended ``broken`` (below every run that did not: a learning rate that breaks
@@ -280,22 +291,22 @@ def probe_score(summary: dict[str, Any]) -> tuple[int, float]:
     ``progress``: the relative decrease of the task's harm proxy from the first probe to the last (``proxy_start``,
     ``proxy_end``) when the run recorded one, else of the attack's training loss (``loss_start``, ``loss_end``).
     """
-    if summary.get("outcome") == "harmed":
+    if summary.outcome == "harmed":
         return 2, math.inf
-    if summary.get("diverged"):
+    if summary.diverged:
         return -1, -math.inf
-    keys = ("proxy_start", "proxy_end") if "proxy_start" in summary else ("loss_start", "loss_end")
-    start, end = (summary.get(k, math.nan) for k in keys)
-    start, end = (math.nan if v is None else float(v) for v in (start, end))
+    pair = ((summary.proxy_start, summary.proxy_end) if summary.proxy_start is not None
+            else (summary.loss_start, summary.loss_end))
+    start, end = (math.nan if v is None else float(v) for v in pair)
     if not (math.isfinite(start) and math.isfinite(end)) or start == 0:
         return -1, -math.inf
-    return (0 if summary.get("outcome") == "broken" else 1), (start - end) / abs(start)
+    return (0 if summary.outcome == "broken" else 1), (start - end) / abs(start)
 
 
 def best_probe_lrs(probes: Sequence[RunRecord], keep: int) -> list[float]:
     """The ``keep`` learning rates whose probe runs scored best (failed, diverged and unscorable probes skipped)."""
     ok = [r for r in probes if r.status == "success" and probe_score(r.summary)[0] >= 0]
-    ranked = sorted(ok, key=lambda r: (probe_score(r.summary), _finite_or_zero(r.summary.get("harm_auc", 0.0))),
+    ranked = sorted(ok, key=lambda r: (probe_score(r.summary), _finite_or_zero(r.summary.harm_auc)),
                     reverse=True)
     return [float(r.spec.attack.kwargs["lr"]) for r in ranked[:keep]]
 
@@ -306,12 +317,12 @@ def _finite_or_zero(value: Any) -> float:
 
 def best_lr_of(records: Sequence[RunRecord]) -> float | None:
     """The learning rate of the attacker's best successful run (fewest steps to harm, then highest harm AUC)."""
-    ok = [r for r in records if r.status == "success" and "steps_to_harm" in r.summary]
+    ok = [r for r in records if r.status == "success" and r.summary.steps_to_harm is not None]
     if not ok:
         return None
     best = worst_case(
-        [r.summary["steps_to_harm"] for r in ok],
-        [r.summary["censored"] for r in ok],
-        [_finite_or_zero(r.summary.get("harm_auc", 0.0)) for r in ok],
+        [int(r.summary.steps_to_harm) for r in ok if r.summary.steps_to_harm is not None],
+        [bool(r.summary.censored) for r in ok],
+        [_finite_or_zero(r.summary.harm_auc) for r in ok],
     )
     return float(ok[best.index].spec.attack.kwargs["lr"])

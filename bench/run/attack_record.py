@@ -1,7 +1,8 @@
-"""What the runner records of one attack run: its summary (run.json) and its metric rows (metrics.parquet).
+"""What the runner records of one attack run: its summary (run.json, a :class:`~bench.run.summary.RunSummary` built by
+:func:`bench.run.summary.build_summary`) and its metric rows (metrics.parquet).
 
 Kept apart from :mod:`bench.run.runner` so that an attacked run and a run on an already-harmful model (never attacked)
-write the same summary fields, and the runner stays a sequence of stages.
+write the same summary fields and rows, and the runner stays a sequence of stages.
 
 Fields beyond the curve's (see :class:`~bench.core.metrics.AttackMetrics`): ``steps_to_harm_grid`` and
 ``crossing_resolution`` (1 when ``steps_to_harm`` is exact, else the probe interval), their raw twins,
@@ -12,14 +13,13 @@ not reproduce the run).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from bench.contracts import AttackReport
 from bench.core.metrics import AttackMetrics
 from bench.run import results
 from bench.run.monitor import ProbeMonitor
+from bench.run.summary import RunSummary, UtilityStanding, build_summary
 
 SUMMARY_COUNTS = ("steps_to_harm_grid", "crossing_resolution", "steps_to_harm_raw_grid", "raw_crossing_resolution")
 """Summary fields written as metric rows when set (None when censored)."""
@@ -44,48 +44,31 @@ def probe_rows(monitor: ProbeMonitor) -> list[dict]:
     return rows
 
 
-def attack_summary(metrics: AttackMetrics, monitor: ProbeMonitor, seconds: float,
-                   report: AttackReport | None) -> dict[str, Any]:
+def attack_summary(metrics: AttackMetrics, monitor: ProbeMonitor, seconds: float, report: AttackReport | None, *,
+                   utility: UtilityStanding | None = None, prune_bound: int | None = None,
+                   bound_by: tuple[str, ...] = (), proxy: tuple[float, float] | None = None) -> RunSummary:
+    """The summary of an attacked run, from its monitor and the attack's report (:func:`bench.run.summary.build_summary`)."""
     tracker = monitor.tracker
-    return {
-        **metric_fields(metrics),
-        "steps_run": monitor.steps_run,
-        "examples_seen": monitor.examples,
-        "loss_start": monitor.losses[0] if monitor.losses else float("nan"),
-        "loss_end": float(np.mean(monitor.losses[-5:])) if monitor.losses else float("nan"),
-        "attack_seconds": seconds,
-        "probe_seconds": monitor.probe_seconds,
-        "replay_steps": tracker.replay_steps if tracker else 0,
-        "replay_seconds": tracker.replay_seconds if tracker else 0.0,
-        "snapshot_seconds": tracker.snapshot_seconds if tracker else 0.0,
-        "replay_failure": tracker.failure if tracker else None,
-        "params_trained": report.params_trained if report is not None else 0,
-        "attack_params_added": report.params_added if report is not None else 0,
-        "attack_info": dict(report.info) if report is not None else {},
-    }
+    return build_summary(
+        metrics,
+        steps_run=monitor.steps_run,
+        examples_seen=monitor.examples,
+        loss_start=monitor.losses[0] if monitor.losses else float("nan"),
+        loss_end=float(np.mean(monitor.losses[-5:])) if monitor.losses else float("nan"),
+        attack_seconds=seconds,
+        probe_seconds=monitor.probe_seconds,
+        replay_steps=tracker.replay_steps if tracker else 0,
+        replay_seconds=tracker.replay_seconds if tracker else 0.0,
+        snapshot_seconds=tracker.snapshot_seconds if tracker else 0.0,
+        replay_failure=tracker.failure if tracker else None,
+        params_trained=report.params_trained if report is not None else 0,
+        attack_params_added=report.params_added if report is not None else 0,
+        attack_info=dict(report.info) if report is not None else {},
+        utility=utility, prune_bound=prune_bound, bound_by=bound_by, proxy=proxy,
+    )
 
 
-def metric_fields(metrics: AttackMetrics) -> dict[str, Any]:
-    return {
-        "steps_to_harm": metrics.steps_to_harm,
-        "censored": metrics.censored,
-        "steps_to_harm_grid": metrics.steps_to_harm_grid,
-        "crossing_resolution": metrics.crossing_resolution,
-        "steps_to_harm_raw": metrics.steps_to_harm_raw,
-        "raw_censored": metrics.raw_censored,
-        "steps_to_harm_raw_grid": metrics.steps_to_harm_raw_grid,
-        "raw_crossing_resolution": metrics.raw_crossing_resolution,
-        "utility_at_raw": metrics.utility_at_raw,
-        "harm_auc": metrics.harm_auc,
-        "outcome": metrics.outcome,
-        "diverged": metrics.diverged,
-        "diverged_step": metrics.diverged_step,
-        "stopped_early": metrics.stopped_early,
-        "pruned_at_bound": metrics.pruned_at_bound,
-    }
-
-
-def summary_rows(metrics: AttackMetrics, summary: dict[str, Any]) -> list[dict]:
+def summary_rows(metrics: AttackMetrics, summary: RunSummary) -> list[dict]:
     """The ``summary`` phase rows of an attack run (the leaderboard reads these)."""
     rows = [
         results.metric_row("summary", "steps_to_harm", metrics.steps_to_harm, censored=metrics.censored),
@@ -96,15 +79,13 @@ def summary_rows(metrics: AttackMetrics, summary: dict[str, Any]) -> list[dict]:
     ]
     if metrics.pruned_at_bound is not None:
         rows.append(results.metric_row("summary", "pruned_at_bound", float(metrics.pruned_at_bound)))
-    rows += [results.metric_row("summary", name, summary[name]) for name in SUMMARY_COUNTS
-             if summary.get(name) is not None]
-    for name in ("steps_run", "examples_seen", "attack_seconds", "probe_seconds", "replay_steps", "replay_seconds",
-                 "snapshot_seconds", "params_trained", "attack_params_added"):
-        if name in summary:
-            rows.append(results.metric_row("summary", name, summary[name]))
+    for name in (*SUMMARY_COUNTS, "steps_run", "examples_seen", "attack_seconds", "probe_seconds", "replay_steps",
+                 "replay_seconds", "snapshot_seconds", "params_trained", "attack_params_added"):
+        if getattr(summary, name) is not None:  # None: not measured (e.g. no replay on a run never attacked)
+            rows.append(results.metric_row("summary", name, getattr(summary, name)))
     if metrics.diverged_step is not None:
         rows.append(results.metric_row("summary", "diverged_step", metrics.diverged_step))
-    for key, value in summary.get("attack_info", {}).items():  # e.g. chains found and rewritten by an adaptive attack
+    for key, value in (summary.attack_info or {}).items():  # e.g. chains found and rewritten by an adaptive attack
         if isinstance(value, (bool, int, float)):
             rows.append(results.metric_row("summary", f"attack_{key}", float(value)))
     return rows

@@ -30,6 +30,7 @@ from typing import Any, TypeGuard
 
 from bench.core.metrics import UTILITY_LIMITS
 from bench.core.spec import RunSpec
+from bench.run.summary import RunSummary, UtilityStanding
 
 ALL = "all"
 TASK_BOUND = "bounded"
@@ -44,7 +45,7 @@ def utility_tables() -> tuple[str, ...]:
     return (*(f"bounded{limit}" for limit in _utility_limits()), TASK_BOUND)
 
 
-def utility_standing(retained_rows: Sequence[Mapping[str, Any]], released, post, bound) -> dict[str, Any]:
+def utility_standing(retained_rows: Sequence[Mapping[str, Any]], released, post, bound) -> UtilityStanding:
     """What an attack run records for the utility-bounded subsets (as :mod:`leaderboard.utility` judges them from
     the same rows): ``retained_after_attack``, the retained primary utility, and ``within_utility_bound``, whether
     the attacked model is within the task's :class:`~bench.contracts.UtilityBound` (None when not measured)."""
@@ -62,8 +63,8 @@ def utility_standing(retained_rows: Sequence[Mapping[str, Any]], released, post,
             if before is not None and now is not None and _finite(before.value) and _finite(now.value):
                 within = (abs(float(now.value) - float(before.value)) if float(value) < 1.0 else 0.0) <= bound.limit
     primary_value = retained.get(primary)
-    return {"retained_after_attack": float(primary_value) if _finite(primary_value) else None,
-            "within_utility_bound": within}
+    return UtilityStanding(retained_after_attack=float(primary_value) if _finite(primary_value) else None,
+                           within_utility_bound=within)
 
 
 def _finite(value: Any) -> TypeGuard[float]:
@@ -121,16 +122,17 @@ class Bounds:
         if spec.purpose != "attack" or record.status != "success" or spec.run_id in self._seen:
             return
         self._seen.add(spec.run_id)
-        if summary.get("censored", True) or summary.get("steps_to_harm") is None:
+        if summary.censored is not False or summary.steps_to_harm is None:
             return
-        steps = int(summary["steps_to_harm"])
+        steps = int(summary.steps_to_harm)
         if spec.defense.name == "none":
             self._undefended[_config_key(spec, family)] = steps
         tables = [ALL, self._table(spec), f"family:{family}"]
-        retained = summary.get("retained_after_attack")
+        standing = summary.utility or UtilityStanding()
+        retained = standing.retained_after_attack
         if _finite(retained):
             tables += [f"bounded{limit}" for limit in _utility_limits() if float(retained) >= 1.0 - limit / 100.0]
-        if summary.get("within_utility_bound") is True:
+        if standing.within_utility_bound is True:
             tables.append(TASK_BOUND)
         best = self._best.setdefault(group_of(spec), {})
         for table in tables:
@@ -173,6 +175,6 @@ def _config_key(spec: RunSpec, family: str) -> tuple:
     return spec.stage_key("released"), spec.seed, spec.suite, family, spec.attack.hash()
 
 
-def pruned(summary: Mapping[str, Any]) -> bool:
+def pruned(summary: RunSummary) -> bool:
     """Whether a run's summary says it was stopped at the bound."""
-    return summary.get("pruned_at_bound") is not None
+    return summary.pruned_at_bound is not None

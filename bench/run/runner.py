@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -39,13 +40,14 @@ from bench.core.spec import RunSpec
 from bench.errors import PluginError
 from bench.registry import ATTACKS, TASKS
 from bench.run import results, shared_runs
-from bench.run.attack_record import attack_summary, metric_fields, probe_rows, summary_rows
+from bench.run.attack_record import attack_summary, probe_rows, summary_rows
 from bench.run.fingerprint import code_fingerprint, overrides
 from bench.run.monitor import ProbeMonitor, StartProbe
 from bench.run.provenance import peak_memory_mb, provenance, reset_peak_memory
 from bench.run.pruning import utility_standing
 from bench.run.run_claim import claimed_run
 from bench.run.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
+from bench.run.summary import RunSummary, build_summary
 from bench.toolkit.images import image_grid, save_png
 
 Status = Literal["success", "failed"]
@@ -58,7 +60,7 @@ class RunResult:
     directory: Path | None = None
     error: str | None = None
     metrics: AttackMetrics | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: RunSummary = field(default_factory=RunSummary)
 
     @property
     def run_id(self) -> str:
@@ -85,7 +87,7 @@ def _shared(defended: DefendedStage) -> _Shared:
 
 
 def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
-            ) -> tuple[list[dict], dict[str, Any], AttackMetrics, Any]:
+            ) -> tuple[list[dict], RunSummary, AttackMetrics, Any]:
     task = released.task
     _, _, attack_cfg = spec.configs()
     attack = ATTACKS.get(spec.attack.name)()
@@ -122,7 +124,7 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
                              stopped_early=monitor.stopped_early, steps_run=monitor.steps_run,
                              pruned_step=monitor.pruned_step)
     rows = probe_rows(monitor)
-    samples = None
+    samples = standing = None
     if spec.purpose == "attack":  # an LR-search probe run is scored by its loss curve alone: skip the full evaluation
         with torch.no_grad():
             post = task.evaluate(model)
@@ -130,20 +132,19 @@ def _attack(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
         rows += evaluation_rows("post_attack", post)
         retained = retained_rows("post_attack", released.evaluation, post, cfg.bootstrap)
         rows += retained
-    summary = attack_summary(metrics, monitor, seconds, report)
-    if spec.purpose == "attack":  # which utility-bounded worst cases this run can bound (bench.run.pruning)
-        summary.update(utility_standing(retained, released, post, TASKS.get(spec.task.name).utility_bound))
-    if spec.stop_at is not None:
-        summary.update(prune_bound=spec.stop_at, bound_by=list(spec.bound_by))
+        # which utility-bounded worst cases this run can bound (bench.run.pruning)
+        standing = utility_standing(retained, released, post, TASKS.get(spec.task.name).utility_bound)
+    proxy = None
     if task.harm_proxy is not None:  # the attacker's progress on fixed data, for scoring LR-search probe runs
-        summary["proxy_start"] = _extra(monitor.points[0], task.harm_proxy)
-        summary["proxy_end"] = _extra(monitor.points[-1], task.harm_proxy)
+        proxy = (_extra(monitor.points[0], task.harm_proxy), _extra(monitor.points[-1], task.harm_proxy))
+    summary = attack_summary(metrics, monitor, seconds, report, utility=standing, prune_bound=spec.stop_at,
+                             bound_by=spec.bound_by, proxy=proxy)
     rows += summary_rows(metrics, summary)
     return rows, summary, metrics, samples
 
 
 def _harmful_from_the_start(spec: RunSpec, released: ReleasedStage, defended: DefendedStage
-                            ) -> tuple[list[dict], dict[str, Any], AttackMetrics, None]:
+                            ) -> tuple[list[dict], RunSummary, AttackMetrics, None]:
     """A run on a model that is harmful before any attack (:meth:`~bench.contracts.TaskInstance.already_harmful`):
     steps-to-harm 0 without attacking (there is nothing for the attacker to do); harm AUC is the step-0 probe's
     harm, as for an attack that stops at step 0."""
@@ -155,12 +156,10 @@ def _harmful_from_the_start(spec: RunSpec, released: ReleasedStage, defended: De
                             utility_at_raw=float(probe.utility), harm_auc=float(probe.harm), outcome="harmed",
                             diverged=False, diverged_step=None, steps_to_harm_grid=0, crossing_resolution=1,
                             steps_to_harm_raw_grid=0, raw_crossing_resolution=1)
-    summary = {
-        **metric_fields(metrics), "steps_run": 0, "examples_seen": 0,
-        "loss_start": float("nan"), "loss_end": float("nan"), "attack_seconds": 0.0, "probe_seconds": seconds,
-        "params_trained": 0, "attack_params_added": 0, "attack_info": {},
-        "already_harmful": defended.already_harmful,
-    }
+    # no replay fields: nothing was trained, so there was nothing to replay (None, and no metric rows)
+    summary = build_summary(metrics, steps_run=0, examples_seen=0, loss_start=float("nan"), loss_end=float("nan"),
+                            attack_seconds=0.0, probe_seconds=seconds, params_trained=0, attack_params_added=0,
+                            attack_info={}, already_harmful=defended.already_harmful)
     rows = [results.metric_row("attack", "harm", probe.harm, step=0, split="probe"),
             results.metric_row("attack", "utility", probe.utility, step=0, split="probe")]
     rows += summary_rows(metrics, summary)
@@ -208,7 +207,8 @@ def run(spec: RunSpec, session: Session | None = None) -> RunResult:
     session = session or Session()
     directory = session.results_dir / spec.run_id
     return claimed_run(directory, lambda: _run_claimed(spec, session),
-                       lambda info: RunResult(spec, "success", directory, summary=info.get("summary") or {}))
+                       lambda info: RunResult(spec, "success", directory,
+                                              summary=RunSummary.from_json(info.get("summary"))))
 
 
 def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
@@ -216,7 +216,7 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {}
+    summary = RunSummary()
     metrics: AttackMetrics | None = None
     error = tb = None
     status: Status = "success"
@@ -253,11 +253,11 @@ def _run_claimed(spec: RunSpec, session: Session) -> RunResult:
                 else:
                     attack_rows, summary, metrics, samples = _attack(spec, released, defended)
             if released.already_harmful is not None:
-                summary["released_already_harmful"] = released.already_harmful
+                summary = dataclasses.replace(summary, released_already_harmful=released.already_harmful)
             rows += attack_rows
             if samples is not None:
                 save_png(samples, session.results_dir / spec.run_id / results.SAMPLES_PNG)
-                summary["samples"] = results.SAMPLES_PNG
+                summary = dataclasses.replace(summary, samples=results.SAMPLES_PNG)
         except KeyboardInterrupt:
             raise  # an interrupted sweep keeps the runs already written; this one is simply not recorded
         except Exception as err:  # noqa: BLE001 - a crashing plugin or bad data fails this run, not the sweep
@@ -292,16 +292,18 @@ def record_failure(spec: RunSpec, session: Session, error: str, *, started_at: s
                    details: dict[str, Any]) -> RunResult:
     """Write a ``failed`` run for a spec whose worker died outside :func:`run` (crash, ``os._exit``, out of memory,
     timeout): ``details`` (exit code, the log's last lines) go into ``run.json``."""
-    return _record(spec, session, status="failed", rows=[], summary={}, metrics=None, error=error,
+    return _record(spec, session, status="failed", rows=[], summary=RunSummary(), metrics=None, error=error,
                    tb=details.get("log_tail"), started_at=started_at, wall=wall, defense_report={},
                    task_provenance={}, extra={"worker": details})
 
 
-def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[str, Any]], summary: dict[str, Any],
+def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[str, Any]], summary: RunSummary,
             metrics: AttackMetrics | None, error: str | None, tb: str | None, started_at: str, wall: float,
             defense_report: dict[str, Any], task_provenance: dict[str, Any],
             extra: dict[str, Any] | None = None, peak_scoped: bool = False) -> RunResult:
-    """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker)."""
+    """Write ``results/<run_id>/`` (metrics.parquet, then run.json as the completion marker). Every path that
+    records a run comes here, so this is where the planner's wave (carried by the spec) joins its summary."""
+    summary = dataclasses.replace(summary, wave=spec.wave, wave_kind=spec.wave_kind)
     device = _safe(lambda: str(session.device_for(spec)), session.device)
     fingerprint = _safe(lambda: code_fingerprint(spec), None)  # None: a plugin that cannot load (the run failed)
     task_cfg = spec.task.kwargs
@@ -323,8 +325,8 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "purpose": spec.purpose,
         "seed": spec.seed,
         "status": status,
-        "outcome": summary.get("outcome"),
-        "diverged": summary.get("diverged"),
+        "outcome": summary.outcome,
+        "diverged": summary.diverged,
         "official": session.official,
     }
     run_json = {
@@ -335,14 +337,14 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
         "status": status,
         "error": error,
         "traceback": tb,
-        "outcome": summary.get("outcome"),
-        "summary": summary,
+        "outcome": summary.outcome,
+        "summary": summary.to_json(),
         "threat_model": {
             "knowledge": run_columns["knowledge"],
             "access": "full weights",
             "budget_steps": spec.attack.kwargs.get("budget"),
             "batch_size": spec.attack.kwargs.get("batch_size"),
-            "examples_seen": summary.get("examples_seen"),
+            "examples_seen": summary.examples_seen,
         },
         "task_config": {"tau": task_cfg.get("tau"), "usable_factor": task_cfg.get("usable_factor"),
                         "patience": task_cfg.get("patience")},
@@ -362,6 +364,8 @@ def _record(spec: RunSpec, session: Session, *, status: Status, rows: list[dict[
     }
     directory = session.results_dir / spec.run_id
     rows.append(results.metric_row("summary", "wall_seconds", wall))
+    if spec.wave is not None:  # the attacker's order of trials (leaderboard.cost) reads it
+        rows.append(results.metric_row("summary", "wave", spec.wave, split=spec.wave_kind or ""))
     # what the leaderboard keys rows by besides the task's name: never pool different suites or task settings
     rows.append(results.metric_row("released", "suite", None, split=spec.suite))
     settings = json.dumps(task_cfg, sort_keys=True, default=str)

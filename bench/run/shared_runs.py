@@ -21,6 +21,7 @@ success with its own fingerprint, rerun when the code changes like any other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -31,13 +32,15 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bench.core.metrics import AttackMetrics
+from bench.errors import DataError
 from bench.run import results
+from bench.run.summary import RunSummary
 
 SHARED = ".shared"
 """Subfolder of the results folder holding each key's lock and source pointer."""
 REUSED_PHASES = ("attack", "post_attack", "summary")
 """What a reusing run copies from its source: the rows the attack produced (the stages' rows are its own)."""
-OWN_SUMMARY_METRICS = ("wall_seconds",)
+OWN_SUMMARY_METRICS = ("wall_seconds", "wave")
 """Summary rows each record writes for itself (:func:`bench.run.runner._record`), never copied."""
 
 
@@ -79,7 +82,12 @@ def _source(results_dir: Path, key: str) -> Path | None:
         return None
     directory = results_dir / str(run_id)
     info = results.successful_run(directory)
-    if info is None or info.get("stale") or (info.get("summary") or {}).get("reused_from"):
+    if info is None or info.get("stale"):
+        return None
+    try:
+        if RunSummary.from_json(info.get("summary")).reused_from:
+            return None
+    except DataError:  # a summary this code cannot read is no source
         return None
     try:
         current = code_fingerprint(RunSpec.from_json(info["spec"]))
@@ -89,7 +97,7 @@ def _source(results_dir: Path, key: str) -> Path | None:
 
 
 def reused_attack(source: Path, destination: Path
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any], AttackMetrics]:
+                  ) -> tuple[list[dict[str, Any]], RunSummary, AttackMetrics]:
     """The source run's attack as a reusing run records it: its rows (and samples image, copied into
     ``destination``), its summary, and its metrics, marked ``reused_from``."""
     info = results.read_run_json(source)
@@ -99,14 +107,12 @@ def reused_attack(source: Path, destination: Path
             if row["phase"] in REUSED_PHASES
             and not (row["phase"] == "summary" and row["metric"] in OWN_SUMMARY_METRICS)]
     rows.append(results.metric_row("summary", "reused_from", None, split=source.name))
-    summary = {k: v for k, v in (info.get("summary") or {}).items()
-               if k not in ("samples", "released_already_harmful")}
-    summary["reused_from"] = source.name
-    samples = (info.get("summary") or {}).get("samples")
-    if samples and (source / samples).is_file():
+    recorded = RunSummary.from_json(info.get("summary"))
+    # what is the reusing run's own (its released model, its wave) is not copied; the runner records it
+    summary = dataclasses.replace(recorded, reused_from=source.name, samples=None, released_already_harmful=None,
+                                  wave=None, wave_kind=None)
+    if recorded.samples and (source / recorded.samples).is_file():
         destination.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / samples, destination / samples)
-        summary["samples"] = samples
-    fields = AttackMetrics.__dataclass_fields__
-    metrics = AttackMetrics(**{name: summary[name] for name in fields if name in summary})
-    return rows, summary, metrics
+        shutil.copyfile(source / recorded.samples, destination / recorded.samples)
+        summary = dataclasses.replace(summary, samples=recorded.samples)
+    return rows, summary, summary.metrics()
