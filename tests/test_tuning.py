@@ -164,3 +164,10 @@ def test_tuned_presets_live_in_the_checkouts_defenses_folder(monkeypatch):
     from bench.core.tuning_presets import tuned_dir
     monkeypatch.delenv("BENCH_TUNED_PRESETS", raising=False)
     assert tuned_dir() == Path(__file__).resolve().parents[1] / "defenses" / "tuned"
+
+
+def test_tuning_a_preset_writes_its_own_preset_name():
+    """Tuning ``tar`` and ``tar.sophon`` on one task must give two presets, not one written over the other."""
+    from bench.core.tuning_presets import default_preset_name
+    assert default_preset_name("tar", "vision-digits") == "tuned-vision-digits"
+    assert default_preset_name("tar.sophon", "vision-digits") == "sophon-tuned-vision-digits"

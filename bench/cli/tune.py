@@ -46,7 +46,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--cost-cap", type=float, metavar="K",
                    help="budget mode: also print the best budget within K times today's training length")
     p.add_argument("--write-preset", nargs="?", const="", metavar="NAME",
-                   help="write the selected config as preset NAME (default tuned-<task>) in defenses/tuned/")
+                   help="write the selected config as preset NAME in defenses/tuned/ (default tuned-<task>; "
+                        "<preset>-tuned-<task> when --defense names a preset)")
     flags.dry_run(p, what="the candidates, the runs they need,")
     flags.results(p)
     flags.device(p)
@@ -135,10 +136,10 @@ def main(args: argparse.Namespace) -> int:
         if tuning.selected is None:
             print("no preset written: nothing was selected", file=sys.stderr)
             return 1
-        from bench.core.tuning_presets import write_preset
+        from bench.core.tuning_presets import default_preset_name, write_preset
         from bench.registry import DEFENSES
 
-        name = args.write_preset or f"tuned-{spec.task}"
+        name = args.write_preset or default_preset_name(spec.defense, spec.task)
         base = spec.defense.partition(".")[0]
         layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **(tuning.selected_args or {})}
         path = write_preset(base, name, layered, task=spec.task, tier=spec.tier,

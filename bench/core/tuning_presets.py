@@ -66,6 +66,14 @@ def tuned_preset_args(defense: str) -> dict[str, dict[str, Any]]:
     return {name: dict(record.get("args") or {}) for name, record in load_tuned(defense).items()}
 
 
+def default_preset_name(defense: str, task: str) -> str:
+    """The name ``--write-preset`` gives a tuning's selection: ``tuned-<task>``, or ``<preset>-tuned-<task>`` when the
+    tuning varied a preset (``tar.sophon`` → ``tar.sophon-tuned-vision-digits``), so tuning a method and a preset of
+    it on one task writes two presets, not one over the other."""
+    preset = defense.partition(".")[2]
+    return f"{preset}-tuned-{task}" if preset else f"tuned-{task}"
+
+
 def write_preset(defense: str, name: str, args: Mapping[str, Any], *, task: str, tier: str, command: str,
                  tune_id: str, selected_from: str) -> Path:
     """Add (or replace) preset ``name`` of ``defense``; returns the file written."""
