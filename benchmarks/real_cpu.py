@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: Path) -> None:
-    from bench.run.stage_clock import describe
     from bench.run.summary import RunSummary
+    from bench.toolkit.stage_clock import describe
 
     for path in sorted(results.glob("*/run.json")):
         info = json.loads(path.read_text())

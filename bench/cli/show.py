@@ -25,8 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import DataError
     from bench.run.results import METRICS, RUN_JSON, read_run_json, run_directories
-    from bench.run.stage_clock import describe
     from bench.run.summary import RunSummary
+    from bench.toolkit.stage_clock import describe
 
     target = Path(args.target)
     if not target.exists():
