@@ -75,7 +75,7 @@ def test_planner_advances_every_family_in_lockstep_and_collapses_identical_runs(
     ids = [s.run_id for _, s in first]
     assert len(ids) == len(set(ids)) and {s.seed for _, s in first} == {0, 1}
     assert {s.defense.name for _, s in first} == {"none", "specdef"}
-    assert len({family for family, _ in first}) == len(planner.sweeps)
+    assert len({family for family, _ in first}) == len(planner.families)
     planner.finish({s.run_id: RunRecord(s, "failed", RunSummary(), "x") for _, s in first})
     assert planner.done  # nothing succeeded: no refinement to do
 
