@@ -43,7 +43,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from bench.errors import ConfigError, DataError
     from leaderboard.aggregate import build
+    from leaderboard import tuning_view
     from leaderboard.claims import load_claims
+    from leaderboard.groups import task_groups
     from leaderboard.render import default_schema, markdown
     from leaderboard.schema import load_schema
     from leaderboard.sources import default_submissions_dir
@@ -78,7 +80,13 @@ def main(args: argparse.Namespace) -> int:
         from leaderboard.md_figures import write_figures
 
         figures = write_figures(data, schema, args.out)
-    text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures)
+    # the defender tuning records (bench tune) of the tasks shown; budget figures beside the others (after them:
+    # write_figures clears stale PNGs)
+    tunings = tuning_view.load(results)
+    groups = list(task_groups(data.board)) if not data.board.empty else []
+    tuning, tuning_only = tuning_view.markdown_sections(tunings, groups, args.out if args.format == "md" else None)
+    text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures, tuning=tuning,
+                    tuning_only=tuning_only)
     print(text, end="")
     written = []
     if args.format == "html":
