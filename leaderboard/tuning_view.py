@@ -103,7 +103,7 @@ def board_titles(tunings: Tunings, groups: Iterable[tuple[str, str, pd.DataFrame
     titles: dict[Key, str | None] = {}
     for key, found in matches.items():
         plain = [t for t in found if " · " not in t]
-        titles[key] = (plain or found or [None])[0]
+        titles[key] = (plain or found)[0] if found else None
     return titles
 
 

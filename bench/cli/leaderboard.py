@@ -42,8 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.errors import ConfigError, DataError
-    from leaderboard.aggregate import build
     from leaderboard import tuning_view
+    from leaderboard.aggregate import build
     from leaderboard.claims import load_claims
     from leaderboard.groups import task_groups
     from leaderboard.render import default_schema, markdown
