@@ -35,9 +35,10 @@ TITLE = "Training-resistance leaderboard"
 
 
 def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *, schema: Schema | None = None,
-               submissions: str | Path | None = None, title: str = TITLE) -> Path:
+               submissions: str | Path | None = None, title: str = TITLE, tuning: str | Path | None = None) -> Path:
     """Write the site for ``data`` (aggregated from ``results_dir`` and the ``submissions`` folder, if any) into
-    ``out_dir``; return its ``index.html``."""
+    ``out_dir``; return its ``index.html``. ``tuning``: the results folder whose ``bench tune`` records are shown
+    (default ``results_dir``)."""
     out = Path(out_dir)
     aggregated = data.board  # written unmarked to leaderboard.csv
     data = _marked(data)
@@ -64,7 +65,7 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
     write("index.html", "overview.html", title, _overview(title, board, runs, schema, claims, defense_files, task_files))
     wants_samples = any("samples" in schema.table_for(task).plots for _, task, _ in groups)
     sheets = {p.name: p for p in samples_sheets(results_dir, data.seeds, out / "img")} if wants_samples else {}
-    tunings = tuning_view.load(results_dir)  # bench tune's records: budget curves and defender tuning
+    tunings = tuning_view.load(tuning if tuning is not None else results_dir)  # bench tune's records: budget curves and defender tuning
     tuned = {t: key for key, t in tuning_view.board_titles(tunings, groups).items() if t is not None}
     for title_, task, group in groups:
         context = _task(title_, task, group, data, schema.table_for(task), infos, defense_files, sheets, out)

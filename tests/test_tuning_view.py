@@ -131,3 +131,22 @@ def test_records_attach_to_the_plain_task_group_not_a_variant():
     assert tuning_view.board_titles(tunings, groups[:1]) == {("vision-digits", "tiny", None): groups[0][0]}
     by_title, orphans = tuning_view.markdown_sections(tunings, [], None)
     assert by_title == {} and orphans[0].startswith("### vision-digits (tiny): defender tuning only")
+
+
+def test_tuning_records_can_come_from_another_results_folder(tuned, tmp_path, capsys):
+    """``--tuning DIR`` shows the records of another folder (a tuning campaign beside the leaderboard's runs)."""
+    import shutil
+
+    other = tmp_path / "campaign"
+    (other / "tuning").mkdir(parents=True)
+    for path in (tuned / "tuning").glob("[!x]*.parquet"):  # the real records, not the hostile copies
+        shutil.copy(path, other / "tuning" / path.name)
+    out = tmp_path / "board.md"
+    assert main(["leaderboard", "--results", str(tuned), "--tuning", str(other), "--format", "md",
+                 "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| ga-retain | 4× | 800 |" in text and "script" not in text
+    capsys.readouterr()
+    assert main(["leaderboard", "--results", str(tuned), "--tuning", str(tmp_path / "nowhere"), "--format", "md"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no tuning/ folder" in err

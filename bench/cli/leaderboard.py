@@ -15,6 +15,7 @@ EPILOG = """examples:
   bench leaderboard --format md --out docs/board.md   # Markdown and its figures (docs/board-figures/)
   bench leaderboard --sweep grid.yaml --format md     # only the runs of one sweep file
   bench leaderboard --format csv --out board.csv      # the aggregated table (also: --format parquet)
+  bench leaderboard --tuning results-tune --format md --out docs/board.md   # budget curves recorded elsewhere
 """
 
 
@@ -35,6 +36,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--submissions", metavar="DIR",
                    help="folder of submitted results shown too, marked [submission: NAME] (default: "
                         "leaderboard/submissions of this checkout, when it exists)")
+    p.add_argument("--tuning", metavar="DIR", help="results folder whose tuning/ records (bench tune: budget curves, "
+                   "defender tuning) are shown under the task tables (default: --results)")
     p.add_argument("--html", metavar="FILE", help=argparse.SUPPRESS)  # replaced by --format html --out DIR
     p.add_argument("--table", metavar="FILE", help=argparse.SUPPRESS)  # deprecated: --format csv|parquet --out FILE
     return p
@@ -82,7 +85,10 @@ def main(args: argparse.Namespace) -> int:
         figures = write_figures(data, schema, args.out)
     # the defender tuning records (bench tune) of the tasks shown; budget figures beside the others (after them:
     # write_figures clears stale PNGs)
-    tunings = tuning_view.load(results)
+    tuning_dir = Path(args.tuning) if args.tuning else results
+    if args.tuning and not (tuning_dir / "tuning").is_dir():
+        raise DataError(f"{tuning_dir} has no tuning/ folder of bench tune records")
+    tunings = tuning_view.load(tuning_dir)
     groups = list(task_groups(data.board)) if not data.board.empty else []
     tuning, tuning_only = tuning_view.markdown_sections(tunings, groups, args.out if args.format == "md" else None)
     text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures, tuning=tuning,
@@ -93,7 +99,7 @@ def main(args: argparse.Namespace) -> int:
         from leaderboard.site import build_site
 
         written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema,
-                                  submissions=submissions))
+                                  submissions=submissions, tuning=tuning_dir))
     elif args.format == "md" and args.out:
         from leaderboard.md_figures import figures_folder
 
