@@ -6,7 +6,7 @@ rows (:func:`columns`), the Markdown leaderboard, and the per-attack-family brea
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -130,10 +130,13 @@ def md_cell(text: str) -> str:
 
 
 def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool = False,
-             claims: Mapping[str, Claim] | None = None, figures: Mapping[str, str] | None = None) -> str:
+             claims: Mapping[str, Claim] | None = None, figures: Mapping[str, str] | None = None,
+             tuning: Mapping[str, str] | None = None, tuning_only: Sequence[str] = ()) -> str:
     """One Markdown table per task: the schema's unfolded columns (every column with ``details``); with ``claims``
     (:func:`leaderboard.claims.load_claims`), the ledger entries of the defenses shown follow the tables; with
-    ``figures`` (per task title, Markdown: :func:`leaderboard.md_figures.write_figures`), each under its table."""
+    ``figures`` (per task title, Markdown: :func:`leaderboard.md_figures.write_figures`), each under its table;
+    with ``tuning`` (per task title, :func:`leaderboard.tuning_view.markdown_sections`), the task's budget curves
+    and defender tuning after that; ``tuning_only``: sections of tuned tasks without a table, after the tables."""
     if board.empty:
         return "_No results yet: run `bench run` first._\n"
     schema = schema or default_schema()
@@ -156,6 +159,9 @@ def markdown(board: pd.DataFrame, schema: Schema | None = None, *, details: bool
             parts += [f"_{missing}_", ""]
         if figures and figures.get(title):
             parts += [figures[title], ""]
+        if tuning and tuning.get(title):
+            parts += [tuning[title], ""]
+    parts += list(tuning_only)
     parts.append(FOOTNOTE + ("" if details else " Detail columns: `--format md --details`, or the HTML site."))
     if claims is not None:
         ledger = claims_markdown(board["defense_label"], claims)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from leaderboard import tuning_view
 from leaderboard.aggregate import Aggregates
 from leaderboard.claims import load_claims
 from leaderboard.defense_page import defense_context, first_error_line, read_run_infos
@@ -34,9 +35,10 @@ TITLE = "Training-resistance leaderboard"
 
 
 def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *, schema: Schema | None = None,
-               submissions: str | Path | None = None, title: str = TITLE) -> Path:
+               submissions: str | Path | None = None, title: str = TITLE, tuning: str | Path | None = None) -> Path:
     """Write the site for ``data`` (aggregated from ``results_dir`` and the ``submissions`` folder, if any) into
-    ``out_dir``; return its ``index.html``."""
+    ``out_dir``; return its ``index.html``. ``tuning``: the results folder whose ``bench tune`` records are shown
+    (default ``results_dir``)."""
     out = Path(out_dir)
     aggregated = data.board  # written unmarked to leaderboard.csv
     data = _marked(data)
@@ -63,11 +65,17 @@ def build_site(data: Aggregates, results_dir: str | Path, out_dir: str | Path, *
     write("index.html", "overview.html", title, _overview(title, board, runs, schema, claims, defense_files, task_files))
     wants_samples = any("samples" in schema.table_for(task).plots for _, task, _ in groups)
     sheets = {p.name: p for p in samples_sheets(results_dir, data.seeds, out / "img")} if wants_samples else {}
+    tunings = tuning_view.load(tuning if tuning is not None else results_dir)  # bench tune's records: budget curves and defender tuning
+    tuned = {t: key for key, t in tuning_view.board_titles(tunings, groups).items() if t is not None}
     for title_, task, group in groups:
         context = _task(title_, task, group, data, schema.table_for(task), infos, defense_files, sheets, out)
+        context["tuning"] = (tuning_view.site_task(tunings, tuned[title_], title_, out / "img",
+                                                   lambda id_, rows: _text_table(id_, rows, defense_files))
+                             if title_ in tuned else None)
         write(task_files[title_], "task.html", f"{title_} — {title}", context)
     for label, name in defense_files.items():
         context = defense_context(label, board, runs, infos, schema, claims, lambda t: task_files.get(t, "index.html"))
+        context["tuning_lines"] = tuning_view.defense_lines(tunings, label)
         write(name, "defense.html", f"{label} — {title}", context)
     aggregated.to_csv(out / "leaderboard.csv", index=False)
     return out / "index.html"
@@ -169,6 +177,13 @@ def _families(task_runs: pd.DataFrame, defense_files: dict[str, str]) -> TableVi
         return None
     families = families.rename(columns={"censored": "steps_censored"})
     return table("families", _FAMILY_COLUMNS, families, links=defense_files.get)
+
+
+def _text_table(table_id: str, rows: pd.DataFrame, defense_files: dict[str, str]) -> TableView:
+    """A sortable table of a frame of preformatted text (:mod:`leaderboard.tuning_view`); its Defense column links
+    to the defense's page where the site has one."""
+    cols = [Column(name, name, "defense" if name == "Defense" else "text", "none", "", False) for name in rows.columns]
+    return table(table_id, cols, rows, links=defense_files.get, filter_box=False)
 
 
 _FAILED_COLUMNS = [

@@ -15,6 +15,7 @@ EPILOG = """examples:
   bench leaderboard --format md --out docs/board.md   # Markdown and its figures (docs/board-figures/)
   bench leaderboard --sweep grid.yaml --format md     # only the runs of one sweep file
   bench leaderboard --format csv --out board.csv      # the aggregated table (also: --format parquet)
+  bench leaderboard --tuning results-tune --format md --out docs/board.md   # budget curves recorded elsewhere
 """
 
 
@@ -35,6 +36,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--submissions", metavar="DIR",
                    help="folder of submitted results shown too, marked [submission: NAME] (default: "
                         "leaderboard/submissions of this checkout, when it exists)")
+    p.add_argument("--tuning", metavar="DIR", help="results folder whose tuning/ records (bench tune: budget curves, "
+                   "defender tuning) are shown under the task tables (default: --results)")
     p.add_argument("--html", metavar="FILE", help=argparse.SUPPRESS)  # replaced by --format html --out DIR
     p.add_argument("--table", metavar="FILE", help=argparse.SUPPRESS)  # deprecated: --format csv|parquet --out FILE
     return p
@@ -42,8 +45,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from bench.errors import ConfigError, DataError
+    from leaderboard import tuning_view
     from leaderboard.aggregate import build
     from leaderboard.claims import load_claims
+    from leaderboard.groups import task_groups
     from leaderboard.render import default_schema, markdown
     from leaderboard.schema import load_schema
     from leaderboard.sources import default_submissions_dir
@@ -78,14 +83,23 @@ def main(args: argparse.Namespace) -> int:
         from leaderboard.md_figures import write_figures
 
         figures = write_figures(data, schema, args.out)
-    text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures)
+    # the defender tuning records (bench tune) of the tasks shown; budget figures beside the others (after them:
+    # write_figures clears stale PNGs)
+    tuning_dir = Path(args.tuning) if args.tuning else results
+    if args.tuning and not (tuning_dir / "tuning").is_dir():
+        raise DataError(f"{tuning_dir} has no tuning/ folder of bench tune records")
+    tunings = tuning_view.load(tuning_dir)
+    groups = list(task_groups(data.board)) if not data.board.empty else []
+    tuning, tuning_only = tuning_view.markdown_sections(tunings, groups, args.out if args.format == "md" else None)
+    text = markdown(data.board, schema, details=args.details, claims=load_claims(), figures=figures, tuning=tuning,
+                    tuning_only=tuning_only)
     print(text, end="")
     written = []
     if args.format == "html":
         from leaderboard.site import build_site
 
         written.append(build_site(data, results, Path(args.out) if args.out else results / "site", schema=schema,
-                                  submissions=submissions))
+                                  submissions=submissions, tuning=tuning_dir))
     elif args.format == "md" and args.out:
         from leaderboard.md_figures import figures_folder
 
