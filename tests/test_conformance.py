@@ -92,16 +92,25 @@ ATTACKED_DEFENSES = ("none", "specdef")
 defense is covered by test_every_defense_on_every_task and its own attack runs)."""
 
 
+@pytest.fixture(scope="module")
+def attack_session(tmp_path_factory, cache) -> Session:
+    """One session for the attack cross-product, as one sweep worker runs many runs: each task's released stage and
+    each defended stage is loaded once and reused from memory (what a sweep relies on), not read again per run."""
+    return Session(tmp_path_factory.mktemp("attack-runs"), cache, progress=False)
+
+
 @pytest.mark.parametrize("attack, task", _lane(ATTACK_TASKS))
 @pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
-def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
+def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, attack_session):
+    # Three steps with probes at 0 and 3: several optimizer steps and a probe after training, at the least cost
+    # (the probe is most of a tiny diffusion run's time; each attack's own tests check its behaviour).
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
     spec = make_spec(task=task, defense=defense, attack=attack, task_args=smoke,
-                     attack_args={"budget": 6, "eval_every": 3})
-    result = run(spec, Session(tmp_path, cache))
+                     attack_args={"budget": 3, "eval_every": 3})
+    result = run(spec, attack_session)
     assert result.status == "success", result.error
     assert result.summary["outcome"] in ("harmed", "broken", "resisted")
-    assert 0 < result.summary["steps_run"] <= 6
+    assert 0 < result.summary["steps_run"] <= 3
 
 
 def _broken_attack(mistake: str):
