@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from bench import testing
@@ -93,23 +95,25 @@ defense is covered by test_every_defense_on_every_task and its own attack runs).
 
 
 @pytest.fixture(scope="module")
-def attack_session(tmp_path_factory, cache) -> Session:
-    """One session for the attack cross-product, as one sweep worker runs many runs: each task's released stage and
-    each defended stage is loaded once and reused from memory (what a sweep relies on), not read again per run."""
-    return Session(tmp_path_factory.mktemp("attack-runs"), cache, progress=False)
+def stages(tmp_path_factory, cache) -> Session:
+    """The attack cross-product's stages, loaded once: each task's released stage and each defended stage stays in
+    this session's memory, as in one sweep worker, instead of being read from disk again for every run."""
+    return Session(tmp_path_factory.mktemp("unused"), cache, progress=False)
 
 
 @pytest.mark.parametrize("attack, task", _lane(ATTACK_TASKS))
 @pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
-def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, attack_session):
+def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, stages, tmp_path):
     # Three steps with probes at 0 and 3: several optimizer steps and a probe after training, at the least cost
     # (the probe is most of a tiny diffusion run's time; each attack's own tests check its behaviour).
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
     spec = make_spec(task=task, defense=defense, attack=attack, task_args=smoke,
                      attack_args={"budget": 3, "eval_every": 3})
-    result = run(spec, attack_session)
+    session = copy.copy(stages)  # the same stages in memory (its dicts are shared), but this test's own results
+    session.results_dir = tmp_path  # folder: a run of another test is never reused for it (bench.shared_runs)
+    result = run(spec, session)
     assert result.status == "success", result.error
-    assert result.summary["outcome"] in ("harmed", "broken", "resisted")
+    assert result.summary["outcome"] in ("harmed", "broken", "resisted") and "reused_from" not in result.summary
     assert 0 < result.summary["steps_run"] <= 3
 
 
