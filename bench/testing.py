@@ -397,28 +397,32 @@ def smoke_task(task: str, cache):
 def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[str]:
     """The defense (with its ``smoke_args``) on a tiny task's real defender view: deterministic under a seed (bit for
     bit), trains only on the defender split (the leak test), and its defended stage saves to and reloads from the
-    on-disk stage cache with identical outputs."""
+    on-disk stage cache with identical outputs.
+
+    Two applications, not three: one called here on a recording view (the leak test) with the seed the runner's
+    defended stage derives, and the stage's own build; the two must give the same weights bit for bit (determinism,
+    and the stage applies the defense as a direct call does), and a second session reads the stage back."""
     from bench.core.spec import make_spec
-    from bench.run.stages import Session
+    from bench.run.stages import Session, derive_seed
 
     cls = DEFENSES.get(name)
     cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")
     instance = smoke_task(task, cache)
-    states = []
-    for _ in range(2):
-        view, seen = recording_view(instance.defender_view())
-        torch.manual_seed(0)
-        result = cls().apply(copy.deepcopy(instance.model), view, cfg, generator=torch.Generator().manual_seed(0))
-        assert isinstance(result, DefenseResult), f"defense {name!r} on {task}: apply() must return a DefenseResult"
-        check_uses_only_defender_data(view, seen, name)
-        states.append({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()})
-    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0]), (
-        f"defense {name!r} on {task} is not deterministic under a seed")
-
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
     spec = make_spec(task=task, defense=name, attack="full-ft", task_args=smoke, defense_args=dict(cls.smoke_args),
                      attack_args={"budget": 2, "eval_every": 1})
-    first = Session(tmp_path / "a", cache).defended(spec)
+    seed = derive_seed(spec.seed, "defense")
+    view, seen = recording_view(instance.defender_view())
+    torch.manual_seed(seed)
+    result = cls().apply(copy.deepcopy(instance.model), view, cfg, generator=torch.Generator().manual_seed(seed))
+    assert isinstance(result, DefenseResult), f"defense {name!r} on {task}: apply() must return a DefenseResult"
+    check_uses_only_defender_data(view, seen, name)
+    direct = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+
+    first = Session(tmp_path / "a", cache).defended(spec)  # builds the stage: the defense's second application
+    built = {k: v.detach().cpu() for k, v in first.model.state_dict().items()}
+    assert direct.keys() == built.keys() and all(torch.equal(direct[k], built[k]) for k in direct), (
+        f"defense {name!r} on {task} is not deterministic under a seed (two applications with one seed differ)")
     again = Session(tmp_path / "b", cache).defended(spec)
     with torch.no_grad():
         out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)

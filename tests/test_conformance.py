@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from bench import testing
@@ -93,16 +95,27 @@ ATTACKED_DEFENSES = ("none", "specdef")
 defense is covered by test_every_defense_on_every_task and its own attack runs)."""
 
 
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory, cache) -> Session:
+    """The attack cross-product's stages, loaded once: each task's released stage and each defended stage stays in
+    this session's memory, as in one sweep worker, instead of being read from disk again for every run."""
+    return Session(tmp_path_factory.mktemp("unused"), cache, progress=False)
+
+
 @pytest.mark.parametrize("attack, task", _lane(ATTACK_TASKS))
 @pytest.mark.parametrize("defense", ATTACKED_DEFENSES)
-def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, tmp_path, cache):
+def test_every_attack_runs_on_every_task_and_defense(task, attack, defense, stages, tmp_path):
+    # Three steps with probes at 0 and 3: several optimizer steps and a probe after training, at the least cost
+    # (the probe is most of a tiny diffusion run's time; each attack's own tests check its behaviour).
     smoke = {**TASKS.get(task).smoke_args, "curvature_iters": 0, "bootstrap": 0}
     spec = make_spec(task=task, defense=defense, attack=attack, task_args=smoke,
-                     attack_args={"budget": 6, "eval_every": 3})
-    result = run(spec, Session(tmp_path, cache))
+                     attack_args={"budget": 3, "eval_every": 3})
+    session = copy.copy(stages)  # the same stages in memory (its dicts are shared), but this test's own results
+    session.results_dir = tmp_path  # folder: a run of another test is never reused for it (bench.run.shared_runs)
+    result = run(spec, session)
     assert result.status == "success", result.error
-    assert result.summary.outcome in ("harmed", "broken", "resisted")
-    assert 0 < result.summary.steps_run <= 6
+    assert result.summary.outcome in ("harmed", "broken", "resisted") and result.summary.reused_from is None
+    assert 0 < result.summary.steps_run <= 3
 
 
 def _broken_attack(mistake: str):

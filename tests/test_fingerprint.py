@@ -31,9 +31,10 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def _bench(tmp_path: Path, *argv) -> subprocess.CompletedProcess:
-    """``bench`` in a fresh process, as a user runs it one command after another (this checkout's code)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", BENCH_CACHE_DIR=str(tmp_path / "cache"))
+def _bench(cache, *argv) -> subprocess.CompletedProcess:
+    """``bench`` in a fresh process, as a user runs it one command after another (this checkout's code), with the
+    test session's model cache (the released model is the session's, not built again here)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", BENCH_CACHE_DIR=str(cache.root))
     return subprocess.run([sys.executable, "-m", "bench", *map(str, argv)], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1], timeout=600)
 
@@ -43,7 +44,7 @@ def _run_json(results: Path) -> dict:
     return json.loads((directory / "run.json").read_text())
 
 
-def test_editing_a_plugin_file_reruns_its_runs_instead_of_reusing_the_old_numbers(tmp_path):
+def test_editing_a_plugin_file_reruns_its_runs_instead_of_reusing_the_old_numbers(tmp_path, cache):
     """A new user's report: after editing a plugin, re-running into the same folder printed "1 already done" with
     the numbers of the old code."""
     plugin, results = tmp_path / "mydef.py", tmp_path / "results"
@@ -51,7 +52,7 @@ def test_editing_a_plugin_file_reruns_its_runs_instead_of_reusing_the_old_number
     argv = ["run", "--plugin", plugin, "--defense", "my-noop", "--task", "vision-digits", "--attack", "full-ft",
             "--no-baseline", "--results", results, "--quiet", "--jobs", "1", "task.budget=20",
             "task.curvature_iters=0", "task.bootstrap=0"]
-    first = _bench(tmp_path, *argv)
+    first = _bench(cache, *argv)
     assert first.returncode == 0, first.stderr
     recorded = _run_json(results)
     mine = [p for p in recorded["fingerprint"]["plugins"] if p["name"] == "my-noop"]
@@ -59,7 +60,7 @@ def test_editing_a_plugin_file_reruns_its_runs_instead_of_reusing_the_old_number
     assert set(recorded["fingerprint"]["libraries"]) == set(fingerprint.LIBRARIES)
 
     plugin.write_text(PLUGIN.replace("return DefenseResult(model=model)", "return DefenseResult(model=model)  # v2"))
-    edited = _bench(tmp_path, *argv)
+    edited = _bench(cache, *argv)
     assert edited.returncode == 0, edited.stderr
     assert "1 run(s) re-run: defense 'my-noop' source changed" in edited.stdout
     assert "1 runs (0 already done)" in edited.stdout
@@ -68,7 +69,7 @@ def test_editing_a_plugin_file_reruns_its_runs_instead_of_reusing_the_old_number
     assert rerun["started_at"] >= recorded["started_at"] and rerun["wall_seconds"] != recorded["wall_seconds"]
 
     plugin.write_text(PLUGIN.replace("return DefenseResult(model=model)", "return DefenseResult(model=model)  # v3"))
-    kept = _bench(tmp_path, *argv, "--allow-stale")
+    kept = _bench(cache, *argv, "--allow-stale")
     assert "1 runs (1 already done)" in kept.stdout
     assert "1 run(s) kept although their code changed" in kept.stdout and "'my-noop' source changed" in kept.stdout
     stale = _run_json(results)

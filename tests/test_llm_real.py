@@ -124,7 +124,8 @@ def test_specdef_keeps_a_bf16_llama_and_a_drifting_defense_is_an_error(checkpoin
         return make_spec(task="llm-harmful-qa", defense="specdef", attack=attack_name, tier="real",
                          model=checkpoints["llama"], task_args=args, defense_args=defense_args, attack_args=attack)
 
-    default = run(spec(), Session(results_dir=tmp_path / "auto"))
+    auto = Session(results_dir=tmp_path / "auto")  # one session: its stages are loaded once for the four runs
+    default = run(spec(), auto)
     assert default.status == "success", default.error
     info = json.loads((default.directory / "run.json").read_text())
     layers = info["defense_report"]["info"]["per_layer"].values()
@@ -134,7 +135,7 @@ def test_specdef_keeps_a_bf16_llama_and_a_drifting_defense_is_an_error(checkpoin
     assert df.loc["relative_abs_diff", "value"] < DEFENSES.get("specdef").preservation_tol
     # float32 factors inside a bf16 model: rewriting attacks and LoRA must meet the bf16 activations (found on a GPU)
     for name in ("adaptive-collapse", "adaptive-inject", "lora"):
-        result = run(spec(name), Session(results_dir=tmp_path / "auto"))
+        result = run(spec(name), auto)
         assert result.status == "success", f"{name}: {result.error}"
 
     # The maps stored in the model's own bf16 reconstruct W with errors of order one: the runner refuses them ...

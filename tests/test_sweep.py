@@ -176,7 +176,9 @@ def test_a_suite_that_stops_on_bad_input_does_not_stop_the_sweep(tmp_path, capsy
         defenses: [{{name: specdef, args: {{layers: ["*.q_proj"]}}}}, specdef]
         attacks: [{{name: full-ft, args: {{optimizer: adam, lr: 1.0e-2}}}}]
     """)
-    assert run_cli("sweep", path, "--results", tmp_path, "--quiet") == 2
+    # In this process (--jobs 1): the sweep's own handling is the point; test_cli's bad-input test finds the same
+    # error in the default worker processes.
+    assert run_cli("sweep", path, "--results", tmp_path, "--quiet", "--jobs", "1") == 2
     captured = capsys.readouterr()
     assert "suite stopped before its runs" in captured.err and "no layer matches" in captured.err
     assert "Traceback" not in captured.err
