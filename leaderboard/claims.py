@@ -46,13 +46,16 @@ def load_claims(directory: str | Path | None = None) -> dict[str, Claim]:
 
 def claim_key(label: str) -> str | None:
     """The ledger entry a leaderboard row's defense label answers to: the defense name before any ``.preset`` or
-    ``(config)``, or the preset's own entry (:data:`PRESET_CLAIMS`); None for a composite ``a+b``."""
+    ``(config)``, or the preset's own entry (:data:`PRESET_CLAIMS`), a tuned preset's that of the preset it tuned
+    (``tar.sophon-tuned-vision-digits``: Sophon's); None for a composite ``a+b``."""
     depth = 0
     for char in label:  # a '+' inside a config value is not a composite
         depth += {"(": 1, ")": -1}.get(char, 0)
         if char == "+" and depth == 0:
             return None
     base = label.split("(", 1)[0]
+    # A tuned preset answers to what it tuned: tar.sophon-tuned-vision-digits is Sophon, ga-retain.tuned-... ga-retain.
+    base = re.sub(r"\.?-?tuned-[\w-]+$", "", base)
     return PRESET_CLAIMS.get(base, base.split(".", 1)[0])
 
 

@@ -116,6 +116,9 @@ def test_claims_ledger_lookup_by_board_label():
     assert claim_for("specdef(alpha=1e+06)", LEDGER).defense == "specdef"
     assert claim_key("none+specdef(alpha=1e+06)") is None and claim_key("tar(note=a+b)") == "tar"
     assert claim_for("my-defense", LEDGER) is None
+    # a tuned preset answers to what it tuned, not to the method it is a preset of
+    assert claim_for("tar.sophon-tuned-vision-digits", LEDGER).defense == "sophon"
+    assert claim_for("tar.tuned-vision-digits", LEDGER).defense == "tar"
 
 
 def test_sources_link_to_their_pages():
