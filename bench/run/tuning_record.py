@@ -7,8 +7,8 @@
 * :func:`select` — the declared rule (:data:`RULE`).
 * :func:`write` / :func:`read` / :func:`read_tunings` — ``<results>/tuning/<tune_id>.parquet``, one row per
   candidate with the tuning's spec, rule, selection, command, wall and CPU time on every row.
-* :func:`tuning_line` — "tuned on ..., N candidates" for a defense page; :func:`best_budget` — a budget curve's best
-  point within a cost cap, for the leaderboard row.
+* :func:`best_budget` — a budget curve's best point within a cost cap (the leaderboard's defense lines are
+  :func:`leaderboard.tuning_view.defense_lines`).
 """
 
 from __future__ import annotations
@@ -216,27 +216,6 @@ def read_tunings(results_dir: str | Path, *, defense: str | None = None, task: s
         if value is not None:
             out = out[out[column] == value]
     return out.reset_index(drop=True)
-
-
-def tuning_line(results_dir: str | Path, defense: str, task: str) -> str | None:
-    """The defense page's line about its latest search on ``task``, e.g. "tuned on vision-digits (validation seeds
-    100,101; attacks default), 3 candidates, 3 usable; selected lr=0.001 (worst case 15)"; None when never tuned."""
-    found = read_tunings(results_dir, defense=defense, task=task, mode="search")
-    if found.empty:
-        return None
-    latest = found[found["tune_id"] == found.sort_values("created_at")["tune_id"].iloc[-1]]
-    first = latest.iloc[0]
-    usable = int(latest["usable_at_release"].sum())
-    picked = latest[latest["selected"]]
-    if picked.empty:
-        choice = "none selected: no candidate is usable at release"
-    else:
-        row = picked.iloc[0]
-        args = ", ".join(f"{k}={v}" for k, v in json.loads(row["args"]).items())
-        choice = f"selected {args or 'the defaults'} (validation worst case {_steps(row['worst_score'])})"
-    return (f"tuned on {task} (validation seeds {first['validation_seeds']}; attacks {first['validation_attacks']}; "
-            f"≤{first['utility_limit']}% utility drop), {len(latest)} candidates, {usable} usable at release; "
-            f"{choice}")
 
 
 def _steps(key: float) -> str:
