@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench.core import claims_file
 from bench.core.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary
+from bench.core.tuning_presets import tuned_from
 
 CLAIMS_DIR = Path(__file__).with_name("claims")
 """The built-in ledger."""
@@ -54,8 +55,7 @@ def claim_key(label: str) -> str | None:
         if char == "+" and depth == 0:
             return None
     base = label.split("(", 1)[0]
-    # A tuned preset answers to what it tuned: tar.sophon-tuned-vision-digits is Sophon, ga-retain.tuned-... ga-retain.
-    base = re.sub(r"\.?-?tuned-[\w-]+$", "", base)
+    base = tuned_from(base)  # a tuned preset answers to what it tuned: tar.sophon-tuned-vision-digits is Sophon
     return PRESET_CLAIMS.get(base, base.split(".", 1)[0])
 
 

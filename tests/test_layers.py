@@ -29,6 +29,7 @@ PLUGINS = ("tasks", "defenses", "attacks")
 
 READABLE = {"bench.errors", "bench.config", "bench.registry", "bench.contracts", "bench.core.yaml_dataclass",
             "bench.core.spec", "bench.core.metrics", "bench.core.lr_grid", "bench.core.claims_file",
+            "bench.core.tuning_presets",
             "bench.toolkit.images", "bench.run.results", "bench.run.tuning_record", "bench.run.summary"}
 """What of ``bench`` the leaderboard may import: errors, configs, the registry (a task's declared utility bound and
 defaults, resolved lazily), the spec's labels, the metrics and the result and record readers."""

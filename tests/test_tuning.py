@@ -169,3 +169,7 @@ def test_tuning_a_preset_writes_its_own_preset_name():
     from bench.core.tuning_presets import default_preset_name
     assert default_preset_name("tar", "vision-digits") == "tuned-vision-digits"
     assert default_preset_name("tar.sophon", "vision-digits") == "sophon-tuned-vision-digits"
+    from bench.core.tuning_presets import tuned_from
+    for defense in ("tar", "tar.sophon", "ga-retain"):  # the claims ledger reads a tuned row back to what it tuned
+        assert tuned_from(f"{defense.partition('.')[0]}.{default_preset_name(defense, 'vision-digits')}") == defense
+    assert tuned_from("my-tuned-x") == "my-tuned-x" and tuned_from("specdef.all-linear") == "specdef.all-linear"

@@ -74,6 +74,19 @@ def default_preset_name(defense: str, task: str) -> str:
     return f"{preset}-tuned-{task}" if preset else f"tuned-{task}"
 
 
+def tuned_from(defense: str) -> str:
+    """The inverse of :func:`default_preset_name` on a defense label: what a default-named tuned preset tuned
+    (``tar.sophon-tuned-vision-digits`` → ``tar.sophon``, ``ga-retain.tuned-vision-digits`` → ``ga-retain``); any
+    other label unchanged."""
+    name, dot, preset = defense.partition(".")
+    if not dot:
+        return defense
+    if preset.startswith("tuned-"):
+        return name
+    base, marker, _ = preset.partition("-tuned-")
+    return f"{name}.{base}" if marker and base else defense
+
+
 def write_preset(defense: str, name: str, args: Mapping[str, Any], *, task: str, tier: str, command: str,
                  tune_id: str, selected_from: str) -> Path:
     """Add (or replace) preset ``name`` of ``defense``; returns the file written."""
