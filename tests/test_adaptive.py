@@ -154,6 +154,71 @@ def test_a_rewrite_that_changes_the_function_is_undone():
         assert torch.equal(model(X), before)
 
 
+def _one_by_one(model, chains, rewrite, outputs, rtol=1e-3):
+    """The check as it was before it was batched: one forward per chain (the oracle the batched check must match)."""
+    from bench.toolkit.layers import set_submodule
+    with torch.no_grad():
+        reference = outputs(model).double()
+    scale = float(reference.abs().max().clamp_min(1e-12))
+    added, done, skipped = 0, [], []
+    for chain in chains:
+        saved = {p: model.get_submodule(p) for p in (chain.members if not chain.factored else (chain.path,))}
+        grads = {id(p): p.requires_grad for m in saved.values() for p in m.parameters()}
+        delta = rewrite(model, chain)
+        with torch.no_grad():
+            current = outputs(model).double()
+        if float((current - reference).abs().max()) <= rtol * scale:
+            added += delta
+            done.append(chain.describe())
+            continue
+        for path, module in saved.items():
+            set_submodule(model, path, module)
+            for p in module.parameters():
+                p.requires_grad_(grads[id(p)])
+        skipped.append(chain.describe())
+    return added, done, skipped
+
+
+def _mixed_model():
+    """A chain that may be fused, one that may not (its first output is reused), and a SpecDef'd layer."""
+    torch.manual_seed(1)
+    _, model = defended_mlp(dtype="float32")
+    return nn.Sequential(ThirdPartyReparam(nn.Linear(16, 16)), ReusesFirstOutput(), model).eval()
+
+
+def _counted(fn):
+    calls = []
+
+    def wrapped(model):
+        calls.append(1)
+        return fn(model)
+    return wrapped, calls
+
+
+@pytest.mark.parametrize("make", [lambda: defended_mlp(dtype="float32")[1], _mixed_model], ids=["specdef", "mixed"])
+@pytest.mark.parametrize("rewrite", [collapse, inject, freeze_tail, lambda m, c: split_first(m, c, 3)],
+                         ids=["collapse", "inject", "freeze", "split"])
+def test_the_batched_rewrite_check_matches_the_one_by_one_check_bit_for_bit(make, rewrite):
+    models = [make(), make()]
+    chains = find_chains(models[0], outputs)
+    results, states = [], []
+    for model, check in zip(models, (_one_by_one, rewrite_checked)):
+        torch.manual_seed(7)  # building a layer draws from torch's random state: it must end where it would have
+        counted, calls = _counted(outputs)
+        results.append(check(model, chains, rewrite, counted, rtol=0.05))
+        states.append((torch.get_rng_state(), len(calls)))
+    assert results[0] == results[1]
+    assert torch.equal(states[0][0], states[1][0])
+    one_by_one, batched = (dict(m.named_parameters()) for m in models)
+    assert list(one_by_one) == list(batched)
+    for name, p in one_by_one.items():
+        assert torch.equal(p, batched[name]) and p.requires_grad == batched[name].requires_grad, name
+    with torch.no_grad():
+        assert torch.equal(models[0](X), models[1](X))
+    if not results[1][2]:  # every chain kept the function: one reference forward and one joint check
+        assert states[1][1] == 2 < states[0][1]
+
+
 def test_lora_targets_follow_the_factor_policy():
     _, model = defended_mlp()
     standard = ("net.*",)
