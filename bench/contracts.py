@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -127,6 +127,20 @@ class UtilityBound:
         if self.kind == "relative":
             return f"{metric} keeps ≥ {1 - self.limit:.0%} of the released model's"
         return f"{metric} loses ≤ {self.limit:g} (absolute)"
+
+    def judged_on(self, recorded: Container[str], primary: str) -> str:
+        """The metric a run is judged on: the first of :attr:`metrics` it ``recorded``, else the primary utility."""
+        return next((m for m in self.metrics if m in recorded), primary)
+
+    def holds(self, retained: float, before: float | None = None, now: float | None = None) -> bool | None:
+        """Whether an attacked model with ``retained`` (its value over the released model's, direction-aware) is
+        within the bound; an ``absolute`` bound also needs the metric ``before`` and ``now`` (None: unknown).
+        ``retained < 1`` says the change was a loss, whatever the metric's direction."""
+        if self.kind == "relative":
+            return retained >= 1.0 - self.limit
+        if before is None or now is None or not (math.isfinite(before) and math.isfinite(now)):
+            return None
+        return (abs(now - before) if retained < 1.0 else 0.0) <= self.limit
 
 
 @dataclass(frozen=True)

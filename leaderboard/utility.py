@@ -104,17 +104,14 @@ def within_task_bound(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.Series:
     for run_id, row in runs.iterrows():
         bound = task_bound(str(row["task"]))
         phase = "defended" if never_attacked[run_id] else "post_attack"
-        recorded = [m for m in bound.metrics if pd.notna(row.get(f"{phase}_retained:{m}", math.nan))]
-        metric = recorded[0] if recorded else row.get("primary_utility")
+        prefix = f"{phase}_retained:"
+        recorded = {c.removeprefix(prefix) for c in row.index if c.startswith(prefix) and pd.notna(row[c])}
+        metric = bound.judged_on(recorded, row.get("primary_utility"))
         if not isinstance(metric, str):
             continue
         retained = row.get(f"{phase}_retained:{metric}", math.nan)
         if pd.isna(retained):
             continue
-        if bound.kind == "relative":
-            within[run_id] = float(retained) >= 1.0 - bound.limit
-            continue
         before, now = released.get((run_id, metric), math.nan), after[phase].get((run_id, metric), math.nan)
-        if pd.notna(before) and pd.notna(now):  # retained < 1 says the change was a loss, whatever the direction
-            within[run_id] = (abs(float(now) - float(before)) if float(retained) < 1.0 else 0.0) <= bound.limit
+        within[run_id] = bool(bound.holds(float(retained), float(before), float(now)))
     return within

@@ -51,17 +51,13 @@ def utility_standing(retained_rows: Sequence[Mapping[str, Any]], released, post,
     the attacked model is within the task's :class:`~bench.contracts.UtilityBound` (None when not measured)."""
     retained = {row["split"]: row["value"] for row in retained_rows if row.get("metric") == "retained_utility"}
     primary = released.task.utility_metric
-    measured = [m for m in bound.metrics if _finite(retained.get(m))]
-    metric = measured[0] if measured else primary
+    metric = bound.judged_on({m for m, v in retained.items() if _finite(v)}, primary)
     value = retained.get(metric)
     within: bool | None = None
     if _finite(value):
-        if bound.kind == "relative":
-            within = float(value) >= 1.0 - bound.limit
-        else:
-            before, now = released.evaluation.utility.get(metric), post.utility.get(metric)
-            if before is not None and now is not None and _finite(before.value) and _finite(now.value):
-                within = (abs(float(now.value) - float(before.value)) if float(value) < 1.0 else 0.0) <= bound.limit
+        before, now = released.evaluation.utility.get(metric), post.utility.get(metric)
+        within = bound.holds(float(value), before.value if before is not None else None,
+                             now.value if now is not None else None)
     primary_value = retained.get(primary)
     return UtilityStanding(retained_after_attack=float(primary_value) if _finite(primary_value) else None,
                            within_utility_bound=within)
