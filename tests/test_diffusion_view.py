@@ -14,8 +14,8 @@ import torch
 
 from bench.errors import PluginError
 from bench.registry import TASKS
+from tasks.diffusion.data import Batch
 from tasks.diffusion.defender import aligned_images
-from tasks.diffusion.instance import Batch
 
 NAMES = ("sd-style", "sd-concept")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,7 +35,10 @@ from torch import nn
 from bench.contracts import DefenderView, Predictions
 from bench.errors import PluginError
 from bench.toolkit.features import capture, rows_of
-from tasks.diffusion.instance import Batch, DiffusionInstance, ImageSet
+from tasks.diffusion.data import Batch, ImageSet
+
+if TYPE_CHECKING:
+    from tasks.diffusion.instance import DiffusionInstance
 
 ALIGNED_NOISE_SEED = 9
 """Seed of the initial noise from which the released UNet generates the aligned images (fixed: one dataset)."""

@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,8 @@ from torch.nn import functional as F
 from bench.contracts import AttackerScale, DefenderView, Evaluation, Preview, Probe, Score, TaskConfig, TaskInstance
 from bench.errors import PluginError
 from bench.toolkit.replay import replay_draws
+from tasks.diffusion.data import Batch, Codec, DiffusionData, ImageSet, PromptSet, Sampler
+from tasks.diffusion.defender import defender_view
 from tasks.diffusion.judges import Judge, both_correct
 from tasks.diffusion.pipeline import compute_dtype, sample_latents, target_of
 
@@ -52,86 +53,6 @@ UNET_LORA_TARGETS = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
 TEXT_ENCODER = "text_encoder"
 """Name of the child module under which :meth:`DiffusionInstance.attach_text_encoder` gives a UNet its own text
 encoder."""
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Training or probe images as latents, each with the index of its caption in the instance's text table."""
-
-    latents: torch.Tensor
-    text: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.text)
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """Generation prompts (caption index), the content and style each should show, and fixed initial noise."""
-
-    text: torch.Tensor
-    content: np.ndarray
-    style: np.ndarray
-    noise: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.text)
-
-    def head(self, n: int) -> PromptSet:
-        return self.part(0, n)
-
-    def part(self, start: int, stop: int) -> PromptSet:
-        return PromptSet(self.text[start:stop], self.content[start:stop], self.style[start:stop],
-                         self.noise[start:stop])
-
-    @staticmethod
-    def merged(parts: Sequence[PromptSet]) -> PromptSet:
-        return PromptSet(torch.cat([p.text for p in parts]), np.concatenate([p.content for p in parts]),
-                         np.concatenate([p.style for p in parts]), torch.cat([p.noise for p in parts]))
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One denoising batch: clean latents, caption indices, timesteps and noise (all fixed once drawn)."""
-
-    latents: torch.Tensor
-    text: torch.Tensor
-    timesteps: torch.Tensor
-    noise: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Codec:
-    """Images in [-1, 1] <-> UNet latents (tiny: pixel-unshuffle; real: the VAE with its scaling factor)."""
-
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    decode: Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """The pinned sampler: it changes steps-to-harm (2× in the prototype), so it is fixed per tier and recorded."""
-
-    steps: int
-    guidance: float
-    batch_size: int = 64
-
-
-@dataclass
-class DiffusionData:
-    """Everything a :class:`DiffusionInstance` measures and trains on (built by the tiny or the real tier)."""
-
-    states: torch.Tensor
-    """Text-encoder states of every caption used anywhere (K, L, D); index ``empty`` is the empty caption."""
-    empty: int
-    images: Mapping[str, ImageSet]
-    """attack, replay, defender_harmful, defender_benign, probe_harmful, probe_benign."""
-    prompts: Mapping[str, PromptSet]
-    """harmful and benign evaluation prompts (probe and confirm use their first items)."""
-    captions: Sequence[str] = ()
-    token_ids: torch.Tensor | None = None
-    """Token ids (K, L) of the same captions: the text encoder's inputs, for attacks that train it."""
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class MeasuredModel:
@@ -304,8 +225,6 @@ class DiffusionInstance(TaskInstance):
             yield Batch(*(torch.cat([getattr(h, f), getattr(r, f)]) for f in ("latents", "text", "timesteps", "noise")))
 
     def defender_view(self) -> DefenderView:
-        from tasks.diffusion.defender import defender_view  # it builds on this module's types
-
         return defender_view(self)
 
     def curvature_batch(self) -> Batch:

@@ -34,7 +34,8 @@ from bench.contracts import AttackerScale
 from bench.errors import ConfigError, DataError
 from bench.modelio import weights_identity
 from bench.toolkit.sources import first_line, load_failure, load_pooled_dataset, local_or_hub
-from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
+from tasks.diffusion.data import Codec, DiffusionData, ImageSet, PromptSet, Sampler
+from tasks.diffusion.instance import DiffusionInstance
 from tasks.diffusion.release import use_math_attention
 from tasks.diffusion.tiny import unet_architecture
 from tasks.vision.real import split_indices

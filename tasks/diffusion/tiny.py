@@ -25,7 +25,8 @@ import torch
 from bench.cache import Cache
 from bench.contracts import AttackerScale
 from tasks.diffusion import release, shapes
-from tasks.diffusion.instance import Codec, DiffusionData, DiffusionInstance, ImageSet, PromptSet, Sampler
+from tasks.diffusion.data import Codec, DiffusionData, ImageSet, PromptSet, Sampler
+from tasks.diffusion.instance import DiffusionInstance
 
 DATA_SEEDS = {"attack": 101, "replay": 102, "defender_harmful": 103, "defender_benign": 104, "probe_harmful": 105,
               "probe_benign": 106, "prompts_harmful": 107, "prompts_benign": 108}
