@@ -254,3 +254,32 @@ def test_budget_curve_writes_its_best_budget_as_a_preset_keeping_the_tuned_args(
     assert sorted(points["fb_passes"]) == [20.0, 40.0]
     assert DEFENSES.resolve("ga-retain.tuned-vision-digits-budget").preset_args == record["args"]
     assert claim_key("ga-retain.tuned-vision-digits-budget") == "ga-retain"
+
+
+def test_leaderboard_rows_say_which_defender_budget_they_ran_at(tmp_path, monkeypatch, capsys):
+    """Each row's defender budget: the passes its runs' training reports recorded, and the budget curve's factor
+    where the row's preset records one (read from the record, whatever the preset's name)."""
+    from bench.core.tuning_presets import write_preset
+
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path / "tuned"))
+    write_preset("ga-retain", "my-pick", {"steps": 15}, task="vision-digits", tier="tiny", command="bench tune ...",
+                 tune_id="x", selected_from="2 budgets", tuned_from="ga-retain", budget_factor=1.5, fb_passes=30)
+    results = tmp_path / "results"
+    attack = ["--attack", "full-ft", "optimizer=muon", "lr=0.1", "budget=10", "--seeds", "100", "--results",
+              str(results), "--quiet"]
+    assert main(["run", "--task", "vision-digits", "--defense", "ga-retain.my-pick", *attack]) == 0
+    assert main(["run", "--task", "vision-digits", "--defense", "ga-retain", "steps=10", "--no-baseline", *attack]) == 0
+    board_md = tmp_path / "board.md"
+    assert main(["leaderboard", "--results", str(results), "--format", "md", "--out", str(board_md)]) == 0
+    capsys.readouterr()
+    lines = board_md.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Defense |") and "Defender budget" in line)
+    column = [c.strip() for c in header.split("|")].index("Defender budget")
+
+    def cell(label: str) -> str:
+        row = next(line for line in lines if line.startswith(f"| {label} |"))
+        return [c.strip() for c in row.split("|")][column]
+
+    assert cell("ga-retain.my-pick") == "30 passes (1.5× default, budget curve)"
+    assert cell("ga-retain(steps=10)") == "20 passes"  # not from a budget curve: no factor claimed
+    assert cell("none") == "—"  # an untrained defense reports no passes

@@ -110,6 +110,14 @@ def default_budget_preset_name(defense: str, task: str) -> str:
     return f"{preset}-budget" if preset.endswith(f"-{task}") else f"{preset}-budget-{task}"
 
 
+def preset_record(label: str) -> dict[str, Any] | None:
+    """The tuned-preset record of ``name.preset`` (None: no such tuned preset, or not a preset label)."""
+    name, dot, preset = label.partition(".")
+    if not dot or not re.fullmatch(r"[\w-]+", name):  # a label that is no registry name has no preset file
+        return None
+    return load_tuned(name).get(preset)
+
+
 def tuned_chain(label: str) -> list[str]:
     """``label`` (a defense name or ``name.preset``, no ``(config)``) then, for a tuned preset, what it was tuned
     from, and so on: ``ga-retain.tuned-vision-digits-budget`` → ``[that, ga-retain.tuned-vision-digits,
@@ -117,10 +125,9 @@ def tuned_chain(label: str) -> list[str]:
     record written before it was recorded (and for a label without a record, e.g. a class preset)."""
     chain = [label]
     while True:
-        name, dot, preset = chain[-1].partition(".")
-        if not dot or not re.fullmatch(r"[\w-]+", name):  # a label that is no registry name has no preset file
+        if "." not in chain[-1]:
             return chain
-        record = load_tuned(name).get(preset) or {}
+        record = preset_record(chain[-1]) or {}
         parent = str(record.get("tuned_from") or tuned_from(chain[-1]))
         if parent in chain:  # no record (the name rule returned the label itself), or a cycle written by hand
             return chain
