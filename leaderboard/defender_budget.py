@@ -8,8 +8,8 @@ over seeds), and, when the row's defense is a preset written from a budget curve
 (:mod:`bench.core.tuning_presets`: ``budget_factor``, chosen within the cost cap
 :data:`bench.run.tuning_record.COST_CAP`). Defenses that do not train report no passes and show none.
 
-One ``run.json`` is read per seed (the first successful run whose defended stage was built): every run of a seed
-shares its defended model.
+One ``run.json`` is read per seed (its first readable successful run): every run of a seed shares its defended
+model.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def seed_passes(runs: pd.DataFrame, keys: list[str], results_dir: str | Path,
                 report = read_run_json(_folder(results_dir, submissions, source) / str(run_id)).get("defense_report")
             except DataError:
                 continue
-            if report:  # the defended stage was built: its report is the seed's
-                value = (report.get("info") or {}).get("fb_passes")
-                passes = float(value) if isinstance(value, (int, float)) else math.nan
-                break
+            # a successful run built its seed's defended stage: its report is the seed's (one read per seed)
+            value = ((report or {}).get("info") or {}).get("fb_passes")
+            passes = float(value) if isinstance(value, (int, float)) else math.nan
+            break
         rows.append({**dict(zip(keys, values)), "fb_passes": passes})
     return pd.DataFrame(rows, columns=[*keys, "fb_passes"])
 
