@@ -283,3 +283,10 @@ def test_leaderboard_rows_say_which_defender_budget_they_ran_at(tmp_path, monkey
     assert cell("ga-retain.my-pick") == "30 passes (1.5× default, budget curve)"
     assert cell("ga-retain(steps=10)") == "20 passes"  # not from a budget curve: no factor claimed
     assert cell("none") == "—"  # an untrained defense reports no passes
+    # the site: the task table and the preset's own page
+    assert main(["leaderboard", "--results", str(results), "--out", str(tmp_path / "site")]) == 0
+    capsys.readouterr()
+    (task_page,) = (tmp_path / "site").glob("task-*.html")
+    assert "30 passes (1.5× default, budget curve)</td>" in task_page.read_text()
+    (page,) = (tmp_path / "site").glob("defense-ga-retain-my-pick*.html")
+    assert "30 passes (1.5× default, budget curve)" in page.read_text()
