@@ -34,7 +34,7 @@ import pandas as pd
 from bench.core.metrics import UTILITY_LIMITS, Ratio, WorstCase, censored_median, resistance_ratio, worst_case
 from bench.core.spec import DEFAULT_SUITE_LABEL
 from bench.run.results import read_metrics
-from leaderboard import cost, utility
+from leaderboard import cost, defender_budget, utility
 from leaderboard.claims import claim_of, claim_status, load_claims
 from leaderboard.ratios import BROKEN, ratio_interval
 from leaderboard.release import release_columns, seed_release
@@ -367,4 +367,5 @@ def build(results_dir: str | Path, run_ids: Iterable[str] | None = None, *, offi
     board = per_defense(seeds)
     ledger = load_claims()
     board["claim_status"] = [claim_status(claim_of(label, ledger)) for label in board["defense_label"]]
+    board = defender_budget.annotate(board, runs, DEFENSE_KEYS, results_dir, sources)  # read from run.json
     return Aggregates(metrics, runs, seeds, board, trials)

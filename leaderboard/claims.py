@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.core import claims_file
 from bench.core.claims_file import KINDS, SOURCE_HELP, Claim, Item  # noqa: F401 - the ledger's vocabulary
-from bench.core.tuning_presets import tuned_from
+from bench.core.tuning_presets import tuned_base
 
 CLAIMS_DIR = Path(__file__).with_name("claims")
 """The built-in ledger."""
@@ -47,15 +47,17 @@ def load_claims(directory: str | Path | None = None) -> dict[str, Claim]:
 
 def claim_key(label: str) -> str | None:
     """The ledger entry a leaderboard row's defense label answers to: the defense name before any ``.preset`` or
-    ``(config)``, or the preset's own entry (:data:`PRESET_CLAIMS`), a tuned preset's that of the preset it tuned
-    (``tar.sophon-tuned-vision-digits``: Sophon's); None for a composite ``a+b``."""
+    ``(config)``, or the preset's own entry (:data:`PRESET_CLAIMS`), a tuned preset's that of what it tuned, as its
+    preset record says (``tuned_from``; the name rule for records written before it:
+    :func:`bench.core.tuning_presets.tuned_base`): ``tar.my-best`` tuned from ``tar.sophon`` is Sophon's; None for a
+    composite ``a+b``."""
     depth = 0
     for char in label:  # a '+' inside a config value is not a composite
         depth += {"(": 1, ")": -1}.get(char, 0)
         if char == "+" and depth == 0:
             return None
     base = label.split("(", 1)[0]
-    base = tuned_from(base)  # a tuned preset answers to what it tuned: tar.sophon-tuned-vision-digits is Sophon
+    base = tuned_base(base)  # a tuned preset answers to what it tuned: tar.sophon-tuned-vision-digits is Sophon
     return PRESET_CLAIMS.get(base, base.split(".", 1)[0])
 
 

@@ -21,13 +21,12 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from bench.run.tuning_record import COST_CAP
 from leaderboard.formats import isnan
 
-COST_CAP = 16.0
-"""The leaderboard's defender cost cap, a factor of today's training length. No cap is declared per task or in the
-schema, so the largest budget ``bench tune --budgets`` runs by default is the cap, and every caption says so."""
 CAP_NOTE = (f"Best budget within the cost cap: {COST_CAP:g}× today's defender training length (no cap is "
-            "declared for the leaderboard; this default is leaderboard/tuning_view.py COST_CAP).")
+            "declared per task; the leaderboard's cap is bench/run/tuning_record.py COST_CAP, which budget "
+            "presets are chosen within too).")
 TUNING_CAPTION = ("Defender tuning on a validation suite (other seeds than the reported ones): the candidates "
                   "searched, the config the rule selected, and that config against the candidate that is the "
                   "defense's default config (when one was searched).")
@@ -323,12 +322,16 @@ def _base(label: str) -> str:
 
 
 def defense_lines(tunings: Tunings, label: str) -> list[str]:
-    """The defense page's lines about ``label``'s tunings and budget curves (its own name, or a tuned preset of it:
-    ``ga-retain.tuned-vision-digits``, ``tar.sophon-tuned-vision-digits``)."""
-    base = _base(label)
+    """The defense page's lines about ``label``'s tunings and budget curves: those of its own name and of what it
+    was tuned from, as its preset record says (:func:`bench.core.tuning_presets.tuned_chain`:
+    ``tar.my-best`` written from ``tar.sophon``; ``ga-retain.tuned-vision-digits-budget`` from
+    ``ga-retain.tuned-vision-digits``, itself from ``ga-retain``)."""
+    from bench.core.tuning_presets import tuned_chain
+
+    chain = set(tuned_chain(_base(label)))
 
     def mine(defense: str) -> bool:
-        return base == defense or base.startswith((f"{defense}.tuned", f"{defense}-tuned"))
+        return defense in chain
 
     lines = []
     for _, record in (tunings.searches.groupby("tune_id", sort=False) if not tunings.searches.empty else []):

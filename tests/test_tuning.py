@@ -130,7 +130,7 @@ def test_tuning_runs_records_selects_resumes_and_writes_a_preset(tmp_path, monke
     resolved = DEFENSES.resolve("ga-retain.tuned-vision-digits")
     assert resolved.preset_args == json.loads(chosen["args"])
     written = (tmp_path / "tuned" / "ga-retain.yaml").read_text()
-    assert "command: bench tune --defense ga-retain" in written
+    assert "command: bench tune --defense ga-retain" in written and "tuned_from: ga-retain\n" in written
     # resume: the same command runs nothing again (every run.json stays as written)
     stamps = {p: p.stat().st_mtime_ns for p in results.glob("*/run.json")}
     assert len(stamps) == 2
@@ -173,3 +173,120 @@ def test_tuning_a_preset_writes_its_own_preset_name():
     for defense in ("tar", "tar.sophon", "ga-retain"):  # the claims ledger reads a tuned row back to what it tuned
         assert tuned_from(f"{defense.partition('.')[0]}.{default_preset_name(defense, 'vision-digits')}") == defense
     assert tuned_from("my-tuned-x") == "my-tuned-x" and tuned_from("specdef.all-linear") == "specdef.all-linear"
+
+
+def test_a_preset_records_what_it_tuned_and_the_claims_ledger_reads_it(tmp_path, monkeypatch):
+    """A preset under a custom name answers to its method's claim because its record says what it tuned; a record
+    written before ``tuned_from`` existed falls back to the name rule."""
+    from bench.core.tuning_presets import load_tuned, tuned_base, tuned_chain, write_preset
+    from leaderboard.claims import claim_key
+
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path))
+    common = {"task": "vision-digits", "tier": "tiny", "command": "bench tune ...", "tune_id": "x",
+              "selected_from": "2 candidates"}
+    write_preset("tar", "my-best", {"tr_scale": 4.0}, tuned_from="tar.sophon", **common)
+    assert load_tuned("tar")["my-best"]["tuned_from"] == "tar.sophon"
+    assert tuned_base("tar.my-best") == "tar.sophon"
+    assert claim_key("tar.my-best") == "sophon" and claim_key("tar.my-best(tr_scale=4.0)") == "sophon"
+    assert claim_key("tar") == "tar"
+    # a budget preset of a tuned preset: the chain goes back through the records to the method
+    write_preset("ga-retain", "tuned-vision-digits", {"alpha": 2.0}, tuned_from="ga-retain", **common)
+    write_preset("ga-retain", "tuned-vision-digits-budget", {"alpha": 2.0, "steps": 40},
+                 tuned_from="ga-retain.tuned-vision-digits", budget_factor=4, fb_passes=80, **common)
+    assert tuned_chain("ga-retain.tuned-vision-digits-budget") == [
+        "ga-retain.tuned-vision-digits-budget", "ga-retain.tuned-vision-digits", "ga-retain"]
+    assert claim_key("ga-retain.tuned-vision-digits-budget") == "ga-retain"
+    # written before tuned_from was recorded: the name rule
+    legacy = tmp_path / "booster.yaml"
+    legacy.write_text("sophon-tuned-vision-digits:\n  args: {lam: 5.0}\n")
+    assert tuned_base("booster.sophon-tuned-vision-digits") == "booster.sophon"
+    assert tuned_base("not a name.x") == "not a name.x"  # never read as a file path
+    with pytest.raises(ConfigError, match="not a label of 'tar'"):
+        write_preset("tar", "x", {}, tuned_from="ga-retain", **common)
+
+
+def test_budget_preset_names_name_their_task_once():
+    from bench.core.tuning_presets import default_budget_preset_name as name
+
+    assert name("tar", "vision-digits") == "budget-vision-digits"
+    assert name("ga-retain.tuned-vision-digits", "vision-digits") == "tuned-vision-digits-budget"
+    assert name("tar.sophon", "vision-digits") == "sophon-budget-vision-digits"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budgets", "1,32"], "budget(s) 32x above the cost cap 16x"),
+    (["--budgets", "1,4,16", "--cost-cap", "4"], "budget(s) 16x above the cost cap 4x"),
+    (["--budgets", "1,4", "--cost-cap", "32"], "at most 16x today's training length"),
+])
+def test_budget_preset_beyond_the_cost_cap_is_a_one_line_error_naming_the_cap(extra, message, capsys, tmp_path):
+    argv = ["tune", "--defense", "ga-retain", "--task", "vision-digits", "--results", str(tmp_path), *extra,
+            "--write-preset"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (tmp_path / "tuning").exists()  # refused before anything was trained
+
+
+def test_budget_curve_writes_its_best_budget_as_a_preset_keeping_the_tuned_args(tmp_path, monkeypatch, capsys):
+    """A budget curve of a tuned preset writes the budget the leaderboard's rule picks within the cap, with the
+    tuned values kept, steps pinned, and the budget factor and passes recorded."""
+    from bench.core.tuning_presets import load_tuned, write_preset
+    from bench.registry import DEFENSES
+    from bench.run.tuning_record import COST_CAP
+    from leaderboard.claims import claim_key
+
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path / "tuned"))
+    write_preset("ga-retain", "tuned-vision-digits", {"alpha": 2.0, "steps": 10}, task="vision-digits", tier="tiny",
+                 command="bench tune ...", tune_id="x", selected_from="2 candidates", tuned_from="ga-retain")
+    results = tmp_path / "results"
+    argv = ["tune", "--defense", "ga-retain.tuned-vision-digits", "--task", "vision-digits", "--budgets", "1,2",
+            "--seeds", "100", "--attack", "full-ft", "optimizer=muon", "lr=0.1", "budget=10", "--no-baseline",
+            "--results", str(results), "--quiet", "--jobs", "1", "--write-preset"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "preset written: --defense ga-retain.tuned-vision-digits-budget" in out
+    points = read_tunings(results, mode="budget")
+    best = best_budget(points, COST_CAP)
+    record = load_tuned("ga-retain")["tuned-vision-digits-budget"]
+    assert record["budget_factor"] == best["budget_factor"] and record["fb_passes"] == best["fb_passes"]
+    assert record["args"] == {"alpha": 2.0, "steps": int(10 * best["budget_factor"])}
+    assert record["tuned_from"] == "ga-retain.tuned-vision-digits" and "within the 16x cost cap" in record["selected_from"]
+    assert sorted(points["fb_passes"]) == [20.0, 40.0]
+    assert DEFENSES.resolve("ga-retain.tuned-vision-digits-budget").preset_args == record["args"]
+    assert claim_key("ga-retain.tuned-vision-digits-budget") == "ga-retain"
+
+
+def test_leaderboard_rows_say_which_defender_budget_they_ran_at(tmp_path, monkeypatch, capsys):
+    """Each row's defender budget: the passes its runs' training reports recorded, and the budget curve's factor
+    where the row's preset records one (read from the record, whatever the preset's name)."""
+    from bench.core.tuning_presets import write_preset
+
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path / "tuned"))
+    write_preset("ga-retain", "my-pick", {"steps": 15}, task="vision-digits", tier="tiny", command="bench tune ...",
+                 tune_id="x", selected_from="2 budgets", tuned_from="ga-retain", budget_factor=1.5, fb_passes=30)
+    results = tmp_path / "results"
+    attack = ["--attack", "full-ft", "optimizer=muon", "lr=0.1", "budget=10", "--seeds", "100", "--results",
+              str(results), "--quiet"]
+    assert main(["run", "--task", "vision-digits", "--defense", "ga-retain.my-pick", *attack]) == 0
+    assert main(["run", "--task", "vision-digits", "--defense", "ga-retain", "steps=10", "--no-baseline", *attack]) == 0
+    board_md = tmp_path / "board.md"
+    assert main(["leaderboard", "--results", str(results), "--format", "md", "--out", str(board_md)]) == 0
+    capsys.readouterr()
+    lines = board_md.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Defense |") and "Defender budget" in line)
+    column = [c.strip() for c in header.split("|")].index("Defender budget")
+
+    def cell(label: str) -> str:
+        row = next(line for line in lines if line.startswith(f"| {label} |"))
+        return [c.strip() for c in row.split("|")][column]
+
+    assert cell("ga-retain.my-pick") == "30 passes (1.5× default, budget curve)"
+    assert cell("ga-retain(steps=10)") == "20 passes"  # not from a budget curve: no factor claimed
+    assert cell("none") == "—"  # an untrained defense reports no passes
+    # the site: the task table and the preset's own page
+    assert main(["leaderboard", "--results", str(results), "--out", str(tmp_path / "site")]) == 0
+    capsys.readouterr()
+    (task_page,) = (tmp_path / "site").glob("task-*.html")
+    assert "30 passes (1.5× default, budget curve)</td>" in task_page.read_text()
+    (page,) = (tmp_path / "site").glob("defense-ga-retain-my-pick*.html")
+    assert "30 passes (1.5× default, budget curve)" in page.read_text()

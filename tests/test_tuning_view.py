@@ -150,3 +150,20 @@ def test_tuning_records_can_come_from_another_results_folder(tuned, tmp_path, ca
     assert main(["leaderboard", "--results", str(tuned), "--tuning", str(tmp_path / "nowhere"), "--format", "md"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no tuning/ folder" in err
+
+
+def test_a_preset_page_shows_the_records_of_what_its_preset_record_says_it_tuned(tmp_path, monkeypatch):
+    """``tar.my-best`` written from a budget curve of ``tar.sophon``: its page shows tar.sophon's curve (the record
+    says so, not the name); tar's own curve and other defenses' stay off it."""
+    from bench.core.tuning_presets import write_preset
+
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path))
+    write_preset("tar", "my-best", {"steps": 108}, task="vision-digits", tier="tiny", command="bench tune ...",
+                 tune_id="x", selected_from="2 budgets", tuned_from="tar.sophon", budget_factor=4, fb_passes=1600)
+    points = pd.DataFrame([_point("tar.sophon", 1, 400, 10), _point("tar.sophon", 4, 1600, 15),
+                           _point("tar", 1, 400, 12), _point("ga-retain", 1, 40, 8)])
+    tunings = tuning_view.Tunings(points, pd.DataFrame())
+    (line,) = tuning_view.defense_lines(tunings, "tar.my-best")
+    assert line.startswith("tar.sophon budget curve on vision-digits (tiny) (1×, 4×); best within the 16× cost cap")
+    assert [line.split(" ")[0] for line in tuning_view.defense_lines(tunings, "tar")] == ["tar"]
+    assert tuning_view.defense_lines(tunings, "tar.sophon-tuned-vision-digits")[0].startswith("tar.sophon ")  # name rule

@@ -14,6 +14,8 @@ EPILOG = """examples:
   bench tune --defense ga-retain --task vision-digits --space alpha=0.5,2 --seeds 100 \\
       --attack full-ft optimizer=muon lr=0.1 --attack full-ft optimizer=adam lr=0.01 --write-preset
   bench tune --defense tar --task vision-digits --budgets 1,4,16 --cost-cap 4   # resistance vs defender passes
+  bench tune --defense ga-retain.tuned-vision-digits --task vision-digits --budgets 1,4,16 --write-preset
+      # the best budget within the cost cap as preset ga-retain.tuned-vision-digits-budget (tuned args + steps)
 
 Candidates are trained and attacked on validation seeds (never the reported 0,1,2) and the validation attacks
 (default: the task's default suite with the LR search, no refinement). Selection: among candidates usable at release
@@ -44,10 +46,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--budgets", metavar="K1,K2,...",
                    help="budget-curve mode: factors of today's training length (must include 1), e.g. 1,4,16")
     p.add_argument("--cost-cap", type=float, metavar="K",
-                   help="budget mode: also print the best budget within K times today's training length")
+                   help="budget mode: the best budget within K times today's training length (default and most: "
+                        "the leaderboard's cap, bench.run.tuning_record.COST_CAP)")
     p.add_argument("--write-preset", nargs="?", const="", metavar="NAME",
                    help="write the selected config as preset NAME in defenses/tuned/ (default tuned-<task>; "
-                        "<preset>-tuned-<task> when --defense names a preset)")
+                        "<preset>-tuned-<task> when --defense names a preset); with --budgets: the best budget "
+                        "within the cost cap, steps pinned (default budget-<task>, <preset>-budget[-<task>])")
     flags.dry_run(p, what="the candidates, the runs they need,")
     flags.results(p)
     flags.device(p)
@@ -98,6 +102,10 @@ def main(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     check_spec(spec)  # bad input stops here, before any model is built
+    if spec.budgets and args.write_preset is not None:
+        from bench.apps.tuned_preset import check_budget_preset
+
+        check_budget_preset(spec, args.cost_cap)
     if args.dry_run:
         return print_dry_run(spec, args.results)
     threads = flags.set_threads(args.threads, {spec.tier})
@@ -120,11 +128,12 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(format_table(tuning.table))
     print(f"\nrule: {tuning.table['rule'].iloc[0]}")
-    if spec.budgets and args.cost_cap is not None:
-        from bench.run.tuning_record import best_budget
+    if spec.budgets:
+        from bench.run.tuning_record import COST_CAP, best_budget
 
-        best = best_budget(tuning.table, args.cost_cap)
-        print(f"best budget within {args.cost_cap:g}x: " + ("none usable" if best is None else
+        cap = args.cost_cap if args.cost_cap is not None else COST_CAP
+        best = best_budget(tuning.table, cap)
+        print(f"best budget within {cap:g}x: " + ("none usable" if best is None else
               f"{best['budget_factor']:g}x ({best['fb_passes']:.0f} forward-backward passes)"))
     if tuning.selected is None:
         print("selected: none (no candidate is usable at release on every validation seed)")
@@ -132,20 +141,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"selected: candidate {tuning.selected}: {json.dumps(tuning.selected_args)}")
     print(f"recorded: {tuning.path}\nwall {tuning.wall_seconds:.1f} s, CPU {tuning.cpu_seconds:.1f} s "
           f"(this process and its workers); reproduce: {command}")
-    if args.write_preset is not None and not spec.budgets:
-        if tuning.selected is None:
-            print("no preset written: nothing was selected", file=sys.stderr)
-            return 1
-        from bench.core.tuning_presets import default_preset_name, write_preset
-        from bench.registry import DEFENSES
+    if args.write_preset is not None:
+        from bench.apps.tuned_preset import write_selected
 
-        name = args.write_preset or default_preset_name(spec.defense, spec.task)
-        base = spec.defense.partition(".")[0]
-        layered = {**DEFENSES.resolve(spec.defense).preset_args, **spec.base_args, **(tuning.selected_args or {})}
-        path = write_preset(base, name, layered, task=spec.task, tier=spec.tier,
-                            command=command, tune_id=spec.tune_id,
-                            selected_from=f"{len(tuning.table)} candidates; {tuning.table['rule'].iloc[0]}")
-        print(f"preset written: --defense {base}.{name} ({path})")
+        written = write_selected(spec, tuning, args.write_preset, command, cost_cap=args.cost_cap)
+        if written is None:
+            print("no preset written: nothing was selected" + (" within the cost cap" if spec.budgets else ""),
+                  file=sys.stderr)
+            return 1
+        budget = ("" if written.budget_factor is None else
+                  f"; {written.budget_factor:g}x today's training length, {written.fb_passes:.0f} passes")
+        print(f"preset written: --defense {written.label} ({written.path}{budget})")
     if tuning.failed_runs:
         print(f"{tuning.failed_runs} run(s) failed (`bench show RUN_ID --results {args.results}`)", file=sys.stderr)
     return 0

@@ -11,6 +11,15 @@ tunings of different defenses never touch the same file)::
       command: bench tune --defense ga-retain --task vision-digits --seeds 100,101 ...
       tuning: 3f2a...                    # the tune_id of the record under <results>/tuning/
       selected_from: 3 candidates (validation seeds 100,101; rule ...)
+      tuned_from: ga-retain              # the defense label the tuning started from (what the preset answers to)
+
+A preset written from a budget curve (``bench tune --budgets ... --write-preset``) also records ``budget_factor``
+(the factor of today's training length it trains at) and ``fb_passes`` (its defender forward-backward passes on the
+task it was measured on); its args include ``steps``.
+
+``tuned_from`` is what the claims ledger and the leaderboard read back (:func:`tuned_base`): a preset named
+``my-best`` of ``tar.sophon`` answers to Sophon's claim. Files written before it was recorded fall back to the
+name rule (:func:`tuned_from`, the inverse of :func:`default_preset_name`).
 
 The registry merges these with the class's own ``presets`` (class presets win on a name clash), so a tuned preset
 works wherever ``name.preset`` does; its values are checked like any config (unknown keys are errors).
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +38,8 @@ import yaml
 
 from bench.errors import ConfigError
 
-PRESET_KEYS = ("args", "task", "tier", "command", "tuning", "selected_from")
+PRESET_KEYS = ("args", "task", "tier", "command", "tuning", "selected_from", "tuned_from", "budget_factor",
+               "fb_passes")
 
 
 def tuned_dir() -> Path:
@@ -87,14 +98,66 @@ def tuned_from(defense: str) -> str:
     return f"{name}.{base}" if marker and base else defense
 
 
+def default_budget_preset_name(defense: str, task: str) -> str:
+    """The name ``--write-preset`` gives a budget curve's selection: the name names its task once. No preset:
+    ``budget-<task>`` (``tar`` → ``tar.budget-vision-digits``); a preset whose name already ends with the task (a
+    tuned preset): ``<preset>-budget`` (``ga-retain.tuned-vision-digits`` → ``ga-retain.tuned-vision-digits-budget``);
+    any other preset: ``<preset>-budget-<task>`` (``tar.sophon`` → ``tar.sophon-budget-vision-digits``). A budget
+    preset always records ``tuned_from``, so nothing reads its name back."""
+    preset = defense.partition(".")[2]
+    if not preset:
+        return f"budget-{task}"
+    return f"{preset}-budget" if preset.endswith(f"-{task}") else f"{preset}-budget-{task}"
+
+
+def preset_record(label: str) -> dict[str, Any] | None:
+    """The tuned-preset record of ``name.preset`` (None: no such tuned preset, or not a preset label)."""
+    name, dot, preset = label.partition(".")
+    if not dot or not re.fullmatch(r"[\w-]+", name):  # a label that is no registry name has no preset file
+        return None
+    return load_tuned(name).get(preset)
+
+
+def tuned_chain(label: str) -> list[str]:
+    """``label`` (a defense name or ``name.preset``, no ``(config)``) then, for a tuned preset, what it was tuned
+    from, and so on: ``ga-retain.tuned-vision-digits-budget`` → ``[that, ga-retain.tuned-vision-digits,
+    ga-retain]``. Each step reads the preset record's ``tuned_from``, or the name rule (:func:`tuned_from`) for a
+    record written before it was recorded (and for a label without a record, e.g. a class preset)."""
+    chain = [label]
+    while True:
+        if "." not in chain[-1]:
+            return chain
+        record = preset_record(chain[-1]) or {}
+        parent = str(record.get("tuned_from") or tuned_from(chain[-1]))
+        if parent in chain:  # no record (the name rule returned the label itself), or a cycle written by hand
+            return chain
+        chain.append(parent)
+
+
+def tuned_base(label: str) -> str:
+    """What a tuned preset tuned, followed to the end (:func:`tuned_chain`): ``tar.my-best`` written from
+    ``tar.sophon`` → ``tar.sophon``; any other label unchanged."""
+    return tuned_chain(label)[-1]
+
+
 def write_preset(defense: str, name: str, args: Mapping[str, Any], *, task: str, tier: str, command: str,
-                 tune_id: str, selected_from: str) -> Path:
-    """Add (or replace) preset ``name`` of ``defense``; returns the file written."""
+                 tune_id: str, selected_from: str, tuned_from: str, budget_factor: float | None = None,
+                 fb_passes: float | None = None) -> Path:
+    """Add (or replace) preset ``name`` of ``defense``; returns the file written. ``tuned_from``: the defense label
+    the tuning started from; ``budget_factor``/``fb_passes``: the budget a budget curve's selection trains at."""
     if not name or "." in name or "+" in name:
         raise ConfigError(f"preset name must be non-empty without '.' or '+', got {name!r}")
+    if tuned_from.partition(".")[0] != defense:
+        raise ConfigError(f"preset {defense}.{name}: tuned_from {tuned_from!r} is not a label of {defense!r}")
     records = load_tuned(defense)
-    records[name] = {"args": json.loads(json.dumps(dict(args), default=str)), "task": task, "tier": tier,
-                     "command": command, "tuning": tune_id, "selected_from": selected_from}
+    record: dict[str, Any] = {"args": json.loads(json.dumps(dict(args), default=str)), "task": task, "tier": tier,
+                              "command": command, "tuning": tune_id, "selected_from": selected_from,
+                              "tuned_from": tuned_from}
+    if budget_factor is not None:
+        record["budget_factor"] = float(budget_factor)
+    if fb_passes is not None:
+        record["fb_passes"] = int(round(fb_passes))
+    records[name] = record
     path = preset_file(defense)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".yaml.tmp")

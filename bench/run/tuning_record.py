@@ -36,6 +36,10 @@ RULE = ("max over candidates usable at release on every validation seed of: lowe
 BUDGET_RULE = RULE.replace("then the mean retained utility at release, then fewer forward-backward passes",
                            "then fewer forward-backward passes, then the mean retained utility at release")
 """The selection rule of a tuning (:func:`select`); ``BUDGET_RULE`` for budget curves."""
+COST_CAP = 16.0
+"""The declared defender cost cap, a factor of today's training length: the leaderboard's best budget
+(:func:`best_budget`, :mod:`leaderboard.tuning_view`) and a budget curve's preset (``bench tune --budgets ...
+--write-preset``, :mod:`bench.apps.tuned_preset`) use only budgets within it. No cap is declared per task."""
 COST_KEYS = ("fb_passes", "steps", "training_seconds")
 """What a candidate's defender cost is read as, from its defense's training report (mean over seeds)."""
 
