@@ -401,7 +401,8 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[s
 
     Two applications, not three: one called here on a recording view (the leak test) with the seed the runner's
     defended stage derives, and the stage's own build; the two must give the same weights bit for bit (determinism,
-    and the stage applies the defense as a direct call does), and a second session reads the stage back."""
+    and the stage applies the defense as a direct call does), and a second session, which shares only the released
+    stage, reads the defended stage back."""
     from bench.core.spec import make_spec
     from bench.run.stages import Session, derive_seed
 
@@ -419,11 +420,16 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[s
     check_uses_only_defender_data(view, seen, name)
     direct = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
 
-    first = Session(tmp_path / "a", cache).defended(spec)  # builds the stage: the defense's second application
+    session = Session(tmp_path / "a", cache)
+    first = session.defended(spec)  # builds the stage: the defense's second application
     built = {k: v.detach().cpu() for k, v in first.model.state_dict().items()}
     assert direct.keys() == built.keys() and all(torch.equal(direct[k], built[k]) for k in direct), (
         f"defense {name!r} on {task} is not deterministic under a seed (two applications with one seed differ)")
-    again = Session(tmp_path / "b", cache).defended(spec)
+    # Read back by a session that holds the released stage (its task is not built again) but no defended one: the
+    # defended stage comes from disk where it could be stored. (A released stage read back: the stage cache's tests.)
+    reader = copy.copy(session)
+    reader.results_dir, reader._defended = tmp_path / "b", type(session._defended)()
+    again = reader.defended(spec)
     with torch.no_grad():
         out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)
     torch.testing.assert_close(out_again, out_first, rtol=0, atol=0,

@@ -71,18 +71,22 @@ def test_real_tier_defender_view(fixtures, tmp_path):
     assert view.attacker.steps == 64 and view.attacker.lrs == (1e-6, 1e-5)
 
 
-def test_end_to_end_specdef_run_on_the_real_tier(fixtures, tmp_path):
+# bfloat16: what benchmarks/gpu_check.py runs on a GPU (its CPU smoke mode is in the slow lane), end to end here.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_end_to_end_specdef_run_on_the_real_tier(fixtures, tmp_path, dtype):
     model, folder = fixtures
     spec = make_spec(task="sd-style", defense="specdef", attack="full-ft", tier="real", model=str(model),
-                     task_args={"dataset": str(folder), "forbidden": "stripes", **FAST},
+                     task_args={"dataset": str(folder), "forbidden": "stripes", "dtype": dtype, **FAST},
                      attack_args={"lr": 1e-4, "budget": 2, "eval_every": 2, "batch_size": 4})
-    result = run(spec, Session(results_dir=tmp_path / "res", cache=Cache(tmp_path / "cache")))
+    session = Session(results_dir=tmp_path / "res", cache=Cache(tmp_path / "cache"))
+    result = run(spec, session)
     assert result.status == "success", result.error
+    assert session.released(spec).task.model.dtype == getattr(torch, dtype)
     import pyarrow.parquet as pq
 
     df = pq.read_table(tmp_path / "res" / spec.run_id / "metrics.parquet").to_pandas()
     defended = df[df["phase"] == "defended"].set_index("metric")["value"]
-    assert defended["layers_touched"] > 0 and defended["max_abs_diff"] < 1e-3
+    assert defended["layers_touched"] > 0 and defended["max_abs_diff"] < (1e-3 if dtype == "float32" else 0.05)
 
 
 def test_clip_judges(fixtures, tmp_path):

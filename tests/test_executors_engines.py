@@ -242,13 +242,16 @@ def test_defenses_that_raise_exit_or_are_killed_fail_only_their_runs_on_each_eng
     load_plugin(str(plugin))
     session = Session(tmp_path / "res", cache, progress=False)
     executor = Engine(session, _options(session, cache, plugins=(str(plugin),)), **kwargs)
+    # The run that must survive is the undefended one (a defended stage built and attacked on each engine is
+    # test_ray_runs_give_the_same_results_as_one_process's and test_a_slurm_sweep_completes_...'s): one Ray task less.
+    names = ("none", "raising-def", "exiting-def", "oom-def")
     requests = [SuiteRequest(task="vision-digits", defense=name, attack="full-ft", seeds=(0,), task_args=FAST,
-                             attack_args={"optimizer": "adam", "lr": 1e-3}, baseline=name == "specdef")
-                for name in ("specdef", "raising-def", "exiting-def", "oom-def")]
+                             attack_args={"optimizer": "adam", "lr": 1e-3}, baseline=False) for name in names]
     _no_models_here(monkeypatch)
     outcomes = run_suites(requests, session, executor=executor)
-    reports = dict(zip(("specdef", "raising-def", "exiting-def", "oom-def"), outcomes))
-    assert not reports["specdef"].failed and len(reports["specdef"].records) == 2  # none and specdef completed
+    reports = dict(zip(names, outcomes))
+    (kept,) = reports["none"].records
+    assert not reports["none"].failed and kept.status == "success"  # the other run completed
     for name in ("raising-def", "exiting-def", "oom-def"):
         (record,) = reports[name].records
         assert record.status == "failed", name

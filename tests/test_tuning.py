@@ -290,3 +290,21 @@ def test_leaderboard_rows_say_which_defender_budget_they_ran_at(tmp_path, monkey
     assert "30 passes (1.5× default, budget curve)</td>" in task_page.read_text()
     (page,) = (tmp_path / "site").glob("defense-ga-retain-my-pick*.html")
     assert "30 passes (1.5× default, budget curve)" in page.read_text()
+
+
+def test_tuned_presets_read_as_pythons_safe_loader_reads_them_and_a_broken_file_is_a_clear_error(tmp_path,
+                                                                                                 monkeypatch):
+    """The presets are parsed with libyaml's loader (every resolved spec reads them): the same records, bit for bit,
+    as PyYAML's own safe loader gives for every shipped file, and invalid YAML is still one clear error."""
+    import yaml
+
+    from bench.core.tuning_presets import load_tuned, tuned_dir
+
+    shipped = sorted(tuned_dir().glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        assert load_tuned(path.stem) == yaml.load(path.read_text(), Loader=yaml.SafeLoader), path.name
+    monkeypatch.setenv("BENCH_TUNED_PRESETS", str(tmp_path))
+    (tmp_path / "tar.yaml").write_text("tuned-x: {args: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"tar\.yaml: not valid YAML"):
+        load_tuned("tar")
