@@ -4,6 +4,11 @@
 class BenchError(Exception):
     """An error caused by the user's input or environment, reported without a traceback."""
 
+    stops_request = True
+    """Found while building a request's stages, it stops that request (bad input: nothing of it can run). False: a
+    result of the configuration on this task, recorded as the failure of each run that needs the stage (the sweep
+    goes on, and the leaderboard shows it)."""
+
 
 class UnknownNameError(BenchError, KeyError):
     """A plugin, preset or metric name that is not registered."""
@@ -29,7 +34,11 @@ class FunctionDriftError(BenchError):
 
 
 class TrainingDivergedError(BenchError):
-    """A trained defense's loss became non-finite: its configuration (usually the learning rate) does not train."""
+    """A trained defense's loss became non-finite: its configuration (usually the learning rate) does not train.
+    That is a finding about the defense at that configuration on that task (Sophon at its defaults on sd-style), not
+    bad input: its runs are recorded as failed with this message instead of the request vanishing from a sweep."""
+
+    stops_request = False
 
 
 class OutOfMemoryError(MemoryError):

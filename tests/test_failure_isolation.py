@@ -42,6 +42,14 @@ class Raising(_Failing):
         raise RuntimeError("raising-def failed on purpose")
 
 
+@DEFENSES.register("diverging-def")
+class Diverging(_Failing):
+    """Its training loss becomes NaN (a finding about its config on this task, not bad input)."""
+    def fail(self):
+        from bench.errors import TrainingDivergedError
+        raise TrainingDivergedError("defense 'diverging-def' diverged at training step 1: loss = nan")
+
+
 @DEFENSES.register("exiting-def")
 class Exiting(_Failing):
     """Ends its process at once, skipping every handler."""
@@ -82,7 +90,7 @@ def _statuses(results):
 @pytest.mark.parametrize("jobs", ["2", "1"])
 def test_defenses_that_raise_exit_or_are_killed_while_prepared_fail_only_their_runs(
         tmp_path, capsys, isolated_registries, jobs):
-    plugin, sweep = _sweep(tmp_path, ["specdef", "raising-def", "exiting-def", "oom-def"])
+    plugin, sweep = _sweep(tmp_path, ["specdef", "raising-def", "diverging-def", "exiting-def", "oom-def"])
     results = tmp_path / "results"
     code = main(["sweep", str(sweep), "--plugin", str(plugin), "--results", str(results), "--quiet", "--jobs", jobs,
                  "--isolation", "subprocess"])
@@ -91,6 +99,7 @@ def test_defenses_that_raise_exit_or_are_killed_while_prepared_fail_only_their_r
     runs = _statuses(results)
     assert runs["none"]["status"] == runs["specdef"]["status"] == "success"  # the other runs are kept
     expected = {"raising-def": "RuntimeError: raising-def failed on purpose",
+                "diverging-def": "TrainingDivergedError: defense 'diverging-def' diverged at training step 1",
                 "exiting-def": "WorkerExited: the worker process exited with code 3 during building the defended stage",
                 "oom-def": "WorkerKilled: the worker process was killed by SIGKILL during building the defended stage "
                            "(out of memory?)"}
@@ -99,6 +108,17 @@ def test_defenses_that_raise_exit_or_are_killed_while_prepared_fail_only_their_r
         assert name in captured.out  # the table lists it
     assert main(["show", runs["exiting-def"]["run_id"], "--results", str(results)]) == 0
     assert "WorkerExited" in capsys.readouterr().out  # `bench show` says why it did not run
+
+
+def test_a_defense_whose_training_diverges_fails_its_runs_in_one_process_too(tmp_path, capsys, isolated_registries):
+    """Without worker processes the sweep builds the stage itself: the divergence is recorded, not a stopped request."""
+    plugin, sweep = _sweep(tmp_path, ["diverging-def"], baseline=False)
+    results = tmp_path / "results"
+    assert main(["sweep", str(sweep), "--plugin", str(plugin), "--results", str(results), "--quiet", "--jobs", "1",
+                 "--isolation", "none"]) == 1
+    run = _statuses(results)["diverging-def"]
+    assert run["status"] == "failed" and "diverged at training step 1" in run["error"]
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_defense_that_hangs_while_prepared_is_stopped_at_the_run_timeout(tmp_path, capsys, isolated_registries):

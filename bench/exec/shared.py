@@ -32,9 +32,10 @@ directory listings for a while)."""
 @dataclass(frozen=True)
 class StageFailure:
     """Why a worker could not prepare a defended stage. ``bad_input``: the build raised a
-    :class:`~bench.errors.BenchError` (a missing file, a config that matches nothing), which stops the requests
-    that need the stage, as it would in one process; otherwise (a crash, a worker that died or ran out of memory, a
-    timeout) the runs that need it are recorded as failed with ``error`` and the sweep goes on."""
+    :class:`~bench.errors.BenchError` that stops requests (a missing file, a config that matches nothing), which
+    stops the requests that need the stage, as it would in one process; otherwise (a crash, a defense whose training
+    diverged, a worker that died or ran out of memory, a timeout) the runs that need it are recorded as failed with
+    ``error`` and the sweep goes on."""
 
     error: str
     bad_input: bool

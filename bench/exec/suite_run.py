@@ -362,7 +362,7 @@ def _prepare(spec: RunSpec, session: Session) -> BenchError | None:
     try:
         session.defended(spec)
     except BenchError as err:
-        return err
+        return err if err.stops_request else None  # (not bad input: each run records it as its failure)
     except Exception:  # noqa: BLE001 - recorded by each run that needs this stage
         pass
     return None

@@ -141,8 +141,8 @@ def serve(jobs_fd: int, results_fd: int) -> int:
 def _prepare(spec_json: Mapping[str, Any], session) -> dict[str, Any]:
     """Build (or read) a run's defended stage, which the session writes to the on-disk stage cache, and keep it in
     memory for the runs this worker may take on it. A failure is answered, not raised (its traceback goes to the log
-    here): ``bad_input`` when it is a :class:`~bench.errors.BenchError` (the sweep stops the requests needing the
-    stage, with this message), else the sweep records the runs needing it as failed."""
+    here): ``bad_input`` when it is a :class:`~bench.errors.BenchError` that stops requests (the sweep stops the
+    requests needing the stage, with this message), else the sweep records the runs needing it as failed."""
     import traceback
 
     from bench.core.spec import RunSpec
@@ -156,7 +156,7 @@ def _prepare(spec_json: Mapping[str, Any], session) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - see the docstring
         traceback.print_exc()
         return {"prepared": False, "error": f"{type(err).__name__}: {err}", "message": str(err),
-                "type": type(err).__name__, "bad_input": isinstance(err, BenchError)}
+                "type": type(err).__name__, "bad_input": isinstance(err, BenchError) and err.stops_request}
     return {"prepared": True, "error": None}
 
 
