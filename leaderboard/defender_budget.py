@@ -22,18 +22,12 @@ import pandas as pd
 from bench.core.tuning_presets import preset_record
 from bench.errors import DataError
 from bench.run.results import read_run_json
-from leaderboard.sources import SUBMISSION_PREFIX
+from leaderboard.sources import run_folder
 
 PASSES = "defender_passes"
 """Board column: mean forward-backward passes of the defense's training over seeds (NaN: it does not train)."""
 BUDGET = "defender_budget"
 """Board column: the passes as text, with the budget-curve factor where the row's preset records one."""
-
-
-def _folder(results_dir: str | Path, submissions: str | Path | None, source: object) -> Path:
-    if submissions is not None and isinstance(source, str) and source.startswith(SUBMISSION_PREFIX):
-        return Path(submissions) / source.removeprefix(SUBMISSION_PREFIX)
-    return Path(results_dir)
 
 
 def seed_passes(runs: pd.DataFrame, keys: list[str], results_dir: str | Path,
@@ -46,7 +40,7 @@ def seed_passes(runs: pd.DataFrame, keys: list[str], results_dir: str | Path,
         passes = math.nan
         for run_id, source in zip(group["run_id"], group.get("source", pd.Series([None] * len(group)))):
             try:
-                report = read_run_json(_folder(results_dir, submissions, source) / str(run_id)).get("defense_report")
+                report = read_run_json(run_folder(source, results_dir, submissions) / str(run_id)).get("defense_report")
             except DataError:
                 continue
             # a successful run built its seed's defended stage: its report is the seed's (one read per seed)

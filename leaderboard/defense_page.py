@@ -20,7 +20,7 @@ from leaderboard.groups import task_groups
 from leaderboard.html import table
 from leaderboard.render import Column, columns
 from leaderboard.schema import Schema
-from leaderboard.sources import SUBMISSION_PREFIX
+from leaderboard.sources import run_folder
 
 _ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
 
@@ -45,11 +45,8 @@ def read_run_infos(runs: pd.DataFrame, results_dir: str | Path, submissions: str
     ``submission:<name>`` (runs without a readable one are left out)."""
     infos = {}
     for run_id, source in zip(runs["run_id"], runs.get("source", pd.Series([None] * len(runs)))):
-        folder = Path(results_dir)
-        if submissions is not None and isinstance(source, str) and source.startswith(SUBMISSION_PREFIX):
-            folder = Path(submissions) / source.removeprefix(SUBMISSION_PREFIX)
         try:
-            infos[str(run_id)] = read_run_json(folder / str(run_id))
+            infos[str(run_id)] = read_run_json(run_folder(source, results_dir, submissions) / str(run_id))
         except DataError:
             continue
     return infos

@@ -60,6 +60,14 @@ def load_all(results_dir: str | Path, submissions_dir: str | Path | None = None,
     return metrics
 
 
+def run_folder(source: object, results_dir: str | Path, submissions_dir: str | Path | None) -> Path:
+    """The folder holding a run of ``source``: ``results_dir``, or ``<submissions_dir>/<name>/`` for
+    ``submission:<name>``."""
+    if submissions_dir is not None and isinstance(source, str) and source.startswith(SUBMISSION_PREFIX):
+        return Path(submissions_dir) / source.removeprefix(SUBMISSION_PREFIX)
+    return Path(results_dir)
+
+
 def source_marker(source: object) -> str:
     """The text shown after a defense label: ``""`` for local results, `` [submission: NAME]`` for a submission."""
     if isinstance(source, str) and source.startswith(SUBMISSION_PREFIX):
