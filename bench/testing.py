@@ -425,11 +425,11 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[s
     built = {k: v.detach().cpu() for k, v in first.model.state_dict().items()}
     assert direct.keys() == built.keys() and all(torch.equal(direct[k], built[k]) for k in direct), (
         f"defense {name!r} on {task} is not deterministic under a seed (two applications with one seed differ)")
-    # Read back by a session that holds the released stage (its task is not built again) but no defended one: the
-    # defended stage comes from disk where it could be stored. (A released stage read back: the stage cache's tests.)
-    reader = copy.copy(session)
-    reader.results_dir, reader._defended = tmp_path / "b", type(session._defended)()
-    again = reader.defended(spec)
+    # Read back with the released stage kept in memory (its task is not built again) and the defended one forgotten:
+    # the defended stage comes from disk where it could be stored. (A released stage read back: the stage cache's
+    # tests.)
+    session.forget_defended(spec)
+    again = session.defended(spec)
     with torch.no_grad():
         out_first, out_again = instance.reference_outputs(first.model), instance.reference_outputs(again.model)
     torch.testing.assert_close(out_again, out_first, rtol=0, atol=0,

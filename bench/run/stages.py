@@ -135,6 +135,11 @@ class Session:
         return self._memo(self._defended, spec.stage_key("defended"),
                           lambda: self._timed("defended", lambda: self._defended_stage(spec)))
 
+    def forget_defended(self, spec: RunSpec) -> None:
+        """Drop ``spec``'s defended stage from memory, so the next :meth:`defended` reads it from the on-disk stage
+        cache (or builds it where it could not be stored); the released stage stays."""
+        self._defended.pop(spec.stage_key("defended"), None)
+
     def defended_to_prepare(self, specs: Sequence[RunSpec]) -> list[RunSpec]:
         """One spec per distinct defended stage of ``specs`` that is not in this session's memory, when stages go
         to the on-disk cache (else none): what worker processes can build, or find already built, before the runs,
