@@ -46,7 +46,8 @@ Scaling rule to the task: K = the simulated optimizer's own undefended steps-to-
 (the paper's 64 costs too much on CPU; diffusion's 60-160 steps are cut to 16). Before issue 21 K was ``steps``, the
 suite's fastest attack: on vision-digits Muon's 10, while AdamW needs 35 there (measured), so K is now 16 there.
 Adversary learning rates: the task's fastest undefended Adam rates (``view.attacker.lrs``) for AdamW; for Sophon's
-SGD the task's fastest SGD rates (``view.attacker.sgd_lrs``; vision-digits 0.1, 0.3), else Adam's calibrated so
+SGD the task's fastest SGD rates (``view.attacker.sgd_lrs``; vision-digits 0.1, 0.3; the tiny diffusion tasks 0.1,
+the fastest that does not break the UNet), else Adam's calibrated so
 that SGD's first step moves the weights as far as Adam's (:func:`defenses._trained.sgd_rates`; the report's
 ``lrs_calibrated``; on vision-digits it gives 0.009 and 0.09, so it is a weaker attacker than the measured rates).
 Sophon's reference runs its SGD at its base lr 1e-4 (the size of its Adam rates) on full-size networks; on the tiny

@@ -269,3 +269,28 @@ def test_diffusion_denial_of_service_trains_the_prediction_down(style):
     result = train(style, steps=6, inner_steps=2, subsample=1)
     assert result.info["tr_loss"] == "dos"
     assert dos(result.model) < 0.9 * dos(style.model)
+
+
+def test_sophon_on_diffusion_simulates_sgd_at_a_rate_the_unet_survives(style):
+    # sd-style declares its measured SGD rate (0.1; 0.2 and above break the undefended model). Before it did, Sophon
+    # calibrated SGD to Adam's first step (2.7 on this UNet) and diverged at its first outer step on every seed.
+    from defenses._trained import sgd_rates
+
+    sophon = DEFENSES.resolve("tar.sophon")
+    cfg = build_config(sophon.cls.Config, sophon.preset_args, where="preset")
+    view = style.defender_view()
+    resolved = plan(cfg, view, "regression")
+    assert resolved.lrs == view.attacker.sgd_lrs == (0.1,) and resolved.tr_loss == "dos"
+    seen: list[float] = []
+
+    def recorded(model, batch, reduction="mean", _loss=view.harmful_loss):
+        out = _loss(model, batch, reduction=reduction)
+        seen.append(float(out.detach()))
+        return out
+
+    _Trainer(copy.deepcopy(style.model), dataclasses.replace(view, harmful_loss=recorded), cfg, resolved,
+             torch.Generator().manual_seed(0), base=None, head=None)._tamper_resistance_gradient()
+    assert len(seen) == 16 and all(math.isfinite(v) for v in seen) and min(seen[1:]) < seen[0], seen
+    unmeasured = dataclasses.replace(view, attacker=dataclasses.replace(view.attacker, sgd_lrs=()))
+    calibrated, _ = sgd_rates(style.model, unmeasured, view.harmful[0])
+    assert calibrated[0] > 10 * view.attacker.sgd_lrs[0]  # what it ran at before: 27x the rate that breaks the UNet
