@@ -219,10 +219,13 @@ def test_slurm_options_reach_sbatch_and_slurm_kills_become_failed_runs(tmp_path,
     assert timed_out["status"] == "failed" and timed_out["worker"]["state"] == "TIMEOUT"
 
 
-# On Slurm (the slow lane), each piece is covered in CI by the tests above and test_failure_isolation: jobs that
-# build every stage for a driver that cannot load a model, a job that dies becoming a failed run, and defenses that
-# raise, exit or are killed while prepared in worker processes. Its five submitit jobs each start a Python with torch.
-@pytest.mark.parametrize("engine", ["ray", pytest.param("slurm", marks=pytest.mark.slow)])
+# The slow lane: each piece is covered in CI by the tests above and test_failure_isolation. On Ray: defended stages
+# built and attacked in Ray tasks, a Ray worker that dies becoming a failed run (its driver code is the same for a
+# defense's worker), and defenses that raise, exit or are killed while prepared in worker processes (execute_job, the
+# code a Ray task runs). On Slurm: jobs that build every stage for a driver that cannot load a model and a job that
+# dies. Each of its Ray tasks and submitit jobs starts a Python with torch (Ray: about 170 s on 2 cores in CI).
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ray", "slurm"])
 def test_defenses_that_raise_exit_or_are_killed_fail_only_their_runs_on_each_engine(
         tmp_path, cache, isolated_registries, monkeypatch, engine, request):
     from test_failure_isolation import PLUGIN  # (pytest puts tests/ on the path)
