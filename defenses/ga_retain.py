@@ -66,7 +66,9 @@ class GARetain(Defense):
     preserves_function = False
     smoke_args: ClassVar[Mapping[str, Any]] = {"steps": 3, "lr": 1e-3}
     # Defender tuning (bench tune): ascent strength and learning rate (None: the rule, a tenth of the attacker's).
-    search_space: ClassVar[Mapping[str, tuple]] = {"alpha": (0.5, 1.0, 2.0), "lr": (None, 1e-3)}
+    # The first space, alpha 0.5-2 and lr up to 1e-3, selected both largest values on vision-digits: an optimum at
+    # the edge may lie beyond it, so the space now reaches past both.
+    search_space: ClassVar[Mapping[str, tuple]] = {"alpha": (0.5, 1.0, 2.0, 4.0, 8.0), "lr": (None, 1e-3, 3e-3, 1e-2)}
 
     def apply(self, model: nn.Module, view: DefenderView, cfg: GARetainConfig, *,
               generator: torch.Generator) -> DefenseResult:
