@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -279,12 +280,8 @@ class Registry(Generic[T]):
 
     def _where(self, entry: _Entry) -> str:
         if entry.target is not None:
-            try:
-                file = inspect.getsourcefile(entry.target)
-                line = inspect.getsourcelines(entry.target)[1]
-                where = f"{_short_path(file)}:{line}"
-            except (OSError, TypeError):
-                where = f"{entry.target.__module__}:{entry.target.__qualname__}"
+            file, line = _source_location(entry.target)
+            where = f"{_short_path(file)}:{line}" if line else str(file)
             return f"{where} ({entry.dist})" if entry.dist else where
         return self._describe(entry)
 
@@ -339,6 +336,17 @@ def _source_of(cls: type) -> str:
 
 def _first_line(doc: str | None) -> str:
     return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+
+
+@functools.cache
+def _source_location(target: type) -> tuple[str | None, int]:
+    """A plugin class's source file and first line, or ``(module:Qualname, 0)`` without a source (memoised per
+    class: ``inspect`` reads and parses the whole file, and provenance asks once per run; an edited plugin file that
+    is loaded again is a new class)."""
+    try:
+        return inspect.getsourcefile(target), inspect.getsourcelines(target)[1]
+    except (OSError, TypeError):
+        return f"{target.__module__}:{target.__qualname__}", 0
 
 
 def _short_path(path: str | None) -> str:
