@@ -67,7 +67,7 @@ def test_bench_run_counts_match_the_planner():
     match = quoted(r"`bench run --defense specdef --task sd-style` runs (\d+) attack runs and (\d+) short "
                    r"learning-rate probe runs")
     assert (number(match[1]), number(match[2])) == (attack + later, probes)
-    assert f"sd-style (tiny) — {attack + later} attack runs (+{probes} LR-search probe runs)" in README
+    assert f"sd-style (tiny) — {attack + later} attack runs, 0 failed (+{probes} LR-search probe runs, 0 failed)" in README
 
     attack, probes, later = plan_sizes("vision-digits", "specdef")
     assert probes == 0  # the tiny tier runs every point in full
