@@ -65,9 +65,9 @@ def main(args: argparse.Namespace) -> int:
                   "memory": "built by an earlier run of the same call; seconds of its build"}.get(source, source)
         print(f"{stage} stage ({origin}): {describe(seconds)}")
     if (target / METRICS).exists():
-        import pyarrow.parquet as pq
+        from bench.run.results import read_metrics_file
 
-        table = pq.read_table(target / METRICS).to_pandas()
+        table = read_metrics_file(target / METRICS).to_pandas()
         shown = table[table["phase"].isin(["released", "defended", "post_attack"])]
         for _, row in shown.iterrows():
             ci = f" [{row['ci_low']:.4g}, {row['ci_high']:.4g}]" if row["ci_low"] == row["ci_low"] and row["ci_low"] is not None else ""

@@ -29,8 +29,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from bench.core.metrics import AttackMetrics
 from bench.errors import DataError
 from bench.run import results
@@ -101,7 +99,7 @@ def reused_attack(source: Path, destination: Path
     """The source run's attack as a reusing run records it: its rows (and samples image, copied into
     ``destination``), its summary, and its metrics, marked ``reused_from``."""
     info = results.read_run_json(source)
-    table = pq.read_table(source / results.METRICS).to_pylist()
+    table = results.read_metrics_file(source / results.METRICS).to_pylist()
     columns = [name for name, _ in results.ROW_COLUMNS]
     rows = [{name: row[name] for name in columns} for row in table
             if row["phase"] in REUSED_PHASES
