@@ -8,6 +8,7 @@ command the README shows, as its text says.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -104,6 +105,12 @@ def test_bench_compare_dry_run_counts_match_the_planner(tmp_path):
     assert attack == (len(baselines) + 2) * 3 * points
 
 
+DRIFT_TOLERANCE = 0.15
+"""Relative: max |Δ out| is the largest of many rounding errors, so it moves most between CPUs."""
+EIG_TOLERANCE = 0.05
+"""Relative: power-iteration eigenvalues after a few iterations."""
+
+
 @pytest.fixture(scope="module")
 def vision_stages(cache, tmp_path_factory):
     """The released and SpecDef-defended vision-digits stages, with the task's and SpecDef's defaults."""
@@ -120,18 +127,19 @@ def metric(rows, name: str) -> float:
 
 
 def test_specdef_preservation_and_curvature_on_vision_digits(vision_stages):
-    from leaderboard.formats import fmt_float
-
     released, defended = vision_stages
     drift = metric(defended.rows, "max_abs_diff")
     released_eig, defended_eig = released.curvature.value, metric(defended.rows, "hessian_top_eig")
     rows = table("vision-digits (tiny) — ")
-    assert rows["specdef"]["max |Δ out|"] == fmt_float(drift)
+    # The README's figures come from one machine; float kernels differ between CPUs (an AMD EPYC's drift is 0.00509
+    # where the README's Intel run printed 0.00543: a maximum of rounding errors), so figures agree to a tolerance.
+    assert math.isclose(float(rows["specdef"]["max |Δ out|"]), drift, rel_tol=DRIFT_TOLERANCE)
     assert rows["none"]["max |Δ out|"] == "0"
-    assert rows["none"]["top Hessian eig."] == fmt_float(released_eig)
-    assert rows["specdef"]["top Hessian eig."] == fmt_float(defended_eig)
+    assert math.isclose(float(rows["none"]["top Hessian eig."]), released_eig, rel_tol=EIG_TOLERANCE)
+    assert math.isclose(float(rows["specdef"]["top Hessian eig."]), defended_eig, rel_tol=EIG_TOLERANCE)
     match = quoted(r"SpecDef keeps the function \(max \|Δ logit\| ([\d.]+)\) and raises the top Hessian eigenvalue "
                    r"of the harmful loss from (\d+) to ([\d.]+)·10(\S+) \(≈ α²\)")
-    assert match[1] == f"{drift:.2g}"
-    assert int(match[2]) == round(released_eig)
-    assert float(match[3]) * 10 ** int(match[4].translate(SUPERSCRIPTS)) == float(f"{defended_eig:.2g}")
+    assert math.isclose(float(match[1]), drift, rel_tol=DRIFT_TOLERANCE)
+    assert math.isclose(int(match[2]), released_eig, rel_tol=EIG_TOLERANCE)
+    assert math.isclose(float(match[3]) * 10 ** int(match[4].translate(SUPERSCRIPTS)), defended_eig,
+                        rel_tol=EIG_TOLERANCE)
