@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: import the yardstick next to it
-from same_results import differences  # noqa: E402
+from same_results import differences, scheduling_differences  # noqa: E402
 from yardstick import yardstick_line  # noqa: E402
 
 GOALS = {
@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = statistics.median(t.cpu for t in timings[i]) / statistics.median(t.cpu for t in base)
                 print(f"  {checkouts[i]} / {checkouts[0]}: wall {wall:.2f}x, CPU {cpu:.2f}x")
         found = [line for folder in folders[1:] for line in differences(folders[0], folder)]
+        stopped = [line for folder in folders[1:] for line in scheduling_differences(folders[0], folder)]
+        if stopped:  # the bound a run starts with depends on which runs had finished: compared up to the stop
+            print(f"  {len(stopped)} run(s) stopped at the bound in one repeat and not in another (compared up to the "
+                  "earlier stop)")
         for line in found[:20]:
             print(f"  differs: {line}")
         print(f"  per-run metrics identical across every repeat and checkout: {not found}", flush=True)

@@ -8,7 +8,11 @@ bit, except:
 * wall-clock metrics (``*_seconds``), which no two runs share;
 * the rows of a replayed interval (split ``replay``) for utility and usable where one side did not measure them
   (NaN): since the replay screens a step by its harm first (:meth:`~bench.contracts.TaskInstance.probe_harm`), a step
-  below tau carries harm only. Harm is compared on every replayed step, and utility/usable wherever both measured it.
+  below tau carries harm only. Harm is compared on every replayed step, and utility/usable wherever both measured it;
+* a run stopped at the bound on one side only, or at another step (:mod:`bench.run.pruning`): whether a run is capped
+  depends on which runs had finished when it started, so it varies with scheduling under parallel workers. Such a
+  pair is compared up to the earlier stop (released and defended rows, and the attack's rows to that step) and
+  listed apart; every worst case the tables report is the same either way (that is the pruning's guarantee).
 
 Prints one line per difference and a verdict; exit status 1 when they differ.
 
@@ -39,17 +43,39 @@ def _same(a: float | None, b: float | None) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
+def _pruned_at(run: Path) -> int | None:
+    summary = json.loads((run / "run.json").read_text()).get("summary") or {}
+    step = summary.get("pruned_at_bound")
+    return None if step is None else int(step)
+
+
+def scheduling_differences(a: Path, b: Path) -> list[str]:
+    """The runs stopped at the bound in one folder and not in the other (or at another step), each with its stops."""
+    out = []
+    for run in sorted({p.parent.name for p in a.glob("*/metrics.parquet")} & {p.parent.name for p in b.glob("*/metrics.parquet")}):
+        stops = _pruned_at(a / run), _pruned_at(b / run)
+        if stops[0] != stops[1]:
+            out.append(f"run {run}: stopped at the bound at step {stops[0]} vs {stops[1]} (None: not stopped)")
+    return out
+
+
 def differences(a: Path, b: Path) -> list[str]:
-    """Every difference between results folders ``a`` and ``b`` (empty: the same numbers)."""
+    """Every difference between results folders ``a`` and ``b`` (empty: the same numbers), runs stopped at the bound
+    at different steps compared up to the earlier stop (:func:`scheduling_differences` lists them)."""
     runs_a = {p.parent.name for p in a.glob("*/metrics.parquet")}
     runs_b = {p.parent.name for p in b.glob("*/metrics.parquet")}
     out = [f"run {r} only in {a}" for r in sorted(runs_a - runs_b)]
     out += [f"run {r} only in {b}" for r in sorted(runs_b - runs_a)]
     for run in sorted(runs_a & runs_b):
-        outcome = [json.loads((d / run / "run.json").read_text()).get("outcome") for d in (a, b)]
-        if outcome[0] != outcome[1]:
-            out.append(f"run {run}: outcome {outcome[0]} vs {outcome[1]}")
         rows_a, rows_b = _rows(a / run), _rows(b / run)
+        stops = [_pruned_at(a / run), _pruned_at(b / run)]
+        if stops[0] != stops[1]:
+            limit = min(s for s in stops if s is not None)
+            rows_a, rows_b = (_before_stop(rows, limit) for rows in (rows_a, rows_b))
+        else:
+            outcome = [json.loads((d / run / "run.json").read_text()).get("outcome") for d in (a, b)]
+            if outcome[0] != outcome[1]:
+                out.append(f"run {run}: outcome {outcome[0]} vs {outcome[1]}")
         for key in sorted(rows_a.keys() | rows_b.keys(), key=str):
             va, vb = rows_a.get(key), rows_b.get(key)
             unmeasured = key[2] == "replay" and key[3] in ("utility", "usable") and (
@@ -59,13 +85,19 @@ def differences(a: Path, b: Path) -> list[str]:
     return out
 
 
+def _before_stop(rows: dict[tuple, float], step: int) -> dict[tuple, float]:
+    """The rows a run stopped at ``step`` shares with the same run taken further: released, defended, attack to it."""
+    return {k: v for k, v in rows.items()
+            if k[0] in ("released", "defended") or (k[0] == "attack" and k[1] is not None and k[1] <= step)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     args = parser.parse_args(argv)
     found = differences(args.a, args.b)
-    for line in found:
+    for line in [*scheduling_differences(args.a, args.b), *found]:
         print(line)
     runs = len(list(args.a.glob("*/metrics.parquet")))
     print(f"{runs} runs compared: {'the same numbers' if not found else f'{len(found)} differences'}")
