@@ -404,7 +404,8 @@ def check_defense_on_task(name: str, task: str, cache, tmp_path: Path) -> list[s
     and the stage applies the defense as a direct call does), and a second session, which shares only the released
     stage, reads the defended stage back."""
     from bench.core.spec import make_spec
-    from bench.run.stages import Session, derive_seed
+    from bench.run.stage_measure import derive_seed
+    from bench.run.stages import Session
 
     cls = DEFENSES.get(name)
     cfg = build_config(cls.Config, dict(cls.smoke_args), where=f"defense {name!r} smoke_args")

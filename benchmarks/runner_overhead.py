@@ -37,7 +37,8 @@ from bench.cache import Cache
 from bench.core.spec import make_spec
 from bench.run.results import METRICS
 from bench.run.runner import run
-from bench.run.stages import Session, derive_seed
+from bench.run.stage_measure import derive_seed
+from bench.run.stages import Session
 
 
 def make_run_spec(steps: int, eval_every: int | None, lr: float, seed: int):

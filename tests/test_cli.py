@@ -306,7 +306,7 @@ def test_usable_floor_must_admit_the_released_model(higher, factor, ok):
     from types import SimpleNamespace
 
     from bench.errors import ConfigError
-    from bench.run.stages import check_usable_floor
+    from bench.run.stage_measure import check_usable_floor
 
     task = SimpleNamespace(name="t", utility_metric="nll", utility_higher_is_better=higher,
                            config=SimpleNamespace(usable_factor=factor))

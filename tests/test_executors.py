@@ -341,7 +341,7 @@ def test_workers_build_a_waves_defended_stages_once_each_and_report_a_failed_one
         raise AssertionError("the sweep's process applied a defense")
 
     with LocalExecutor(session, options, jobs=2) as executor, pytest.MonkeyPatch.context() as patch:
-        patch.setattr("bench.run.stages._build_defended", refuse)  # the workers apply every defense
+        patch.setattr("bench.run.stages.build_defended", refuse)  # the workers apply every defense
         parallel = run_suite(request, session, executor=executor)
         failing = dataclasses.replace(request, defense="no-layer", defense_args={})
         with pytest.raises(DataError, match="matches no layer"):

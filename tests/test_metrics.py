@@ -132,7 +132,7 @@ def test_retained_utility_of_zero_utilities_is_zero_or_undefined_never_inf():
 
 
 def test_retained_rows_keep_a_zero_utility():
-    from bench.run.stages import retained_rows
+    from bench.run.stage_measure import retained_rows
 
     def evaluation(**values):
         return Evaluation(harm=Score(0.0), utility={name: Score(v, higher_is_better=name != "loss")

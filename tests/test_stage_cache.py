@@ -78,8 +78,8 @@ def test_a_miss_builds_and_writes_a_hit_reads_without_applying_and_results_are_i
     import bench.run.stages
 
     measured = []
-    original = bench.run.stages._measure_released
-    monkeypatch.setattr(bench.run.stages, "_measure_released", lambda task: measured.append(1) or original(task))
+    original = bench.run.stages.measure_released
+    monkeypatch.setattr(bench.run.stages, "measure_released", lambda task: measured.append(1) or original(task))
     spec = _spec()
     in_memory = run(spec, Session(tmp_path / "memory", fresh_cache, progress=False, stage_cache=False))
     assert in_memory.status == "success" and len(counted) == 1

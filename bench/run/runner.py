@@ -46,7 +46,8 @@ from bench.run.monitor import ProbeMonitor, StartProbe
 from bench.run.provenance import peak_memory_mb, provenance, reset_peak_memory
 from bench.run.pruning import utility_standing
 from bench.run.run_claim import claimed_run
-from bench.run.stages import DefendedStage, ReleasedStage, Session, derive_seed, evaluation_rows, retained_rows
+from bench.run.stage_measure import DefendedStage, ReleasedStage, derive_seed, evaluation_rows, retained_rows
+from bench.run.stages import Session
 from bench.run.summary import RunSummary, build_summary
 from bench.toolkit.images import image_grid, save_png
 
