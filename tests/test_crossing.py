@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -307,3 +308,37 @@ def test_tracker_does_not_redo_the_grid_step_itself():
     assert (usable.step, usable.resolution, raw.step) == (15, 1, 15)
     assert tracker.replay_steps == 4 and [p.step for p in tracker.points] == [11, 12, 13, 14]
     assert counter.position == 15 and tracker.failure is None
+
+
+class Snapshots(Counter):
+    """A Counter whose states are objects, counting how many are alive whenever a new one is taken."""
+
+    def __init__(self, harm, **kwargs):
+        super().__init__(harm, **kwargs)
+        self.alive: list[weakref.ref] = []
+        self.alive_at_save: list[int] = []
+
+    def save(self):
+        self.alive_at_save.append(sum(ref() is not None for ref in self.alive))
+        state = _State(self.position)
+        self.alive.append(weakref.ref(state))
+        return state
+
+    def restore(self, state):
+        self.position = state.step
+
+
+class _State:
+    def __init__(self, step):
+        self.step = step
+
+
+def test_tracker_holds_one_snapshot_at_a_time():
+    """A snapshot of full fine-tuning is the trainable weights and the optimizer's state (3.2 GB for a 268M-parameter
+    model under AdamW): the tracker lets the anchor it replaces go before taking the next (none alive at each grid
+    save), holds two only while replaying (the anchor, until restored, and the final state), and keeps none after."""
+    counter = Snapshots({s: (0.9 if s >= 13 else 0.1) for s in range(21)})
+    tracker, (usable, _) = _track(counter, [0, 5, 10, 15])
+    assert usable.step == 13 and counter.position == 15
+    assert counter.alive_at_save == [0, 0, 0, 1]  # anchors at 0, 5 and 10; the final state, beside the anchor
+    assert sum(ref() is not None for ref in counter.alive) == 0  # nothing kept once the run is resolved
