@@ -43,17 +43,22 @@ def _same(a: float | None, b: float | None) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def _pruned_at(run: Path) -> int | None:
-    summary = json.loads((run / "run.json").read_text()).get("summary") or {}
-    step = summary.get("pruned_at_bound")
-    return None if step is None else int(step)
+def _runs(folder: Path) -> set[str]:
+    return {p.parent.name for p in folder.glob("*/metrics.parquet")}
+
+
+def _outcome_and_stop(run: Path) -> tuple[str | None, int | None]:
+    """The run's outcome and the step it was stopped at the bound (None: not stopped), from its run.json."""
+    info = json.loads((run / "run.json").read_text())
+    step = (info.get("summary") or {}).get("pruned_at_bound")
+    return info.get("outcome"), None if step is None else int(step)
 
 
 def scheduling_differences(a: Path, b: Path) -> list[str]:
     """The runs stopped at the bound in one folder and not in the other (or at another step), each with its stops."""
     out = []
-    for run in sorted({p.parent.name for p in a.glob("*/metrics.parquet")} & {p.parent.name for p in b.glob("*/metrics.parquet")}):
-        stops = _pruned_at(a / run), _pruned_at(b / run)
+    for run in sorted(_runs(a) & _runs(b)):
+        stops = _outcome_and_stop(a / run)[1], _outcome_and_stop(b / run)[1]
         if stops[0] != stops[1]:
             out.append(f"run {run}: stopped at the bound at step {stops[0]} vs {stops[1]} (None: not stopped)")
     return out
@@ -62,20 +67,17 @@ def scheduling_differences(a: Path, b: Path) -> list[str]:
 def differences(a: Path, b: Path) -> list[str]:
     """Every difference between results folders ``a`` and ``b`` (empty: the same numbers), runs stopped at the bound
     at different steps compared up to the earlier stop (:func:`scheduling_differences` lists them)."""
-    runs_a = {p.parent.name for p in a.glob("*/metrics.parquet")}
-    runs_b = {p.parent.name for p in b.glob("*/metrics.parquet")}
+    runs_a, runs_b = _runs(a), _runs(b)
     out = [f"run {r} only in {a}" for r in sorted(runs_a - runs_b)]
     out += [f"run {r} only in {b}" for r in sorted(runs_b - runs_a)]
     for run in sorted(runs_a & runs_b):
         rows_a, rows_b = _rows(a / run), _rows(b / run)
-        stops = [_pruned_at(a / run), _pruned_at(b / run)]
-        if stops[0] != stops[1]:
-            limit = min(s for s in stops if s is not None)
+        (outcome_a, stop_a), (outcome_b, stop_b) = _outcome_and_stop(a / run), _outcome_and_stop(b / run)
+        if stop_a != stop_b:
+            limit = min(s for s in (stop_a, stop_b) if s is not None)
             rows_a, rows_b = (_before_stop(rows, limit) for rows in (rows_a, rows_b))
-        else:
-            outcome = [json.loads((d / run / "run.json").read_text()).get("outcome") for d in (a, b)]
-            if outcome[0] != outcome[1]:
-                out.append(f"run {run}: outcome {outcome[0]} vs {outcome[1]}")
+        elif outcome_a != outcome_b:
+            out.append(f"run {run}: outcome {outcome_a} vs {outcome_b}")
         for key in sorted(rows_a.keys() | rows_b.keys(), key=str):
             va, vb = rows_a.get(key), rows_b.get(key)
             unmeasured = key[2] == "replay" and key[3] in ("utility", "usable") and (

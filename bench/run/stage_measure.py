@@ -149,7 +149,7 @@ def measure_released(task: TaskInstance) -> ReleasedStage:
 
 
 def build_defended(spec: RunSpec, released: ReleasedStage, allow_drift: bool = False, progress: bool = True
-                    ) -> DefendedStage:
+                   ) -> DefendedStage:
     task = released.task
     _, defense_cfg, _ = spec.configs()
     model = copy.deepcopy(task.model)
